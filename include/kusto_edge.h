@@ -28,6 +28,7 @@ typedef enum kedge_result {
   KEDGE_AUTH_REFUSED = 16,          /* 401/403 */
   KEDGE_SPOOL_FULL = 17,
   KEDGE_SPOOL_IO = 18,
+  KEDGE_REENTRANT_CALL = 19,       /* a client function called from inside its own callback */
   KEDGE_INTERNAL = 98,
   KEDGE_PANIC = 99,
 } kedge_result;

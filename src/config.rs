@@ -1,0 +1,411 @@
+//! Client configuration: string keys and values, in the manner of librdkafka, so that new options never change the
+//! C ABI and a config file maps onto it line by line.
+//!
+//! Every limit the client lives by is here, and [`Config::memory_bound`] turns them into the number of heap bytes a
+//! client may hold at most.
+
+use std::fmt;
+use std::time::Duration;
+
+use crate::error::{Error, ErrorKind};
+
+/// The service refuses a streaming request over 4 MB; raw (uncompressed) size is the measure every SDK agrees with.
+pub const MAX_REQUEST_RAW_BYTES: usize = 4 * 1024 * 1024;
+/// The smallest batch buffer we accept: below it the per-request overhead dominates.
+pub const MIN_BATCH_BYTES: usize = 1024;
+/// How many destinations one client may serve at most, whatever the config says.
+pub const MAX_DESTINATIONS: usize = 256;
+/// How much of a response body is read (error JSON, success data set); the rest is discarded.
+pub const RESPONSE_BODY_BYTES: usize = 8 * 1024;
+/// Heap a client holds besides its buffers: TLS session state (two 16 KiB records plus rustls' own), the HTTP
+/// agent's connection buffers, the destinations table and strings. Measured, then rounded up generously.
+pub const FIXED_OVERHEAD_BYTES: usize = 320 * 1024;
+
+/// Log verbosity, numbered as the C enum.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+#[repr(u32)]
+pub enum LogLevel {
+    /// Failures the caller must know about.
+    Error = 1,
+    /// Something went wrong but was handled (a retry, a lost reply).
+    Warn = 2,
+    /// One line per request.
+    Info = 3,
+    /// Everything.
+    Debug = 4,
+}
+
+/// Where a secret is kept: zeroed when dropped and never shown by `Debug`.
+#[derive(Clone, Default)]
+pub struct Secret(String);
+
+impl Secret {
+    /// Wraps a secret value.
+    pub fn new(s: &str) -> Self {
+        Secret(s.to_owned())
+    }
+    /// The value, for the one place that sends it.
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl Drop for Secret {
+    fn drop(&mut self) {
+        // Overwrite the bytes before the allocation is released, so a later heap dump or a reused
+        // buffer on the device does not carry the token.
+        let mut bytes = std::mem::take(&mut self.0).into_bytes();
+        for b in bytes.iter_mut() {
+            // A volatile write keeps the compiler from removing the loop as a dead store.
+            zero_byte(b);
+        }
+        drop(bytes);
+    }
+}
+
+#[inline(never)]
+fn zero_byte(b: &mut u8) {
+    *b = 0;
+    std::hint::black_box(b);
+}
+
+impl fmt::Debug for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("Secret(***)")
+    }
+}
+
+/// Everything a client needs to be created. Built with [`Config::set`]; validated by [`Config::validate`].
+#[derive(Clone, Debug)]
+pub struct Config {
+    /// Cluster (engine) URL, e.g. `https://mycluster.westeurope.kusto.windows.net`.
+    pub url: Option<String>,
+    /// Static bearer token.
+    pub token: Option<Secret>,
+    /// PEM CA certificates added to (or, without bundled roots, replacing) the trust store.
+    pub ca_pem: Vec<u8>,
+    /// Trust Mozilla's root certificates compiled into the library.
+    pub bundled_roots: bool,
+    /// Allow `http://` at all (loopback only unless `allow_plain_remote`).
+    pub allow_plain: bool,
+    /// Allow `http://` to hosts that are not loopback. A token is still never sent there.
+    pub allow_plain_remote: bool,
+    /// TCP + TLS connection setup bound.
+    pub connect_timeout: Duration,
+    /// Bound on sending headers and body of one request.
+    pub send_timeout: Duration,
+    /// Bound on waiting for and reading the response.
+    pub recv_timeout: Duration,
+    /// Raw capacity of each destination's batch buffer.
+    pub batch_bytes: usize,
+    /// A batch older than this is sent by `poll`.
+    pub batch_max_age: Duration,
+    /// Destinations one client may have.
+    pub max_destinations: usize,
+    /// Attempts of one send (the first included) before the batch is handed back.
+    pub retry_max_attempts: u32,
+    /// Backoff before the second attempt; doubles each time.
+    pub retry_base: Duration,
+    /// Cap of one backoff delay inside a send.
+    pub retry_max_delay: Duration,
+    /// Bound on a whole send including its retries; no call blocks longer than about this plus one request.
+    pub retry_max_total: Duration,
+    /// Cap of a destination's backoff between failed sends (long, because an operator may need to fix the cluster).
+    pub backoff_max: Duration,
+    /// `x-ms-app`.
+    pub app: String,
+    /// Version of the application, appended to `x-ms-client-version`.
+    pub app_version: Option<String>,
+    /// `x-ms-user`.
+    pub user: String,
+    /// Lowest level passed to the log callback.
+    pub log_level: LogLevel,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            url: None,
+            token: None,
+            ca_pem: Vec::new(),
+            bundled_roots: true,
+            allow_plain: false,
+            allow_plain_remote: false,
+            connect_timeout: Duration::from_secs(10),
+            send_timeout: Duration::from_secs(30),
+            recv_timeout: Duration::from_secs(30),
+            batch_bytes: 1024 * 1024,
+            batch_max_age: Duration::from_secs(5),
+            max_destinations: 8,
+            retry_max_attempts: 4,
+            retry_base: Duration::from_millis(250),
+            retry_max_delay: Duration::from_secs(10),
+            retry_max_total: Duration::from_secs(30),
+            backoff_max: Duration::from_secs(300),
+            app: "[none]".to_owned(),
+            app_version: None,
+            user: "[none]".to_owned(),
+            log_level: LogLevel::Warn,
+        }
+    }
+}
+
+/// One documented key: name, default shown to users, and what it means.
+pub struct KeyDoc {
+    /// The key.
+    pub key: &'static str,
+    /// Default value as text.
+    pub default: &'static str,
+    /// One line of help.
+    pub help: &'static str,
+}
+
+/// Every key `set` understands, for the README and for error messages.
+pub const KEYS: &[KeyDoc] = &[
+    KeyDoc { key: "url", default: "(required)", help: "cluster URL, https://CLUSTER.REGION.kusto.windows.net" },
+    KeyDoc { key: "auth.token", default: "(none)", help: "static bearer token (secret: never logged)" },
+    KeyDoc { key: "tls.ca_file", default: "(none)", help: "PEM file of CA certificates to trust in addition to the bundled roots" },
+    KeyDoc { key: "tls.bundled_roots", default: "true", help: "trust the Mozilla roots compiled into the library" },
+    KeyDoc { key: "http.allow_plain", default: "false", help: "allow http:// to loopback hosts (tests, local endpoints)" },
+    KeyDoc { key: "http.allow_plain_remote", default: "false", help: "allow http:// to other hosts too (a token is never sent there)" },
+    KeyDoc { key: "timeout.connect_ms", default: "10000", help: "bound on TCP + TLS connection setup" },
+    KeyDoc { key: "timeout.send_ms", default: "30000", help: "bound on sending one request" },
+    KeyDoc { key: "timeout.recv_ms", default: "30000", help: "bound on waiting for and reading one response" },
+    KeyDoc { key: "batch.bytes", default: "1048576", help: "raw capacity of each destination's batch (1024..4194304)" },
+    KeyDoc { key: "batch.max_age_ms", default: "5000", help: "poll sends a batch older than this" },
+    KeyDoc { key: "destinations.max", default: "8", help: "destinations one client may serve (1..256)" },
+    KeyDoc { key: "retry.max_attempts", default: "4", help: "attempts of one send, the first included (1..100)" },
+    KeyDoc { key: "retry.base_ms", default: "250", help: "backoff before the second attempt; doubles, with full jitter" },
+    KeyDoc { key: "retry.max_delay_ms", default: "10000", help: "cap of one backoff delay inside a send" },
+    KeyDoc { key: "retry.max_total_ms", default: "30000", help: "bound on one send with all its retries" },
+    KeyDoc { key: "backoff.max_ms", default: "300000", help: "cap of a destination's backoff between failed sends" },
+    KeyDoc { key: "client.app", default: "[none]", help: "x-ms-app header: your application's name" },
+    KeyDoc { key: "client.app_version", default: "(none)", help: "your application's version, added to x-ms-client-version" },
+    KeyDoc { key: "client.user", default: "[none]", help: "x-ms-user header" },
+    KeyDoc { key: "log.level", default: "warn", help: "error, warn, info or debug" },
+];
+
+fn parse_bool(key: &str, v: &str) -> Result<bool, Error> {
+    match v.to_ascii_lowercase().as_str() {
+        "true" | "1" | "yes" | "on" => Ok(true),
+        "false" | "0" | "no" | "off" => Ok(false),
+        _ => Err(invalid(key, v, "expected true or false")),
+    }
+}
+
+fn parse_u64(key: &str, v: &str, min: u64, max: u64) -> Result<u64, Error> {
+    let n: u64 = v.trim().parse().map_err(|_| invalid(key, v, "expected a whole number"))?;
+    if n < min || n > max {
+        return Err(invalid(key, v, &format!("must be between {min} and {max}")));
+    }
+    Ok(n)
+}
+
+fn parse_ms(key: &str, v: &str, min: u64, max: u64) -> Result<Duration, Error> {
+    parse_u64(key, v, min, max).map(Duration::from_millis)
+}
+
+fn invalid(key: &str, value: &str, why: &str) -> Error {
+    // Values of secret keys never reach a message.
+    let shown = if key == "auth.token" { "***" } else { value };
+    Error::new(ErrorKind::ConfigInvalidValue, format!("config key '{key}': value '{shown}' is invalid: {why}"))
+}
+
+fn header_text(key: &str, v: &str) -> Result<String, Error> {
+    if v.is_empty() || v.len() > 256 || !v.bytes().all(|b| (0x20..0x7f).contains(&b)) {
+        return Err(invalid(key, v, "must be 1..256 printable ASCII characters (it is sent as an HTTP header)"));
+    }
+    Ok(v.to_owned())
+}
+
+const DAY_MS: u64 = 24 * 3600 * 1000;
+
+impl Config {
+    /// Sets one key. Unknown keys and bad values are refused with a message naming the key.
+    pub fn set(&mut self, key: &str, value: &str) -> Result<(), Error> {
+        match key {
+            "url" => {
+                let v = value.trim().trim_end_matches('/');
+                crate::wire::ClusterUrl::parse(v)?;
+                self.url = Some(v.to_owned());
+            }
+            "auth.token" => {
+                if value.is_empty() || !value.bytes().all(|b| (0x21..0x7f).contains(&b)) {
+                    return Err(invalid(key, value, "a token is printable ASCII without spaces"));
+                }
+                self.token = Some(Secret::new(value));
+            }
+            "tls.ca_file" => {
+                let pem = std::fs::read(value).map_err(|e| {
+                    Error::new(ErrorKind::TlsConfig, format!("tls.ca_file '{value}' cannot be read: {e}"))
+                })?;
+                crate::transport::parse_ca_pem(&pem)?;
+                self.ca_pem.extend_from_slice(&pem);
+                self.ca_pem.push(b'\n');
+            }
+            "tls.bundled_roots" => self.bundled_roots = parse_bool(key, value)?,
+            "http.allow_plain" => self.allow_plain = parse_bool(key, value)?,
+            "http.allow_plain_remote" => self.allow_plain_remote = parse_bool(key, value)?,
+            "timeout.connect_ms" => self.connect_timeout = parse_ms(key, value, 1, DAY_MS)?,
+            "timeout.send_ms" => self.send_timeout = parse_ms(key, value, 1, DAY_MS)?,
+            "timeout.recv_ms" => self.recv_timeout = parse_ms(key, value, 1, DAY_MS)?,
+            "batch.bytes" => {
+                self.batch_bytes =
+                    parse_u64(key, value, MIN_BATCH_BYTES as u64, MAX_REQUEST_RAW_BYTES as u64)? as usize
+            }
+            "batch.max_age_ms" => self.batch_max_age = parse_ms(key, value, 0, DAY_MS)?,
+            "destinations.max" => {
+                self.max_destinations = parse_u64(key, value, 1, MAX_DESTINATIONS as u64)? as usize
+            }
+            "retry.max_attempts" => self.retry_max_attempts = parse_u64(key, value, 1, 100)? as u32,
+            "retry.base_ms" => self.retry_base = parse_ms(key, value, 0, DAY_MS)?,
+            "retry.max_delay_ms" => self.retry_max_delay = parse_ms(key, value, 0, DAY_MS)?,
+            "retry.max_total_ms" => self.retry_max_total = parse_ms(key, value, 0, DAY_MS)?,
+            "backoff.max_ms" => self.backoff_max = parse_ms(key, value, 0, DAY_MS)?,
+            "client.app" => self.app = header_text(key, value)?,
+            "client.app_version" => self.app_version = Some(header_text(key, value)?),
+            "client.user" => self.user = header_text(key, value)?,
+            "log.level" => {
+                self.log_level = match value.to_ascii_lowercase().as_str() {
+                    "error" => LogLevel::Error,
+                    "warn" | "warning" => LogLevel::Warn,
+                    "info" => LogLevel::Info,
+                    "debug" => LogLevel::Debug,
+                    _ => return Err(invalid(key, value, "expected error, warn, info or debug")),
+                }
+            }
+            _ => {
+                return Err(Error::new(
+                    ErrorKind::ConfigUnknownKey,
+                    format!("unknown config key '{key}' (see the README's list of configuration keys)"),
+                ))
+            }
+        }
+        Ok(())
+    }
+
+    /// Adds CA certificates from PEM text in memory.
+    pub fn add_ca_pem(&mut self, pem: &[u8]) -> Result<(), Error> {
+        crate::transport::parse_ca_pem(pem)?;
+        self.ca_pem.extend_from_slice(pem);
+        self.ca_pem.push(b'\n');
+        Ok(())
+    }
+
+    /// Checks that the settings make a client: a URL, a transport the security rules allow, a trust store.
+    pub fn validate(&self) -> Result<crate::wire::ClusterUrl, Error> {
+        let url = self.url.as_deref().ok_or_else(|| {
+            Error::new(ErrorKind::ConfigIncomplete, "config key 'url' is not set: give the cluster URL")
+        })?;
+        let cluster = crate::wire::ClusterUrl::parse(url)?;
+        if !cluster.https {
+            if !self.allow_plain {
+                return Err(Error::new(
+                    ErrorKind::InsecureTransport,
+                    format!("'{url}' is plain http: use https, or set http.allow_plain=true for a loopback test endpoint"),
+                ));
+            }
+            if !cluster.is_loopback() && !self.allow_plain_remote {
+                return Err(Error::new(
+                    ErrorKind::InsecureTransport,
+                    format!("'{url}' is plain http to a host that is not loopback: use https (or set http.allow_plain_remote=true, never with a token)"),
+                ));
+            }
+            if !cluster.is_loopback() && self.token.is_some() {
+                return Err(Error::new(
+                    ErrorKind::InsecureTransport,
+                    format!("refusing to send a token over plain http to '{}': use https", cluster.host),
+                ));
+            }
+        } else if !self.bundled_roots && self.ca_pem.is_empty() {
+            return Err(Error::new(
+                ErrorKind::TlsConfig,
+                "no certificate to trust: tls.bundled_roots=false needs tls.ca_file or a CA in memory",
+            ));
+        }
+        if self.retry_max_delay < self.retry_base {
+            return Err(Error::new(
+                ErrorKind::ConfigInvalidValue,
+                "retry.max_delay_ms must not be smaller than retry.base_ms",
+            ));
+        }
+        Ok(cluster)
+    }
+
+    /// Largest gzip body a batch of `batch_bytes` can become (stored blocks in the worst case, plus framing).
+    pub fn wire_capacity(&self) -> usize {
+        crate::gzip::compressed_bound(self.batch_bytes)
+    }
+
+    /// Heap bytes a client built from this config holds at most, whatever the input and however long an outage:
+    /// one batch buffer per destination, one compressed-body buffer, the compressor's state, a response buffer and
+    /// a fixed allowance for TLS and HTTP state.
+    pub fn memory_bound(&self) -> u64 {
+        let batches = self.max_destinations as u64 * self.batch_bytes as u64;
+        let wire = self.wire_capacity() as u64;
+        let compressor = crate::gzip::COMPRESSOR_STATE_BYTES as u64;
+        batches + wire + compressor + RESPONSE_BODY_BYTES as u64 + self.ca_pem.len() as u64 * 2
+            + FIXED_OVERHEAD_BYTES as u64
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn unknown_key_is_refused_with_its_name() {
+        let mut c = Config::default();
+        let e = c.set("batch.size", "10").unwrap_err();
+        assert_eq!(e.kind, ErrorKind::ConfigUnknownKey);
+        assert!(e.message.contains("batch.size"));
+    }
+
+    #[test]
+    fn batch_bytes_cannot_exceed_the_service_limit() {
+        let mut c = Config::default();
+        assert!(c.set("batch.bytes", "4194304").is_ok());
+        let e = c.set("batch.bytes", "4194305").unwrap_err();
+        assert_eq!(e.kind, ErrorKind::ConfigInvalidValue);
+        assert!(c.set("batch.bytes", "-1").is_err());
+        assert!(c.set("batch.bytes", "12k").is_err());
+    }
+
+    #[test]
+    fn token_value_never_appears_in_errors_or_debug() {
+        let mut c = Config::default();
+        let e = c.set("auth.token", "sec ret").unwrap_err();
+        assert!(!e.message.contains("sec ret"));
+        c.set("auth.token", "s3cr3t-value").unwrap();
+        assert!(!format!("{c:?}").contains("s3cr3t-value"));
+    }
+
+    #[test]
+    fn plain_http_needs_opt_in_and_loopback() {
+        let mut c = Config::default();
+        c.set("url", "http://127.0.0.1:8080").unwrap();
+        assert_eq!(c.validate().unwrap_err().kind, ErrorKind::InsecureTransport);
+        c.set("http.allow_plain", "true").unwrap();
+        assert!(c.validate().is_ok());
+        c.set("url", "http://example.com").unwrap();
+        assert_eq!(c.validate().unwrap_err().kind, ErrorKind::InsecureTransport);
+        c.set("http.allow_plain_remote", "true").unwrap();
+        assert!(c.validate().is_ok());
+        c.set("auth.token", "abc").unwrap();
+        assert_eq!(c.validate().unwrap_err().kind, ErrorKind::InsecureTransport);
+    }
+
+    #[test]
+    fn missing_url_is_incomplete() {
+        assert_eq!(Config::default().validate().unwrap_err().kind, ErrorKind::ConfigIncomplete);
+    }
+
+    #[test]
+    fn memory_bound_grows_with_destinations_and_batch_size() {
+        let mut c = Config::default();
+        let a = c.memory_bound();
+        c.set("destinations.max", "16").unwrap();
+        let b = c.memory_bound();
+        assert_eq!(b - a, 8 * 1024 * 1024);
+    }
+}

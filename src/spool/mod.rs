@@ -1,0 +1,931 @@
+//! The flash spool: chunks that could not be sent are kept on the gateway's flash so they survive
+//! outages, power cuts and reboots, and are replayed later, oldest first.
+//!
+//! # Why it is safe to pull the plug at any moment
+//!
+//! One file per chunk, named by a zero-padded hex sequence number. A chunk is written as
+//! `SEQ.tmp`, fsynced, renamed to `SEQ.chunk`, and the directory is fsynced; `push` returns only
+//! after that last fsync. Rename is atomic, so a chunk is either absent or complete: a power cut
+//! can only ever leave a `*.tmp` behind, which `open` deletes. Removals and moves to `corrupt/` or
+//! `rejected/` are renames/unlinks followed by directory fsyncs too, so a chunk that `remove`
+//! acknowledged does not come back after a reboot (a duplicate send is the worst case only when
+//! `remove` itself reported an error).
+//!
+//! The checksums are the second line of defence (the littlefs/FCB rule: data counts only when the
+//! checksum written after it is valid). They catch what the rename protocol cannot: bit rot, a
+//! filesystem that reorders data behind a rename, files damaged by hand. `open` streams every chunk
+//! through CRC-32 with a 64 KiB scratch buffer (bounded RAM whatever the chunk size), and `read`
+//! checks it again on the way out; failures move the file to `corrupt/` (kept for inspection,
+//! never sent) and are counted.
+//!
+//! # File layout (little endian)
+//!
+//! | offset | size | field |
+//! |---|---|---|
+//! | 0 | 4 | magic `KESC` |
+//! | 4 | 1 | format version (1) |
+//! | 5 | 1 | flags: 0x01 gzip, 0x02 sealed (AES-256-GCM), 0x04 has mapping |
+//! | 6 | 2 | H = header length (this table up to the end of the names, without the CRC) |
+//! | 8 | 16 | chunk id (the request id on every resend, across reboots) |
+//! | 24 | 8 | creation time, Unix ms |
+//! | 32 | 4 | raw (uncompressed) length |
+//! | 36 | 4 | record count |
+//! | 40 | 4 | P = stored payload length (ciphertext + 16-byte tag when sealed) |
+//! | 44 | 12 | AES-GCM nonce (zero when not sealed) |
+//! | 56 | 8 | key identifier (HMAC-SHA256 of a label under the key; zero when not sealed) |
+//! | 64 | 8 | lengths (u16) of database, table, format, mapping |
+//! | 72 | .. | the four names, UTF-8, each at most [`MAX_NAME_LEN`] bytes |
+//! | H | 4 | CRC-32 of bytes 0..H |
+//! | H+4 | P | payload: exactly the request body that is sent (gzip for text formats) |
+//! | H+4+P | 4 | CRC-32 of every byte before it |
+//!
+//! The header has its own CRC so a reader can trust the lengths before it reads the payload into
+//! the caller's buffer; the trailing CRC commits the whole file. A file whose size is not exactly
+//! `H + 4 + P + 4` is torn and treated as corrupt.
+//!
+//! With a key, the payload is sealed with AES-256-GCM under a random per-chunk nonce, the header
+//! (bytes 0..H) being the associated data: destination, lengths and id are authenticated too.
+//! The tag follows the ciphertext, so `read` decrypts in place in the caller's buffer and needs no
+//! buffer of its own; `push` needs one transient payload-sized copy to encrypt into, because the
+//! caller's payload is borrowed read-only and AES-GCM in ring is one-shot. That copy is taken with
+//! `try_reserve`, so a gateway short of RAM gets [`SpoolError::OutOfMemory`], not an abort.
+//! A chunk sealed under another key is recognised on `open` by its key identifier; a tampered one
+//! (with a recomputed CRC) fails authentication on `read`. Both go to `corrupt/`, never to the
+//! caller. With a key configured, unsealed chunks are refused as well (whoever can write the flash
+//! could otherwise inject data); without a key, sealed chunks cannot be read and are moved aside
+//! (`corrupt/` keeps them for when the key is configured again).
+//!
+//! Sequence numbers are `u64` and only grow (`open` resumes after the largest number found in any
+//! area): at a million chunks per second they last 584,000 years, so wrap-around is not handled.
+//!
+//! # Memory
+//!
+//! The index holds one small [`ChunkInfo`] per pending chunk (destinations are shared), bounded by
+//! `max_chunks`. No payload-sized buffer is ever allocated except the sealing copy described above.
+
+mod format;
+mod fs;
+mod mem;
+mod seal;
+mod storage;
+
+#[cfg(test)]
+mod tests;
+
+pub use format::MAX_NAME_LEN;
+pub use fs::FsStorage;
+pub use mem::{CutMode, MemStorage};
+pub use storage::{Area, Storage};
+
+use crate::crc32::Crc32;
+use format::{Decoded, CRC_LEN, MAX_HEADER_LEN, TAG_LEN};
+use seal::Sealer;
+use std::collections::BTreeMap;
+use std::fmt;
+use std::io;
+use std::sync::Arc;
+
+/// Largest raw (uncompressed) chunk the service accepts in one streaming request: 4 MiB.
+pub const MAX_RAW_LEN: u32 = 4 << 20;
+
+/// Largest payload `push` accepts and `read` returns: [`MAX_RAW_LEN`] plus the worst-case growth of
+/// gzip on incompressible data (deflate stored blocks: 5 bytes per 64 KiB, plus the gzip header
+/// and trailer), with margin. A read buffer of this size fits every chunk, sealed or not: the
+/// AES-GCM tag is kept out of the caller's buffer.
+pub const MAX_PAYLOAD_LEN: usize = MAX_RAW_LEN as usize + (MAX_RAW_LEN as usize / 1024) + 64;
+
+/// Largest file one chunk can occupy on flash (payload, tag, header, checksums); `max_bytes` below
+/// this may refuse legitimate chunks with [`SpoolError::TooLarge`].
+pub const MAX_CHUNK_FILE_LEN: u64 = (MAX_HEADER_LEN + 2 * CRC_LEN + TAG_LEN + MAX_PAYLOAD_LEN) as u64;
+
+/// Longest service message kept beside a rejected chunk; longer ones are cut (the start of a
+/// Kusto error says what went wrong).
+pub const MAX_REJECT_MESSAGE_LEN: usize = 4096;
+
+/// Bytes of scratch used to stream a chunk through its checksum on `open`.
+const VERIFY_SCRATCH_LEN: usize = 64 * 1024;
+
+/// Where a chunk goes: chunks are sent per destination, so the spool keeps it with each one.
+#[derive(Clone, PartialEq, Eq, Hash, Debug)]
+pub struct DestKey {
+    /// Kusto database.
+    pub database: String,
+    /// Kusto table.
+    pub table: String,
+    /// Wire name of the data format (`multijson`, `csv`, `avro`, ...).
+    pub format: String,
+    /// Name of an ingestion mapping created on the table beforehand, if any.
+    pub mapping: Option<String>,
+}
+
+/// Everything needed to send a chunk again, possibly after a reboot, exactly as it would have been
+/// sent the first time.
+#[derive(Clone, PartialEq, Eq, Debug)]
+pub struct ChunkHeader {
+    /// Stable id, reused as the request id on every resend so the service side can trace retries.
+    pub chunk_id: [u8; 16],
+    /// Where the chunk goes.
+    pub dest: DestKey,
+    /// When the batch was closed, for age-based reporting and dropping.
+    pub created_unix_ms: u64,
+    /// Uncompressed bytes (the service's 4 MiB limit applies to these).
+    pub raw_len: u32,
+    /// Records in the chunk, for delivery reports and drop accounting.
+    pub records: u32,
+    /// Payload is gzip (text formats, sent with `Content-Encoding: gzip`) or sent as is (binary formats).
+    pub gzip: bool,
+}
+
+/// What `push` does when the spool is full.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum FullPolicy {
+    /// Delete the oldest chunks (of any destination) to make room: recent telemetry matters most.
+    DropOldest,
+    /// Refuse the new chunk with [`SpoolError::Full`]: history matters most; the caller decides.
+    RejectNew,
+}
+
+/// Limits and options of a spool, fixed at `open`.
+#[derive(Clone)]
+pub struct SpoolConfig {
+    /// Upper bound of the summed file sizes of pending chunks (set it below the free space of the
+    /// flash partition so the spool never fills the disk).
+    pub max_bytes: u64,
+    /// Upper bound of pending chunks; also bounds the RAM of the index.
+    pub max_chunks: u32,
+    /// What to do when a new chunk does not fit.
+    pub policy: FullPolicy,
+    /// AES-256-GCM key for encryption at rest; `None` stores payloads in clear.
+    /// Never written anywhere; the spool keeps only ring's key schedule.
+    pub key: Option<[u8; 32]>,
+}
+
+impl fmt::Debug for SpoolConfig {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("SpoolConfig")
+            .field("max_bytes", &self.max_bytes)
+            .field("max_chunks", &self.max_chunks)
+            .field("policy", &self.policy)
+            .field("key", &self.key.map(|_| "<redacted>"))
+            .finish()
+    }
+}
+
+/// Why a spool operation failed. Each message says what to do about it.
+#[derive(Debug)]
+pub enum SpoolError {
+    /// The spool is at `max_bytes`/`max_chunks` and the policy is [`FullPolicy::RejectNew`].
+    Full,
+    /// The filesystem is out of space (ENOSPC/EDQUOT); nothing was stored, earlier chunks are intact.
+    NoSpace,
+    /// The filesystem is read-only (EROFS), often because the kernel saw flash errors.
+    ReadOnly,
+    /// Any other I/O error, as reported by the OS.
+    Io(io::Error),
+    /// A chunk failed its checksum or authentication; it was moved to `corrupt/`.
+    Corrupt(String),
+    /// The chunk can never fit: raw data over 4 MiB, payload over [`MAX_PAYLOAD_LEN`], or file over `max_bytes`.
+    TooLarge {
+        /// Size of the offending quantity in bytes.
+        len: u64,
+        /// The limit it exceeds.
+        max: u64,
+    },
+    /// The caller's read buffer is smaller than the chunk's payload; nothing was consumed.
+    BufferTooSmall {
+        /// Bytes the buffer must hold.
+        needed: usize,
+    },
+    /// No pending chunk has this sequence number (already removed, rejected, or moved to `corrupt/`).
+    NotFound(u64),
+    /// The header cannot be stored (a name longer than [`MAX_NAME_LEN`]).
+    InvalidHeader(String),
+    /// The configuration cannot work (zero limits).
+    InvalidConfig(String),
+    /// Memory for the sealing copy could not be allocated.
+    OutOfMemory,
+    /// The system random generator failed, so no safe nonce could be made.
+    Crypto,
+}
+
+impl fmt::Display for SpoolError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            SpoolError::Full => write!(
+                f,
+                "spool full (max_bytes/max_chunks reached, policy RejectNew): the chunk was not stored; \
+                 wait for the connection to drain the spool, raise the limits, or use DropOldest"
+            ),
+            SpoolError::NoSpace => write!(
+                f,
+                "no space left on the spool's filesystem: the chunk was not stored (earlier chunks are intact); \
+                 free space on the partition or lower max_bytes below its free space"
+            ),
+            SpoolError::ReadOnly => write!(
+                f,
+                "the spool's filesystem is read-only (often remounted read-only after flash errors): \
+                 check dmesg and the flash, then remount read-write"
+            ),
+            SpoolError::Io(e) => write!(f, "spool I/O error: {e}; check the spool directory and the flash (dmesg)"),
+            SpoolError::Corrupt(why) => write!(
+                f,
+                "spooled chunk is corrupt ({why}); it was moved to the spool's corrupt/ directory and will not be sent"
+            ),
+            SpoolError::TooLarge { len, max } => write!(
+                f,
+                "chunk too large for the spool ({len} bytes, limit {max}): make batches smaller or raise max_bytes"
+            ),
+            SpoolError::BufferTooSmall { needed } => write!(
+                f,
+                "read buffer too small: the chunk needs {needed} bytes; size it with MAX_PAYLOAD_LEN"
+            ),
+            SpoolError::NotFound(seq) => write!(
+                f,
+                "no pending chunk {seq:016x}: it was already removed, rejected or found corrupt; take the next one from oldest()"
+            ),
+            SpoolError::InvalidHeader(why) => write!(f, "chunk header cannot be spooled: {why}"),
+            SpoolError::InvalidConfig(why) => write!(f, "invalid spool configuration: {why}"),
+            SpoolError::OutOfMemory => write!(
+                f,
+                "out of memory while encrypting a chunk for the spool: lower the batch size or free RAM"
+            ),
+            SpoolError::Crypto => write!(
+                f,
+                "the system random generator failed, so the chunk could not be encrypted: check /dev/urandom or getrandom()"
+            ),
+        }
+    }
+}
+
+impl std::error::Error for SpoolError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        match self {
+            SpoolError::Io(e) => Some(e),
+            _ => None,
+        }
+    }
+}
+
+impl From<io::Error> for SpoolError {
+    /// The one place OS errors are classified: ENOSPC/EDQUOT and EROFS get their own variants
+    /// because the caller reacts differently (stop spooling vs. report a sick flash).
+    fn from(e: io::Error) -> Self {
+        match e.kind() {
+            io::ErrorKind::StorageFull | io::ErrorKind::QuotaExceeded => SpoolError::NoSpace,
+            io::ErrorKind::ReadOnlyFilesystem => SpoolError::ReadOnly,
+            _ => SpoolError::Io(e),
+        }
+    }
+}
+
+/// What `open` found and repaired.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct RecoveryReport {
+    /// Pending chunks after recovery.
+    pub chunks: u32,
+    /// Their total file size.
+    pub bytes: u64,
+    /// `*.tmp` leftovers of writes interrupted by a power cut, deleted.
+    pub removed_partial: u32,
+    /// Chunks that failed verification and were moved to `corrupt/`.
+    pub corrupt: u32,
+    /// Chunks dropped because the spool held more than the (possibly lowered) limits allow
+    /// (only with [`FullPolicy::DropOldest`]).
+    pub dropped: Dropped,
+}
+
+/// Chunks deleted to make room (policy [`FullPolicy::DropOldest`]): lost telemetry the caller
+/// should report.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Dropped {
+    /// Chunks deleted.
+    pub chunks: u32,
+    /// Records they held.
+    pub records: u64,
+    /// File bytes freed.
+    pub bytes: u64,
+}
+
+/// Counters since `open`, plus the current fill level.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct SpoolStats {
+    /// Pending chunks.
+    pub chunks: u32,
+    /// Their total file size in bytes.
+    pub bytes: u64,
+    /// Chunks accepted by `push`.
+    pub pushed_chunks: u64,
+    /// Chunks removed after the service acknowledged them.
+    pub removed_chunks: u64,
+    /// Chunks moved to `corrupt/` (on open or read).
+    pub corrupt_chunks: u64,
+    /// Chunks deleted by [`FullPolicy::DropOldest`] (including on open).
+    pub dropped_chunks: u64,
+    /// Records in those.
+    pub dropped_records: u64,
+    /// File bytes of those.
+    pub dropped_bytes: u64,
+    /// Chunks refused with [`SpoolError::Full`] by [`FullPolicy::RejectNew`].
+    pub rejected_chunks: u64,
+    /// Records in those.
+    pub rejected_records: u64,
+    /// Chunks the service refused permanently, moved to `rejected/` by `reject`.
+    pub service_rejected_chunks: u64,
+    /// Records in those.
+    pub service_rejected_records: u64,
+}
+
+/// What the spool knows about a pending chunk without reading its file.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ChunkInfo {
+    /// The chunk's stable id.
+    pub chunk_id: [u8; 16],
+    /// Its destination (shared between chunks of the same destination to keep the index small).
+    pub dest: Arc<DestKey>,
+    /// Creation time, Unix ms.
+    pub created_unix_ms: u64,
+    /// Uncompressed bytes.
+    pub raw_len: u32,
+    /// Records.
+    pub records: u32,
+    /// Bytes `read` writes into the caller's buffer.
+    pub payload_len: u32,
+    /// Bytes the file occupies (what `max_bytes` counts).
+    pub file_len: u64,
+    /// Whether the payload is gzip.
+    pub gzip: bool,
+}
+
+/// A spool of chunks on a [`Storage`]. Not thread-safe by itself (`&mut self` for every change):
+/// the client owns it from one thread.
+pub struct Spool<S: Storage> {
+    storage: S,
+    max_bytes: u64,
+    max_chunks: u32,
+    policy: FullPolicy,
+    sealer: Option<Sealer>,
+    index: BTreeMap<u64, ChunkInfo>,
+    bytes: u64,
+    next_seq: u64,
+    stats: SpoolStats,
+    dests: Vec<Arc<DestKey>>,
+    /// Reused header buffer: encoding and reading a header never allocates after `open`.
+    hdr: Vec<u8>,
+}
+
+/// A file name built on the stack (`{seq:016x}.chunk` is 22 bytes): hot paths do not allocate.
+struct Name {
+    buf: [u8; 22],
+    len: usize,
+}
+
+impl Name {
+    fn new(seq: u64, kind: Kind) -> Self {
+        const HEX: &[u8; 16] = b"0123456789abcdef";
+        let mut buf = [0u8; 22];
+        for (i, b) in buf[..16].iter_mut().enumerate() {
+            *b = HEX[((seq >> (60 - 4 * i)) & 0xF) as usize];
+        }
+        let ext = kind.ext().as_bytes();
+        buf[16..16 + ext.len()].copy_from_slice(ext);
+        Name { buf, len: 16 + ext.len() }
+    }
+
+    fn as_str(&self) -> &str {
+        // Only ASCII is ever written into `buf`.
+        std::str::from_utf8(&self.buf[..self.len]).unwrap_or("")
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Kind {
+    Chunk,
+    Tmp,
+    Msg,
+}
+
+impl Kind {
+    fn ext(self) -> &'static str {
+        match self {
+            Kind::Chunk => ".chunk",
+            Kind::Tmp => ".tmp",
+            Kind::Msg => ".msg",
+        }
+    }
+}
+
+/// Recognises the spool's own file names; anything else in the directory is left alone.
+fn parse_name(name: &str) -> Option<(u64, Kind)> {
+    let (hex, ext) = name.split_at_checked(16)?;
+    let kind = [Kind::Chunk, Kind::Tmp, Kind::Msg].into_iter().find(|k| k.ext() == ext)?;
+    if !hex.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b)) {
+        return None;
+    }
+    Some((u64::from_str_radix(hex, 16).ok()?, kind))
+}
+
+/// Outcome of checking one chunk file.
+enum Check {
+    /// The file is damaged: quarantine it.
+    Corrupt(String),
+    /// The file could not be read: report, do not judge it.
+    Io(io::Error),
+}
+
+impl From<io::Error> for Check {
+    fn from(e: io::Error) -> Self {
+        Check::Io(e)
+    }
+}
+
+impl<S: Storage> Spool<S> {
+    /// Opens the spool on `storage` and recovers it: deletes leftovers of interrupted writes,
+    /// verifies every chunk (streaming, 64 KiB scratch), moves failures to `corrupt/`, rebuilds the
+    /// index, and resumes the sequence after the largest number found. With
+    /// [`FullPolicy::DropOldest`], chunks beyond the limits (lowered since the last run) are dropped
+    /// oldest first; with [`FullPolicy::RejectNew`] they are kept and `push` says `Full` until the
+    /// spool drains.
+    ///
+    /// An I/O error while reading a chunk aborts `open` rather than quarantining a chunk that may be
+    /// fine; the error names the cause.
+    pub fn open(storage: S, cfg: SpoolConfig) -> Result<(Self, RecoveryReport), SpoolError> {
+        if cfg.max_chunks == 0 || cfg.max_bytes == 0 {
+            return Err(SpoolError::InvalidConfig("max_chunks and max_bytes must be at least 1".into()));
+        }
+        let sealer = cfg.key.as_ref().map(Sealer::new);
+        let mut spool = Spool {
+            storage,
+            max_bytes: cfg.max_bytes,
+            max_chunks: cfg.max_chunks,
+            policy: cfg.policy,
+            sealer,
+            index: BTreeMap::new(),
+            bytes: 0,
+            next_seq: 0,
+            stats: SpoolStats::default(),
+            dests: Vec::new(),
+            hdr: Vec::with_capacity(MAX_HEADER_LEN + CRC_LEN),
+        };
+        let report = spool.recover()?;
+        Ok((spool, report))
+    }
+
+    fn recover(&mut self) -> Result<RecoveryReport, SpoolError> {
+        let mut report = RecoveryReport::default();
+        let mut max_seq: Option<u64> = None;
+        let mut names = Vec::new();
+        for area in [Area::Corrupt, Area::Rejected] {
+            names.clear();
+            match self.storage.list(area, &mut names) {
+                Ok(()) => {}
+                Err(e) if e.kind() == io::ErrorKind::NotFound => continue,
+                Err(e) => return Err(e.into()),
+            }
+            for (seq, _) in names.iter().filter_map(|n| parse_name(n)) {
+                max_seq = max_seq.max(Some(seq));
+            }
+        }
+
+        names.clear();
+        self.storage.list(Area::Pending, &mut names)?;
+        let mut seqs = Vec::new();
+        let mut dirty = false;
+        for name in &names {
+            let Some((seq, kind)) = parse_name(name) else { continue };
+            max_seq = max_seq.max(Some(seq));
+            match kind {
+                Kind::Chunk => seqs.push(seq),
+                Kind::Tmp => {
+                    self.storage.remove(Area::Pending, name)?;
+                    report.removed_partial += 1;
+                    dirty = true;
+                }
+                Kind::Msg => {}
+            }
+        }
+        drop(names);
+        seqs.sort_unstable();
+
+        let mut scratch = vec![0u8; VERIFY_SCRATCH_LEN];
+        let mut moved = false;
+        for seq in seqs {
+            match self.verify(seq, &mut scratch) {
+                Ok(d) => self.insert(seq, &d),
+                Err(Check::Corrupt(_why)) => {
+                    let name = Name::new(seq, Kind::Chunk);
+                    self.storage.rename((Area::Pending, name.as_str()), (Area::Corrupt, name.as_str()))?;
+                    report.corrupt += 1;
+                    self.stats.corrupt_chunks += 1;
+                    moved = true;
+                }
+                Err(Check::Io(e)) => return Err(e.into()),
+            }
+        }
+        drop(scratch);
+        if moved {
+            self.storage.sync_area(Area::Corrupt)?;
+        }
+        if moved || dirty {
+            self.storage.sync_area(Area::Pending)?;
+        }
+
+        if self.policy == FullPolicy::DropOldest {
+            let mut freed = false;
+            while self.index.len() > self.max_chunks as usize || self.bytes > self.max_bytes {
+                let seq = *self.index.keys().next().expect("over limit means non-empty");
+                self.storage.remove(Area::Pending, Name::new(seq, Kind::Chunk).as_str())?;
+                let info = self.forget(seq).expect("key from the index");
+                self.count_drop(&mut report.dropped, &info);
+                freed = true;
+            }
+            if freed {
+                self.storage.sync_area(Area::Pending)?;
+            }
+        }
+
+        self.next_seq = max_seq.map_or(0, |s| s + 1);
+        report.chunks = self.index.len() as u32;
+        report.bytes = self.bytes;
+        Ok(report)
+    }
+
+    /// Reads the header of a chunk into `self.hdr` and checks it against the file size and the key.
+    fn read_header(&mut self, seq: u64) -> Result<(Decoded, u64), Check> {
+        let name = Name::new(seq, Kind::Chunk);
+        let len = self.storage.file_len(Area::Pending, name.as_str())?;
+        let mut prefix = [0u8; 8];
+        if self.storage.read_at(Area::Pending, name.as_str(), 0, &mut prefix)? < prefix.len() {
+            return Err(Check::Corrupt(format!("file is only {len} bytes")));
+        }
+        let hlen = format::header_len_from_prefix(&prefix).map_err(Check::Corrupt)?;
+        self.hdr.clear();
+        self.hdr.resize(hlen + CRC_LEN, 0);
+        if self.storage.read_at(Area::Pending, name.as_str(), 0, &mut self.hdr)? < self.hdr.len() {
+            return Err(Check::Corrupt("truncated inside the header".into()));
+        }
+        let d = format::decode_header(&self.hdr).map_err(Check::Corrupt)?;
+        if d.file_len() != len {
+            return Err(Check::Corrupt(format!(
+                "file is {len} bytes but its header describes {} (torn write)",
+                d.file_len()
+            )));
+        }
+        match (&self.sealer, &d.seal) {
+            (None, None) => {}
+            (Some(s), Some(seal)) if s.key_id() == seal.key_id => {}
+            (Some(_), Some(_)) => return Err(Check::Corrupt("sealed with a different key".into())),
+            (None, Some(_)) => return Err(Check::Corrupt("encrypted, but no key is configured".into())),
+            (Some(_), None) => return Err(Check::Corrupt("not encrypted, but a key is configured".into())),
+        }
+        Ok((d, len))
+    }
+
+    /// Streams a whole chunk file through its checksum.
+    fn verify(&mut self, seq: u64, scratch: &mut [u8]) -> Result<Decoded, Check> {
+        let (d, len) = self.read_header(seq)?;
+        let name = Name::new(seq, Kind::Chunk);
+        let mut crc = Crc32::new();
+        crc.update(&self.hdr);
+        let mut at = self.hdr.len() as u64;
+        let body_end = len - CRC_LEN as u64;
+        while at < body_end {
+            let want = scratch.len().min((body_end - at) as usize);
+            let got = self.storage.read_at(Area::Pending, name.as_str(), at, &mut scratch[..want])?;
+            if got < want {
+                return Err(Check::Corrupt("file shrank while being verified".into()));
+            }
+            crc.update(&scratch[..want]);
+            at += want as u64;
+        }
+        let mut trailer = [0u8; CRC_LEN];
+        if self.storage.read_at(Area::Pending, name.as_str(), body_end, &mut trailer)? < CRC_LEN {
+            return Err(Check::Corrupt("missing trailing checksum".into()));
+        }
+        if u32::from_le_bytes(trailer) != crc.finish() {
+            return Err(Check::Corrupt("checksum mismatch".into()));
+        }
+        Ok(d)
+    }
+
+    fn intern(&mut self, dest: &DestKey) -> Arc<DestKey> {
+        if let Some(d) = self.dests.iter().find(|d| ***d == *dest) {
+            return d.clone();
+        }
+        // Forget destinations no pending chunk uses any more, so the table stays bounded too.
+        self.dests.retain(|d| Arc::strong_count(d) > 1);
+        let d = Arc::new(dest.clone());
+        self.dests.push(d.clone());
+        d
+    }
+
+    fn insert(&mut self, seq: u64, d: &Decoded) {
+        let dest = self.intern(&d.header.dest);
+        let info = ChunkInfo {
+            chunk_id: d.header.chunk_id,
+            dest,
+            created_unix_ms: d.header.created_unix_ms,
+            raw_len: d.header.raw_len,
+            records: d.header.records,
+            payload_len: d.payload_len(),
+            file_len: d.file_len(),
+            gzip: d.header.gzip,
+        };
+        self.bytes += info.file_len;
+        self.index.insert(seq, info);
+    }
+
+    fn forget(&mut self, seq: u64) -> Option<ChunkInfo> {
+        let info = self.index.remove(&seq)?;
+        self.bytes -= info.file_len;
+        Some(info)
+    }
+
+    fn count_drop(&mut self, dropped: &mut Dropped, info: &ChunkInfo) {
+        dropped.chunks += 1;
+        dropped.records += info.records as u64;
+        dropped.bytes += info.file_len;
+        self.stats.dropped_chunks += 1;
+        self.stats.dropped_records += info.records as u64;
+        self.stats.dropped_bytes += info.file_len;
+    }
+
+    /// Stores a chunk durably: returns `Ok` only after the file and its directory entry are
+    /// fsynced, so the chunk survives any later power cut. Applies the capacity policy first:
+    /// with [`FullPolicy::DropOldest`] the returned [`Dropped`] says what was deleted to make room;
+    /// with [`FullPolicy::RejectNew`] a chunk that does not fit gets [`SpoolError::Full`] and nothing
+    /// changes. On any error the new chunk is not stored and earlier chunks are intact (chunks
+    /// already dropped to make room stay dropped and are counted in [`SpoolStats`]).
+    pub fn push(&mut self, header: &ChunkHeader, payload: &[u8]) -> Result<Dropped, SpoolError> {
+        if header.raw_len > MAX_RAW_LEN {
+            return Err(SpoolError::TooLarge { len: header.raw_len as u64, max: MAX_RAW_LEN as u64 });
+        }
+        if payload.len() > MAX_PAYLOAD_LEN {
+            return Err(SpoolError::TooLarge { len: payload.len() as u64, max: MAX_PAYLOAD_LEN as u64 });
+        }
+        let seal = match &self.sealer {
+            Some(s) => Some(s.new_sealing().map_err(|()| SpoolError::Crypto)?),
+            None => None,
+        };
+        let stored_len = (payload.len() + if seal.is_some() { TAG_LEN } else { 0 }) as u32;
+        format::encode_header(header, stored_len, seal.as_ref(), &mut self.hdr)?;
+        let file_len = format::file_len(self.hdr.len() - CRC_LEN, stored_len);
+        if file_len > self.max_bytes {
+            return Err(SpoolError::TooLarge { len: file_len, max: self.max_bytes });
+        }
+
+        // How many of the oldest chunks must go for this one to fit.
+        let mut victims = 0usize;
+        let mut freed = 0u64;
+        let mut count = self.index.len();
+        let mut oldest = self.index.values();
+        while count + 1 > self.max_chunks as usize || self.bytes - freed + file_len > self.max_bytes {
+            let info = oldest.next().expect("file_len <= max_bytes, so emptying the spool makes room");
+            victims += 1;
+            freed += info.file_len;
+            count -= 1;
+        }
+        if victims > 0 && self.policy == FullPolicy::RejectNew {
+            self.stats.rejected_chunks += 1;
+            self.stats.rejected_records += header.records as u64;
+            return Err(SpoolError::Full);
+        }
+
+        let mut sealed: Vec<u8> = Vec::new();
+        let mut tag = [0u8; TAG_LEN];
+        let body: &[u8] = match (&self.sealer, &seal) {
+            (Some(sealer), Some(s)) => {
+                sealed.try_reserve_exact(payload.len()).map_err(|_| SpoolError::OutOfMemory)?;
+                sealed.extend_from_slice(payload);
+                let aad_len = self.hdr.len() - CRC_LEN;
+                tag = sealer.seal(s, &self.hdr[..aad_len], &mut sealed).map_err(|()| SpoolError::Crypto)?;
+                &sealed
+            }
+            _ => payload,
+        };
+        let tag: &[u8] = if seal.is_some() { &tag } else { &[] };
+        let mut crc = Crc32::new();
+        crc.update(&self.hdr);
+        crc.update(body);
+        crc.update(tag);
+        let trailer = crc.finish().to_le_bytes();
+
+        let seq = self.next_seq;
+        self.next_seq += 1;
+        let tmp = Name::new(seq, Kind::Tmp);
+        let fin = Name::new(seq, Kind::Chunk);
+        if let Err(e) = self.storage.write_file(Area::Pending, tmp.as_str(), &[&self.hdr, body, tag, &trailer]) {
+            // Best effort: a leftover .tmp is also deleted by the next open.
+            let _ = self.storage.remove(Area::Pending, tmp.as_str());
+            return Err(e.into());
+        }
+        drop(sealed);
+
+        let mut dropped = Dropped::default();
+        for _ in 0..victims {
+            let old = *self.index.keys().next().expect("victims counted from the index");
+            if let Err(e) = self.storage.remove(Area::Pending, Name::new(old, Kind::Chunk).as_str()) {
+                if e.kind() != io::ErrorKind::NotFound {
+                    let _ = self.storage.remove(Area::Pending, tmp.as_str());
+                    return Err(e.into());
+                }
+            }
+            let info = self.forget(old).expect("key from the index");
+            self.count_drop(&mut dropped, &info);
+        }
+
+        if let Err(e) = self.storage.rename((Area::Pending, tmp.as_str()), (Area::Pending, fin.as_str())) {
+            let _ = self.storage.remove(Area::Pending, tmp.as_str());
+            return Err(e.into());
+        }
+        // The header must be decoded again for the index; it is in self.hdr already.
+        let d = format::decode_header(&self.hdr).map_err(|e| SpoolError::Corrupt(format!("own header: {e}")))?;
+        if let Err(e) = self.storage.sync_area(Area::Pending) {
+            // Not durable: undo so the caller's view (not stored) matches the directory. If even
+            // that fails the chunk exists, so it stays indexed and may be sent (at least once).
+            if self.storage.remove(Area::Pending, fin.as_str()).is_err() {
+                self.insert(seq, &d);
+            }
+            return Err(e.into());
+        }
+        self.insert(seq, &d);
+        self.stats.pushed_chunks += 1;
+        Ok(dropped)
+    }
+
+    /// Sequence number of the oldest pending chunk, of `dest` if given: the next one to send.
+    pub fn oldest(&self, dest: Option<&DestKey>) -> Option<u64> {
+        match dest {
+            None => self.index.keys().next().copied(),
+            Some(d) => self.index.iter().find(|(_, i)| *i.dest == *d).map(|(s, _)| *s),
+        }
+    }
+
+    /// Pending chunks, oldest first.
+    pub fn pending(&self) -> impl Iterator<Item = (u64, &ChunkInfo)> + '_ {
+        self.index.iter().map(|(s, i)| (*s, i))
+    }
+
+    /// What the index knows about one pending chunk.
+    pub fn info(&self, seq: u64) -> Option<&ChunkInfo> {
+        self.index.get(&seq)
+    }
+
+    /// Number of pending chunks.
+    pub fn len(&self) -> usize {
+        self.index.len()
+    }
+
+    /// Whether nothing is pending.
+    pub fn is_empty(&self) -> bool {
+        self.index.is_empty()
+    }
+
+    /// The largest payload `read` can return: size the read buffer with it once.
+    pub const fn max_payload_len() -> usize {
+        MAX_PAYLOAD_LEN
+    }
+
+    /// Reads a chunk's payload into `out` (which must hold [`ChunkInfo::payload_len`] bytes;
+    /// [`MAX_PAYLOAD_LEN`] always does) and returns its header and the payload length.
+    /// The checksum (and, when sealed, the authentication tag) is verified; sealed payloads are
+    /// decrypted in place in `out`, so no payload-sized buffer is allocated. A chunk that fails is
+    /// moved to `corrupt/`, counted, forgotten, and reported as [`SpoolError::Corrupt`]; the
+    /// caller then moves on to the next `oldest()`. I/O errors leave the chunk pending.
+    pub fn read(&mut self, seq: u64, out: &mut [u8]) -> Result<(ChunkHeader, usize), SpoolError> {
+        let Some(info) = self.index.get(&seq) else { return Err(SpoolError::NotFound(seq)) };
+        let plen = info.payload_len as usize;
+        if out.len() < plen {
+            return Err(SpoolError::BufferTooSmall { needed: plen });
+        }
+        match self.read_checked(seq, &mut out[..plen]) {
+            Ok(h) => Ok((h, plen)),
+            Err(Check::Corrupt(why)) => {
+                out[..plen].fill(0);
+                Err(self.quarantine(seq, why))
+            }
+            Err(Check::Io(e)) if e.kind() == io::ErrorKind::NotFound => {
+                // Deleted behind our back: nothing left to send.
+                self.forget(seq);
+                Err(SpoolError::NotFound(seq))
+            }
+            Err(Check::Io(e)) => Err(e.into()),
+        }
+    }
+
+    fn read_checked(&mut self, seq: u64, out: &mut [u8]) -> Result<ChunkHeader, Check> {
+        let (d, _) = self.read_header(seq)?;
+        let expected_id = self.index.get(&seq).map(|i| i.chunk_id);
+        if d.payload_len() as usize != out.len() || Some(d.header.chunk_id) != expected_id {
+            return Err(Check::Corrupt("file changed since it was indexed".into()));
+        }
+        let name = Name::new(seq, Kind::Chunk);
+        let at = d.payload_offset();
+        if self.storage.read_at(Area::Pending, name.as_str(), at, out)? < out.len() {
+            return Err(Check::Corrupt("truncated payload".into()));
+        }
+        let tag_len = if d.seal.is_some() { TAG_LEN } else { 0 };
+        let mut tail = [0u8; TAG_LEN + CRC_LEN];
+        let tail = &mut tail[..tag_len + CRC_LEN];
+        if self.storage.read_at(Area::Pending, name.as_str(), at + out.len() as u64, tail)? < tail.len() {
+            return Err(Check::Corrupt("truncated trailer".into()));
+        }
+        let (tag, trailer) = tail.split_at(tag_len);
+        let mut crc = Crc32::new();
+        crc.update(&self.hdr);
+        crc.update(out);
+        crc.update(tag);
+        if u32::from_le_bytes([trailer[0], trailer[1], trailer[2], trailer[3]]) != crc.finish() {
+            return Err(Check::Corrupt("checksum mismatch".into()));
+        }
+        if let (Some(sealer), Some(s)) = (&self.sealer, &d.seal) {
+            let mut t = [0u8; TAG_LEN];
+            t.copy_from_slice(tag);
+            sealer
+                .open(s, &self.hdr[..d.header_len], t, out)
+                .map_err(|()| Check::Corrupt("authentication failed: tampered or wrong key".into()))?;
+        }
+        Ok(d.header)
+    }
+
+    /// Moves a failed chunk to `corrupt/` and forgets it. Even if the move fails the chunk is
+    /// forgotten (it must not be sent); the next `open` verifies it again and moves it then.
+    fn quarantine(&mut self, seq: u64, why: String) -> SpoolError {
+        let name = Name::new(seq, Kind::Chunk);
+        let moved = self
+            .storage
+            .rename((Area::Pending, name.as_str()), (Area::Corrupt, name.as_str()))
+            .and_then(|()| self.storage.sync_area(Area::Corrupt))
+            .and_then(|()| self.storage.sync_area(Area::Pending));
+        self.forget(seq);
+        self.stats.corrupt_chunks += 1;
+        match moved {
+            Ok(()) => SpoolError::Corrupt(format!("chunk {}: {why}", name.as_str())),
+            Err(e) => SpoolError::Corrupt(format!(
+                "chunk {}: {why}; moving it to corrupt/ failed ({e}), it will be moved on the next open",
+                name.as_str()
+            )),
+        }
+    }
+
+    /// Deletes a chunk the service acknowledged. Durable on `Ok` (the directory is fsynced, so the
+    /// chunk is not sent again after a reboot). On an error after the file was unlinked the chunk
+    /// is forgotten anyway; after a power cut it may then come back and be sent twice.
+    pub fn remove(&mut self, seq: u64) -> Result<(), SpoolError> {
+        if !self.index.contains_key(&seq) {
+            return Err(SpoolError::NotFound(seq));
+        }
+        let name = Name::new(seq, Kind::Chunk);
+        match self.storage.remove(Area::Pending, name.as_str()) {
+            Ok(()) => {}
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+            Err(e) => return Err(e.into()),
+        }
+        self.forget(seq);
+        self.storage.sync_area(Area::Pending)?;
+        self.stats.removed_chunks += 1;
+        Ok(())
+    }
+
+    /// Moves a chunk the service refused permanently (bad data, wrong mapping) to `rejected/`,
+    /// with `message` (the service's error, cut to [`MAX_REJECT_MESSAGE_LEN`] bytes) in a `.msg`
+    /// file beside it, so an operator can fix the cause and replay it by hand. It is never
+    /// returned by `oldest`/`pending` again. The message is best effort: if it cannot be written
+    /// (no space), the chunk is still moved.
+    pub fn reject(&mut self, seq: u64, message: &str) -> Result<(), SpoolError> {
+        let Some(records) = self.index.get(&seq).map(|i| i.records) else {
+            return Err(SpoolError::NotFound(seq));
+        };
+        let mut cut = message.len().min(MAX_REJECT_MESSAGE_LEN);
+        while !message.is_char_boundary(cut) {
+            cut -= 1;
+        }
+        let msg = Name::new(seq, Kind::Msg);
+        if self.storage.write_file(Area::Rejected, msg.as_str(), &[message[..cut].as_bytes()]).is_err() {
+            let _ = self.storage.remove(Area::Rejected, msg.as_str());
+        }
+        let name = Name::new(seq, Kind::Chunk);
+        self.storage.rename((Area::Pending, name.as_str()), (Area::Rejected, name.as_str()))?;
+        self.forget(seq);
+        self.stats.service_rejected_chunks += 1;
+        self.stats.service_rejected_records += records as u64;
+        self.storage.sync_area(Area::Rejected)?;
+        self.storage.sync_area(Area::Pending)?;
+        Ok(())
+    }
+
+    /// Fill level and counters since `open`.
+    pub fn stats(&self) -> SpoolStats {
+        SpoolStats { chunks: self.index.len() as u32, bytes: self.bytes, ..self.stats }
+    }
+
+    /// The storage, for inspection.
+    pub fn storage(&self) -> &S {
+        &self.storage
+    }
+
+    /// Closes the spool and gives the storage back (everything is already durable; closing does
+    /// no I/O).
+    pub fn into_storage(self) -> S {
+        self.storage
+    }
+}
