@@ -1,1 +1,62 @@
-pub fn placeholder() {}
+//! A Kusto-compatible streaming-ingest endpoint for tests and demos of kusto-edge.
+//!
+//! It speaks `POST /v1/rest/ingest/{database}/{table}?streamFormat=..[&mappingName=..]` over
+//! HTTP/1.1 (plain or TLS with a generated test CA), checks requests the way the service does,
+//! stores the records it accepts, answers with the service's success and OneApiError shapes, and
+//! misbehaves on demand (scripted or seeded random faults). Out-of-process tests steer it through
+//! `/_dev/...` endpoints on the same port (see `control`).
+//!
+//! One thread per connection (at most [`MAX_CONNECTIONS`]), every socket read bounded by a timeout,
+//! every body bounded by [`MAX_WIRE_BYTES`] and `max_raw_bytes`.
+
+pub mod faults;
+pub mod gzip;
+pub mod http;
+pub mod ingest;
+pub mod tls;
+
+mod control;
+mod server;
+
+pub use faults::{Fault, Faults};
+pub use server::{RequestLog, Server, Stats};
+
+use std::net::SocketAddr;
+
+/// Most connections served at once; more are closed on accept.
+pub const MAX_CONNECTIONS: usize = 64;
+/// Largest request body read from the wire (compressed size); larger ones get 413 unread.
+pub const MAX_WIRE_BYTES: usize = 16 * 1024 * 1024;
+
+/// How a [`Server`] behaves.
+#[derive(Clone, Debug)]
+pub struct ServerConfig {
+    /// Where to listen. Default `127.0.0.1:0` (any free port).
+    pub bind: SocketAddr,
+    /// Serve HTTPS with a freshly generated test CA (see [`Server::ca_pem`]).
+    pub tls: bool,
+    /// If set, ingest requests need `Authorization: Bearer <token>`; else auth is ignored.
+    pub token: Option<String>,
+    /// `Some(list)`: only these `(database, table)` exist. `None`: every table exists.
+    pub tables: Option<Vec<(String, String)>>,
+    /// `Some(list)`: `mappingName` must be one of these. `None`: any mapping is accepted.
+    pub mappings: Option<Vec<String>>,
+    /// Largest uncompressed body of one request (the service's 4 MB rule).
+    pub max_raw_bytes: usize,
+    /// Log one line per request to stderr.
+    pub verbose: bool,
+}
+
+impl Default for ServerConfig {
+    fn default() -> Self {
+        ServerConfig {
+            bind: SocketAddr::from(([127, 0, 0, 1], 0)),
+            tls: false,
+            token: None,
+            tables: None,
+            mappings: None,
+            max_raw_bytes: 4 * 1024 * 1024,
+            verbose: false,
+        }
+    }
+}

@@ -1,1 +1,740 @@
-//! C API (placeholder)
+//! The C API: the only module with `extern "C"`, raw pointers and `unsafe`.
+//!
+//! Conventions (after rustls-ffi): opaque handles; every function behind a panic boundary that turns a panic into
+//! `KEDGE_PANIC`; every pointer checked for NULL (`KEDGE_NULL_PARAMETER`); outputs through out-pointers, written
+//! only on success; every `_new` has a `_free` that accepts NULL; messages copied into the caller's buffers,
+//! truncated and always NUL-terminated.
+#![allow(non_camel_case_types)]
+
+use std::ffi::{c_char, c_void, CStr};
+use std::panic::{catch_unwind, AssertUnwindSafe};
+use std::sync::Arc;
+
+use crate::client::{Client, DeliveryReport, Outcome};
+use crate::config::{Config, LogLevel};
+use crate::error::{Error, ErrorKind};
+
+/// Result of every fallible call. Numbers are fixed and never reused.
+#[repr(u32)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum kedge_result {
+    /// Success.
+    KEDGE_OK = 0,
+    /// A required pointer argument was NULL.
+    KEDGE_NULL_PARAMETER = 1,
+    /// An argument is malformed: a string that is not UTF-8, an unknown format, a name with control characters.
+    KEDGE_INVALID_ARGUMENT = 2,
+    /// `kedge_config_set` with a key that does not exist.
+    KEDGE_CONFIG_UNKNOWN_KEY = 3,
+    /// A config value that does not parse or is out of range.
+    KEDGE_CONFIG_INVALID_VALUE = 4,
+    /// `kedge_client_new` without a required key (such as "url").
+    KEDGE_CONFIG_INCOMPLETE = 5,
+    /// Plain http where it is not allowed, or a token that would travel over plain http.
+    KEDGE_INSECURE_TRANSPORT = 6,
+    /// CA certificates unreadable, malformed or absent.
+    KEDGE_TLS_CONFIG = 7,
+    /// A destination id this client does not have.
+    KEDGE_INVALID_DESTINATION = 8,
+    /// The client already has `destinations.max` destinations.
+    KEDGE_TOO_MANY_DESTINATIONS = 9,
+    /// A record larger than `batch.bytes`: it can never be sent. The caller still has it.
+    KEDGE_RECORD_TOO_LARGE = 10,
+    /// A record the service can never take: empty, not UTF-8 in a text format, a line break in a `json` record.
+    KEDGE_INVALID_RECORD = 11,
+    /// Network trouble, throttling or 5xx outlasted the retries. Buffered data is kept; a record passed to this
+    /// call was not taken.
+    KEDGE_TRANSIENT_FAILURE = 12,
+    /// The destination is backing off after failures: nothing was sent now; data is kept; try again later.
+    KEDGE_BACKING_OFF = 13,
+    /// The service refused the data permanently: that chunk was dropped and reported.
+    KEDGE_DATA_REJECTED = 14,
+    /// Table, database, mapping or streaming policy missing, or no streaming endpoint: data is kept.
+    KEDGE_TARGET_NOT_READY = 15,
+    /// 401/403: the token is missing, expired or lacks permission. Data is kept.
+    KEDGE_AUTH_REFUSED = 16,
+    /// The spool is full and refuses new data.
+    KEDGE_SPOOL_FULL = 17,
+    /// The spool's storage failed.
+    KEDGE_SPOOL_IO = 18,
+    /// A client function was called from inside one of that client's callbacks.
+    KEDGE_REENTRANT_CALL = 19,
+    /// An internal invariant failed (a bug: please report it).
+    KEDGE_INTERNAL = 98,
+    /// A panic was caught at the C boundary (a bug: please report it). The client may still be used.
+    KEDGE_PANIC = 99,
+}
+
+impl From<ErrorKind> for kedge_result {
+    fn from(k: ErrorKind) -> Self {
+        use kedge_result::*;
+        match k {
+            ErrorKind::NullParameter => KEDGE_NULL_PARAMETER,
+            ErrorKind::InvalidArgument => KEDGE_INVALID_ARGUMENT,
+            ErrorKind::ConfigUnknownKey => KEDGE_CONFIG_UNKNOWN_KEY,
+            ErrorKind::ConfigInvalidValue => KEDGE_CONFIG_INVALID_VALUE,
+            ErrorKind::ConfigIncomplete => KEDGE_CONFIG_INCOMPLETE,
+            ErrorKind::InsecureTransport => KEDGE_INSECURE_TRANSPORT,
+            ErrorKind::TlsConfig => KEDGE_TLS_CONFIG,
+            ErrorKind::InvalidDestination => KEDGE_INVALID_DESTINATION,
+            ErrorKind::TooManyDestinations => KEDGE_TOO_MANY_DESTINATIONS,
+            ErrorKind::RecordTooLarge => KEDGE_RECORD_TOO_LARGE,
+            ErrorKind::InvalidRecord => KEDGE_INVALID_RECORD,
+            ErrorKind::TransientFailure => KEDGE_TRANSIENT_FAILURE,
+            ErrorKind::BackingOff => KEDGE_BACKING_OFF,
+            ErrorKind::DataRejected => KEDGE_DATA_REJECTED,
+            ErrorKind::TargetNotReady => KEDGE_TARGET_NOT_READY,
+            ErrorKind::AuthRefused => KEDGE_AUTH_REFUSED,
+            ErrorKind::SpoolFull => KEDGE_SPOOL_FULL,
+            ErrorKind::SpoolIo => KEDGE_SPOOL_IO,
+            ErrorKind::ReentrantCall => KEDGE_REENTRANT_CALL,
+            ErrorKind::Internal => KEDGE_INTERNAL,
+            ErrorKind::Panic => KEDGE_PANIC,
+        }
+    }
+}
+
+const RESULT_TEXT: &[(u32, &CStr)] = &[
+    (0, c"ok"),
+    (1, c"a required pointer argument was NULL"),
+    (2, c"invalid argument"),
+    (3, c"unknown configuration key"),
+    (4, c"invalid configuration value"),
+    (5, c"configuration incomplete"),
+    (6, c"insecure transport refused"),
+    (7, c"TLS configuration error"),
+    (8, c"no such destination"),
+    (9, c"too many destinations"),
+    (10, c"record too large"),
+    (11, c"invalid record"),
+    (12, c"transient failure: data kept, try again later"),
+    (13, c"destination backing off: data kept, try again later"),
+    (14, c"data rejected permanently by the service"),
+    (15, c"target not ready: table, database, mapping or streaming policy missing"),
+    (16, c"authentication refused"),
+    (17, c"spool full"),
+    (18, c"spool storage error"),
+    (19, c"client function called from its own callback"),
+    (98, c"internal error"),
+    (99, c"panic caught at the C boundary"),
+];
+
+/// Log levels passed to the log callback.
+#[repr(u32)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum kedge_log_level {
+    /// Failures the caller must know about.
+    KEDGE_LOG_ERROR = 1,
+    /// Handled trouble: retries, lost replies.
+    KEDGE_LOG_WARN = 2,
+    /// One line per chunk.
+    KEDGE_LOG_INFO = 3,
+    /// Everything.
+    KEDGE_LOG_DEBUG = 4,
+}
+
+/// The final word on a chunk in a delivery report.
+#[repr(u32)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum kedge_outcome {
+    /// The service answered 200.
+    KEDGE_OUTCOME_ACKNOWLEDGED = 0,
+    /// The service refused the data permanently; the chunk was dropped.
+    KEDGE_OUTCOME_REJECTED = 1,
+    /// Not delivered for now; the chunk is kept and retried.
+    KEDGE_OUTCOME_FAILED = 2,
+}
+
+/// A configuration under construction. Create with `kedge_config_new`, fill with `kedge_config_set*`, pass to
+/// `kedge_client_new` (which copies it), free with `kedge_config_free`. Not thread-safe while being changed.
+pub struct kedge_config {
+    _private: [u8; 0],
+}
+
+/// A client. Create with `kedge_client_new`, free with `kedge_client_free`. All functions taking a client are
+/// safe to call from several threads at once (calls are serialised inside).
+pub struct kedge_client {
+    _private: [u8; 0],
+}
+
+/// What happened to one chunk, passed to the delivery callback. Pointers are valid only during the callback.
+#[repr(C)]
+pub struct kedge_delivery_report {
+    /// Destination id from `kedge_client_add_destination`.
+    pub destination: u32,
+    /// The chunk's stable id: a 36-character UUID, NUL-terminated. Also in `x-ms-client-request-id`.
+    pub chunk_id: *const c_char,
+    /// Records in the chunk.
+    pub records: u64,
+    /// Raw (uncompressed) bytes.
+    pub raw_bytes: u64,
+    /// Bytes on the wire (gzip body).
+    pub wire_bytes: u64,
+    /// Acknowledged, rejected or failed.
+    pub outcome: kedge_outcome,
+    /// `KEDGE_OK` when acknowledged, else the failure's code.
+    pub result: kedge_result,
+    /// HTTP status of the last answer; 0 when there was none.
+    pub http_status: u16,
+    /// What happened, NUL-terminated.
+    pub message: *const c_char,
+}
+
+/// Counters of a client. Read with `kedge_client_stats` at any time, even while another thread sends.
+#[repr(C)]
+#[derive(Clone, Copy, Default)]
+pub struct kedge_stats {
+    /// Records taken by `kedge_append`.
+    pub records_appended: u64,
+    /// Raw bytes taken by `kedge_append`.
+    pub bytes_appended: u64,
+    /// Records in requests sent, whatever the answer (a retried chunk counts again).
+    pub records_sent: u64,
+    /// Raw bytes in requests sent.
+    pub bytes_sent_raw: u64,
+    /// Body bytes on the wire.
+    pub bytes_sent_wire: u64,
+    /// Records the service acknowledged.
+    pub records_acknowledged: u64,
+    /// Chunks the service acknowledged.
+    pub chunks_acknowledged: u64,
+    /// Records the service refused permanently (dropped, reported).
+    pub records_rejected: u64,
+    /// HTTP requests made.
+    pub requests: u64,
+    /// Requests that resent a chunk.
+    pub retries: u64,
+    /// Requests that failed, any class.
+    pub failures: u64,
+    /// Records buffered in RAM now.
+    pub records_buffered: u64,
+    /// HTTP status of the last answer; 0 when none yet or no answer.
+    pub last_http_status: u32,
+    /// Destinations added.
+    pub destinations: u32,
+}
+
+/// Log callback: `message` is NUL-terminated, valid during the call, and never contains a secret.
+pub type kedge_log_callback = Option<unsafe extern "C" fn(userdata: *mut c_void, level: kedge_log_level, message: *const c_char)>;
+/// Delivery callback: one call per chunk outcome.
+pub type kedge_delivery_callback = Option<unsafe extern "C" fn(userdata: *mut c_void, report: *const kedge_delivery_report)>;
+
+/// The caller's userdata pointer. The caller promises it may be used from any thread that calls into the client.
+#[derive(Clone, Copy)]
+struct UserData(*mut c_void);
+// SAFETY: the pointer is only handed back to the caller's own callback; the README's "Callbacks" section makes
+// its thread-safety the caller's promise, as librdkafka and rustls-ffi do.
+unsafe impl Send for UserData {}
+unsafe impl Sync for UserData {}
+
+impl UserData {
+    // A method, not a field access, so closures capture the whole (Send + Sync) wrapper.
+    fn get(self) -> *mut c_void {
+        self.0
+    }
+}
+
+struct ConfigBox {
+    cfg: Config,
+    log: Option<(unsafe extern "C" fn(*mut c_void, kedge_log_level, *const c_char), UserData)>,
+    delivery: Option<(unsafe extern "C" fn(*mut c_void, *const kedge_delivery_report), UserData)>,
+}
+
+/// Runs `f` behind the panic boundary.
+fn guard(f: impl FnOnce() -> kedge_result) -> kedge_result {
+    catch_unwind(AssertUnwindSafe(f)).unwrap_or(kedge_result::KEDGE_PANIC)
+}
+
+/// Copies `msg` into a caller's buffer, truncated on a character boundary and NUL-terminated.
+///
+/// # Safety
+/// `buf` must be NULL or valid for `len` bytes of writes.
+unsafe fn write_message(buf: *mut c_char, len: usize, msg: &str) {
+    if buf.is_null() || len == 0 {
+        return;
+    }
+    let mut n = msg.len().min(len - 1);
+    while !msg.is_char_boundary(n) {
+        n -= 1;
+    }
+    // SAFETY: the caller guarantees `buf` is valid for `len` bytes and n + 1 <= len; the source is a separate
+    // Rust string, so the regions do not overlap.
+    unsafe {
+        std::ptr::copy_nonoverlapping(msg.as_ptr(), buf as *mut u8, n);
+        *buf.add(n) = 0;
+    }
+}
+
+/// A C string argument as UTF-8.
+///
+/// # Safety
+/// `p` must be NULL or point to a NUL-terminated string.
+unsafe fn arg_str<'a>(p: *const c_char, what: &str) -> Result<&'a str, Error> {
+    if p.is_null() {
+        return Err(Error::new(ErrorKind::NullParameter, format!("{what} is NULL")));
+    }
+    // SAFETY: non-NULL and NUL-terminated by the caller's contract.
+    let s = unsafe { CStr::from_ptr(p) };
+    s.to_str().map_err(|_| Error::new(ErrorKind::InvalidArgument, format!("{what} is not valid UTF-8")))
+}
+
+/// Copies a line into a fixed stack buffer as a C string: callbacks must not allocate per call.
+fn to_c_line(msg: &str, buf: &mut [u8]) {
+    let n = msg.len().min(buf.len() - 1);
+    for (dst, &src) in buf.iter_mut().zip(msg.as_bytes()[..n].iter()) {
+        // An interior NUL would cut the message short for C: show it as '?'.
+        *dst = if src == 0 { b'?' } else { src };
+    }
+    buf[n] = 0;
+}
+
+fn fail_into(err: Error, errbuf: *mut c_char, errlen: usize) -> kedge_result {
+    // SAFETY: callers pass their own (errbuf, errlen) through, documented as NULL or valid for errlen bytes.
+    unsafe { write_message(errbuf, errlen, &err.message) };
+    err.kind.into()
+}
+
+/// The library's version, e.g. "0.1.0". Never NULL; static.
+#[no_mangle]
+pub extern "C" fn kedge_version() -> *const c_char {
+    const V: &CStr = match CStr::from_bytes_with_nul(concat!(env!("CARGO_PKG_VERSION"), "\0").as_bytes()) {
+        Ok(v) => v,
+        Err(_) => c"unknown",
+    };
+    V.as_ptr()
+}
+
+/// A short static description of a result code. Never NULL; unknown codes give "unknown result code".
+/// Takes the code as an integer so that any value is safe to pass.
+#[no_mangle]
+pub extern "C" fn kedge_result_str(result: u32) -> *const c_char {
+    RESULT_TEXT.iter().find(|(c, _)| *c == result).map_or(c"unknown result code", |(_, t)| *t).as_ptr()
+}
+
+/// Creates an empty configuration with every default (see README "Configuration keys").
+///
+/// # Safety
+/// `out_config` must be NULL or valid for a pointer write.
+#[no_mangle]
+pub unsafe extern "C" fn kedge_config_new(out_config: *mut *mut kedge_config) -> kedge_result {
+    guard(|| {
+        if out_config.is_null() {
+            return kedge_result::KEDGE_NULL_PARAMETER;
+        }
+        let b = Box::new(ConfigBox { cfg: Config::default(), log: None, delivery: None });
+        // SAFETY: checked non-NULL; the caller provides a writable pointer slot.
+        unsafe { *out_config = Box::into_raw(b) as *mut kedge_config };
+        kedge_result::KEDGE_OK
+    })
+}
+
+/// Frees a configuration. NULL is allowed and ignored. Clients made from it are unaffected.
+///
+/// # Safety
+/// `config` must be NULL or from `kedge_config_new`, not yet freed.
+#[no_mangle]
+pub unsafe extern "C" fn kedge_config_free(config: *mut kedge_config) {
+    let _ = guard(|| {
+        if !config.is_null() {
+            // SAFETY: the pointer came from Box::into_raw in kedge_config_new and is freed once.
+            drop(unsafe { Box::from_raw(config as *mut ConfigBox) });
+        }
+        kedge_result::KEDGE_OK
+    });
+}
+
+/// # Safety
+/// `config` must be NULL or a live config.
+unsafe fn config_mut<'a>(config: *mut kedge_config) -> Result<&'a mut ConfigBox, Error> {
+    if config.is_null() {
+        return Err(Error::new(ErrorKind::NullParameter, "config is NULL"));
+    }
+    // SAFETY: a live config from kedge_config_new; the caller does not share it across threads while changing it.
+    Ok(unsafe { &mut *(config as *mut ConfigBox) })
+}
+
+/// Sets one configuration key (see README "Configuration keys"). On failure, a message naming the key is
+/// written to `errbuf` (may be NULL).
+///
+/// # Safety
+/// `config` a live config; `key`, `value` NUL-terminated strings; `errbuf` NULL or valid for `errbuf_len` bytes.
+#[no_mangle]
+pub unsafe extern "C" fn kedge_config_set(
+    config: *mut kedge_config,
+    key: *const c_char,
+    value: *const c_char,
+    errbuf: *mut c_char,
+    errbuf_len: usize,
+) -> kedge_result {
+    guard(|| {
+        let r = (|| {
+            // SAFETY: per this function's contract.
+            let c = unsafe { config_mut(config) }?;
+            let key = unsafe { arg_str(key, "key") }?;
+            let value = unsafe { arg_str(value, "value") }?;
+            c.cfg.set(key, value)
+        })();
+        match r {
+            Ok(()) => kedge_result::KEDGE_OK,
+            Err(e) => fail_into(e, errbuf, errbuf_len),
+        }
+    })
+}
+
+/// Adds CA certificates (PEM text, `pem_len` bytes, need not be NUL-terminated) to trust, for gateways with a
+/// private CA or no system store.
+///
+/// # Safety
+/// `config` a live config; `pem` valid for `pem_len` bytes.
+#[no_mangle]
+pub unsafe extern "C" fn kedge_config_set_ca_pem(config: *mut kedge_config, pem: *const u8, pem_len: usize) -> kedge_result {
+    guard(|| {
+        // SAFETY: per this function's contract.
+        let c = match unsafe { config_mut(config) } {
+            Ok(c) => c,
+            Err(e) => return e.kind.into(),
+        };
+        if pem.is_null() {
+            return kedge_result::KEDGE_NULL_PARAMETER;
+        }
+        // SAFETY: non-NULL and valid for pem_len bytes by contract.
+        let pem = unsafe { std::slice::from_raw_parts(pem, pem_len) };
+        match c.cfg.add_ca_pem(pem) {
+            Ok(()) => kedge_result::KEDGE_OK,
+            Err(e) => e.kind.into(),
+        }
+    })
+}
+
+/// Sets the log callback (NULL callback: no logging). Lines at or above `log.level` are passed on.
+///
+/// # Safety
+/// `config` a live config; `userdata` usable from any thread that calls into the client.
+#[no_mangle]
+pub unsafe extern "C" fn kedge_config_set_log_callback(
+    config: *mut kedge_config,
+    callback: kedge_log_callback,
+    userdata: *mut c_void,
+) -> kedge_result {
+    guard(|| match unsafe { config_mut(config) } {
+        Ok(c) => {
+            c.log = callback.map(|f| (f, UserData(userdata)));
+            kedge_result::KEDGE_OK
+        }
+        Err(e) => e.kind.into(),
+    })
+}
+
+/// Sets the delivery callback: called once per chunk outcome (acknowledged, rejected, failed for now).
+///
+/// # Safety
+/// `config` a live config; `userdata` usable from any thread that calls into the client.
+#[no_mangle]
+pub unsafe extern "C" fn kedge_config_set_delivery_callback(
+    config: *mut kedge_config,
+    callback: kedge_delivery_callback,
+    userdata: *mut c_void,
+) -> kedge_result {
+    guard(|| match unsafe { config_mut(config) } {
+        Ok(c) => {
+            c.delivery = callback.map(|f| (f, UserData(userdata)));
+            kedge_result::KEDGE_OK
+        }
+        Err(e) => e.kind.into(),
+    })
+}
+
+/// The most heap a client built from this configuration will ever hold, in bytes.
+///
+/// # Safety
+/// `config` a live config; `out_bytes` valid for a write.
+#[no_mangle]
+pub unsafe extern "C" fn kedge_config_memory_bound(config: *const kedge_config, out_bytes: *mut u64) -> kedge_result {
+    guard(|| {
+        if config.is_null() || out_bytes.is_null() {
+            return kedge_result::KEDGE_NULL_PARAMETER;
+        }
+        // SAFETY: a live config (read only) and a writable u64, by contract.
+        unsafe { *out_bytes = (*(config as *const ConfigBox)).cfg.memory_bound() };
+        kedge_result::KEDGE_OK
+    })
+}
+
+/// Creates a client from a configuration (copied: the config may be freed afterwards). Checks the config and
+/// allocates the client's buffers; does not connect yet. On failure, a message goes to `errbuf` (may be NULL).
+///
+/// # Safety
+/// `config` a live config; `out_client` valid for a write; `errbuf` NULL or valid for `errbuf_len` bytes.
+#[no_mangle]
+pub unsafe extern "C" fn kedge_client_new(
+    config: *const kedge_config,
+    out_client: *mut *mut kedge_client,
+    errbuf: *mut c_char,
+    errbuf_len: usize,
+) -> kedge_result {
+    guard(|| {
+        if config.is_null() || out_client.is_null() {
+            return fail_into(Error::new(ErrorKind::NullParameter, "config or out_client is NULL"), errbuf, errbuf_len);
+        }
+        // SAFETY: a live config, read only.
+        let c = unsafe { &*(config as *const ConfigBox) };
+        let log = c.log.map(|(f, ud)| {
+            Arc::new(move |level: LogLevel, msg: &str| {
+                let mut line = [0u8; 1024];
+                to_c_line(msg, &mut line);
+                let level = match level {
+                    LogLevel::Error => kedge_log_level::KEDGE_LOG_ERROR,
+                    LogLevel::Warn => kedge_log_level::KEDGE_LOG_WARN,
+                    LogLevel::Info => kedge_log_level::KEDGE_LOG_INFO,
+                    LogLevel::Debug => kedge_log_level::KEDGE_LOG_DEBUG,
+                };
+                // SAFETY: the caller registered this function for this userdata; the line is NUL-terminated and
+                // outlives the call.
+                unsafe { f(ud.get(), level, line.as_ptr() as *const c_char) }
+            }) as crate::client::LogFn
+        });
+        let delivery = c.delivery.map(|(f, ud)| {
+            Arc::new(move |r: &DeliveryReport<'_>| {
+                let mut id = [0u8; 40];
+                to_c_line(r.chunk_id, &mut id);
+                let mut msg = [0u8; 1024];
+                to_c_line(r.message, &mut msg);
+                let report = kedge_delivery_report {
+                    destination: r.destination,
+                    chunk_id: id.as_ptr() as *const c_char,
+                    records: r.records,
+                    raw_bytes: r.raw_bytes,
+                    wire_bytes: r.wire_bytes,
+                    outcome: match r.outcome {
+                        Outcome::Acknowledged => kedge_outcome::KEDGE_OUTCOME_ACKNOWLEDGED,
+                        Outcome::Rejected => kedge_outcome::KEDGE_OUTCOME_REJECTED,
+                        Outcome::Failed => kedge_outcome::KEDGE_OUTCOME_FAILED,
+                    },
+                    result: r.error.map_or(kedge_result::KEDGE_OK, Into::into),
+                    http_status: r.http_status,
+                    message: msg.as_ptr() as *const c_char,
+                };
+                // SAFETY: the report and its strings live on this stack frame for the whole call.
+                unsafe { f(ud.get(), &report) }
+            }) as crate::client::DeliveryFn
+        });
+        match Client::new(&c.cfg, log, delivery) {
+            Ok(client) => {
+                // SAFETY: out_client checked non-NULL.
+                unsafe { *out_client = Box::into_raw(Box::new(client)) as *mut kedge_client };
+                kedge_result::KEDGE_OK
+            }
+            Err(e) => fail_into(e, errbuf, errbuf_len),
+        }
+    })
+}
+
+/// Frees a client. NULL is allowed. Records still buffered are not sent: call `kedge_flush` first (a warning
+/// is logged when records are left).
+///
+/// # Safety
+/// `client` NULL or from `kedge_client_new`, not yet freed, and no other thread is using it.
+#[no_mangle]
+pub unsafe extern "C" fn kedge_client_free(client: *mut kedge_client) {
+    let _ = guard(|| {
+        if !client.is_null() {
+            // SAFETY: came from Box::into_raw in kedge_client_new; freed once, with no concurrent users.
+            drop(unsafe { Box::from_raw(client as *mut Client) });
+        }
+        kedge_result::KEDGE_OK
+    });
+}
+
+/// Runs `f` on a live client, recording a failure as its last error.
+///
+/// # Safety
+/// `client` NULL or a live client.
+unsafe fn with_client(client: *const kedge_client, f: impl FnOnce(&Client) -> Result<(), Error>) -> kedge_result {
+    guard(|| {
+        if client.is_null() {
+            return kedge_result::KEDGE_NULL_PARAMETER;
+        }
+        // SAFETY: a live client; Client is Sync, so shared references from several threads are fine.
+        let c = unsafe { &*(client as *const Client) };
+        match f(c) {
+            Ok(()) => kedge_result::KEDGE_OK,
+            Err(e) => c.record_error(e).kind.into(),
+        }
+    })
+}
+
+/// Adds a destination (database, table, data format, optional ingestion mapping name or NULL) and allocates its
+/// batch buffer. `*out_destination` receives its id for `kedge_append`.
+///
+/// # Safety
+/// `client` a live client; strings NUL-terminated (`mapping` may be NULL); `out_destination` valid for a write.
+#[no_mangle]
+pub unsafe extern "C" fn kedge_client_add_destination(
+    client: *mut kedge_client,
+    database: *const c_char,
+    table: *const c_char,
+    format: *const c_char,
+    mapping: *const c_char,
+    out_destination: *mut u32,
+) -> kedge_result {
+    // SAFETY: per this function's contract.
+    unsafe {
+        with_client(client, |c| {
+            if out_destination.is_null() {
+                return Err(Error::new(ErrorKind::NullParameter, "out_destination is NULL"));
+            }
+            let db = arg_str(database, "database")?;
+            let table = arg_str(table, "table")?;
+            let format = arg_str(format, "format")?;
+            let mapping = if mapping.is_null() { None } else { Some(arg_str(mapping, "mapping")?) };
+            let id = c.add_destination(db, table, format, mapping)?;
+            *out_destination = id;
+            Ok(())
+        })
+    }
+}
+
+/// Buffers one record (`record_len` bytes, one row; a trailing newline is optional) for a destination. When the
+/// batch is full it is sent first; if that fails, the record is NOT taken and the result says why (keep it and
+/// try again later).
+///
+/// # Safety
+/// `client` a live client; `record` valid for `record_len` bytes.
+#[no_mangle]
+pub unsafe extern "C" fn kedge_append(
+    client: *mut kedge_client,
+    destination: u32,
+    record: *const u8,
+    record_len: usize,
+) -> kedge_result {
+    // SAFETY: per this function's contract.
+    unsafe {
+        with_client(client, |c| {
+            if record.is_null() {
+                return Err(Error::new(ErrorKind::NullParameter, "record is NULL"));
+            }
+            let rec = std::slice::from_raw_parts(record, record_len);
+            c.append(destination, rec)
+        })
+    }
+}
+
+/// Sends every buffered batch now, waiting for the answers (bounded by `retry.max_total_ms` plus one request's
+/// timeouts). Returns the first failure; failed batches are kept.
+///
+/// # Safety
+/// `client` a live client.
+#[no_mangle]
+pub unsafe extern "C" fn kedge_flush(client: *mut kedge_client) -> kedge_result {
+    // SAFETY: per this function's contract.
+    unsafe { with_client(client, |c| c.flush()) }
+}
+
+/// Periodic work for a main loop: sends batches older than `batch.max_age_ms` and retries destinations whose
+/// backoff ran out. `out_next_ms` (may be NULL) receives the milliseconds until the next poll has work.
+///
+/// # Safety
+/// `client` a live client; `out_next_ms` NULL or valid for a write.
+#[no_mangle]
+pub unsafe extern "C" fn kedge_poll(client: *mut kedge_client, out_next_ms: *mut u32) -> kedge_result {
+    // SAFETY: per this function's contract.
+    unsafe {
+        with_client(client, |c| {
+            let next = c.poll()?;
+            if !out_next_ms.is_null() {
+                *out_next_ms = next;
+            }
+            Ok(())
+        })
+    }
+}
+
+/// Copies the client's counters into `*out_stats`. Never waits for a send in progress.
+///
+/// # Safety
+/// `client` a live client; `out_stats` valid for a write.
+#[no_mangle]
+pub unsafe extern "C" fn kedge_client_stats(client: *const kedge_client, out_stats: *mut kedge_stats) -> kedge_result {
+    guard(|| {
+        if client.is_null() || out_stats.is_null() {
+            return kedge_result::KEDGE_NULL_PARAMETER;
+        }
+        // SAFETY: a live client (Sync) and a writable stats struct, by contract.
+        let s = unsafe { &*(client as *const Client) }.stats();
+        let out = kedge_stats {
+            records_appended: s.records_appended,
+            bytes_appended: s.bytes_appended,
+            records_sent: s.records_sent,
+            bytes_sent_raw: s.bytes_sent_raw,
+            bytes_sent_wire: s.bytes_sent_wire,
+            records_acknowledged: s.records_acknowledged,
+            chunks_acknowledged: s.chunks_acknowledged,
+            records_rejected: s.records_rejected,
+            requests: s.requests,
+            retries: s.retries,
+            failures: s.failures,
+            records_buffered: s.records_buffered,
+            last_http_status: s.last_http_status,
+            destinations: s.destinations,
+        };
+        // SAFETY: see above.
+        unsafe { *out_stats = out };
+        kedge_result::KEDGE_OK
+    })
+}
+
+/// Copies the message of the client's most recent failed call into `buf` (truncated, NUL-terminated; empty if
+/// none). `out_len` (may be NULL) receives the message's full length, so a caller can retry with a larger buffer.
+/// With several threads the message may be another thread's.
+///
+/// # Safety
+/// `client` a live client; `buf` valid for `buf_len` bytes; `out_len` NULL or valid for a write.
+#[no_mangle]
+pub unsafe extern "C" fn kedge_client_last_error(
+    client: *const kedge_client,
+    buf: *mut c_char,
+    buf_len: usize,
+    out_len: *mut usize,
+) -> kedge_result {
+    guard(|| {
+        if client.is_null() || buf.is_null() {
+            return kedge_result::KEDGE_NULL_PARAMETER;
+        }
+        if buf_len == 0 {
+            return kedge_result::KEDGE_INVALID_ARGUMENT;
+        }
+        // SAFETY: a live client; buffers per contract.
+        let msg = unsafe { &*(client as *const Client) }.last_error();
+        unsafe {
+            write_message(buf, buf_len, &msg);
+            if !out_len.is_null() {
+                *out_len = msg.len();
+            }
+        }
+        kedge_result::KEDGE_OK
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_result_code_has_text_and_error_kinds_map_to_their_own_numbers() {
+        for (code, _) in RESULT_TEXT {
+            assert_ne!(unsafe { CStr::from_ptr(kedge_result_str(*code)) }, c"unknown result code");
+        }
+        assert_eq!(unsafe { CStr::from_ptr(kedge_result_str(12345)) }, c"unknown result code");
+        for k in [ErrorKind::NullParameter, ErrorKind::TransientFailure, ErrorKind::ReentrantCall, ErrorKind::Panic] {
+            assert_eq!(kedge_result::from(k) as u32, k as u32);
+        }
+    }
+
+    #[test]
+    fn messages_are_truncated_on_char_boundaries_and_terminated() {
+        let mut buf = [0x55 as c_char; 6];
+        unsafe { write_message(buf.as_mut_ptr(), buf.len(), "abcdé") };
+        // "abcd" + 'é' (2 bytes) does not fit in 5: the 'é' is left out whole.
+        assert_eq!(unsafe { CStr::from_ptr(buf.as_ptr()) }.to_bytes(), b"abcd");
+    }
+}
