@@ -28,6 +28,11 @@ pub fn parse_ca_pem(pem: &[u8]) -> Result<Vec<Certificate<'static>>, Error> {
     Ok(certs)
 }
 
+/// HTTP read buffer per connection: holds the response head.
+pub const INPUT_BUFFER_BYTES: usize = 16 * 1024;
+/// HTTP write buffer per connection: the request head and body pieces.
+pub const OUTPUT_BUFFER_BYTES: usize = 16 * 1024;
+
 /// One HTTP header, borrowed.
 pub type Header<'a> = (&'static str, &'a str);
 
@@ -76,6 +81,11 @@ impl Transport {
             .timeout_send_body(Some(cfg.send_timeout))
             .timeout_recv_response(Some(cfg.recv_timeout))
             .timeout_recv_body(Some(cfg.recv_timeout))
+            // ureq's defaults (128 KiB each way) are sized for servers; a request head and a Kusto answer
+            // need far less, and TLS records are 16 KiB anyway.
+            .input_buffer_size(INPUT_BUFFER_BYTES)
+            .output_buffer_size(OUTPUT_BUFFER_BYTES)
+            .max_response_header_size(INPUT_BUFFER_BYTES)
             .max_idle_connections(2)
             .max_idle_connections_per_host(1)
             .max_idle_age(Duration::from_secs(50))
@@ -112,18 +122,28 @@ impl Transport {
     }
 }
 
+/// The rustls error behind a ureq error, which arrives either directly or wrapped in an I/O error.
+fn rustls_error(e: &ureq::Error) -> Option<&rustls::Error> {
+    match e {
+        ureq::Error::Rustls(r) => Some(r),
+        ureq::Error::Io(io) => io.get_ref().and_then(|inner| inner.downcast_ref::<rustls::Error>()),
+        _ => None,
+    }
+}
+
 fn network_failure(e: &ureq::Error) -> Failure {
+    if let Some(rustls::Error::InvalidCertificate(c)) = rustls_error(e) {
+        // Not a passing fault: the trust store or the server's certificate must change.
+        let mut f = Failure::network(&format!(
+            "the server's TLS certificate is not accepted ({c:?}): set tls.ca_file to the CA that signed it, or fix the server's certificate"
+        ));
+        f.class = FailureClass::TargetNotReady;
+        return f;
+    }
     let mut f = match e {
         ureq::Error::Timeout(t) => Failure::network(&format!("timed out ({t})")),
         ureq::Error::HostNotFound => Failure::network("host not found (DNS)"),
         ureq::Error::ConnectionFailed => Failure::network("connection failed"),
-        ureq::Error::Rustls(rustls::Error::InvalidCertificate(c)) => {
-            let mut f = Failure::network(&format!(
-                "the server's TLS certificate is not trusted ({c:?}): set tls.ca_file to the CA that signed it"
-            ));
-            f.class = FailureClass::TargetNotReady;
-            f
-        }
         other => Failure::network(&format!("{other}")),
     };
     if f.message.is_empty() {

@@ -1,0 +1,122 @@
+//! Memory is decided when a client is created: a counting allocator measures the heap the client's thread holds
+//! while it streams 100 MB over HTTPS, and checks it against `Config::memory_bound` and against itself at 10 MB.
+
+use std::alloc::{GlobalAlloc, Layout, System};
+use std::cell::Cell;
+
+use kusto_devserver::{Server, ServerConfig};
+use kusto_edge::{Client, Config};
+
+/// Counts the bytes held by allocations made on threads that opted in (the client's), so the in-process test
+/// endpoint's own storage does not count.
+struct Counting;
+
+thread_local! {
+    static TRACK: Cell<bool> = const { Cell::new(false) };
+    static CURRENT: Cell<isize> = const { Cell::new(0) };
+    static PEAK: Cell<isize> = const { Cell::new(0) };
+}
+
+fn note(delta: isize) {
+    // try_with: the allocator may run while thread-locals are being torn down.
+    let _ = TRACK.try_with(|t| {
+        if t.get() {
+            let _ = CURRENT.try_with(|c| {
+                let now = c.get() + delta;
+                c.set(now);
+                let _ = PEAK.try_with(|p| p.set(p.get().max(now)));
+            });
+        }
+    });
+}
+
+unsafe impl GlobalAlloc for Counting {
+    unsafe fn alloc(&self, l: Layout) -> *mut u8 {
+        note(l.size() as isize);
+        unsafe { System.alloc(l) }
+    }
+    unsafe fn dealloc(&self, p: *mut u8, l: Layout) {
+        note(-(l.size() as isize));
+        unsafe { System.dealloc(p, l) }
+    }
+    unsafe fn realloc(&self, p: *mut u8, l: Layout, new: usize) -> *mut u8 {
+        note(new as isize - l.size() as isize);
+        unsafe { System.realloc(p, l, new) }
+    }
+}
+
+#[global_allocator]
+static ALLOC: Counting = Counting;
+
+fn start_tracking() {
+    TRACK.with(|t| t.set(true));
+    CURRENT.with(|c| c.set(0));
+    PEAK.with(|p| p.set(0));
+}
+
+fn peak() -> usize {
+    PEAK.with(|p| p.get()) as usize
+}
+
+fn current() -> isize {
+    CURRENT.with(|c| c.get())
+}
+
+#[test]
+fn compressor_state_fits_its_documented_allowance() {
+    start_tracking();
+    let g = kusto_edge::gzip::Gzip::new(3);
+    let held = current() as usize;
+    drop(g);
+    eprintln!("compressor holds {held} bytes");
+    assert!(held <= kusto_edge::gzip::COMPRESSOR_STATE_BYTES, "compressor holds {held} bytes");
+    assert!(held > kusto_edge::gzip::COMPRESSOR_STATE_BYTES / 2, "allowance far too generous: {held}");
+}
+
+#[test]
+fn heap_of_a_client_streaming_100_mb_stays_within_its_bound_and_does_not_grow() {
+    let server = Server::start(ServerConfig { tls: true, ..Default::default() }).unwrap();
+    let mut cfg = Config::default();
+    cfg.set("url", &server.url()).unwrap();
+    cfg.add_ca_pem(server.ca_pem().unwrap().as_bytes()).unwrap();
+    cfg.set("tls.bundled_roots", "false").unwrap();
+    cfg.set("destinations.max", "2").unwrap();
+    cfg.set("batch.bytes", "1048576").unwrap();
+    let bound = cfg.memory_bound() as usize;
+
+    start_tracking();
+    let client = Client::new(&cfg, None, None).unwrap();
+    let a = client.add_destination("db", "a", "csv", None).unwrap();
+    let b = client.add_destination("db", "b", "csv", None).unwrap();
+    let mut line = String::with_capacity(256);
+    let mut sent = 0usize;
+    let mut peak_at_10mb = 0;
+    let mut seq = 0u64;
+    while sent < 100 << 20 {
+        line.clear();
+        use std::fmt::Write;
+        write!(line, "{seq},gw-{},{}.{},sensor reading with some text {}", seq % 13, seq % 90, seq % 10, seq * 7919).unwrap();
+        client.append(if seq % 3 == 0 { a } else { b }, line.as_bytes()).unwrap();
+        sent += line.len() + 1;
+        seq += 1;
+        if peak_at_10mb == 0 && sent >= 10 << 20 {
+            peak_at_10mb = peak();
+        }
+        if seq % 100_000 == 0 {
+            // The endpoint stores what it receives: forget it, this test is about the client.
+            server.reset();
+        }
+    }
+    client.flush().unwrap();
+    let peak_at_100mb = peak();
+    TRACK.with(|t| t.set(false));
+    let acked = client.stats().records_acknowledged;
+    assert_eq!(acked, seq);
+    eprintln!("memory: bound {bound} B, peak at 10 MB {peak_at_10mb} B, at 100 MB {peak_at_100mb} B");
+    assert!(peak_at_100mb <= bound, "peak {peak_at_100mb} exceeds the computed bound {bound}");
+    assert!(
+        peak_at_100mb <= peak_at_10mb + 64 * 1024,
+        "heap grew with input: {peak_at_10mb} at 10 MB, {peak_at_100mb} at 100 MB"
+    );
+    drop(client);
+}
