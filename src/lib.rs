@@ -14,6 +14,7 @@ pub mod ffi;
 pub mod gzip;
 pub mod response;
 pub mod retry;
+pub mod spool;
 pub mod transport;
 pub mod wire;
 

@@ -206,7 +206,7 @@ impl MemState {
                 CutMode::LoseUnsynced => synced,
                 CutMode::Torn => synced + self.rand_upto(len - synced),
             };
-            let garble = mode == CutMode::Torn && self.rand() % 2 == 0;
+            let garble = mode == CutMode::Torn && self.rand() & 1 == 0;
             let mut noise = Vec::new();
             if garble {
                 for _ in synced..keep {

@@ -227,10 +227,7 @@ impl fmt::Display for SpoolError {
                  check dmesg and the flash, then remount read-write"
             ),
             SpoolError::Io(e) => write!(f, "spool I/O error: {e}; check the spool directory and the flash (dmesg)"),
-            SpoolError::Corrupt(why) => write!(
-                f,
-                "spooled chunk is corrupt ({why}); it was moved to the spool's corrupt/ directory and will not be sent"
-            ),
+            SpoolError::Corrupt(why) => write!(f, "spooled chunk is corrupt and will not be sent: {why}"),
             SpoolError::TooLarge { len, max } => write!(
                 f,
                 "chunk too large for the spool ({len} bytes, limit {max}): make batches smaller or raise max_bytes"
@@ -424,6 +421,17 @@ fn parse_name(name: &str) -> Option<(u64, Kind)> {
     Some((u64::from_str_radix(hex, 16).ok()?, kind))
 }
 
+/// Result of a repair step during recovery: `Ok(false)` when the filesystem is read-only, so
+/// recovery skips repairs and the spool still serves its intact chunks (they may be the only copy
+/// of the data on a gateway whose flash the kernel remounted read-only).
+fn repaired(r: io::Result<()>) -> Result<bool, SpoolError> {
+    match r {
+        Ok(()) => Ok(true),
+        Err(e) if e.kind() == io::ErrorKind::ReadOnlyFilesystem => Ok(false),
+        Err(e) => Err(e.into()),
+    }
+}
+
 /// Outcome of checking one chunk file.
 enum Check {
     /// The file is damaged: quarantine it.
@@ -496,9 +504,10 @@ impl<S: Storage> Spool<S> {
             match kind {
                 Kind::Chunk => seqs.push(seq),
                 Kind::Tmp => {
-                    self.storage.remove(Area::Pending, name)?;
-                    report.removed_partial += 1;
-                    dirty = true;
+                    if repaired(self.storage.remove(Area::Pending, name))? {
+                        report.removed_partial += 1;
+                        dirty = true;
+                    }
                 }
                 Kind::Msg => {}
             }
@@ -512,34 +521,37 @@ impl<S: Storage> Spool<S> {
             match self.verify(seq, &mut scratch) {
                 Ok(d) => self.insert(seq, &d),
                 Err(Check::Corrupt(_why)) => {
+                    // Not indexed either way; on a read-only filesystem it stays where it is.
                     let name = Name::new(seq, Kind::Chunk);
-                    self.storage.rename((Area::Pending, name.as_str()), (Area::Corrupt, name.as_str()))?;
+                    let to_corrupt = (Area::Corrupt, name.as_str());
+                    moved |= repaired(self.storage.rename((Area::Pending, name.as_str()), to_corrupt))?;
                     report.corrupt += 1;
                     self.stats.corrupt_chunks += 1;
-                    moved = true;
                 }
                 Err(Check::Io(e)) => return Err(e.into()),
             }
         }
         drop(scratch);
         if moved {
-            self.storage.sync_area(Area::Corrupt)?;
+            repaired(self.storage.sync_area(Area::Corrupt))?;
         }
         if moved || dirty {
-            self.storage.sync_area(Area::Pending)?;
+            repaired(self.storage.sync_area(Area::Pending))?;
         }
 
         if self.policy == FullPolicy::DropOldest {
             let mut freed = false;
             while self.index.len() > self.max_chunks as usize || self.bytes > self.max_bytes {
                 let seq = *self.index.keys().next().expect("over limit means non-empty");
-                self.storage.remove(Area::Pending, Name::new(seq, Kind::Chunk).as_str())?;
+                if !repaired(self.storage.remove(Area::Pending, Name::new(seq, Kind::Chunk).as_str()))? {
+                    break; // read-only: keep serving what is there
+                }
                 let info = self.forget(seq).expect("key from the index");
                 self.count_drop(&mut report.dropped, &info);
                 freed = true;
             }
             if freed {
-                self.storage.sync_area(Area::Pending)?;
+                repaired(self.storage.sync_area(Area::Pending))?;
             }
         }
 
@@ -737,8 +749,7 @@ impl<S: Storage> Spool<S> {
             let _ = self.storage.remove(Area::Pending, tmp.as_str());
             return Err(e.into());
         }
-        // The header must be decoded again for the index; it is in self.hdr already.
-        let d = format::decode_header(&self.hdr).map_err(|e| SpoolError::Corrupt(format!("own header: {e}")))?;
+        let d = Decoded { header: header.clone(), stored_len, seal, header_len: self.hdr.len() - CRC_LEN };
         if let Err(e) = self.storage.sync_area(Area::Pending) {
             // Not durable: undo so the caller's view (not stored) matches the directory. If even
             // that fails the chunk exists, so it stays indexed and may be sent (at least once).
@@ -859,7 +870,7 @@ impl<S: Storage> Spool<S> {
         self.forget(seq);
         self.stats.corrupt_chunks += 1;
         match moved {
-            Ok(()) => SpoolError::Corrupt(format!("chunk {}: {why}", name.as_str())),
+            Ok(()) => SpoolError::Corrupt(format!("chunk {}: {why}; moved to corrupt/", name.as_str())),
             Err(e) => SpoolError::Corrupt(format!(
                 "chunk {}: {why}; moving it to corrupt/ failed ({e}), it will be moved on the next open",
                 name.as_str()
@@ -900,7 +911,7 @@ impl<S: Storage> Spool<S> {
             cut -= 1;
         }
         let msg = Name::new(seq, Kind::Msg);
-        if self.storage.write_file(Area::Rejected, msg.as_str(), &[message[..cut].as_bytes()]).is_err() {
+        if self.storage.write_file(Area::Rejected, msg.as_str(), &[&message.as_bytes()[..cut]]).is_err() {
             let _ = self.storage.remove(Area::Rejected, msg.as_str());
         }
         let name = Name::new(seq, Kind::Chunk);
