@@ -58,6 +58,8 @@ enum kedge_result
   KEDGE_SPOOL_IO = 18,
   // A client function was called from inside one of that client's callbacks.
   KEDGE_REENTRANT_CALL = 19,
+  // Not delivered yet, but durable in the spool: it will be replayed by `kedge_poll`/`kedge_flush`.
+  KEDGE_SPOOLED = 20,
   // An internal invariant failed (a bug: please report it).
   KEDGE_INTERNAL = 98,
   // A panic was caught at the C boundary (a bug: please report it). The client may still be used.
@@ -104,8 +106,12 @@ enum kedge_outcome
   KEDGE_OUTCOME_ACKNOWLEDGED = 0,
   // The service refused the data permanently; the chunk was dropped.
   KEDGE_OUTCOME_REJECTED = 1,
-  // Not delivered for now; the chunk is kept and retried.
+  // Not delivered for now; the chunk is kept in RAM and retried.
   KEDGE_OUTCOME_FAILED = 2,
+  // Not delivered for now; the chunk is durable in the spool and will be replayed.
+  KEDGE_OUTCOME_SPOOLED = 3,
+  // The full spool dropped chunks to make room (spool.policy=drop-oldest); `records` says how many records.
+  KEDGE_OUTCOME_DROPPED = 4,
 };
 #ifndef __cplusplus
 #if __STDC_VERSION__ >= 202311L
@@ -167,8 +173,10 @@ typedef struct kedge_stats {
   uint64_t records_acknowledged;
   // Chunks the service acknowledged.
   uint64_t chunks_acknowledged;
-  // Records the service refused permanently (dropped, reported).
+  // Records the service refused permanently (dropped, or quarantined in the spool's rejected/).
   uint64_t records_rejected;
+  // Chunks the service refused permanently.
+  uint64_t chunks_rejected;
   // HTTP requests made.
   uint64_t requests;
   // Requests that resent a chunk.
@@ -178,9 +186,31 @@ typedef struct kedge_stats {
   // Records buffered in RAM now.
   uint64_t records_buffered;
   // HTTP status of the last answer; 0 when none yet or no answer.
-  uint32_t last_http_status;
+  uint64_t last_http_status;
   // Destinations added.
-  uint32_t destinations;
+  uint64_t destinations;
+  // Chunks written to the spool.
+  uint64_t chunks_spooled;
+  // Records written to the spool.
+  uint64_t records_spooled;
+  // Bytes written to the spool (compressed payloads).
+  uint64_t bytes_spooled;
+  // Spooled chunks the service acknowledged.
+  uint64_t chunks_replayed;
+  // Records of spooled chunks the service acknowledged.
+  uint64_t records_replayed;
+  // Chunks the full spool dropped (spool.policy=drop-oldest).
+  uint64_t chunks_dropped;
+  // Records the full spool dropped.
+  uint64_t records_dropped;
+  // Bytes the full spool dropped.
+  uint64_t bytes_dropped;
+  // Chunks found corrupt in the spool: quarantined in corrupt/, never sent.
+  uint64_t chunks_corrupt;
+  // Chunks in the spool now.
+  uint64_t spool_chunks;
+  // Bytes in the spool now.
+  uint64_t spool_bytes;
 } kedge_stats;
 
 #ifdef __cplusplus
@@ -225,6 +255,15 @@ kedge_result kedge_config_set(struct kedge_config *config,
 kedge_result kedge_config_set_ca_pem(struct kedge_config *config,
                                      const uint8_t *pem,
                                      size_t pem_len);
+
+// Sets the spool's AES-256-GCM key from memory (`key_len` must be 32), for firmware that keeps it in a secure
+// element rather than a file. The key is copied, zeroed when the config is freed, and never written anywhere.
+//
+// # Safety
+// `config` a live config; `key` valid for `key_len` bytes.
+kedge_result kedge_config_set_spool_key(struct kedge_config *config,
+                                        const uint8_t *key,
+                                        size_t key_len);
 
 // Sets the log callback (NULL callback: no logging). Lines at or above `log.level` are passed on.
 //
@@ -294,6 +333,13 @@ kedge_result kedge_append(struct kedge_client *client,
 // # Safety
 // `client` a live client.
 kedge_result kedge_flush(struct kedge_client *client);
+
+// Writes every buffered batch to the spool without sending it (before a planned power-off, say): a durable
+// flush. `KEDGE_INVALID_ARGUMENT` without a spool (`spool.dir`).
+//
+// # Safety
+// `client` a live client.
+kedge_result kedge_flush_to_spool(struct kedge_client *client);
 
 // Periodic work for a main loop: sends batches older than `batch.max_age_ms` and retries destinations whose
 // backoff ran out. `out_next_ms` (may be NULL) receives the milliseconds until the next poll has work.

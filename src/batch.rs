@@ -22,7 +22,13 @@ pub struct Batch {
 impl Batch {
     /// Allocates the buffer once; it never grows.
     pub fn with_capacity(capacity: usize) -> Batch {
-        Batch { buf: Vec::with_capacity(capacity), records: 0, first_at: None, chunk_id: None, attempts: 0 }
+        Batch {
+            buf: Vec::with_capacity(capacity),
+            records: 0,
+            first_at: None,
+            chunk_id: None,
+            attempts: 0,
+        }
     }
 
     /// The framed records.
@@ -94,7 +100,10 @@ pub fn framed_len(format: Format, record: &[u8]) -> usize {
 /// Checks a record before it is buffered, so that nothing the service can never take sits in a batch.
 pub fn validate_record(format: Format, record: &[u8], capacity: usize) -> Result<(), Error> {
     if record.is_empty() {
-        return Err(Error::new(ErrorKind::InvalidRecord, "empty record: nothing to ingest"));
+        return Err(Error::new(
+            ErrorKind::InvalidRecord,
+            "empty record: nothing to ingest",
+        ));
     }
     if framed_len(format, record) > capacity {
         return Err(Error::new(
@@ -112,7 +121,10 @@ pub fn validate_record(format: Format, record: &[u8], capacity: usize) -> Result
     if let Err(e) = std::str::from_utf8(record) {
         return Err(Error::new(
             ErrorKind::InvalidRecord,
-            format!("record is not valid UTF-8 (at byte {}): text formats must be UTF-8", e.valid_up_to()),
+            format!(
+                "record is not valid UTF-8 (at byte {}): text formats must be UTF-8",
+                e.valid_up_to()
+            ),
         ));
     }
     if format == Format::Json {
@@ -166,11 +178,27 @@ mod tests {
 
     #[test]
     fn validation_names_the_problem() {
-        assert_eq!(validate_record(Format::Json, b"", 10).unwrap_err().kind, ErrorKind::InvalidRecord);
-        assert_eq!(validate_record(Format::Json, b"0123456789", 10).unwrap_err().kind, ErrorKind::RecordTooLarge);
-        assert_eq!(validate_record(Format::Csv, b"\xff\xfe", 10).unwrap_err().kind, ErrorKind::InvalidRecord);
+        assert_eq!(
+            validate_record(Format::Json, b"", 10).unwrap_err().kind,
+            ErrorKind::InvalidRecord
+        );
+        assert_eq!(
+            validate_record(Format::Json, b"0123456789", 10)
+                .unwrap_err()
+                .kind,
+            ErrorKind::RecordTooLarge
+        );
+        assert_eq!(
+            validate_record(Format::Csv, b"\xff\xfe", 10)
+                .unwrap_err()
+                .kind,
+            ErrorKind::InvalidRecord
+        );
         assert!(validate_record(Format::Avro, b"\xff\xfe", 10).is_ok());
-        assert_eq!(validate_record(Format::Json, b"{\n}", 10).unwrap_err().kind, ErrorKind::InvalidRecord);
+        assert_eq!(
+            validate_record(Format::Json, b"{\n}", 10).unwrap_err().kind,
+            ErrorKind::InvalidRecord
+        );
         assert!(validate_record(Format::MultiJson, b"{\n}", 10).is_ok());
         assert!(validate_record(Format::Json, b"{}\r\n", 10).is_ok());
     }

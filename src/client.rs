@@ -1,27 +1,38 @@
 //! The streaming-ingest client: destinations with fixed batch buffers, sending with bounded retries, backoff per
-//! destination, delivery reports and statistics. Blocking, no threads of its own: work happens inside `append`,
-//! `flush` and `poll`, each bounded by the configured timeouts.
+//! target, the flash spool for what could not be delivered, delivery reports and statistics. Blocking, no threads
+//! of its own: work happens inside `append`, `flush` and `poll`, each bounded by the configured timeouts.
 //!
 //! Thread rules: a `Client` is `Send + Sync`. Calls are serialised by one lock; a call that sends holds it for at
 //! most `retry.max_total_ms` plus one request's timeouts. Statistics and the last error can be read at any time
 //! without waiting. Callbacks run on the calling thread with the lock held, so a callback that calls back into
 //! the same client gets `ReentrantCall` instead of a deadlock.
+//!
+//! Delivery order, with a spool: chunks of one destination leave the spool oldest first; fresh batches are sent
+//! as they fill, so while a backlog drains, fresh data may arrive before older spooled data (Kusto keeps no
+//! order among ingested chunks anyway; records carry their own timestamps). While a target backs off, its new
+//! batches go straight to the spool behind the older ones.
 
 use std::cell::Cell;
-use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering::Relaxed};
 use std::sync::{Arc, Mutex, MutexGuard};
-use std::time::{Duration, Instant, SystemTime};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use ring::rand::{SecureRandom, SystemRandom};
 
 use crate::batch::{validate_record, Batch};
 use crate::config::{Config, LogLevel, RESPONSE_BODY_BYTES};
 use crate::error::{Error, ErrorKind};
-use crate::gzip::Gzip;
+use crate::gzip::{compressed_bound, Gzip};
 use crate::response::{classify, Failure, FailureClass, Reply};
 use crate::retry::{backoff_delay, exp_ceiling, honour_retry_after};
+use crate::spool::{ChunkHeader, DestKey, FsStorage, Spool, SpoolConfig, SpoolError, Storage};
 use crate::transport::Transport;
 use crate::wire::{self, ClusterUrl, Format};
+
+// A full batch always fits a spool chunk.
+const _: () = assert!(
+    compressed_bound(crate::config::MAX_REQUEST_RAW_BYTES) <= crate::spool::MAX_PAYLOAD_LEN
+);
 
 /// The final word on one chunk, as passed to the delivery callback.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -29,16 +40,20 @@ use crate::wire::{self, ClusterUrl, Format};
 pub enum Outcome {
     /// The service answered 200.
     Acknowledged = 0,
-    /// The service refused the data permanently; it was dropped.
+    /// The service refused the data permanently: dropped, or moved to the spool's `rejected/`.
     Rejected = 1,
-    /// Sending failed for now; the chunk is kept and retried.
+    /// Sending failed for now; the chunk is kept in RAM and retried.
     Failed = 2,
+    /// Sending failed or was not tried (backing off); the chunk is durable in the spool and will be replayed.
+    Spooled = 3,
+    /// The spool was full and dropped this chunk (policy drop-oldest).
+    Dropped = 4,
 }
 
 /// One delivery report: what happened to a chunk.
 #[derive(Debug)]
 pub struct DeliveryReport<'a> {
-    /// Destination id.
+    /// Destination id; `u32::MAX` for a spooled chunk of a destination not added in this run.
     pub destination: u32,
     /// The chunk's stable id (UUID text).
     pub chunk_id: &'a str,
@@ -50,7 +65,7 @@ pub struct DeliveryReport<'a> {
     pub wire_bytes: u64,
     /// What happened.
     pub outcome: Outcome,
-    /// The error class for `Rejected` and `Failed`.
+    /// The error class for outcomes other than `Acknowledged`.
     pub error: Option<ErrorKind>,
     /// HTTP status, 0 without an answer.
     pub http_status: u16,
@@ -62,77 +77,89 @@ pub struct DeliveryReport<'a> {
 pub type LogFn = Arc<dyn Fn(LogLevel, &str) + Send + Sync>;
 /// Delivery report sink.
 pub type DeliveryFn = Arc<dyn Fn(&DeliveryReport<'_>) + Send + Sync>;
+/// Where the spool keeps its files: a directory by default, anything that keeps POSIX promises in tests.
+pub type SpoolStorage = Box<dyn Storage + Send>;
 
-/// Counters, readable at any time without taking the client's lock.
-#[derive(Default, Debug)]
-pub struct Stats {
-    /// Records taken by `append`.
-    pub records_appended: AtomicU64,
-    /// Raw bytes taken by `append`.
-    pub bytes_appended: AtomicU64,
-    /// Records in requests that were sent, whatever the answer (counted once per request).
-    pub records_sent: AtomicU64,
-    /// Raw bytes in requests sent.
-    pub bytes_sent_raw: AtomicU64,
-    /// Body bytes on the wire.
-    pub bytes_sent_wire: AtomicU64,
-    /// Records the service acknowledged.
-    pub records_acknowledged: AtomicU64,
-    /// Chunks the service acknowledged.
-    pub chunks_acknowledged: AtomicU64,
-    /// Records the service refused permanently.
-    pub records_rejected: AtomicU64,
-    /// HTTP requests made.
-    pub requests: AtomicU64,
-    /// Requests that were retries of a chunk.
-    pub retries: AtomicU64,
-    /// Requests that failed, any class.
-    pub failures: AtomicU64,
-    /// Records in RAM now.
-    pub records_buffered: AtomicU64,
-    /// Status of the last answer (0: none yet, or no answer).
-    pub last_http_status: AtomicU64,
+macro_rules! counters {
+    ($(#[$m:meta])* $name:ident / $snap:ident { $($(#[$fm:meta])* $field:ident,)* }) => {
+        /// Counters, readable at any time without taking the client's lock.
+        #[derive(Default, Debug)]
+        pub struct $name { $($(#[$fm])* pub $field: AtomicU64,)* }
+        /// A plain copy of the counters.
+        #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+        pub struct $snap { $($(#[$fm])* pub $field: u64,)* }
+        impl $name {
+            /// Copies every counter.
+            pub fn snapshot(&self) -> $snap { $snap { $($field: self.$field.load(Relaxed),)* } }
+        }
+    };
 }
 
-/// A plain copy of [`Stats`].
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct StatsSnapshot {
-    /// See [`Stats`].
-    pub records_appended: u64,
-    /// See [`Stats`].
-    pub bytes_appended: u64,
-    /// See [`Stats`].
-    pub records_sent: u64,
-    /// See [`Stats`].
-    pub bytes_sent_raw: u64,
-    /// See [`Stats`].
-    pub bytes_sent_wire: u64,
-    /// See [`Stats`].
-    pub records_acknowledged: u64,
-    /// See [`Stats`].
-    pub chunks_acknowledged: u64,
-    /// See [`Stats`].
-    pub records_rejected: u64,
-    /// See [`Stats`].
-    pub requests: u64,
-    /// See [`Stats`].
-    pub retries: u64,
-    /// See [`Stats`].
-    pub failures: u64,
-    /// See [`Stats`].
-    pub records_buffered: u64,
-    /// See [`Stats`].
-    pub last_http_status: u32,
-    /// Destinations added.
-    pub destinations: u32,
+counters! {
+    Stats / StatsSnapshot {
+        /// Records taken by `append`.
+        records_appended,
+        /// Raw bytes taken by `append`.
+        bytes_appended,
+        /// Records in requests sent, whatever the answer (counted once per request).
+        records_sent,
+        /// Raw bytes in requests sent.
+        bytes_sent_raw,
+        /// Body bytes on the wire.
+        bytes_sent_wire,
+        /// Records the service acknowledged.
+        records_acknowledged,
+        /// Chunks the service acknowledged.
+        chunks_acknowledged,
+        /// Records the service refused permanently (dropped or quarantined).
+        records_rejected,
+        /// Chunks the service refused permanently.
+        chunks_rejected,
+        /// HTTP requests made.
+        requests,
+        /// Requests that resent a chunk.
+        retries,
+        /// Requests that failed, any class.
+        failures,
+        /// Records in RAM now.
+        records_buffered,
+        /// Status of the last answer (0: none yet, or no answer).
+        last_http_status,
+        /// Destinations added.
+        destinations,
+        /// Chunks written to the spool.
+        chunks_spooled,
+        /// Records written to the spool.
+        records_spooled,
+        /// Bytes written to the spool (payloads: the compressed size).
+        bytes_spooled,
+        /// Spooled chunks the service acknowledged.
+        chunks_replayed,
+        /// Records of spooled chunks the service acknowledged.
+        records_replayed,
+        /// Chunks the full spool dropped (policy drop-oldest).
+        chunks_dropped,
+        /// Records the full spool dropped.
+        records_dropped,
+        /// Bytes the full spool dropped.
+        bytes_dropped,
+        /// Chunks found corrupt in the spool (quarantined in `corrupt/`, never sent).
+        chunks_corrupt,
+        /// Chunks in the spool now.
+        spool_chunks,
+        /// Bytes in the spool now.
+        spool_bytes,
+    }
 }
 
-struct Destination {
-    database: String,
-    table: String,
-    format: Format,
+/// Where chunks go: one per distinct (database, table, format, mapping), shared by the destination added for
+/// it and by spooled chunks for it, so that both back off together.
+struct Target {
+    key: Arc<DestKey>,
     url: String,
-    batch: Batch,
+    label: String,
+    /// Destination id added for this key in this run, if any.
+    destination: Option<u32>,
     /// Consecutive failed sends.
     failures: u32,
     /// No send before this instant (backing off).
@@ -140,18 +167,43 @@ struct Destination {
     last_failure: Option<Failure>,
 }
 
-impl Destination {
-    fn label(&self) -> String {
-        format!("{}.{}", self.database, self.table)
+impl Target {
+    fn backing_off(&self, now: Instant) -> bool {
+        self.not_before.is_some_and(|t| t > now)
     }
+}
+
+struct Destination {
+    target: usize,
+    format: Format,
+    batch: Batch,
 }
 
 struct Inner {
     destinations: Vec<Destination>,
+    targets: Vec<Target>,
     gzip: Gzip,
     wire: Vec<u8>,
     body: Box<[u8]>,
     scratch: Box<[u8]>,
+    spool: Option<Spool<SpoolStorage>>,
+}
+
+/// A chunk ready to go: its payload is in `Inner::wire`.
+#[derive(Clone, Copy)]
+struct Chunk {
+    id: [u8; 16],
+    records: u64,
+    raw_len: u64,
+    gzip: bool,
+    /// Its spool sequence number, when it is in the spool.
+    seq: Option<u64>,
+}
+
+/// What one delivery attempt (with its in-call retries) came to.
+enum Sent {
+    Acknowledged,
+    Failed(Failure),
 }
 
 /// A streaming-ingest client. See the module docs for the thread rules.
@@ -163,7 +215,7 @@ pub struct Client {
     client_version: String,
     inner: Mutex<Inner>,
     stats: Stats,
-    destination_count: AtomicU64,
+    replay_attempt: AtomicU32,
     last_error: Mutex<String>,
     log: Option<LogFn>,
     delivery: Option<DeliveryFn>,
@@ -184,42 +236,117 @@ impl Drop for Locked<'_> {
     }
 }
 
-/// Why a send did not go through this time.
+/// Why a batch is being sent.
+#[derive(Clone, Copy, PartialEq, Eq)]
 enum SendMode {
-    /// `append` needs room: honour backoff.
+    /// `append` needs room.
     Room,
-    /// Explicit flush: honour backoff.
+    /// Explicit flush: tried even while backing off.
     Flush,
     /// `poll` found the batch due.
     Poll,
 }
 
+fn now_unix_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}
+
+fn spool_error(e: SpoolError) -> Error {
+    let kind = match e {
+        SpoolError::Full => ErrorKind::SpoolFull,
+        _ => ErrorKind::SpoolIo,
+    };
+    Error::new(kind, e.to_string())
+}
+
 impl Client {
-    /// Creates a client: validates the config and allocates every buffer it will ever use, except the batch
-    /// buffers, which are allocated (bounded by `destinations.max`) as destinations are added.
-    pub fn new(cfg: &Config, log: Option<LogFn>, delivery: Option<DeliveryFn>) -> Result<Client, Error> {
+    /// Creates a client: validates the config, opens (and recovers) the spool if one is configured, and allocates
+    /// every buffer it will use, except the batch buffers, allocated (bounded by `destinations.max`) as
+    /// destinations are added.
+    pub fn new(
+        cfg: &Config,
+        log: Option<LogFn>,
+        delivery: Option<DeliveryFn>,
+    ) -> Result<Client, Error> {
+        let storage: Option<SpoolStorage> = match &cfg.spool_dir {
+            Some(dir) => Some(Box::new(FsStorage::new(dir).map_err(|e| {
+                Error::new(
+                    ErrorKind::SpoolIo,
+                    format!("spool directory '{}' cannot be used: {e}", dir.display()),
+                )
+            })?)),
+            None => None,
+        };
+        Client::with_storage(cfg, storage, log, delivery)
+    }
+
+    /// Like [`Client::new`], with the spool on the given storage (tests use a fault-injecting one).
+    pub fn with_storage(
+        cfg: &Config,
+        storage: Option<SpoolStorage>,
+        log: Option<LogFn>,
+        delivery: Option<DeliveryFn>,
+    ) -> Result<Client, Error> {
         let cluster = cfg.validate()?;
         let transport = Transport::new(cfg)?;
-        let inner = Inner {
-            destinations: Vec::with_capacity(cfg.max_destinations),
-            gzip: Gzip::new(3),
-            wire: Vec::with_capacity(cfg.wire_capacity()),
-            body: vec![0u8; RESPONSE_BODY_BYTES].into_boxed_slice(),
-            scratch: vec![0u8; RESPONSE_BODY_BYTES].into_boxed_slice(),
-        };
-        Ok(Client {
+        let rng = SystemRandom::new();
+        let mut seed = [0u8; 4];
+        let _ = rng.fill(&mut seed);
+        let client = Client {
             client_version: wire::client_version(&cfg.app, cfg.app_version.as_deref()),
             cfg: cfg.clone(),
             cluster,
             transport,
-            rng: SystemRandom::new(),
-            inner: Mutex::new(inner),
+            rng,
+            inner: Mutex::new(Inner {
+                destinations: Vec::with_capacity(cfg.max_destinations),
+                targets: Vec::with_capacity(cfg.max_destinations),
+                gzip: Gzip::new(3),
+                wire: Vec::with_capacity(cfg.wire_capacity()),
+                body: vec![0u8; RESPONSE_BODY_BYTES].into_boxed_slice(),
+                scratch: vec![0u8; RESPONSE_BODY_BYTES].into_boxed_slice(),
+                spool: None,
+            }),
             stats: Stats::default(),
-            destination_count: AtomicU64::new(0),
+            // Replays after a reboot must not repeat the request ids of the previous run: start at a random
+            // attempt number, far above those of fresh sends.
+            replay_attempt: AtomicU32::new(1000 + (u32::from_le_bytes(seed) >> 12)),
             last_error: Mutex::new(String::new()),
             log,
             delivery,
-        })
+        };
+        if let Some(storage) = storage {
+            let scfg = SpoolConfig {
+                max_bytes: cfg.spool_max_bytes,
+                max_chunks: cfg.spool_max_chunks,
+                policy: cfg.spool_policy,
+                key: cfg.spool_key.as_ref().map(|k| k.0),
+            };
+            let (spool, report) = Spool::open(storage, scfg).map_err(spool_error)?;
+            if report.corrupt > 0 || report.removed_partial > 0 || report.dropped.chunks > 0 {
+                client.log(
+                    LogLevel::Warn,
+                    &format!(
+                        "spool recovered: {} chunks ({} bytes) pending, {} interrupted writes removed, {} corrupt chunks quarantined in corrupt/, {} chunks dropped to fit the limits",
+                        report.chunks, report.bytes, report.removed_partial, report.corrupt, report.dropped.chunks
+                    ),
+                );
+            } else if report.chunks > 0 {
+                client.log(
+                    LogLevel::Info,
+                    &format!(
+                        "spool holds {} chunks ({} bytes) to replay",
+                        report.chunks, report.bytes
+                    ),
+                );
+            }
+            let mut inner = client.inner.lock().unwrap_or_else(|p| p.into_inner());
+            inner.spool = Some(spool);
+            client.sync_spool_stats(&inner);
+        }
+        Ok(client)
     }
 
     fn lock(&self) -> Result<Locked<'_>, Error> {
@@ -229,7 +356,8 @@ impl Client {
                 "a client function was called from inside a callback: callbacks may only read stats",
             ));
         }
-        // A panic in an earlier call poisoned the lock; the state is still consistent batch by batch, so go on.
+        // A panic in an earlier call poisoned the lock; every batch and the spool are consistent on their own, so
+        // go on rather than make the client unusable.
         let guard = self.inner.lock().unwrap_or_else(|p| p.into_inner());
         IN_CLIENT.with(|c| c.set(true));
         Ok(Locked { guard })
@@ -254,28 +382,15 @@ impl Client {
     /// The message of the most recent failed call (empty if none). With several threads, it may be another
     /// thread's.
     pub fn last_error(&self) -> String {
-        self.last_error.lock().unwrap_or_else(|p| p.into_inner()).clone()
+        self.last_error
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
     }
 
     /// The counters, without waiting for a send in progress.
     pub fn stats(&self) -> StatsSnapshot {
-        let s = &self.stats;
-        StatsSnapshot {
-            records_appended: s.records_appended.load(Relaxed),
-            bytes_appended: s.bytes_appended.load(Relaxed),
-            records_sent: s.records_sent.load(Relaxed),
-            bytes_sent_raw: s.bytes_sent_raw.load(Relaxed),
-            bytes_sent_wire: s.bytes_sent_wire.load(Relaxed),
-            records_acknowledged: s.records_acknowledged.load(Relaxed),
-            chunks_acknowledged: s.chunks_acknowledged.load(Relaxed),
-            records_rejected: s.records_rejected.load(Relaxed),
-            requests: s.requests.load(Relaxed),
-            retries: s.retries.load(Relaxed),
-            failures: s.failures.load(Relaxed),
-            records_buffered: s.records_buffered.load(Relaxed),
-            last_http_status: s.last_http_status.load(Relaxed) as u32,
-            destinations: self.destination_count.load(Relaxed) as u32,
-        }
+        self.stats.snapshot()
     }
 
     /// The configuration the client was built from.
@@ -283,8 +398,26 @@ impl Client {
         &self.cfg
     }
 
+    fn sync_spool_stats(&self, inner: &Inner) {
+        if let Some(sp) = &inner.spool {
+            let s = sp.stats();
+            self.stats.spool_chunks.store(s.chunks as u64, Relaxed);
+            self.stats.spool_bytes.store(s.bytes, Relaxed);
+            self.stats.chunks_corrupt.store(s.corrupt_chunks, Relaxed);
+            self.stats.chunks_dropped.store(s.dropped_chunks, Relaxed);
+            self.stats.records_dropped.store(s.dropped_records, Relaxed);
+            self.stats.bytes_dropped.store(s.dropped_bytes, Relaxed);
+        }
+    }
+
     /// Adds a destination and allocates its batch buffer. Returns its id, used by `append`.
-    pub fn add_destination(&self, database: &str, table: &str, format: &str, mapping: Option<&str>) -> Result<u32, Error> {
+    pub fn add_destination(
+        &self,
+        database: &str,
+        table: &str,
+        format: &str,
+        mapping: Option<&str>,
+    ) -> Result<u32, Error> {
         wire::check_entity_name("database", database)?;
         wire::check_entity_name("table", table)?;
         if let Some(m) = mapping {
@@ -296,84 +429,171 @@ impl Client {
         if inner.destinations.len() >= self.cfg.max_destinations {
             return Err(Error::new(
                 ErrorKind::TooManyDestinations,
-                format!("this client already has destinations.max={} destinations", self.cfg.max_destinations),
+                format!(
+                    "this client already has destinations.max={} destinations",
+                    self.cfg.max_destinations
+                ),
             ));
         }
-        inner.destinations.push(Destination {
+        let key = DestKey {
             database: database.to_owned(),
             table: table.to_owned(),
+            format: format.wire_name().to_owned(),
+            mapping: mapping.map(str::to_owned),
+        };
+        let id = inner.destinations.len() as u32;
+        let target = self.target_for(inner, &key)?;
+        if let Some(other) = inner.targets[target].destination {
+            return Err(Error::new(
+                ErrorKind::InvalidArgument,
+                format!(
+                    "{} with this format and mapping is destination {other} already",
+                    inner.targets[target].label
+                ),
+            ));
+        }
+        inner.targets[target].destination = Some(id);
+        inner.destinations.push(Destination {
+            target,
             format,
-            url: wire::ingest_url(&self.cluster, database, table, format, mapping),
             batch: Batch::with_capacity(self.cfg.batch_bytes),
+        });
+        self.stats
+            .destinations
+            .store(inner.destinations.len() as u64, Relaxed);
+        Ok(id)
+    }
+
+    /// The target for a key, made on first use (destinations, or spooled chunks of an earlier run).
+    fn target_for(&self, inner: &mut Inner, key: &DestKey) -> Result<usize, Error> {
+        if let Some(i) = inner.targets.iter().position(|t| *t.key == *key) {
+            return Ok(i);
+        }
+        let format = Format::parse(&key.format)?;
+        inner.targets.push(Target {
+            url: wire::ingest_url(
+                &self.cluster,
+                &key.database,
+                &key.table,
+                format,
+                key.mapping.as_deref(),
+            ),
+            label: format!("{}.{}", key.database, key.table),
+            key: Arc::new(key.clone()),
+            destination: None,
             failures: 0,
             not_before: None,
             last_failure: None,
         });
-        self.destination_count.store(inner.destinations.len() as u64, Relaxed);
-        Ok((inner.destinations.len() - 1) as u32)
+        Ok(inner.targets.len() - 1)
     }
 
-    /// Buffers one record. When it does not fit, the batch is sent first; if that fails, the record is not taken
-    /// (the caller keeps it) and the error says why.
+    /// Buffers one record. When it does not fit, the batch is sent first (or, while its target backs off, written
+    /// to the spool). If the batch can go neither to the service nor to the spool, the record is not taken (the
+    /// caller keeps it) and the error says why.
     pub fn append(&self, destination: u32, record: &[u8]) -> Result<(), Error> {
         let mut l = self.lock()?;
         let inner = &mut *l.guard;
-        let d = inner.destinations.get(destination as usize).ok_or_else(|| invalid_destination(destination))?;
+        let d = inner
+            .destinations
+            .get(destination as usize)
+            .ok_or_else(|| invalid_destination(destination))?;
         let format = d.format;
         validate_record(format, record, d.batch.capacity())?;
         if !d.batch.fits(format, record) {
-            self.send(inner, destination as usize, SendMode::Room, None)?;
+            match self.send_batch(inner, destination as usize, SendMode::Room, None) {
+                // Delivered, or safe on flash: either way the batch is free again.
+                Ok(()) => {}
+                Err(e) if e.kind == ErrorKind::Spooled || e.kind == ErrorKind::DataRejected => {}
+                Err(e) => return Err(e),
+            }
         }
         let d = &mut inner.destinations[destination as usize];
         if !d.batch.fits(format, record) {
-            return Err(Error::new(ErrorKind::Internal, "batch has no room after a successful send"));
+            return Err(Error::new(
+                ErrorKind::Internal,
+                "batch has no room after it was sent",
+            ));
         }
         d.batch.push(format, record, Instant::now());
         self.stats.records_appended.fetch_add(1, Relaxed);
-        self.stats.bytes_appended.fetch_add(record.len() as u64, Relaxed);
+        self.stats
+            .bytes_appended
+            .fetch_add(record.len() as u64, Relaxed);
         self.stats.records_buffered.fetch_add(1, Relaxed);
         Ok(())
     }
 
-    /// Sends every non-empty batch now. Destinations that are backing off are tried anyway (an explicit flush is
-    /// the caller's decision), but the whole call is bounded by one `retry.max_total_ms`. Returns the first failure.
+    /// Sends every non-empty batch now, even to targets that back off (an explicit flush is the caller's
+    /// decision), then replays the spool. The call is bounded by `retry.max_total_ms` plus one request per
+    /// target. Returns the first failure; `Spooled` means everything not delivered is durable on flash.
     pub fn flush(&self) -> Result<(), Error> {
         let mut l = self.lock()?;
         let inner = &mut *l.guard;
         let deadline = Instant::now() + self.cfg.retry_max_total;
         let mut first_err = None;
         for i in 0..inner.destinations.len() {
+            if let Err(e) = self.send_batch(inner, i, SendMode::Flush, Some(deadline)) {
+                first_err.get_or_insert(e);
+            }
+        }
+        if let Err(e) = self.replay(inner, deadline, u32::MAX) {
+            first_err.get_or_insert(e);
+        }
+        first_err.map_or(Ok(()), Err)
+    }
+
+    /// Writes every buffered batch to the spool without sending (before a planned power-off, say). Without a
+    /// spool it does nothing and says so.
+    pub fn flush_to_spool(&self) -> Result<(), Error> {
+        let mut l = self.lock()?;
+        let inner = &mut *l.guard;
+        if inner.spool.is_none() {
+            return Err(Error::new(
+                ErrorKind::InvalidArgument,
+                "no spool configured: set spool.dir",
+            ));
+        }
+        let mut first_err = None;
+        for i in 0..inner.destinations.len() {
             if inner.destinations[i].batch.is_empty() {
                 continue;
             }
-            if let Err(e) = self.send(inner, i, SendMode::Flush, Some(deadline)) {
+            if let Err(e) = self.spool_batch(inner, i, None) {
                 first_err.get_or_insert(e);
             }
         }
         first_err.map_or(Ok(()), Err)
     }
 
-    /// Periodic work for a firmware main loop: sends batches older than `batch.max_age_ms` and retries
-    /// destinations whose backoff has run out. Returns the milliseconds until the next poll has something to do.
+    /// Periodic work for a firmware main loop: sends batches older than `batch.max_age_ms`, retries targets whose
+    /// backoff ran out and replays up to `spool.replay_per_poll` spooled chunks. Returns the milliseconds until
+    /// the next poll has something to do.
     pub fn poll(&self) -> Result<u32, Error> {
         let mut l = self.lock()?;
         let inner = &mut *l.guard;
         let deadline = Instant::now() + self.cfg.retry_max_total;
         let mut first_err = None;
+        let has_spool = inner.spool.is_some();
         for i in 0..inner.destinations.len() {
             let now = Instant::now();
             let d = &inner.destinations[i];
+            let backing_off = inner.targets[d.target].backing_off(now);
             let due = match d.batch.first_at() {
                 None => false,
-                Some(_) if d.not_before.is_some_and(|t| t > now) => false,
+                // Without a spool there is nothing to do until the backoff ends.
+                Some(_) if backing_off && !has_spool => false,
                 Some(_) if d.batch.is_sealed() => true,
                 Some(first) => now.duration_since(first) >= self.cfg.batch_max_age,
             };
             if due {
-                if let Err(e) = self.send(inner, i, SendMode::Poll, Some(deadline)) {
+                if let Err(e) = self.send_batch(inner, i, SendMode::Poll, Some(deadline)) {
                     first_err.get_or_insert(e);
                 }
             }
+        }
+        if let Err(e) = self.replay(inner, deadline, self.cfg.replay_per_poll) {
+            first_err.get_or_insert(e);
         }
         let next = self.next_due(inner);
         first_err.map_or(Ok(next), Err)
@@ -383,13 +603,31 @@ impl Client {
         let now = Instant::now();
         let mut next = Duration::from_secs(3600);
         for d in &inner.destinations {
-            let Some(first) = d.batch.first_at() else { continue };
-            let at = match d.not_before {
+            let Some(first) = d.batch.first_at() else {
+                continue;
+            };
+            let t = &inner.targets[d.target];
+            let at = match t.not_before {
                 Some(t) if t > now => t,
                 _ if d.batch.is_sealed() => now,
                 _ => first + self.cfg.batch_max_age,
             };
             next = next.min(at.saturating_duration_since(now));
+        }
+        if let Some(sp) = &inner.spool {
+            for (_, info) in sp.pending() {
+                let at = inner
+                    .targets
+                    .iter()
+                    .find(|t| *t.key == *info.dest)
+                    .and_then(|t| t.not_before)
+                    .filter(|&t| t > now)
+                    .unwrap_or(now);
+                next = next.min(at.saturating_duration_since(now));
+                if next.is_zero() {
+                    break;
+                }
+            }
         }
         next.as_millis().min(u32::MAX as u128) as u32
     }
@@ -401,42 +639,16 @@ impl Client {
         u32::from_le_bytes(b)
     }
 
-    /// Sends destination `i`'s batch, retrying transient failures within the configured bounds. On success the
-    /// batch is empty; on a permanent refusal it is dropped (and reported); otherwise it is kept, sealed, and the
-    /// destination backs off.
-    fn send(&self, inner: &mut Inner, i: usize, mode: SendMode, deadline: Option<Instant>) -> Result<(), Error> {
-        let started = Instant::now();
-        let call_deadline = started + self.cfg.retry_max_total;
-        let deadline = deadline.map_or(call_deadline, |d| d.min(call_deadline));
-        {
-            let d = &inner.destinations[i];
-            if d.batch.is_empty() {
-                return Ok(());
-            }
-            let backing_off = d.not_before.is_some_and(|t| t > started);
-            if backing_off && matches!(mode, SendMode::Room | SendMode::Poll) {
-                let wait = d.not_before.map_or(Duration::ZERO, |t| t - started);
-                let why = d.last_failure.as_ref().map_or(String::new(), |f| format!(" after: {}", f.message));
-                return Err(Error::new(
-                    ErrorKind::BackingOff,
-                    format!(
-                        "{} is backing off for {} ms more{why}; its batch of {} records is kept and the record was not taken",
-                        d.label(),
-                        wait.as_millis(),
-                        d.batch.records()
-                    ),
-                ));
-            }
-            if Instant::now() >= deadline && d.batch.is_sealed() {
-                return Err(Error::new(
-                    ErrorKind::BackingOff,
-                    format!("{}: no time left in this call to send; poll will retry", d.label()),
-                ));
-            }
-        }
-        let Inner { destinations, gzip, wire: wire_buf, body, scratch } = inner;
+    /// Seals destination `i`'s batch (once: chunk id, compressed payload in `wire`).
+    fn seal(&self, inner: &mut Inner, i: usize) -> Result<Chunk, Error> {
+        let Inner {
+            destinations,
+            gzip,
+            wire: wire_buf,
+            ..
+        } = inner;
         let d = &mut destinations[i];
-        let chunk_id = match d.batch.chunk_id {
+        let id = match d.batch.chunk_id {
             Some(id) => id,
             None => {
                 let id = wire::new_uuid(&self.rng)?;
@@ -444,22 +656,378 @@ impl Client {
                 id
             }
         };
-        let chunk_text = wire::uuid_text(&chunk_id);
         let gz = !d.format.is_binary();
         if gz {
             gzip.compress(d.batch.bytes(), wire_buf)?;
         } else {
-            // Already compressed formats go as they are; the copy keeps one code path for sending and resending.
+            // Already compressed formats go as they are; the copy keeps one path for sending and spooling.
             wire_buf.clear();
             wire_buf.extend_from_slice(d.batch.bytes());
         }
-        let payload: &[u8] = wire_buf;
-        let records = d.batch.records();
-        let raw_len = d.batch.bytes().len() as u64;
-        let token = self.cfg.token.as_ref().map(|t| format!("Bearer {}", t.expose()));
-        let mut attempt_in_call = 0u32;
-        let failure = loop {
-            let request_id = wire::request_id(&chunk_text, d.batch.attempts);
+        Ok(Chunk {
+            id,
+            records: d.batch.records(),
+            raw_len: d.batch.bytes().len() as u64,
+            gzip: gz,
+            seq: None,
+        })
+    }
+
+    /// Writes destination `i`'s batch to the spool and frees the batch. `sealed`: the payload is in `wire` already.
+    fn spool_batch(
+        &self,
+        inner: &mut Inner,
+        i: usize,
+        sealed: Option<Chunk>,
+    ) -> Result<Chunk, Error> {
+        let chunk = match sealed {
+            Some(c) => c,
+            None => self.seal(inner, i)?,
+        };
+        let target = inner.destinations[i].target;
+        let chunk = self.spool_push(inner, target, chunk)?;
+        let d = &mut inner.destinations[i];
+        d.batch.clear();
+        self.stats
+            .records_buffered
+            .fetch_sub(chunk.records, Relaxed);
+        Ok(chunk)
+    }
+
+    /// Pushes the chunk in `wire` to the spool, accounting for what the capacity policy dropped.
+    fn spool_push(
+        &self,
+        inner: &mut Inner,
+        target: usize,
+        mut chunk: Chunk,
+    ) -> Result<Chunk, Error> {
+        let Inner {
+            targets,
+            wire: wire_buf,
+            spool,
+            ..
+        } = inner;
+        let Some(sp) = spool.as_mut() else {
+            return Err(Error::new(ErrorKind::Internal, "no spool"));
+        };
+        let t = &targets[target];
+        let header = ChunkHeader {
+            chunk_id: chunk.id,
+            dest: (*t.key).clone(),
+            created_unix_ms: now_unix_ms(),
+            raw_len: chunk.raw_len as u32,
+            records: chunk.records as u32,
+            gzip: chunk.gzip,
+        };
+        let result = sp.push(&header, wire_buf);
+        let label = t.label.clone();
+        match result {
+            Ok(dropped) => {
+                // Sequence numbers only grow: the chunk just pushed is the newest.
+                chunk.seq = sp.pending().last().map(|(seq, _)| seq);
+                self.stats.chunks_spooled.fetch_add(1, Relaxed);
+                self.stats.records_spooled.fetch_add(chunk.records, Relaxed);
+                self.stats
+                    .bytes_spooled
+                    .fetch_add(wire_buf.len() as u64, Relaxed);
+                if dropped.chunks > 0 {
+                    let msg = format!(
+                        "spool full: dropped the {} oldest chunks ({} records, {} bytes) to make room (spool.policy=drop-oldest)",
+                        dropped.chunks, dropped.records, dropped.bytes
+                    );
+                    self.log(LogLevel::Warn, &msg);
+                    self.report(
+                        u32::MAX,
+                        "",
+                        dropped.records,
+                        0,
+                        dropped.bytes,
+                        Outcome::Dropped,
+                        Some(ErrorKind::SpoolFull),
+                        0,
+                        &msg,
+                    );
+                }
+                self.sync_spool_stats(inner);
+                Ok(chunk)
+            }
+            Err(e) => {
+                let e = spool_error(e);
+                self.log(
+                    LogLevel::Error,
+                    &format!(
+                        "{label}: chunk of {} records could not be spooled: {}",
+                        chunk.records, e.message
+                    ),
+                );
+                Err(Error::new(
+                    e.kind,
+                    format!(
+                        "{label}: {} (the batch stays in RAM; the record was not taken)",
+                        e.message
+                    ),
+                ))
+            }
+        }
+    }
+
+    /// Sends destination `i`'s batch. On success the batch is empty; on a permanent refusal it is dropped (and
+    /// reported); otherwise the target backs off and the chunk goes to the spool (`Err(Spooled)`) or, without
+    /// one, stays sealed in RAM.
+    fn send_batch(
+        &self,
+        inner: &mut Inner,
+        i: usize,
+        mode: SendMode,
+        deadline: Option<Instant>,
+    ) -> Result<(), Error> {
+        let started = Instant::now();
+        let deadline = deadline.unwrap_or(started + self.cfg.retry_max_total);
+        let d = &inner.destinations[i];
+        if d.batch.is_empty() {
+            return Ok(());
+        }
+        let target = d.target;
+        let t = &inner.targets[target];
+        let has_spool = inner.spool.is_some();
+        let skip = (t.backing_off(started) && mode != SendMode::Flush) || started >= deadline;
+        if skip {
+            if has_spool {
+                // Backing off: the new batch does not wait out its own retries, it goes behind the backlog.
+                let chunk = self.spool_batch(inner, i, None)?;
+                let t = &inner.targets[target];
+                let msg = format!("{}: backing off, chunk spooled for replay", t.label);
+                self.report_chunk(
+                    t,
+                    &chunk,
+                    Outcome::Spooled,
+                    Some(ErrorKind::Spooled),
+                    0,
+                    &msg,
+                );
+                return Err(Error::new(ErrorKind::Spooled, msg));
+            }
+            let wait = t
+                .not_before
+                .map_or(Duration::ZERO, |n| n.saturating_duration_since(started));
+            let why = t
+                .last_failure
+                .as_ref()
+                .map_or(String::new(), |f| format!(" after: {}", f.message));
+            return Err(Error::new(
+                ErrorKind::BackingOff,
+                format!(
+                    "{} is backing off for {} ms more{why}; its batch of {} records is kept and the record was not taken",
+                    t.label,
+                    wait.as_millis(),
+                    d.batch.records()
+                ),
+            ));
+        }
+        let mut chunk = self.seal(inner, i)?;
+        if self.cfg.spool_write_ahead && has_spool {
+            chunk = self.spool_batch(inner, i, Some(chunk))?;
+        }
+        let attempts_before = inner.destinations[i].batch.attempts;
+        let (sent, attempts) = self.deliver(
+            inner,
+            target,
+            &chunk,
+            attempts_before,
+            self.cfg.retry_max_attempts,
+            deadline,
+        );
+        if chunk.seq.is_none() {
+            inner.destinations[i].batch.attempts = attempts;
+        }
+        match sent {
+            Sent::Acknowledged => {
+                if chunk.seq.is_none() {
+                    inner.destinations[i].batch.clear();
+                    self.stats
+                        .records_buffered
+                        .fetch_sub(chunk.records, Relaxed);
+                }
+                self.settle(inner, target, &chunk, None, 200)?;
+                Ok(())
+            }
+            Sent::Failed(f) => {
+                let class = f.class;
+                let e = self.settle(inner, target, &chunk, Some(f), 0);
+                if chunk.seq.is_some() && class != FailureClass::Rejected {
+                    // Written ahead: it is on flash already and will be replayed.
+                    let err = e.err().unwrap_or_else(|| {
+                        Error::new(ErrorKind::TransientFailure, "not delivered")
+                    });
+                    let msg = format!("{}; kept in the spool for replay", err.message);
+                    self.report_chunk(
+                        &inner.targets[target],
+                        &chunk,
+                        Outcome::Spooled,
+                        Some(err.kind),
+                        0,
+                        &msg,
+                    );
+                    return Err(Error::new(ErrorKind::Spooled, msg));
+                }
+                if class == FailureClass::Rejected && chunk.seq.is_none() {
+                    inner.destinations[i].batch.clear();
+                    self.stats
+                        .records_buffered
+                        .fetch_sub(chunk.records, Relaxed);
+                    return e;
+                }
+                if class != FailureClass::Rejected && chunk.seq.is_none() && inner.spool.is_some() {
+                    let err = e.err().unwrap_or_else(|| {
+                        Error::new(ErrorKind::TransientFailure, "not delivered")
+                    });
+                    let spooled = self.spool_batch(inner, i, Some(chunk))?;
+                    let t = &inner.targets[target];
+                    let msg = format!("{}; spooled for replay", err.message);
+                    self.report_chunk(t, &spooled, Outcome::Spooled, Some(err.kind), 0, &msg);
+                    return Err(Error::new(ErrorKind::Spooled, msg));
+                }
+                if class != FailureClass::Rejected && chunk.seq.is_none() {
+                    let t = &inner.targets[target];
+                    let err = e.as_ref().err().cloned().unwrap_or_else(|| {
+                        Error::new(ErrorKind::TransientFailure, "not delivered")
+                    });
+                    self.report_chunk(t, &chunk, Outcome::Failed, Some(err.kind), 0, &err.message);
+                }
+                e
+            }
+        }
+    }
+
+    /// Replays spooled chunks, oldest first, skipping targets that back off, up to `max` chunks and the deadline.
+    /// Each chunk gets one attempt per call: the backoff between attempts is the poll schedule.
+    fn replay(&self, inner: &mut Inner, deadline: Instant, max: u32) -> Result<(), Error> {
+        let mut first_err = None;
+        let mut done = 0;
+        while done < max && Instant::now() < deadline {
+            let now = Instant::now();
+            let next = {
+                let Some(sp) = inner.spool.as_ref() else {
+                    return Ok(());
+                };
+                let targets = &inner.targets;
+                sp.pending()
+                    .find(|(_, info)| {
+                        !targets
+                            .iter()
+                            .any(|t| *t.key == *info.dest && t.backing_off(now))
+                    })
+                    .map(|(seq, info)| (seq, (*info.dest).clone()))
+            };
+            let Some((seq, key)) = next else { break };
+            done += 1;
+            let target = match self.target_for(inner, &key) {
+                Ok(t) => t,
+                Err(e) => {
+                    // A format this version cannot name: the chunk can never be sent.
+                    if let Some(sp) = inner.spool.as_mut() {
+                        let _ = sp.reject(seq, &e.message);
+                    }
+                    continue;
+                }
+            };
+            let read = {
+                let Inner {
+                    spool,
+                    wire: wire_buf,
+                    ..
+                } = &mut *inner;
+                let sp = spool.as_mut().expect("checked above");
+                let cap = wire_buf.capacity();
+                wire_buf.clear();
+                wire_buf.resize(cap, 0);
+                let r = sp.read(seq, wire_buf.as_mut_slice());
+                let n = r.as_ref().map_or(0, |(_, n)| *n);
+                wire_buf.truncate(n);
+                r
+            };
+            let header = match read {
+                Ok((h, _)) => h,
+                Err(SpoolError::Corrupt(why)) => {
+                    self.log(LogLevel::Error, &format!("spooled chunk {seq:016x} is corrupt and was quarantined in corrupt/: {why}"));
+                    self.sync_spool_stats(inner);
+                    continue;
+                }
+                Err(SpoolError::BufferTooSmall { needed }) => {
+                    let t = &mut inner.targets[target];
+                    t.not_before = Some(now + self.cfg.backoff_max);
+                    let e = Error::new(
+                        ErrorKind::SpoolIo,
+                        format!("{}: spooled chunk needs {needed} bytes, more than this client's buffer: raise batch.bytes to what the earlier run used", t.label),
+                    );
+                    self.log(LogLevel::Error, &e.message);
+                    first_err.get_or_insert(e);
+                    continue;
+                }
+                Err(e) => {
+                    let e = spool_error(e);
+                    self.log(
+                        LogLevel::Error,
+                        &format!("spool read failed: {}", e.message),
+                    );
+                    first_err.get_or_insert(e);
+                    break;
+                }
+            };
+            let chunk = Chunk {
+                id: header.chunk_id,
+                records: header.records as u64,
+                raw_len: header.raw_len as u64,
+                gzip: header.gzip,
+                seq: Some(seq),
+            };
+            let attempt = self.replay_attempt.fetch_add(1, Relaxed);
+            let (sent, _) = self.deliver(inner, target, &chunk, attempt, 1, deadline);
+            let r = match sent {
+                Sent::Acknowledged => {
+                    self.stats.chunks_replayed.fetch_add(1, Relaxed);
+                    self.stats
+                        .records_replayed
+                        .fetch_add(chunk.records, Relaxed);
+                    self.settle(inner, target, &chunk, None, 200)
+                }
+                Sent::Failed(f) => self.settle(inner, target, &chunk, Some(f), 0),
+            };
+            if let Err(e) = r {
+                first_err.get_or_insert(e);
+            }
+        }
+        first_err.map_or(Ok(()), Err)
+    }
+
+    /// Sends the chunk in `wire` to a target, retrying transient failures in this call up to `max_attempts` and
+    /// the deadline. Returns the outcome and the chunk's attempt count after it.
+    fn deliver(
+        &self,
+        inner: &mut Inner,
+        target: usize,
+        chunk: &Chunk,
+        mut attempt: u32,
+        max_attempts: u32,
+        deadline: Instant,
+    ) -> (Sent, u32) {
+        let Inner {
+            targets,
+            wire: payload,
+            body,
+            scratch,
+            ..
+        } = inner;
+        let t = &targets[target];
+        let chunk_text = wire::uuid_text(&chunk.id);
+        let token = self
+            .cfg
+            .token
+            .as_ref()
+            .map(|t| format!("Bearer {}", t.expose()));
+        let mut in_call = 0u32;
+        loop {
+            let request_id = wire::request_id(&chunk_text, attempt);
             let mut headers: heapless::Vec<(&'static str, &str), 10> = heapless::Vec::new();
             let _ = headers.push(("x-ms-client-request-id", &request_id));
             let _ = headers.push(("x-ms-version", wire::API_VERSION));
@@ -467,25 +1035,33 @@ impl Client {
             let _ = headers.push(("x-ms-user", &self.cfg.user));
             let _ = headers.push(("x-ms-client-version", &self.client_version));
             let _ = headers.push(("Accept", "application/json"));
-            if gz {
+            if chunk.gzip {
                 let _ = headers.push(("Content-Encoding", "gzip"));
             }
-            if let Some(t) = &token {
-                let _ = headers.push(("Authorization", t));
+            if let Some(tok) = &token {
+                let _ = headers.push(("Authorization", tok));
             }
-            if d.batch.attempts > 0 {
+            if attempt > 0 {
                 self.stats.retries.fetch_add(1, Relaxed);
             }
-            d.batch.attempts = d.batch.attempts.saturating_add(1);
-            attempt_in_call += 1;
+            attempt = attempt.saturating_add(1);
+            in_call += 1;
             self.stats.requests.fetch_add(1, Relaxed);
-            self.stats.records_sent.fetch_add(records, Relaxed);
-            self.stats.bytes_sent_raw.fetch_add(raw_len, Relaxed);
-            self.stats.bytes_sent_wire.fetch_add(payload.len() as u64, Relaxed);
-            let reply = match self.transport.post(&d.url, &headers, payload, body) {
+            self.stats.records_sent.fetch_add(chunk.records, Relaxed);
+            self.stats.bytes_sent_raw.fetch_add(chunk.raw_len, Relaxed);
+            self.stats
+                .bytes_sent_wire
+                .fetch_add(payload.len() as u64, Relaxed);
+            let reply = match self.transport.post(&t.url, &headers, payload, body) {
                 Ok(r) => {
                     self.stats.last_http_status.store(r.status as u64, Relaxed);
-                    classify(r.status, r.retry_after.as_deref(), &body[..r.body_len], SystemTime::now(), scratch)
+                    classify(
+                        r.status,
+                        r.retry_after.as_deref(),
+                        &body[..r.body_len],
+                        SystemTime::now(),
+                        scratch,
+                    )
                 }
                 Err(f) => {
                     self.stats.last_http_status.store(0, Relaxed);
@@ -494,85 +1070,190 @@ impl Client {
             };
             let f = match reply {
                 Reply::Acknowledged { consumed } => {
-                    if consumed.is_some_and(|c| c != records) {
+                    if let Some(c) = consumed.filter(|&c| c != chunk.records) {
                         self.log(
                             LogLevel::Warn,
-                            &format!("{}: chunk {chunk_text} of {records} records acknowledged with ConsumedRecordsCount={}", d.label(), consumed.unwrap_or(0)),
+                            &format!("{}: chunk {chunk_text} of {} records acknowledged with ConsumedRecordsCount={c}", t.label, chunk.records),
                         );
                     }
-                    self.log(
-                        LogLevel::Info,
-                        &format!("{}: chunk {chunk_text} acknowledged: {records} records, {raw_len} bytes raw, {} on the wire", d.label(), payload.len()),
-                    );
-                    self.stats.records_acknowledged.fetch_add(records, Relaxed);
-                    self.stats.chunks_acknowledged.fetch_add(1, Relaxed);
-                    self.report(i as u32, &chunk_text, records, raw_len, payload.len() as u64, Outcome::Acknowledged, None, 200, "acknowledged");
-                    d.batch.clear();
-                    d.failures = 0;
-                    d.not_before = None;
-                    d.last_failure = None;
-                    self.stats.records_buffered.fetch_sub(records, Relaxed);
-                    return Ok(());
+                    return (Sent::Acknowledged, attempt);
                 }
                 Reply::Failed(f) => f,
             };
             self.stats.failures.fetch_add(1, Relaxed);
-            let now = Instant::now();
-            let retry_in_call = f.class == FailureClass::Transient && attempt_in_call < self.cfg.retry_max_attempts;
-            if retry_in_call {
-                let delay = backoff_delay(attempt_in_call - 1, self.cfg.retry_base, self.cfg.retry_max_delay, self.random_u32());
+            if f.class == FailureClass::Transient && in_call < max_attempts {
+                let delay = backoff_delay(
+                    in_call - 1,
+                    self.cfg.retry_base,
+                    self.cfg.retry_max_delay,
+                    self.random_u32(),
+                );
                 let delay = honour_retry_after(delay, f.retry_after, self.cfg.backoff_max);
-                if now + delay < deadline {
+                if Instant::now() + delay < deadline {
                     self.log(
                         LogLevel::Warn,
-                        &format!("{}: attempt {attempt_in_call} failed ({}); retrying in {} ms", d.label(), describe(&f), delay.as_millis()),
+                        &format!(
+                            "{}: attempt {in_call} failed ({}); retrying in {} ms",
+                            t.label,
+                            describe(&f),
+                            delay.as_millis()
+                        ),
                     );
                     std::thread::sleep(delay);
                     continue;
                 }
             }
-            break f;
+            return (Sent::Failed(f), attempt);
+        }
+    }
+
+    /// Books the outcome of a delivery: stats, spool bookkeeping, the target's backoff, the report. Returns the
+    /// error to give the caller for a failure.
+    fn settle(
+        &self,
+        inner: &mut Inner,
+        target: usize,
+        chunk: &Chunk,
+        failure: Option<Failure>,
+        status: u16,
+    ) -> Result<(), Error> {
+        let chunk_text = wire::uuid_text(&chunk.id);
+        let wire_len = inner.wire.len() as u64;
+        let Some(failure) = failure else {
+            if let (Some(seq), Some(sp)) = (chunk.seq, inner.spool.as_mut()) {
+                if let Err(e) = sp.remove(seq) {
+                    // Delivered already; the worst case is one duplicate after a reboot (at-least-once).
+                    self.log(LogLevel::Warn, &format!("acknowledged chunk {chunk_text} could not be removed from the spool: {e}"));
+                }
+                self.sync_spool_stats(inner);
+            }
+            let t = &mut inner.targets[target];
+            t.failures = 0;
+            t.not_before = None;
+            t.last_failure = None;
+            self.stats
+                .records_acknowledged
+                .fetch_add(chunk.records, Relaxed);
+            self.stats.chunks_acknowledged.fetch_add(1, Relaxed);
+            let t = &inner.targets[target];
+            self.log(
+                LogLevel::Info,
+                &format!("{}: chunk {chunk_text} acknowledged: {} records, {} bytes raw, {wire_len} on the wire", t.label, chunk.records, chunk.raw_len),
+            );
+            self.report_chunk(
+                t,
+                chunk,
+                Outcome::Acknowledged,
+                None,
+                status,
+                "acknowledged",
+            );
+            return Ok(());
         };
-        let label = d.label();
         let kind = match failure.class {
             FailureClass::Transient => ErrorKind::TransientFailure,
             FailureClass::Rejected => ErrorKind::DataRejected,
             FailureClass::TargetNotReady => ErrorKind::TargetNotReady,
             FailureClass::Auth => ErrorKind::AuthRefused,
         };
+        let label = inner.targets[target].label.clone();
         let message = format!("{label}: {}: {}", describe(&failure), failure.advice());
         if failure.class == FailureClass::Rejected {
-            self.log(LogLevel::Error, &format!("chunk {chunk_text} ({records} records) dropped: {message}"));
-            self.stats.records_rejected.fetch_add(records, Relaxed);
-            self.stats.records_buffered.fetch_sub(records, Relaxed);
-            self.report(i as u32, &chunk_text, records, raw_len, payload.len() as u64, Outcome::Rejected, Some(kind), failure.status, &message);
-            d.batch.clear();
-            // The target itself is fine: no backoff for the next batch.
-            d.failures = 0;
-            d.not_before = None;
+            let fate = match (chunk.seq, inner.spool.as_mut()) {
+                (Some(seq), Some(sp)) => match sp.reject(seq, &message) {
+                    Ok(()) => "moved to the spool's rejected/".to_owned(),
+                    Err(e) => format!("left in the spool ({e})"),
+                },
+                _ => "dropped".to_owned(),
+            };
+            self.sync_spool_stats(inner);
+            self.log(
+                LogLevel::Error,
+                &format!(
+                    "chunk {chunk_text} ({} records) {fate}: {message}",
+                    chunk.records
+                ),
+            );
+            self.stats
+                .records_rejected
+                .fetch_add(chunk.records, Relaxed);
+            self.stats.chunks_rejected.fetch_add(1, Relaxed);
+            let t = &mut inner.targets[target];
+            // The target itself is fine: no backoff for the next chunk.
+            t.failures = 0;
+            t.not_before = None;
+            let t = &inner.targets[target];
+            self.report_chunk(
+                t,
+                chunk,
+                Outcome::Rejected,
+                Some(kind),
+                failure.status,
+                &message,
+            );
             return Err(Error::new(kind, message));
         }
-        // Keep the chunk and back off: exponentially per consecutive failed send, longer for problems an operator
+        // Keep the chunk and back off: exponentially per consecutive failure, longer for problems an operator
         // must fix, never shorter than the server asked.
-        d.failures = d.failures.saturating_add(1);
+        let t = &mut inner.targets[target];
+        t.failures = t.failures.saturating_add(1);
         let base = match failure.class {
             FailureClass::Transient => self.cfg.retry_base.max(Duration::from_millis(100)),
             _ => Duration::from_secs(5),
         };
-        let ceiling = exp_ceiling(d.failures, base, self.cfg.backoff_max);
-        let wait = honour_retry_after(ceiling / 2 + backoff_delay(0, ceiling / 2, ceiling, self.random_u32()), failure.retry_after, self.cfg.backoff_max);
-        d.not_before = Some(Instant::now() + wait);
+        let ceiling = exp_ceiling(t.failures, base, self.cfg.backoff_max);
+        let jittered = ceiling / 2 + backoff_delay(0, ceiling / 2, ceiling, self.random_u32());
+        let wait = honour_retry_after(jittered, failure.retry_after, self.cfg.backoff_max);
+        t.not_before = Some(Instant::now() + wait);
+        t.last_failure = Some(failure);
+        let place = if chunk.seq.is_some() {
+            "kept in the spool"
+        } else {
+            "kept"
+        };
         self.log(
             LogLevel::Error,
-            &format!("chunk {chunk_text} ({records} records) not delivered: {message}; next try in {} ms", wait.as_millis()),
+            &format!("chunk {chunk_text} ({} records) not delivered, {place}: {message}; next try in {} ms", chunk.records, wait.as_millis()),
         );
-        self.report(i as u32, &chunk_text, records, raw_len, payload.len() as u64, Outcome::Failed, Some(kind), failure.status, &message);
-        d.last_failure = Some(failure);
         Err(Error::new(kind, message))
     }
 
+    fn report_chunk(
+        &self,
+        t: &Target,
+        chunk: &Chunk,
+        outcome: Outcome,
+        error: Option<ErrorKind>,
+        status: u16,
+        message: &str,
+    ) {
+        let text = wire::uuid_text(&chunk.id);
+        self.report(
+            t.destination.unwrap_or(u32::MAX),
+            &text,
+            chunk.records,
+            chunk.raw_len,
+            0,
+            outcome,
+            error,
+            status,
+            message,
+        );
+    }
+
     #[allow(clippy::too_many_arguments)]
-    fn report(&self, destination: u32, chunk_id: &str, records: u64, raw: u64, wire: u64, outcome: Outcome, error: Option<ErrorKind>, status: u16, message: &str) {
+    fn report(
+        &self,
+        destination: u32,
+        chunk_id: &str,
+        records: u64,
+        raw: u64,
+        wire: u64,
+        outcome: Outcome,
+        error: Option<ErrorKind>,
+        status: u16,
+        message: &str,
+    ) {
         if let Some(f) = &self.delivery {
             f(&DeliveryReport {
                 destination,
@@ -591,6 +1272,15 @@ impl Client {
 
 impl Drop for Client {
     fn drop(&mut self) {
+        // Batches still in RAM go to flash when there is a spool: closing the client loses nothing.
+        let has_spool = self
+            .inner
+            .get_mut()
+            .map(|i| i.spool.is_some())
+            .unwrap_or(false);
+        if has_spool {
+            let _ = self.flush_to_spool();
+        }
         let buffered = self.stats.records_buffered.load(Relaxed);
         if buffered > 0 {
             self.log(
@@ -602,7 +1292,10 @@ impl Drop for Client {
 }
 
 fn invalid_destination(id: u32) -> Error {
-    Error::new(ErrorKind::InvalidDestination, format!("destination {id} does not exist: use an id from kedge_client_add_destination"))
+    Error::new(
+        ErrorKind::InvalidDestination,
+        format!("destination {id} does not exist: use an id from kedge_client_add_destination"),
+    )
 }
 
 fn describe(f: &Failure) -> String {

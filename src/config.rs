@@ -21,6 +21,11 @@ pub const RESPONSE_BODY_BYTES: usize = 8 * 1024;
 /// agent's connection buffers, the destinations table and strings. Measured, then rounded up generously.
 pub const FIXED_OVERHEAD_BYTES: usize = 320 * 1024;
 
+/// Heap of an open spool besides its index: the 64 KiB scratch that verifies chunks, directory listings.
+pub const SPOOL_FIXED_BYTES: u64 = 96 * 1024;
+/// Heap per chunk in the spool's index (entry, tree node, file name while listing).
+pub const SPOOL_BYTES_PER_CHUNK: u64 = 192;
+
 /// Log verbosity, numbered as the C enum.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
 #[repr(u32)]
@@ -75,6 +80,48 @@ impl fmt::Debug for Secret {
     }
 }
 
+/// A 32-byte key, zeroed when dropped and never shown by `Debug`.
+#[derive(Clone)]
+pub struct SecretKey(pub [u8; 32]);
+
+impl Drop for SecretKey {
+    fn drop(&mut self) {
+        for b in self.0.iter_mut() {
+            zero_byte(b);
+        }
+    }
+}
+
+impl fmt::Debug for SecretKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("SecretKey(***)")
+    }
+}
+
+/// Reads a spool key: 32 raw bytes, or 64 hexadecimal characters (a trailing newline is fine).
+pub fn parse_key(bytes: &[u8]) -> Result<SecretKey, Error> {
+    let bad = || {
+        Error::new(
+            ErrorKind::ConfigInvalidValue,
+            "spool key must be exactly 32 bytes, or 64 hexadecimal characters: make one with `head -c 32 /dev/urandom > key`",
+        )
+    };
+    if bytes.len() == 32 {
+        let mut k = [0u8; 32];
+        k.copy_from_slice(bytes);
+        return Ok(SecretKey(k));
+    }
+    let text = std::str::from_utf8(bytes).map_err(|_| bad())?.trim();
+    if text.len() != 64 {
+        return Err(bad());
+    }
+    let mut k = [0u8; 32];
+    for (i, b) in k.iter_mut().enumerate() {
+        *b = u8::from_str_radix(&text[2 * i..2 * i + 2], 16).map_err(|_| bad())?;
+    }
+    Ok(SecretKey(k))
+}
+
 /// Everything a client needs to be created. Built with [`Config::set`]; validated by [`Config::validate`].
 #[derive(Clone, Debug)]
 pub struct Config {
@@ -120,6 +167,20 @@ pub struct Config {
     pub user: String,
     /// Lowest level passed to the log callback.
     pub log_level: LogLevel,
+    /// Spool directory on flash; `None`: no spool (failed batches stay in RAM).
+    pub spool_dir: Option<std::path::PathBuf>,
+    /// Upper bound of the spool's files, in bytes.
+    pub spool_max_bytes: u64,
+    /// Upper bound of chunks in the spool (also bounds the RAM of its index).
+    pub spool_max_chunks: u32,
+    /// What a full spool does with a new chunk.
+    pub spool_policy: crate::spool::FullPolicy,
+    /// AES-256-GCM key for chunks at rest.
+    pub spool_key: Option<SecretKey>,
+    /// Write every chunk to the spool before sending it.
+    pub spool_write_ahead: bool,
+    /// Spooled chunks one `poll` replays at most.
+    pub replay_per_poll: u32,
 }
 
 impl Default for Config {
@@ -146,6 +207,13 @@ impl Default for Config {
             app_version: None,
             user: "[none]".to_owned(),
             log_level: LogLevel::Warn,
+            spool_dir: None,
+            spool_max_bytes: 64 * 1024 * 1024,
+            spool_max_chunks: 4096,
+            spool_policy: crate::spool::FullPolicy::DropOldest,
+            spool_key: None,
+            spool_write_ahead: false,
+            replay_per_poll: 8,
         }
     }
 }
@@ -162,27 +230,146 @@ pub struct KeyDoc {
 
 /// Every key `set` understands, for the README and for error messages.
 pub const KEYS: &[KeyDoc] = &[
-    KeyDoc { key: "url", default: "(required)", help: "cluster URL, https://CLUSTER.REGION.kusto.windows.net" },
-    KeyDoc { key: "auth.token", default: "(none)", help: "static bearer token (secret: never logged)" },
-    KeyDoc { key: "tls.ca_file", default: "(none)", help: "PEM file of CA certificates to trust in addition to the bundled roots" },
-    KeyDoc { key: "tls.bundled_roots", default: "true", help: "trust the Mozilla roots compiled into the library" },
-    KeyDoc { key: "http.allow_plain", default: "false", help: "allow http:// to loopback hosts (tests, local endpoints)" },
-    KeyDoc { key: "http.allow_plain_remote", default: "false", help: "allow http:// to other hosts too (a token is never sent there)" },
-    KeyDoc { key: "timeout.connect_ms", default: "10000", help: "bound on TCP + TLS connection setup" },
-    KeyDoc { key: "timeout.send_ms", default: "30000", help: "bound on sending one request" },
-    KeyDoc { key: "timeout.recv_ms", default: "30000", help: "bound on waiting for and reading one response" },
-    KeyDoc { key: "batch.bytes", default: "1048576", help: "raw capacity of each destination's batch (1024..4194304)" },
-    KeyDoc { key: "batch.max_age_ms", default: "5000", help: "poll sends a batch older than this" },
-    KeyDoc { key: "destinations.max", default: "8", help: "destinations one client may serve (1..256)" },
-    KeyDoc { key: "retry.max_attempts", default: "4", help: "attempts of one send, the first included (1..100)" },
-    KeyDoc { key: "retry.base_ms", default: "250", help: "backoff before the second attempt; doubles, with full jitter" },
-    KeyDoc { key: "retry.max_delay_ms", default: "10000", help: "cap of one backoff delay inside a send" },
-    KeyDoc { key: "retry.max_total_ms", default: "30000", help: "bound on one send with all its retries" },
-    KeyDoc { key: "backoff.max_ms", default: "300000", help: "cap of a destination's backoff between failed sends" },
-    KeyDoc { key: "client.app", default: "[none]", help: "x-ms-app header: your application's name" },
-    KeyDoc { key: "client.app_version", default: "(none)", help: "your application's version, added to x-ms-client-version" },
-    KeyDoc { key: "client.user", default: "[none]", help: "x-ms-user header" },
-    KeyDoc { key: "log.level", default: "warn", help: "error, warn, info or debug" },
+    KeyDoc {
+        key: "url",
+        default: "(required)",
+        help: "cluster URL, https://CLUSTER.REGION.kusto.windows.net",
+    },
+    KeyDoc {
+        key: "auth.token",
+        default: "(none)",
+        help: "static bearer token (secret: never logged)",
+    },
+    KeyDoc {
+        key: "tls.ca_file",
+        default: "(none)",
+        help: "PEM file of CA certificates to trust in addition to the bundled roots",
+    },
+    KeyDoc {
+        key: "tls.bundled_roots",
+        default: "true",
+        help: "trust the Mozilla roots compiled into the library",
+    },
+    KeyDoc {
+        key: "http.allow_plain",
+        default: "false",
+        help: "allow http:// to loopback hosts (tests, local endpoints)",
+    },
+    KeyDoc {
+        key: "http.allow_plain_remote",
+        default: "false",
+        help: "allow http:// to other hosts too (a token is never sent there)",
+    },
+    KeyDoc {
+        key: "timeout.connect_ms",
+        default: "10000",
+        help: "bound on TCP + TLS connection setup",
+    },
+    KeyDoc {
+        key: "timeout.send_ms",
+        default: "30000",
+        help: "bound on sending one request",
+    },
+    KeyDoc {
+        key: "timeout.recv_ms",
+        default: "30000",
+        help: "bound on waiting for and reading one response",
+    },
+    KeyDoc {
+        key: "batch.bytes",
+        default: "1048576",
+        help: "raw capacity of each destination's batch (1024..4194304)",
+    },
+    KeyDoc {
+        key: "batch.max_age_ms",
+        default: "5000",
+        help: "poll sends a batch older than this",
+    },
+    KeyDoc {
+        key: "destinations.max",
+        default: "8",
+        help: "destinations one client may serve (1..256)",
+    },
+    KeyDoc {
+        key: "retry.max_attempts",
+        default: "4",
+        help: "attempts of one send, the first included (1..100)",
+    },
+    KeyDoc {
+        key: "retry.base_ms",
+        default: "250",
+        help: "backoff before the second attempt; doubles, with full jitter",
+    },
+    KeyDoc {
+        key: "retry.max_delay_ms",
+        default: "10000",
+        help: "cap of one backoff delay inside a send",
+    },
+    KeyDoc {
+        key: "retry.max_total_ms",
+        default: "30000",
+        help: "bound on one send with all its retries",
+    },
+    KeyDoc {
+        key: "backoff.max_ms",
+        default: "300000",
+        help: "cap of a destination's backoff between failed sends",
+    },
+    KeyDoc {
+        key: "client.app",
+        default: "[none]",
+        help: "x-ms-app header: your application's name",
+    },
+    KeyDoc {
+        key: "client.app_version",
+        default: "(none)",
+        help: "your application's version, added to x-ms-client-version",
+    },
+    KeyDoc {
+        key: "client.user",
+        default: "[none]",
+        help: "x-ms-user header",
+    },
+    KeyDoc {
+        key: "log.level",
+        default: "warn",
+        help: "error, warn, info or debug",
+    },
+    KeyDoc {
+        key: "spool.dir",
+        default: "(none)",
+        help: "spool directory on flash: undelivered chunks are kept there across reboots",
+    },
+    KeyDoc {
+        key: "spool.max_bytes",
+        default: "67108864",
+        help: "upper bound of the spool's size on flash",
+    },
+    KeyDoc {
+        key: "spool.max_chunks",
+        default: "4096",
+        help: "upper bound of chunks in the spool (1..1000000)",
+    },
+    KeyDoc {
+        key: "spool.policy",
+        default: "drop-oldest",
+        help: "when full: drop-oldest (telemetry) or reject-new (KEDGE_SPOOL_FULL)",
+    },
+    KeyDoc {
+        key: "spool.key_file",
+        default: "(none)",
+        help: "file with a 32-byte key (raw or 64 hex digits): AES-256-GCM at rest",
+    },
+    KeyDoc {
+        key: "spool.write_ahead",
+        default: "false",
+        help: "write every chunk to flash before sending it (more flash wear)",
+    },
+    KeyDoc {
+        key: "spool.replay_per_poll",
+        default: "8",
+        help: "spooled chunks one poll replays at most (1..1000)",
+    },
 ];
 
 fn parse_bool(key: &str, v: &str) -> Result<bool, Error> {
@@ -194,7 +381,10 @@ fn parse_bool(key: &str, v: &str) -> Result<bool, Error> {
 }
 
 fn parse_u64(key: &str, v: &str, min: u64, max: u64) -> Result<u64, Error> {
-    let n: u64 = v.trim().parse().map_err(|_| invalid(key, v, "expected a whole number"))?;
+    let n: u64 = v
+        .trim()
+        .parse()
+        .map_err(|_| invalid(key, v, "expected a whole number"))?;
     if n < min || n > max {
         return Err(invalid(key, v, &format!("must be between {min} and {max}")));
     }
@@ -208,12 +398,19 @@ fn parse_ms(key: &str, v: &str, min: u64, max: u64) -> Result<Duration, Error> {
 fn invalid(key: &str, value: &str, why: &str) -> Error {
     // Values of secret keys never reach a message.
     let shown = if key == "auth.token" { "***" } else { value };
-    Error::new(ErrorKind::ConfigInvalidValue, format!("config key '{key}': value '{shown}' is invalid: {why}"))
+    Error::new(
+        ErrorKind::ConfigInvalidValue,
+        format!("config key '{key}': value '{shown}' is invalid: {why}"),
+    )
 }
 
 fn header_text(key: &str, v: &str) -> Result<String, Error> {
     if v.is_empty() || v.len() > 256 || !v.bytes().all(|b| (0x20..0x7f).contains(&b)) {
-        return Err(invalid(key, v, "must be 1..256 printable ASCII characters (it is sent as an HTTP header)"));
+        return Err(invalid(
+            key,
+            v,
+            "must be 1..256 printable ASCII characters (it is sent as an HTTP header)",
+        ));
     }
     Ok(v.to_owned())
 }
@@ -231,13 +428,20 @@ impl Config {
             }
             "auth.token" => {
                 if value.is_empty() || !value.bytes().all(|b| (0x21..0x7f).contains(&b)) {
-                    return Err(invalid(key, value, "a token is printable ASCII without spaces"));
+                    return Err(invalid(
+                        key,
+                        value,
+                        "a token is printable ASCII without spaces",
+                    ));
                 }
                 self.token = Some(Secret::new(value));
             }
             "tls.ca_file" => {
                 let pem = std::fs::read(value).map_err(|e| {
-                    Error::new(ErrorKind::TlsConfig, format!("tls.ca_file '{value}' cannot be read: {e}"))
+                    Error::new(
+                        ErrorKind::TlsConfig,
+                        format!("tls.ca_file '{value}' cannot be read: {e}"),
+                    )
                 })?;
                 crate::transport::parse_ca_pem(&pem)?;
                 self.ca_pem.extend_from_slice(&pem);
@@ -250,8 +454,12 @@ impl Config {
             "timeout.send_ms" => self.send_timeout = parse_ms(key, value, 1, DAY_MS)?,
             "timeout.recv_ms" => self.recv_timeout = parse_ms(key, value, 1, DAY_MS)?,
             "batch.bytes" => {
-                self.batch_bytes =
-                    parse_u64(key, value, MIN_BATCH_BYTES as u64, MAX_REQUEST_RAW_BYTES as u64)? as usize
+                self.batch_bytes = parse_u64(
+                    key,
+                    value,
+                    MIN_BATCH_BYTES as u64,
+                    MAX_REQUEST_RAW_BYTES as u64,
+                )? as usize
             }
             "batch.max_age_ms" => self.batch_max_age = parse_ms(key, value, 0, DAY_MS)?,
             "destinations.max" => {
@@ -274,10 +482,42 @@ impl Config {
                     _ => return Err(invalid(key, value, "expected error, warn, info or debug")),
                 }
             }
+            "spool.dir" => {
+                if value.is_empty() {
+                    return Err(invalid(key, value, "give a directory path"));
+                }
+                self.spool_dir = Some(value.into());
+            }
+            "spool.max_bytes" => self.spool_max_bytes = parse_u64(key, value, 64 * 1024, 1 << 50)?,
+            "spool.max_chunks" => {
+                self.spool_max_chunks = parse_u64(key, value, 1, 1_000_000)? as u32
+            }
+            "spool.policy" => {
+                self.spool_policy = match value {
+                    "drop-oldest" => crate::spool::FullPolicy::DropOldest,
+                    "reject-new" => crate::spool::FullPolicy::RejectNew,
+                    _ => return Err(invalid(key, value, "expected drop-oldest or reject-new")),
+                }
+            }
+            "spool.key_file" => {
+                let bytes = std::fs::read(value).map_err(|e| {
+                    Error::new(
+                        ErrorKind::ConfigInvalidValue,
+                        format!("spool.key_file '{value}' cannot be read: {e}"),
+                    )
+                })?;
+                self.spool_key = Some(parse_key(&bytes)?);
+            }
+            "spool.write_ahead" => self.spool_write_ahead = parse_bool(key, value)?,
+            "spool.replay_per_poll" => {
+                self.replay_per_poll = parse_u64(key, value, 1, 1000)? as u32
+            }
             _ => {
                 return Err(Error::new(
                     ErrorKind::ConfigUnknownKey,
-                    format!("unknown config key '{key}' (see the README's list of configuration keys)"),
+                    format!(
+                        "unknown config key '{key}' (see the README's list of configuration keys)"
+                    ),
                 ))
             }
         }
@@ -295,7 +535,10 @@ impl Config {
     /// Checks that the settings make a client: a URL, a transport the security rules allow, a trust store.
     pub fn validate(&self) -> Result<crate::wire::ClusterUrl, Error> {
         let url = self.url.as_deref().ok_or_else(|| {
-            Error::new(ErrorKind::ConfigIncomplete, "config key 'url' is not set: give the cluster URL")
+            Error::new(
+                ErrorKind::ConfigIncomplete,
+                "config key 'url' is not set: give the cluster URL",
+            )
         })?;
         let cluster = crate::wire::ClusterUrl::parse(url)?;
         if !cluster.https {
@@ -314,7 +557,10 @@ impl Config {
             if !cluster.is_loopback() && self.token.is_some() {
                 return Err(Error::new(
                     ErrorKind::InsecureTransport,
-                    format!("refusing to send a token over plain http to '{}': use https", cluster.host),
+                    format!(
+                        "refusing to send a token over plain http to '{}': use https",
+                        cluster.host
+                    ),
                 ));
             }
         } else if !self.bundled_roots && self.ca_pem.is_empty() {
@@ -344,8 +590,27 @@ impl Config {
         let batches = self.max_destinations as u64 * self.batch_bytes as u64;
         let wire = self.wire_capacity() as u64;
         let compressor = crate::gzip::COMPRESSOR_STATE_BYTES as u64;
-        batches + wire + compressor + RESPONSE_BODY_BYTES as u64 + self.ca_pem.len() as u64 * 2
+        batches
+            + wire
+            + compressor
+            + 2 * RESPONSE_BODY_BYTES as u64
+            + self.ca_pem.len() as u64 * 2
             + FIXED_OVERHEAD_BYTES as u64
+            + self.spool_memory()
+    }
+
+    /// The spool's share: its index (one entry per chunk), the scratch that verifies chunks on open, and with
+    /// encryption one sealed copy of a chunk while it is written.
+    fn spool_memory(&self) -> u64 {
+        if self.spool_dir.is_none() {
+            return 0;
+        }
+        let sealing = if self.spool_key.is_some() {
+            self.wire_capacity() as u64
+        } else {
+            0
+        };
+        SPOOL_FIXED_BYTES + self.spool_max_chunks as u64 * SPOOL_BYTES_PER_CHUNK + sealing
     }
 }
 
@@ -397,7 +662,10 @@ mod tests {
 
     #[test]
     fn missing_url_is_incomplete() {
-        assert_eq!(Config::default().validate().unwrap_err().kind, ErrorKind::ConfigIncomplete);
+        assert_eq!(
+            Config::default().validate().unwrap_err().kind,
+            ErrorKind::ConfigIncomplete
+        );
     }
 
     #[test]

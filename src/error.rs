@@ -45,6 +45,8 @@ pub enum ErrorKind {
     SpoolIo = 18,
     /// A client function was called from inside one of that client's callbacks.
     ReentrantCall = 19,
+    /// Not delivered yet, but durable in the spool: it will be replayed. Not a failure of the data.
+    Spooled = 20,
     /// A bug: an invariant did not hold.
     Internal = 98,
     /// A panic was caught at the C boundary.
@@ -56,7 +58,13 @@ impl ErrorKind {
     pub fn keeps_data(self) -> bool {
         matches!(
             self,
-            ErrorKind::TransientFailure | ErrorKind::BackingOff | ErrorKind::TargetNotReady | ErrorKind::AuthRefused
+            ErrorKind::TransientFailure
+                | ErrorKind::BackingOff
+                | ErrorKind::TargetNotReady
+                | ErrorKind::AuthRefused
+                | ErrorKind::Spooled
+                | ErrorKind::SpoolFull
+                | ErrorKind::SpoolIo
         )
     }
 }
@@ -73,7 +81,10 @@ pub struct Error {
 impl Error {
     /// Builds an error.
     pub fn new(kind: ErrorKind, message: impl Into<String>) -> Self {
-        Error { kind, message: message.into() }
+        Error {
+            kind,
+            message: message.into(),
+        }
     }
 }
 

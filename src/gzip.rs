@@ -3,7 +3,9 @@
 //! The compressor's state is allocated once per client and reset between chunks, and the output goes into a buffer
 //! sized by [`compressed_bound`] when the client is created: compressing never allocates.
 
-use miniz_oxide::deflate::core::{compress, create_comp_flags_from_zip_params, CompressorOxide, TDEFLFlush, TDEFLStatus};
+use miniz_oxide::deflate::core::{
+    compress, create_comp_flags_from_zip_params, CompressorOxide, TDEFLFlush, TDEFLStatus,
+};
 
 use crate::crc32::Crc32;
 use crate::error::{Error, ErrorKind};
@@ -15,11 +17,12 @@ pub const COMPRESSOR_STATE_BYTES: usize = 352 * 1024;
 const HEADER: [u8; 10] = [0x1f, 0x8b, 8, 0, 0, 0, 0, 0, 0, 0xff];
 const TRAILER_LEN: usize = 8;
 
-/// Room for the gzip member of `raw_len` input bytes: measured worst case of random input at the configured level
-/// is under 0.1 % over the raw size; the bound allows 0.2 %. Should input ever exceed it, [`Gzip::compress`] falls
-/// back to stored blocks (5 bytes per 64 KiB), which always fit.
+/// Room for the gzip member of `raw_len` input bytes. Deflate can expand input that does not compress (random
+/// bytes, already compressed data); when it would not fit here, [`Gzip::compress`] stores the input instead, in
+/// blocks of at most 64 KiB with 5 bytes of header each, which always fits. So a chunk on the wire or in the spool
+/// is never much larger than its raw data.
 pub const fn compressed_bound(raw_len: usize) -> usize {
-    raw_len + raw_len / 512 + HEADER.len() + TRAILER_LEN + 128
+    raw_len + (raw_len / 16384 + 1) * 5 + HEADER.len() + TRAILER_LEN + 64
 }
 
 /// A reusable gzip compressor.
@@ -32,7 +35,10 @@ impl Gzip {
     /// Allocates the compressor's state once. `level` is 1 (fastest) to 9 (smallest); 0 stores.
     pub fn new(level: u8) -> Self {
         let flags = create_comp_flags_from_zip_params(level.min(9) as i32, -15, 0);
-        Gzip { state: Box::new(CompressorOxide::new(flags)), level: level.min(9) }
+        Gzip {
+            state: Box::new(CompressorOxide::new(flags)),
+            level: level.min(9),
+        }
     }
 
     /// The configured level.
@@ -60,7 +66,12 @@ impl Gzip {
     }
 
     fn compress_into(&mut self, input: &[u8], out: &mut [u8]) -> Result<usize, Error> {
-        let too_small = || Error::new(ErrorKind::Internal, "gzip output buffer too small for this chunk");
+        let too_small = || {
+            Error::new(
+                ErrorKind::Internal,
+                "gzip output buffer too small for this chunk",
+            )
+        };
         if out.len() < HEADER.len() + TRAILER_LEN {
             return Err(too_small());
         }
@@ -70,8 +81,12 @@ impl Gzip {
         let mut pos = HEADER.len();
         let mut consumed = 0;
         loop {
-            let (status, n_in, n_out) =
-                compress(&mut self.state, &input[consumed..], &mut out[pos..body_end], TDEFLFlush::Finish);
+            let (status, n_in, n_out) = compress(
+                &mut self.state,
+                &input[consumed..],
+                &mut out[pos..body_end],
+                TDEFLFlush::Finish,
+            );
             consumed += n_in;
             pos += n_out;
             match status {
@@ -91,15 +106,22 @@ impl Gzip {
 
 /// Decompresses one gzip member, checking header, CRC-32 and length: used by tests and by the spool's self-checks.
 pub fn decompress(data: &[u8], limit: usize) -> Result<Vec<u8>, Error> {
-    let bad = |why: &str| Error::new(ErrorKind::InvalidRecord, format!("not a valid gzip body: {why}"));
-    if data.len() < HEADER.len() + TRAILER_LEN || data[0] != 0x1f || data[1] != 0x8b || data[2] != 8 {
+    let bad = |why: &str| {
+        Error::new(
+            ErrorKind::InvalidRecord,
+            format!("not a valid gzip body: {why}"),
+        )
+    };
+    if data.len() < HEADER.len() + TRAILER_LEN || data[0] != 0x1f || data[1] != 0x8b || data[2] != 8
+    {
         return Err(bad("bad header"));
     }
     if data[3] != 0 {
         return Err(bad("header flags are not supported"));
     }
     let body = &data[HEADER.len()..data.len() - TRAILER_LEN];
-    let raw = miniz_oxide::inflate::decompress_to_vec_with_limit(body, limit).map_err(|_| bad("deflate stream"))?;
+    let raw = miniz_oxide::inflate::decompress_to_vec_with_limit(body, limit)
+        .map_err(|_| bad("deflate stream"))?;
     let t = &data[data.len() - TRAILER_LEN..];
     let crc = u32::from_le_bytes([t[0], t[1], t[2], t[3]]);
     let len = u32::from_le_bytes([t[4], t[5], t[6], t[7]]);
@@ -127,7 +149,9 @@ mod tests {
 
     #[test]
     fn round_trips_text_and_is_smaller() {
-        let text: Vec<u8> = (0..5000).flat_map(|i| format!("{{\"t\":{i},\"v\":21.5}}\n").into_bytes()).collect();
+        let text: Vec<u8> = (0..5000)
+            .flat_map(|i| format!("{{\"t\":{i},\"v\":21.5}}\n").into_bytes())
+            .collect();
         let mut g = Gzip::new(3);
         let mut out = Vec::with_capacity(compressed_bound(text.len()));
         let n = g.compress(&text, &mut out).unwrap();
@@ -142,12 +166,27 @@ mod tests {
     #[test]
     fn incompressible_input_fits_the_bound_at_every_size_without_growing_the_buffer() {
         let mut g = Gzip::new(1);
-        for (i, n) in [0usize, 1, 100, 16383, 16384, 65536, 100_000, 1 << 20, 4 << 20].into_iter().enumerate() {
+        for (i, n) in [
+            0usize,
+            1,
+            100,
+            16383,
+            16384,
+            65536,
+            100_000,
+            1 << 20,
+            4 << 20,
+        ]
+        .into_iter()
+        .enumerate()
+        {
             let data = pseudo_random(n, i as u64 + 7);
             let cap = compressed_bound(n);
             let mut out = Vec::with_capacity(cap);
             let ptr = out.as_ptr();
-            let len = g.compress(&data, &mut out).unwrap_or_else(|e| panic!("size {n}: {e}"));
+            let len = g
+                .compress(&data, &mut out)
+                .unwrap_or_else(|e| panic!("size {n}: {e}"));
             assert!(len <= cap);
             assert_eq!(out.as_ptr(), ptr, "output buffer was reallocated");
             assert_eq!(decompress(&out, usize::MAX).unwrap(), data);
@@ -159,7 +198,10 @@ mod tests {
         let mut g = Gzip::new(6);
         let data = pseudo_random(10_000, 3);
         let mut out = Vec::with_capacity(100);
-        assert_eq!(g.compress(&data, &mut out).unwrap_err().kind, ErrorKind::Internal);
+        assert_eq!(
+            g.compress(&data, &mut out).unwrap_err().kind,
+            ErrorKind::Internal
+        );
         let mut tiny = Vec::new();
         assert!(g.compress(b"x", &mut tiny).is_err());
     }

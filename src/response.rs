@@ -98,7 +98,8 @@ fn truncated<const N: usize>(s: &str) -> heapless::String<N> {
 }
 
 fn contains_ci(hay: &str, needle: &str) -> bool {
-    hay.to_ascii_lowercase().contains(&needle.to_ascii_lowercase())
+    hay.to_ascii_lowercase()
+        .contains(&needle.to_ascii_lowercase())
 }
 
 /// A string field that keeps at most N bytes instead of failing on a long value: a server's long message must not
@@ -151,15 +152,32 @@ fn parse_error_body(body: &[u8], scratch: &mut [u8]) -> Option<ParsedError> {
         (_, Some(m)) => m.0,
         _ => heapless::String::new(),
     };
-    Some(ParsedError { code: e.code.map(|c| c.0).unwrap_or_default(), message, permanent: e.permanent })
+    Some(ParsedError {
+        code: e.code.map(|c| c.0).unwrap_or_default(),
+        message,
+        permanent: e.permanent,
+    })
 }
 
 /// Codes that mean "the target is not there (yet)": they heal when an operator acts or schema changes propagate.
-const NOT_READY_MARKERS: &[&str] =
-    &["NotFound", "NotExist", "StreamingIngestionPolicyNotEnabled", "StreamingDisabled", "Disabled", "Unauthorized", "Forbidden"];
+const NOT_READY_MARKERS: &[&str] = &[
+    "NotFound",
+    "NotExist",
+    "StreamingIngestionPolicyNotEnabled",
+    "StreamingDisabled",
+    "Disabled",
+    "Unauthorized",
+    "Forbidden",
+];
 
 /// Classifies an answer. `retry_after` is the raw header, `body` a bounded prefix of the body.
-pub fn classify(status: u16, retry_after: Option<&str>, body: &[u8], now: SystemTime, scratch: &mut [u8]) -> Reply {
+pub fn classify(
+    status: u16,
+    retry_after: Option<&str>,
+    body: &[u8],
+    now: SystemTime,
+    scratch: &mut [u8],
+) -> Reply {
     let retry_after = retry_after.and_then(|v| parse_retry_after(v, now));
     if status == 200 {
         return match parse_consumed(body) {
@@ -179,7 +197,9 @@ pub fn classify(status: u16, retry_after: Option<&str>, body: &[u8], now: System
         None => (heapless::String::new(), heapless::String::new(), None),
     };
     if message.is_empty() {
-        let text = std::str::from_utf8(&body[..body.len().min(200)]).unwrap_or("").trim();
+        let text = std::str::from_utf8(&body[..body.len().min(200)])
+            .unwrap_or("")
+            .trim();
         message = if text.is_empty() || text.starts_with('{') {
             truncated(&format!("HTTP {status} {}", reason(status)))
         } else {
@@ -199,7 +219,13 @@ pub fn classify(status: u16, retry_after: Option<&str>, body: &[u8], now: System
         // An unknown status without a verdict: keep the data, an operator will look.
         _ => FailureClass::TargetNotReady,
     };
-    Reply::Failed(Failure { class, status, code, message, retry_after })
+    Reply::Failed(Failure {
+        class,
+        status,
+        code,
+        message,
+        retry_after,
+    })
 }
 
 fn reason(status: u16) -> &'static str {
@@ -237,14 +263,22 @@ fn parse_http_date(v: &str) -> Option<u64> {
     let _weekday = it.next()?.strip_suffix(',')?;
     let day: u64 = it.next()?.parse().ok()?;
     let month_name = it.next()?;
-    let month = ["Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec"]
-        .iter()
-        .position(|m| *m == month_name)? as u64
+    let month = [
+        "Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec",
+    ]
+    .iter()
+    .position(|m| *m == month_name)? as u64
         + 1;
     let year: i64 = it.next()?.parse().ok()?;
     let mut hms = it.next()?.split(':').map(|p| p.parse::<u64>().ok());
     let (h, m, s) = (hms.next()??, hms.next()??, hms.next()??);
-    if it.next()? != "GMT" || it.next().is_some() || !(1..=31).contains(&day) || h > 23 || m > 59 || s > 60 {
+    if it.next()? != "GMT"
+        || it.next().is_some()
+        || !(1..=31).contains(&day)
+        || h > 23
+        || m > 59
+        || s > 60
+    {
         return None;
     }
     let days = days_from_civil(year, month, day)?;
@@ -399,11 +433,18 @@ mod json {
             }
             let start = self.i;
             self.skip_scalar()?;
-            std::str::from_utf8(&self.b[start..self.i]).ok()?.parse().ok()
+            std::str::from_utf8(&self.b[start..self.i])
+                .ok()?
+                .parse()
+                .ok()
         }
         fn skip_scalar(&mut self) -> Option<()> {
             let start = self.i;
-            while self.i < self.b.len() && !matches!(self.b[self.i], b',' | b']' | b'}' | b' ' | b'\t' | b'\r' | b'\n')
+            while self.i < self.b.len()
+                && !matches!(
+                    self.b[self.i],
+                    b',' | b']' | b'}' | b' ' | b'\t' | b'\r' | b'\n'
+                )
             {
                 self.i += 1;
             }
@@ -412,7 +453,9 @@ mod json {
                 || tok == b"false"
                 || tok == b"null"
                 || (!tok.is_empty()
-                    && tok.iter().all(|c| c.is_ascii_digit() || matches!(c, b'-' | b'+' | b'.' | b'e' | b'E')));
+                    && tok.iter().all(|c| {
+                        c.is_ascii_digit() || matches!(c, b'-' | b'+' | b'.' | b'e' | b'E')
+                    }));
             ok.then_some(())
         }
         pub fn skip_value(&mut self) -> Option<()> {
@@ -423,7 +466,10 @@ mod json {
                 _ => self.skip_scalar(),
             }
         }
-        pub fn object(&mut self, mut f: impl FnMut(&mut Self, &'a [u8]) -> Option<()>) -> Option<()> {
+        pub fn object(
+            &mut self,
+            mut f: impl FnMut(&mut Self, &'a [u8]) -> Option<()>,
+        ) -> Option<()> {
             self.eat(b'{')?;
             self.depth += 1;
             if self.depth > MAX_DEPTH {
@@ -474,7 +520,13 @@ mod tests {
 
     fn run(status: u16, ra: Option<&str>, body: &str) -> Reply {
         let mut scratch = [0u8; 2048];
-        classify(status, ra, body.as_bytes(), UNIX_EPOCH + Duration::from_secs(784111777), &mut scratch)
+        classify(
+            status,
+            ra,
+            body.as_bytes(),
+            UNIX_EPOCH + Duration::from_secs(784111777),
+            &mut scratch,
+        )
     }
 
     fn failure(r: Reply) -> Failure {
@@ -486,16 +538,29 @@ mod tests {
 
     #[test]
     fn success_reads_consumed_record_count() {
-        assert_eq!(run(200, None, OK), Reply::Acknowledged { consumed: Some(42) });
+        assert_eq!(
+            run(200, None, OK),
+            Reply::Acknowledged { consumed: Some(42) }
+        );
         let second_col = r#"{"Tables":[{"Columns":[{"ColumnName":"X"},{"ColumnName":"ConsumedRecordsCount"}],"Rows":[["a","7"]]}]}"#;
-        assert_eq!(run(200, None, second_col), Reply::Acknowledged { consumed: Some(7) });
-        assert_eq!(run(200, None, r#"{"Tables":[]}"#), Reply::Acknowledged { consumed: None });
+        assert_eq!(
+            run(200, None, second_col),
+            Reply::Acknowledged { consumed: Some(7) }
+        );
+        assert_eq!(
+            run(200, None, r#"{"Tables":[]}"#),
+            Reply::Acknowledged { consumed: None }
+        );
     }
 
     #[test]
     fn empty_or_garbage_200_is_resent_not_trusted() {
         for body in ["", "OK", "{\"Tables\":", "[1,2]", "{\"x\":1}"] {
-            assert_eq!(failure(run(200, None, body)).class, FailureClass::Transient, "{body:?}");
+            assert_eq!(
+                failure(run(200, None, body)).class,
+                FailureClass::Transient,
+                "{body:?}"
+            );
         }
     }
 
@@ -508,7 +573,10 @@ mod tests {
         assert_eq!(f.message.as_str(), "bad \"json\" at line 3");
 
         let missing = r#"{"error":{"code":"BadRequest_EntityNotFound","message":"Entity 'T' of kind 'Table' was not found.","@permanent":true}}"#;
-        assert_eq!(failure(run(400, None, missing)).class, FailureClass::TargetNotReady);
+        assert_eq!(
+            failure(run(400, None, missing)).class,
+            FailureClass::TargetNotReady
+        );
         let policy = r#"{"error":{"code":"BadRequest_StreamingIngestionPolicyNotEnabled","message":"off","@permanent":true}}"#;
         let f = failure(run(400, None, policy));
         assert_eq!(f.class, FailureClass::TargetNotReady);
@@ -520,24 +588,44 @@ mod tests {
 
     #[test]
     fn statuses_classify_like_the_sdks() {
-        assert_eq!(failure(run(429, Some("3"), "")).class, FailureClass::Transient);
-        assert_eq!(failure(run(429, Some("3"), "")).retry_after, Some(Duration::from_secs(3)));
-        assert_eq!(failure(run(503, None, "<html>")).class, FailureClass::Transient);
+        assert_eq!(
+            failure(run(429, Some("3"), "")).class,
+            FailureClass::Transient
+        );
+        assert_eq!(
+            failure(run(429, Some("3"), "")).retry_after,
+            Some(Duration::from_secs(3))
+        );
+        assert_eq!(
+            failure(run(503, None, "<html>")).class,
+            FailureClass::Transient
+        );
         assert_eq!(failure(run(401, None, "")).class, FailureClass::Auth);
         assert_eq!(failure(run(403, None, "")).class, FailureClass::Auth);
         let nf = failure(run(404, None, ""));
         assert_eq!(nf.class, FailureClass::TargetNotReady);
         assert!(nf.advice().contains("enable streaming ingestion"));
-        assert_eq!(failure(run(302, None, "")).class, FailureClass::TargetNotReady);
+        assert_eq!(
+            failure(run(302, None, "")).class,
+            FailureClass::TargetNotReady
+        );
         assert_eq!(failure(run(413, None, "")).class, FailureClass::Rejected);
     }
 
     #[test]
     fn long_messages_are_truncated_not_refused() {
         let long = "x".repeat(5000);
-        let body = format!(r#"{{"error":{{"code":"BadRequest_X","message":"{long}","@permanent":true}}}}"#);
+        let body = format!(
+            r#"{{"error":{{"code":"BadRequest_X","message":"{long}","@permanent":true}}}}"#
+        );
         let mut scratch = vec![0u8; 8192];
-        let f = failure(classify(400, None, body.as_bytes(), SystemTime::now(), &mut scratch));
+        let f = failure(classify(
+            400,
+            None,
+            body.as_bytes(),
+            SystemTime::now(),
+            &mut scratch,
+        ));
         assert_eq!(f.message.len(), 512);
         assert_eq!(f.class, FailureClass::Rejected);
     }
@@ -545,12 +633,24 @@ mod tests {
     #[test]
     fn retry_after_accepts_seconds_and_http_dates() {
         let now = UNIX_EPOCH + Duration::from_secs(784111777); // Sun, 06 Nov 1994 08:49:37 GMT
-        assert_eq!(parse_retry_after("120", now), Some(Duration::from_secs(120)));
-        assert_eq!(parse_retry_after("Sun, 06 Nov 1994 08:49:47 GMT", now), Some(Duration::from_secs(10)));
-        assert_eq!(parse_retry_after("Sun, 06 Nov 1994 08:00:00 GMT", now), Some(Duration::ZERO));
+        assert_eq!(
+            parse_retry_after("120", now),
+            Some(Duration::from_secs(120))
+        );
+        assert_eq!(
+            parse_retry_after("Sun, 06 Nov 1994 08:49:47 GMT", now),
+            Some(Duration::from_secs(10))
+        );
+        assert_eq!(
+            parse_retry_after("Sun, 06 Nov 1994 08:00:00 GMT", now),
+            Some(Duration::ZERO)
+        );
         assert_eq!(parse_retry_after("soon", now), None);
         assert_eq!(parse_retry_after("-1", now), None);
-        assert_eq!(parse_retry_after("Sun, 32 Nov 1994 08:49:47 GMT", now), None);
+        assert_eq!(
+            parse_retry_after("Sun, 32 Nov 1994 08:49:47 GMT", now),
+            None
+        );
     }
 
     #[test]

@@ -19,7 +19,11 @@ pub fn exp_ceiling(attempt: u32, base: Duration, max: Duration) -> Duration {
 
 /// The delay to wait given what the server asked for: never shorter than its `Retry-After`, capped by `cap`
 /// so that a server that lies cannot park the device for a day.
-pub fn honour_retry_after(delay: Duration, retry_after: Option<Duration>, cap: Duration) -> Duration {
+pub fn honour_retry_after(
+    delay: Duration,
+    retry_after: Option<Duration>,
+    cap: Duration,
+) -> Duration {
     match retry_after {
         Some(ra) => delay.max(ra).min(cap.max(delay)),
         None => delay,
@@ -39,14 +43,26 @@ mod tests {
         assert_eq!(backoff_delay(3, MS(100), MS(10_000), u32::MAX), MS(800));
         assert_eq!(backoff_delay(3, MS(100), MS(10_000), u32::MAX / 2), MS(400));
         assert_eq!(backoff_delay(20, MS(100), MS(10_000), u32::MAX), MS(10_000));
-        assert_eq!(backoff_delay(u32::MAX, Duration::from_secs(3600), Duration::MAX, u32::MAX), Duration::MAX.min(Duration::from_secs(3600) * (1 << 31)));
+        assert_eq!(
+            backoff_delay(u32::MAX, Duration::from_secs(3600), Duration::MAX, u32::MAX),
+            Duration::MAX.min(Duration::from_secs(3600) * (1 << 31))
+        );
     }
 
     #[test]
     fn retry_after_lengthens_but_is_capped() {
-        assert_eq!(honour_retry_after(MS(50), Some(MS(1000)), MS(60_000)), MS(1000));
-        assert_eq!(honour_retry_after(MS(50), Some(Duration::from_secs(86400)), MS(60_000)), MS(60_000));
+        assert_eq!(
+            honour_retry_after(MS(50), Some(MS(1000)), MS(60_000)),
+            MS(1000)
+        );
+        assert_eq!(
+            honour_retry_after(MS(50), Some(Duration::from_secs(86400)), MS(60_000)),
+            MS(60_000)
+        );
         assert_eq!(honour_retry_after(MS(500), None, MS(60_000)), MS(500));
-        assert_eq!(honour_retry_after(MS(5000), Some(MS(10)), MS(60_000)), MS(5000));
+        assert_eq!(
+            honour_retry_after(MS(5000), Some(MS(10)), MS(60_000)),
+            MS(5000)
+        );
     }
 }

@@ -19,11 +19,19 @@ pub fn parse_ca_pem(pem: &[u8]) -> Result<Vec<Certificate<'static>>, Error> {
         match item {
             Ok(ureq::tls::PemItem::Certificate(c)) => certs.push(c),
             Ok(_) => {}
-            Err(e) => return Err(Error::new(ErrorKind::TlsConfig, format!("CA PEM is malformed: {e}"))),
+            Err(e) => {
+                return Err(Error::new(
+                    ErrorKind::TlsConfig,
+                    format!("CA PEM is malformed: {e}"),
+                ))
+            }
         }
     }
     if certs.is_empty() {
-        return Err(Error::new(ErrorKind::TlsConfig, "no CERTIFICATE found in the CA PEM"));
+        return Err(Error::new(
+            ErrorKind::TlsConfig,
+            "no CERTIFICATE found in the CA PEM",
+        ));
     }
     Ok(certs)
 }
@@ -56,7 +64,11 @@ impl Transport {
     pub fn new(cfg: &Config) -> Result<Transport, Error> {
         let mut roots: Vec<Certificate<'static>> = Vec::new();
         if cfg.bundled_roots {
-            roots.extend(webpki_root_certs::TLS_SERVER_ROOT_CERTS.iter().map(|c| Certificate::from_der(c.as_ref())));
+            roots.extend(
+                webpki_root_certs::TLS_SERVER_ROOT_CERTS
+                    .iter()
+                    .map(|c| Certificate::from_der(c.as_ref())),
+            );
         }
         if !cfg.ca_pem.is_empty() {
             roots.extend(parse_ca_pem(&cfg.ca_pem)?);
@@ -95,7 +107,13 @@ impl Transport {
     }
 
     /// POSTs `body`; on an answer of any status, copies up to `body_buf.len()` bytes of its body.
-    pub fn post(&self, url: &str, headers: &[Header<'_>], body: &[u8], body_buf: &mut [u8]) -> Result<RawResponse, Failure> {
+    pub fn post(
+        &self,
+        url: &str,
+        headers: &[Header<'_>],
+        body: &[u8],
+        body_buf: &mut [u8],
+    ) -> Result<RawResponse, Failure> {
         let mut req = self.agent.post(url);
         for (k, v) in headers {
             req = req.header(*k, *v);
@@ -118,7 +136,11 @@ impl Transport {
                 Err(_) => break,
             }
         }
-        Ok(RawResponse { status, retry_after, body_len: n })
+        Ok(RawResponse {
+            status,
+            retry_after,
+            body_len: n,
+        })
     }
 }
 
@@ -126,7 +148,9 @@ impl Transport {
 fn rustls_error(e: &ureq::Error) -> Option<&rustls::Error> {
     match e {
         ureq::Error::Rustls(r) => Some(r),
-        ureq::Error::Io(io) => io.get_ref().and_then(|inner| inner.downcast_ref::<rustls::Error>()),
+        ureq::Error::Io(io) => io
+            .get_ref()
+            .and_then(|inner| inner.downcast_ref::<rustls::Error>()),
         _ => None,
     }
 }

@@ -28,7 +28,12 @@ impl ClusterUrl {
     /// Parses `https://host[:port][/]`. Streaming goes to the engine, so a data-management URL
     /// (`https://ingest-x...`) is turned into the engine's, as the SDKs do.
     pub fn parse(url: &str) -> Result<ClusterUrl, Error> {
-        let bad = |why: &str| Error::new(ErrorKind::ConfigInvalidValue, format!("url '{url}' is invalid: {why}"));
+        let bad = |why: &str| {
+            Error::new(
+                ErrorKind::ConfigInvalidValue,
+                format!("url '{url}' is invalid: {why}"),
+            )
+        };
         let (https, rest) = if let Some(r) = strip_prefix_ci(url, "https://") {
             (true, r)
         } else if let Some(r) = strip_prefix_ci(url, "http://") {
@@ -37,11 +42,15 @@ impl ClusterUrl {
             return Err(bad("it must start with https://"));
         };
         let rest = rest.strip_suffix('/').unwrap_or(rest);
-        if rest.contains(['/', '?', '#', '@']) || rest.chars().any(|c| c.is_whitespace() || c.is_control()) {
+        if rest.contains(['/', '?', '#', '@'])
+            || rest.chars().any(|c| c.is_whitespace() || c.is_control())
+        {
             return Err(bad("give only scheme, host and optional port, e.g. https://mycluster.westeurope.kusto.windows.net"));
         }
         let (host, port) = if let Some(v6) = rest.strip_prefix('[') {
-            let end = v6.find(']').ok_or_else(|| bad("unterminated IPv6 literal"))?;
+            let end = v6
+                .find(']')
+                .ok_or_else(|| bad("unterminated IPv6 literal"))?;
             let host = &rest[..end + 2];
             let after = &v6[end + 1..];
             let port = match after.strip_prefix(':') {
@@ -59,11 +68,20 @@ impl ClusterUrl {
         if host.is_empty() || host.len() > 253 {
             return Err(bad("empty or overlong host"));
         }
-        if !host.starts_with('[') && !host.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'.') {
+        if !host.starts_with('[')
+            && !host
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'.')
+        {
             return Err(bad("host names are letters, digits, '-' and '.'"));
         }
         let port = match port {
-            Some(p) => Some(p.parse::<u16>().ok().filter(|&p| p != 0).ok_or_else(|| bad("port must be 1..65535"))?),
+            Some(p) => Some(
+                p.parse::<u16>()
+                    .ok()
+                    .filter(|&p| p != 0)
+                    .ok_or_else(|| bad("port must be 1..65535"))?,
+            ),
             None => None,
         };
         let mut host = host.to_ascii_lowercase();
@@ -98,7 +116,9 @@ impl ClusterUrl {
 }
 
 fn strip_prefix_ci<'a>(s: &'a str, prefix: &str) -> Option<&'a str> {
-    if s.len() >= prefix.len() && s.as_bytes()[..prefix.len()].eq_ignore_ascii_case(prefix.as_bytes()) {
+    if s.len() >= prefix.len()
+        && s.as_bytes()[..prefix.len()].eq_ignore_ascii_case(prefix.as_bytes())
+    {
         Some(&s[prefix.len()..])
     } else {
         None
@@ -167,23 +187,38 @@ const FORMATS: &[(&str, Format)] = &[
 impl Format {
     /// Parses a format name, case-insensitively (Go sends CamelCase, the others lower case).
     pub fn parse(name: &str) -> Result<Format, Error> {
-        FORMATS.iter().find(|(n, _)| n.eq_ignore_ascii_case(name)).map(|&(_, f)| f).ok_or_else(|| {
-            let names: Vec<&str> = FORMATS.iter().map(|(n, _)| *n).collect();
-            Error::new(
-                ErrorKind::InvalidArgument,
-                format!("unknown data format '{}': use one of {}", name.escape_debug(), names.join(", ")),
-            )
-        })
+        FORMATS
+            .iter()
+            .find(|(n, _)| n.eq_ignore_ascii_case(name))
+            .map(|&(_, f)| f)
+            .ok_or_else(|| {
+                let names: Vec<&str> = FORMATS.iter().map(|(n, _)| *n).collect();
+                Error::new(
+                    ErrorKind::InvalidArgument,
+                    format!(
+                        "unknown data format '{}': use one of {}",
+                        name.escape_debug(),
+                        names.join(", ")
+                    ),
+                )
+            })
     }
 
     /// The lower-case wire name.
     pub fn wire_name(self) -> &'static str {
-        FORMATS.iter().find(|&&(_, f)| f == self).map(|(n, _)| *n).unwrap_or("csv")
+        FORMATS
+            .iter()
+            .find(|&&(_, f)| f == self)
+            .map(|(n, _)| *n)
+            .unwrap_or("csv")
     }
 
     /// Formats that are compressed already: the SDKs do not gzip them again, and a record is a whole file.
     pub fn is_binary(self) -> bool {
-        matches!(self, Format::Avro | Format::ApacheAvro | Format::Parquet | Format::Orc | Format::SStream)
+        matches!(
+            self,
+            Format::Avro | Format::ApacheAvro | Format::Parquet | Format::Orc | Format::SStream
+        )
     }
 
     /// Formats in which one request carries one document: records cannot be batched together.
@@ -204,7 +239,13 @@ pub fn percent_encode(out: &mut String, s: &str) {
 }
 
 /// The request URL: `{cluster}/v1/rest/ingest/{db}/{table}?streamFormat={format}[&mappingName={m}]`.
-pub fn ingest_url(cluster: &ClusterUrl, database: &str, table: &str, format: Format, mapping: Option<&str>) -> String {
+pub fn ingest_url(
+    cluster: &ClusterUrl,
+    database: &str,
+    table: &str,
+    format: Format,
+    mapping: Option<&str>,
+) -> String {
     let mut u = cluster.base();
     u.push_str("/v1/rest/ingest/");
     percent_encode(&mut u, database);
@@ -224,7 +265,10 @@ pub fn check_entity_name(what: &str, name: &str) -> Result<(), Error> {
     if name.is_empty() || name.len() > 1024 || name.chars().any(|c| c.is_control()) {
         return Err(Error::new(
             ErrorKind::InvalidArgument,
-            format!("{what} name '{}' is invalid: 1..1024 characters, no control characters", name.escape_debug()),
+            format!(
+                "{what} name '{}' is invalid: 1..1024 characters, no control characters",
+                name.escape_debug()
+            ),
         ));
     }
     Ok(())
@@ -238,12 +282,23 @@ pub fn request_id(chunk_id: &str, attempt: u32) -> String {
 
 /// Makes a value safe for an HTTP header the way the SDKs do: non-ASCII and control characters become `?`.
 pub fn header_ascii(s: &str) -> String {
-    s.chars().map(|c| if (' '..='~').contains(&c) { c } else { '?' }).collect()
+    s.chars()
+        .map(|c| if (' '..='~').contains(&c) { c } else { '?' })
+        .collect()
 }
 
 /// Makes a value safe inside `{}` of `x-ms-client-version`: also `\r\n`, whitespace, `{`, `}` and `|` become `_`.
 pub fn version_field(s: &str) -> String {
-    header_ascii(s).chars().map(|c| if c.is_whitespace() || matches!(c, '{' | '}' | '|') { '_' } else { c }).collect()
+    header_ascii(s)
+        .chars()
+        .map(|c| {
+            if c.is_whitespace() || matches!(c, '{' | '}' | '|') {
+                '_'
+            } else {
+                c
+            }
+        })
+        .collect()
 }
 
 /// `x-ms-client-version`: `Kusto.Edge.Client:{0.1.0}|Runtime.{rust-armv7-linux}:{1.87}[|App.{name}:{ver}]`.
@@ -251,11 +306,20 @@ pub fn client_version(app: &str, app_version: Option<&str>) -> String {
     let mut s = format!(
         "{CLIENT_NAME}:{{{}}}|Runtime.{{{}}}:{{{}}}",
         version_field(env!("CARGO_PKG_VERSION")),
-        version_field(&format!("rust-{}-{}", std::env::consts::ARCH, std::env::consts::OS)),
+        version_field(&format!(
+            "rust-{}-{}",
+            std::env::consts::ARCH,
+            std::env::consts::OS
+        )),
         version_field(env!("CARGO_PKG_RUST_VERSION")),
     );
     if let Some(v) = app_version {
-        let _ = write!(s, "|App.{{{}}}:{{{}}}", version_field(app), version_field(v));
+        let _ = write!(
+            s,
+            "|App.{{{}}}:{{{}}}",
+            version_field(app),
+            version_field(v)
+        );
     }
     s
 }
@@ -263,7 +327,8 @@ pub fn client_version(app: &str, app_version: Option<&str>) -> String {
 /// A random (version 4) UUID from the system's CSPRNG, as chunk id.
 pub fn new_uuid(rng: &dyn ring::rand::SecureRandom) -> Result<[u8; 16], Error> {
     let mut b = [0u8; 16];
-    rng.fill(&mut b).map_err(|_| Error::new(ErrorKind::Internal, "the system random generator failed"))?;
+    rng.fill(&mut b)
+        .map_err(|_| Error::new(ErrorKind::Internal, "the system random generator failed"))?;
     b[6] = (b[6] & 0x0f) | 0x40;
     b[8] = (b[8] & 0x3f) | 0x80;
     Ok(b)
@@ -318,7 +383,9 @@ mod tests {
         assert_eq!(c.base(), "http://[::1]:8080");
         assert!(ClusterUrl::parse("http://127.0.0.2").unwrap().is_loopback());
         assert!(!ClusterUrl::parse("http://10.0.0.1").unwrap().is_loopback());
-        assert!(!ClusterUrl::parse("http://localhost.evil.com").unwrap().is_loopback());
+        assert!(!ClusterUrl::parse("http://localhost.evil.com")
+            .unwrap()
+            .is_loopback());
     }
 
     #[test]
@@ -327,7 +394,10 @@ mod tests {
         assert_eq!(Format::parse("CSV").unwrap().wire_name(), "csv");
         assert!(Format::parse("Parquet").unwrap().is_binary());
         assert!(!Format::Json.is_binary());
-        assert_eq!(Format::parse("xml").unwrap_err().kind, ErrorKind::InvalidArgument);
+        assert_eq!(
+            Format::parse("xml").unwrap_err().kind,
+            ErrorKind::InvalidArgument
+        );
     }
 
     #[test]
@@ -335,7 +405,10 @@ mod tests {
         assert_eq!(header_ascii("gätewäy\r\n"), "g?tew?y??");
         assert_eq!(version_field("a b{c}|d"), "a_b_c__d");
         let v = client_version("my app", Some("1.2"));
-        assert!(v.starts_with("Kusto.Edge.Client:{0.1.0}|Runtime.{rust-"), "{v}");
+        assert!(
+            v.starts_with("Kusto.Edge.Client:{0.1.0}|Runtime.{rust-"),
+            "{v}"
+        );
         assert!(v.ends_with("|App.{my_app}:{1.2}"), "{v}");
     }
 
@@ -346,6 +419,9 @@ mod tests {
         let t = uuid_text(&a);
         assert_eq!(t.len(), 36);
         assert_eq!(&t[14..15], "4");
-        assert_eq!(request_id(&t, 2), format!("KEC.executeStreamingIngest;{t};2"));
+        assert_eq!(
+            request_id(&t, 2),
+            format!("KEC.executeStreamingIngest;{t};2")
+        );
     }
 }

@@ -11,7 +11,11 @@ use kusto_edge::{Client, Config, ErrorKind, Outcome};
 struct Reports(Mutex<Vec<(Outcome, u64, String)>>);
 
 fn tls_server() -> Server {
-    Server::start(ServerConfig { tls: true, ..Default::default() }).expect("devserver")
+    Server::start(ServerConfig {
+        tls: true,
+        ..Default::default()
+    })
+    .expect("devserver")
 }
 
 fn config_for(server: &Server, extra: &[(&str, &str)]) -> Config {
@@ -38,7 +42,9 @@ fn client_with_reports(cfg: &Config) -> (Client, Arc<Reports>) {
         cfg,
         None,
         Some(Arc::new(move |rep: &kusto_edge::DeliveryReport<'_>| {
-            r.0.lock().unwrap().push((rep.outcome, rep.records, rep.message.to_owned()));
+            r.0.lock()
+                .unwrap()
+                .push((rep.outcome, rep.records, rep.message.to_owned()));
         })),
     )
     .expect("client");
@@ -46,7 +52,11 @@ fn client_with_reports(cfg: &Config) -> (Client, Arc<Reports>) {
 }
 
 fn record(seq: u64) -> String {
-    format!(r#"{{"seq":{seq},"device":"gw-7","temp":{}.{},"ok":true}}"#, 20 + seq % 7, seq % 10)
+    format!(
+        r#"{{"seq":{seq},"device":"gw-7","temp":{}.{},"ok":true}}"#,
+        20 + seq % 7,
+        seq % 10
+    )
 }
 
 fn seqs(server: &Server, db: &str, table: &str) -> Vec<u64> {
@@ -56,7 +66,12 @@ fn seqs(server: &Server, db: &str, table: &str) -> Vec<u64> {
         .map(|r| {
             let s = std::str::from_utf8(r).unwrap();
             let i = s.find("\"seq\":").unwrap() + 6;
-            s[i..].split(|c: char| !c.is_ascii_digit()).next().unwrap().parse().unwrap()
+            s[i..]
+                .split(|c: char| !c.is_ascii_digit())
+                .next()
+                .unwrap()
+                .parse()
+                .unwrap()
         })
         .collect()
 }
@@ -64,38 +79,82 @@ fn seqs(server: &Server, db: &str, table: &str) -> Vec<u64> {
 #[test]
 fn records_arrive_once_over_https_with_unique_request_ids_and_valid_gzip() {
     let server = tls_server();
-    let cfg = config_for(&server, &[("batch.bytes", "65536"), ("client.app", "e2e-test"), ("client.app_version", "9.9")]);
+    let cfg = config_for(
+        &server,
+        &[
+            ("batch.bytes", "65536"),
+            ("client.app", "e2e-test"),
+            ("client.app_version", "9.9"),
+        ],
+    );
     let (client, reports) = client_with_reports(&cfg);
-    let d = client.add_destination("telemetry db", "Readings/1", "json", None).unwrap();
+    let d = client
+        .add_destination("telemetry db", "Readings/1", "json", None)
+        .unwrap();
     for seq in 0..5000 {
         client.append(d, record(seq).as_bytes()).unwrap();
     }
     client.flush().unwrap();
 
     let got = seqs(&server, "telemetry db", "Readings/1");
-    assert_eq!(got, (0..5000).collect::<Vec<_>>(), "every record once, in order");
+    assert_eq!(
+        got,
+        (0..5000).collect::<Vec<_>>(),
+        "every record once, in order"
+    );
     let reqs = server.requests();
-    assert!(reqs.len() >= 4, "batches of 64 KiB make several requests: {}", reqs.len());
+    assert!(
+        reqs.len() >= 4,
+        "batches of 64 KiB make several requests: {}",
+        reqs.len()
+    );
     let ids: HashSet<_> = reqs.iter().map(|r| r.client_request_id.clone()).collect();
     assert_eq!(ids.len(), reqs.len(), "request ids are unique");
     for r in &reqs {
         assert!(r.gzip_ok, "gzip body");
         assert!(r.raw_bytes <= 65536);
         assert_eq!(r.format, "json");
-        assert!(r.client_request_id.starts_with("KEC.executeStreamingIngest;"), "{}", r.client_request_id);
-        let h = |name: &str| r.headers.iter().find(|(k, _)| k.eq_ignore_ascii_case(name)).map(|(_, v)| v.clone());
+        assert!(
+            r.client_request_id
+                .starts_with("KEC.executeStreamingIngest;"),
+            "{}",
+            r.client_request_id
+        );
+        let h = |name: &str| {
+            r.headers
+                .iter()
+                .find(|(k, _)| k.eq_ignore_ascii_case(name))
+                .map(|(_, v)| v.clone())
+        };
         assert_eq!(h("x-ms-version").as_deref(), Some("2024-12-12"));
         assert_eq!(h("x-ms-app").as_deref(), Some("e2e-test"));
         assert_eq!(h("content-encoding").as_deref(), Some("gzip"));
         assert_eq!(h("accept").as_deref(), Some("application/json"));
-        assert!(h("x-ms-client-version").unwrap().ends_with("|App.{e2e-test}:{9.9}"));
-        assert!(h("authorization").is_none(), "no token configured, none sent");
+        assert!(h("x-ms-client-version")
+            .unwrap()
+            .ends_with("|App.{e2e-test}:{9.9}"));
+        assert!(
+            h("authorization").is_none(),
+            "no token configured, none sent"
+        );
     }
     let s = client.stats();
     assert_eq!(s.records_acknowledged, 5000);
     assert_eq!(s.records_buffered, 0);
-    assert!(s.bytes_sent_wire * 3 < s.bytes_sent_raw, "gzip shrinks telemetry: {} vs {}", s.bytes_sent_wire, s.bytes_sent_raw);
-    let acked: u64 = reports.0.lock().unwrap().iter().filter(|r| r.0 == Outcome::Acknowledged).map(|r| r.1).sum();
+    assert!(
+        s.bytes_sent_wire * 3 < s.bytes_sent_raw,
+        "gzip shrinks telemetry: {} vs {}",
+        s.bytes_sent_wire,
+        s.bytes_sent_raw
+    );
+    let acked: u64 = reports
+        .0
+        .lock()
+        .unwrap()
+        .iter()
+        .filter(|r| r.0 == Outcome::Acknowledged)
+        .map(|r| r.1)
+        .sum();
     assert_eq!(acked, 5000);
 }
 
@@ -116,16 +175,28 @@ fn tls_verification_is_on_without_the_test_ca() {
 
 #[test]
 fn token_is_sent_as_bearer_and_a_wrong_one_is_auth_refused_with_data_kept() {
-    let server = Server::start(ServerConfig { tls: true, token: Some("right-token".into()), ..Default::default() }).unwrap();
+    let server = Server::start(ServerConfig {
+        tls: true,
+        token: Some("right-token".into()),
+        ..Default::default()
+    })
+    .unwrap();
     let cfg = config_for(&server, &[("auth.token", "wrong-token")]);
     let client = Client::new(&cfg, None, None).unwrap();
     let d = client.add_destination("db", "t", "csv", None).unwrap();
     client.append(d, b"x,1").unwrap();
     let e = client.flush().unwrap_err();
     assert_eq!(e.kind, ErrorKind::AuthRefused);
-    assert!(!e.message.contains("wrong-token"), "the token never appears in messages");
+    assert!(
+        !e.message.contains("wrong-token"),
+        "the token never appears in messages"
+    );
     assert_eq!(client.stats().records_buffered, 1, "data kept");
-    assert_eq!(server.requests().len(), 1, "auth failures are not retried inside the call");
+    assert_eq!(
+        server.requests().len(),
+        1,
+        "auth failures are not retried inside the call"
+    );
 
     let cfg = config_for(&server, &[("auth.token", "right-token")]);
     let client = Client::new(&cfg, None, None).unwrap();
@@ -147,9 +218,18 @@ fn random_throttling_unavailability_and_resets_lose_nothing() {
             (Fault::InternalError, 0.05),
         ],
     });
-    let cfg = config_for(&server, &[("batch.bytes", "8192"), ("retry.max_attempts", "20"), ("retry.max_total_ms", "20000")]);
+    let cfg = config_for(
+        &server,
+        &[
+            ("batch.bytes", "8192"),
+            ("retry.max_attempts", "20"),
+            ("retry.max_total_ms", "20000"),
+        ],
+    );
     let client = Client::new(&cfg, None, None).unwrap();
-    let d = client.add_destination("db", "faulty", "multijson", None).unwrap();
+    let d = client
+        .add_destination("db", "faulty", "multijson", None)
+        .unwrap();
     for seq in 0..3000 {
         // A failing append leaves the record with us: try again after poll, as firmware would.
         let rec = record(seq);
@@ -168,15 +248,24 @@ fn random_throttling_unavailability_and_resets_lose_nothing() {
     }
     let mut got = seqs(&server, "db", "faulty");
     got.sort_unstable();
-    assert_eq!(got, (0..3000).collect::<Vec<_>>(), "every record exactly once (faults strike before ingestion)");
+    assert_eq!(
+        got,
+        (0..3000).collect::<Vec<_>>(),
+        "every record exactly once (faults strike before ingestion)"
+    );
     let s = client.stats();
-    assert!(s.retries > 0 && s.failures > 0, "faults were exercised: {s:?}");
+    assert!(
+        s.retries > 0 && s.failures > 0,
+        "faults were exercised: {s:?}"
+    );
 }
 
 #[test]
 fn retry_after_is_honoured_between_attempts() {
     let server = tls_server();
-    server.push_fault(Fault::Throttle { retry_after: Some("1".into()) });
+    server.push_fault(Fault::Throttle {
+        retry_after: Some("1".into()),
+    });
     let cfg = config_for(&server, &[]);
     let client = Client::new(&cfg, None, None).unwrap();
     let d = client.add_destination("db", "t", "csv", None).unwrap();
@@ -186,10 +275,16 @@ fn retry_after_is_honoured_between_attempts() {
     assert_eq!(reqs.len(), 2);
     assert_eq!(reqs[0].status, 429);
     let gap = reqs[1].at.duration_since(reqs[0].at);
-    assert!(gap >= Duration::from_millis(950), "waited only {gap:?} after Retry-After: 1");
+    assert!(
+        gap >= Duration::from_millis(950),
+        "waited only {gap:?} after Retry-After: 1"
+    );
     // Same chunk, next attempt.
     let chunk = |id: &str| id.split(';').nth(1).unwrap().to_owned();
-    assert_eq!(chunk(&reqs[0].client_request_id), chunk(&reqs[1].client_request_id));
+    assert_eq!(
+        chunk(&reqs[0].client_request_id),
+        chunk(&reqs[1].client_request_id)
+    );
     assert!(reqs[0].client_request_id.ends_with(";0") && reqs[1].client_request_id.ends_with(";1"));
 }
 
@@ -203,8 +298,16 @@ fn rejected_data_is_dropped_reported_and_the_next_batch_goes_through() {
     client.append(d, b"bad,row").unwrap();
     let e = client.flush().unwrap_err();
     assert_eq!(e.kind, ErrorKind::DataRejected);
-    assert!(e.message.contains("Stream_WrongNumberOfFields"), "{}", e.message);
-    assert_eq!(server.requests().len(), 1, "permanent refusals are never retried");
+    assert!(
+        e.message.contains("Stream_WrongNumberOfFields"),
+        "{}",
+        e.message
+    );
+    assert_eq!(
+        server.requests().len(),
+        1,
+        "permanent refusals are never retried"
+    );
     let s = client.stats();
     assert_eq!((s.records_rejected, s.records_buffered), (1, 0));
     assert_eq!(reports.0.lock().unwrap()[0].0, Outcome::Rejected);
@@ -216,8 +319,16 @@ fn rejected_data_is_dropped_reported_and_the_next_batch_goes_through() {
 
 #[test]
 fn missing_table_keeps_the_data_and_backs_off_until_it_exists() {
-    let server = Server::start(ServerConfig { tls: true, tables: Some(vec![]), ..Default::default() }).unwrap();
-    let cfg = config_for(&server, &[("batch.bytes", "1024"), ("batch.max_age_ms", "0")]);
+    let server = Server::start(ServerConfig {
+        tls: true,
+        tables: Some(vec![]),
+        ..Default::default()
+    })
+    .unwrap();
+    let cfg = config_for(
+        &server,
+        &[("batch.bytes", "1024"), ("batch.max_age_ms", "0")],
+    );
     let client = Client::new(&cfg, None, None).unwrap();
     let d = client.add_destination("db", "Later", "csv", None).unwrap();
     client.append(d, b"1,a").unwrap();
@@ -251,7 +362,11 @@ fn poll_sends_batches_older_than_max_age() {
     std::thread::sleep(Duration::from_millis(next as u64 + 10));
     client.poll().unwrap();
     assert_eq!(server.records("db", "t").len(), 1);
-    assert_eq!(client.poll().unwrap(), 3_600_000, "nothing buffered: nothing due");
+    assert_eq!(
+        client.poll().unwrap(),
+        3_600_000,
+        "nothing buffered: nothing due"
+    );
 }
 
 #[test]
@@ -263,10 +378,17 @@ fn a_lost_reply_is_resent_with_the_same_chunk_id_at_least_once() {
     let d = client.add_destination("db", "t", "csv", None).unwrap();
     client.append(d, b"r,1").unwrap();
     client.flush().unwrap();
-    assert_eq!(server.records("db", "t").len(), 2, "the lost reply makes a duplicate, never a loss");
+    assert_eq!(
+        server.records("db", "t").len(),
+        2,
+        "the lost reply makes a duplicate, never a loss"
+    );
     let reqs = server.requests();
     let chunk = |id: &str| id.split(';').nth(1).unwrap().to_owned();
-    assert_eq!(chunk(&reqs[0].client_request_id), chunk(&reqs[1].client_request_id));
+    assert_eq!(
+        chunk(&reqs[0].client_request_id),
+        chunk(&reqs[1].client_request_id)
+    );
 }
 
 #[test]
@@ -287,14 +409,21 @@ fn a_server_that_lies_with_an_empty_200_gets_the_chunk_again() {
 fn a_slow_server_is_cut_off_by_the_receive_timeout() {
     let server = tls_server();
     server.push_fault(Fault::Slow(Duration::from_secs(5)));
-    let cfg = config_for(&server, &[("timeout.recv_ms", "300"), ("retry.max_attempts", "1")]);
+    let cfg = config_for(
+        &server,
+        &[("timeout.recv_ms", "300"), ("retry.max_attempts", "1")],
+    );
     let client = Client::new(&cfg, None, None).unwrap();
     let d = client.add_destination("db", "t", "csv", None).unwrap();
     client.append(d, b"r,1").unwrap();
     let t = Instant::now();
     let e = client.flush().unwrap_err();
     assert_eq!(e.kind, ErrorKind::TransientFailure);
-    assert!(t.elapsed() < Duration::from_secs(3), "bounded by the timeout: {:?}", t.elapsed());
+    assert!(
+        t.elapsed() < Duration::from_secs(3),
+        "bounded by the timeout: {:?}",
+        t.elapsed()
+    );
 }
 
 #[test]
@@ -313,7 +442,10 @@ fn sends_are_bounded_by_the_total_retry_time_when_nothing_listens() {
     let d = client.add_destination("db", "t", "csv", None).unwrap();
     client.append(d, b"r,1").unwrap();
     let t = Instant::now();
-    assert_eq!(client.flush().unwrap_err().kind, ErrorKind::TransientFailure);
+    assert_eq!(
+        client.flush().unwrap_err().kind,
+        ErrorKind::TransientFailure
+    );
     assert!(t.elapsed() < Duration::from_secs(2), "{:?}", t.elapsed());
     assert_eq!(client.stats().records_buffered, 1);
 }
@@ -358,7 +490,11 @@ fn several_threads_share_one_client() {
             let c = client.clone();
             std::thread::spawn(move || {
                 for i in 0..500 {
-                    c.append(if t % 2 == 0 { d0 } else { d1 }, record(t * 1000 + i).as_bytes()).unwrap();
+                    c.append(
+                        if t % 2 == 0 { d0 } else { d1 },
+                        record(t * 1000 + i).as_bytes(),
+                    )
+                    .unwrap();
                 }
             })
         })
@@ -367,5 +503,8 @@ fn several_threads_share_one_client() {
         h.join().unwrap();
     }
     client.flush().unwrap();
-    assert_eq!(server.records("db", "a").len() + server.records("db", "b").len(), 2000);
+    assert_eq!(
+        server.records("db", "a").len() + server.records("db", "b").len(),
+        2000
+    );
 }

@@ -69,13 +69,23 @@ fn compressor_state_fits_its_documented_allowance() {
     let held = current() as usize;
     drop(g);
     eprintln!("compressor holds {held} bytes");
-    assert!(held <= kusto_edge::gzip::COMPRESSOR_STATE_BYTES, "compressor holds {held} bytes");
-    assert!(held > kusto_edge::gzip::COMPRESSOR_STATE_BYTES / 2, "allowance far too generous: {held}");
+    assert!(
+        held <= kusto_edge::gzip::COMPRESSOR_STATE_BYTES,
+        "compressor holds {held} bytes"
+    );
+    assert!(
+        held > kusto_edge::gzip::COMPRESSOR_STATE_BYTES / 2,
+        "allowance far too generous: {held}"
+    );
 }
 
 #[test]
 fn heap_of_a_client_streaming_100_mb_stays_within_its_bound_and_does_not_grow() {
-    let server = Server::start(ServerConfig { tls: true, ..Default::default() }).unwrap();
+    let server = Server::start(ServerConfig {
+        tls: true,
+        ..Default::default()
+    })
+    .unwrap();
     let mut cfg = Config::default();
     cfg.set("url", &server.url()).unwrap();
     cfg.add_ca_pem(server.ca_pem().unwrap().as_bytes()).unwrap();
@@ -95,8 +105,18 @@ fn heap_of_a_client_streaming_100_mb_stays_within_its_bound_and_does_not_grow() 
     while sent < 100 << 20 {
         line.clear();
         use std::fmt::Write;
-        write!(line, "{seq},gw-{},{}.{},sensor reading with some text {}", seq % 13, seq % 90, seq % 10, seq * 7919).unwrap();
-        client.append(if seq % 3 == 0 { a } else { b }, line.as_bytes()).unwrap();
+        write!(
+            line,
+            "{seq},gw-{},{}.{},sensor reading with some text {}",
+            seq % 13,
+            seq % 90,
+            seq % 10,
+            seq * 7919
+        )
+        .unwrap();
+        client
+            .append(if seq % 3 == 0 { a } else { b }, line.as_bytes())
+            .unwrap();
         sent += line.len() + 1;
         seq += 1;
         if peak_at_10mb == 0 && sent >= 10 << 20 {
@@ -112,11 +132,81 @@ fn heap_of_a_client_streaming_100_mb_stays_within_its_bound_and_does_not_grow() 
     TRACK.with(|t| t.set(false));
     let acked = client.stats().records_acknowledged;
     assert_eq!(acked, seq);
-    eprintln!("memory: bound {bound} B, peak at 10 MB {peak_at_10mb} B, at 100 MB {peak_at_100mb} B");
-    assert!(peak_at_100mb <= bound, "peak {peak_at_100mb} exceeds the computed bound {bound}");
+    eprintln!(
+        "memory: bound {bound} B, peak at 10 MB {peak_at_10mb} B, at 100 MB {peak_at_100mb} B"
+    );
+    assert!(
+        peak_at_100mb <= bound,
+        "peak {peak_at_100mb} exceeds the computed bound {bound}"
+    );
     assert!(
         peak_at_100mb <= peak_at_10mb + 64 * 1024,
         "heap grew with input: {peak_at_10mb} at 10 MB, {peak_at_100mb} at 100 MB"
     );
     drop(client);
+}
+
+#[test]
+fn heap_stays_within_the_bound_while_a_50_mb_outage_goes_to_the_spool_and_drains() {
+    let server = Server::start(ServerConfig::default()).unwrap();
+    let dir = std::env::temp_dir().join(format!("kedge-memory-spool-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    let mut cfg = Config::default();
+    cfg.set("url", &server.url()).unwrap();
+    cfg.set("http.allow_plain", "true").unwrap();
+    cfg.set("destinations.max", "1").unwrap();
+    cfg.set("batch.bytes", "262144").unwrap();
+    cfg.set("spool.dir", dir.to_str().unwrap()).unwrap();
+    cfg.set("spool.max_bytes", &(64u64 << 20).to_string())
+        .unwrap();
+    cfg.set("spool.max_chunks", "1000").unwrap();
+    cfg.set("retry.max_attempts", "1").unwrap();
+    cfg.set("spool.replay_per_poll", "1000").unwrap();
+    let bound = cfg.memory_bound() as usize;
+
+    server.set_down(std::time::Duration::from_secs(3600));
+    start_tracking();
+    let client = Client::new(&cfg, None, None).unwrap();
+    let d = client.add_destination("db", "t", "csv", None).unwrap();
+    let mut raw = 0usize;
+    let mut seq = 0u64;
+    let mut line = String::new();
+    while raw < 50 << 20 {
+        use std::fmt::Write;
+        line.clear();
+        write!(
+            line,
+            "{seq},gw-{},{}.{},outage reading {}",
+            seq % 13,
+            seq % 90,
+            seq % 10,
+            seq * 104729
+        )
+        .unwrap();
+        client.append(d, line.as_bytes()).unwrap();
+        raw += line.len() + 1;
+        seq += 1;
+    }
+    client.flush_to_spool().unwrap();
+    let during = peak();
+    let spooled = client.stats().bytes_spooled as usize;
+    server.set_down(std::time::Duration::ZERO);
+    while client.stats().spool_chunks > 0 {
+        let _ = client.poll();
+    }
+    let after = peak();
+    TRACK.with(|t| t.set(false));
+    let s = client.stats();
+    eprintln!("outage: bound {bound} B, peak during {during} B, after drain {after} B; {raw} B raw went to flash as {spooled} B");
+    assert_eq!(s.records_replayed, seq, "everything drained");
+    assert!(
+        after <= bound,
+        "peak {after} exceeds the computed bound {bound}"
+    );
+    assert!(
+        spooled * 3 < raw,
+        "flash got the compressed size: {spooled} B for {raw} B raw"
+    );
+    drop(client);
+    let _ = std::fs::remove_dir_all(&dir);
 }

@@ -59,6 +59,8 @@ pub enum kedge_result {
     KEDGE_SPOOL_IO = 18,
     /// A client function was called from inside one of that client's callbacks.
     KEDGE_REENTRANT_CALL = 19,
+    /// Not delivered yet, but durable in the spool: it will be replayed by `kedge_poll`/`kedge_flush`.
+    KEDGE_SPOOLED = 20,
     /// An internal invariant failed (a bug: please report it).
     KEDGE_INTERNAL = 98,
     /// A panic was caught at the C boundary (a bug: please report it). The client may still be used.
@@ -88,6 +90,7 @@ impl From<ErrorKind> for kedge_result {
             ErrorKind::SpoolFull => KEDGE_SPOOL_FULL,
             ErrorKind::SpoolIo => KEDGE_SPOOL_IO,
             ErrorKind::ReentrantCall => KEDGE_REENTRANT_CALL,
+            ErrorKind::Spooled => KEDGE_SPOOLED,
             ErrorKind::Internal => KEDGE_INTERNAL,
             ErrorKind::Panic => KEDGE_PANIC,
         }
@@ -110,11 +113,15 @@ const RESULT_TEXT: &[(u32, &CStr)] = &[
     (12, c"transient failure: data kept, try again later"),
     (13, c"destination backing off: data kept, try again later"),
     (14, c"data rejected permanently by the service"),
-    (15, c"target not ready: table, database, mapping or streaming policy missing"),
+    (
+        15,
+        c"target not ready: table, database, mapping or streaming policy missing",
+    ),
     (16, c"authentication refused"),
     (17, c"spool full"),
     (18, c"spool storage error"),
     (19, c"client function called from its own callback"),
+    (20, c"not delivered yet, durable in the spool"),
     (98, c"internal error"),
     (99, c"panic caught at the C boundary"),
 ];
@@ -141,8 +148,12 @@ pub enum kedge_outcome {
     KEDGE_OUTCOME_ACKNOWLEDGED = 0,
     /// The service refused the data permanently; the chunk was dropped.
     KEDGE_OUTCOME_REJECTED = 1,
-    /// Not delivered for now; the chunk is kept and retried.
+    /// Not delivered for now; the chunk is kept in RAM and retried.
     KEDGE_OUTCOME_FAILED = 2,
+    /// Not delivered for now; the chunk is durable in the spool and will be replayed.
+    KEDGE_OUTCOME_SPOOLED = 3,
+    /// The full spool dropped chunks to make room (spool.policy=drop-oldest); `records` says how many records.
+    KEDGE_OUTCOME_DROPPED = 4,
 }
 
 /// A configuration under construction. Create with `kedge_config_new`, fill with `kedge_config_set*`, pass to
@@ -198,8 +209,10 @@ pub struct kedge_stats {
     pub records_acknowledged: u64,
     /// Chunks the service acknowledged.
     pub chunks_acknowledged: u64,
-    /// Records the service refused permanently (dropped, reported).
+    /// Records the service refused permanently (dropped, or quarantined in the spool's rejected/).
     pub records_rejected: u64,
+    /// Chunks the service refused permanently.
+    pub chunks_rejected: u64,
     /// HTTP requests made.
     pub requests: u64,
     /// Requests that resent a chunk.
@@ -209,15 +222,40 @@ pub struct kedge_stats {
     /// Records buffered in RAM now.
     pub records_buffered: u64,
     /// HTTP status of the last answer; 0 when none yet or no answer.
-    pub last_http_status: u32,
+    pub last_http_status: u64,
     /// Destinations added.
-    pub destinations: u32,
+    pub destinations: u64,
+    /// Chunks written to the spool.
+    pub chunks_spooled: u64,
+    /// Records written to the spool.
+    pub records_spooled: u64,
+    /// Bytes written to the spool (compressed payloads).
+    pub bytes_spooled: u64,
+    /// Spooled chunks the service acknowledged.
+    pub chunks_replayed: u64,
+    /// Records of spooled chunks the service acknowledged.
+    pub records_replayed: u64,
+    /// Chunks the full spool dropped (spool.policy=drop-oldest).
+    pub chunks_dropped: u64,
+    /// Records the full spool dropped.
+    pub records_dropped: u64,
+    /// Bytes the full spool dropped.
+    pub bytes_dropped: u64,
+    /// Chunks found corrupt in the spool: quarantined in corrupt/, never sent.
+    pub chunks_corrupt: u64,
+    /// Chunks in the spool now.
+    pub spool_chunks: u64,
+    /// Bytes in the spool now.
+    pub spool_bytes: u64,
 }
 
 /// Log callback: `message` is NUL-terminated, valid during the call, and never contains a secret.
-pub type kedge_log_callback = Option<unsafe extern "C" fn(userdata: *mut c_void, level: kedge_log_level, message: *const c_char)>;
+pub type kedge_log_callback = Option<
+    unsafe extern "C" fn(userdata: *mut c_void, level: kedge_log_level, message: *const c_char),
+>;
 /// Delivery callback: one call per chunk outcome.
-pub type kedge_delivery_callback = Option<unsafe extern "C" fn(userdata: *mut c_void, report: *const kedge_delivery_report)>;
+pub type kedge_delivery_callback =
+    Option<unsafe extern "C" fn(userdata: *mut c_void, report: *const kedge_delivery_report)>;
 
 /// The caller's userdata pointer. The caller promises it may be used from any thread that calls into the client.
 #[derive(Clone, Copy)]
@@ -236,8 +274,14 @@ impl UserData {
 
 struct ConfigBox {
     cfg: Config,
-    log: Option<(unsafe extern "C" fn(*mut c_void, kedge_log_level, *const c_char), UserData)>,
-    delivery: Option<(unsafe extern "C" fn(*mut c_void, *const kedge_delivery_report), UserData)>,
+    log: Option<(
+        unsafe extern "C" fn(*mut c_void, kedge_log_level, *const c_char),
+        UserData,
+    )>,
+    delivery: Option<(
+        unsafe extern "C" fn(*mut c_void, *const kedge_delivery_report),
+        UserData,
+    )>,
 }
 
 /// Runs `f` behind the panic boundary.
@@ -271,11 +315,19 @@ unsafe fn write_message(buf: *mut c_char, len: usize, msg: &str) {
 /// `p` must be NULL or point to a NUL-terminated string.
 unsafe fn arg_str<'a>(p: *const c_char, what: &str) -> Result<&'a str, Error> {
     if p.is_null() {
-        return Err(Error::new(ErrorKind::NullParameter, format!("{what} is NULL")));
+        return Err(Error::new(
+            ErrorKind::NullParameter,
+            format!("{what} is NULL"),
+        ));
     }
     // SAFETY: non-NULL and NUL-terminated by the caller's contract.
     let s = unsafe { CStr::from_ptr(p) };
-    s.to_str().map_err(|_| Error::new(ErrorKind::InvalidArgument, format!("{what} is not valid UTF-8")))
+    s.to_str().map_err(|_| {
+        Error::new(
+            ErrorKind::InvalidArgument,
+            format!("{what} is not valid UTF-8"),
+        )
+    })
 }
 
 /// Copies a line into a fixed stack buffer as a C string: callbacks must not allocate per call.
@@ -297,10 +349,11 @@ fn fail_into(err: Error, errbuf: *mut c_char, errlen: usize) -> kedge_result {
 /// The library's version, e.g. "0.1.0". Never NULL; static.
 #[no_mangle]
 pub extern "C" fn kedge_version() -> *const c_char {
-    const V: &CStr = match CStr::from_bytes_with_nul(concat!(env!("CARGO_PKG_VERSION"), "\0").as_bytes()) {
-        Ok(v) => v,
-        Err(_) => c"unknown",
-    };
+    const V: &CStr =
+        match CStr::from_bytes_with_nul(concat!(env!("CARGO_PKG_VERSION"), "\0").as_bytes()) {
+            Ok(v) => v,
+            Err(_) => c"unknown",
+        };
     V.as_ptr()
 }
 
@@ -308,7 +361,11 @@ pub extern "C" fn kedge_version() -> *const c_char {
 /// Takes the code as an integer so that any value is safe to pass.
 #[no_mangle]
 pub extern "C" fn kedge_result_str(result: u32) -> *const c_char {
-    RESULT_TEXT.iter().find(|(c, _)| *c == result).map_or(c"unknown result code", |(_, t)| *t).as_ptr()
+    RESULT_TEXT
+        .iter()
+        .find(|(c, _)| *c == result)
+        .map_or(c"unknown result code", |(_, t)| *t)
+        .as_ptr()
 }
 
 /// Creates an empty configuration with every default (see README "Configuration keys").
@@ -321,7 +378,11 @@ pub unsafe extern "C" fn kedge_config_new(out_config: *mut *mut kedge_config) ->
         if out_config.is_null() {
             return kedge_result::KEDGE_NULL_PARAMETER;
         }
-        let b = Box::new(ConfigBox { cfg: Config::default(), log: None, delivery: None });
+        let b = Box::new(ConfigBox {
+            cfg: Config::default(),
+            log: None,
+            delivery: None,
+        });
         // SAFETY: checked non-NULL; the caller provides a writable pointer slot.
         unsafe { *out_config = Box::into_raw(b) as *mut kedge_config };
         kedge_result::KEDGE_OK
@@ -387,7 +448,11 @@ pub unsafe extern "C" fn kedge_config_set(
 /// # Safety
 /// `config` a live config; `pem` valid for `pem_len` bytes.
 #[no_mangle]
-pub unsafe extern "C" fn kedge_config_set_ca_pem(config: *mut kedge_config, pem: *const u8, pem_len: usize) -> kedge_result {
+pub unsafe extern "C" fn kedge_config_set_ca_pem(
+    config: *mut kedge_config,
+    pem: *const u8,
+    pem_len: usize,
+) -> kedge_result {
     guard(|| {
         // SAFETY: per this function's contract.
         let c = match unsafe { config_mut(config) } {
@@ -401,6 +466,41 @@ pub unsafe extern "C" fn kedge_config_set_ca_pem(config: *mut kedge_config, pem:
         let pem = unsafe { std::slice::from_raw_parts(pem, pem_len) };
         match c.cfg.add_ca_pem(pem) {
             Ok(()) => kedge_result::KEDGE_OK,
+            Err(e) => e.kind.into(),
+        }
+    })
+}
+
+/// Sets the spool's AES-256-GCM key from memory (`key_len` must be 32), for firmware that keeps it in a secure
+/// element rather than a file. The key is copied, zeroed when the config is freed, and never written anywhere.
+///
+/// # Safety
+/// `config` a live config; `key` valid for `key_len` bytes.
+#[no_mangle]
+pub unsafe extern "C" fn kedge_config_set_spool_key(
+    config: *mut kedge_config,
+    key: *const u8,
+    key_len: usize,
+) -> kedge_result {
+    guard(|| {
+        // SAFETY: per this function's contract.
+        let c = match unsafe { config_mut(config) } {
+            Ok(c) => c,
+            Err(e) => return e.kind.into(),
+        };
+        if key.is_null() {
+            return kedge_result::KEDGE_NULL_PARAMETER;
+        }
+        if key_len != 32 {
+            return kedge_result::KEDGE_INVALID_ARGUMENT;
+        }
+        // SAFETY: non-NULL and valid for 32 bytes by contract.
+        let bytes = unsafe { std::slice::from_raw_parts(key, 32) };
+        match crate::config::parse_key(bytes) {
+            Ok(k) => {
+                c.cfg.spool_key = Some(k);
+                kedge_result::KEDGE_OK
+            }
             Err(e) => e.kind.into(),
         }
     })
@@ -449,7 +549,10 @@ pub unsafe extern "C" fn kedge_config_set_delivery_callback(
 /// # Safety
 /// `config` a live config; `out_bytes` valid for a write.
 #[no_mangle]
-pub unsafe extern "C" fn kedge_config_memory_bound(config: *const kedge_config, out_bytes: *mut u64) -> kedge_result {
+pub unsafe extern "C" fn kedge_config_memory_bound(
+    config: *const kedge_config,
+    out_bytes: *mut u64,
+) -> kedge_result {
     guard(|| {
         if config.is_null() || out_bytes.is_null() {
             return kedge_result::KEDGE_NULL_PARAMETER;
@@ -474,7 +577,11 @@ pub unsafe extern "C" fn kedge_client_new(
 ) -> kedge_result {
     guard(|| {
         if config.is_null() || out_client.is_null() {
-            return fail_into(Error::new(ErrorKind::NullParameter, "config or out_client is NULL"), errbuf, errbuf_len);
+            return fail_into(
+                Error::new(ErrorKind::NullParameter, "config or out_client is NULL"),
+                errbuf,
+                errbuf_len,
+            );
         }
         // SAFETY: a live config, read only.
         let c = unsafe { &*(config as *const ConfigBox) };
@@ -509,6 +616,8 @@ pub unsafe extern "C" fn kedge_client_new(
                         Outcome::Acknowledged => kedge_outcome::KEDGE_OUTCOME_ACKNOWLEDGED,
                         Outcome::Rejected => kedge_outcome::KEDGE_OUTCOME_REJECTED,
                         Outcome::Failed => kedge_outcome::KEDGE_OUTCOME_FAILED,
+                        Outcome::Spooled => kedge_outcome::KEDGE_OUTCOME_SPOOLED,
+                        Outcome::Dropped => kedge_outcome::KEDGE_OUTCOME_DROPPED,
                     },
                     result: r.error.map_or(kedge_result::KEDGE_OK, Into::into),
                     http_status: r.http_status,
@@ -549,7 +658,10 @@ pub unsafe extern "C" fn kedge_client_free(client: *mut kedge_client) {
 ///
 /// # Safety
 /// `client` NULL or a live client.
-unsafe fn with_client(client: *const kedge_client, f: impl FnOnce(&Client) -> Result<(), Error>) -> kedge_result {
+unsafe fn with_client(
+    client: *const kedge_client,
+    f: impl FnOnce(&Client) -> Result<(), Error>,
+) -> kedge_result {
     guard(|| {
         if client.is_null() {
             return kedge_result::KEDGE_NULL_PARAMETER;
@@ -581,12 +693,19 @@ pub unsafe extern "C" fn kedge_client_add_destination(
     unsafe {
         with_client(client, |c| {
             if out_destination.is_null() {
-                return Err(Error::new(ErrorKind::NullParameter, "out_destination is NULL"));
+                return Err(Error::new(
+                    ErrorKind::NullParameter,
+                    "out_destination is NULL",
+                ));
             }
             let db = arg_str(database, "database")?;
             let table = arg_str(table, "table")?;
             let format = arg_str(format, "format")?;
-            let mapping = if mapping.is_null() { None } else { Some(arg_str(mapping, "mapping")?) };
+            let mapping = if mapping.is_null() {
+                None
+            } else {
+                Some(arg_str(mapping, "mapping")?)
+            };
             let id = c.add_destination(db, table, format, mapping)?;
             *out_destination = id;
             Ok(())
@@ -630,13 +749,27 @@ pub unsafe extern "C" fn kedge_flush(client: *mut kedge_client) -> kedge_result 
     unsafe { with_client(client, |c| c.flush()) }
 }
 
+/// Writes every buffered batch to the spool without sending it (before a planned power-off, say): a durable
+/// flush. `KEDGE_INVALID_ARGUMENT` without a spool (`spool.dir`).
+///
+/// # Safety
+/// `client` a live client.
+#[no_mangle]
+pub unsafe extern "C" fn kedge_flush_to_spool(client: *mut kedge_client) -> kedge_result {
+    // SAFETY: per this function's contract.
+    unsafe { with_client(client, |c| c.flush_to_spool()) }
+}
+
 /// Periodic work for a main loop: sends batches older than `batch.max_age_ms` and retries destinations whose
 /// backoff ran out. `out_next_ms` (may be NULL) receives the milliseconds until the next poll has work.
 ///
 /// # Safety
 /// `client` a live client; `out_next_ms` NULL or valid for a write.
 #[no_mangle]
-pub unsafe extern "C" fn kedge_poll(client: *mut kedge_client, out_next_ms: *mut u32) -> kedge_result {
+pub unsafe extern "C" fn kedge_poll(
+    client: *mut kedge_client,
+    out_next_ms: *mut u32,
+) -> kedge_result {
     // SAFETY: per this function's contract.
     unsafe {
         with_client(client, |c| {
@@ -654,7 +787,10 @@ pub unsafe extern "C" fn kedge_poll(client: *mut kedge_client, out_next_ms: *mut
 /// # Safety
 /// `client` a live client; `out_stats` valid for a write.
 #[no_mangle]
-pub unsafe extern "C" fn kedge_client_stats(client: *const kedge_client, out_stats: *mut kedge_stats) -> kedge_result {
+pub unsafe extern "C" fn kedge_client_stats(
+    client: *const kedge_client,
+    out_stats: *mut kedge_stats,
+) -> kedge_result {
     guard(|| {
         if client.is_null() || out_stats.is_null() {
             return kedge_result::KEDGE_NULL_PARAMETER;
@@ -670,12 +806,24 @@ pub unsafe extern "C" fn kedge_client_stats(client: *const kedge_client, out_sta
             records_acknowledged: s.records_acknowledged,
             chunks_acknowledged: s.chunks_acknowledged,
             records_rejected: s.records_rejected,
+            chunks_rejected: s.chunks_rejected,
             requests: s.requests,
             retries: s.retries,
             failures: s.failures,
             records_buffered: s.records_buffered,
             last_http_status: s.last_http_status,
             destinations: s.destinations,
+            chunks_spooled: s.chunks_spooled,
+            records_spooled: s.records_spooled,
+            bytes_spooled: s.bytes_spooled,
+            chunks_replayed: s.chunks_replayed,
+            records_replayed: s.records_replayed,
+            chunks_dropped: s.chunks_dropped,
+            records_dropped: s.records_dropped,
+            bytes_dropped: s.bytes_dropped,
+            chunks_corrupt: s.chunks_corrupt,
+            spool_chunks: s.spool_chunks,
+            spool_bytes: s.spool_bytes,
         };
         // SAFETY: see above.
         unsafe { *out_stats = out };
@@ -722,10 +870,21 @@ mod tests {
     #[test]
     fn every_result_code_has_text_and_error_kinds_map_to_their_own_numbers() {
         for (code, _) in RESULT_TEXT {
-            assert_ne!(unsafe { CStr::from_ptr(kedge_result_str(*code)) }, c"unknown result code");
+            assert_ne!(
+                unsafe { CStr::from_ptr(kedge_result_str(*code)) },
+                c"unknown result code"
+            );
         }
-        assert_eq!(unsafe { CStr::from_ptr(kedge_result_str(12345)) }, c"unknown result code");
-        for k in [ErrorKind::NullParameter, ErrorKind::TransientFailure, ErrorKind::ReentrantCall, ErrorKind::Panic] {
+        assert_eq!(
+            unsafe { CStr::from_ptr(kedge_result_str(12345)) },
+            c"unknown result code"
+        );
+        for k in [
+            ErrorKind::NullParameter,
+            ErrorKind::TransientFailure,
+            ErrorKind::ReentrantCall,
+            ErrorKind::Panic,
+        ] {
             assert_eq!(kedge_result::from(k) as u32, k as u32);
         }
     }

@@ -201,7 +201,12 @@ pub(crate) fn decode_header(bytes: &[u8]) -> Result<Decoded, String> {
     nonce.copy_from_slice(&bytes[44..56]);
     let mut key_id = [0u8; KEY_ID_LEN];
     key_id.copy_from_slice(&bytes[56..64]);
-    let lens = [le_u16(bytes, 64), le_u16(bytes, 66), le_u16(bytes, 68), le_u16(bytes, 70)];
+    let lens = [
+        le_u16(bytes, 64),
+        le_u16(bytes, 66),
+        le_u16(bytes, 68),
+        le_u16(bytes, 70),
+    ];
     let total: usize = lens.iter().map(|&l| l as usize).sum();
     if lens.iter().any(|&l| l as usize > MAX_NAME_LEN) || FIXED_LEN + total != hlen {
         return Err("destination name lengths do not match the header length".into());
@@ -229,7 +234,11 @@ pub(crate) fn decode_header(bytes: &[u8]) -> Result<Decoded, String> {
                 database,
                 table,
                 format,
-                mapping: if flags & FLAG_MAPPING != 0 { Some(mapping) } else { None },
+                mapping: if flags & FLAG_MAPPING != 0 {
+                    Some(mapping)
+                } else {
+                    None
+                },
             },
             created_unix_ms,
             raw_len,
@@ -237,7 +246,11 @@ pub(crate) fn decode_header(bytes: &[u8]) -> Result<Decoded, String> {
             gzip: flags & FLAG_GZIP != 0,
         },
         stored_len,
-        seal: if sealed { Some(Sealing { nonce, key_id }) } else { None },
+        seal: if sealed {
+            Some(Sealing { nonce, key_id })
+        } else {
+            None
+        },
         header_len: hlen,
     })
 }
@@ -264,7 +277,10 @@ mod tests {
 
     #[test]
     fn header_round_trips_with_and_without_mapping_and_seal() {
-        let seal = Sealing { nonce: [7; NONCE_LEN], key_id: [9; KEY_ID_LEN] };
+        let seal = Sealing {
+            nonce: [7; NONCE_LEN],
+            key_id: [9; KEY_ID_LEN],
+        };
         for (m, s) in [(None, None), (Some("map"), Some(&seal)), (Some(""), None)] {
             let h = header(m);
             let mut buf = Vec::new();
@@ -293,6 +309,9 @@ mod tests {
     fn overlong_names_are_refused_before_anything_is_written() {
         let mut h = header(None);
         h.dest.table = "t".repeat(MAX_NAME_LEN + 1);
-        assert!(matches!(encode_header(&h, 0, None, &mut Vec::new()), Err(SpoolError::InvalidHeader(_))));
+        assert!(matches!(
+            encode_header(&h, 0, None, &mut Vec::new()),
+            Err(SpoolError::InvalidHeader(_))
+        ));
     }
 }

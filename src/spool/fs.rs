@@ -23,7 +23,10 @@ impl FsStorage {
     pub fn new(root: impl AsRef<Path>) -> io::Result<Self> {
         let root = root.as_ref().to_path_buf();
         let existed = root.is_dir();
-        DirBuilder::new().recursive(true).mode(0o700).create(&root)?;
+        DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(&root)?;
         if !existed {
             // The new directory's own entry must survive a power cut too.
             if let Some(parent) = root.parent().filter(|p| !p.as_os_str().is_empty()) {
@@ -102,7 +105,13 @@ impl Storage for FsStorage {
         Ok(fs::metadata(self.path(area, name))?.len())
     }
 
-    fn read_at(&mut self, area: Area, name: &str, offset: u64, buf: &mut [u8]) -> io::Result<usize> {
+    fn read_at(
+        &mut self,
+        area: Area,
+        name: &str,
+        offset: u64,
+        buf: &mut [u8],
+    ) -> io::Result<usize> {
         let f = File::open(self.path(area, name))?;
         let mut done = 0;
         while done < buf.len() {

@@ -37,7 +37,9 @@ pub struct MemStorage {
 
 impl std::fmt::Debug for MemStorage {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("MemStorage").field("ops", &self.op_count()).finish_non_exhaustive()
+        f.debug_struct("MemStorage")
+            .field("ops", &self.op_count())
+            .finish_non_exhaustive()
     }
 }
 
@@ -54,9 +56,20 @@ struct Inode {
 
 #[derive(Clone, Debug)]
 enum DirOp {
-    Link { area: Area, name: String, ino: u64 },
-    Unlink { area: Area, name: String },
-    Rename { from: (Area, String), to: (Area, String), ino: u64 },
+    Link {
+        area: Area,
+        name: String,
+        ino: u64,
+    },
+    Unlink {
+        area: Area,
+        name: String,
+    },
+    Rename {
+        from: (Area, String),
+        to: (Area, String),
+        ino: u64,
+    },
 }
 
 impl DirOp {
@@ -131,23 +144,35 @@ impl MemState {
     /// Every mutating operation passes here: counts it, and applies armed faults.
     fn gate(&mut self) -> Result<(), Refused> {
         if self.powered_off {
-            return Err(Refused { err: power_lost(), cut_now: None });
+            return Err(Refused {
+                err: power_lost(),
+                cut_now: None,
+            });
         }
         let n = self.ops;
         self.ops += 1;
         if let Some((at, mode)) = self.cut {
             if n >= at {
                 self.powered_off = true;
-                return Err(Refused { err: power_lost(), cut_now: Some(mode) });
+                return Err(Refused {
+                    err: power_lost(),
+                    cut_now: Some(mode),
+                });
             }
         }
         if let Some(i) = self.fail_at.iter().position(|f| f.0 == n) {
             let kind = self.fail_at.remove(i).1;
-            return Err(Refused { err: io::Error::new(kind, "injected fault"), cut_now: None });
+            return Err(Refused {
+                err: io::Error::new(kind, "injected fault"),
+                cut_now: None,
+            });
         }
         if self.read_only {
             return Err(Refused {
-                err: io::Error::new(io::ErrorKind::ReadOnlyFilesystem, "emulated read-only filesystem"),
+                err: io::Error::new(
+                    io::ErrorKind::ReadOnlyFilesystem,
+                    "emulated read-only filesystem",
+                ),
                 cut_now: None,
             });
         }
@@ -189,11 +214,18 @@ impl MemState {
                 self.rand_upto(n)
             }
         };
-        for op in std::mem::take(&mut self.unsynced_ops).into_iter().take(keep_ops) {
+        for op in std::mem::take(&mut self.unsynced_ops)
+            .into_iter()
+            .take(keep_ops)
+        {
             op.apply(&mut self.durable);
         }
         self.live = self.durable.clone();
-        let reachable: HashSet<u64> = self.durable.iter().flat_map(|d| d.values().copied()).collect();
+        let reachable: HashSet<u64> = self
+            .durable
+            .iter()
+            .flat_map(|d| d.values().copied())
+            .collect();
         self.inodes.retain(|i, _| reachable.contains(i));
         let mut inos: Vec<u64> = self.inodes.keys().copied().collect();
         inos.sort_unstable(); // determinism per seed
@@ -336,7 +368,9 @@ impl MemStorage {
     /// Silently flips one bit of a stored file (bit rot); false when the file or bit does not exist.
     pub fn flip_bit(&self, area: Area, name: &str, bit: u64) -> bool {
         let mut s = self.state();
-        let Some(&ino) = s.live[area.index()].get(name) else { return false };
+        let Some(&ino) = s.live[area.index()].get(name) else {
+            return false;
+        };
         let node = s.inodes.get_mut(&ino).expect("linked inode exists");
         let byte = (bit / 8) as usize;
         if byte >= node.data.len() {
@@ -349,7 +383,9 @@ impl MemStorage {
     /// Shortens a stored file, durably (a damaged file rather than a torn write).
     pub fn truncate(&self, area: Area, name: &str, len: usize) -> bool {
         let mut s = self.state();
-        let Some(&ino) = s.live[area.index()].get(name) else { return false };
+        let Some(&ino) = s.live[area.index()].get(name) else {
+            return false;
+        };
         let node = s.inodes.get_mut(&ino).expect("linked inode exists");
         node.data.truncate(len);
         node.synced = node.synced.min(len);
@@ -370,13 +406,27 @@ impl Storage for MemStorage {
         s.gate().map_err(|r| r.err)?;
         let ino = s.next_ino;
         s.next_ino += 1;
-        s.inodes.insert(ino, Inode { data: Vec::new(), synced: 0 });
-        s.log(DirOp::Link { area, name: name.to_owned(), ino });
+        s.inodes.insert(
+            ino,
+            Inode {
+                data: Vec::new(),
+                synced: 0,
+            },
+        );
+        s.log(DirOp::Link {
+            area,
+            name: name.to_owned(),
+            ino,
+        });
         for part in parts {
             if let Err(r) = s.gate() {
                 if r.cut_now == Some(CutMode::Torn) {
                     let n = s.rand_upto(part.len());
-                    s.inodes.get_mut(&ino).expect("just created").data.extend_from_slice(&part[..n]);
+                    s.inodes
+                        .get_mut(&ino)
+                        .expect("just created")
+                        .data
+                        .extend_from_slice(&part[..n]);
                 }
                 return Err(r.err);
             }
@@ -387,9 +437,16 @@ impl Storage for MemStorage {
                     take = free as usize;
                 }
             }
-            s.inodes.get_mut(&ino).expect("just created").data.extend_from_slice(&part[..take]);
+            s.inodes
+                .get_mut(&ino)
+                .expect("just created")
+                .data
+                .extend_from_slice(&part[..take]);
             if take < part.len() {
-                return Err(io::Error::new(io::ErrorKind::StorageFull, "emulated ENOSPC"));
+                return Err(io::Error::new(
+                    io::ErrorKind::StorageFull,
+                    "emulated ENOSPC",
+                ));
             }
         }
         s.gate().map_err(|r| r.err)?;
@@ -402,7 +459,11 @@ impl Storage for MemStorage {
         let mut s = self.state();
         s.gate().map_err(|r| r.err)?;
         let ino = s.lookup(from.0, from.1)?;
-        s.log(DirOp::Rename { from: (from.0, from.1.to_owned()), to: (to.0, to.1.to_owned()), ino });
+        s.log(DirOp::Rename {
+            from: (from.0, from.1.to_owned()),
+            to: (to.0, to.1.to_owned()),
+            ino,
+        });
         Ok(())
     }
 
@@ -410,15 +471,19 @@ impl Storage for MemStorage {
         let mut s = self.state();
         s.gate().map_err(|r| r.err)?;
         s.lookup(area, name)?;
-        s.log(DirOp::Unlink { area, name: name.to_owned() });
+        s.log(DirOp::Unlink {
+            area,
+            name: name.to_owned(),
+        });
         Ok(())
     }
 
     fn sync_area(&mut self, area: Area) -> io::Result<()> {
         let mut s = self.state();
         s.gate().map_err(|r| r.err)?;
-        let (now, later): (Vec<DirOp>, Vec<DirOp>) =
-            std::mem::take(&mut s.unsynced_ops).into_iter().partition(|op| op.touches(area));
+        let (now, later): (Vec<DirOp>, Vec<DirOp>) = std::mem::take(&mut s.unsynced_ops)
+            .into_iter()
+            .partition(|op| op.touches(area));
         for op in now {
             op.apply(&mut s.durable);
         }
@@ -433,7 +498,13 @@ impl Storage for MemStorage {
         Ok(s.inodes[&ino].data.len() as u64)
     }
 
-    fn read_at(&mut self, area: Area, name: &str, offset: u64, buf: &mut [u8]) -> io::Result<usize> {
+    fn read_at(
+        &mut self,
+        area: Area,
+        name: &str,
+        offset: u64,
+        buf: &mut [u8],
+    ) -> io::Result<usize> {
         let s = self.state();
         s.read_gate()?;
         let ino = s.lookup(area, name)?;
@@ -453,12 +524,17 @@ mod tests {
     fn unsynced_rename_is_lost_but_synced_one_survives() {
         let mut m = MemStorage::new();
         m.write_file(Area::Pending, "a.tmp", &[b"hello"]).unwrap();
-        m.rename((Area::Pending, "a.tmp"), (Area::Pending, "a")).unwrap();
+        m.rename((Area::Pending, "a.tmp"), (Area::Pending, "a"))
+            .unwrap();
         m.reboot_with(CutMode::LoseUnsynced);
-        assert!(m.names(Area::Pending).is_empty(), "nothing was directory-synced");
+        assert!(
+            m.names(Area::Pending).is_empty(),
+            "nothing was directory-synced"
+        );
 
         m.write_file(Area::Pending, "a.tmp", &[b"hello"]).unwrap();
-        m.rename((Area::Pending, "a.tmp"), (Area::Pending, "a")).unwrap();
+        m.rename((Area::Pending, "a.tmp"), (Area::Pending, "a"))
+            .unwrap();
         m.sync_area(Area::Pending).unwrap();
         m.reboot_with(CutMode::LoseUnsynced);
         assert_eq!(m.contents(Area::Pending, "a").unwrap(), b"hello");

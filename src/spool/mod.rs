@@ -96,7 +96,8 @@ pub const MAX_PAYLOAD_LEN: usize = MAX_RAW_LEN as usize + (MAX_RAW_LEN as usize 
 
 /// Largest file one chunk can occupy on flash (payload, tag, header, checksums); `max_bytes` below
 /// this may refuse legitimate chunks with [`SpoolError::TooLarge`].
-pub const MAX_CHUNK_FILE_LEN: u64 = (MAX_HEADER_LEN + 2 * CRC_LEN + TAG_LEN + MAX_PAYLOAD_LEN) as u64;
+pub const MAX_CHUNK_FILE_LEN: u64 =
+    (MAX_HEADER_LEN + 2 * CRC_LEN + TAG_LEN + MAX_PAYLOAD_LEN) as u64;
 
 /// Longest service message kept beside a rejected chunk; longer ones are cut (the start of a
 /// Kusto error says what went wrong).
@@ -385,7 +386,10 @@ impl Name {
         }
         let ext = kind.ext().as_bytes();
         buf[16..16 + ext.len()].copy_from_slice(ext);
-        Name { buf, len: 16 + ext.len() }
+        Name {
+            buf,
+            len: 16 + ext.len(),
+        }
     }
 
     fn as_str(&self) -> &str {
@@ -414,8 +418,13 @@ impl Kind {
 /// Recognises the spool's own file names; anything else in the directory is left alone.
 fn parse_name(name: &str) -> Option<(u64, Kind)> {
     let (hex, ext) = name.split_at_checked(16)?;
-    let kind = [Kind::Chunk, Kind::Tmp, Kind::Msg].into_iter().find(|k| k.ext() == ext)?;
-    if !hex.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b)) {
+    let kind = [Kind::Chunk, Kind::Tmp, Kind::Msg]
+        .into_iter()
+        .find(|k| k.ext() == ext)?;
+    if !hex
+        .bytes()
+        .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+    {
         return None;
     }
     Some((u64::from_str_radix(hex, 16).ok()?, kind))
@@ -458,7 +467,9 @@ impl<S: Storage> Spool<S> {
     /// fine; the error names the cause.
     pub fn open(storage: S, cfg: SpoolConfig) -> Result<(Self, RecoveryReport), SpoolError> {
         if cfg.max_chunks == 0 || cfg.max_bytes == 0 {
-            return Err(SpoolError::InvalidConfig("max_chunks and max_bytes must be at least 1".into()));
+            return Err(SpoolError::InvalidConfig(
+                "max_chunks and max_bytes must be at least 1".into(),
+            ));
         }
         let sealer = cfg.key.as_ref().map(Sealer::new);
         let mut spool = Spool {
@@ -499,7 +510,9 @@ impl<S: Storage> Spool<S> {
         let mut seqs = Vec::new();
         let mut dirty = false;
         for name in &names {
-            let Some((seq, kind)) = parse_name(name) else { continue };
+            let Some((seq, kind)) = parse_name(name) else {
+                continue;
+            };
             max_seq = max_seq.max(Some(seq));
             match kind {
                 Kind::Chunk => seqs.push(seq),
@@ -524,7 +537,10 @@ impl<S: Storage> Spool<S> {
                     // Not indexed either way; on a read-only filesystem it stays where it is.
                     let name = Name::new(seq, Kind::Chunk);
                     let to_corrupt = (Area::Corrupt, name.as_str());
-                    moved |= repaired(self.storage.rename((Area::Pending, name.as_str()), to_corrupt))?;
+                    moved |= repaired(
+                        self.storage
+                            .rename((Area::Pending, name.as_str()), to_corrupt),
+                    )?;
                     report.corrupt += 1;
                     self.stats.corrupt_chunks += 1;
                 }
@@ -542,8 +558,15 @@ impl<S: Storage> Spool<S> {
         if self.policy == FullPolicy::DropOldest {
             let mut freed = false;
             while self.index.len() > self.max_chunks as usize || self.bytes > self.max_bytes {
-                let seq = *self.index.keys().next().expect("over limit means non-empty");
-                if !repaired(self.storage.remove(Area::Pending, Name::new(seq, Kind::Chunk).as_str()))? {
+                let seq = *self
+                    .index
+                    .keys()
+                    .next()
+                    .expect("over limit means non-empty");
+                if !repaired(
+                    self.storage
+                        .remove(Area::Pending, Name::new(seq, Kind::Chunk).as_str()),
+                )? {
                     break; // read-only: keep serving what is there
                 }
                 let info = self.forget(seq).expect("key from the index");
@@ -566,13 +589,21 @@ impl<S: Storage> Spool<S> {
         let name = Name::new(seq, Kind::Chunk);
         let len = self.storage.file_len(Area::Pending, name.as_str())?;
         let mut prefix = [0u8; 8];
-        if self.storage.read_at(Area::Pending, name.as_str(), 0, &mut prefix)? < prefix.len() {
+        if self
+            .storage
+            .read_at(Area::Pending, name.as_str(), 0, &mut prefix)?
+            < prefix.len()
+        {
             return Err(Check::Corrupt(format!("file is only {len} bytes")));
         }
         let hlen = format::header_len_from_prefix(&prefix).map_err(Check::Corrupt)?;
         self.hdr.clear();
         self.hdr.resize(hlen + CRC_LEN, 0);
-        if self.storage.read_at(Area::Pending, name.as_str(), 0, &mut self.hdr)? < self.hdr.len() {
+        if self
+            .storage
+            .read_at(Area::Pending, name.as_str(), 0, &mut self.hdr)?
+            < self.hdr.len()
+        {
             return Err(Check::Corrupt("truncated inside the header".into()));
         }
         let d = format::decode_header(&self.hdr).map_err(Check::Corrupt)?;
@@ -586,8 +617,14 @@ impl<S: Storage> Spool<S> {
             (None, None) => {}
             (Some(s), Some(seal)) if s.key_id() == seal.key_id => {}
             (Some(_), Some(_)) => return Err(Check::Corrupt("sealed with a different key".into())),
-            (None, Some(_)) => return Err(Check::Corrupt("encrypted, but no key is configured".into())),
-            (Some(_), None) => return Err(Check::Corrupt("not encrypted, but a key is configured".into())),
+            (None, Some(_)) => {
+                return Err(Check::Corrupt("encrypted, but no key is configured".into()))
+            }
+            (Some(_), None) => {
+                return Err(Check::Corrupt(
+                    "not encrypted, but a key is configured".into(),
+                ))
+            }
         }
         Ok((d, len))
     }
@@ -602,7 +639,9 @@ impl<S: Storage> Spool<S> {
         let body_end = len - CRC_LEN as u64;
         while at < body_end {
             let want = scratch.len().min((body_end - at) as usize);
-            let got = self.storage.read_at(Area::Pending, name.as_str(), at, &mut scratch[..want])?;
+            let got =
+                self.storage
+                    .read_at(Area::Pending, name.as_str(), at, &mut scratch[..want])?;
             if got < want {
                 return Err(Check::Corrupt("file shrank while being verified".into()));
             }
@@ -610,7 +649,11 @@ impl<S: Storage> Spool<S> {
             at += want as u64;
         }
         let mut trailer = [0u8; CRC_LEN];
-        if self.storage.read_at(Area::Pending, name.as_str(), body_end, &mut trailer)? < CRC_LEN {
+        if self
+            .storage
+            .read_at(Area::Pending, name.as_str(), body_end, &mut trailer)?
+            < CRC_LEN
+        {
             return Err(Check::Corrupt("missing trailing checksum".into()));
         }
         if u32::from_le_bytes(trailer) != crc.finish() {
@@ -669,10 +712,16 @@ impl<S: Storage> Spool<S> {
     /// already dropped to make room stay dropped and are counted in [`SpoolStats`]).
     pub fn push(&mut self, header: &ChunkHeader, payload: &[u8]) -> Result<Dropped, SpoolError> {
         if header.raw_len > MAX_RAW_LEN {
-            return Err(SpoolError::TooLarge { len: header.raw_len as u64, max: MAX_RAW_LEN as u64 });
+            return Err(SpoolError::TooLarge {
+                len: header.raw_len as u64,
+                max: MAX_RAW_LEN as u64,
+            });
         }
         if payload.len() > MAX_PAYLOAD_LEN {
-            return Err(SpoolError::TooLarge { len: payload.len() as u64, max: MAX_PAYLOAD_LEN as u64 });
+            return Err(SpoolError::TooLarge {
+                len: payload.len() as u64,
+                max: MAX_PAYLOAD_LEN as u64,
+            });
         }
         let seal = match &self.sealer {
             Some(s) => Some(s.new_sealing().map_err(|()| SpoolError::Crypto)?),
@@ -682,7 +731,10 @@ impl<S: Storage> Spool<S> {
         format::encode_header(header, stored_len, seal.as_ref(), &mut self.hdr)?;
         let file_len = format::file_len(self.hdr.len() - CRC_LEN, stored_len);
         if file_len > self.max_bytes {
-            return Err(SpoolError::TooLarge { len: file_len, max: self.max_bytes });
+            return Err(SpoolError::TooLarge {
+                len: file_len,
+                max: self.max_bytes,
+            });
         }
 
         // How many of the oldest chunks must go for this one to fit.
@@ -690,8 +742,11 @@ impl<S: Storage> Spool<S> {
         let mut freed = 0u64;
         let mut count = self.index.len();
         let mut oldest = self.index.values();
-        while count + 1 > self.max_chunks as usize || self.bytes - freed + file_len > self.max_bytes {
-            let info = oldest.next().expect("file_len <= max_bytes, so emptying the spool makes room");
+        while count + 1 > self.max_chunks as usize || self.bytes - freed + file_len > self.max_bytes
+        {
+            let info = oldest
+                .next()
+                .expect("file_len <= max_bytes, so emptying the spool makes room");
             victims += 1;
             freed += info.file_len;
             count -= 1;
@@ -706,10 +761,14 @@ impl<S: Storage> Spool<S> {
         let mut tag = [0u8; TAG_LEN];
         let body: &[u8] = match (&self.sealer, &seal) {
             (Some(sealer), Some(s)) => {
-                sealed.try_reserve_exact(payload.len()).map_err(|_| SpoolError::OutOfMemory)?;
+                sealed
+                    .try_reserve_exact(payload.len())
+                    .map_err(|_| SpoolError::OutOfMemory)?;
                 sealed.extend_from_slice(payload);
                 let aad_len = self.hdr.len() - CRC_LEN;
-                tag = sealer.seal(s, &self.hdr[..aad_len], &mut sealed).map_err(|()| SpoolError::Crypto)?;
+                tag = sealer
+                    .seal(s, &self.hdr[..aad_len], &mut sealed)
+                    .map_err(|()| SpoolError::Crypto)?;
                 &sealed
             }
             _ => payload,
@@ -725,7 +784,11 @@ impl<S: Storage> Spool<S> {
         self.next_seq += 1;
         let tmp = Name::new(seq, Kind::Tmp);
         let fin = Name::new(seq, Kind::Chunk);
-        if let Err(e) = self.storage.write_file(Area::Pending, tmp.as_str(), &[&self.hdr, body, tag, &trailer]) {
+        if let Err(e) = self.storage.write_file(
+            Area::Pending,
+            tmp.as_str(),
+            &[&self.hdr, body, tag, &trailer],
+        ) {
             // Best effort: a leftover .tmp is also deleted by the next open.
             let _ = self.storage.remove(Area::Pending, tmp.as_str());
             return Err(e.into());
@@ -734,8 +797,15 @@ impl<S: Storage> Spool<S> {
 
         let mut dropped = Dropped::default();
         for _ in 0..victims {
-            let old = *self.index.keys().next().expect("victims counted from the index");
-            if let Err(e) = self.storage.remove(Area::Pending, Name::new(old, Kind::Chunk).as_str()) {
+            let old = *self
+                .index
+                .keys()
+                .next()
+                .expect("victims counted from the index");
+            if let Err(e) = self
+                .storage
+                .remove(Area::Pending, Name::new(old, Kind::Chunk).as_str())
+            {
                 if e.kind() != io::ErrorKind::NotFound {
                     let _ = self.storage.remove(Area::Pending, tmp.as_str());
                     return Err(e.into());
@@ -745,11 +815,19 @@ impl<S: Storage> Spool<S> {
             self.count_drop(&mut dropped, &info);
         }
 
-        if let Err(e) = self.storage.rename((Area::Pending, tmp.as_str()), (Area::Pending, fin.as_str())) {
+        if let Err(e) = self
+            .storage
+            .rename((Area::Pending, tmp.as_str()), (Area::Pending, fin.as_str()))
+        {
             let _ = self.storage.remove(Area::Pending, tmp.as_str());
             return Err(e.into());
         }
-        let d = Decoded { header: header.clone(), stored_len, seal, header_len: self.hdr.len() - CRC_LEN };
+        let d = Decoded {
+            header: header.clone(),
+            stored_len,
+            seal,
+            header_len: self.hdr.len() - CRC_LEN,
+        };
         if let Err(e) = self.storage.sync_area(Area::Pending) {
             // Not durable: undo so the caller's view (not stored) matches the directory. If even
             // that fails the chunk exists, so it stays indexed and may be sent (at least once).
@@ -767,7 +845,11 @@ impl<S: Storage> Spool<S> {
     pub fn oldest(&self, dest: Option<&DestKey>) -> Option<u64> {
         match dest {
             None => self.index.keys().next().copied(),
-            Some(d) => self.index.iter().find(|(_, i)| *i.dest == *d).map(|(s, _)| *s),
+            Some(d) => self
+                .index
+                .iter()
+                .find(|(_, i)| *i.dest == *d)
+                .map(|(s, _)| *s),
         }
     }
 
@@ -803,7 +885,9 @@ impl<S: Storage> Spool<S> {
     /// moved to `corrupt/`, counted, forgotten, and reported as [`SpoolError::Corrupt`]; the
     /// caller then moves on to the next `oldest()`. I/O errors leave the chunk pending.
     pub fn read(&mut self, seq: u64, out: &mut [u8]) -> Result<(ChunkHeader, usize), SpoolError> {
-        let Some(info) = self.index.get(&seq) else { return Err(SpoolError::NotFound(seq)) };
+        let Some(info) = self.index.get(&seq) else {
+            return Err(SpoolError::NotFound(seq));
+        };
         let plen = info.payload_len as usize;
         if out.len() < plen {
             return Err(SpoolError::BufferTooSmall { needed: plen });
@@ -831,13 +915,21 @@ impl<S: Storage> Spool<S> {
         }
         let name = Name::new(seq, Kind::Chunk);
         let at = d.payload_offset();
-        if self.storage.read_at(Area::Pending, name.as_str(), at, out)? < out.len() {
+        if self
+            .storage
+            .read_at(Area::Pending, name.as_str(), at, out)?
+            < out.len()
+        {
             return Err(Check::Corrupt("truncated payload".into()));
         }
         let tag_len = if d.seal.is_some() { TAG_LEN } else { 0 };
         let mut tail = [0u8; TAG_LEN + CRC_LEN];
         let tail = &mut tail[..tag_len + CRC_LEN];
-        if self.storage.read_at(Area::Pending, name.as_str(), at + out.len() as u64, tail)? < tail.len() {
+        if self
+            .storage
+            .read_at(Area::Pending, name.as_str(), at + out.len() as u64, tail)?
+            < tail.len()
+        {
             return Err(Check::Corrupt("truncated trailer".into()));
         }
         let (tag, trailer) = tail.split_at(tag_len);
@@ -853,7 +945,9 @@ impl<S: Storage> Spool<S> {
             t.copy_from_slice(tag);
             sealer
                 .open(s, &self.hdr[..d.header_len], t, out)
-                .map_err(|()| Check::Corrupt("authentication failed: tampered or wrong key".into()))?;
+                .map_err(|()| {
+                    Check::Corrupt("authentication failed: tampered or wrong key".into())
+                })?;
         }
         Ok(d.header)
     }
@@ -864,7 +958,10 @@ impl<S: Storage> Spool<S> {
         let name = Name::new(seq, Kind::Chunk);
         let moved = self
             .storage
-            .rename((Area::Pending, name.as_str()), (Area::Corrupt, name.as_str()))
+            .rename(
+                (Area::Pending, name.as_str()),
+                (Area::Corrupt, name.as_str()),
+            )
             .and_then(|()| self.storage.sync_area(Area::Corrupt))
             .and_then(|()| self.storage.sync_area(Area::Pending));
         self.forget(seq);
@@ -911,11 +1008,18 @@ impl<S: Storage> Spool<S> {
             cut -= 1;
         }
         let msg = Name::new(seq, Kind::Msg);
-        if self.storage.write_file(Area::Rejected, msg.as_str(), &[&message.as_bytes()[..cut]]).is_err() {
+        if self
+            .storage
+            .write_file(Area::Rejected, msg.as_str(), &[&message.as_bytes()[..cut]])
+            .is_err()
+        {
             let _ = self.storage.remove(Area::Rejected, msg.as_str());
         }
         let name = Name::new(seq, Kind::Chunk);
-        self.storage.rename((Area::Pending, name.as_str()), (Area::Rejected, name.as_str()))?;
+        self.storage.rename(
+            (Area::Pending, name.as_str()),
+            (Area::Rejected, name.as_str()),
+        )?;
         self.forget(seq);
         self.stats.service_rejected_chunks += 1;
         self.stats.service_rejected_records += records as u64;
@@ -926,7 +1030,11 @@ impl<S: Storage> Spool<S> {
 
     /// Fill level and counters since `open`.
     pub fn stats(&self) -> SpoolStats {
-        SpoolStats { chunks: self.index.len() as u32, bytes: self.bytes, ..self.stats }
+        SpoolStats {
+            chunks: self.index.len() as u32,
+            bytes: self.bytes,
+            ..self.stats
+        }
     }
 
     /// The storage, for inspection.

@@ -25,11 +25,16 @@ pub(crate) struct Sealer {
 impl Sealer {
     pub fn new(key: &[u8; 32]) -> Self {
         // AES-256 accepts every 32-byte key, so this cannot fail.
-        let key_obj = LessSafeKey::new(UnboundKey::new(&AES_256_GCM, key).expect("32-byte AES-256 key"));
+        let key_obj =
+            LessSafeKey::new(UnboundKey::new(&AES_256_GCM, key).expect("32-byte AES-256 key"));
         let tag = hmac::sign(&hmac::Key::new(hmac::HMAC_SHA256, key), KEY_ID_LABEL);
         let mut key_id = [0u8; KEY_ID_LEN];
         key_id.copy_from_slice(&tag.as_ref()[..KEY_ID_LEN]);
-        Sealer { key: key_obj, key_id, rng: SystemRandom::new() }
+        Sealer {
+            key: key_obj,
+            key_id,
+            rng: SystemRandom::new(),
+        }
     }
 
     /// The identifier written into sealed chunk headers.
@@ -41,7 +46,10 @@ impl Sealer {
     pub fn new_sealing(&self) -> Result<Sealing, ()> {
         let mut nonce = [0u8; NONCE_LEN];
         self.rng.fill(&mut nonce).map_err(|_| ())?;
-        Ok(Sealing { nonce, key_id: self.key_id })
+        Ok(Sealing {
+            nonce,
+            key_id: self.key_id,
+        })
     }
 
     /// Encrypts `buf` in place; `aad` is the header (without its CRC).
@@ -56,9 +64,21 @@ impl Sealer {
     }
 
     /// Decrypts `buf` in place; on failure `buf` holds garbage and must not be used.
-    pub fn open(&self, s: &Sealing, aad: &[u8], tag: [u8; TAG_LEN], buf: &mut [u8]) -> Result<(), ()> {
+    pub fn open(
+        &self,
+        s: &Sealing,
+        aad: &[u8],
+        tag: [u8; TAG_LEN],
+        buf: &mut [u8],
+    ) -> Result<(), ()> {
         self.key
-            .open_in_place_separate_tag(Nonce::assume_unique_for_key(s.nonce), Aad::from(aad), Tag::from(tag), buf, 0..)
+            .open_in_place_separate_tag(
+                Nonce::assume_unique_for_key(s.nonce),
+                Aad::from(aad),
+                Tag::from(tag),
+                buf,
+                0..,
+            )
             .map(|_| ())
             .map_err(|_| ())
     }

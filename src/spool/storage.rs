@@ -78,29 +78,38 @@ pub trait Storage {
 
     /// Reads from `offset` until `buf` is full or the file ends; returns the number of bytes read.
     /// Reading in pieces keeps verification of a 4 MiB chunk within a small scratch buffer.
-    fn read_at(&mut self, area: Area, name: &str, offset: u64, buf: &mut [u8]) -> io::Result<usize>;
+    fn read_at(&mut self, area: Area, name: &str, offset: u64, buf: &mut [u8])
+        -> io::Result<usize>;
 }
 
-impl<S: Storage + ?Sized> Storage for &mut S {
-    fn list(&mut self, area: Area, out: &mut Vec<String>) -> io::Result<()> {
-        (**self).list(area, out)
-    }
-    fn write_file(&mut self, area: Area, name: &str, parts: &[&[u8]]) -> io::Result<()> {
-        (**self).write_file(area, name, parts)
-    }
-    fn rename(&mut self, from: (Area, &str), to: (Area, &str)) -> io::Result<()> {
-        (**self).rename(from, to)
-    }
-    fn remove(&mut self, area: Area, name: &str) -> io::Result<()> {
-        (**self).remove(area, name)
-    }
-    fn sync_area(&mut self, area: Area) -> io::Result<()> {
-        (**self).sync_area(area)
-    }
-    fn file_len(&mut self, area: Area, name: &str) -> io::Result<u64> {
-        (**self).file_len(area, name)
-    }
-    fn read_at(&mut self, area: Area, name: &str, offset: u64, buf: &mut [u8]) -> io::Result<usize> {
-        (**self).read_at(area, name, offset, buf)
-    }
+/// Forwards every operation through a pointer type, so a spool can own its storage by value, borrow it, or hold
+/// it boxed behind `dyn Storage` (as the client does, to take a real directory or a fault-injecting test device).
+macro_rules! forward_storage {
+    ($($ptr:ty),*) => {$(
+        impl<S: Storage + ?Sized> Storage for $ptr {
+            fn list(&mut self, area: Area, out: &mut Vec<String>) -> io::Result<()> {
+                (**self).list(area, out)
+            }
+            fn write_file(&mut self, area: Area, name: &str, parts: &[&[u8]]) -> io::Result<()> {
+                (**self).write_file(area, name, parts)
+            }
+            fn rename(&mut self, from: (Area, &str), to: (Area, &str)) -> io::Result<()> {
+                (**self).rename(from, to)
+            }
+            fn remove(&mut self, area: Area, name: &str) -> io::Result<()> {
+                (**self).remove(area, name)
+            }
+            fn sync_area(&mut self, area: Area) -> io::Result<()> {
+                (**self).sync_area(area)
+            }
+            fn file_len(&mut self, area: Area, name: &str) -> io::Result<u64> {
+                (**self).file_len(area, name)
+            }
+            fn read_at(&mut self, area: Area, name: &str, offset: u64, buf: &mut [u8]) -> io::Result<usize> {
+                (**self).read_at(area, name, offset, buf)
+            }
+        }
+    )*};
 }
+
+forward_storage!(&mut S, Box<S>);

@@ -8,7 +8,12 @@ const KEY: [u8; 32] = [0x42; 32];
 const OTHER_KEY: [u8; 32] = [0x24; 32];
 
 fn cfg(key: Option<[u8; 32]>) -> SpoolConfig {
-    SpoolConfig { max_bytes: 64 << 20, max_chunks: 1000, policy: FullPolicy::DropOldest, key }
+    SpoolConfig {
+        max_bytes: 64 << 20,
+        max_chunks: 1000,
+        policy: FullPolicy::DropOldest,
+        key,
+    }
 }
 
 fn dest(table: &str) -> DestKey {
@@ -16,7 +21,11 @@ fn dest(table: &str) -> DestKey {
         database: "telemetry".into(),
         table: table.into(),
         format: "multijson".into(),
-        mapping: if table == "B" { Some("b_mapping".into()) } else { None },
+        mapping: if table == "B" {
+            Some("b_mapping".into())
+        } else {
+            None
+        },
     }
 }
 
@@ -49,7 +58,10 @@ fn chunk(id: u32, table: &str, len: usize) -> (ChunkHeader, Vec<u8>) {
 }
 
 fn last_seq<S: Storage>(sp: &Spool<S>) -> u64 {
-    sp.pending().map(|(s, _)| s).last().expect("something pending")
+    sp.pending()
+        .map(|(s, _)| s)
+        .last()
+        .expect("something pending")
 }
 
 /// Every pending chunk, read back, oldest first.
@@ -58,7 +70,9 @@ fn read_all<S: Storage>(sp: &mut Spool<S>) -> Vec<(u64, ChunkHeader, Vec<u8>)> {
     let mut buf = vec![0u8; 512 * 1024];
     seqs.into_iter()
         .map(|s| {
-            let (h, n) = sp.read(s, &mut buf).unwrap_or_else(|e| panic!("read {s}: {e}"));
+            let (h, n) = sp
+                .read(s, &mut buf)
+                .unwrap_or_else(|e| panic!("read {s}: {e}"));
             (s, h, buf[..n].to_vec())
         })
         .collect()
@@ -71,7 +85,9 @@ impl TempDir {
     fn new(tag: &str) -> Self {
         use std::sync::atomic::{AtomicU32, Ordering};
         static N: AtomicU32 = AtomicU32::new(0);
-        let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_nanos());
+        let nanos = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_nanos());
         let p = std::env::temp_dir().join(format!(
             "kusto-edge-spool-{tag}-{}-{}-{nanos}",
             std::process::id(),
@@ -94,7 +110,11 @@ impl Drop for TempDir {
 fn round_trip_on<S: Storage>(storage: S, key: Option<[u8; 32]>) {
     let (mut sp, report) = Spool::open(storage, cfg(key)).unwrap();
     assert_eq!(report, RecoveryReport::default());
-    let chunks = [chunk(1, "A", 0), chunk(2, "B", 1000), chunk(3, "A", 300 * 1024)];
+    let chunks = [
+        chunk(1, "A", 0),
+        chunk(2, "B", 1000),
+        chunk(3, "A", 300 * 1024),
+    ];
     for (h, p) in &chunks {
         sp.push(h, p).unwrap();
     }
@@ -112,8 +132,14 @@ fn round_trip_on<S: Storage>(storage: S, key: Option<[u8; 32]>) {
     // And again after a reopen, which verifies the 300 KiB chunk in 64 KiB pieces.
     let storage = sp.into_storage();
     let (mut sp, report) = Spool::open(storage, cfg(key)).unwrap();
-    assert_eq!((report.chunks, report.corrupt, report.removed_partial), (3, 0, 0));
-    let again: Vec<_> = read_all(&mut sp).into_iter().map(|(_, h, p)| (h, p)).collect();
+    assert_eq!(
+        (report.chunks, report.corrupt, report.removed_partial),
+        (3, 0, 0)
+    );
+    let again: Vec<_> = read_all(&mut sp)
+        .into_iter()
+        .map(|(_, h, p)| (h, p))
+        .collect();
     assert_eq!(again, chunks.to_vec());
 }
 
@@ -131,7 +157,10 @@ fn chunk_round_trips_sealed_and_payload_is_not_stored_in_clear() {
     let (_, plain) = chunk(2, "B", 1000);
     for name in mem.names(Area::Pending) {
         let data = mem.contents(Area::Pending, &name).unwrap();
-        assert!(!data.windows(64).any(|w| w == &plain[..64]), "payload found in clear in {name}");
+        assert!(
+            !data.windows(64).any(|w| w == &plain[..64]),
+            "payload found in clear in {name}"
+        );
         assert!(!data.windows(32).any(|w| w == KEY), "key written to flash");
     }
     let dir = TempDir::new("rt-key");
@@ -152,9 +181,15 @@ fn largest_allowed_chunk_round_trips_and_one_byte_more_is_too_large() {
     assert_eq!((got, &out[..n]), (h.clone(), &p[..]));
 
     let big = vec![0u8; MAX_PAYLOAD_LEN + 1];
-    assert!(matches!(sp.push(&h, &big), Err(SpoolError::TooLarge { .. })));
+    assert!(matches!(
+        sp.push(&h, &big),
+        Err(SpoolError::TooLarge { .. })
+    ));
     h.raw_len = MAX_RAW_LEN + 1;
-    assert!(matches!(sp.push(&h, b"x"), Err(SpoolError::TooLarge { .. })));
+    assert!(matches!(
+        sp.push(&h, b"x"),
+        Err(SpoolError::TooLarge { .. })
+    ));
     assert_eq!(sp.len(), 1);
 }
 
@@ -228,14 +263,21 @@ fn tampered_sealed_chunk_with_valid_crc_fails_authentication_on_read() {
         d[at] = b'X';
     });
     let (mut sp, report) = Spool::open(mem.clone(), cfg(Some(KEY))).unwrap();
-    assert_eq!((report.chunks, report.corrupt), (3, 0), "CRCs are valid, so open cannot tell");
+    assert_eq!(
+        (report.chunks, report.corrupt),
+        (3, 0),
+        "CRCs are valid, so open cannot tell"
+    );
     let mut buf = vec![0u8; 4096];
     for seq in [0, 1] {
         match sp.read(seq, &mut buf) {
             Err(SpoolError::Corrupt(m)) => assert!(m.contains("authentication"), "{m}"),
             other => panic!("tampered chunk returned: {other:?}"),
         }
-        assert!(buf.iter().all(|&b| b == 0), "no plaintext of a forged chunk is left in the buffer");
+        assert!(
+            buf.iter().all(|&b| b == 0),
+            "no plaintext of a forged chunk is left in the buffer"
+        );
     }
     let (h, n) = sp.read(2, &mut buf).unwrap();
     assert_eq!((h, buf[..n].to_vec()), chunk(2, "A", 200));
@@ -270,7 +312,10 @@ fn read_into_too_small_buffer_consumes_nothing() {
     let (h, p) = chunk(1, "A", 100);
     sp.push(&h, &p).unwrap();
     let mut small = [0u8; 99];
-    assert!(matches!(sp.read(0, &mut small), Err(SpoolError::BufferTooSmall { needed: 100 })));
+    assert!(matches!(
+        sp.read(0, &mut small),
+        Err(SpoolError::BufferTooSmall { needed: 100 })
+    ));
     let mut exact = [0u8; 100];
     assert_eq!(sp.read(0, &mut exact).unwrap().1, 100);
     assert_eq!(&exact[..], &p[..]);
@@ -302,7 +347,11 @@ fn workload(mem: &MemStorage, key: Option<[u8; 32]>, first: u32, model: &mut Mod
         model: &mut Model,
         seq_of: &mut HashMap<u32, (u64, [u8; 16])>,
     ) -> Option<()> {
-        let (h, p) = chunk(i, if i & 1 == 0 { "A" } else { "B" }, 50 + (i as usize * 397) % 1500);
+        let (h, p) = chunk(
+            i,
+            if i & 1 == 0 { "A" } else { "B" },
+            50 + (i as usize * 397) % 1500,
+        );
         model.attempted.insert(h.chunk_id, (h.clone(), p.clone()));
         sp.push(&h, &p).ok()?;
         model.durable.push(h.chunk_id);
@@ -321,7 +370,11 @@ fn workload(mem: &MemStorage, key: Option<[u8; 32]>, first: u32, model: &mut Mod
     }
     let (seq, id) = seq_of[&1];
     model.durable.retain(|d| *d != id);
-    sp.reject(seq, "BadRequest_InvalidMapping: mapping 'b_mapping' not found").ok()?;
+    sp.reject(
+        seq,
+        "BadRequest_InvalidMapping: mapping 'b_mapping' not found",
+    )
+    .ok()?;
     model.gone.insert(id);
     model.rejected.push(id);
     for i in first..first + 2 {
@@ -332,29 +385,56 @@ fn workload(mem: &MemStorage, key: Option<[u8; 32]>, first: u32, model: &mut Mod
 
 /// The invariants after a reboot.
 fn check_after_reboot(mem: &MemStorage, key: Option<[u8; 32]>, model: &Model, what: &str) {
-    let (mut sp, report) =
-        Spool::open(mem.clone(), cfg(key)).unwrap_or_else(|e| panic!("{what}: open after power cut: {e}"));
-    assert_eq!(report.corrupt, 0, "{what}: a power cut must never corrupt a chunk");
+    let (mut sp, report) = Spool::open(mem.clone(), cfg(key))
+        .unwrap_or_else(|e| panic!("{what}: open after power cut: {e}"));
+    assert_eq!(
+        report.corrupt, 0,
+        "{what}: a power cut must never corrupt a chunk"
+    );
     let got = read_all(&mut sp);
     let mut found = Vec::new();
     for (_, h, p) in &got {
-        let (eh, ep) = model.attempted.get(&h.chunk_id).unwrap_or_else(|| panic!("{what}: never pushed"));
+        let (eh, ep) = model
+            .attempted
+            .get(&h.chunk_id)
+            .unwrap_or_else(|| panic!("{what}: never pushed"));
         assert_eq!((h, p), (eh, ep), "{what}: content differs");
-        assert!(!model.gone.contains(&h.chunk_id), "{what}: removed/rejected chunk came back");
+        assert!(
+            !model.gone.contains(&h.chunk_id),
+            "{what}: removed/rejected chunk came back"
+        );
         found.push(h.chunk_id);
     }
     for id in &model.durable {
-        assert!(found.contains(id), "{what}: durable chunk {:?} lost", &id[..4]);
+        assert!(
+            found.contains(id),
+            "{what}: durable chunk {:?} lost",
+            &id[..4]
+        );
     }
-    let order: Vec<u32> = found.iter().map(|id| u32::from_le_bytes([id[0], id[1], id[2], id[3]])).collect();
-    assert!(order.windows(2).all(|w| w[0] < w[1]), "{what}: order {order:?} is not push order");
-    assert!(mem.names(Area::Pending).iter().all(|n| n.ends_with(".chunk")), "{what}: leftovers");
+    let order: Vec<u32> = found
+        .iter()
+        .map(|id| u32::from_le_bytes([id[0], id[1], id[2], id[3]]))
+        .collect();
+    assert!(
+        order.windows(2).all(|w| w[0] < w[1]),
+        "{what}: order {order:?} is not push order"
+    );
+    assert!(
+        mem.names(Area::Pending)
+            .iter()
+            .all(|n| n.ends_with(".chunk")),
+        "{what}: leftovers"
+    );
     // A chunk is in exactly one place: pending, or rejected/ once reject was called.
     let rejected = mem.names(Area::Rejected);
     for (id, (h, _)) in &model.attempted {
         let name = format!("{:016x}.chunk", h.records - 1); // chunk i got sequence number i here
         let pending = found.contains(id);
-        assert!(!(pending && rejected.contains(&name)), "{what}: chunk both pending and rejected");
+        assert!(
+            !(pending && rejected.contains(&name)),
+            "{what}: chunk both pending and rejected"
+        );
         if model.rejected.contains(id) {
             assert!(rejected.contains(&name), "{what}: rejected chunk missing");
         }
@@ -362,7 +442,8 @@ fn check_after_reboot(mem: &MemStorage, key: Option<[u8; 32]>, model: &Model, wh
     // The spool keeps working, and numbers never go backwards past what is stored.
     let before = sp.pending().map(|(s, _)| s).max();
     let (h, p) = chunk(999, "A", 10);
-    sp.push(&h, &p).unwrap_or_else(|e| panic!("{what}: push after recovery: {e}"));
+    sp.push(&h, &p)
+        .unwrap_or_else(|e| panic!("{what}: push after recovery: {e}"));
     assert!(before.is_none_or(|b| last_seq(&sp) > b));
 }
 
@@ -373,7 +454,11 @@ fn power_loss_sweep(first: u32, seeds: u64, keys: &[Option<[u8; 32]>]) -> usize 
             let mem = MemStorage::new();
             let mut model = Model::default();
             workload(&mem, key, first, &mut model).expect("workload without faults");
-            assert_eq!(model.durable.len() as u32, first - 1, "3 of first settled, 2 more pushed");
+            assert_eq!(
+                model.durable.len() as u32,
+                first - 1,
+                "3 of first settled, 2 more pushed"
+            );
             mem.op_count()
         };
         for n in 0..=total {
@@ -383,9 +468,21 @@ fn power_loss_sweep(first: u32, seeds: u64, keys: &[Option<[u8; 32]>]) -> usize 
                     mem.cut_power_after(n, mode);
                     let mut model = Model::default();
                     let finished = workload(&mem, key, first, &mut model).is_some();
-                    assert_eq!(finished, n == total, "the cut at {n} must interrupt the workload");
+                    assert_eq!(
+                        finished,
+                        n == total,
+                        "the cut at {n} must interrupt the workload"
+                    );
                     mem.reboot();
-                    check_after_reboot(&mem, key, &model, &format!("cut at op {n}/{total}, {mode:?}, seed {seed}, key {}", key.is_some()));
+                    check_after_reboot(
+                        &mem,
+                        key,
+                        &model,
+                        &format!(
+                            "cut at op {n}/{total}, {mode:?}, seed {seed}, key {}",
+                            key.is_some()
+                        ),
+                    );
                     runs += 1;
                 }
             }
@@ -425,7 +522,10 @@ fn recovery_itself_survives_a_second_power_cut() {
                 mem.reboot();
                 // Leave a corrupt chunk too, so recovery has moves to do.
                 if let Some(name) = mem.names(Area::Pending).first() {
-                    let id = model.attempted.values().find(|(h, _)| format!("{:016x}.chunk", h.records - 1) == *name);
+                    let id = model
+                        .attempted
+                        .values()
+                        .find(|(h, _)| format!("{:016x}.chunk", h.records - 1) == *name);
                     if let Some((h, _)) = id {
                         let cid = h.chunk_id;
                         model.durable.retain(|d| *d != cid);
@@ -446,7 +546,10 @@ fn recovery_itself_survives_a_second_power_cut() {
                     assert!(!model.gone.contains(&h.chunk_id));
                 }
                 let ids: HashSet<_> = sp.pending().map(|(_, i)| i.chunk_id).collect();
-                assert!(model.durable.iter().all(|d| ids.contains(d)), "cut {n}, then {m} into recovery");
+                assert!(
+                    model.durable.iter().all(|d| ids.contains(d)),
+                    "cut {n}, then {m} into recovery"
+                );
             }
         }
     }
@@ -483,7 +586,8 @@ fn truncated_and_bit_flipped_files_go_to_corrupt_and_intact_ones_are_still_retur
                 data.truncate(cut);
             } else {
                 for _ in 0..1 + rnd.next().unwrap() % 4 {
-                    let at = (rnd.next().unwrap() * 65_537 + rnd.next().unwrap() * 257) as usize % data.len();
+                    let at = (rnd.next().unwrap() * 65_537 + rnd.next().unwrap() * 257) as usize
+                        % data.len();
                     data[at] ^= 1 + (rnd.next().unwrap() % 255) as u8;
                 }
             }
@@ -501,11 +605,20 @@ fn truncated_and_bit_flipped_files_go_to_corrupt_and_intact_ones_are_still_retur
         assert_eq!(report.removed_partial, 1);
         assert_eq!(sp.stats().corrupt_chunks as usize, damaged.len() + 2);
         let got = read_all(&mut sp);
-        let expect: Vec<_> = (0..12u32).filter(|i| !damaged.contains(i)).map(|i| all[i as usize].clone()).collect();
-        assert_eq!(got.into_iter().map(|(_, h, p)| (h, p)).collect::<Vec<_>>(), expect);
+        let expect: Vec<_> = (0..12u32)
+            .filter(|i| !damaged.contains(i))
+            .map(|i| all[i as usize].clone())
+            .collect();
+        assert_eq!(
+            got.into_iter().map(|(_, h, p)| (h, p)).collect::<Vec<_>>(),
+            expect
+        );
         let corrupt = fs::read_dir(dir.0.join("corrupt")).unwrap().count();
         assert_eq!(corrupt, damaged.len() + 2);
-        assert!(dir.0.join("README").exists(), "foreign files are left alone");
+        assert!(
+            dir.0.join("README").exists(),
+            "foreign files are left alone"
+        );
         // New chunks continue after the largest name ever seen (including corrupt/ ones).
         let (h, p) = chunk(50, "A", 10);
         sp.push(&h, &p).unwrap();
@@ -513,13 +626,18 @@ fn truncated_and_bit_flipped_files_go_to_corrupt_and_intact_ones_are_still_retur
 
         // Damage while open: detected by read, not returned.
         let victim = sp.oldest(None).unwrap();
-        let path = sp.storage().path(Area::Pending, &format!("{victim:016x}.chunk"));
+        let path = sp
+            .storage()
+            .path(Area::Pending, &format!("{victim:016x}.chunk"));
         let mut data = fs::read(&path).unwrap();
         let last = data.len() - 5;
         data[last] ^= 0x10;
         fs::write(&path, &data).unwrap();
         let mut buf = vec![0u8; 128 * 1024];
-        assert!(matches!(sp.read(victim, &mut buf), Err(SpoolError::Corrupt(_))));
+        assert!(matches!(
+            sp.read(victim, &mut buf),
+            Err(SpoolError::Corrupt(_))
+        ));
         assert!(!path.exists());
         assert_eq!(sp.stats().corrupt_chunks as usize, damaged.len() + 3);
     }
@@ -541,9 +659,16 @@ fn enospc_mid_write_stores_nothing_and_keeps_earlier_chunks() {
         let e = sp.push(&h, &p).unwrap_err();
         assert!(matches!(e, SpoolError::NoSpace), "{e:?}");
         assert!(e.to_string().contains("free space"), "{e}");
-        assert_eq!(mem.names(Area::Pending).len(), 3, "the partial temp file is gone");
+        assert_eq!(
+            mem.names(Area::Pending).len(),
+            3,
+            "the partial temp file is gone"
+        );
         assert_eq!(sp.stats().chunks, 3);
-        let got: Vec<_> = read_all(&mut sp).into_iter().map(|(_, h, p)| (h, p)).collect();
+        let got: Vec<_> = read_all(&mut sp)
+            .into_iter()
+            .map(|(_, h, p)| (h, p))
+            .collect();
         assert_eq!(got, early);
         // Acknowledging frees room; pushing works again.
         sp.remove(0).unwrap();
@@ -577,10 +702,22 @@ fn eio_at_any_step_of_a_push_leaves_the_spool_consistent() {
         let e = sp.push(&h1, &p1).unwrap_err();
         assert!(matches!(e, SpoolError::Io(_)), "op {k}: {e:?}");
         assert_eq!(sp.len(), 1, "op {k}");
-        assert!(mem.names(Area::Pending).iter().all(|n| n.ends_with(".chunk")), "op {k}: leftovers");
+        assert!(
+            mem.names(Area::Pending)
+                .iter()
+                .all(|n| n.ends_with(".chunk")),
+            "op {k}: leftovers"
+        );
         sp.push(&h1, &p1).unwrap();
-        let got: Vec<_> = read_all(&mut sp).into_iter().map(|(_, h, p)| (h, p)).collect();
-        assert_eq!(got, vec![(h0.clone(), p0.clone()), (h1.clone(), p1.clone())], "op {k}");
+        let got: Vec<_> = read_all(&mut sp)
+            .into_iter()
+            .map(|(_, h, p)| (h, p))
+            .collect();
+        assert_eq!(
+            got,
+            vec![(h0.clone(), p0.clone()), (h1.clone(), p1.clone())],
+            "op {k}"
+        );
         drop(sp);
         mem.reboot();
         let (sp, report) = Spool::open(mem, cfg(Some(KEY))).unwrap();
@@ -601,10 +738,15 @@ fn eio_on_remove_and_on_reads_keeps_the_chunk_pending() {
 
     mem.set_fail_reads(true);
     let mut buf = [0u8; 100];
-    assert!(matches!(sp.read(0, &mut buf), Err(SpoolError::Io(_))), "EIO is not corruption");
+    assert!(
+        matches!(sp.read(0, &mut buf), Err(SpoolError::Io(_))),
+        "EIO is not corruption"
+    );
     assert_eq!(sp.stats().corrupt_chunks, 0);
     drop(sp);
-    let e = Spool::open(mem.clone(), cfg(None)).err().expect("open cannot verify chunks");
+    let e = Spool::open(mem.clone(), cfg(None))
+        .err()
+        .expect("open cannot verify chunks");
     assert!(matches!(e, SpoolError::Io(_)));
     mem.set_fail_reads(false);
     let (mut sp, report) = Spool::open(mem.clone(), cfg(None)).unwrap();
@@ -633,31 +775,54 @@ fn read_only_filesystem_refuses_changes_but_still_serves_chunks() {
     // Reopening read-only with repairs due (a leftover temp file, a corrupt chunk): the intact
     // chunk is still served, the damaged one is not, and the repairs happen once writable.
     let mut m = mem.clone();
-    m.write_file(Area::Pending, "00000000000000aa.tmp", &[b"partial"]).unwrap();
+    m.write_file(Area::Pending, "00000000000000aa.tmp", &[b"partial"])
+        .unwrap();
     let (mut sp, _) = Spool::open(mem.clone(), cfg(None)).unwrap(); // numbers resume after 0xaa
     let (h2, p2) = chunk(2, "B", 10);
     sp.push(&h2, &p2).unwrap();
     drop(sp);
-    m.write_file(Area::Pending, "00000000000000ac.tmp", &[b"partial"]).unwrap();
+    m.write_file(Area::Pending, "00000000000000ac.tmp", &[b"partial"])
+        .unwrap();
     assert!(mem.flip_bit(Area::Pending, "00000000000000ab.chunk", 100));
     mem.set_read_only(true);
     let (mut sp, report) = Spool::open(mem.clone(), cfg(None)).unwrap();
-    assert_eq!((report.chunks, report.corrupt, report.removed_partial), (1, 1, 0));
+    assert_eq!(
+        (report.chunks, report.corrupt, report.removed_partial),
+        (1, 1, 0)
+    );
     assert_eq!(read_all(&mut sp).len(), 1);
     drop(sp);
     mem.set_read_only(false);
     let (_, report) = Spool::open(mem.clone(), cfg(None)).unwrap();
-    assert_eq!((report.chunks, report.corrupt, report.removed_partial), (1, 1, 1));
-    assert_eq!(mem.names(Area::Corrupt), vec!["00000000000000ab.chunk".to_string()]);
+    assert_eq!(
+        (report.chunks, report.corrupt, report.removed_partial),
+        (1, 1, 1)
+    );
+    assert_eq!(
+        mem.names(Area::Corrupt),
+        vec!["00000000000000ab.chunk".to_string()]
+    );
 }
 
 #[test]
 fn os_errors_are_classified_by_errno() {
     // Linux numbers: ENOSPC 28, EDQUOT 122, EROFS 30, EIO 5.
-    assert!(matches!(SpoolError::from(io::Error::from_raw_os_error(28)), SpoolError::NoSpace));
-    assert!(matches!(SpoolError::from(io::Error::from_raw_os_error(122)), SpoolError::NoSpace));
-    assert!(matches!(SpoolError::from(io::Error::from_raw_os_error(30)), SpoolError::ReadOnly));
-    assert!(matches!(SpoolError::from(io::Error::from_raw_os_error(5)), SpoolError::Io(_)));
+    assert!(matches!(
+        SpoolError::from(io::Error::from_raw_os_error(28)),
+        SpoolError::NoSpace
+    ));
+    assert!(matches!(
+        SpoolError::from(io::Error::from_raw_os_error(122)),
+        SpoolError::NoSpace
+    ));
+    assert!(matches!(
+        SpoolError::from(io::Error::from_raw_os_error(30)),
+        SpoolError::ReadOnly
+    ));
+    assert!(matches!(
+        SpoolError::from(io::Error::from_raw_os_error(5)),
+        SpoolError::Io(_)
+    ));
 }
 
 // ---------------------------------------------------------------- capacity
@@ -665,9 +830,14 @@ fn os_errors_are_classified_by_errno() {
 #[test]
 fn drop_oldest_makes_room_and_counts_what_it_dropped() {
     let mem = MemStorage::new();
-    let c = SpoolConfig { max_chunks: 3, ..cfg(None) };
+    let c = SpoolConfig {
+        max_chunks: 3,
+        ..cfg(None)
+    };
     let (mut sp, _) = Spool::open(mem.clone(), c.clone()).unwrap();
-    let chunks: Vec<_> = (0..5).map(|i| chunk(i, if i == 1 { "B" } else { "A" }, 100)).collect();
+    let chunks: Vec<_> = (0..5)
+        .map(|i| chunk(i, if i == 1 { "B" } else { "A" }, 100))
+        .collect();
     let mut sizes = Vec::new();
     for (i, (h, p)) in chunks.iter().enumerate() {
         let d = sp.push(h, p).unwrap();
@@ -676,46 +846,90 @@ fn drop_oldest_makes_room_and_counts_what_it_dropped() {
             assert_eq!(d, Dropped::default());
         } else {
             let old = i - 3;
-            assert_eq!(d, Dropped { chunks: 1, records: chunks[old].0.records as u64, bytes: sizes[old] });
+            assert_eq!(
+                d,
+                Dropped {
+                    chunks: 1,
+                    records: chunks[old].0.records as u64,
+                    bytes: sizes[old]
+                }
+            );
         }
     }
     let s = sp.stats();
-    assert_eq!((s.chunks, s.dropped_chunks, s.dropped_records), (3, 2, 1 + 2));
+    assert_eq!(
+        (s.chunks, s.dropped_chunks, s.dropped_records),
+        (3, 2, 1 + 2)
+    );
     assert_eq!(s.dropped_bytes, sizes[0] + sizes[1]);
-    assert_eq!(sp.oldest(Some(&dest("B"))), None, "B's only chunk was the oldest but one");
+    assert_eq!(
+        sp.oldest(Some(&dest("B"))),
+        None,
+        "B's only chunk was the oldest but one"
+    );
     assert_eq!(mem.names(Area::Pending).len(), 3);
 
     // By bytes: a chunk needing the room of two old ones drops two.
     let budget = sp.stats().bytes + 50;
     drop(sp);
-    let (mut sp, _) = Spool::open(mem.clone(), SpoolConfig { max_bytes: budget, ..c }).unwrap();
+    let (mut sp, _) = Spool::open(
+        mem.clone(),
+        SpoolConfig {
+            max_bytes: budget,
+            ..c
+        },
+    )
+    .unwrap();
     let (h, p) = chunk(9, "A", 250);
     let d = sp.push(&h, &p).unwrap();
     assert_eq!(d.chunks, 2);
     assert!(sp.stats().bytes <= budget);
-    assert_eq!(sp.pending().map(|(_, i)| i.records).collect::<Vec<_>>(), vec![5, 10]);
+    assert_eq!(
+        sp.pending().map(|(_, i)| i.records).collect::<Vec<_>>(),
+        vec![5, 10]
+    );
 }
 
 #[test]
 fn reject_new_refuses_when_full_and_touches_nothing() {
     let mem = MemStorage::new();
-    let c = SpoolConfig { max_chunks: 2, policy: FullPolicy::RejectNew, ..cfg(None) };
+    let c = SpoolConfig {
+        max_chunks: 2,
+        policy: FullPolicy::RejectNew,
+        ..cfg(None)
+    };
     let (mut sp, _) = Spool::open(mem.clone(), c).unwrap();
     for i in 0..2 {
         let (h, p) = chunk(i, "A", 100);
         sp.push(&h, &p).unwrap();
     }
     let ops = mem.op_count();
-    let snapshot: Vec<_> = mem.names(Area::Pending).into_iter().map(|n| (mem.contents(Area::Pending, &n), n)).collect();
+    let snapshot: Vec<_> = mem
+        .names(Area::Pending)
+        .into_iter()
+        .map(|n| (mem.contents(Area::Pending, &n), n))
+        .collect();
     let (h, p) = chunk(2, "A", 100);
     let e = sp.push(&h, &p).unwrap_err();
     assert!(matches!(e, SpoolError::Full));
     assert!(e.to_string().contains("DropOldest"));
     assert_eq!(mem.op_count(), ops, "not a single write");
-    let now: Vec<_> = mem.names(Area::Pending).into_iter().map(|n| (mem.contents(Area::Pending, &n), n)).collect();
+    let now: Vec<_> = mem
+        .names(Area::Pending)
+        .into_iter()
+        .map(|n| (mem.contents(Area::Pending, &n), n))
+        .collect();
     assert_eq!(now, snapshot);
     let s = sp.stats();
-    assert_eq!((s.chunks, s.rejected_chunks, s.rejected_records, s.dropped_chunks), (2, 1, 3, 0));
+    assert_eq!(
+        (
+            s.chunks,
+            s.rejected_chunks,
+            s.rejected_records,
+            s.dropped_chunks
+        ),
+        (2, 1, 3, 0)
+    );
     // Draining makes room again.
     sp.remove(0).unwrap();
     sp.push(&h, &p).unwrap();
@@ -723,12 +937,25 @@ fn reject_new_refuses_when_full_and_touches_nothing() {
 
 #[test]
 fn chunk_larger_than_the_whole_spool_is_too_large() {
-    let c = SpoolConfig { max_bytes: 1000, ..cfg(None) };
+    let c = SpoolConfig {
+        max_bytes: 1000,
+        ..cfg(None)
+    };
     let (mut sp, _) = Spool::open(MemStorage::new(), c).unwrap();
     let (h, p) = chunk(0, "A", 1000);
-    assert!(matches!(sp.push(&h, &p), Err(SpoolError::TooLarge { max: 1000, .. })));
+    assert!(matches!(
+        sp.push(&h, &p),
+        Err(SpoolError::TooLarge { max: 1000, .. })
+    ));
     assert!(sp.is_empty());
-    assert!(Spool::open(MemStorage::new(), SpoolConfig { max_chunks: 0, ..cfg(None) }).is_err());
+    assert!(Spool::open(
+        MemStorage::new(),
+        SpoolConfig {
+            max_chunks: 0,
+            ..cfg(None)
+        }
+    )
+    .is_err());
 }
 
 #[test]
@@ -740,15 +967,36 @@ fn lowered_limits_apply_on_open_according_to_the_policy() {
         sp.push(&h, &p).unwrap();
     }
     drop(sp);
-    let keep = SpoolConfig { max_chunks: 3, policy: FullPolicy::RejectNew, ..cfg(None) };
+    let keep = SpoolConfig {
+        max_chunks: 3,
+        policy: FullPolicy::RejectNew,
+        ..cfg(None)
+    };
     let (mut sp, report) = Spool::open(mem.clone(), keep).unwrap();
-    assert_eq!((report.chunks, report.dropped.chunks), (5, 0), "RejectNew never drops");
-    assert!(matches!(sp.push(&chunk(7, "A", 1).0, b"x"), Err(SpoolError::Full)));
+    assert_eq!(
+        (report.chunks, report.dropped.chunks),
+        (5, 0),
+        "RejectNew never drops"
+    );
+    assert!(matches!(
+        sp.push(&chunk(7, "A", 1).0, b"x"),
+        Err(SpoolError::Full)
+    ));
     drop(sp);
-    let trim = SpoolConfig { max_chunks: 3, ..cfg(None) };
+    let trim = SpoolConfig {
+        max_chunks: 3,
+        ..cfg(None)
+    };
     let (sp, report) = Spool::open(mem.clone(), trim).unwrap();
     assert_eq!(report.chunks, 3);
-    assert_eq!(report.dropped, Dropped { chunks: 2, records: 1 + 2, bytes: report.dropped.bytes });
+    assert_eq!(
+        report.dropped,
+        Dropped {
+            chunks: 2,
+            records: 1 + 2,
+            bytes: report.dropped.bytes
+        }
+    );
     assert_eq!(sp.oldest(None), Some(2));
     assert_eq!(sp.stats().dropped_chunks, 2);
 }
@@ -784,9 +1032,15 @@ fn oldest_per_destination_follows_push_order_and_sequence_resumes_after_reopen()
         sp.push(&h, &p).unwrap();
     }
     let (a, b) = (dest("A"), dest("B"));
-    assert_eq!((sp.oldest(None), sp.oldest(Some(&a)), sp.oldest(Some(&b))), (Some(0), Some(0), Some(1)));
+    assert_eq!(
+        (sp.oldest(None), sp.oldest(Some(&a)), sp.oldest(Some(&b))),
+        (Some(0), Some(0), Some(1))
+    );
     sp.remove(0).unwrap();
-    assert_eq!((sp.oldest(None), sp.oldest(Some(&a)), sp.oldest(Some(&b))), (Some(1), Some(2), Some(1)));
+    assert_eq!(
+        (sp.oldest(None), sp.oldest(Some(&a)), sp.oldest(Some(&b))),
+        (Some(1), Some(2), Some(1))
+    );
     sp.remove(1).unwrap();
     assert_eq!(sp.oldest(Some(&b)), Some(4));
     assert_eq!(sp.oldest(Some(&dest("C"))), None);
@@ -796,12 +1050,18 @@ fn oldest_per_destination_follows_push_order_and_sequence_resumes_after_reopen()
     mem.reboot(); // removals were durable
     let (mut sp, report) = Spool::open(mem.clone(), cfg(None)).unwrap();
     assert_eq!(report.chunks, 3);
-    assert_eq!(sp.pending().map(|(s, _)| s).collect::<Vec<_>>(), vec![2, 3, 4]);
+    assert_eq!(
+        sp.pending().map(|(s, _)| s).collect::<Vec<_>>(),
+        vec![2, 3, 4]
+    );
     let (h, p) = chunk(5, "B", 20);
     sp.push(&h, &p).unwrap();
     assert_eq!(last_seq(&sp), 5);
     assert_eq!(sp.oldest(Some(&b)), Some(4));
-    assert!(Arc::ptr_eq(&sp.info(4).unwrap().dest, &sp.info(5).unwrap().dest), "destinations are shared");
+    assert!(
+        Arc::ptr_eq(&sp.info(4).unwrap().dest, &sp.info(5).unwrap().dest),
+        "destinations are shared"
+    );
 }
 
 #[test]
@@ -816,12 +1076,22 @@ fn rejected_chunk_moves_aside_with_the_service_message_and_never_comes_back() {
     sp.reject(0, "BadRequest_BadFormat: not JSON").unwrap();
     sp.reject(2, &long).unwrap();
     assert_eq!(sp.pending().map(|(s, _)| s).collect::<Vec<_>>(), vec![1]);
-    assert!(matches!(sp.reject(0, "again"), Err(SpoolError::NotFound(0))));
+    assert!(matches!(
+        sp.reject(0, "again"),
+        Err(SpoolError::NotFound(0))
+    ));
     let s = sp.stats();
-    assert_eq!((s.service_rejected_chunks, s.service_rejected_records), (2, 1 + 3));
-    let msg = mem.contents(Area::Rejected, "0000000000000000.msg").unwrap();
+    assert_eq!(
+        (s.service_rejected_chunks, s.service_rejected_records),
+        (2, 1 + 3)
+    );
+    let msg = mem
+        .contents(Area::Rejected, "0000000000000000.msg")
+        .unwrap();
     assert_eq!(msg, b"BadRequest_BadFormat: not JSON");
-    let msg = mem.contents(Area::Rejected, "0000000000000002.msg").unwrap();
+    let msg = mem
+        .contents(Area::Rejected, "0000000000000002.msg")
+        .unwrap();
     assert_eq!(msg.len(), MAX_REJECT_MESSAGE_LEN);
     assert!(std::str::from_utf8(&msg).is_ok());
     drop(sp);
@@ -840,7 +1110,10 @@ fn rejecting_on_a_full_disk_still_moves_the_chunk() {
     mem.set_space_limit(Some(mem.used_bytes()));
     sp.reject(0, "bad").unwrap();
     assert!(sp.is_empty());
-    assert_eq!(mem.names(Area::Rejected), vec!["0000000000000000.chunk".to_string()]);
+    assert_eq!(
+        mem.names(Area::Rejected),
+        vec!["0000000000000000.chunk".to_string()]
+    );
 }
 
 #[test]
@@ -858,10 +1131,15 @@ fn spool_can_move_to_the_thread_that_owns_the_client() {
 
 #[test]
 fn power_cut_while_dropping_oldest_loses_only_the_chunk_being_dropped() {
-    let c = SpoolConfig { max_chunks: 3, ..cfg(None) };
+    let c = SpoolConfig {
+        max_chunks: 3,
+        ..cfg(None)
+    };
     // Ok-pushed chunk ids in push order; the in-flight one is recorded before the call.
     let run = |mem: &MemStorage, ok: &mut Vec<u32>, in_flight: &mut Option<u32>| {
-        let Ok((mut sp, _)) = Spool::open(mem.clone(), c.clone()) else { return };
+        let Ok((mut sp, _)) = Spool::open(mem.clone(), c.clone()) else {
+            return;
+        };
         for i in 0..7u32 {
             let (h, p) = chunk(i, "A", 100 + i as usize * 50);
             *in_flight = Some(i);
@@ -890,7 +1168,11 @@ fn power_cut_while_dropping_oldest_loses_only_the_chunk_being_dropped() {
                 .into_iter()
                 .map(|(_, h, p)| {
                     let i = h.records - 1;
-                    assert_eq!((h, p), chunk(i, "A", 100 + i as usize * 50), "cut {n} {mode:?}");
+                    assert_eq!(
+                        (h, p),
+                        chunk(i, "A", 100 + i as usize * 50),
+                        "cut {n} {mode:?}"
+                    );
                     i
                 })
                 .collect();
@@ -898,10 +1180,16 @@ fn power_cut_while_dropping_oldest_loses_only_the_chunk_being_dropped() {
             // The newest two acknowledged chunks could not be victims of the interrupted push.
             let must: Vec<u32> = ok.iter().rev().take(2).copied().collect();
             for i in &must {
-                assert!(got.contains(i), "cut {n} {mode:?}: chunk {i} lost, have {got:?}, ok {ok:?}");
+                assert!(
+                    got.contains(i),
+                    "cut {n} {mode:?}: chunk {i} lost, have {got:?}, ok {ok:?}"
+                );
             }
             let allowed: Vec<u32> = ok.iter().rev().take(3).copied().chain(in_flight).collect();
-            assert!(got.iter().all(|i| allowed.contains(i)), "cut {n} {mode:?}: {got:?} vs {allowed:?}");
+            assert!(
+                got.iter().all(|i| allowed.contains(i)),
+                "cut {n} {mode:?}: {got:?} vs {allowed:?}"
+            );
         }
     }
 }

@@ -1,0 +1,447 @@
+//! The client with a flash spool, against the test endpoint over loopback: outages, restarts, refusals, full and
+//! failing disks, encryption at rest.
+
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use kusto_devserver::{Fault, Server, ServerConfig};
+use kusto_edge::spool::{Area, MemStorage};
+use kusto_edge::{Client, Config, ErrorKind, Outcome};
+
+fn temp_dir(name: &str) -> PathBuf {
+    let d = std::env::temp_dir().join(format!("kedge-spool-{name}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&d);
+    d
+}
+
+fn config(server: &Server, spool: &Path, extra: &[(&str, &str)]) -> Config {
+    let mut c = Config::default();
+    c.set("url", &server.url()).unwrap();
+    if let Some(pem) = server.ca_pem() {
+        c.add_ca_pem(pem.as_bytes()).unwrap();
+    } else {
+        c.set("http.allow_plain", "true").unwrap();
+    }
+    c.set("spool.dir", spool.to_str().unwrap()).unwrap();
+    c.set("retry.base_ms", "10").unwrap();
+    c.set("retry.max_delay_ms", "50").unwrap();
+    c.set("retry.max_attempts", "2").unwrap();
+    c.set("batch.max_age_ms", "0").unwrap();
+    for (k, v) in extra {
+        c.set(k, v).unwrap();
+    }
+    c
+}
+
+fn record(seq: u64) -> String {
+    format!(
+        r#"{{"seq":{seq},"device":"gw-3","temp":{}.{},"status":"ok"}}"#,
+        15 + seq % 9,
+        seq % 10
+    )
+}
+
+fn seqs(server: &Server, db: &str, table: &str) -> Vec<u64> {
+    let mut v: Vec<u64> = server
+        .records(db, table)
+        .iter()
+        .map(|r| {
+            let s = std::str::from_utf8(r).unwrap();
+            let i = s.find("\"seq\":").unwrap() + 6;
+            s[i..]
+                .split(|c: char| !c.is_ascii_digit())
+                .next()
+                .unwrap()
+                .parse()
+                .unwrap()
+        })
+        .collect();
+    v.sort_unstable();
+    v
+}
+
+fn chunk_files(dir: &Path) -> Vec<PathBuf> {
+    let mut v: Vec<PathBuf> = std::fs::read_dir(dir)
+        .map(|it| {
+            it.filter_map(|e| e.ok())
+                .map(|e| e.path())
+                .filter(|p| p.extension().is_some_and(|x| x == "chunk"))
+                .collect()
+        })
+        .unwrap_or_default();
+    v.sort();
+    v
+}
+
+/// Drains the spool by polling until it is empty (bounded).
+fn drain(client: &Client) {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let _ = client.flush();
+        let s = client.stats();
+        if s.spool_chunks == 0 && s.records_buffered == 0 {
+            return;
+        }
+        assert!(Instant::now() < deadline, "spool did not drain: {s:?}");
+        let next = client.poll().unwrap_or(50).min(200);
+        std::thread::sleep(Duration::from_millis(next as u64));
+    }
+}
+
+#[test]
+fn outage_is_spooled_to_flash_and_replayed_when_the_service_is_back() {
+    let server = Server::start(ServerConfig {
+        tls: true,
+        ..Default::default()
+    })
+    .unwrap();
+    let dir = temp_dir("outage");
+    let cfg = config(&server, &dir, &[("batch.bytes", "65536")]);
+    let client = Client::new(&cfg, None, None).unwrap();
+    let d = client.add_destination("db", "t", "json", None).unwrap();
+
+    server.set_down(Duration::from_secs(3600));
+    let mut raw = 0u64;
+    for seq in 0..20_000 {
+        let r = record(seq);
+        raw += r.len() as u64 + 1;
+        client
+            .append(d, r.as_bytes())
+            .expect("appends succeed during an outage: batches go to flash");
+    }
+    assert_eq!(client.flush_to_spool(), Ok(()));
+    let s = client.stats();
+    assert_eq!(s.records_spooled, 20_000);
+    assert!(s.records_acknowledged == 0);
+    // Flash gets the compressed size, not the raw size.
+    assert!(
+        s.bytes_spooled * 4 < raw,
+        "spooled {} bytes for {raw} raw",
+        s.bytes_spooled
+    );
+    let on_flash: u64 = chunk_files(&dir)
+        .iter()
+        .map(|p| std::fs::metadata(p).unwrap().len())
+        .sum();
+    assert_eq!(on_flash, s.spool_bytes);
+    // Only a handful of requests: once the target backs off, batches go straight to the spool.
+    assert!(s.requests < 20, "{} requests during the outage", s.requests);
+    for f in chunk_files(&dir) {
+        assert_eq!(
+            std::fs::metadata(&f).unwrap().permissions().mode() & 0o777,
+            0o600,
+            "{f:?}"
+        );
+    }
+    assert_eq!(
+        std::fs::metadata(&dir).unwrap().permissions().mode() & 0o777,
+        0o700
+    );
+
+    server.set_down(Duration::ZERO);
+    drain(&client);
+    assert_eq!(seqs(&server, "db", "t"), (0..20_000).collect::<Vec<_>>());
+    assert!(
+        chunk_files(&dir).is_empty(),
+        "acknowledged chunks are deleted"
+    );
+    let s = client.stats();
+    assert_eq!(s.records_replayed, 20_000);
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn buffered_batches_survive_a_restart_and_are_sent_by_the_next_client() {
+    let server = Server::start(ServerConfig::default()).unwrap();
+    let dir = temp_dir("restart");
+    let cfg = config(&server, &dir, &[]);
+    {
+        let client = Client::new(&cfg, None, None).unwrap();
+        let d = client.add_destination("db", "t", "json", None).unwrap();
+        for seq in 0..100 {
+            client.append(d, record(seq).as_bytes()).unwrap();
+        }
+        // Dropped without a flush: the client spools what it holds.
+    }
+    assert_eq!(chunk_files(&dir).len(), 1);
+    assert!(server.requests().is_empty());
+
+    let reports = Arc::new(Mutex::new(Vec::new()));
+    let r2 = reports.clone();
+    let client = Client::new(
+        &cfg,
+        None,
+        Some(Arc::new(move |r: &kusto_edge::DeliveryReport<'_>| {
+            r2.lock()
+                .unwrap()
+                .push((r.outcome, r.destination, r.records, r.chunk_id.to_owned()))
+        })),
+    )
+    .unwrap();
+    assert_eq!(client.stats().spool_chunks, 1);
+    client.poll().unwrap();
+    assert_eq!(seqs(&server, "db", "t"), (0..100).collect::<Vec<_>>());
+    let reports = reports.lock().unwrap();
+    assert_eq!(reports.len(), 1);
+    assert_eq!(
+        (reports[0].0, reports[0].1, reports[0].2),
+        (Outcome::Acknowledged, u32::MAX, 100)
+    );
+    // The chunk id survives the restart and is the request id's stable part.
+    assert!(server.requests()[0]
+        .client_request_id
+        .contains(&reports[0].3));
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn data_refused_on_replay_is_quarantined_with_the_service_message_and_never_resent() {
+    let server = Server::start(ServerConfig::default()).unwrap();
+    let dir = temp_dir("rejected");
+    let cfg = config(&server, &dir, &[]);
+    let client = Client::new(&cfg, None, None).unwrap();
+    let d = client.add_destination("db", "t", "json", None).unwrap();
+    client.append(d, record(1).as_bytes()).unwrap();
+    client.flush_to_spool().unwrap();
+    server.push_fault(Fault::RejectData);
+    let e = client.poll().unwrap_err();
+    assert_eq!(e.kind, ErrorKind::DataRejected);
+    let rejected: Vec<_> = std::fs::read_dir(dir.join("rejected"))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .collect();
+    assert_eq!(
+        rejected
+            .iter()
+            .filter(|p| p.extension().is_some_and(|x| x == "chunk"))
+            .count(),
+        1
+    );
+    let msg = rejected
+        .iter()
+        .find(|p| p.extension().is_some_and(|x| x == "msg"))
+        .expect("message beside it");
+    assert!(std::fs::read_to_string(msg)
+        .unwrap()
+        .contains("Stream_WrongNumberOfFields"));
+    client.poll().unwrap();
+    client.flush().unwrap();
+    assert_eq!(server.requests().len(), 1, "never resent");
+    let s = client.stats();
+    assert_eq!((s.records_rejected, s.spool_chunks), (1, 0));
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn a_missing_table_keeps_chunks_in_the_spool_until_an_operator_creates_it() {
+    let server = Server::start(ServerConfig::default()).unwrap();
+    let dir = temp_dir("notready");
+    let cfg = config(&server, &dir, &[]);
+    let client = Client::new(&cfg, None, None).unwrap();
+    let d = client.add_destination("db", "t", "json", None).unwrap();
+    server.push_fault(Fault::TableMissing);
+    client.append(d, record(1).as_bytes()).unwrap();
+    let e = client.flush().unwrap_err();
+    assert_eq!(e.kind, ErrorKind::Spooled, "{}", e.message);
+    assert!(e.message.contains("create the table"), "{}", e.message);
+    assert_eq!(client.stats().spool_chunks, 1);
+    // Backing off: poll sends nothing now, and says when to come back (at least the 5 s floor of this class).
+    let requests = server.requests().len();
+    let next = client.poll().unwrap();
+    assert_eq!(server.requests().len(), requests);
+    assert!(
+        next >= 2000,
+        "long backoff for a target that is not ready: {next} ms"
+    );
+    // An explicit flush is the operator's "try now": the table exists again.
+    client.flush().unwrap_or(());
+    drain(&client);
+    assert_eq!(seqs(&server, "db", "t"), vec![1]);
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn a_full_spool_refuses_new_data_under_reject_new_and_the_caller_keeps_the_record() {
+    let server = Server::start(ServerConfig::default()).unwrap();
+    server.set_down(Duration::from_secs(3600));
+    let dir = temp_dir("full");
+    let cfg = config(
+        &server,
+        &dir,
+        &[
+            ("spool.max_chunks", "2"),
+            ("spool.policy", "reject-new"),
+            ("batch.bytes", "1024"),
+        ],
+    );
+    let client = Client::new(&cfg, None, None).unwrap();
+    let d = client.add_destination("db", "t", "json", None).unwrap();
+    let mut taken = 0;
+    let err = loop {
+        match client.append(d, record(taken).as_bytes()) {
+            Ok(()) => taken += 1,
+            Err(e) => break e,
+        }
+        assert!(taken < 1000);
+    };
+    assert_eq!(err.kind, ErrorKind::SpoolFull, "{}", err.message);
+    let s = client.stats();
+    assert_eq!(s.spool_chunks, 2);
+    assert_eq!(
+        s.records_spooled + s.records_buffered,
+        taken,
+        "every taken record is on flash or in RAM"
+    );
+    server.set_down(Duration::ZERO);
+    drain(&client);
+    assert_eq!(seqs(&server, "db", "t"), (0..taken).collect::<Vec<_>>());
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn a_full_spool_drops_the_oldest_under_drop_oldest_and_counts_what_it_dropped() {
+    let server = Server::start(ServerConfig::default()).unwrap();
+    server.set_down(Duration::from_secs(3600));
+    let dir = temp_dir("drop");
+    let cfg = config(
+        &server,
+        &dir,
+        &[("spool.max_chunks", "3"), ("batch.bytes", "1024")],
+    );
+    let client = Client::new(&cfg, None, None).unwrap();
+    let d = client.add_destination("db", "t", "json", None).unwrap();
+    for seq in 0..200 {
+        client.append(d, record(seq).as_bytes()).unwrap();
+    }
+    client.flush_to_spool().unwrap();
+    let s = client.stats();
+    assert_eq!(s.spool_chunks, 3);
+    assert!(s.chunks_dropped > 0);
+    assert_eq!(
+        (s.records_spooled, s.records_buffered),
+        (200, 0),
+        "every record went to flash"
+    );
+    server.set_down(Duration::ZERO);
+    drain(&client);
+    let got = seqs(&server, "db", "t");
+    assert_eq!(
+        got.len() as u64 + client.stats().records_dropped,
+        200,
+        "arrived + dropped = appended"
+    );
+    assert_eq!(*got.last().unwrap(), 199, "the newest data is kept");
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn a_disk_without_space_is_a_clear_error_and_loses_nothing() {
+    let server = Server::start(ServerConfig::default()).unwrap();
+    server.set_down(Duration::from_secs(3600));
+    let mem = MemStorage::new();
+    let mut cfg = config(&server, Path::new("/unused"), &[("batch.bytes", "1024")]);
+    cfg.spool_dir = Some("/unused".into());
+    let client = Client::with_storage(&cfg, Some(Box::new(mem.clone())), None, None).unwrap();
+    let d = client.add_destination("db", "t", "json", None).unwrap();
+    mem.set_space_limit(Some(3000));
+    let mut taken = 0;
+    let err = loop {
+        match client.append(d, record(taken).as_bytes()) {
+            Ok(()) => taken += 1,
+            Err(e) => break e,
+        }
+        assert!(taken < 10_000);
+    };
+    assert_eq!(err.kind, ErrorKind::SpoolIo, "{}", err.message);
+    assert!(err.message.contains("no space"), "{}", err.message);
+    let s = client.stats();
+    assert_eq!(s.records_spooled + s.records_buffered, taken);
+    // Space comes back (logs rotated), the service too: everything taken arrives.
+    mem.set_space_limit(None);
+    server.set_down(Duration::ZERO);
+    drain(&client);
+    assert_eq!(seqs(&server, "db", "t"), (0..taken).collect::<Vec<_>>());
+    assert!(mem
+        .names(Area::Pending)
+        .iter()
+        .all(|n| !n.ends_with(".chunk")));
+}
+
+#[test]
+fn encrypted_chunks_hide_the_data_and_a_wrong_key_quarantines_them() {
+    let server = Server::start(ServerConfig::default()).unwrap();
+    server.set_down(Duration::from_secs(3600));
+    let dir = temp_dir("sealed");
+    std::fs::create_dir_all(&dir).unwrap();
+    let key = dir
+        .join("..")
+        .join(format!("kedge-key-{}", std::process::id()));
+    std::fs::write(
+        &key,
+        "00112233445566778899aabbccddeeff00112233445566778899aabbccddeeff\n",
+    )
+    .unwrap();
+    let cfg = config(&server, &dir, &[("spool.key_file", key.to_str().unwrap())]);
+    {
+        let client = Client::new(&cfg, None, None).unwrap();
+        let d = client
+            .add_destination("db", "t", "multijson", None)
+            .unwrap();
+        client
+            .append(d, br#"{"secret":"plaintext-marker"}"#)
+            .unwrap();
+        client.flush_to_spool().unwrap();
+    }
+    for f in chunk_files(&dir) {
+        let bytes = std::fs::read(&f).unwrap();
+        assert!(!contains_plaintext(&bytes), "plaintext on flash");
+    }
+    std::fs::write(
+        &key,
+        "ffffffffffffffffffffffffffffffffffffffffffffffffffffffffffffffff",
+    )
+    .unwrap();
+    let wrong = config(&server, &dir, &[("spool.key_file", key.to_str().unwrap())]);
+    let client = Client::new(&wrong, None, None).unwrap();
+    assert_eq!(client.stats().chunks_corrupt, 1, "detected, never sent");
+    assert_eq!(client.stats().spool_chunks, 0);
+    let _ = std::fs::remove_file(&key);
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// The payload is gzip, so look for the marker in the inflated bytes of every possible gzip member.
+fn contains_plaintext(bytes: &[u8]) -> bool {
+    (0..bytes.len().saturating_sub(2)).any(|i| {
+        bytes[i] == 0x1f
+            && bytes[i + 1] == 0x8b
+            && kusto_edge::gzip::decompress(&bytes[i..bytes.len() - 4], 1 << 20)
+                .map(|raw| raw.windows(16).any(|w| w == b"plaintext-marker"))
+                .unwrap_or(false)
+    }) || bytes.windows(16).any(|w| w == b"plaintext-marker")
+}
+
+#[test]
+fn write_ahead_mode_puts_every_chunk_on_flash_before_sending_and_removes_it_after() {
+    let server = Server::start(ServerConfig::default()).unwrap();
+    let dir = temp_dir("wal");
+    let cfg = config(&server, &dir, &[("spool.write_ahead", "true")]);
+    let client = Client::new(&cfg, None, None).unwrap();
+    let d = client.add_destination("db", "t", "json", None).unwrap();
+    client.append(d, record(7).as_bytes()).unwrap();
+    server.push_fault(Fault::Unavailable { retry_after: None });
+    server.push_fault(Fault::Unavailable { retry_after: None });
+    let e = client.flush().unwrap_err();
+    assert_eq!(e.kind, ErrorKind::Spooled);
+    assert_eq!(chunk_files(&dir).len(), 1);
+    drain(&client);
+    assert_eq!(seqs(&server, "db", "t"), vec![7]);
+    let s = client.stats();
+    assert_eq!(
+        s.chunks_spooled, 1,
+        "written once, not again after the failure"
+    );
+    assert!(chunk_files(&dir).is_empty());
+    let _ = std::fs::remove_dir_all(&dir);
+}
