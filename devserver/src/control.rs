@@ -19,8 +19,12 @@ pub(crate) fn handle(shared: &Shared, req: &Request) -> Reply {
     let body = String::from_utf8_lossy(&req.body);
     match (req.method.as_str(), req.path.as_str()) {
         ("POST", "/_dev/fault") => {
-            let parsed: Result<Vec<_>, String> =
-                body.lines().map(str::trim).filter(|l| !l.is_empty()).map(faults::parse_fault).collect();
+            let parsed: Result<Vec<_>, String> = body
+                .lines()
+                .map(str::trim)
+                .filter(|l| !l.is_empty())
+                .map(faults::parse_fault)
+                .collect();
             match parsed {
                 Ok(list) => {
                     let n = list.len();
@@ -58,7 +62,11 @@ pub(crate) fn handle(shared: &Shared, req: &Request) -> Reply {
                 out.extend_from_slice(&r);
                 out.push(b'\n');
             }
-            Reply::Send(Response::new(200).header("Content-Type", "text/plain; charset=utf-8").body(out))
+            Reply::Send(
+                Response::new(200)
+                    .header("Content-Type", "text/plain; charset=utf-8")
+                    .body(out),
+            )
         }
         ("GET", "/_dev/stats") => Reply::Send(Response::json(200, shared.stats().to_json())),
         ("GET", "/_dev/requests") => {
@@ -74,7 +82,10 @@ pub(crate) fn handle(shared: &Shared, req: &Request) -> Reply {
                     })
                 })
                 .collect();
-            Reply::Send(Response::json(200, serde_json::Value::Array(list).to_string()))
+            Reply::Send(Response::json(
+                200,
+                serde_json::Value::Array(list).to_string(),
+            ))
         }
         ("POST", "/_dev/reset") => {
             shared.reset();
@@ -94,6 +105,9 @@ pub(crate) fn handle(shared: &Shared, req: &Request) -> Reply {
             shared.request_shutdown();
             ok("shutting down")
         }
-        _ => refuse(404, format!("no control endpoint {} {}", req.method, req.path)),
+        _ => refuse(
+            404,
+            format!("no control endpoint {} {}", req.method, req.path),
+        ),
     }
 }

@@ -96,7 +96,9 @@ pub fn parse_fault(text: &str) -> Result<Fault, String> {
                 Some((k, v)) if k.eq_ignore_ascii_case("retry-after") && !v.trim().is_empty() => {
                     Ok(Some(v.trim().to_string()))
                 }
-                _ => Err(format!("bad fault argument {a:?}: expected retry-after=VALUE")),
+                _ => Err(format!(
+                    "bad fault argument {a:?}: expected retry-after=VALUE"
+                )),
             },
         }
     };
@@ -105,8 +107,12 @@ pub fn parse_fault(text: &str) -> Result<Fault, String> {
         Some(a) => Err(format!("fault {name:?} takes no argument, got {a:?}")),
     };
     match name.to_ascii_lowercase().as_str() {
-        "429" | "throttle" => Ok(Fault::Throttle { retry_after: retry_after()? }),
-        "503" | "unavailable" => Ok(Fault::Unavailable { retry_after: retry_after()? }),
+        "429" | "throttle" => Ok(Fault::Throttle {
+            retry_after: retry_after()?,
+        }),
+        "503" | "unavailable" => Ok(Fault::Unavailable {
+            retry_after: retry_after()?,
+        }),
         "500" | "internal" => no_arg(Fault::InternalError),
         "transient" => no_arg(Fault::TransientError),
         "reset" => no_arg(Fault::Reset),
@@ -120,7 +126,9 @@ pub fn parse_fault(text: &str) -> Result<Fault, String> {
         "garbage-ok" => no_arg(Fault::GarbageOk),
         other => match other.strip_prefix("slow=") {
             Some(ms) => {
-                let ms: u64 = ms.parse().map_err(|_| format!("bad slow delay {ms:?}: expected milliseconds"))?;
+                let ms: u64 = ms
+                    .parse()
+                    .map_err(|_| format!("bad slow delay {ms:?}: expected milliseconds"))?;
                 no_arg(Fault::Slow(Duration::from_millis(ms)))
             }
             None => Err(format!("unknown fault {text:?}")),
@@ -132,11 +140,18 @@ pub fn parse_fault(text: &str) -> Result<Fault, String> {
 /// An empty spec is an empty list.
 pub fn parse_random_spec(spec: &str) -> Result<Vec<(Fault, f64)>, String> {
     let mut out = Vec::new();
-    for item in spec.split([',', '\n']).map(str::trim).filter(|s| !s.is_empty()) {
+    for item in spec
+        .split([',', '\n'])
+        .map(str::trim)
+        .filter(|s| !s.is_empty())
+    {
         let (name, p) = item
             .rsplit_once(':')
             .ok_or_else(|| format!("bad random fault {item:?}: expected NAME:PROBABILITY"))?;
-        let p: f64 = p.trim().parse().map_err(|_| format!("bad probability in {item:?}"))?;
+        let p: f64 = p
+            .trim()
+            .parse()
+            .map_err(|_| format!("bad probability in {item:?}"))?;
         if !(0.0..=1.0).contains(&p) {
             return Err(format!("probability out of [0,1] in {item:?}"));
         }
@@ -151,12 +166,20 @@ mod tests {
 
     #[test]
     fn names_parse() {
-        assert_eq!(parse_fault("429").unwrap(), Fault::Throttle { retry_after: None });
+        assert_eq!(
+            parse_fault("429").unwrap(),
+            Fault::Throttle { retry_after: None }
+        );
         assert_eq!(
             parse_fault("429 retry-after=1").unwrap(),
-            Fault::Throttle { retry_after: Some("1".into()) }
+            Fault::Throttle {
+                retry_after: Some("1".into())
+            }
         );
-        assert_eq!(parse_fault("slow=250").unwrap(), Fault::Slow(Duration::from_millis(250)));
+        assert_eq!(
+            parse_fault("slow=250").unwrap(),
+            Fault::Slow(Duration::from_millis(250))
+        );
         assert_eq!(parse_fault(" lose-reply ").unwrap(), Fault::LoseReply);
         assert!(parse_fault("nope").is_err());
         assert!(parse_fault("reset now").is_err());

@@ -38,7 +38,11 @@ fn crc32_table() -> &'static [u32; 256] {
         for (i, slot) in t.iter_mut().enumerate() {
             let mut c = i as u32;
             for _ in 0..8 {
-                c = if c & 1 != 0 { 0xEDB8_8320 ^ (c >> 1) } else { c >> 1 };
+                c = if c & 1 != 0 {
+                    0xEDB8_8320 ^ (c >> 1)
+                } else {
+                    c >> 1
+                };
             }
             *slot = c;
         }
@@ -64,7 +68,10 @@ fn header_len(data: &[u8]) -> Result<usize, GzipError> {
         return Err(bad("not gzip: bad magic bytes"));
     }
     if data[2] != 8 {
-        return Err(bad(format!("gzip compression method {} is not deflate", data[2])));
+        return Err(bad(format!(
+            "gzip compression method {} is not deflate",
+            data[2]
+        )));
     }
     let flags = data[3];
     if flags & FRESERVED != 0 {
@@ -203,7 +210,10 @@ mod tests {
         bad_isize[n - 1] ^= 1;
         assert!(matches!(gunzip(&bad_isize, 1000), Err(GzipError::Bad(m)) if m.contains("ISIZE")));
         for cut in [5, 12, n - 9, n - 3] {
-            assert!(matches!(gunzip(&g[..cut], 1000), Err(GzipError::Bad(_))), "cut at {cut}");
+            assert!(
+                matches!(gunzip(&g[..cut], 1000), Err(GzipError::Bad(_))),
+                "cut at {cut}"
+            );
         }
         let mut trailing = g.clone();
         trailing.extend_from_slice(b"junk");

@@ -25,7 +25,10 @@ pub struct Request {
 impl Request {
     /// First header of that name (case-insensitive).
     pub fn header(&self, name: &str) -> Option<&str> {
-        self.headers.iter().find(|(k, _)| k.eq_ignore_ascii_case(name)).map(|(_, v)| v.as_str())
+        self.headers
+            .iter()
+            .find(|(k, _)| k.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.as_str())
     }
 
     /// Whether the connection must close after this request.
@@ -51,7 +54,10 @@ impl Request {
     }
 
     pub fn query_param(&self, name: &str) -> Option<String> {
-        self.query_pairs().into_iter().find(|(k, _)| k == name).map(|(_, v)| v)
+        self.query_pairs()
+            .into_iter()
+            .find(|(k, _)| k == name)
+            .map(|(_, v)| v)
     }
 }
 
@@ -85,16 +91,14 @@ pub fn percent_decode(s: &str, plus_is_space: bool) -> String {
     while i < b.len() {
         let hex = |c: u8| (c as char).to_digit(16);
         match b[i] {
-            b'%' if i + 2 < b.len() => {
-                match (hex(b[i + 1]), hex(b[i + 2])) {
-                    (Some(h), Some(l)) => {
-                        out.push((h * 16 + l) as u8);
-                        i += 3;
-                        continue;
-                    }
-                    _ => out.push(b'%'),
+            b'%' if i + 2 < b.len() => match (hex(b[i + 1]), hex(b[i + 2])) {
+                (Some(h), Some(l)) => {
+                    out.push((h * 16 + l) as u8);
+                    i += 3;
+                    continue;
                 }
-            }
+                _ => out.push(b'%'),
+            },
             b'+' if plus_is_space => out.push(b' '),
             c => out.push(c),
         }
@@ -149,7 +153,10 @@ pub fn read_head<R: BufRead>(r: &mut R) -> Result<Option<Request>, ReadError> {
             Ok(Some(l)) if l.is_empty() => continue,
             Ok(Some(l)) => break l,
             Err(ReadError::Io(e))
-                if matches!(e.kind(), io::ErrorKind::ConnectionReset | io::ErrorKind::UnexpectedEof) =>
+                if matches!(
+                    e.kind(),
+                    io::ErrorKind::ConnectionReset | io::ErrorKind::UnexpectedEof
+                ) =>
             {
                 return Err(ReadError::Closed)
             }
@@ -158,7 +165,9 @@ pub fn read_head<R: BufRead>(r: &mut R) -> Result<Option<Request>, ReadError> {
     };
     let mut parts = line.split(' ');
     let (method, target, version) = match (parts.next(), parts.next(), parts.next(), parts.next()) {
-        (Some(m), Some(t), Some(v), None) if !m.is_empty() && t.starts_with('/') && v.starts_with("HTTP/1.") => {
+        (Some(m), Some(t), Some(v), None)
+            if !m.is_empty() && t.starts_with('/') && v.starts_with("HTTP/1.") =>
+        {
             (m, t, v)
         }
         _ => return Err(ReadError::Malformed(format!("bad request line {line:?}"))),
@@ -166,14 +175,17 @@ pub fn read_head<R: BufRead>(r: &mut R) -> Result<Option<Request>, ReadError> {
     let (path, query) = target.split_once('?').unwrap_or((target, ""));
     let mut headers = Vec::new();
     loop {
-        let l = read_line(r)?.ok_or_else(|| ReadError::Malformed("connection closed in headers".into()))?;
+        let l = read_line(r)?
+            .ok_or_else(|| ReadError::Malformed("connection closed in headers".into()))?;
         if l.is_empty() {
             break;
         }
         if headers.len() >= MAX_HEADERS {
             return Err(ReadError::HeadersTooLarge);
         }
-        let (k, v) = l.split_once(':').ok_or_else(|| ReadError::Malformed(format!("bad header line {l:?}")))?;
+        let (k, v) = l
+            .split_once(':')
+            .ok_or_else(|| ReadError::Malformed(format!("bad header line {l:?}")))?;
         if k.is_empty() || k.contains(char::is_whitespace) {
             return Err(ReadError::Malformed(format!("bad header name {k:?}")));
         }
@@ -202,16 +214,22 @@ pub fn framing(req: &Request, max_wire: usize) -> Result<Framing, ReadError> {
     let te = req.header("transfer-encoding");
     let cl = req.header("content-length");
     match (te, cl) {
-        (Some(_), Some(_)) => Err(ReadError::Malformed("both Transfer-Encoding and Content-Length".into())),
+        (Some(_), Some(_)) => Err(ReadError::Malformed(
+            "both Transfer-Encoding and Content-Length".into(),
+        )),
         (Some(te), None) => {
             if te.eq_ignore_ascii_case("chunked") {
                 Ok(Framing::Chunked)
             } else {
-                Err(ReadError::Malformed(format!("unsupported Transfer-Encoding {te:?}")))
+                Err(ReadError::Malformed(format!(
+                    "unsupported Transfer-Encoding {te:?}"
+                )))
             }
         }
         (None, Some(cl)) => {
-            let n: usize = cl.parse().map_err(|_| ReadError::Malformed(format!("bad Content-Length {cl:?}")))?;
+            let n: usize = cl
+                .parse()
+                .map_err(|_| ReadError::Malformed(format!("bad Content-Length {cl:?}")))?;
             if n > max_wire {
                 Err(ReadError::TooLarge { declared: Some(n) })
             } else {
@@ -235,13 +253,18 @@ fn read_exact_into<R: BufRead>(r: &mut R, out: &mut Vec<u8>, n: usize) -> Result
 }
 
 /// Read the body as framed, never more than `max_wire` bytes.
-pub fn read_body<R: BufRead>(r: &mut R, framing: Framing, max_wire: usize) -> Result<Vec<u8>, ReadError> {
+pub fn read_body<R: BufRead>(
+    r: &mut R,
+    framing: Framing,
+    max_wire: usize,
+) -> Result<Vec<u8>, ReadError> {
     let mut body = Vec::new();
     match framing {
         Framing::None => {}
         Framing::Length(n) => read_exact_into(r, &mut body, n)?,
         Framing::Chunked => loop {
-            let line = read_line(r)?.ok_or_else(|| ReadError::Malformed("connection closed in chunked body".into()))?;
+            let line = read_line(r)?
+                .ok_or_else(|| ReadError::Malformed("connection closed in chunked body".into()))?;
             let size_text = line.split(';').next().unwrap_or("").trim();
             let size = usize::from_str_radix(size_text, 16)
                 .map_err(|_| ReadError::Malformed(format!("bad chunk size {size_text:?}")))?;
@@ -249,7 +272,9 @@ pub fn read_body<R: BufRead>(r: &mut R, framing: Framing, max_wire: usize) -> Re
                 // Trailer section, up to the empty line.
                 let mut trailers = 0;
                 loop {
-                    let t = read_line(r)?.ok_or_else(|| ReadError::Malformed("connection closed in trailers".into()))?;
+                    let t = read_line(r)?.ok_or_else(|| {
+                        ReadError::Malformed("connection closed in trailers".into())
+                    })?;
                     if t.is_empty() {
                         break;
                     }
@@ -283,15 +308,23 @@ pub struct Response {
 
 impl Response {
     pub fn new(status: u16) -> Response {
-        Response { status, headers: Vec::new(), body: Vec::new() }
+        Response {
+            status,
+            headers: Vec::new(),
+            body: Vec::new(),
+        }
     }
 
     pub fn json(status: u16, body: String) -> Response {
-        Response::new(status).header("Content-Type", "application/json; charset=utf-8").body(body.into_bytes())
+        Response::new(status)
+            .header("Content-Type", "application/json; charset=utf-8")
+            .body(body.into_bytes())
     }
 
     pub fn text(status: u16, body: impl Into<String>) -> Response {
-        Response::new(status).header("Content-Type", "text/plain; charset=utf-8").body(body.into().into_bytes())
+        Response::new(status)
+            .header("Content-Type", "text/plain; charset=utf-8")
+            .body(body.into().into_bytes())
     }
 
     pub fn header(mut self, k: &str, v: impl Into<String>) -> Response {
@@ -374,13 +407,21 @@ POST /b HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n2\r\nhi\r\n3;ext=1\r\n th\
     fn limits() {
         let raw = b"POST / HTTP/1.1\r\nContent-Length: 101\r\n\r\n";
         let req = read_head(&mut BufReader::new(&raw[..])).unwrap().unwrap();
-        assert!(matches!(framing(&req, 100), Err(ReadError::TooLarge { declared: Some(101) })));
+        assert!(matches!(
+            framing(&req, 100),
+            Err(ReadError::TooLarge {
+                declared: Some(101)
+            })
+        ));
         let raw = b"5\r\nhello\r\n5\r\nworld\r\n0\r\n\r\n";
         assert!(matches!(
             read_body(&mut BufReader::new(&raw[..]), Framing::Chunked, 8),
             Err(ReadError::TooLarge { declared: None })
         ));
         let long = format!("GET /{} HTTP/1.1\r\n\r\n", "a".repeat(MAX_LINE + 10));
-        assert!(matches!(read_head(&mut BufReader::new(long.as_bytes())), Err(ReadError::HeadersTooLarge)));
+        assert!(matches!(
+            read_head(&mut BufReader::new(long.as_bytes())),
+            Err(ReadError::HeadersTooLarge)
+        ));
     }
 }

@@ -19,7 +19,13 @@ pub struct ApiError {
 }
 
 impl ApiError {
-    pub fn new(status: u16, code: &str, type_name: &str, detail: impl Into<String>, permanent: bool) -> ApiError {
+    pub fn new(
+        status: u16,
+        code: &str,
+        type_name: &str,
+        detail: impl Into<String>,
+        permanent: bool,
+    ) -> ApiError {
         let message = match status {
             400 | 404 | 405 | 413 => "Request is invalid and cannot be executed.",
             401 => "Unauthorized.",
@@ -83,13 +89,21 @@ pub fn streaming_disabled(db: &str, table: &str) -> ApiError {
         400,
         "BadRequest_StreamingIngestionPolicyNotEnabled",
         "Kusto.DataNode.Exceptions.StreamingIngestionPolicyNotEnabledException",
-        format!("Streaming ingestion policy is not enabled for table '{table}' in database '{db}'."),
+        format!(
+            "Streaming ingestion policy is not enabled for table '{table}' in database '{db}'."
+        ),
         true,
     )
 }
 
 pub fn unauthorized(detail: &str) -> ApiError {
-    ApiError::new(401, "Unauthorized", "Kusto.Common.Svc.Exceptions.UnauthorizedOperationException", detail, true)
+    ApiError::new(
+        401,
+        "Unauthorized",
+        "Kusto.Common.Svc.Exceptions.UnauthorizedOperationException",
+        detail,
+        true,
+    )
 }
 
 pub fn forbidden(db: &str, table: &str) -> ApiError {
@@ -162,7 +176,9 @@ pub fn format_framing(name: &str) -> Option<(&'static str, Framing)> {
         ("orc", Framing::Binary),
         ("sstream", Framing::Binary),
     ];
-    ALL.iter().find(|(n, _)| n.eq_ignore_ascii_case(name)).map(|&(n, f)| (n, f))
+    ALL.iter()
+        .find(|(n, _)| n.eq_ignore_ascii_case(name))
+        .map(|&(n, f)| (n, f))
 }
 
 /// Where an ingest request goes, from its path and query.
@@ -207,13 +223,22 @@ pub fn parse_target(req: &Request) -> Option<Target> {
 pub fn check_headers(req: &Request) -> Result<String, ApiError> {
     let crid = req.header("x-ms-client-request-id").unwrap_or("");
     if crid.is_empty() {
-        return Err(bad_request("General_BadRequest", "Header 'x-ms-client-request-id' is missing or empty."));
+        return Err(bad_request(
+            "General_BadRequest",
+            "Header 'x-ms-client-request-id' is missing or empty.",
+        ));
     }
     if !crid.bytes().all(|b| (0x20..0x7f).contains(&b)) {
-        return Err(bad_request("General_BadRequest", "Header 'x-ms-client-request-id' must be printable ASCII."));
+        return Err(bad_request(
+            "General_BadRequest",
+            "Header 'x-ms-client-request-id' must be printable ASCII.",
+        ));
     }
     if req.header("x-ms-version").is_none_or(str::is_empty) {
-        return Err(bad_request("General_BadRequest", "Header 'x-ms-version' is missing or empty."));
+        return Err(bad_request(
+            "General_BadRequest",
+            "Header 'x-ms-version' is missing or empty.",
+        ));
     }
     Ok(crid.to_string())
 }
@@ -227,13 +252,19 @@ pub fn check_auth(req: &Request, token: Option<&str>) -> Result<(), ApiError> {
         Some((scheme, _)) if scheme.eq_ignore_ascii_case("bearer") => {
             Err(unauthorized("The bearer token is invalid or expired."))
         }
-        _ => Err(unauthorized("Authorization header with a bearer token is required.")),
+        _ => Err(unauthorized(
+            "Authorization header with a bearer token is required.",
+        )),
     }
 }
 
 /// The body as raw data, inflated if `Content-Encoding: gzip`. Returns (raw, was_gzip).
 pub fn decode_body(req: &Request, max_raw: usize) -> Result<(Vec<u8>, bool), ApiError> {
-    let enc = req.header("content-encoding").unwrap_or("").trim().to_ascii_lowercase();
+    let enc = req
+        .header("content-encoding")
+        .unwrap_or("")
+        .trim()
+        .to_ascii_lowercase();
     match enc.as_str() {
         "" | "identity" => {
             if req.body.len() > max_raw {
@@ -250,11 +281,15 @@ pub fn decode_body(req: &Request, max_raw: usize) -> Result<(Vec<u8>, bool), Api
             Err(GzipError::TooLarge) => Err(too_large(format!(
                 "Uncompressed data exceeds the streaming ingestion limit of {max_raw} bytes."
             ))),
-            Err(GzipError::Bad(why)) => {
-                Err(bad_request("BadRequest_InvalidArchive", format!("The request body is not valid gzip: {why}.")))
-            }
+            Err(GzipError::Bad(why)) => Err(bad_request(
+                "BadRequest_InvalidArchive",
+                format!("The request body is not valid gzip: {why}."),
+            )),
         },
-        other => Err(bad_request("BadRequest_NotSupported", format!("Content-Encoding '{other}' is not supported."))),
+        other => Err(bad_request(
+            "BadRequest_NotSupported",
+            format!("Content-Encoding '{other}' is not supported."),
+        )),
     }
 }
 
@@ -269,7 +304,9 @@ fn wrong_format(detail: String) -> ApiError {
 /// Cut the raw data into records, all or nothing.
 pub fn split_records(framing: Framing, raw: &[u8]) -> Result<Vec<Vec<u8>>, ApiError> {
     let lines = || {
-        raw.split(|&b| b == b'\n').map(|l| l.strip_suffix(b"\r").unwrap_or(l)).filter(|l| !l.is_empty())
+        raw.split(|&b| b == b'\n')
+            .map(|l| l.strip_suffix(b"\r").unwrap_or(l))
+            .filter(|l| !l.is_empty())
     };
     let records: Vec<Vec<u8>> = match framing {
         Framing::Lines => lines().map(<[u8]>::to_vec).collect(),
@@ -281,15 +318,26 @@ pub fn split_records(framing: Framing, raw: &[u8]) -> Result<Vec<Vec<u8>>, ApiEr
                 }
                 match serde_json::from_slice::<serde_json::Value>(line) {
                     Ok(v) if v.is_object() => out.push(line.to_vec()),
-                    Ok(_) => return Err(wrong_format(format!("json record {} is not a JSON object.", i + 1))),
-                    Err(e) => return Err(wrong_format(format!("json record {} is not valid JSON: {e}.", i + 1))),
+                    Ok(_) => {
+                        return Err(wrong_format(format!(
+                            "json record {} is not a JSON object.",
+                            i + 1
+                        )))
+                    }
+                    Err(e) => {
+                        return Err(wrong_format(format!(
+                            "json record {} is not valid JSON: {e}.",
+                            i + 1
+                        )))
+                    }
                 }
             }
             out
         }
         Framing::MultiJson => {
             let mut out = Vec::new();
-            let mut stream = serde_json::Deserializer::from_slice(raw).into_iter::<serde_json::Value>();
+            let mut stream =
+                serde_json::Deserializer::from_slice(raw).into_iter::<serde_json::Value>();
             let mut start = 0;
             while let Some(item) = stream.next() {
                 let end = stream.byte_offset();
@@ -300,9 +348,16 @@ pub fn split_records(framing: Framing, raw: &[u8]) -> Result<Vec<Vec<u8>>, ApiEr
                         out.push(bytes[skip..].to_vec());
                     }
                     Ok(_) => {
-                        return Err(wrong_format(format!("multijson value {} is not a JSON object.", out.len() + 1)))
+                        return Err(wrong_format(format!(
+                            "multijson value {} is not a JSON object.",
+                            out.len() + 1
+                        )))
                     }
-                    Err(e) => return Err(wrong_format(format!("multijson data is not valid JSON: {e}."))),
+                    Err(e) => {
+                        return Err(wrong_format(format!(
+                            "multijson data is not valid JSON: {e}."
+                        )))
+                    }
                 }
                 start = end;
             }
@@ -313,8 +368,9 @@ pub fn split_records(framing: Framing, raw: &[u8]) -> Result<Vec<Vec<u8>>, ApiEr
             if trimmed.is_empty() {
                 Vec::new()
             } else {
-                serde_json::from_slice::<serde_json::Value>(trimmed)
-                    .map_err(|e| wrong_format(format!("singlejson data is not valid JSON: {e}.")))?;
+                serde_json::from_slice::<serde_json::Value>(trimmed).map_err(|e| {
+                    wrong_format(format!("singlejson data is not valid JSON: {e}."))
+                })?;
                 vec![trimmed.to_vec()]
             }
         }
@@ -355,7 +411,10 @@ mod tests {
     fn line_formats_split_on_lines() {
         let r = split_records(Framing::Lines, b"a,1\r\n\nb,2\nc,3").unwrap();
         assert_eq!(r, vec![b"a,1".to_vec(), b"b,2".to_vec(), b"c,3".to_vec()]);
-        assert_eq!(split_records(Framing::Lines, b"\n\r\n").unwrap_err().code, "Stream_NoDataToIngest");
+        assert_eq!(
+            split_records(Framing::Lines, b"\n\r\n").unwrap_err().code,
+            "Stream_NoDataToIngest"
+        );
     }
 
     #[test]
@@ -369,21 +428,41 @@ mod tests {
 
     #[test]
     fn multijson_keeps_exact_object_bytes() {
-        let r = split_records(Framing::MultiJson, b"{\"a\": 1}{\"b\":[2]}\n\n  {\"c\":{\"d\":3}}\n").unwrap();
-        assert_eq!(r, vec![b"{\"a\": 1}".to_vec(), b"{\"b\":[2]}".to_vec(), b"{\"c\":{\"d\":3}}".to_vec()]);
+        let r = split_records(
+            Framing::MultiJson,
+            b"{\"a\": 1}{\"b\":[2]}\n\n  {\"c\":{\"d\":3}}\n",
+        )
+        .unwrap();
+        assert_eq!(
+            r,
+            vec![
+                b"{\"a\": 1}".to_vec(),
+                b"{\"b\":[2]}".to_vec(),
+                b"{\"c\":{\"d\":3}}".to_vec()
+            ]
+        );
         assert!(split_records(Framing::MultiJson, b"{\"a\":1}{").is_err());
         assert!(split_records(Framing::MultiJson, b"{\"a\":1} 7").is_err());
     }
 
     #[test]
     fn single_and_binary() {
-        assert_eq!(split_records(Framing::SingleJson, b" {\"a\":\n1}\n").unwrap(), vec![b"{\"a\":\n1}".to_vec()]);
-        assert_eq!(split_records(Framing::Binary, b"\0\n\x01").unwrap().len(), 1);
+        assert_eq!(
+            split_records(Framing::SingleJson, b" {\"a\":\n1}\n").unwrap(),
+            vec![b"{\"a\":\n1}".to_vec()]
+        );
+        assert_eq!(
+            split_records(Framing::Binary, b"\0\n\x01").unwrap().len(),
+            1
+        );
     }
 
     #[test]
     fn formats_are_case_insensitive() {
-        assert_eq!(format_framing("MultiJSON"), Some(("multijson", Framing::MultiJson)));
+        assert_eq!(
+            format_framing("MultiJSON"),
+            Some(("multijson", Framing::MultiJson))
+        );
         assert_eq!(format_framing("Parquet").unwrap().1, Framing::Binary);
         assert!(format_framing("xml").is_none());
     }
@@ -392,9 +471,15 @@ mod tests {
     fn error_body_has_the_one_api_error_shape_in_service_order() {
         let e = entity_not_found("Table", "T\"x");
         let text = e.render("KEC.a;1", "0000-1", "2024-01-01T00:00:00.0000000Z");
-        assert!(text.starts_with(r#"{"error":{"code":"BadRequest_EntityNotFound","message":"#), "{text}");
+        assert!(
+            text.starts_with(r#"{"error":{"code":"BadRequest_EntityNotFound","message":"#),
+            "{text}"
+        );
         let v: serde_json::Value = serde_json::from_str(&text).unwrap();
-        assert_eq!(v["error"]["@message"], "Entity ID 'T\"x' of kind 'Table' was not found.");
+        assert_eq!(
+            v["error"]["@message"],
+            "Entity ID 'T\"x' of kind 'Table' was not found."
+        );
         assert_eq!(v["error"]["@context"]["clientRequestId"], "KEC.a;1");
         assert_eq!(v["error"]["@permanent"], true);
         assert_eq!(v["error"]["@failureCode"], 400);
@@ -404,7 +489,10 @@ mod tests {
     fn success_body_is_valid_json_of_the_v1_shape() {
         let v: serde_json::Value = serde_json::from_str(&success_body(3)).unwrap();
         assert_eq!(v["Tables"][0]["Rows"][0][0], 3);
-        assert_eq!(v["Tables"][0]["Columns"][0]["ColumnName"], "ConsumedRecordsCount");
+        assert_eq!(
+            v["Tables"][0]["Columns"][0]["ColumnName"],
+            "ConsumedRecordsCount"
+        );
         assert!(v["Tables"][0]["Rows"][0][3].is_null());
     }
 }

@@ -59,7 +59,10 @@ fn parse_args() -> Result<Args, String> {
                     .split_once('.')
                     .filter(|(d, t)| !d.is_empty() && !t.is_empty())
                     .ok_or_else(|| format!("bad --table {v:?}: expected DB.TABLE"))?;
-                a.cfg.tables.get_or_insert_with(Vec::new).push((db.to_string(), table.to_string()));
+                a.cfg
+                    .tables
+                    .get_or_insert_with(Vec::new)
+                    .push((db.to_string(), table.to_string()));
             }
             "--url-file" => a.url_file = Some(value()?),
             "--verbose" => a.cfg.verbose = true,
@@ -73,7 +76,9 @@ fn parse_args() -> Result<Args, String> {
             }
             "--exit-after-secs" => {
                 let v = value()?;
-                let secs: u64 = v.parse().map_err(|_| format!("bad --exit-after-secs {v:?}"))?;
+                let secs: u64 = v
+                    .parse()
+                    .map_err(|_| format!("bad --exit-after-secs {v:?}"))?;
                 a.exit_after = Duration::from_secs(secs);
             }
             "-h" | "--help" => {
@@ -121,7 +126,10 @@ fn main() -> ExitCode {
         }
     };
     let random = faults::parse_random_spec(&args.random).unwrap_or_default();
-    server.set_faults(Faults { seed: args.seed, random });
+    server.set_faults(Faults {
+        seed: args.seed,
+        random,
+    });
     if let (Some(path), Some(pem)) = (&args.ca_out, server.ca_pem()) {
         if let Err(e) = write_atomically(path, &pem) {
             eprintln!("kusto-devserver: cannot write {path}: {e}");
@@ -141,7 +149,10 @@ fn main() -> ExitCode {
     let deadline = Instant::now() + args.exit_after;
     while !server.shutdown_requested() {
         if Instant::now() >= deadline {
-            eprintln!("kusto-devserver: exiting after {} s (--exit-after-secs)", args.exit_after.as_secs());
+            eprintln!(
+                "kusto-devserver: exiting after {} s (--exit-after-secs)",
+                args.exit_after.as_secs()
+            );
             break;
         }
         std::thread::sleep(Duration::from_millis(50));

@@ -140,12 +140,19 @@ impl Shared {
     }
 
     pub(crate) fn records(&self, db: &str, table: &str) -> Vec<Vec<u8>> {
-        self.state().records.get(&(db.to_string(), table.to_string())).cloned().unwrap_or_default()
+        self.state()
+            .records
+            .get(&(db.to_string(), table.to_string()))
+            .cloned()
+            .unwrap_or_default()
     }
 
     pub(crate) fn stats(&self) -> Stats {
         let st = self.state();
-        let mut s = Stats { requests: st.requests.len(), ..Stats::default() };
+        let mut s = Stats {
+            requests: st.requests.len(),
+            ..Stats::default()
+        };
         let mut seen = HashSet::new();
         for r in st.requests.iter().filter(|r| r.ingested) {
             s.ingested_requests += 1;
@@ -190,7 +197,9 @@ impl Shared {
 
 /// ISO 8601 UTC timestamp with 7 fractional digits, like the service's `@context.timestamp`.
 pub(crate) fn timestamp_now() -> String {
-    let d = SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or_default();
+    let d = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap_or_default();
     let secs = d.as_secs();
     let days = (secs / 86_400) as i64;
     let sod = secs % 86_400;
@@ -232,7 +241,10 @@ impl Server {
         } else {
             (None, None)
         };
-        let seed = SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or_default().as_nanos() as u64
+        let seed = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .unwrap_or_default()
+            .as_nanos() as u64
             ^ (u64::from(addr.port()) << 48);
         let shared = Arc::new(Shared {
             cfg,
@@ -258,7 +270,12 @@ impl Server {
         let accept = thread::Builder::new()
             .name("devserver-accept".into())
             .spawn(move || accept_loop(s2, listener))?;
-        Ok(Server { shared, addr, ca_pem, accept: Some(accept) })
+        Ok(Server {
+            shared,
+            addr,
+            ca_pem,
+            accept: Some(accept),
+        })
     }
 
     /// `http://127.0.0.1:PORT`, or `https://localhost:PORT` with TLS.
@@ -329,12 +346,18 @@ impl Server {
     pub fn stop(self) {}
 
     fn stop_inner(&mut self) {
-        let Some(accept) = self.accept.take() else { return };
+        let Some(accept) = self.accept.take() else {
+            return;
+        };
         self.shared.stopping.store(true, Ordering::SeqCst);
         // Wake the blocking accept() with a connection of our own.
         let wake = match self.addr.ip() {
-            IpAddr::V4(ip) if ip.is_unspecified() => SocketAddr::new(Ipv4Addr::LOCALHOST.into(), self.addr.port()),
-            IpAddr::V6(ip) if ip.is_unspecified() => SocketAddr::new(Ipv6Addr::LOCALHOST.into(), self.addr.port()),
+            IpAddr::V4(ip) if ip.is_unspecified() => {
+                SocketAddr::new(Ipv4Addr::LOCALHOST.into(), self.addr.port())
+            }
+            IpAddr::V6(ip) if ip.is_unspecified() => {
+                SocketAddr::new(Ipv6Addr::LOCALHOST.into(), self.addr.port())
+            }
             _ => self.addr,
         };
         let _ = TcpStream::connect_timeout(&wake, Duration::from_secs(1));
@@ -378,15 +401,19 @@ fn accept_loop(shared: Arc<Shared>, listener: TcpListener) {
             continue;
         }
         let id = shared.next_conn.fetch_add(1, Ordering::SeqCst);
-        let Ok(registered) = stream.try_clone() else { continue };
+        let Ok(registered) = stream.try_clone() else {
+            continue;
+        };
         lock(&shared.conns).insert(id, registered);
         shared.active.fetch_add(1, Ordering::SeqCst);
         let s2 = shared.clone();
-        let spawned = thread::Builder::new().name(format!("devserver-conn-{id}")).spawn(move || {
-            let _ = serve_connection(&s2, stream);
-            lock(&s2.conns).remove(&id);
-            s2.active.fetch_sub(1, Ordering::SeqCst);
-        });
+        let spawned = thread::Builder::new()
+            .name(format!("devserver-conn-{id}"))
+            .spawn(move || {
+                let _ = serve_connection(&s2, stream);
+                lock(&s2.conns).remove(&id);
+                s2.active.fetch_sub(1, Ordering::SeqCst);
+            });
         match spawned {
             Ok(h) => {
                 let mut hs = lock(&shared.handles);
@@ -425,11 +452,20 @@ fn arm_reset(s: &TcpStream) {
             l_linger: i32,
         }
         extern "C" {
-            fn setsockopt(fd: i32, level: i32, name: i32, value: *const std::ffi::c_void, len: u32) -> i32;
+            fn setsockopt(
+                fd: i32,
+                level: i32,
+                name: i32,
+                value: *const std::ffi::c_void,
+                len: u32,
+            ) -> i32;
         }
         const SOL_SOCKET: i32 = 1;
         const SO_LINGER: i32 = 13;
-        let l = Linger { l_onoff: 1, l_linger: 0 };
+        let l = Linger {
+            l_onoff: 1,
+            l_linger: 0,
+        };
         // SAFETY: the fd is open for as long as `s` lives; the value pointer and length describe
         // a properly laid-out `struct linger` that outlives the call.
         unsafe {
@@ -460,7 +496,11 @@ fn lingering_close(raw: &TcpStream) {
             Ok(0) => break,
             Ok(n) => total += n,
             Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-            Err(e) if matches!(e.kind(), io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut) => {}
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
+                ) => {}
             Err(_) => break,
         }
     }
@@ -493,7 +533,9 @@ fn serve_connection(shared: &Arc<Shared>, stream: TcpStream) -> io::Result<()> {
             Err(e) => return refuse_unread(shared, &mut r, &raw, Some(&head), e),
         };
         if framing != http::Framing::None
-            && head.header("expect").is_some_and(|v| v.eq_ignore_ascii_case("100-continue"))
+            && head
+                .header("expect")
+                .is_some_and(|v| v.eq_ignore_ascii_case("100-continue"))
         {
             r.get_mut().write_all(b"HTTP/1.1 100 Continue\r\n\r\n")?;
             r.get_mut().flush()?;
@@ -536,16 +578,31 @@ fn refuse_unread(
 ) -> io::Result<()> {
     let (err, declared) = match e {
         ReadError::TooLarge { declared } => (
-            ingest::too_large(format!("Request body exceeds the {MAX_WIRE_BYTES}-byte limit of this server.")),
+            ingest::too_large(format!(
+                "Request body exceeds the {MAX_WIRE_BYTES}-byte limit of this server."
+            )),
             declared.unwrap_or(0),
         ),
-        ReadError::HeadersTooLarge => {
-            (ApiError::new(431, "General_BadRequest", "Kusto.DataNode.Exceptions.BadRequest", "Headers too large.", true), 0)
-        }
-        ReadError::Malformed(m) => (ingest::bad_request("General_BadRequest", format!("Malformed HTTP request: {m}")), 0),
+        ReadError::HeadersTooLarge => (
+            ApiError::new(
+                431,
+                "General_BadRequest",
+                "Kusto.DataNode.Exceptions.BadRequest",
+                "Headers too large.",
+                true,
+            ),
+            0,
+        ),
+        ReadError::Malformed(m) => (
+            ingest::bad_request("General_BadRequest", format!("Malformed HTTP request: {m}")),
+            0,
+        ),
         ReadError::Closed | ReadError::Io(_) => return Ok(()),
     };
-    let crid = head.and_then(|h| h.header("x-ms-client-request-id")).unwrap_or("").to_string();
+    let crid = head
+        .and_then(|h| h.header("x-ms-client-request-id"))
+        .unwrap_or("")
+        .to_string();
     let activity = shared.new_activity_id();
     let resp = error_response(&err, &crid, &activity);
     if let Some(target) = head.and_then(ingest::parse_target) {
@@ -560,7 +617,8 @@ fn refuse_unread(
 }
 
 pub(crate) fn error_response(e: &ApiError, crid: &str, activity: &str) -> Response {
-    Response::json(e.status, e.render(crid, activity, &timestamp_now())).header("x-ms-activity-id", activity)
+    Response::json(e.status, e.render(crid, activity, &timestamp_now()))
+        .header("x-ms-activity-id", activity)
 }
 
 fn route(shared: &Shared, req: &Request) -> Reply {
@@ -585,7 +643,10 @@ fn route(shared: &Shared, req: &Request) -> Reply {
                 405,
                 "MethodNotAllowed",
                 "Kusto.Common.Svc.Exceptions.MethodNotAllowedException",
-                format!("Method '{}' is not allowed on the streaming ingestion endpoint; use POST.", req.method),
+                format!(
+                    "Method '{}' is not allowed on the streaming ingestion endpoint; use POST.",
+                    req.method
+                ),
                 true,
             );
             Reply::Send(error_response(&e, crid, &activity).header("Allow", "POST"))
@@ -619,7 +680,14 @@ fn finish(shared: &Shared, mut log: RequestLog, what: &str, status: u16) {
     if shared.cfg.verbose {
         eprintln!(
             "devserver: POST {}.{} format={} crid={} wire={} raw={} records={} -> {}",
-            log.database, log.table, log.format, log.client_request_id, log.wire_bytes, log.raw_bytes, log.records, what
+            log.database,
+            log.table,
+            log.format,
+            log.client_request_id,
+            log.wire_bytes,
+            log.raw_bytes,
+            log.records,
+            what
         );
     }
     shared.state().requests.push(log);
@@ -633,9 +701,10 @@ fn fault_reply(f: &Fault, target: &Target, crid: &str, activity: &str) -> Respon
     let err = |e: ApiError| error_response(&e, crid, activity);
     match f {
         Fault::Throttle { retry_after } => with_retry_after(err(ingest::throttled()), retry_after),
-        Fault::Unavailable { retry_after } => {
-            with_retry_after(Response::new(503).header("x-ms-activity-id", activity), retry_after)
-        }
+        Fault::Unavailable { retry_after } => with_retry_after(
+            Response::new(503).header("x-ms-activity-id", activity),
+            retry_after,
+        ),
         Fault::InternalError => err(ingest::internal_error(500)),
         Fault::TransientError => err(ingest::internal_error(400)),
         Fault::RejectData => err(ingest::bad_request(
@@ -643,10 +712,13 @@ fn fault_reply(f: &Fault, target: &Target, crid: &str, activity: &str) -> Respon
             "Inconsistent number of fields in the input records. HRESULT: 0x80DA0008",
         )),
         Fault::TableMissing => err(ingest::entity_not_found("Table", &target.table)),
-        Fault::StreamingDisabled => err(ingest::streaming_disabled(&target.database, &target.table)),
-        Fault::Unauthorized => {
-            err(ingest::unauthorized("The bearer token is invalid or expired.")).header("WWW-Authenticate", "Bearer")
+        Fault::StreamingDisabled => {
+            err(ingest::streaming_disabled(&target.database, &target.table))
         }
+        Fault::Unauthorized => err(ingest::unauthorized(
+            "The bearer token is invalid or expired.",
+        ))
+        .header("WWW-Authenticate", "Bearer"),
         Fault::Forbidden => err(ingest::forbidden(&target.database, &target.table)),
         Fault::EmptyOk => Response::new(200)
             .header("Content-Type", "application/json; charset=utf-8")
@@ -661,7 +733,10 @@ fn fault_reply(f: &Fault, target: &Target, crid: &str, activity: &str) -> Respon
 }
 
 fn handle_ingest(shared: &Shared, req: &Request, target: Target, activity: String) -> Reply {
-    let crid = req.header("x-ms-client-request-id").unwrap_or("").to_string();
+    let crid = req
+        .header("x-ms-client-request-id")
+        .unwrap_or("")
+        .to_string();
     let mut log = new_log(req, &target, &crid);
     let (down, fault) = {
         let mut st = shared.state();
@@ -669,7 +744,10 @@ fn handle_ingest(shared: &Shared, req: &Request, target: Target, activity: Strin
             (true, None)
         } else {
             let st = &mut *st;
-            let f = st.scripted.pop_front().or_else(|| faults::draw(&mut st.rng, &st.random));
+            let f = st
+                .scripted
+                .pop_front()
+                .or_else(|| faults::draw(&mut st.rng, &st.random));
             (false, f)
         }
     };
@@ -688,7 +766,12 @@ fn handle_ingest(shared: &Shared, req: &Request, target: Target, activity: Strin
         Some(Fault::LoseReply) => lose_reply = true,
         Some(f) => {
             let resp = fault_reply(f, &target, &crid, &activity);
-            finish(shared, log, &format!("{} (fault {f:?})", resp.status), resp.status);
+            finish(
+                shared,
+                log,
+                &format!("{} (fault {f:?})", resp.status),
+                resp.status,
+            );
             return Reply::Send(resp);
         }
     }
@@ -697,10 +780,14 @@ fn handle_ingest(shared: &Shared, req: &Request, target: Target, activity: Strin
             let n = records.len();
             {
                 let mut st = shared.state();
-                st.records.entry((target.database.clone(), target.table.clone())).or_default().extend(records);
+                st.records
+                    .entry((target.database.clone(), target.table.clone()))
+                    .or_default()
+                    .extend(records);
             }
             log.ingested = true;
-            Response::json(200, ingest::success_body(n)).header("x-ms-activity-id", activity.clone())
+            Response::json(200, ingest::success_body(n))
+                .header("x-ms-activity-id", activity.clone())
         }
         Err(e) => {
             let resp = error_response(&e, &crid, &activity);
@@ -712,7 +799,12 @@ fn handle_ingest(shared: &Shared, req: &Request, target: Target, activity: Strin
         }
     };
     if lose_reply {
-        finish(shared, log, &format!("reply lost (fault; would have been {})", resp.status), 0);
+        finish(
+            shared,
+            log,
+            &format!("reply lost (fault; would have been {})", resp.status),
+            0,
+        );
         return Reply::Reset;
     }
     let status = resp.status;
@@ -737,16 +829,25 @@ fn check_and_split(
         ));
     }
     if target.format.is_empty() {
-        return Err(ingest::bad_request("General_BadRequest", "Query parameter 'streamFormat' is required."));
+        return Err(ingest::bad_request(
+            "General_BadRequest",
+            "Query parameter 'streamFormat' is required.",
+        ));
     }
     let Some((_, framing)) = ingest::format_framing(&target.format) else {
         return Err(ingest::bad_request(
             "BadRequest_FormatNotSupported",
-            format!("Format '{}' is not supported for streaming ingestion.", target.format),
+            format!(
+                "Format '{}' is not supported for streaming ingestion.",
+                target.format
+            ),
         ));
     };
     if let Some(tables) = &cfg.tables {
-        if !tables.iter().any(|(d, t)| *d == target.database && *t == target.table) {
+        if !tables
+            .iter()
+            .any(|(d, t)| *d == target.database && *t == target.table)
+        {
             return Err(if tables.iter().any(|(d, _)| *d == target.database) {
                 ingest::entity_not_found("Table", &target.table)
             } else {

@@ -21,17 +21,31 @@ fn other(e: impl std::fmt::Display) -> io::Error {
 pub fn generate() -> io::Result<TlsMaterial> {
     let ca_key = KeyPair::generate().map_err(other)?;
     let mut ca_params = CertificateParams::new(Vec::<String>::new()).map_err(other)?;
-    ca_params.distinguished_name.push(DnType::CommonName, "kusto-devserver test CA");
+    ca_params
+        .distinguished_name
+        .push(DnType::CommonName, "kusto-devserver test CA");
     ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-    ca_params.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign, KeyUsagePurpose::DigitalSignature];
+    ca_params.key_usages = vec![
+        KeyUsagePurpose::KeyCertSign,
+        KeyUsagePurpose::CrlSign,
+        KeyUsagePurpose::DigitalSignature,
+    ];
     let ca_cert = ca_params.self_signed(&ca_key).map_err(other)?;
 
     let leaf_key = KeyPair::generate().map_err(other)?;
-    let mut leaf_params =
-        CertificateParams::new(vec!["localhost".to_string(), "127.0.0.1".to_string(), "::1".to_string()])
-            .map_err(other)?;
-    leaf_params.distinguished_name.push(DnType::CommonName, "localhost");
-    leaf_params.key_usages = vec![KeyUsagePurpose::DigitalSignature, KeyUsagePurpose::KeyEncipherment];
+    let mut leaf_params = CertificateParams::new(vec![
+        "localhost".to_string(),
+        "127.0.0.1".to_string(),
+        "::1".to_string(),
+    ])
+    .map_err(other)?;
+    leaf_params
+        .distinguished_name
+        .push(DnType::CommonName, "localhost");
+    leaf_params.key_usages = vec![
+        KeyUsagePurpose::DigitalSignature,
+        KeyUsagePurpose::KeyEncipherment,
+    ];
     leaf_params.extended_key_usages = vec![rcgen::ExtendedKeyUsagePurpose::ServerAuth];
     let issuer = Issuer::from_params(&ca_params, &ca_key);
     let leaf_cert = leaf_params.signed_by(&leaf_key, &issuer).map_err(other)?;
@@ -45,5 +59,9 @@ pub fn generate() -> io::Result<TlsMaterial> {
         .with_single_cert(vec![leaf_cert.der().clone(), ca_cert.der().clone()], key)
         .map_err(other)?;
     config.alpn_protocols = vec![b"http/1.1".to_vec()];
-    Ok(TlsMaterial { ca_pem: ca_cert.pem(), ca_der: ca_cert.der().clone(), config: Arc::new(config) })
+    Ok(TlsMaterial {
+        ca_pem: ca_cert.pem(),
+        ca_der: ca_cert.der().clone(),
+        config: Arc::new(config),
+    })
 }

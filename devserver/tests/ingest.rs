@@ -15,7 +15,12 @@ fn start(cfg: ServerConfig) -> Server {
 }
 
 fn error_of(resp: &common::Resp) -> serde_json::Value {
-    assert!(resp.header("content-type").unwrap().starts_with("application/json"), "{resp:?}");
+    assert!(
+        resp.header("content-type")
+            .unwrap()
+            .starts_with("application/json"),
+        "{resp:?}"
+    );
     resp.json()["error"].clone()
 }
 
@@ -23,33 +28,65 @@ fn error_of(resp: &common::Resp) -> serde_json::Value {
 fn gzip_csv_is_stored_and_answered_with_the_exact_v1_data_set() {
     let s = start(ServerConfig::default());
     let mut c = connect(s.addr());
-    let r = c.ingest("db", "Events", "csv", "KEC.executeStreamingIngest;abc", b"a,1\nb,2\r\nc,3\n").unwrap();
+    let r = c
+        .ingest(
+            "db",
+            "Events",
+            "csv",
+            "KEC.executeStreamingIngest;abc",
+            b"a,1\nb,2\r\nc,3\n",
+        )
+        .unwrap();
     assert_eq!(r.status, 200);
-    assert_eq!(r.header("content-type"), Some("application/json; charset=utf-8"));
+    assert_eq!(
+        r.header("content-type"),
+        Some("application/json; charset=utf-8")
+    );
     assert!(r.header("x-ms-activity-id").is_some_and(|v| v.len() == 36));
     assert_eq!(r.text(), SUCCESS_3);
-    assert_eq!(s.records("db", "Events"), vec![b"a,1".to_vec(), b"b,2".to_vec(), b"c,3".to_vec()]);
+    assert_eq!(
+        s.records("db", "Events"),
+        vec![b"a,1".to_vec(), b"b,2".to_vec(), b"c,3".to_vec()]
+    );
     let log = s.requests();
     assert_eq!(log.len(), 1);
     let l = &log[0];
-    assert_eq!((l.database.as_str(), l.table.as_str(), l.format.as_str()), ("db", "Events", "csv"));
+    assert_eq!(
+        (l.database.as_str(), l.table.as_str(), l.format.as_str()),
+        ("db", "Events", "csv")
+    );
     assert_eq!(l.client_request_id, "KEC.executeStreamingIngest;abc");
     assert!(l.gzip_ok && l.ingested);
     assert_eq!((l.status, l.records, l.raw_bytes), (200, 3, 13));
-    assert!(l.headers.iter().any(|(k, v)| k == "x-ms-version" && v == "2024-12-12"));
+    assert!(l
+        .headers
+        .iter()
+        .any(|(k, v)| k == "x-ms-version" && v == "2024-12-12"));
 }
 
 #[test]
 fn keep_alive_serves_two_requests_on_one_connection() {
     let s = start(ServerConfig::default());
     let mut c = connect(s.addr());
-    assert_eq!(c.ingest("db", "T", "json", "r1", b"{\"a\":1}\n").unwrap().status, 200);
-    assert_eq!(c.ingest("db", "T", "json", "r2", b"{\"a\":2}\n{\"a\":3}\n").unwrap().status, 200);
+    assert_eq!(
+        c.ingest("db", "T", "json", "r1", b"{\"a\":1}\n")
+            .unwrap()
+            .status,
+        200
+    );
+    assert_eq!(
+        c.ingest("db", "T", "json", "r2", b"{\"a\":2}\n{\"a\":3}\n")
+            .unwrap()
+            .status,
+        200
+    );
     assert_eq!(s.records("db", "T").len(), 3);
     // Connection: close is honoured.
     let mut h = sdk_headers("r3");
     h.push(("Connection".into(), "close".into()));
-    let r = c.request("POST", "/v1/rest/ingest/db/T?streamFormat=csv", &h, b"x\n").unwrap();
+    let r = c
+        .request("POST", "/v1/rest/ingest/db/T?streamFormat=csv", &h, b"x\n")
+        .unwrap();
     assert_eq!(r.header("connection"), Some("close"));
     let mut rest = Vec::new();
     assert_eq!(c.r.read_to_end(&mut rest).unwrap(), 0);
@@ -61,10 +98,11 @@ fn chunked_body_and_percent_encoded_names_are_understood() {
     let mut c = connect(s.addr());
     let body = gzip(b"{\"x\":1}{\"x\":2}");
     let (a, b) = body.split_at(7);
-    let mut req = b"POST /v1/rest/ingest/my%20db/T%2D1?streamFormat=multijson&mappingName=m%261 HTTP/1.1\r\n\
+    let mut req =
+        b"POST /v1/rest/ingest/my%20db/T%2D1?streamFormat=multijson&mappingName=m%261 HTTP/1.1\r\n\
 Host: x\r\nx-ms-client-request-id: c1\r\nx-ms-version: 2024-12-12\r\nContent-Encoding: gzip\r\n\
 Transfer-Encoding: chunked\r\n\r\n"
-        .to_vec();
+            .to_vec();
     for part in [a, b] {
         req.extend_from_slice(format!("{:x}\r\n", part.len()).as_bytes());
         req.extend_from_slice(part);
@@ -74,7 +112,10 @@ Transfer-Encoding: chunked\r\n\r\n"
     c.send_raw(&req).unwrap();
     let r = c.read_response().unwrap();
     assert_eq!(r.status, 200, "{}", r.text());
-    assert_eq!(s.records("my db", "T-1"), vec![b"{\"x\":1}".to_vec(), b"{\"x\":2}".to_vec()]);
+    assert_eq!(
+        s.records("my db", "T-1"),
+        vec![b"{\"x\":1}".to_vec(), b"{\"x\":2}".to_vec()]
+    );
     assert_eq!(s.requests()[0].mapping.as_deref(), Some("m&1"));
 }
 
@@ -84,7 +125,9 @@ fn expect_continue_gets_a_100_before_the_body() {
     let mut c = connect(s.addr());
     let mut h = sdk_headers("e1");
     h.push(("Expect".into(), "100-continue".into()));
-    let r = c.request("POST", "/v1/rest/ingest/db/T?streamFormat=csv", &h, b"a\n").unwrap();
+    let r = c
+        .request("POST", "/v1/rest/ingest/db/T?streamFormat=csv", &h, b"a\n")
+        .unwrap();
     assert_eq!(r.status, 200);
 }
 
@@ -102,14 +145,22 @@ fn bad_gzip_is_refused_as_permanent_bad_data() {
     for body in [bad_crc, bad_magic, truncated] {
         let mut h = sdk_headers("KEC.executeStreamingIngest;bad");
         h.push(("Content-Encoding".into(), "gzip".into()));
-        let r = c.request("POST", "/v1/rest/ingest/db/T?streamFormat=csv", &h, &body).unwrap();
+        let r = c
+            .request("POST", "/v1/rest/ingest/db/T?streamFormat=csv", &h, &body)
+            .unwrap();
         assert_eq!(r.status, 400);
         let e = error_of(&r);
         assert_eq!(e["code"], "BadRequest_InvalidArchive");
         assert_eq!(e["@permanent"], true);
         assert_eq!(e["@failureCode"], 400);
-        assert_eq!(e["@context"]["clientRequestId"], "KEC.executeStreamingIngest;bad");
-        assert_eq!(e["@context"]["activityId"].as_str(), r.header("x-ms-activity-id"));
+        assert_eq!(
+            e["@context"]["clientRequestId"],
+            "KEC.executeStreamingIngest;bad"
+        );
+        assert_eq!(
+            e["@context"]["activityId"].as_str(),
+            r.header("x-ms-activity-id")
+        );
     }
     assert!(s.records("db", "T").is_empty());
     assert!(s.requests().iter().all(|l| !l.ingested && !l.gzip_ok));
@@ -117,23 +168,37 @@ fn bad_gzip_is_refused_as_permanent_bad_data() {
 
 #[test]
 fn oversize_bodies_are_refused_without_reading_forever() {
-    let s = start(ServerConfig { max_raw_bytes: 1000, ..ServerConfig::default() });
+    let s = start(ServerConfig {
+        max_raw_bytes: 1000,
+        ..ServerConfig::default()
+    });
     let mut c = connect(s.addr());
     // Inflates past the raw limit.
-    let r = c.ingest("db", "T", "csv", "big", &vec![b'a'; 5000]).unwrap();
+    let r = c
+        .ingest("db", "T", "csv", "big", &vec![b'a'; 5000])
+        .unwrap();
     assert_eq!(r.status, 413);
     let e = error_of(&r);
     assert_eq!(e["code"], "Stream_InputStreamTooLarge");
     assert_eq!(e["@permanent"], true);
     // Uncompressed over the raw limit.
-    let r = c.request("POST", "/v1/rest/ingest/db/T?streamFormat=csv", &sdk_headers("big2"), &vec![b'a'; 1001]).unwrap();
+    let r = c
+        .request(
+            "POST",
+            "/v1/rest/ingest/db/T?streamFormat=csv",
+            &sdk_headers("big2"),
+            &vec![b'a'; 1001],
+        )
+        .unwrap();
     assert_eq!(r.status, 413);
     // Declared over the wire limit: answered at once, body never read, connection closed.
     let mut c = connect(s.addr());
     let t0 = Instant::now();
-    c.send_raw(b"POST /v1/rest/ingest/db/T?streamFormat=csv HTTP/1.1\r\nx-ms-client-request-id: huge\r\n\
-x-ms-version: 1\r\nContent-Length: 999999999\r\n\r\nabc")
-        .unwrap();
+    c.send_raw(
+        b"POST /v1/rest/ingest/db/T?streamFormat=csv HTTP/1.1\r\nx-ms-client-request-id: huge\r\n\
+x-ms-version: 1\r\nContent-Length: 999999999\r\n\r\nabc",
+    )
+    .unwrap();
     let r = c.read_response().unwrap();
     assert_eq!(r.status, 413);
     assert_eq!(r.header("connection"), Some("close"));
@@ -145,10 +210,15 @@ x-ms-version: 1\r\nContent-Length: 999999999\r\n\r\nabc")
 
 #[test]
 fn bearer_token_is_required_when_configured() {
-    let s = start(ServerConfig { token: Some("sekret".into()), ..ServerConfig::default() });
+    let s = start(ServerConfig {
+        token: Some("sekret".into()),
+        ..ServerConfig::default()
+    });
     let mut c = connect(s.addr());
     let target = "/v1/rest/ingest/db/T?streamFormat=csv";
-    let r = c.request("POST", target, &sdk_headers("a1"), b"x\n").unwrap();
+    let r = c
+        .request("POST", target, &sdk_headers("a1"), b"x\n")
+        .unwrap();
     assert_eq!(r.status, 401);
     assert_eq!(error_of(&r)["@permanent"], true);
     let mut h = sdk_headers("a2");
@@ -174,15 +244,38 @@ fn unknown_tables_and_mappings_are_entity_errors() {
     assert_eq!(r.status, 400);
     let e = error_of(&r);
     assert_eq!(e["code"], "BadRequest_EntityNotFound");
-    assert_eq!(e["@message"], "Entity ID 'Nope' of kind 'Table' was not found.");
+    assert_eq!(
+        e["@message"],
+        "Entity ID 'Nope' of kind 'Table' was not found."
+    );
     assert_eq!(e["@permanent"], true);
     let r = c.ingest("otherdb", "T", "csv", "t2", b"x\n").unwrap();
-    assert_eq!(error_of(&r)["@message"], "Entity ID 'otherdb' of kind 'Database' was not found.");
+    assert_eq!(
+        error_of(&r)["@message"],
+        "Entity ID 'otherdb' of kind 'Database' was not found."
+    );
     let h = sdk_headers("t3");
-    let r = c.request("POST", "/v1/rest/ingest/db/T?streamFormat=json&mappingName=m2", &h, b"{}\n").unwrap();
+    let r = c
+        .request(
+            "POST",
+            "/v1/rest/ingest/db/T?streamFormat=json&mappingName=m2",
+            &h,
+            b"{}\n",
+        )
+        .unwrap();
     assert_eq!(r.status, 400);
-    assert_eq!(error_of(&r)["code"], "BadRequest_MappingReferenceWasNotFound");
-    let r = c.request("POST", "/v1/rest/ingest/db/T?streamFormat=json&mappingName=m1", &h, b"{}\n").unwrap();
+    assert_eq!(
+        error_of(&r)["code"],
+        "BadRequest_MappingReferenceWasNotFound"
+    );
+    let r = c
+        .request(
+            "POST",
+            "/v1/rest/ingest/db/T?streamFormat=json&mappingName=m1",
+            &h,
+            b"{}\n",
+        )
+        .unwrap();
     assert_eq!(r.status, 200);
 }
 
@@ -191,24 +284,60 @@ fn malformed_requests_get_the_service_errors() {
     let s = start(ServerConfig::default());
     let mut c = connect(s.addr());
     let h = sdk_headers("m1");
-    let r = c.request("POST", "/v1/rest/ingest/db/T?streamFormat=xml", &h, b"x\n").unwrap();
-    assert_eq!((r.status, error_of(&r)["code"].as_str().unwrap()), (400, "BadRequest_FormatNotSupported"));
-    let r = c.request("POST", "/v1/rest/ingest/db/T", &h, b"x\n").unwrap();
-    assert_eq!((r.status, error_of(&r)["code"].as_str().unwrap()), (400, "General_BadRequest"));
-    let r = c.request("POST", "/v1/rest/ingest/db/T?streamFormat=csv", &[], b"x\n").unwrap();
+    let r = c
+        .request("POST", "/v1/rest/ingest/db/T?streamFormat=xml", &h, b"x\n")
+        .unwrap();
+    assert_eq!(
+        (r.status, error_of(&r)["code"].as_str().unwrap()),
+        (400, "BadRequest_FormatNotSupported")
+    );
+    let r = c
+        .request("POST", "/v1/rest/ingest/db/T", &h, b"x\n")
+        .unwrap();
+    assert_eq!(
+        (r.status, error_of(&r)["code"].as_str().unwrap()),
+        (400, "General_BadRequest")
+    );
+    let r = c
+        .request("POST", "/v1/rest/ingest/db/T?streamFormat=csv", &[], b"x\n")
+        .unwrap();
     assert_eq!(r.status, 400);
-    assert!(error_of(&r)["@message"].as_str().unwrap().contains("x-ms-client-request-id"));
+    assert!(error_of(&r)["@message"]
+        .as_str()
+        .unwrap()
+        .contains("x-ms-client-request-id"));
     let only_id = vec![("x-ms-client-request-id".to_string(), "m2".to_string())];
-    let r = c.request("POST", "/v1/rest/ingest/db/T?streamFormat=csv", &only_id, b"x\n").unwrap();
-    assert!(error_of(&r)["@message"].as_str().unwrap().contains("x-ms-version"));
-    let r = c.request("POST", "/v1/rest/ingest/db?streamFormat=csv", &h, b"x\n").unwrap();
+    let r = c
+        .request(
+            "POST",
+            "/v1/rest/ingest/db/T?streamFormat=csv",
+            &only_id,
+            b"x\n",
+        )
+        .unwrap();
+    assert!(error_of(&r)["@message"]
+        .as_str()
+        .unwrap()
+        .contains("x-ms-version"));
+    let r = c
+        .request("POST", "/v1/rest/ingest/db?streamFormat=csv", &h, b"x\n")
+        .unwrap();
     assert_eq!(r.status, 404);
-    let r = c.request("GET", "/v1/rest/ingest/db/T?streamFormat=csv", &h, b"").unwrap();
+    let r = c
+        .request("GET", "/v1/rest/ingest/db/T?streamFormat=csv", &h, b"")
+        .unwrap();
     assert_eq!(r.status, 405);
-    let r = c.request("POST", "/v1/rest/ingest/db/T?streamFormat=csv", &h, b"").unwrap();
-    assert_eq!((r.status, error_of(&r)["code"].as_str().unwrap()), (400, "Stream_NoDataToIngest"));
+    let r = c
+        .request("POST", "/v1/rest/ingest/db/T?streamFormat=csv", &h, b"")
+        .unwrap();
+    assert_eq!(
+        (r.status, error_of(&r)["code"].as_str().unwrap()),
+        (400, "Stream_NoDataToIngest")
+    );
     // Uppercase format names (Go sends CamelCase) are fine, and uncompressed text too.
-    let r = c.request("POST", "/v1/rest/ingest/db/T?streamFormat=CSV", &h, b"x\n").unwrap();
+    let r = c
+        .request("POST", "/v1/rest/ingest/db/T?streamFormat=CSV", &h, b"x\n")
+        .unwrap();
     assert_eq!(r.status, 200);
     assert!(r.header("x-ms-activity-id").is_some());
 }
@@ -217,22 +346,47 @@ fn malformed_requests_get_the_service_errors() {
 fn json_lines_are_validated_and_multijson_is_split_per_object() {
     let s = start(ServerConfig::default());
     let mut c = connect(s.addr());
-    let r = c.ingest("db", "J", "json", "j1", b"{\"a\":1}\n{\"a\":2,\n").unwrap();
+    let r = c
+        .ingest("db", "J", "json", "j1", b"{\"a\":1}\n{\"a\":2,\n")
+        .unwrap();
     assert_eq!(r.status, 400);
     assert_eq!(error_of(&r)["@permanent"], true);
     assert!(s.records("db", "J").is_empty(), "all or nothing");
-    let r = c.ingest("db", "J", "json", "j2", b"{\"a\":1}\r\n\n{\"a\":2}\n").unwrap();
+    let r = c
+        .ingest("db", "J", "json", "j2", b"{\"a\":1}\r\n\n{\"a\":2}\n")
+        .unwrap();
     assert_eq!(r.status, 200);
     assert_eq!(r.json()["Tables"][0]["Rows"][0][0], 2);
-    let r = c.ingest("db", "M", "multijson", "j3", b"{\"a\":1}{\"b\":\n 2}\n  {\"c\":[{}]}").unwrap();
+    let r = c
+        .ingest(
+            "db",
+            "M",
+            "multijson",
+            "j3",
+            b"{\"a\":1}{\"b\":\n 2}\n  {\"c\":[{}]}",
+        )
+        .unwrap();
     assert_eq!(r.status, 200);
     assert_eq!(
         s.records("db", "M"),
-        vec![b"{\"a\":1}".to_vec(), b"{\"b\":\n 2}".to_vec(), b"{\"c\":[{}]}".to_vec()]
+        vec![
+            b"{\"a\":1}".to_vec(),
+            b"{\"b\":\n 2}".to_vec(),
+            b"{\"c\":[{}]}".to_vec()
+        ]
     );
-    let r = c.ingest("db", "M", "multijson", "j4", b"{\"a\":1} nope").unwrap();
+    let r = c
+        .ingest("db", "M", "multijson", "j4", b"{\"a\":1} nope")
+        .unwrap();
     assert_eq!(r.status, 400);
-    let r = c.request("POST", "/v1/rest/ingest/db/P?streamFormat=parquet", &sdk_headers("p"), b"PAR1\n\0\nx").unwrap();
+    let r = c
+        .request(
+            "POST",
+            "/v1/rest/ingest/db/P?streamFormat=parquet",
+            &sdk_headers("p"),
+            b"PAR1\n\0\nx",
+        )
+        .unwrap();
     assert_eq!(r.status, 200);
     assert_eq!(s.records("db", "P"), vec![b"PAR1\n\0\nx".to_vec()]);
 }
@@ -245,14 +399,58 @@ fn ingest_one(s: &Server, crid: &str) -> std::io::Result<common::Resp> {
 fn each_scripted_fault_behaves_as_described() {
     let s = start(ServerConfig::default());
     let cases: Vec<(Fault, u16, Option<&str>, bool)> = vec![
-        (Fault::Throttle { retry_after: Some("1".into()) }, 429, Some("General_ThrottledIngestion"), false),
-        (Fault::Throttle { retry_after: None }, 429, Some("General_ThrottledIngestion"), false),
-        (Fault::Unavailable { retry_after: Some("2".into()) }, 503, None, false),
-        (Fault::InternalError, 500, Some("General_InternalServerError"), false),
-        (Fault::TransientError, 400, Some("General_InternalServerError"), false),
-        (Fault::RejectData, 400, Some("Stream_WrongNumberOfFields"), true),
-        (Fault::TableMissing, 400, Some("BadRequest_EntityNotFound"), true),
-        (Fault::StreamingDisabled, 400, Some("BadRequest_StreamingIngestionPolicyNotEnabled"), true),
+        (
+            Fault::Throttle {
+                retry_after: Some("1".into()),
+            },
+            429,
+            Some("General_ThrottledIngestion"),
+            false,
+        ),
+        (
+            Fault::Throttle { retry_after: None },
+            429,
+            Some("General_ThrottledIngestion"),
+            false,
+        ),
+        (
+            Fault::Unavailable {
+                retry_after: Some("2".into()),
+            },
+            503,
+            None,
+            false,
+        ),
+        (
+            Fault::InternalError,
+            500,
+            Some("General_InternalServerError"),
+            false,
+        ),
+        (
+            Fault::TransientError,
+            400,
+            Some("General_InternalServerError"),
+            false,
+        ),
+        (
+            Fault::RejectData,
+            400,
+            Some("Stream_WrongNumberOfFields"),
+            true,
+        ),
+        (
+            Fault::TableMissing,
+            400,
+            Some("BadRequest_EntityNotFound"),
+            true,
+        ),
+        (
+            Fault::StreamingDisabled,
+            400,
+            Some("BadRequest_StreamingIngestionPolicyNotEnabled"),
+            true,
+        ),
         (Fault::Unauthorized, 401, Some("Unauthorized"), true),
         (Fault::Forbidden, 403, Some("Forbidden"), true),
     ];
@@ -261,7 +459,13 @@ fn each_scripted_fault_behaves_as_described() {
         let r = ingest_one(&s, "f").unwrap();
         assert_eq!(r.status, status, "{fault:?}");
         assert!(r.header("x-ms-activity-id").is_some());
-        if let Fault::Throttle { retry_after: Some(v) } | Fault::Unavailable { retry_after: Some(v) } = &fault {
+        if let Fault::Throttle {
+            retry_after: Some(v),
+        }
+        | Fault::Unavailable {
+            retry_after: Some(v),
+        } = &fault
+        {
             assert_eq!(r.header("retry-after"), Some(v.as_str()));
         }
         match code {
@@ -274,7 +478,10 @@ fn each_scripted_fault_behaves_as_described() {
             None => assert!(r.body.is_empty()),
         }
     }
-    assert!(s.records("db", "F").is_empty(), "no failed request stores anything");
+    assert!(
+        s.records("db", "F").is_empty(),
+        "no failed request stores anything"
+    );
 
     // Scripted faults are FIFO and consumed one per request.
     s.push_fault(Fault::EmptyOk);
@@ -307,8 +514,14 @@ fn each_scripted_fault_behaves_as_described() {
     let log = s.requests();
     let statuses: Vec<u16> = log.iter().rev().take(5).map(|l| l.status).collect();
     assert_eq!(statuses, vec![200, 200, 0, 0, 200]);
-    assert!(log.iter().rev().nth(2).unwrap().ingested, "the lost reply was ingested");
-    assert!(!log.iter().rev().nth(3).unwrap().ingested, "the reset was not");
+    assert!(
+        log.iter().rev().nth(2).unwrap().ingested,
+        "the lost reply was ingested"
+    );
+    assert!(
+        !log.iter().rev().nth(3).unwrap().ingested,
+        "the reset was not"
+    );
 }
 
 #[test]
@@ -332,18 +545,30 @@ fn random_faults_are_deterministic_per_seed() {
             ],
         });
         let mut c = connect(s.addr());
-        (0..40).map(|i| c.ingest("db", "R", "csv", &format!("r{i}"), b"x\n").unwrap().status).collect::<Vec<_>>()
+        (0..40)
+            .map(|i| {
+                c.ingest("db", "R", "csv", &format!("r{i}"), b"x\n")
+                    .unwrap()
+                    .status
+            })
+            .collect::<Vec<_>>()
     };
     let a = run(42);
     assert_eq!(a, run(42));
     assert_ne!(a, run(43));
-    assert!(a.contains(&200) && a.contains(&429) && a.contains(&503), "{a:?}");
+    assert!(
+        a.contains(&200) && a.contains(&429) && a.contains(&503),
+        "{a:?}"
+    );
 }
 
 #[test]
 fn scripted_faults_go_before_random_ones_and_reset_clears_everything() {
     let s = start(ServerConfig::default());
-    s.set_faults(Faults { seed: 1, random: vec![(Fault::InternalError, 1.0)] });
+    s.set_faults(Faults {
+        seed: 1,
+        random: vec![(Fault::InternalError, 1.0)],
+    });
     s.push_fault(Fault::Forbidden);
     assert_eq!(ingest_one(&s, "1").unwrap().status, 403);
     assert_eq!(ingest_one(&s, "2").unwrap().status, 500);
@@ -355,19 +580,31 @@ fn scripted_faults_go_before_random_ones_and_reset_clears_everything() {
 
 #[test]
 fn tls_works_with_the_test_ca_and_fails_without_it() {
-    let s = start(ServerConfig { tls: true, ..ServerConfig::default() });
+    let s = start(ServerConfig {
+        tls: true,
+        ..ServerConfig::default()
+    });
     assert!(s.url().starts_with("https://localhost:"));
     let ca = s.ca_pem().unwrap();
     assert!(ca.starts_with("-----BEGIN CERTIFICATE-----"));
     for host in ["localhost", "127.0.0.1"] {
         let mut c = connect_tls(s.addr(), tls_config(Some(&ca)), host);
-        assert_eq!(c.ingest("db", "S", "csv", "tls1", b"a\n").unwrap().status, 200);
-        assert_eq!(c.ingest("db", "S", "csv", "tls2", b"b\n").unwrap().status, 200);
+        assert_eq!(
+            c.ingest("db", "S", "csv", "tls1", b"a\n").unwrap().status,
+            200
+        );
+        assert_eq!(
+            c.ingest("db", "S", "csv", "tls2", b"b\n").unwrap().status,
+            200
+        );
     }
     assert_eq!(s.records("db", "S").len(), 4);
     let mut c = connect_tls(s.addr(), tls_config(None), "localhost");
     let e = c.ingest("db", "S", "csv", "tls3", b"c\n").unwrap_err();
-    assert!(e.to_string().contains("UnknownIssuer") || e.to_string().contains("certificate"), "{e}");
+    assert!(
+        e.to_string().contains("UnknownIssuer") || e.to_string().contains("certificate"),
+        "{e}"
+    );
     assert_eq!(s.records("db", "S").len(), 4);
 }
 
@@ -375,14 +612,23 @@ fn tls_works_with_the_test_ca_and_fails_without_it() {
 fn control_endpoints_steer_the_server() {
     let s = start(ServerConfig::default());
     let mut c = connect(s.addr());
-    let r = c.request("POST", "/_dev/fault", &[], b"429 retry-after=1\nreject\n").unwrap();
+    let r = c
+        .request("POST", "/_dev/fault", &[], b"429 retry-after=1\nreject\n")
+        .unwrap();
     assert_eq!(r.status, 200, "{}", r.text());
-    assert_eq!(c.request("POST", "/_dev/fault", &[], b"bogus\n").unwrap().status, 400);
+    assert_eq!(
+        c.request("POST", "/_dev/fault", &[], b"bogus\n")
+            .unwrap()
+            .status,
+        400
+    );
     assert_eq!(ingest_one(&s, "c1").unwrap().status, 429);
     assert_eq!(ingest_one(&s, "c2").unwrap().status, 400);
     assert_eq!(ingest_one(&s, "c3").unwrap().status, 200);
     assert_eq!(ingest_one(&s, "c3").unwrap().status, 200);
-    let r = c.request("GET", "/_dev/records?db=db&table=F", &[], b"").unwrap();
+    let r = c
+        .request("GET", "/_dev/records?db=db&table=F", &[], b"")
+        .unwrap();
     assert_eq!(r.text(), "row\nrow\n");
     let st = c.request("GET", "/_dev/stats", &[], b"").unwrap().json();
     assert_eq!(st["requests"], 4);
@@ -391,19 +637,45 @@ fn control_endpoints_steer_the_server() {
     assert_eq!(st["duplicate_request_ids"], 1);
     assert_eq!(st["tables"]["db.F"], 2);
     // Random faults over HTTP.
-    assert_eq!(c.request("POST", "/_dev/random-faults?seed=5", &[], b"403:1.0").unwrap().status, 200);
+    assert_eq!(
+        c.request("POST", "/_dev/random-faults?seed=5", &[], b"403:1.0")
+            .unwrap()
+            .status,
+        200
+    );
     assert_eq!(ingest_one(&s, "c4").unwrap().status, 403);
-    assert_eq!(c.request("POST", "/_dev/random-faults", &[], b"").unwrap().status, 200);
+    assert_eq!(
+        c.request("POST", "/_dev/random-faults", &[], b"")
+            .unwrap()
+            .status,
+        200
+    );
     assert_eq!(ingest_one(&s, "c5").unwrap().status, 200);
     // An outage: every ingest is closed unanswered, then it heals.
-    assert_eq!(c.request("POST", "/_dev/down?secs=0.5", &[], b"").unwrap().status, 200);
+    assert_eq!(
+        c.request("POST", "/_dev/down?secs=0.5", &[], b"")
+            .unwrap()
+            .status,
+        200
+    );
     assert!(ingest_one(&s, "c6").is_err());
     std::thread::sleep(Duration::from_millis(600));
     assert_eq!(ingest_one(&s, "c7").unwrap().status, 200);
-    assert_eq!(c.request("POST", "/_dev/reset", &[], b"").unwrap().status, 200);
-    assert_eq!(c.request("GET", "/_dev/stats", &[], b"").unwrap().json()["requests"], 0);
+    assert_eq!(
+        c.request("POST", "/_dev/reset", &[], b"").unwrap().status,
+        200
+    );
+    assert_eq!(
+        c.request("GET", "/_dev/stats", &[], b"").unwrap().json()["requests"],
+        0
+    );
     assert!(!s.shutdown_requested());
-    assert_eq!(c.request("POST", "/_dev/shutdown", &[], b"").unwrap().status, 200);
+    assert_eq!(
+        c.request("POST", "/_dev/shutdown", &[], b"")
+            .unwrap()
+            .status,
+        200
+    );
     assert!(s.shutdown_requested());
 }
 
@@ -411,7 +683,10 @@ fn control_endpoints_steer_the_server() {
 fn stopping_closes_idle_connections_promptly() {
     let s = start(ServerConfig::default());
     let mut idle = connect(s.addr());
-    assert_eq!(idle.ingest("db", "T", "csv", "i", b"x\n").unwrap().status, 200);
+    assert_eq!(
+        idle.ingest("db", "T", "csv", "i", b"x\n").unwrap().status,
+        200
+    );
     let t0 = Instant::now();
     s.stop();
     assert!(t0.elapsed() < Duration::from_secs(3));
@@ -428,7 +703,15 @@ fn many_concurrent_clients_are_served() {
             std::thread::spawn(move || {
                 let mut c = connect(addr);
                 for i in 0..10 {
-                    let r = c.ingest("db", "C", "csv", &format!("{t}-{i}"), format!("{t},{i}\n").as_bytes()).unwrap();
+                    let r = c
+                        .ingest(
+                            "db",
+                            "C",
+                            "csv",
+                            &format!("{t}-{i}"),
+                            format!("{t},{i}\n").as_bytes(),
+                        )
+                        .unwrap();
                     assert_eq!(r.status, 200);
                 }
             })
@@ -443,12 +726,23 @@ fn many_concurrent_clients_are_served() {
 #[test]
 fn connections_over_the_limit_are_closed_and_the_limit_frees_up() {
     let s = start(ServerConfig::default());
-    let mut held: Vec<_> = (0..kusto_devserver::MAX_CONNECTIONS).map(|_| connect(s.addr())).collect();
+    let mut held: Vec<_> = (0..kusto_devserver::MAX_CONNECTIONS)
+        .map(|_| connect(s.addr()))
+        .collect();
     // Make sure all of them were accepted and are being served.
-    assert_eq!(held[kusto_devserver::MAX_CONNECTIONS - 1].ingest("db", "L", "csv", "last", b"x\n").unwrap().status, 200);
+    assert_eq!(
+        held[kusto_devserver::MAX_CONNECTIONS - 1]
+            .ingest("db", "L", "csv", "last", b"x\n")
+            .unwrap()
+            .status,
+        200
+    );
     let mut extra = connect(s.addr());
     let mut buf = Vec::new();
-    assert!(matches!(extra.r.read_to_end(&mut buf), Ok(0) | Err(_)), "over the limit: closed unanswered");
+    assert!(
+        matches!(extra.r.read_to_end(&mut buf), Ok(0) | Err(_)),
+        "over the limit: closed unanswered"
+    );
     held.truncate(10);
     let t0 = Instant::now();
     loop {

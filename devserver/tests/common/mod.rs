@@ -26,10 +26,14 @@ pub struct Resp {
 
 impl Resp {
     pub fn header(&self, name: &str) -> Option<&str> {
-        self.headers.iter().find(|(k, _)| k.eq_ignore_ascii_case(name)).map(|(_, v)| v.as_str())
+        self.headers
+            .iter()
+            .find(|(k, _)| k.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.as_str())
     }
     pub fn json(&self) -> serde_json::Value {
-        serde_json::from_slice(&self.body).unwrap_or_else(|e| panic!("not JSON ({e}): {:?}", String::from_utf8_lossy(&self.body)))
+        serde_json::from_slice(&self.body)
+            .unwrap_or_else(|e| panic!("not JSON ({e}): {:?}", String::from_utf8_lossy(&self.body)))
     }
     pub fn text(&self) -> String {
         String::from_utf8_lossy(&self.body).into_owned()
@@ -39,7 +43,9 @@ impl Resp {
 pub fn connect(addr: SocketAddr) -> Conn {
     let s = TcpStream::connect(addr).unwrap();
     s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
-    Conn { r: BufReader::new(Box::new(s)) }
+    Conn {
+        r: BufReader::new(Box::new(s)),
+    }
 }
 
 pub fn tls_config(ca_pem: Option<&str>) -> Arc<rustls::ClientConfig> {
@@ -62,8 +68,11 @@ pub fn tls_config(ca_pem: Option<&str>) -> Arc<rustls::ClientConfig> {
 pub fn connect_tls(addr: SocketAddr, cfg: Arc<rustls::ClientConfig>, host: &str) -> Conn {
     let s = TcpStream::connect(addr).unwrap();
     s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
-    let c = rustls::ClientConnection::new(cfg, ServerName::try_from(host.to_string()).unwrap()).unwrap();
-    Conn { r: BufReader::new(Box::new(rustls::StreamOwned::new(c, s))) }
+    let c = rustls::ClientConnection::new(cfg, ServerName::try_from(host.to_string()).unwrap())
+        .unwrap();
+    Conn {
+        r: BufReader::new(Box::new(rustls::StreamOwned::new(c, s))),
+    }
 }
 
 /// The headers every SDK sends on a streaming ingest.
@@ -83,7 +92,13 @@ impl Conn {
         w.flush()
     }
 
-    pub fn send(&mut self, method: &str, target: &str, headers: &[(String, String)], body: &[u8]) -> io::Result<()> {
+    pub fn send(
+        &mut self,
+        method: &str,
+        target: &str,
+        headers: &[(String, String)],
+        body: &[u8],
+    ) -> io::Result<()> {
         let mut req = format!("{method} {target} HTTP/1.1\r\nHost: localhost\r\n");
         for (k, v) in headers {
             req.push_str(&format!("{k}: {v}\r\n"));
@@ -99,11 +114,21 @@ impl Conn {
         loop {
             line.clear();
             if self.r.read_line(&mut line)? == 0 {
-                return Err(io::Error::new(io::ErrorKind::UnexpectedEof, "closed before a response"));
+                return Err(io::Error::new(
+                    io::ErrorKind::UnexpectedEof,
+                    "closed before a response",
+                ));
             }
-            let status: u16 = line.split(' ').nth(1).and_then(|s| s.parse().ok()).ok_or_else(|| {
-                io::Error::new(io::ErrorKind::InvalidData, format!("bad status line {line:?}"))
-            })?;
+            let status: u16 = line
+                .split(' ')
+                .nth(1)
+                .and_then(|s| s.parse().ok())
+                .ok_or_else(|| {
+                    io::Error::new(
+                        io::ErrorKind::InvalidData,
+                        format!("bad status line {line:?}"),
+                    )
+                })?;
             let mut headers = Vec::new();
             loop {
                 let mut h = String::new();
@@ -125,20 +150,42 @@ impl Conn {
                 .unwrap_or(0);
             let mut body = vec![0; len];
             self.r.read_exact(&mut body)?;
-            return Ok(Resp { status, headers, body });
+            return Ok(Resp {
+                status,
+                headers,
+                body,
+            });
         }
     }
 
-    pub fn request(&mut self, method: &str, target: &str, headers: &[(String, String)], body: &[u8]) -> io::Result<Resp> {
+    pub fn request(
+        &mut self,
+        method: &str,
+        target: &str,
+        headers: &[(String, String)],
+        body: &[u8],
+    ) -> io::Result<Resp> {
         self.send(method, target, headers, body)?;
         self.read_response()
     }
 
     /// A gzip ingest with the SDK headers.
-    pub fn ingest(&mut self, db: &str, table: &str, format: &str, crid: &str, raw: &[u8]) -> io::Result<Resp> {
+    pub fn ingest(
+        &mut self,
+        db: &str,
+        table: &str,
+        format: &str,
+        crid: &str,
+        raw: &[u8],
+    ) -> io::Result<Resp> {
         let mut h = sdk_headers(crid);
         h.push(("Content-Encoding".into(), "gzip".into()));
         let body = kusto_devserver::gzip::gzip(raw);
-        self.request("POST", &format!("/v1/rest/ingest/{db}/{table}?streamFormat={format}"), &h, &body)
+        self.request(
+            "POST",
+            &format!("/v1/rest/ingest/{db}/{table}?streamFormat={format}"),
+            &h,
+            &body,
+        )
     }
 }
