@@ -165,6 +165,17 @@ fn network_failure(e: &ureq::Error) -> Failure {
         return f;
     }
     let mut f = match e {
+        ureq::Error::Io(io) => {
+            use std::io::ErrorKind as K;
+            match io.kind() {
+                K::UnexpectedEof | K::ConnectionReset | K::ConnectionAborted | K::BrokenPipe => {
+                    Failure::network("the connection was closed before the service answered")
+                }
+                K::ConnectionRefused => Failure::network("connection refused: nothing listens at the cluster URL"),
+                K::TimedOut | K::WouldBlock => Failure::network("timed out"),
+                _ => Failure::network(&format!("network error: {io}")),
+            }
+        }
         ureq::Error::Timeout(t) => Failure::network(&format!("timed out ({t})")),
         ureq::Error::HostNotFound => Failure::network("host not found (DNS)"),
         ureq::Error::ConnectionFailed => Failure::network("connection failed"),
