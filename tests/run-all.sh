@@ -1,0 +1,28 @@
+#!/usr/bin/env bash
+# Every test of kusto-edge, from a fresh Debian machine with a Rust toolchain (rustup): installs the C and
+# cross toolchains and emulators the tests need, then runs the Rust tests, the C tests and the ARM tests.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+packages=(gcc g++ make cmake pkg-config
+          gcc-arm-linux-gnueabihf gcc-aarch64-linux-gnu libc6-dev-armhf-cross libc6-dev-arm64-cross
+          qemu-user-static)
+missing=()
+for p in "${packages[@]}"; do
+  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+done
+if [ ${#missing[@]} -gt 0 ]; then
+  echo "run-all: installing ${missing[*]}"
+  sudo=""; [ "$(id -u)" -eq 0 ] || sudo="sudo"
+  $sudo apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+fi
+targets=(armv7-unknown-linux-gnueabihf aarch64-unknown-linux-gnu)
+installed=$(rustup target list --installed)
+for t in "${targets[@]}"; do
+  grep -qx "$t" <<<"$installed" || rustup target add "$t"
+done
+rustup component list --installed 2>/dev/null | grep -q '^rustfmt' || rustup component add rustfmt
+
+cargo fmt --all -- --check
+cargo test --workspace --locked
