@@ -1,0 +1,820 @@
+/*
+ * kedge-send: streams records, one per line, from files or stdin into an Azure Data Explorer (Kusto) table over
+ * streaming ingestion, with kusto-edge. For gateway integrators: a shell pipeline in, sysexits codes out.
+ *
+ * Memory is fixed at start: one line buffer of --batch-bytes and one read buffer, whatever the input size.
+ * Exit codes are stable (see usage()).
+ */
+#define _POSIX_C_SOURCE 200809L
+
+#include <errno.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+#include "kusto_edge.h"
+
+/* sysexits.h values, spelled out: not every libc a gateway runs has the header. */
+enum {
+    EXIT_ALL_ACKNOWLEDGED = 0,
+    EXIT_OTHER = 1,
+    EXIT_USAGE = 64,       /* EX_USAGE: bad or missing flags, bad -X key or value, unreadable FILE */
+    EXIT_DATA = 65,        /* EX_DATAERR: the service rejected records, or the input had invalid records */
+    EXIT_UNAVAILABLE = 69, /* EX_UNAVAILABLE: gave up on transient failures or a target that is not ready */
+    EXIT_NOPERM = 77       /* EX_NOPERM: gave up on authentication refused */
+};
+
+#define DEFAULT_BATCH_BYTES 1048576UL /* the library's default batch.bytes */
+#define READ_CHUNK_BYTES 65536
+#define MAX_SLEEP_MS 1000u
+#define MAX_KEY_LEN 128
+
+static void usage(FILE *out)
+{
+    fputs("usage: kedge-send --url URL --database DB --table T [options] [FILE...]\n"
+          "\n"
+          "Streams records, one per line, from each FILE (or stdin, or '-') into a Kusto table over\n"
+          "streaming ingestion. Empty lines are skipped; a trailing \\r is removed.\n"
+          "\n"
+          "  --url URL            cluster URL, https://CLUSTER.REGION.kusto.windows.net\n"
+          "  --database DB        database name\n"
+          "  --table T            table name\n"
+          "  --format F           data format of the lines (default multijson; csv, tsv, psv, json, ...)\n"
+          "  --mapping NAME       ingestion mapping to apply\n"
+          "  --token TOKEN        bearer token (default: env KEDGE_TOKEN, which other users cannot see in ps)\n"
+          "  --ca-file PEM        extra CA certificates to trust (private CA, test endpoint)\n"
+          "  --allow-http         allow http:// to a loopback endpoint (http.allow_plain=true)\n"
+          "  --batch-bytes N      raw bytes per request, 1024..4194304 (default 1048576); also the longest line\n"
+          "  -X key=value         any library configuration key, e.g. -X retry.max_attempts=8 (repeatable)\n"
+          "  --give-up-secs N     give up after N seconds of failures without progress (default 60)\n"
+          "  --quiet              print nothing but a final error\n"
+          "  --verbose            print the library's debug log and every delivery report\n"
+          "  --help               print this and exit\n"
+          "\n"
+          "Exit status: 0 every record acknowledged; 64 usage error; 65 records rejected by the service or\n"
+          "invalid in the input; 69 service unavailable after retries; 77 authentication refused; 1 other.\n",
+          out);
+}
+
+struct options {
+    const char *url;
+    const char *database;
+    const char *table;
+    const char *format;
+    const char *mapping;
+    const char *token;
+    const char *ca_file;
+    const char *batch_bytes;
+    int allow_http;
+    long give_up_secs;
+    int verbosity; /* 0 quiet, 1 default, 2 verbose */
+    const char **x_opts; /* "key=value", in command-line order */
+    size_t n_x_opts;
+    const char **files;
+    size_t n_files;
+};
+
+/* Shared with the callbacks (through userdata, no globals). */
+struct counters {
+    unsigned long long acknowledged;
+    unsigned long long rejected;
+    unsigned long long dropped; /* by a full spool (spool.policy=drop-oldest) */
+    kedge_result last_failure; /* result of the last chunk that failed for now */
+    int verbosity;
+};
+
+struct run {
+    kedge_client *client;
+    uint32_t dest;
+    struct counters *counts;
+    long give_up_ms;
+    int failing;                /* failures since the last progress */
+    long long first_failure_ms; /* when that run of failures began */
+    unsigned long long acknowledged_seen;
+    kedge_result cause; /* the last keep-the-data failure that says why (not BACKING_OFF or SPOOLED) */
+};
+
+/* A fixed-size line reader: never allocates after open, whatever the input. */
+struct reader {
+    FILE *f;
+    const char *name;
+    char *chunk;
+    size_t chunk_len;
+    size_t chunk_pos;
+    int eof;
+    unsigned long line_no;
+};
+
+static const char *PROG = "kedge-send";
+
+static long long now_ms(void)
+{
+    struct timespec ts;
+    if (clock_gettime(CLOCK_MONOTONIC, &ts) != 0) {
+        return 0;
+    }
+    return (long long)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+}
+
+static void sleep_ms(unsigned ms)
+{
+    struct timespec ts;
+    ts.tv_sec = (time_t)(ms / 1000u);
+    ts.tv_nsec = (long)(ms % 1000u) * 1000000L;
+    while (nanosleep(&ts, &ts) != 0 && errno == EINTR) {
+        /* a signal: sleep the rest */
+    }
+}
+
+/* The codes after which the data is kept (in RAM or in the spool) and the same call may succeed later. */
+static int keeps_data(kedge_result r)
+{
+    return r == KEDGE_TRANSIENT_FAILURE || r == KEDGE_BACKING_OFF || r == KEDGE_TARGET_NOT_READY ||
+           r == KEDGE_AUTH_REFUSED || r == KEDGE_SPOOLED || r == KEDGE_SPOOL_FULL || r == KEDGE_SPOOL_IO;
+}
+
+/* Nothing left to deliver: no record in RAM, no chunk in the spool. */
+static int all_sent(const kedge_stats *st)
+{
+    return st->records_buffered == 0 && st->spool_chunks == 0;
+}
+
+static const char *level_name(kedge_log_level level)
+{
+    switch (level) {
+    case KEDGE_LOG_ERROR:
+        return "error";
+    case KEDGE_LOG_WARN:
+        return "warn";
+    case KEDGE_LOG_INFO:
+        return "info";
+    case KEDGE_LOG_DEBUG:
+        return "debug";
+    default:
+        return "log";
+    }
+}
+
+static void on_log(void *userdata, kedge_log_level level, const char *message)
+{
+    (void)userdata;
+    fprintf(stderr, "%s: %s: %s\n", PROG, level_name(level), message);
+}
+
+static void on_delivery(void *userdata, const struct kedge_delivery_report *r)
+{
+    struct counters *c = userdata;
+    switch (r->outcome) {
+    case KEDGE_OUTCOME_ACKNOWLEDGED:
+        c->acknowledged += r->records;
+        break;
+    case KEDGE_OUTCOME_REJECTED:
+        c->rejected += r->records; /* the library logs why, at error level */
+        break;
+    case KEDGE_OUTCOME_DROPPED:
+        c->dropped += r->records;
+        break;
+    default:
+        c->last_failure = r->result;
+        break;
+    }
+    if (c->verbosity > 1) {
+        fprintf(stderr, "%s: chunk %s: %llu records, %llu bytes raw, %llu on the wire: %s\n", PROG, r->chunk_id,
+                (unsigned long long)r->records, (unsigned long long)r->raw_bytes,
+                (unsigned long long)r->wire_bytes, r->message);
+    }
+}
+
+/* "--name value" or "--name=value"; advances *i past what it used. Returns NULL (and complains) if missing. */
+static const char *flag_value(int argc, char **argv, int *i, const char *name)
+{
+    const char *arg = argv[*i];
+    size_t n = strlen(name);
+    if (arg[n] == '=') {
+        return arg + n + 1;
+    }
+    if (*i + 1 >= argc) {
+        fprintf(stderr, "%s: %s needs a value\n", PROG, name);
+        return NULL;
+    }
+    *i += 1;
+    return argv[*i];
+}
+
+/* Whether argv[i] is the flag `name`, alone or as `name=value`. */
+static int is_flag(const char *arg, const char *name)
+{
+    size_t n = strlen(name);
+    return strncmp(arg, name, n) == 0 && (arg[n] == '\0' || arg[n] == '=');
+}
+
+static int parse_whole(const char *s, long min, long max, long *out)
+{
+    char *end = NULL;
+    long v;
+    errno = 0;
+    v = strtol(s, &end, 10);
+    if (errno != 0 || end == s || *end != '\0' || v < min || v > max) {
+        return -1;
+    }
+    *out = v;
+    return 0;
+}
+
+/* Returns 0 on success, EXIT_USAGE on a bad command line, or -1 for --help. */
+static int parse_args(int argc, char **argv, struct options *o)
+{
+    const struct {
+        const char *name;
+        const char **slot;
+    } string_flags[] = {
+        {"--url", &o->url},         {"--database", &o->database}, {"--table", &o->table},
+        {"--format", &o->format},   {"--mapping", &o->mapping},   {"--token", &o->token},
+        {"--ca-file", &o->ca_file}, {"--batch-bytes", &o->batch_bytes},
+    };
+    int i;
+    size_t f;
+    int only_files = 0;
+    for (i = 1; i < argc; i++) {
+        const char *a = argv[i];
+        const char **slot = NULL;
+        const char *name = NULL;
+        if (only_files || a[0] != '-' || strcmp(a, "-") == 0) {
+            o->files[o->n_files++] = a;
+            continue;
+        }
+        if (strcmp(a, "--") == 0) {
+            only_files = 1;
+            continue;
+        }
+        if (strcmp(a, "--help") == 0 || strcmp(a, "-h") == 0) {
+            return -1;
+        }
+        if (strcmp(a, "--allow-http") == 0) {
+            o->allow_http = 1;
+            continue;
+        }
+        if (strcmp(a, "--quiet") == 0 || strcmp(a, "-q") == 0) {
+            o->verbosity = 0;
+            continue;
+        }
+        if (strcmp(a, "--verbose") == 0 || strcmp(a, "-v") == 0) {
+            o->verbosity = 2;
+            continue;
+        }
+        if (strncmp(a, "-X", 2) == 0) {
+            const char *kv = a[2] != '\0' ? a + 2 : NULL;
+            if (kv == NULL) {
+                if (i + 1 >= argc) {
+                    fprintf(stderr, "%s: -X needs key=value\n", PROG);
+                    return EXIT_USAGE;
+                }
+                kv = argv[++i];
+            }
+            if (strchr(kv, '=') == NULL || kv[0] == '=') {
+                fprintf(stderr, "%s: -X '%s': expected key=value\n", PROG, kv);
+                return EXIT_USAGE;
+            }
+            o->x_opts[o->n_x_opts++] = kv;
+            continue;
+        }
+        if (is_flag(a, "--give-up-secs")) {
+            const char *v = flag_value(argc, argv, &i, "--give-up-secs");
+            if (v == NULL) {
+                return EXIT_USAGE;
+            }
+            if (parse_whole(v, 0, 31L * 24 * 3600, &o->give_up_secs) != 0) {
+                fprintf(stderr, "%s: --give-up-secs '%s': expected a whole number of seconds\n", PROG, v);
+                return EXIT_USAGE;
+            }
+            continue;
+        }
+        for (f = 0; f < sizeof string_flags / sizeof string_flags[0]; f++) {
+            if (is_flag(a, string_flags[f].name)) {
+                name = string_flags[f].name;
+                slot = string_flags[f].slot;
+                break;
+            }
+        }
+        if (slot == NULL) {
+            fprintf(stderr, "%s: unknown option '%s' (see --help)\n", PROG, a);
+            return EXIT_USAGE;
+        }
+        *slot = flag_value(argc, argv, &i, name);
+        if (*slot == NULL) {
+            return EXIT_USAGE;
+        }
+    }
+    if (o->url == NULL || o->database == NULL || o->table == NULL) {
+        fprintf(stderr, "%s: --url, --database and --table are required (see --help)\n", PROG);
+        return EXIT_USAGE;
+    }
+    return 0;
+}
+
+/* Sets one key; on failure prints the library's message (which never shows a token). */
+static int set_key(kedge_config *config, const char *key, const char *value)
+{
+    char err[512];
+    kedge_result r = kedge_config_set(config, key, value, err, sizeof err);
+    if (r != KEDGE_OK) {
+        fprintf(stderr, "%s: %s (%s)\n", PROG, err, kedge_result_str(r));
+        return -1;
+    }
+    return 0;
+}
+
+/*
+ * Builds the configuration in the order: our defaults, the flags, then -X in command-line order (so -X can
+ * override anything). *batch_bytes receives the batch size the client will use, for the line buffer.
+ */
+static int build_config(const struct options *o, struct counters *counts, kedge_config *config,
+                        unsigned long *batch_bytes)
+{
+    size_t k;
+    const char *token = o->token != NULL ? o->token : getenv("KEDGE_TOKEN");
+    if (set_key(config, "log.level", o->verbosity > 1 ? "debug" : "error") != 0 ||
+        set_key(config, "client.app", "kedge-send") != 0 || set_key(config, "url", o->url) != 0 ||
+        set_key(config, "destinations.max", "1") != 0) {
+        return -1;
+    }
+    if (o->allow_http && set_key(config, "http.allow_plain", "true") != 0) {
+        return -1;
+    }
+    if (o->ca_file != NULL && set_key(config, "tls.ca_file", o->ca_file) != 0) {
+        return -1;
+    }
+    if (token != NULL && token[0] != '\0' && set_key(config, "auth.token", token) != 0) {
+        return -1;
+    }
+    if (o->batch_bytes != NULL) {
+        if (set_key(config, "batch.bytes", o->batch_bytes) != 0) {
+            return -1;
+        }
+        *batch_bytes = strtoul(o->batch_bytes, NULL, 10); /* the library checked it: 1024..4194304 */
+    }
+    for (k = 0; k < o->n_x_opts; k++) {
+        char key[MAX_KEY_LEN];
+        const char *eq = strchr(o->x_opts[k], '=');
+        size_t key_len = (size_t)(eq - o->x_opts[k]);
+        if (key_len >= sizeof key) {
+            fprintf(stderr, "%s: -X: key '%.*s...' is too long\n", PROG, 32, o->x_opts[k]);
+            return -1;
+        }
+        memcpy(key, o->x_opts[k], key_len);
+        key[key_len] = '\0';
+        if (set_key(config, key, eq + 1) != 0) {
+            return -1;
+        }
+        if (strcmp(key, "batch.bytes") == 0) {
+            *batch_bytes = strtoul(eq + 1, NULL, 10);
+        }
+    }
+    if (kedge_config_set_delivery_callback(config, on_delivery, counts) != KEDGE_OK) {
+        return -1;
+    }
+    if (o->verbosity > 0 && kedge_config_set_log_callback(config, on_log, NULL) != KEDGE_OK) {
+        return -1;
+    }
+    return 0;
+}
+
+/*
+ * Reads the next line into line[0..cap) without its '\n'. Returns 1 for a line (*overlong set when it had more
+ * than cap bytes: the rest was skipped), 0 at the end of the input, -1 on a read error.
+ */
+static int read_line(struct reader *rd, char *line, size_t cap, size_t *len, int *overlong)
+{
+    int got = 0;
+    *len = 0;
+    *overlong = 0;
+    for (;;) {
+        const char *start;
+        const char *nl;
+        size_t take;
+        if (rd->chunk_pos == rd->chunk_len) {
+            if (rd->eof) {
+                break;
+            }
+            rd->chunk_len = fread(rd->chunk, 1, READ_CHUNK_BYTES, rd->f);
+            rd->chunk_pos = 0;
+            if (rd->chunk_len == 0) {
+                if (ferror(rd->f)) {
+                    return -1;
+                }
+                rd->eof = 1;
+                break;
+            }
+        }
+        got = 1;
+        start = rd->chunk + rd->chunk_pos;
+        nl = memchr(start, '\n', rd->chunk_len - rd->chunk_pos);
+        take = nl != NULL ? (size_t)(nl - start) : rd->chunk_len - rd->chunk_pos;
+        if (!*overlong) {
+            if (take > cap - *len) {
+                *overlong = 1;
+            } else {
+                memcpy(line + *len, start, take);
+                *len += take;
+            }
+        }
+        rd->chunk_pos += take;
+        if (nl != NULL) {
+            rd->chunk_pos += 1;
+            break;
+        }
+    }
+    if (!got) {
+        return 0;
+    }
+    rd->line_no += 1;
+    return 1;
+}
+
+static void print_client_error(const struct run *run, const char *what, kedge_result r)
+{
+    char msg[1024];
+    if (kedge_client_last_error(run->client, msg, sizeof msg, NULL) != KEDGE_OK) {
+        msg[0] = '\0';
+    }
+    fprintf(stderr, "%s: %s: %s: %s\n", PROG, what, kedge_result_str(r), msg);
+}
+
+/* Acknowledgements since the last look count as progress: the give-up clock starts again. */
+static void note_progress(struct run *run)
+{
+    if (run->counts->acknowledged != run->acknowledged_seen) {
+        run->acknowledged_seen = run->counts->acknowledged;
+        run->failing = 0;
+    }
+}
+
+enum wait_result { WAIT_AGAIN, WAIT_NOTHING_LEFT, WAIT_GAVE_UP, WAIT_FATAL };
+
+/*
+ * After a keep-the-data result: polls and sleeps (at most MAX_SLEEP_MS at a time) until the library's backoff
+ * for the destination has run out, so that the next try honours it (and the server's Retry-After). Gives up when
+ * --give-up-secs have passed since the first failure without progress.
+ */
+static enum wait_result wait_for_service(struct run *run, kedge_result r)
+{
+    if (r != KEDGE_BACKING_OFF && r != KEDGE_SPOOLED) {
+        run->cause = r;
+    }
+    note_progress(run);
+    if (!run->failing) {
+        run->failing = 1;
+        run->first_failure_ms = now_ms();
+    }
+    for (;;) {
+        uint32_t next_ms = 0;
+        kedge_stats st;
+        if (now_ms() - run->first_failure_ms >= run->give_up_ms) {
+            return WAIT_GAVE_UP;
+        }
+        r = kedge_poll(run->client, &next_ms);
+        if (r != KEDGE_OK) {
+            if (keeps_data(r)) {
+                if (r != KEDGE_BACKING_OFF && r != KEDGE_SPOOLED) {
+                    run->cause = r;
+                }
+            } else if (r != KEDGE_DATA_REJECTED) {
+                print_client_error(run, "poll", r);
+                return WAIT_FATAL;
+            }
+            next_ms = next_ms == 0 ? 1 : next_ms; /* failed poll: no fresh estimate; avoid a hot loop */
+        }
+        note_progress(run);
+        if (kedge_client_stats(run->client, &st) != KEDGE_OK) {
+            return WAIT_FATAL;
+        }
+        if (all_sent(&st)) {
+            return WAIT_NOTHING_LEFT;
+        }
+        if (next_ms <= MAX_SLEEP_MS) {
+            sleep_ms(next_ms);
+            return WAIT_AGAIN;
+        }
+        sleep_ms(MAX_SLEEP_MS);
+    }
+}
+
+enum send_status { SEND_OK, SEND_GAVE_UP, SEND_FATAL };
+
+/* Offers one record until it is taken, found invalid, or we give up. */
+static enum send_status send_record(struct run *run, const struct reader *rd, const char *rec, size_t len,
+                                    unsigned long long *invalid)
+{
+    int rejected_in_a_row = 0;
+    for (;;) {
+        kedge_result r = kedge_append(run->client, run->dest, (const uint8_t *)rec, len);
+        if (r == KEDGE_OK) {
+            run->failing = 0;
+            return SEND_OK;
+        }
+        if (r == KEDGE_RECORD_TOO_LARGE || r == KEDGE_INVALID_RECORD) {
+            char msg[512];
+            if (kedge_client_last_error(run->client, msg, sizeof msg, NULL) != KEDGE_OK) {
+                msg[0] = '\0';
+            }
+            if (run->counts->verbosity > 0) {
+                fprintf(stderr, "%s: %s:%lu: %s: %s\n", PROG, rd->name, rd->line_no, kedge_result_str(r), msg);
+            }
+            *invalid += 1;
+            return SEND_OK;
+        }
+        if (r == KEDGE_DATA_REJECTED) {
+            /* The full batch before this record was refused and dropped (the delivery callback counted it);
+             * this record was not taken and goes into the fresh batch. */
+            if (++rejected_in_a_row > 3) {
+                print_client_error(run, "append", r);
+                return SEND_FATAL;
+            }
+            continue;
+        }
+        if (!keeps_data(r)) {
+            print_client_error(run, "append", r);
+            return SEND_FATAL;
+        }
+        switch (wait_for_service(run, r)) {
+        case WAIT_AGAIN:
+        case WAIT_NOTHING_LEFT:
+            break;
+        case WAIT_GAVE_UP:
+            return SEND_GAVE_UP;
+        case WAIT_FATAL:
+            return SEND_FATAL;
+        }
+    }
+}
+
+/* Sends everything still buffered, waiting out failures until we give up. */
+static enum send_status flush_all(struct run *run)
+{
+    int rejected_in_a_row = 0;
+    for (;;) {
+        kedge_stats st;
+        kedge_result r = kedge_flush(run->client);
+        if (r == KEDGE_OK) {
+            return SEND_OK;
+        }
+        if (r == KEDGE_DATA_REJECTED) {
+            if (kedge_client_stats(run->client, &st) != KEDGE_OK) {
+                return SEND_FATAL;
+            }
+            if (all_sent(&st)) {
+                return SEND_OK; /* the refused chunk was counted by the delivery callback */
+            }
+            if (++rejected_in_a_row > 3) {
+                print_client_error(run, "flush", r);
+                return SEND_FATAL;
+            }
+            continue;
+        }
+        if (!keeps_data(r)) {
+            print_client_error(run, "flush", r);
+            return SEND_FATAL;
+        }
+        switch (wait_for_service(run, r)) {
+        case WAIT_AGAIN:
+            break;
+        case WAIT_NOTHING_LEFT:
+            return SEND_OK;
+        case WAIT_GAVE_UP:
+            return SEND_GAVE_UP;
+        case WAIT_FATAL:
+            return SEND_FATAL;
+        }
+    }
+}
+
+/* Streams one input. Returns SEND_OK at its end, or why it stopped; *io_error is set on a read error. */
+static enum send_status send_input(struct run *run, struct reader *rd, char *line, size_t cap,
+                                   unsigned long long *invalid, int *io_error)
+{
+    for (;;) {
+        size_t len = 0;
+        int overlong = 0;
+        enum send_status s;
+        int got = read_line(rd, line, cap, &len, &overlong);
+        if (got < 0) {
+            fprintf(stderr, "%s: %s: read error: %s\n", PROG, rd->name, strerror(errno));
+            *io_error = 1;
+            return SEND_OK;
+        }
+        if (got == 0) {
+            return SEND_OK;
+        }
+        if (overlong) {
+            if (run->counts->verbosity > 0) {
+                fprintf(stderr, "%s: %s:%lu: record longer than batch.bytes (%lu bytes): skipped\n", PROG,
+                        rd->name, rd->line_no, (unsigned long)cap);
+            }
+            *invalid += 1;
+            continue;
+        }
+        if (len > 0 && line[len - 1] == '\r') {
+            len--;
+        }
+        if (len == 0) {
+            continue;
+        }
+        s = send_record(run, rd, line, len, invalid);
+        if (s != SEND_OK) {
+            return s;
+        }
+    }
+}
+
+static int exit_for_give_up(const struct run *run)
+{
+    kedge_result cause = run->cause;
+    if (cause == KEDGE_OK) {
+        cause = run->counts->last_failure;
+    }
+    if (cause == KEDGE_AUTH_REFUSED) {
+        return EXIT_NOPERM;
+    }
+    return cause == KEDGE_SPOOL_IO ? EXIT_OTHER : EXIT_UNAVAILABLE;
+}
+
+int main(int argc, char **argv)
+{
+    struct options o;
+    struct counters counts;
+    struct run run;
+    struct reader rd;
+    kedge_config *config = NULL;
+    kedge_client *client = NULL;
+    char *line = NULL;
+    char *chunk = NULL;
+    unsigned long batch_bytes = DEFAULT_BATCH_BYTES;
+    unsigned long long invalid = 0;
+    int io_error = 0;
+    int status = EXIT_OTHER;
+    enum send_status sent = SEND_OK;
+    char err[512];
+    kedge_result r;
+    size_t f;
+    int parsed;
+
+    memset(&o, 0, sizeof o);
+    memset(&counts, 0, sizeof counts);
+    memset(&run, 0, sizeof run);
+    memset(&rd, 0, sizeof rd);
+    o.format = "multijson";
+    o.give_up_secs = 60;
+    o.verbosity = 1;
+
+    /* argc bounds both lists, so two small arrays sized once cover any command line. */
+    o.x_opts = malloc(sizeof *o.x_opts * (size_t)argc);
+    o.files = malloc(sizeof *o.files * (size_t)argc);
+    if (o.x_opts == NULL || o.files == NULL) {
+        fprintf(stderr, "%s: out of memory\n", PROG);
+        goto out;
+    }
+    parsed = parse_args(argc, argv, &o);
+    if (parsed < 0) {
+        usage(stdout);
+        status = EXIT_ALL_ACKNOWLEDGED;
+        goto out;
+    }
+    if (parsed != 0) {
+        status = parsed;
+        goto out;
+    }
+    counts.verbosity = o.verbosity;
+
+    /* Unreadable inputs are a usage error, found before anything is sent. */
+    for (f = 0; f < o.n_files; f++) {
+        FILE *probe;
+        if (strcmp(o.files[f], "-") == 0) {
+            continue;
+        }
+        probe = fopen(o.files[f], "rb");
+        if (probe == NULL) {
+            fprintf(stderr, "%s: %s: %s\n", PROG, o.files[f], strerror(errno));
+            status = EXIT_USAGE;
+            goto out;
+        }
+        fclose(probe);
+    }
+
+    status = EXIT_USAGE;
+    if (kedge_config_new(&config) != KEDGE_OK) {
+        status = EXIT_OTHER;
+        goto out;
+    }
+    if (build_config(&o, &counts, config, &batch_bytes) != 0) {
+        goto out;
+    }
+    r = kedge_client_new(config, &client, err, sizeof err);
+    if (r != KEDGE_OK) {
+        fprintf(stderr, "%s: %s (%s)\n", PROG, err, kedge_result_str(r));
+        status = (r == KEDGE_INTERNAL || r == KEDGE_PANIC) ? EXIT_OTHER : EXIT_USAGE;
+        goto out;
+    }
+    run.client = client;
+    run.counts = &counts;
+    run.give_up_ms = o.give_up_secs * 1000L;
+    r = kedge_client_add_destination(client, o.database, o.table, o.format, o.mapping, &run.dest);
+    if (r != KEDGE_OK) {
+        print_client_error(&run, "destination", r);
+        status = r == KEDGE_INVALID_ARGUMENT ? EXIT_USAGE : EXIT_OTHER;
+        goto out;
+    }
+
+    /* The only buffers that hold input: both sized now, never grown. */
+    line = malloc(batch_bytes);
+    chunk = malloc(READ_CHUNK_BYTES);
+    if (line == NULL || chunk == NULL) {
+        fprintf(stderr, "%s: out of memory for a %lu-byte line buffer\n", PROG, batch_bytes);
+        status = EXIT_OTHER;
+        goto out;
+    }
+
+    for (f = 0; f < (o.n_files == 0 ? 1 : o.n_files) && sent == SEND_OK; f++) {
+        int is_stdin = o.n_files == 0 || strcmp(o.files[f], "-") == 0;
+        memset(&rd, 0, sizeof rd);
+        rd.chunk = chunk;
+        rd.name = is_stdin ? "<stdin>" : o.files[f];
+        rd.f = is_stdin ? stdin : fopen(o.files[f], "rb");
+        if (rd.f == NULL) {
+            fprintf(stderr, "%s: %s: %s\n", PROG, o.files[f], strerror(errno));
+            io_error = 1;
+            break;
+        }
+        sent = send_input(&run, &rd, line, batch_bytes, &invalid, &io_error);
+        if (!is_stdin) {
+            fclose(rd.f);
+        }
+        if (io_error) {
+            break;
+        }
+    }
+    if (sent == SEND_OK) {
+        sent = flush_all(&run);
+    }
+
+    if (o.verbosity > 0) {
+        kedge_stats st;
+        if (kedge_client_stats(client, &st) == KEDGE_OK) {
+            fprintf(stderr,
+                    "%s: %llu records (%llu acknowledged, %llu rejected), %.1f MB raw, %.1f MB on the wire, "
+                    "%llu requests, %llu retries",
+                    PROG, (unsigned long long)st.records_appended, counts.acknowledged, counts.rejected,
+                    (double)st.bytes_sent_raw / 1e6, (double)st.bytes_sent_wire / 1e6,
+                    (unsigned long long)st.requests, (unsigned long long)st.retries);
+            if (invalid > 0) {
+                fprintf(stderr, ", %llu invalid input lines", invalid);
+            }
+            if (st.spool_chunks > 0 || counts.dropped > 0) {
+                fprintf(stderr, ", %llu chunks left in the spool, %llu records dropped by the full spool",
+                        (unsigned long long)st.spool_chunks, counts.dropped);
+            }
+            fputc('\n', stderr);
+        }
+    }
+
+    if (sent == SEND_FATAL) {
+        status = EXIT_OTHER;
+    } else if (sent == SEND_GAVE_UP) {
+        char msg[1024];
+        if (kedge_client_last_error(client, msg, sizeof msg, NULL) != KEDGE_OK) {
+            msg[0] = '\0';
+        }
+        fprintf(stderr, "%s: gave up after %ld s without progress: %s\n", PROG, o.give_up_secs, msg);
+        status = exit_for_give_up(&run);
+    } else if (io_error) {
+        status = EXIT_USAGE;
+    } else if (counts.dropped > 0) {
+        fprintf(stderr, "%s: %llu records were dropped by the full spool while the service was unreachable\n", PROG,
+                counts.dropped);
+        status = EXIT_UNAVAILABLE;
+    } else if (counts.rejected > 0 || invalid > 0) {
+        if (o.verbosity == 0) {
+            fprintf(stderr, "%s: %llu records rejected by the service, %llu invalid input lines\n", PROG,
+                    counts.rejected, invalid);
+        }
+        status = EXIT_DATA;
+    } else {
+        kedge_stats st;
+        if (kedge_client_stats(client, &st) == KEDGE_OK && all_sent(&st) &&
+            counts.acknowledged >= st.records_appended) {
+            status = EXIT_ALL_ACKNOWLEDGED;
+        } else {
+            fprintf(stderr, "%s: not every record was acknowledged\n", PROG);
+            status = EXIT_OTHER;
+        }
+    }
+
+out:
+    kedge_client_free(client);
+    kedge_config_free(config);
+    free(line);
+    free(chunk);
+    free(o.x_opts);
+    free(o.files);
+    return status;
+}

@@ -1,0 +1,779 @@
+//! The C side of the library as a C user meets it: the examples and the C test programs in `examples-c/` and
+//! `tests/c/` are built with `make` against the release static library (warnings are errors), then run against an
+//! in-process test endpoint.
+//!
+//! The static library is built once per test process with `cargo build --release --lib` into the same target
+//! directory (`CARGO_TARGET_DIR` if set, else `<crate>/target`); tests that run programs are serialised so their
+//! timings do not disturb each other.
+
+use std::collections::{HashMap, HashSet};
+use std::fs::{self, File};
+use std::io::{BufWriter, Write};
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::process::{Command, ExitStatus, Stdio};
+use std::sync::{Mutex, MutexGuard, OnceLock};
+use std::time::{Duration, Instant};
+
+use kusto_devserver::{Fault, Faults, RequestLog, Server, ServerConfig};
+
+const MANIFEST_DIR: &str = env!("CARGO_MANIFEST_DIR");
+const MAX_REQUEST_RAW_BYTES: usize = 4 * 1024 * 1024;
+
+struct Built {
+    /// Where `make` put the programs.
+    programs: PathBuf,
+    /// Scratch space for the tests' files.
+    scratch: PathBuf,
+}
+
+fn target_dir() -> PathBuf {
+    match std::env::var_os("CARGO_TARGET_DIR") {
+        Some(d) if !d.is_empty() => {
+            let d = PathBuf::from(d);
+            if d.is_absolute() {
+                d
+            } else {
+                Path::new(MANIFEST_DIR).join(d)
+            }
+        }
+        _ => Path::new(MANIFEST_DIR).join("target"),
+    }
+}
+
+fn build_everything() -> Result<Built, String> {
+    let target = target_dir();
+    let cargo = Command::new(env!("CARGO"))
+        .args(["build", "--release", "--lib"])
+        .current_dir(MANIFEST_DIR)
+        .env("CARGO_TARGET_DIR", &target)
+        .output()
+        .map_err(|e| format!("cannot run cargo: {e}"))?;
+    if !cargo.status.success() {
+        return Err(format!(
+            "cargo build --release --lib failed:\n{}",
+            String::from_utf8_lossy(&cargo.stderr)
+        ));
+    }
+    let lib_dir = target.join("release");
+    if !lib_dir.join("libkusto_edge.a").is_file() {
+        return Err(format!(
+            "{} has no libkusto_edge.a after the build",
+            lib_dir.display()
+        ));
+    }
+    let programs = target.join("c-build");
+    // The Makefile's own CFLAGS (-std=c99 ... -Werror -pedantic) are what this checks: none from the environment.
+    let make = Command::new("make")
+        .arg("-C")
+        .arg(Path::new(MANIFEST_DIR).join("examples-c"))
+        .arg(format!("LIBDIR={}", lib_dir.display()))
+        .arg(format!("BUILD={}", programs.display()))
+        .env_remove("CFLAGS")
+        .env_remove("LDFLAGS")
+        .output()
+        .map_err(|e| format!("cannot run make: {e}"))?;
+    if !make.status.success() {
+        return Err(format!(
+            "make failed (warnings are errors):\n{}\n{}",
+            String::from_utf8_lossy(&make.stdout),
+            String::from_utf8_lossy(&make.stderr)
+        ));
+    }
+    let scratch = target.join("c-tests");
+    fs::create_dir_all(&scratch).map_err(|e| format!("{}: {e}", scratch.display()))?;
+    Ok(Built { programs, scratch })
+}
+
+fn built() -> &'static Built {
+    static BUILT: OnceLock<Result<Built, String>> = OnceLock::new();
+    match BUILT.get_or_init(build_everything) {
+        Ok(b) => b,
+        Err(e) => panic!("{e}"),
+    }
+}
+
+/// One program at a time: the retry timings of one must not be stretched by another's CPU use.
+fn serial() -> MutexGuard<'static, ()> {
+    static SERIAL: Mutex<()> = Mutex::new(());
+    SERIAL.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// A fresh directory for one test's files, removed when the test passes.
+struct Scratch(PathBuf);
+
+impl Scratch {
+    fn new(name: &str) -> Scratch {
+        let d = built()
+            .scratch
+            .join(format!("{name}-{}", std::process::id()));
+        let _ = fs::remove_dir_all(&d);
+        fs::create_dir_all(&d).expect("scratch dir");
+        Scratch(d)
+    }
+    fn path(&self, file: &str) -> PathBuf {
+        self.0.join(file)
+    }
+}
+
+impl Drop for Scratch {
+    fn drop(&mut self) {
+        if !std::thread::panicking() {
+            let _ = fs::remove_dir_all(&self.0);
+        }
+    }
+}
+
+struct Outcome {
+    status: ExitStatus,
+    stdout: String,
+    stderr: String,
+    took: Duration,
+}
+
+impl Outcome {
+    fn code(&self) -> Option<i32> {
+        self.status.code()
+    }
+    fn describe(&self) -> String {
+        format!(
+            "{:?} after {:?}\n--- stdout\n{}\n--- stderr\n{}",
+            self.status,
+            self.took,
+            self.stdout,
+            tail(&self.stderr)
+        )
+    }
+}
+
+fn tail(s: &str) -> &str {
+    let max = 8000;
+    if s.len() <= max {
+        return s;
+    }
+    let mut start = s.len() - max;
+    while !s.is_char_boundary(start) {
+        start += 1;
+    }
+    &s[start..]
+}
+
+/// Runs a program with its output going to files (no pipe to fill up), killing it after `limit`.
+fn run(mut cmd: Command, stdin: Option<&Path>, scratch: &Scratch, limit: Duration) -> Outcome {
+    let out_path = scratch.path("stdout.txt");
+    let err_path = scratch.path("stderr.txt");
+    cmd.stdout(File::create(&out_path).expect("stdout file"));
+    cmd.stderr(File::create(&err_path).expect("stderr file"));
+    cmd.stdin(match stdin {
+        Some(p) => Stdio::from(File::open(p).expect("stdin file")),
+        None => Stdio::null(),
+    });
+    for var in [
+        "KEDGE_TOKEN",
+        "KEDGE_URL",
+        "KEDGE_CA_FILE",
+        "KEDGE_DATABASE",
+        "KEDGE_TABLE",
+        "SENSOR_RECORDS",
+    ] {
+        cmd.env_remove(var);
+    }
+    let started = Instant::now();
+    let mut child = cmd.spawn().expect("spawn program");
+    let status = loop {
+        if let Some(s) = child.try_wait().expect("wait") {
+            break s;
+        }
+        if started.elapsed() > limit {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!(
+                "{:?} still running after {limit:?}\n--- stderr\n{}",
+                cmd,
+                tail(&fs::read_to_string(&err_path).unwrap_or_default())
+            );
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    };
+    Outcome {
+        status,
+        stdout: fs::read_to_string(&out_path).unwrap_or_default(),
+        stderr: fs::read_to_string(&err_path).unwrap_or_default(),
+        took: started.elapsed(),
+    }
+}
+
+fn program(name: &str) -> Command {
+    let path = built().programs.join(name);
+    assert!(path.is_file(), "{} was not built", path.display());
+    Command::new(path)
+}
+
+fn tls_server(token: Option<&str>) -> Server {
+    Server::start(ServerConfig {
+        tls: true,
+        token: token.map(str::to_owned),
+        ..Default::default()
+    })
+    .expect("start devserver")
+}
+
+fn write_ca(server: &Server, scratch: &Scratch) -> PathBuf {
+    let path = scratch.path("ca.pem");
+    fs::write(&path, server.ca_pem().expect("TLS server has a CA")).expect("write CA");
+    path
+}
+
+/// `n` JSON lines of about 100 bytes, each with its own sequence number.
+fn write_records(path: &Path, n: u64) {
+    let mut w = BufWriter::new(File::create(path).expect("records file"));
+    for seq in 0..n {
+        writeln!(
+            w,
+            "{{\"seq\":{seq},\"device\":\"gw-1\",\"site\":\"plant-7\",\"temp\":{:.1},\"humidity\":{},\"status\":\"ok\",\"fw\":\"1.4.2\"}}",
+            20.0 + (seq % 100) as f64 / 10.0,
+            30 + seq % 40
+        )
+        .expect("write record");
+    }
+    w.flush().expect("flush records");
+}
+
+/// The `"seq":N` of a stored record.
+fn seq_of(record: &[u8]) -> Option<u64> {
+    let key = b"\"seq\":";
+    let at = record.windows(key.len()).position(|w| w == key)? + key.len();
+    let digits: Vec<u8> = record[at..]
+        .iter()
+        .copied()
+        .take_while(u8::is_ascii_digit)
+        .collect();
+    std::str::from_utf8(&digits).ok()?.parse().ok()
+}
+
+/// Every sequence number 0..n arrived exactly once, and nothing else did.
+fn assert_each_seq_once(records: &[Vec<u8>], n: u64) {
+    let mut seen: HashMap<u64, usize> = HashMap::new();
+    for r in records {
+        let seq = seq_of(r)
+            .unwrap_or_else(|| panic!("stored record without seq: {}", String::from_utf8_lossy(r)));
+        *seen.entry(seq).or_default() += 1;
+    }
+    let missing: Vec<u64> = (0..n).filter(|s| !seen.contains_key(s)).take(10).collect();
+    let dups: Vec<(u64, usize)> = seen
+        .iter()
+        .filter(|(_, &c)| c > 1)
+        .map(|(&s, &c)| (s, c))
+        .take(10)
+        .collect();
+    let strays: Vec<u64> = seen.keys().copied().filter(|&s| s >= n).take(10).collect();
+    assert!(
+        missing.is_empty(),
+        "records missing (first 10): {missing:?}; {} stored of {n}",
+        records.len()
+    );
+    assert!(
+        dups.is_empty(),
+        "records stored more than once (seq, times): {dups:?}"
+    );
+    assert!(
+        strays.is_empty(),
+        "records that were never sent: {strays:?}"
+    );
+    assert_eq!(records.len() as u64, n);
+}
+
+fn assert_request_ids_unique(requests: &[RequestLog]) {
+    let mut ids = HashSet::new();
+    for r in requests {
+        assert!(
+            ids.insert(r.client_request_id.as_str()),
+            "request id sent twice: {}",
+            r.client_request_id
+        );
+    }
+}
+
+/// `KEC.executeStreamingIngest;{chunk};{attempt}` → chunk.
+fn chunk_of(request_id: &str) -> &str {
+    request_id
+        .split(';')
+        .nth(1)
+        .unwrap_or_else(|| panic!("request id without a chunk: {request_id}"))
+}
+
+fn kedge_send(url: &str, ca: Option<&Path>, table: &str) -> Command {
+    let mut cmd = program("kedge-send");
+    cmd.args(["--url", url, "--database", "db", "--table", table]);
+    if let Some(ca) = ca {
+        cmd.arg("--ca-file").arg(ca);
+    }
+    cmd
+}
+
+#[test]
+fn examples_and_c_tests_build_without_warnings_and_the_header_is_c99_and_cxx() {
+    let b = built(); // the make step itself: -std=c99 -Wall -Wextra -Werror -pedantic
+    for name in ["sensor", "kedge-send", "api_robustness"] {
+        assert!(b.programs.join(name).is_file(), "{name} was not built");
+    }
+    let scratch = Scratch::new("header");
+    let include = Path::new(MANIFEST_DIR).join("include");
+    let src = scratch.path("uses_header.c");
+    fs::write(
+        &src,
+        "#include \"kusto_edge.h\"\n\
+         int main(void) { kedge_stats s; (void)s; return kedge_result_str(KEDGE_OK) == 0; }\n",
+    )
+    .unwrap();
+    let compilers: [(&str, &[&str]); 2] = [
+        (
+            "cc",
+            &[
+                "-std=c99",
+                "-pedantic",
+                "-Wall",
+                "-Wextra",
+                "-Werror",
+                "-fsyntax-only",
+                "-x",
+                "c",
+            ],
+        ),
+        (
+            "g++",
+            &[
+                "-std=c++11",
+                "-pedantic",
+                "-Wall",
+                "-Wextra",
+                "-Werror",
+                "-fsyntax-only",
+                "-x",
+                "c++",
+            ],
+        ),
+    ];
+    for (compiler, flags) in compilers {
+        let out = Command::new(compiler)
+            .args(flags)
+            .arg("-I")
+            .arg(&include)
+            .arg(&src)
+            .output()
+            .unwrap_or_else(|e| panic!("cannot run {compiler}: {e}"));
+        assert!(
+            out.status.success(),
+            "kusto_edge.h does not compile with {compiler} {flags:?}:\n{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+}
+
+#[test]
+fn api_robustness_gets_the_documented_code_for_every_null_and_garbage_argument() {
+    let _g = serial();
+    let scratch = Scratch::new("robustness");
+    let out = run(
+        program("api_robustness"),
+        None,
+        &scratch,
+        Duration::from_secs(60),
+    );
+    assert_eq!(
+        out.code(),
+        Some(0),
+        "api_robustness failed: {}",
+        out.describe()
+    );
+    let last = out.stdout.lines().last().unwrap_or("");
+    let (n, rest) = last.split_once(' ').unwrap_or(("", ""));
+    let n: u32 = n.parse().unwrap_or(0);
+    assert_eq!(rest, "passed, 0 failed", "unexpected last line: {last:?}");
+    assert!(n > 100, "only {n} checks ran: {}", out.describe());
+}
+
+#[test]
+fn sensor_example_delivers_every_record_over_https() {
+    let _g = serial();
+    let scratch = Scratch::new("sensor");
+    let server = tls_server(None);
+    let ca = write_ca(&server, &scratch);
+    let mut cmd = program("sensor");
+    cmd.arg(server.url()).arg(&ca);
+    let out = run(cmd, None, &scratch, Duration::from_secs(60));
+    assert_eq!(out.code(), Some(0), "sensor failed: {}", out.describe());
+    assert_each_seq_once(&server.records("edge", "Telemetry"), 300);
+    let requests = server.requests();
+    assert!(
+        requests.iter().all(|r| r.status == 200 && r.gzip_ok),
+        "a request failed: {requests:?}"
+    );
+    assert!(
+        out.stdout.contains("300 acknowledged"),
+        "sensor's summary: {}",
+        out.describe()
+    );
+}
+
+#[test]
+fn kedge_send_streams_100k_records_exactly_once_over_https_in_requests_under_4_mib() {
+    let _g = serial();
+    let scratch = Scratch::new("e2e");
+    let server = tls_server(None);
+    let ca = write_ca(&server, &scratch);
+    let input = scratch.path("records.jsonl");
+    write_records(&input, 100_000);
+    let raw_input = fs::metadata(&input).unwrap().len();
+
+    let mut cmd = kedge_send(&server.url(), Some(&ca), "Telemetry");
+    cmd.args(["--batch-bytes", "4194304"]).arg(&input);
+    let out = run(cmd, None, &scratch, Duration::from_secs(180));
+    assert_eq!(out.code(), Some(0), "kedge-send failed: {}", out.describe());
+    eprintln!(
+        "kedge-send: 100,000 records ({raw_input} bytes) in {:?}: {}",
+        out.took,
+        out.stderr.trim()
+    );
+
+    assert_each_seq_once(&server.records("db", "Telemetry"), 100_000);
+    let requests = server.requests();
+    let fewest = raw_input.div_ceil(MAX_REQUEST_RAW_BYTES as u64) as usize;
+    assert!(
+        requests.len() >= fewest,
+        "{raw_input} bytes cannot fit in {} requests of 4 MiB",
+        requests.len()
+    );
+    for r in &requests {
+        assert!(
+            r.raw_bytes <= MAX_REQUEST_RAW_BYTES,
+            "request {} has {} raw bytes",
+            r.client_request_id,
+            r.raw_bytes
+        );
+        assert!(
+            r.gzip_ok,
+            "request {} was not valid gzip",
+            r.client_request_id
+        );
+        assert_eq!(
+            r.status, 200,
+            "request {} answered {}",
+            r.client_request_id, r.status
+        );
+    }
+    assert_request_ids_unique(&requests);
+    assert!(
+        out.stderr
+            .contains("100000 records (100000 acknowledged, 0 rejected)"),
+        "summary: {}",
+        out.describe()
+    );
+}
+
+#[test]
+fn kedge_send_rides_out_throttling_outages_and_resets_and_honours_retry_after() {
+    let _g = serial();
+    let scratch = Scratch::new("faults");
+    let server = tls_server(None);
+    let ca = write_ca(&server, &scratch);
+    server.set_faults(Faults {
+        seed: 20240611,
+        random: vec![
+            (
+                Fault::Throttle {
+                    retry_after: Some("1".into()),
+                },
+                0.1,
+            ),
+            (Fault::Unavailable { retry_after: None }, 0.1),
+            (Fault::Reset, 0.05),
+        ],
+    });
+    let input = scratch.path("records.jsonl");
+    write_records(&input, 20_000);
+
+    let mut cmd = kedge_send(&server.url(), Some(&ca), "Telemetry");
+    cmd.args([
+        "--batch-bytes",
+        "65536",
+        "-X",
+        "retry.max_attempts=8",
+        "-X",
+        "retry.base_ms=20",
+    ])
+    .arg(&input);
+    let out = run(cmd, None, &scratch, Duration::from_secs(300));
+    assert_eq!(out.code(), Some(0), "kedge-send failed: {}", out.describe());
+    assert_each_seq_once(&server.records("db", "Telemetry"), 20_000);
+
+    let requests = server.requests();
+    assert_request_ids_unique(&requests);
+    let throttled = requests.iter().filter(|r| r.status == 429).count();
+    let unavailable = requests.iter().filter(|r| r.status == 503).count();
+    let reset = requests.iter().filter(|r| r.status == 0).count();
+    eprintln!(
+        "{} requests: {throttled} throttled, {unavailable} unavailable, {reset} reset; took {:?}",
+        requests.len(),
+        out.took
+    );
+    assert!(
+        throttled > 0 && unavailable + reset > 0,
+        "the faults did not happen: nothing was tested"
+    );
+    for (i, r) in requests.iter().enumerate() {
+        if r.status != 429 {
+            continue;
+        }
+        let chunk = chunk_of(&r.client_request_id);
+        let next = requests[i + 1..]
+            .iter()
+            .find(|n| chunk_of(&n.client_request_id) == chunk)
+            .unwrap_or_else(|| panic!("chunk {chunk} was throttled and never sent again"));
+        let waited = next.at.duration_since(r.at);
+        assert!(
+            waited >= Duration::from_millis(950),
+            "after 429 Retry-After: 1 on {}, {} came {waited:?} later",
+            r.client_request_id,
+            next.client_request_id
+        );
+    }
+}
+
+#[test]
+fn kedge_send_exits_64_on_usage_errors_and_0_for_help() {
+    let _g = serial();
+    let scratch = Scratch::new("usage");
+    let cases: [&[&str]; 5] = [
+        &["--database", "db", "--table", "T"],
+        &[
+            "--url",
+            "https://localhost:1",
+            "--database",
+            "db",
+            "--table",
+            "T",
+            "-X",
+            "no.such.key=1",
+        ],
+        &[
+            "--url",
+            "https://localhost:1",
+            "--database",
+            "db",
+            "--table",
+            "T",
+            "-X",
+            "batch.bytes=12k",
+        ],
+        &[
+            "--url",
+            "https://localhost:1",
+            "--database",
+            "db",
+            "--table",
+            "T",
+            "--no-such-flag",
+        ],
+        &[
+            "--url",
+            "https://localhost:1",
+            "--database",
+            "db",
+            "--table",
+            "T",
+            "/nonexistent/input.jsonl",
+        ],
+    ];
+    for args in cases {
+        let mut cmd = program("kedge-send");
+        cmd.args(args);
+        let out = run(cmd, None, &scratch, Duration::from_secs(30));
+        assert_eq!(
+            out.code(),
+            Some(64),
+            "kedge-send {args:?}: {}",
+            out.describe()
+        );
+    }
+    let mut cmd = program("kedge-send");
+    cmd.arg("--help");
+    let out = run(cmd, None, &scratch, Duration::from_secs(30));
+    assert_eq!(out.code(), Some(0), "--help: {}", out.describe());
+    assert!(
+        out.stdout.starts_with("usage: kedge-send"),
+        "--help prints usage to stdout: {}",
+        out.describe()
+    );
+}
+
+#[test]
+fn kedge_send_exits_77_when_every_request_is_refused_401_and_never_prints_the_token() {
+    let _g = serial();
+    let scratch = Scratch::new("auth");
+    let server = tls_server(Some("the-right-token"));
+    let ca = write_ca(&server, &scratch);
+    let input = scratch.path("records.jsonl");
+    write_records(&input, 10);
+    let secret = "wrong-token-5f2c9a";
+    let mut cmd = kedge_send(&server.url(), Some(&ca), "T");
+    cmd.args(["--token", secret, "--give-up-secs", "2", "--verbose"])
+        .arg(&input);
+    let out = run(cmd, None, &scratch, Duration::from_secs(60));
+    assert_eq!(out.code(), Some(77), "kedge-send: {}", out.describe());
+    assert!(
+        !out.stderr.contains(secret) && !out.stdout.contains(secret),
+        "the token was printed"
+    );
+    let requests = server.requests();
+    assert!(
+        !requests.is_empty() && requests.iter().all(|r| r.status == 401),
+        "requests: {requests:?}"
+    );
+    assert!(server.records("db", "T").is_empty());
+}
+
+#[test]
+fn kedge_send_exits_65_when_the_service_rejects_the_data() {
+    let _g = serial();
+    let scratch = Scratch::new("reject");
+    let server = tls_server(None);
+    let ca = write_ca(&server, &scratch);
+    server.push_fault(Fault::RejectData);
+    let input = scratch.path("records.jsonl");
+    write_records(&input, 20);
+    let mut cmd = kedge_send(&server.url(), Some(&ca), "T");
+    cmd.arg(&input);
+    let out = run(cmd, None, &scratch, Duration::from_secs(60));
+    assert_eq!(out.code(), Some(65), "kedge-send: {}", out.describe());
+    assert!(
+        out.stderr.contains("(0 acknowledged, 20 rejected)"),
+        "summary: {}",
+        out.describe()
+    );
+    assert!(server.records("db", "T").is_empty());
+}
+
+#[test]
+fn kedge_send_exits_65_on_invalid_input_lines_but_sends_the_rest() {
+    let _g = serial();
+    let scratch = Scratch::new("invalid");
+    let server = tls_server(None);
+    let ca = write_ca(&server, &scratch);
+    let input = scratch.path("records.jsonl");
+    let mut data = Vec::new();
+    data.extend_from_slice(b"{\"seq\":0}\r\n\n{\"seq\":1}\n");
+    data.extend_from_slice(b"{\"seq\":\xff}\n"); // not UTF-8
+    data.extend_from_slice(format!("{{\"seq\":99,\"pad\":\"{}\"}}\n", "x".repeat(2000)).as_bytes()); // > batch.bytes
+    data.extend_from_slice(b"{\"seq\":2}"); // no final newline
+    fs::write(&input, data).unwrap();
+    let mut cmd = kedge_send(&server.url(), Some(&ca), "T");
+    cmd.args(["--format", "json", "--batch-bytes", "1024"])
+        .arg(&input);
+    let out = run(cmd, None, &scratch, Duration::from_secs(60));
+    assert_eq!(out.code(), Some(65), "kedge-send: {}", out.describe());
+    assert!(
+        out.stderr.contains(":4:") && out.stderr.contains(":5:"),
+        "line numbers of the bad lines: {}",
+        out.describe()
+    );
+    assert_each_seq_once(&server.records("db", "T"), 3);
+}
+
+#[test]
+fn kedge_send_exits_69_when_nothing_listens() {
+    let _g = serial();
+    let scratch = Scratch::new("unreachable");
+    let port = {
+        let l = TcpListener::bind("127.0.0.1:0").unwrap();
+        l.local_addr().unwrap().port()
+    };
+    let input = scratch.path("records.jsonl");
+    write_records(&input, 50);
+    let url = format!("http://127.0.0.1:{port}");
+    let mut cmd = kedge_send(&url, None, "T");
+    cmd.args(["--allow-http", "--give-up-secs", "2", "--quiet"]);
+    cmd.args([
+        "-X",
+        "timeout.connect_ms=500",
+        "-X",
+        "retry.max_attempts=2",
+        "-X",
+        "retry.base_ms=10",
+    ]);
+    cmd.args(["-X", "retry.max_total_ms=1000"]).arg(&input);
+    let out = run(cmd, None, &scratch, Duration::from_secs(60));
+    assert_eq!(out.code(), Some(69), "kedge-send: {}", out.describe());
+    assert!(
+        out.took < Duration::from_secs(20),
+        "giving up after 2 s took {:?}",
+        out.took
+    );
+    assert!(
+        out.stderr.contains("gave up"),
+        "--quiet still prints the final error: {}",
+        out.describe()
+    );
+}
+
+/// Optional: only where valgrind is installed. Plain http, because ring's assembly confuses memcheck.
+#[test]
+fn c_programs_are_valgrind_clean_when_valgrind_is_installed() {
+    if Command::new("valgrind")
+        .arg("--version")
+        .output()
+        .map(|o| !o.status.success())
+        .unwrap_or(true)
+    {
+        eprintln!("valgrind not installed: skipped");
+        return;
+    }
+    let _g = serial();
+    let scratch = Scratch::new("valgrind");
+    let valgrind = |prog: &str| {
+        let mut cmd = Command::new("valgrind");
+        cmd.args([
+            "-q",
+            "--error-exitcode=99",
+            "--leak-check=full",
+            "--errors-for-leak-kinds=definite",
+        ]);
+        cmd.arg(built().programs.join(prog));
+        cmd
+    };
+    let out = run(
+        valgrind("api_robustness"),
+        None,
+        &scratch,
+        Duration::from_secs(120),
+    );
+    assert_eq!(
+        out.code(),
+        Some(0),
+        "api_robustness under valgrind: {}",
+        out.describe()
+    );
+
+    let server = Server::start(ServerConfig::default()).expect("start devserver");
+    let input = scratch.path("records.jsonl");
+    write_records(&input, 2000);
+    let mut cmd = valgrind("kedge-send");
+    cmd.args([
+        "--url",
+        &server.url(),
+        "--allow-http",
+        "--database",
+        "db",
+        "--table",
+        "T",
+    ]);
+    cmd.args(["--batch-bytes", "65536"]).arg(&input);
+    let out = run(cmd, None, &scratch, Duration::from_secs(120));
+    assert_eq!(
+        out.code(),
+        Some(0),
+        "kedge-send under valgrind: {}",
+        out.describe()
+    );
+    assert_each_seq_once(&server.records("db", "T"), 2000);
+}
