@@ -138,7 +138,7 @@ int main(int argc, char **argv)
         kedge_poll(client, &next_ms);
         if (now_s() >= next_status) {
             struct kedge_stats s;
-            kedge_client_stats(client, &s);
+            kedge_client_stats(client, &s, sizeof s);
             printf("t=%2.0fs  appended %5" PRIu64 "  acknowledged %5" PRIu64 "  in RAM %4" PRIu64
                    "  in spool %2" PRIu64 " chunks (%5.1f KiB)  replayed %5" PRIu64 "\n",
                    now_s() - start, s.records_appended, s.records_acknowledged, s.records_buffered, s.spool_chunks,
@@ -151,14 +151,14 @@ int main(int argc, char **argv)
     for (int i = 0; i < 40; i++) {
         struct kedge_stats s;
         r = kedge_flush(client);
-        kedge_client_stats(client, &s);
+        kedge_client_stats(client, &s, sizeof s);
         if (r == KEDGE_OK && s.spool_chunks == 0 && s.records_buffered == 0) {
             break;
         }
         sleep_ms(250);
     }
     struct kedge_stats s;
-    kedge_client_stats(client, &s);
+    kedge_client_stats(client, &s, sizeof s);
     printf("demo: %" PRIu64 " requests, %" PRIu64 " retries; %.1f KiB raw went out as %.1f KiB gzip; %" PRIu64
            " records went through the spool, %" PRIu64 " replayed\n",
            s.requests, s.retries, (double)s.bytes_sent_raw / 1024.0, (double)s.bytes_sent_wire / 1024.0,

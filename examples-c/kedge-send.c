@@ -486,7 +486,7 @@ static enum wait_result wait_for_service(struct run *run, kedge_result r)
             next_ms = next_ms == 0 ? 1 : next_ms; /* failed poll: no fresh estimate; avoid a hot loop */
         }
         note_progress(run);
-        if (kedge_client_stats(run->client, &st) != KEDGE_OK) {
+        if (kedge_client_stats(run->client, &st, sizeof st) != KEDGE_OK) {
             return WAIT_FATAL;
         }
         if (all_sent(&st)) {
@@ -560,7 +560,7 @@ static enum send_status flush_all(struct run *run)
             return SEND_OK;
         }
         if (r == KEDGE_DATA_REJECTED) {
-            if (kedge_client_stats(run->client, &st) != KEDGE_OK) {
+            if (kedge_client_stats(run->client, &st, sizeof st) != KEDGE_OK) {
                 return SEND_FATAL;
             }
             if (all_sent(&st)) {
@@ -759,7 +759,7 @@ int main(int argc, char **argv)
 
     if (o.verbosity > 0) {
         kedge_stats st;
-        if (kedge_client_stats(client, &st) == KEDGE_OK) {
+        if (kedge_client_stats(client, &st, sizeof st) == KEDGE_OK) {
             fprintf(stderr,
                     "%s: %llu records (%llu acknowledged, %llu rejected), %.1f MB raw, %.1f MB on the wire, "
                     "%llu requests, %llu retries",
@@ -800,7 +800,7 @@ int main(int argc, char **argv)
         status = EXIT_DATA;
     } else {
         kedge_stats st;
-        if (kedge_client_stats(client, &st) == KEDGE_OK && all_sent(&st) &&
+        if (kedge_client_stats(client, &st, sizeof st) == KEDGE_OK && all_sent(&st) &&
             counts.acknowledged >= st.records_appended) {
             status = EXIT_ALL_ACKNOWLEDGED;
         } else {

@@ -207,7 +207,7 @@ int main(int argc, char **argv)
     }
 
     /* 5. What happened. */
-    if (kedge_client_stats(client, &stats) == KEDGE_OK) {
+    if (kedge_client_stats(client, &stats, sizeof stats) == KEDGE_OK) {
         printf("sensor: %llu records appended, %llu acknowledged, %llu rejected; %llu bytes raw, %llu on the wire, "
                "%llu requests, %llu retries\n",
                (unsigned long long)stats.records_appended, counts.acknowledged, counts.rejected,

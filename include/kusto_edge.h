@@ -134,9 +134,11 @@ typedef void (*kedge_log_callback)(void *userdata, kedge_log_level level, const 
 
 // What happened to one chunk, passed to the delivery callback. Pointers are valid only during the callback.
 typedef struct kedge_delivery_report {
-  // Destination id from `kedge_client_add_destination`.
+  // Destination id from `kedge_client_add_destination`; `UINT32_MAX` for a spooled chunk of a destination not
+  // added in this run, and for `KEDGE_OUTCOME_DROPPED`.
   uint32_t destination;
-  // The chunk's stable id: a 36-character UUID, NUL-terminated. Also in `x-ms-client-request-id`.
+  // The chunk's stable id: a 36-character UUID, NUL-terminated. Also in `x-ms-client-request-id`. Empty for
+  // `KEDGE_OUTCOME_DROPPED`, which may cover several chunks.
   const char *chunk_id;
   // Records in the chunk.
   uint64_t records;
@@ -316,9 +318,13 @@ kedge_result kedge_client_add_destination(struct kedge_client *client,
                                           const char *mapping,
                                           uint32_t *out_destination);
 
-// Buffers one record (`record_len` bytes, one row; a trailing newline is optional) for a destination. When the
-// batch is full it is sent first; if that fails, the record is NOT taken and the result says why (keep it and
-// try again later).
+// Buffers one record (`record_len` bytes, one row; a trailing newline is optional) for a destination.
+// `KEDGE_OK`: the record is taken. When the batch is full it is sent first; if the service refuses that batch
+// permanently, or it fails and goes to the spool, the record is still taken (the earlier chunk's fate is in the
+// delivery report, the stats and the log). Any other result: the record was NOT taken; keep it and try again
+// later (`KEDGE_BACKING_OFF`, `KEDGE_TRANSIENT_FAILURE`, `KEDGE_TARGET_NOT_READY`, `KEDGE_AUTH_REFUSED` without a
+// spool; `KEDGE_SPOOL_FULL`, `KEDGE_SPOOL_IO` with one), or fix it (`KEDGE_RECORD_TOO_LARGE`,
+// `KEDGE_INVALID_RECORD`).
 //
 // # Safety
 // `client` a live client; `record` valid for `record_len` bytes.
@@ -327,8 +333,11 @@ kedge_result kedge_append(struct kedge_client *client,
                           const uint8_t *record,
                           size_t record_len);
 
-// Sends every buffered batch now, waiting for the answers (bounded by `retry.max_total_ms` plus one request's
-// timeouts). Returns the first failure; failed batches are kept.
+// Sends every buffered batch now, waiting for the answers, then replays the spool (bounded by
+// `retry.max_total_ms` plus one request per destination). Destinations that are backing off after failures
+// (or a `Retry-After`) are not contacted: their batches go to the spool, or stay in RAM with
+// `KEDGE_BACKING_OFF` without one; call `kedge_poll` and flush again when it says. Returns the first failure:
+// `KEDGE_SPOOLED` means all that was not delivered is durable on flash.
 //
 // # Safety
 // `client` a live client.
@@ -349,11 +358,15 @@ kedge_result kedge_flush_to_spool(struct kedge_client *client);
 kedge_result kedge_poll(struct kedge_client *client,
                         uint32_t *out_next_ms);
 
-// Copies the client's counters into `*out_stats`. Never waits for a send in progress.
+// Copies the client's counters into `*out_stats`. Never waits for a send in progress. Pass
+// `sizeof(struct kedge_stats)` as `stats_size`: new counters are only ever added at the end of the struct, and
+// a program built against an older header gets exactly the fields it knows.
 //
 // # Safety
-// `client` a live client; `out_stats` valid for a write.
-kedge_result kedge_client_stats(const struct kedge_client *client, struct kedge_stats *out_stats);
+// `client` a live client; `out_stats` valid for `stats_size` bytes of writes.
+kedge_result kedge_client_stats(const struct kedge_client *client,
+                                struct kedge_stats *out_stats,
+                                size_t stats_size);
 
 // Copies the message of the client's most recent failed call into `buf` (truncated, NUL-terminated; empty if
 // none). `out_len` (may be NULL) receives the message's full length, so a caller can retry with a larger buffer.

@@ -221,9 +221,13 @@ pub struct Client {
     delivery: Option<DeliveryFn>,
 }
 
+/// Clients whose lock this thread holds (by address), innermost last: a callback calling back into the same
+/// client must get an error, not a deadlock, while calling another client is fine. Nesting is shallow in
+/// practice; a fixed array keeps the lock path free of allocation.
+const MAX_NESTED_CLIENTS: usize = 8;
+
 thread_local! {
-    /// Set while this thread holds some client's lock: a callback calling back in must not deadlock.
-    static IN_CLIENT: Cell<bool> = const { Cell::new(false) };
+    static HELD: Cell<([usize; MAX_NESTED_CLIENTS], usize)> = const { Cell::new(([0; MAX_NESTED_CLIENTS], 0)) };
 }
 
 struct Locked<'a> {
@@ -232,19 +236,14 @@ struct Locked<'a> {
 
 impl Drop for Locked<'_> {
     fn drop(&mut self) {
-        IN_CLIENT.with(|c| c.set(false));
+        HELD.with(|h| {
+            let (mut held, n) = h.get();
+            if n > 0 {
+                held[n - 1] = 0;
+                h.set((held, n - 1));
+            }
+        });
     }
-}
-
-/// Why a batch is being sent.
-#[derive(Clone, Copy, PartialEq, Eq)]
-enum SendMode {
-    /// `append` needs room.
-    Room,
-    /// Explicit flush: tried even while backing off.
-    Flush,
-    /// `poll` found the batch due.
-    Poll,
 }
 
 fn now_unix_ms() -> u64 {
@@ -350,16 +349,28 @@ impl Client {
     }
 
     fn lock(&self) -> Result<Locked<'_>, Error> {
-        if IN_CLIENT.with(|c| c.get()) {
+        let me = self as *const Client as usize;
+        let (held, n) = HELD.with(|h| h.get());
+        if held[..n].contains(&me) {
             return Err(Error::new(
                 ErrorKind::ReentrantCall,
-                "a client function was called from inside a callback: callbacks may only read stats",
+                "a client function was called from inside one of that client's callbacks: callbacks may only read its stats",
+            ));
+        }
+        if n == MAX_NESTED_CLIENTS {
+            return Err(Error::new(
+                ErrorKind::ReentrantCall,
+                "clients nested more than 8 deep through callbacks",
             ));
         }
         // A panic in an earlier call poisoned the lock; every batch and the spool are consistent on their own, so
         // go on rather than make the client unusable.
         let guard = self.inner.lock().unwrap_or_else(|p| p.into_inner());
-        IN_CLIENT.with(|c| c.set(true));
+        HELD.with(|h| {
+            let (mut held, n) = h.get();
+            held[n] = me;
+            h.set((held, n + 1));
+        });
         Ok(Locked { guard })
     }
 
@@ -501,7 +512,7 @@ impl Client {
         let format = d.format;
         validate_record(format, record, d.batch.capacity())?;
         if !d.batch.fits(format, record) {
-            match self.send_batch(inner, destination as usize, SendMode::Room, None) {
+            match self.send_batch(inner, destination as usize, None) {
                 // Delivered, or safe on flash: either way the batch is free again.
                 Ok(()) => {}
                 Err(e) if e.kind == ErrorKind::Spooled || e.kind == ErrorKind::DataRejected => {}
@@ -524,8 +535,9 @@ impl Client {
         Ok(())
     }
 
-    /// Sends every non-empty batch now, even to targets that back off (an explicit flush is the caller's
-    /// decision), then replays the spool. The call is bounded by `retry.max_total_ms` plus one request per
+    /// Sends every non-empty batch now and replays the spool. Targets that back off are not contacted (a service
+    /// that throttles must not be hammered by a caller looping on flush): their batches go to the spool, or stay
+    /// and give `BackingOff` without one. The call is bounded by `retry.max_total_ms` plus one request per
     /// target. Returns the first failure; `Spooled` means everything not delivered is durable on flash.
     pub fn flush(&self) -> Result<(), Error> {
         let mut l = self.lock()?;
@@ -533,7 +545,7 @@ impl Client {
         let deadline = Instant::now() + self.cfg.retry_max_total;
         let mut first_err = None;
         for i in 0..inner.destinations.len() {
-            if let Err(e) = self.send_batch(inner, i, SendMode::Flush, Some(deadline)) {
+            if let Err(e) = self.send_batch(inner, i, Some(deadline)) {
                 first_err.get_or_insert(e);
             }
         }
@@ -587,7 +599,7 @@ impl Client {
                 Some(first) => now.duration_since(first) >= self.cfg.batch_max_age,
             };
             if due {
-                if let Err(e) = self.send_batch(inner, i, SendMode::Poll, Some(deadline)) {
+                if let Err(e) = self.send_batch(inner, i, Some(deadline)) {
                     first_err.get_or_insert(e);
                 }
             }
@@ -778,7 +790,6 @@ impl Client {
         &self,
         inner: &mut Inner,
         i: usize,
-        mode: SendMode,
         deadline: Option<Instant>,
     ) -> Result<(), Error> {
         let started = Instant::now();
@@ -790,7 +801,7 @@ impl Client {
         let target = d.target;
         let t = &inner.targets[target];
         let has_spool = inner.spool.is_some();
-        let skip = (t.backing_off(started) && mode != SendMode::Flush) || started >= deadline;
+        let skip = t.backing_off(started) || started >= deadline;
         if skip {
             if has_spool {
                 // Backing off: the new batch does not wait out its own retries, it goes behind the backlog.

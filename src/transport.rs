@@ -61,6 +61,8 @@ pub struct Transport {
 
 impl Transport {
     /// Builds the agent: trust store, timeouts, no redirects, no proxy from the environment (explicit config only).
+    /// DNS is left to the system resolver's own bounds (`timeout:`/`attempts:` in resolv.conf): a resolve timeout
+    /// in ureq would start a thread per lookup, and this library starts no threads.
     pub fn new(cfg: &Config) -> Result<Transport, Error> {
         let mut roots: Vec<Certificate<'static>> = Vec::new();
         if cfg.bundled_roots {
@@ -88,7 +90,6 @@ impl Transport {
             .user_agent(ureq::config::AutoHeaderValue::None)
             .accept_encoding(ureq::config::AutoHeaderValue::None)
             .timeout_connect(Some(cfg.connect_timeout))
-            .timeout_resolve(Some(cfg.connect_timeout))
             .timeout_send_request(Some(cfg.send_timeout))
             .timeout_send_body(Some(cfg.send_timeout))
             .timeout_recv_response(Some(cfg.recv_timeout))
@@ -171,7 +172,9 @@ fn network_failure(e: &ureq::Error) -> Failure {
                 K::UnexpectedEof | K::ConnectionReset | K::ConnectionAborted | K::BrokenPipe => {
                     Failure::network("the connection was closed before the service answered")
                 }
-                K::ConnectionRefused => Failure::network("connection refused: nothing listens at the cluster URL"),
+                K::ConnectionRefused => {
+                    Failure::network("connection refused: nothing listens at the cluster URL")
+                }
                 K::TimedOut | K::WouldBlock => Failure::network("timed out"),
                 _ => Failure::network(&format!("network error: {io}")),
             }

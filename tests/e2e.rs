@@ -508,3 +508,26 @@ fn several_threads_share_one_client() {
         2000
     );
 }
+
+#[test]
+fn a_callback_may_call_another_client() {
+    let server = tls_server();
+    let cfg = config_for(&server, &[]);
+    let other = Arc::new(Client::new(&cfg, None, None).unwrap());
+    let od = other.add_destination("db", "relay", "csv", None).unwrap();
+    let o2 = other.clone();
+    let client = Client::new(
+        &cfg,
+        None,
+        Some(Arc::new(move |r: &kusto_edge::DeliveryReport<'_>| {
+            o2.append(od, format!("delivered,{}", r.records).as_bytes())
+                .expect("another client is not locked");
+        })),
+    )
+    .unwrap();
+    let d = client.add_destination("db", "t", "csv", None).unwrap();
+    client.append(d, b"r,1").unwrap();
+    client.flush().unwrap();
+    other.flush().unwrap();
+    assert_eq!(server.records("db", "relay"), vec![b"delivered,1".to_vec()]);
+}

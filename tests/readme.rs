@@ -3,7 +3,8 @@
 
 #[test]
 fn readme_documents_every_config_key_with_its_default() {
-    let readme = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/README.md")).unwrap();
+    let readme =
+        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/README.md")).unwrap();
     let rows: Vec<&str> = readme.lines().filter(|l| l.starts_with("| `")).collect();
     for k in kusto_edge::config::KEYS {
         let row = rows
@@ -11,7 +12,12 @@ fn readme_documents_every_config_key_with_its_default() {
             .find(|r| r.starts_with(&format!("| `{}` |", k.key)))
             .unwrap_or_else(|| panic!("README has no row for config key {}", k.key));
         let default = k.default.trim_start_matches('(').trim_end_matches(')');
-        assert!(row.contains(default), "README row for {} does not show the default {}: {row}", k.key, k.default);
+        assert!(
+            row.contains(default),
+            "README row for {} does not show the default {}: {row}",
+            k.key,
+            k.default
+        );
     }
     for r in rows {
         let key = r.trim_start_matches("| `").split('`').next().unwrap();
@@ -29,6 +35,7 @@ fn every_documented_key_is_accepted_with_its_default_value() {
             continue;
         }
         let mut c = kusto_edge::Config::default();
-        c.set(k.key, k.default).unwrap_or_else(|e| panic!("{} = {}: {e}", k.key, k.default));
+        c.set(k.key, k.default)
+            .unwrap_or_else(|e| panic!("{} = {}: {e}", k.key, k.default));
     }
 }

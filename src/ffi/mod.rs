@@ -171,9 +171,11 @@ pub struct kedge_client {
 /// What happened to one chunk, passed to the delivery callback. Pointers are valid only during the callback.
 #[repr(C)]
 pub struct kedge_delivery_report {
-    /// Destination id from `kedge_client_add_destination`.
+    /// Destination id from `kedge_client_add_destination`; `UINT32_MAX` for a spooled chunk of a destination not
+    /// added in this run, and for `KEDGE_OUTCOME_DROPPED`.
     pub destination: u32,
-    /// The chunk's stable id: a 36-character UUID, NUL-terminated. Also in `x-ms-client-request-id`.
+    /// The chunk's stable id: a 36-character UUID, NUL-terminated. Also in `x-ms-client-request-id`. Empty for
+    /// `KEDGE_OUTCOME_DROPPED`, which may cover several chunks.
     pub chunk_id: *const c_char,
     /// Records in the chunk.
     pub records: u64,
@@ -332,7 +334,10 @@ unsafe fn arg_str<'a>(p: *const c_char, what: &str) -> Result<&'a str, Error> {
 
 /// Copies a line into a fixed stack buffer as a C string: callbacks must not allocate per call.
 fn to_c_line(msg: &str, buf: &mut [u8]) {
-    let n = msg.len().min(buf.len() - 1);
+    let mut n = msg.len().min(buf.len() - 1);
+    while !msg.is_char_boundary(n) {
+        n -= 1;
+    }
     for (dst, &src) in buf.iter_mut().zip(msg.as_bytes()[..n].iter()) {
         // An interior NUL would cut the message short for C: show it as '?'.
         *dst = if src == 0 { b'?' } else { src };
@@ -713,9 +718,13 @@ pub unsafe extern "C" fn kedge_client_add_destination(
     }
 }
 
-/// Buffers one record (`record_len` bytes, one row; a trailing newline is optional) for a destination. When the
-/// batch is full it is sent first; if that fails, the record is NOT taken and the result says why (keep it and
-/// try again later).
+/// Buffers one record (`record_len` bytes, one row; a trailing newline is optional) for a destination.
+/// `KEDGE_OK`: the record is taken. When the batch is full it is sent first; if the service refuses that batch
+/// permanently, or it fails and goes to the spool, the record is still taken (the earlier chunk's fate is in the
+/// delivery report, the stats and the log). Any other result: the record was NOT taken; keep it and try again
+/// later (`KEDGE_BACKING_OFF`, `KEDGE_TRANSIENT_FAILURE`, `KEDGE_TARGET_NOT_READY`, `KEDGE_AUTH_REFUSED` without a
+/// spool; `KEDGE_SPOOL_FULL`, `KEDGE_SPOOL_IO` with one), or fix it (`KEDGE_RECORD_TOO_LARGE`,
+/// `KEDGE_INVALID_RECORD`).
 ///
 /// # Safety
 /// `client` a live client; `record` valid for `record_len` bytes.
@@ -738,8 +747,11 @@ pub unsafe extern "C" fn kedge_append(
     }
 }
 
-/// Sends every buffered batch now, waiting for the answers (bounded by `retry.max_total_ms` plus one request's
-/// timeouts). Returns the first failure; failed batches are kept.
+/// Sends every buffered batch now, waiting for the answers, then replays the spool (bounded by
+/// `retry.max_total_ms` plus one request per destination). Destinations that are backing off after failures
+/// (or a `Retry-After`) are not contacted: their batches go to the spool, or stay in RAM with
+/// `KEDGE_BACKING_OFF` without one; call `kedge_poll` and flush again when it says. Returns the first failure:
+/// `KEDGE_SPOOLED` means all that was not delivered is durable on flash.
 ///
 /// # Safety
 /// `client` a live client.
@@ -782,18 +794,24 @@ pub unsafe extern "C" fn kedge_poll(
     }
 }
 
-/// Copies the client's counters into `*out_stats`. Never waits for a send in progress.
+/// Copies the client's counters into `*out_stats`. Never waits for a send in progress. Pass
+/// `sizeof(struct kedge_stats)` as `stats_size`: new counters are only ever added at the end of the struct, and
+/// a program built against an older header gets exactly the fields it knows.
 ///
 /// # Safety
-/// `client` a live client; `out_stats` valid for a write.
+/// `client` a live client; `out_stats` valid for `stats_size` bytes of writes.
 #[no_mangle]
 pub unsafe extern "C" fn kedge_client_stats(
     client: *const kedge_client,
     out_stats: *mut kedge_stats,
+    stats_size: usize,
 ) -> kedge_result {
     guard(|| {
         if client.is_null() || out_stats.is_null() {
             return kedge_result::KEDGE_NULL_PARAMETER;
+        }
+        if stats_size == 0 || stats_size % 8 != 0 {
+            return kedge_result::KEDGE_INVALID_ARGUMENT;
         }
         // SAFETY: a live client (Sync) and a writable stats struct, by contract.
         let s = unsafe { &*(client as *const Client) }.stats();
@@ -825,8 +843,16 @@ pub unsafe extern "C" fn kedge_client_stats(
             spool_chunks: s.spool_chunks,
             spool_bytes: s.spool_bytes,
         };
-        // SAFETY: see above.
-        unsafe { *out_stats = out };
+        let n = stats_size.min(std::mem::size_of::<kedge_stats>());
+        // SAFETY: the caller's buffer holds stats_size >= n bytes; the source is a local struct of at least n
+        // bytes; they do not overlap.
+        unsafe {
+            std::ptr::copy_nonoverlapping(
+                &out as *const kedge_stats as *const u8,
+                out_stats as *mut u8,
+                n,
+            )
+        };
         kedge_result::KEDGE_OK
     })
 }

@@ -87,7 +87,7 @@ static void on_delivery(void *userdata, const struct kedge_delivery_report *r)
         p->reentrant_flush = kedge_flush(p->client);
         p->reentrant_poll = kedge_poll(p->client, &next);
         p->reentrant_add = kedge_client_add_destination(p->client, "db", "T2", "csv", NULL, &id);
-        p->stats_in_callback = kedge_client_stats(p->client, &st);
+        p->stats_in_callback = kedge_client_stats(p->client, &st, sizeof st);
         p->last_error_in_callback = kedge_client_last_error(p->client, buf, sizeof buf, NULL);
     }
 }
@@ -521,9 +521,18 @@ static void check_client_calls(void)
     check(id == 0xDEADBEEFu, "add_destination beyond the limit leaves out_destination alone");
 
     /* kedge_client_stats */
-    expect(kedge_client_stats(NULL, &st), KEDGE_NULL_PARAMETER, "kedge_client_stats(client NULL)");
-    expect(kedge_client_stats(client, NULL), KEDGE_NULL_PARAMETER, "kedge_client_stats(out NULL)");
-    expect(kedge_client_stats(client, &st), KEDGE_OK, "kedge_client_stats");
+    expect(kedge_client_stats(NULL, &st, sizeof st), KEDGE_NULL_PARAMETER, "kedge_client_stats(client NULL)");
+    expect(kedge_client_stats(client, NULL, sizeof st), KEDGE_NULL_PARAMETER, "kedge_client_stats(out NULL)");
+    expect(kedge_client_stats(client, &st, sizeof st), KEDGE_OK, "kedge_client_stats");
+    expect(kedge_client_stats(client, &st, 0), KEDGE_INVALID_ARGUMENT, "kedge_client_stats(size 0)");
+    expect(kedge_client_stats(client, &st, 7), KEDGE_INVALID_ARGUMENT, "kedge_client_stats(size 7)");
+    {
+        /* An older, shorter struct: only its fields are written, nothing past its end. */
+        uint64_t older[3] = {0, 0, 0xA5A5A5A5A5A5A5A5ull};
+        expect(kedge_client_stats(client, (struct kedge_stats *)(void *)older, 2 * sizeof(uint64_t)), KEDGE_OK,
+               "kedge_client_stats(older struct)");
+        check(older[2] == 0xA5A5A5A5A5A5A5A5ull, "kedge_client_stats writes no more than stats_size bytes");
+    }
     check(st.destinations == 3 && st.records_appended == 0 && st.requests == 0, "stats of a fresh client");
 
     /* kedge_append: NULLs, bad ids, bad records */
@@ -563,7 +572,7 @@ static void check_client_calls(void)
     r = kedge_append(client, 2, LIT("\xff\xfe\x00\x01"));
     expect(r, KEDGE_OK, "append(avro bytes, not UTF-8)");
     ok_appends += r == KEDGE_OK;
-    expect(kedge_client_stats(client, &st), KEDGE_OK, "kedge_client_stats after appends");
+    expect(kedge_client_stats(client, &st, sizeof st), KEDGE_OK, "kedge_client_stats after appends");
     check(st.records_appended == ok_appends && st.records_buffered == ok_appends && st.requests == 0,
           "only the good records were taken, nothing sent yet");
 
@@ -577,7 +586,7 @@ static void check_client_calls(void)
     expect(kedge_flush(NULL), KEDGE_NULL_PARAMETER, "kedge_flush(NULL)");
     expect(kedge_flush_to_spool(NULL), KEDGE_NULL_PARAMETER, "kedge_flush_to_spool(NULL)");
     expect(kedge_flush_to_spool(client), KEDGE_INVALID_ARGUMENT, "kedge_flush_to_spool without spool.dir");
-    expect(kedge_client_stats(client, &st), KEDGE_OK, "kedge_client_stats after kedge_flush_to_spool");
+    expect(kedge_client_stats(client, &st, sizeof st), KEDGE_OK, "kedge_client_stats after kedge_flush_to_spool");
     check(st.records_buffered == ok_appends && st.requests == 0 && st.chunks_spooled == 0,
           "kedge_flush_to_spool without a spool leaves the batches alone");
 
@@ -606,7 +615,7 @@ static void check_client_calls(void)
     r = kedge_flush(client);
     check(keeps_data(r), "kedge_flush to a dead endpoint gives a keep-the-data code");
     expect(r, KEDGE_TRANSIENT_FAILURE, "kedge_flush to a dead endpoint");
-    expect(kedge_client_stats(client, &st), KEDGE_OK, "kedge_client_stats after failures");
+    expect(kedge_client_stats(client, &st, sizeof st), KEDGE_OK, "kedge_client_stats after failures");
     check(st.records_buffered == ok_appends && st.records_appended == ok_appends, "failed sends keep the data");
     check(st.requests >= 2 && st.failures >= 2 && st.records_acknowledged == 0 && st.last_http_status == 0,
           "failed sends are counted");
