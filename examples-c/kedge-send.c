@@ -22,6 +22,7 @@ enum {
     EXIT_USAGE = 64,       /* EX_USAGE: bad or missing flags, bad -X key or value, unreadable FILE */
     EXIT_DATA = 65,        /* EX_DATAERR: the service rejected records, or the input had invalid records */
     EXIT_UNAVAILABLE = 69, /* EX_UNAVAILABLE: gave up on transient failures or a target that is not ready */
+    EXIT_TEMPFAIL = 75,    /* EX_TEMPFAIL: gave up for now, but every record not delivered is safe in the spool */
     EXIT_NOPERM = 77       /* EX_NOPERM: gave up on authentication refused */
 };
 
@@ -48,12 +49,21 @@ static void usage(FILE *out)
           "  --batch-bytes N      raw bytes per request, 1024..4194304 (default 1048576); also the longest line\n"
           "  -X key=value         any library configuration key, e.g. -X retry.max_attempts=8 (repeatable)\n"
           "  --give-up-secs N     give up after N seconds of failures without progress (default 60)\n"
+          "  --spool DIR          keep undelivered records in a flash spool directory across runs and reboots;\n"
+          "                       the spool is replayed before new input is sent\n"
+          "  --spool-max-bytes N  upper bound of the spool on flash (default 67108864)\n"
+          "  --spool-policy P     when the spool is full: drop-oldest (default) or reject-new\n"
+          "  --spool-key-file F   32-byte key (raw or 64 hex digits): encrypt the spool with AES-256-GCM\n"
+          "  --drain-only         send what is in the spool and read no input\n"
+          "  --durable-every N    after every N records, write what is buffered to the spool and print\n"
+          "                       'durable N' to stdout: records up to there survive a crash (needs --spool)\n"
           "  --quiet              print nothing but a final error\n"
           "  --verbose            print the library's debug log and every delivery report\n"
           "  --help               print this and exit\n"
           "\n"
           "Exit status: 0 every record acknowledged; 64 usage error; 65 records rejected by the service or\n"
-          "invalid in the input; 69 service unavailable after retries; 77 authentication refused; 1 other.\n",
+          "invalid in the input; 69 service unavailable after retries; 75 not all delivered yet, but the rest\n"
+          "is safe in the spool; 77 authentication refused; 1 other.\n",
           out);
 }
 
@@ -68,6 +78,12 @@ struct options {
     const char *batch_bytes;
     int allow_http;
     long give_up_secs;
+    const char *spool;
+    const char *spool_max_bytes;
+    const char *spool_policy;
+    const char *spool_key_file;
+    int drain_only;
+    long durable_every;
     int verbosity; /* 0 quiet, 1 default, 2 verbose */
     const char **x_opts; /* "key=value", in command-line order */
     size_t n_x_opts;
@@ -93,6 +109,8 @@ struct run {
     long long first_failure_ms; /* when that run of failures began */
     unsigned long long acknowledged_seen;
     kedge_result cause; /* the last keep-the-data failure that says why (not BACKING_OFF or SPOOLED) */
+    long durable_every; /* 0: off */
+    unsigned long long taken; /* records taken (or found invalid) so far, in input order */
 };
 
 /* A fixed-size line reader: never allocates after open, whatever the input. */
@@ -232,6 +250,8 @@ static int parse_args(int argc, char **argv, struct options *o)
         {"--url", &o->url},         {"--database", &o->database}, {"--table", &o->table},
         {"--format", &o->format},   {"--mapping", &o->mapping},   {"--token", &o->token},
         {"--ca-file", &o->ca_file}, {"--batch-bytes", &o->batch_bytes},
+        {"--spool", &o->spool},     {"--spool-max-bytes", &o->spool_max_bytes},
+        {"--spool-policy", &o->spool_policy}, {"--spool-key-file", &o->spool_key_file},
     };
     int i;
     size_t f;
@@ -250,6 +270,21 @@ static int parse_args(int argc, char **argv, struct options *o)
         }
         if (strcmp(a, "--help") == 0 || strcmp(a, "-h") == 0) {
             return -1;
+        }
+        if (strcmp(a, "--drain-only") == 0) {
+            o->drain_only = 1;
+            continue;
+        }
+        if (is_flag(a, "--durable-every")) {
+            const char *v = flag_value(argc, argv, &i, "--durable-every");
+            if (v == NULL) {
+                return EXIT_USAGE;
+            }
+            if (parse_whole(v, 1, 1000000000L, &o->durable_every) != 0) {
+                fprintf(stderr, "%s: --durable-every '%s': expected a number of records\n", PROG, v);
+                return EXIT_USAGE;
+            }
+            continue;
         }
         if (strcmp(a, "--allow-http") == 0) {
             o->allow_http = 1;
@@ -310,6 +345,14 @@ static int parse_args(int argc, char **argv, struct options *o)
         fprintf(stderr, "%s: --url, --database and --table are required (see --help)\n", PROG);
         return EXIT_USAGE;
     }
+    if ((o->drain_only || o->durable_every > 0) && o->spool == NULL) {
+        fprintf(stderr, "%s: --drain-only and --durable-every need --spool DIR\n", PROG);
+        return EXIT_USAGE;
+    }
+    if (o->drain_only && o->n_files > 0) {
+        fprintf(stderr, "%s: --drain-only reads no input: drop the FILE arguments\n", PROG);
+        return EXIT_USAGE;
+    }
     return 0;
 }
 
@@ -346,6 +389,18 @@ static int build_config(const struct options *o, struct counters *counts, kedge_
         return -1;
     }
     if (token != NULL && token[0] != '\0' && set_key(config, "auth.token", token) != 0) {
+        return -1;
+    }
+    if (o->spool != NULL && set_key(config, "spool.dir", o->spool) != 0) {
+        return -1;
+    }
+    if (o->spool_max_bytes != NULL && set_key(config, "spool.max_bytes", o->spool_max_bytes) != 0) {
+        return -1;
+    }
+    if (o->spool_policy != NULL && set_key(config, "spool.policy", o->spool_policy) != 0) {
+        return -1;
+    }
+    if (o->spool_key_file != NULL && set_key(config, "spool.key_file", o->spool_key_file) != 0) {
         return -1;
     }
     if (o->batch_bytes != NULL) {
@@ -624,6 +679,17 @@ static enum send_status send_input(struct run *run, struct reader *rd, char *lin
         if (s != SEND_OK) {
             return s;
         }
+        run->taken++;
+        if (run->durable_every > 0 && run->taken % (unsigned long long)run->durable_every == 0) {
+            /* Everything taken so far is now acknowledged or on flash: say so, for a caller that checkpoints. */
+            kedge_result r = kedge_flush_to_spool(run->client);
+            if (r != KEDGE_OK) {
+                print_client_error(run, "flush to spool", r);
+                return keeps_data(r) ? SEND_GAVE_UP : SEND_FATAL;
+            }
+            printf("durable %llu\n", run->taken);
+            fflush(stdout);
+        }
     }
 }
 
@@ -718,6 +784,7 @@ int main(int argc, char **argv)
     run.client = client;
     run.counts = &counts;
     run.give_up_ms = o.give_up_secs * 1000L;
+    run.durable_every = o.durable_every;
     r = kedge_client_add_destination(client, o.database, o.table, o.format, o.mapping, &run.dest);
     if (r != KEDGE_OK) {
         print_client_error(&run, "destination", r);
@@ -734,7 +801,20 @@ int main(int argc, char **argv)
         goto out;
     }
 
-    for (f = 0; f < (o.n_files == 0 ? 1 : o.n_files) && sent == SEND_OK; f++) {
+    /* The spool's backlog goes first: one pass now; what fails is retried by the polls while input flows. */
+    if (o.spool != NULL) {
+        kedge_stats st;
+        if (kedge_client_stats(client, &st, sizeof st) == KEDGE_OK && st.spool_chunks > 0 && o.verbosity > 1) {
+            fprintf(stderr, "%s: replaying %llu spooled chunks first\n", PROG, (unsigned long long)st.spool_chunks);
+        }
+        if (o.drain_only) {
+            sent = flush_all(&run);
+        } else {
+            (void)kedge_flush(client);
+        }
+    }
+
+    for (f = 0; f < (o.n_files == 0 ? 1 : o.n_files) && sent == SEND_OK && !o.drain_only; f++) {
         int is_stdin = o.n_files == 0 || strcmp(o.files[f], "-") == 0;
         memset(&rd, 0, sizeof rd);
         rd.chunk = chunk;
@@ -781,11 +861,20 @@ int main(int argc, char **argv)
         status = EXIT_OTHER;
     } else if (sent == SEND_GAVE_UP) {
         char msg[1024];
+        kedge_stats st;
         if (kedge_client_last_error(client, msg, sizeof msg, NULL) != KEDGE_OK) {
             msg[0] = '\0';
         }
         fprintf(stderr, "%s: gave up after %ld s without progress: %s\n", PROG, o.give_up_secs, msg);
         status = exit_for_give_up(&run);
+        /* With a spool, what is not delivered is put on flash: a later run (--drain-only) delivers it. */
+        if (o.spool != NULL && status != EXIT_NOPERM && kedge_flush_to_spool(client) == KEDGE_OK &&
+            kedge_client_stats(client, &st, sizeof st) == KEDGE_OK && st.records_buffered == 0 &&
+            counts.dropped == 0) {
+            fprintf(stderr, "%s: %llu chunks are safe in the spool %s: run again (--drain-only) to deliver them\n",
+                    PROG, (unsigned long long)st.spool_chunks, o.spool);
+            status = EXIT_TEMPFAIL;
+        }
     } else if (io_error) {
         status = EXIT_USAGE;
     } else if (counts.dropped > 0) {

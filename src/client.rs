@@ -552,6 +552,15 @@ impl Client {
         if let Err(e) = self.replay(inner, deadline, u32::MAX) {
             first_err.get_or_insert(e);
         }
+        if first_err.is_none() {
+            // Chunks of targets that back off were not tried: not delivered, but durable.
+            if let Some(sp) = inner.spool.as_ref().filter(|sp| !sp.is_empty()) {
+                first_err = Some(Error::new(
+                    ErrorKind::Spooled,
+                    format!("{} chunks wait in the spool for targets that are backing off; poll replays them", sp.len()),
+                ));
+            }
+        }
         first_err.map_or(Ok(()), Err)
     }
 

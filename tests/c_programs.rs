@@ -777,3 +777,213 @@ fn c_programs_are_valgrind_clean_when_valgrind_is_installed() {
     );
     assert_each_seq_once(&server.records("db", "T"), 2000);
 }
+
+fn seqs_arrived(server: &Server, table: &str) -> HashMap<u64, usize> {
+    let mut seen = HashMap::new();
+    for r in server.records("db", table) {
+        *seen
+            .entry(seq_of(&r).expect("record with seq"))
+            .or_insert(0usize) += 1;
+    }
+    seen
+}
+
+fn spooling_kedge_send(url: &str, spool: &Path, table: &str) -> Command {
+    let mut cmd = kedge_send(url, None, table);
+    cmd.args(["--allow-http", "--quiet", "--spool"]).arg(spool);
+    cmd.args([
+        "-X",
+        "retry.max_attempts=2",
+        "-X",
+        "retry.base_ms=5",
+        "-X",
+        "retry.max_total_ms=300",
+    ]);
+    cmd.args([
+        "-X",
+        "backoff.max_ms=300",
+        "-X",
+        "timeout.connect_ms=300",
+        "-X",
+        "timeout.recv_ms=1000",
+    ]);
+    cmd
+}
+
+#[test]
+fn kedge_send_exits_75_with_the_rest_safe_in_the_spool_and_drain_only_delivers_it() {
+    let _g = serial();
+    let scratch = Scratch::new("spool-75");
+    let server = Server::start(ServerConfig::default()).expect("devserver");
+    let spool = scratch.path("spool");
+    let input = scratch.path("records.jsonl");
+    write_records(&input, 3000);
+
+    server.set_down(Duration::from_secs(3600));
+    let mut cmd = spooling_kedge_send(&server.url(), &spool, "Spooled");
+    cmd.args(["--batch-bytes", "16384", "--give-up-secs", "1"])
+        .arg(&input);
+    let out = run(cmd, None, &scratch, Duration::from_secs(60));
+    assert_eq!(out.code(), Some(75), "kedge-send: {}", out.describe());
+    assert!(server.records("db", "Spooled").is_empty());
+    let chunks = fs::read_dir(&spool)
+        .unwrap()
+        .filter(|e| {
+            e.as_ref()
+                .unwrap()
+                .path()
+                .extension()
+                .is_some_and(|x| x == "chunk")
+        })
+        .count();
+    assert!(chunks >= 10, "the input is on flash in chunks: {chunks}");
+
+    server.set_down(Duration::ZERO);
+    let mut cmd = spooling_kedge_send(&server.url(), &spool, "Spooled");
+    cmd.arg("--drain-only");
+    let out = run(cmd, None, &scratch, Duration::from_secs(60));
+    assert_eq!(
+        out.code(),
+        Some(0),
+        "kedge-send --drain-only: {}",
+        out.describe()
+    );
+    assert_each_seq_once(&server.records("db", "Spooled"), 3000);
+}
+
+/// The crash test: kedge-send with a spool is killed with SIGKILL at random moments while the endpoint fails at
+/// random. Like an integrator with a checkpoint, each run resumes the input after the last record it reported
+/// durable (`--durable-every`). After the kills, `--drain-only` runs deliver the rest: every record of the input
+/// must arrive (at least once; duplicates are counted, not failures).
+#[test]
+fn kedge_send_with_a_spool_survives_sigkill_at_random_moments_and_every_record_arrives() {
+    let _g = serial();
+    let scratch = Scratch::new("crash");
+    let server = Server::start(ServerConfig::default()).expect("devserver");
+    server.set_faults(Faults {
+        seed: 2026,
+        random: vec![
+            (Fault::Throttle { retry_after: None }, 0.1),
+            (Fault::Unavailable { retry_after: None }, 0.1),
+            (Fault::Reset, 0.05),
+            (Fault::LoseReply, 0.05),
+        ],
+    });
+    const N: u64 = 40_000;
+    const KILLS: u32 = 24;
+    let all = scratch.path("all.jsonl");
+    write_records(&all, N);
+    let lines: Vec<String> = fs::read_to_string(&all)
+        .unwrap()
+        .lines()
+        .map(str::to_owned)
+        .collect();
+    let spool = scratch.path("spool");
+    let mut rng = 0x9E37_79B9_7F4A_7C15u64;
+    let mut next = move |lo: u64, hi: u64| {
+        rng ^= rng << 13;
+        rng ^= rng >> 7;
+        rng ^= rng << 17;
+        lo + rng % (hi - lo)
+    };
+    let mut offset = 0usize;
+    let mut kills = 0u32;
+    let mut runs = 0u32;
+    let started = Instant::now();
+    // Input runs (killed, until the input is durable), then drain-only runs killed too until there were enough kills.
+    while offset < lines.len() || kills < KILLS {
+        runs += 1;
+        assert!(
+            runs < 400 && started.elapsed() < Duration::from_secs(240),
+            "no progress: {runs} runs, offset {offset}"
+        );
+        let input = scratch.path("rest.jsonl");
+        let mut cmd = spooling_kedge_send(&server.url(), &spool, "Crash");
+        cmd.args(["--batch-bytes", "8192", "--give-up-secs", "1"]);
+        if offset < lines.len() {
+            fs::write(&input, lines[offset..].join("\n") + "\n").unwrap();
+            cmd.args(["--durable-every", "100"]).arg(&input);
+        } else {
+            cmd.arg("--drain-only");
+        }
+        let out_path = scratch.path("run.out");
+        cmd.stdout(File::create(&out_path).unwrap())
+            .stderr(Stdio::null())
+            .stdin(Stdio::null());
+        let mut child = cmd.spawn().expect("spawn kedge-send");
+        let kill_at = Instant::now() + Duration::from_millis(next(5, 120));
+        let status = loop {
+            if let Some(s) = child.try_wait().unwrap() {
+                break Some(s);
+            }
+            if kills < KILLS && Instant::now() >= kill_at {
+                child.kill().expect("SIGKILL");
+                child.wait().unwrap();
+                kills += 1;
+                break None;
+            }
+            assert!(
+                Instant::now() < kill_at + Duration::from_secs(60),
+                "a run hangs"
+            );
+            std::thread::sleep(Duration::from_millis(2));
+        };
+        let durable = fs::read_to_string(&out_path)
+            .unwrap_or_default()
+            .lines()
+            .filter_map(|l| {
+                l.strip_prefix("durable ")
+                    .and_then(|n| n.parse::<usize>().ok())
+            })
+            .max()
+            .unwrap_or(0);
+        match status.map(|s| s.code()) {
+            // Killed: resume after what it reported durable.
+            None => offset += durable.min(lines.len() - offset),
+            // Finished: everything it read is acknowledged (0) or safe in the spool (75).
+            Some(Some(0)) | Some(Some(75)) => offset = lines.len(),
+            Some(code) => panic!("kedge-send run {runs} exited {code:?}"),
+        }
+    }
+    server.set_faults(Faults::default());
+    let mut drained = false;
+    for _ in 0..20 {
+        let mut cmd = spooling_kedge_send(&server.url(), &spool, "Crash");
+        cmd.args(["--drain-only", "--give-up-secs", "5"]);
+        let out = run(cmd, None, &scratch, Duration::from_secs(60));
+        if out.code() == Some(0) {
+            drained = true;
+            break;
+        }
+        assert_eq!(out.code(), Some(75), "drain: {}", out.describe());
+    }
+    assert!(drained, "the spool never drained");
+    let seen = seqs_arrived(&server, "Crash");
+    let missing: Vec<u64> = (0..N).filter(|s| !seen.contains_key(s)).collect();
+    let duplicates: usize = seen.values().map(|&c| c - 1).sum();
+    eprintln!(
+        "crash test: {runs} runs, {kills} SIGKILLs, {} records arrived, {duplicates} duplicates (at-least-once), {:?}",
+        seen.len(),
+        started.elapsed()
+    );
+    assert!(kills >= 20);
+    assert!(
+        missing.is_empty(),
+        "{} records never arrived, first {:?}",
+        missing.len(),
+        &missing[..missing.len().min(10)]
+    );
+    assert!(
+        seen.keys().all(|&s| s < N),
+        "records that were never in the input arrived"
+    );
+    let leftovers: Vec<_> = fs::read_dir(&spool)
+        .unwrap()
+        .map(|e| e.unwrap().file_name())
+        .filter(|n| n.to_string_lossy().ends_with(".chunk"))
+        .collect();
+    assert!(
+        leftovers.is_empty(),
+        "spool not empty after drain: {leftovers:?}"
+    );
+}

@@ -1,0 +1,1115 @@
+//! The library as it ships to the gateways: cross-compiled for armv7 (32-bit) and aarch64 with the release profile,
+//! linked into the C examples and C tests by each target's cross gcc, and run under qemu user-mode emulation
+//! against an in-process HTTPS test endpoint on loopback. Also: the stripped size of `kedge-send` against its
+//! budget, the header on ARM, and the firmware build integration (pkg-config file, CMake example).
+//!
+//! Each target's library is built once per test process with
+//! `cargo rustc --release --lib --target T --crate-type staticlib -- --print native-static-libs`
+//! into the usual target directory (`CARGO_TARGET_DIR` if set, else `<crate>/target`): the same archive
+//! `cargo build --release --lib --target T` gives, plus the list of system libraries rustc says it needs, which is
+//! what the programs are linked with and what the Makefile, `kusto_edge.pc.in` and the CMake example must say.
+//! Missing cross tools fail the tests with the package to install (`bash tests/run-all.sh` installs them all).
+
+use std::collections::{HashMap, HashSet};
+use std::fs::{self, File};
+use std::io::{BufWriter, Write};
+use std::path::{Path, PathBuf};
+use std::process::{Command, ExitStatus, Output, Stdio};
+use std::sync::{Mutex, MutexGuard, OnceLock};
+use std::time::{Duration, Instant};
+
+use kusto_devserver::{Server, ServerConfig};
+
+/// The size budget of `kedge-send` for armv7, linked with the release profile and stripped: the library plus a
+/// small C program, dynamically linked against glibc. README "Cross-compiling for ARM" refers to this constant.
+pub const KEDGE_SEND_ARMV7_BUDGET_BYTES: u64 = 1536 * 1024; // 1.5 MiB
+
+const MANIFEST_DIR: &str = env!("CARGO_MANIFEST_DIR");
+const INSTALL_HINT: &str = "`bash tests/run-all.sh` installs every tool the tests need";
+
+/// A gateway target: the Rust triple and the Debian cross toolchain and emulator for it.
+struct Cross {
+    triple: &'static str,
+    /// GNU triple: prefix of the cross tools and name of the sysroot under /usr.
+    gnu: &'static str,
+    qemu: &'static str,
+    /// Debian packages: the cross gcc (with binutils) and the target's glibc.
+    gcc_packages: &'static str,
+    gxx_package: &'static str,
+    /// ELF e_machine of the target's programs.
+    elf_machine: u16,
+}
+
+const ARMV7: Cross = Cross {
+    triple: "armv7-unknown-linux-gnueabihf",
+    gnu: "arm-linux-gnueabihf",
+    qemu: "qemu-arm-static",
+    gcc_packages: "gcc-arm-linux-gnueabihf libc6-dev-armhf-cross",
+    gxx_package: "g++-arm-linux-gnueabihf",
+    elf_machine: 40, // EM_ARM
+};
+
+const AARCH64: Cross = Cross {
+    triple: "aarch64-unknown-linux-gnu",
+    gnu: "aarch64-linux-gnu",
+    qemu: "qemu-aarch64-static",
+    gcc_packages: "gcc-aarch64-linux-gnu libc6-dev-arm64-cross",
+    gxx_package: "g++-aarch64-linux-gnu",
+    elf_machine: 183, // EM_AARCH64
+};
+
+impl Cross {
+    fn tool(&self, name: &str) -> String {
+        format!("{}-{name}", self.gnu)
+    }
+    fn sysroot(&self) -> PathBuf {
+        PathBuf::from("/usr").join(self.gnu)
+    }
+    /// Fails with what to install when the cross toolchain, the target's glibc or the emulator is missing.
+    fn require_tools(&self) {
+        for tool in ["gcc", "ar", "strip", "nm", "size"] {
+            require(&self.tool(tool), self.gcc_packages);
+        }
+        require(self.qemu, "qemu-user-static");
+        let loader = match self.gnu {
+            "arm-linux-gnueabihf" => "lib/ld-linux-armhf.so.3",
+            _ => "lib/ld-linux-aarch64.so.1",
+        };
+        assert!(
+            self.sysroot().join(loader).exists(),
+            "{} has no {loader}: install the Debian packages {} ({INSTALL_HINT})",
+            self.sysroot().display(),
+            self.gcc_packages
+        );
+    }
+}
+
+/// Fails (never skips) when `tool` is not installed, naming the Debian package that has it.
+fn require(tool: &str, package: &str) {
+    let found = Command::new(tool)
+        .arg("--version")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .map(|s| s.success())
+        .unwrap_or(false);
+    assert!(
+        found,
+        "{tool} not found: install the Debian package {package} ({INSTALL_HINT})"
+    );
+}
+
+fn target_dir() -> PathBuf {
+    match std::env::var_os("CARGO_TARGET_DIR") {
+        Some(d) if !d.is_empty() => {
+            let d = PathBuf::from(d);
+            if d.is_absolute() {
+                d
+            } else {
+                Path::new(MANIFEST_DIR).join(d)
+            }
+        }
+        _ => Path::new(MANIFEST_DIR).join("target"),
+    }
+}
+
+fn output_of(cmd: &mut Command, what: &str) -> Output {
+    cmd.output()
+        .unwrap_or_else(|e| panic!("cannot run {what}: {e}"))
+}
+
+fn stderr_of(out: &Output) -> String {
+    format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    )
+}
+
+/// What one target's build produced.
+struct Built {
+    /// Directory holding libkusto_edge.a.
+    lib_dir: PathBuf,
+    /// Where `make` put the C programs.
+    programs: PathBuf,
+    /// The system libraries the static library needs, as rustc printed them (for the host: the Makefile's).
+    native_libs: String,
+}
+
+/// The Makefile, run with the Makefile's own CFLAGS (-std=c99 -Wall -Wextra -Werror -pedantic): none from the
+/// environment.
+fn make_programs(vars: &[String], goals: &[&str]) -> Result<(), String> {
+    let out = Command::new("make")
+        .arg("-C")
+        .arg(Path::new(MANIFEST_DIR).join("examples-c"))
+        .args(vars)
+        .args(goals)
+        .env_remove("CFLAGS")
+        .env_remove("LDFLAGS")
+        .env_remove("MAKEFLAGS")
+        .output()
+        .map_err(|e| {
+            format!("cannot run make: {e} (install the Debian package make; {INSTALL_HINT})")
+        })?;
+    if !out.status.success() {
+        return Err(format!(
+            "make {vars:?} failed (warnings are errors):\n{}",
+            stderr_of(&out)
+        ));
+    }
+    Ok(())
+}
+
+fn build_cross(c: &Cross) -> Result<Built, String> {
+    let target = target_dir();
+    let cargo = Command::new(env!("CARGO"))
+        .args(["rustc", "--release", "--lib", "--target", c.triple])
+        .args([
+            "--crate-type",
+            "staticlib",
+            "--",
+            "--print",
+            "native-static-libs",
+        ])
+        .current_dir(MANIFEST_DIR)
+        .env("CARGO_TARGET_DIR", &target)
+        .output()
+        .map_err(|e| format!("cannot run cargo: {e}"))?;
+    let log = String::from_utf8_lossy(&cargo.stderr).into_owned();
+    if !cargo.status.success() {
+        let hint = if log.contains("target may not be installed")
+            || log.contains("can't find crate for `core`")
+        {
+            format!("\nrun: rustup target add {} ({INSTALL_HINT})", c.triple)
+        } else {
+            String::new()
+        };
+        return Err(format!(
+            "cargo rustc --release --lib --target {} failed:\n{log}{hint}",
+            c.triple
+        ));
+    }
+    let native_libs = log
+        .lines()
+        .find_map(|l| {
+            l.split_once("native-static-libs:")
+                .map(|(_, libs)| libs.trim().to_owned())
+        })
+        .ok_or_else(|| {
+            format!(
+                "rustc printed no native-static-libs for {}:\n{log}",
+                c.triple
+            )
+        })?;
+    let lib_dir = target.join(c.triple).join("release");
+    let programs = target.join(format!("c-build-{}", c.triple));
+    make_programs(
+        &[
+            format!("CC={}", c.tool("gcc")),
+            format!("AR={}", c.tool("ar")),
+            format!("LIBDIR={}", lib_dir.display()),
+            format!("BUILD={}", programs.display()),
+            format!("NATIVE_LIBS={native_libs}"),
+        ],
+        &["check-lib", "all"],
+    )?;
+    Ok(Built {
+        lib_dir,
+        programs,
+        native_libs,
+    })
+}
+
+/// The host (x86_64) library as tests/c_programs.rs builds it (same command: no rebuild between the two), with
+/// the Makefile's default NATIVE_LIBS.
+fn build_host() -> Result<Built, String> {
+    let target = target_dir();
+    let cargo = Command::new(env!("CARGO"))
+        .args(["build", "--release", "--lib"])
+        .current_dir(MANIFEST_DIR)
+        .env("CARGO_TARGET_DIR", &target)
+        .output()
+        .map_err(|e| format!("cannot run cargo: {e}"))?;
+    if !cargo.status.success() {
+        return Err(format!(
+            "cargo build --release --lib failed:\n{}",
+            String::from_utf8_lossy(&cargo.stderr)
+        ));
+    }
+    let lib_dir = target.join("release");
+    let programs = target.join("c-build-host");
+    make_programs(
+        &[
+            format!("LIBDIR={}", lib_dir.display()),
+            format!("BUILD={}", programs.display()),
+        ],
+        &["examples"],
+    )?;
+    Ok(Built {
+        lib_dir,
+        programs,
+        native_libs: makefile_native_libs(),
+    })
+}
+
+fn built(c: &Cross) -> &'static Built {
+    static ARMV7_BUILT: OnceLock<Result<Built, String>> = OnceLock::new();
+    static AARCH64_BUILT: OnceLock<Result<Built, String>> = OnceLock::new();
+    let cell = if c.triple == ARMV7.triple {
+        &ARMV7_BUILT
+    } else {
+        &AARCH64_BUILT
+    };
+    match cell.get_or_init(|| {
+        c.require_tools();
+        require("make", "make");
+        let started = Instant::now();
+        let b = build_cross(c);
+        eprintln!(
+            "{}: library and C programs built in {:?}",
+            c.triple,
+            started.elapsed()
+        );
+        b
+    }) {
+        Ok(b) => b,
+        Err(e) => panic!("{e}"),
+    }
+}
+
+fn host_built() -> &'static Built {
+    static HOST_BUILT: OnceLock<Result<Built, String>> = OnceLock::new();
+    match HOST_BUILT.get_or_init(build_host) {
+        Ok(b) => b,
+        Err(e) => panic!("{e}"),
+    }
+}
+
+/// One emulated program at a time: under qemu, retry timings are tight enough without another program's load.
+fn serial() -> MutexGuard<'static, ()> {
+    static SERIAL: Mutex<()> = Mutex::new(());
+    SERIAL.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// A fresh directory for one test's files, removed when the test passes.
+struct Scratch(PathBuf);
+
+impl Scratch {
+    fn new(name: &str) -> Scratch {
+        let d = target_dir()
+            .join("arm-tests")
+            .join(format!("{name}-{}", std::process::id()));
+        let _ = fs::remove_dir_all(&d);
+        fs::create_dir_all(&d).expect("scratch dir");
+        Scratch(d)
+    }
+    fn path(&self, file: &str) -> PathBuf {
+        self.0.join(file)
+    }
+}
+
+impl Drop for Scratch {
+    fn drop(&mut self) {
+        if !std::thread::panicking() {
+            let _ = fs::remove_dir_all(&self.0);
+        }
+    }
+}
+
+struct Outcome {
+    status: ExitStatus,
+    stdout: String,
+    stderr: String,
+    took: Duration,
+}
+
+impl Outcome {
+    fn describe(&self) -> String {
+        let tail = |s: &str| {
+            let mut start = s.len().saturating_sub(8000);
+            while !s.is_char_boundary(start) {
+                start += 1;
+            }
+            s[start..].to_owned()
+        };
+        format!(
+            "{:?} after {:?}\n--- stdout\n{}\n--- stderr\n{}",
+            self.status,
+            self.took,
+            tail(&self.stdout),
+            tail(&self.stderr)
+        )
+    }
+}
+
+/// Runs a program with its output going to files (no pipe to fill up), killing it after `limit`.
+fn run(mut cmd: Command, scratch: &Scratch, limit: Duration) -> Outcome {
+    let out_path = scratch.path("stdout.txt");
+    let err_path = scratch.path("stderr.txt");
+    cmd.stdout(File::create(&out_path).expect("stdout file"));
+    cmd.stderr(File::create(&err_path).expect("stderr file"));
+    cmd.stdin(Stdio::null());
+    for var in [
+        "KEDGE_TOKEN",
+        "KEDGE_URL",
+        "KEDGE_CA_FILE",
+        "KEDGE_DATABASE",
+        "KEDGE_TABLE",
+        "SENSOR_RECORDS",
+    ] {
+        cmd.env_remove(var);
+    }
+    let started = Instant::now();
+    let mut child = cmd
+        .spawn()
+        .unwrap_or_else(|e| panic!("cannot run {cmd:?}: {e}"));
+    let status = loop {
+        if let Some(s) = child.try_wait().expect("wait") {
+            break s;
+        }
+        if started.elapsed() > limit {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!(
+                "{cmd:?} still running after {limit:?}\n--- stderr\n{}",
+                fs::read_to_string(&err_path).unwrap_or_default()
+            );
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    };
+    Outcome {
+        status,
+        stdout: fs::read_to_string(&out_path).unwrap_or_default(),
+        stderr: fs::read_to_string(&err_path).unwrap_or_default(),
+        took: started.elapsed(),
+    }
+}
+
+/// `program` (an ARM executable) under user-mode qemu, with the target's glibc from its Debian sysroot.
+fn emulated(c: &Cross, program: &Path) -> Command {
+    assert!(program.is_file(), "{} was not built", program.display());
+    assert_eq!(
+        elf_machine(program),
+        c.elf_machine,
+        "{} is not a {} program",
+        program.display(),
+        c.triple
+    );
+    let mut cmd = Command::new(c.qemu);
+    cmd.arg("-L").arg(c.sysroot()).arg(program);
+    cmd
+}
+
+fn elf_machine(program: &Path) -> u16 {
+    let bytes = fs::read(program).expect("read program");
+    assert_eq!(&bytes[..4], b"\x7fELF", "{} is not ELF", program.display());
+    u16::from_le_bytes([bytes[18], bytes[19]])
+}
+
+fn tls_server() -> Server {
+    Server::start(ServerConfig {
+        tls: true,
+        ..Default::default()
+    })
+    .expect("start devserver")
+}
+
+fn write_ca(server: &Server, scratch: &Scratch) -> PathBuf {
+    let path = scratch.path("ca.pem");
+    fs::write(&path, server.ca_pem().expect("TLS server has a CA")).expect("write CA");
+    path
+}
+
+/// `n` JSON lines of about 100 bytes, each with its own sequence number.
+fn write_records(path: &Path, n: u64) {
+    let mut w = BufWriter::new(File::create(path).expect("records file"));
+    for seq in 0..n {
+        writeln!(
+            w,
+            "{{\"seq\":{seq},\"device\":\"gw-1\",\"site\":\"plant-7\",\"temp\":{:.1},\"humidity\":{},\"status\":\"ok\",\"fw\":\"1.4.2\"}}",
+            20.0 + (seq % 100) as f64 / 10.0,
+            30 + seq % 40
+        )
+        .expect("write record");
+    }
+    w.flush().expect("flush records");
+}
+
+/// The `"seq":N` of a stored record.
+fn seq_of(record: &[u8]) -> Option<u64> {
+    let key = b"\"seq\":";
+    let at = record.windows(key.len()).position(|w| w == key)? + key.len();
+    let digits: Vec<u8> = record[at..]
+        .iter()
+        .copied()
+        .take_while(u8::is_ascii_digit)
+        .collect();
+    std::str::from_utf8(&digits).ok()?.parse().ok()
+}
+
+/// Every sequence number 0..n arrived exactly once, and nothing else did.
+fn assert_each_seq_once(records: &[Vec<u8>], n: u64) {
+    let mut seen: HashMap<u64, usize> = HashMap::new();
+    for r in records {
+        let seq = seq_of(r)
+            .unwrap_or_else(|| panic!("stored record without seq: {}", String::from_utf8_lossy(r)));
+        *seen.entry(seq).or_default() += 1;
+    }
+    let missing: Vec<u64> = (0..n).filter(|s| !seen.contains_key(s)).take(10).collect();
+    let dups: Vec<(u64, usize)> = seen
+        .iter()
+        .filter(|(_, &c)| c > 1)
+        .map(|(&s, &c)| (s, c))
+        .take(10)
+        .collect();
+    let strays: Vec<u64> = seen.keys().copied().filter(|&s| s >= n).take(10).collect();
+    assert!(
+        missing.is_empty(),
+        "records missing (first 10): {missing:?}; {} stored of {n}",
+        records.len()
+    );
+    assert!(
+        dups.is_empty(),
+        "records stored more than once (seq, times): {dups:?}"
+    );
+    assert!(
+        strays.is_empty(),
+        "records that were never sent: {strays:?}"
+    );
+    assert_eq!(records.len() as u64, n);
+}
+
+fn api_robustness_passes(c: &Cross) {
+    let b = built(c);
+    let _g = serial();
+    let scratch = Scratch::new(&format!("robustness-{}", c.triple));
+    let out = run(
+        emulated(c, &b.programs.join("api_robustness")),
+        &scratch,
+        Duration::from_secs(180),
+    );
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "api_robustness on {}: {}",
+        c.triple,
+        out.describe()
+    );
+    let last = out.stdout.lines().last().unwrap_or("");
+    let (n, rest) = last.split_once(' ').unwrap_or(("", ""));
+    let n: u32 = n.parse().unwrap_or(0);
+    assert_eq!(
+        rest,
+        "passed, 0 failed",
+        "unexpected last line: {}",
+        out.describe()
+    );
+    assert!(n > 100, "only {n} checks ran: {}", out.describe());
+    eprintln!(
+        "{}: api_robustness, {n} checks, {:?} under {}",
+        c.triple, out.took, c.qemu
+    );
+}
+
+fn sensor_delivers_every_record(c: &Cross, program: &Path) {
+    let _g = serial();
+    let scratch = Scratch::new(&format!("sensor-{}", c.triple));
+    let server = tls_server();
+    let ca = write_ca(&server, &scratch);
+    let mut cmd = emulated(c, program);
+    cmd.arg(server.url()).arg(&ca);
+    let out = run(cmd, &scratch, Duration::from_secs(180));
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "sensor on {}: {}",
+        c.triple,
+        out.describe()
+    );
+    assert_each_seq_once(&server.records("edge", "Telemetry"), 300);
+    let requests = server.requests();
+    assert!(
+        requests.iter().all(|r| r.status == 200 && r.gzip_ok),
+        "a request failed: {requests:?}"
+    );
+    assert!(
+        out.stdout.contains("300 acknowledged"),
+        "sensor's summary: {}",
+        out.describe()
+    );
+    eprintln!(
+        "{}: sensor, 300 records in {:?} under {}",
+        c.triple, out.took, c.qemu
+    );
+}
+
+const E2E_RECORDS: u64 = 20_000;
+
+fn kedge_send_streams_every_record_exactly_once(c: &Cross) {
+    let b = built(c);
+    let _g = serial();
+    let scratch = Scratch::new(&format!("e2e-{}", c.triple));
+    let server = tls_server();
+    let ca = write_ca(&server, &scratch);
+    let input = scratch.path("records.jsonl");
+    write_records(&input, E2E_RECORDS);
+    let mut cmd = emulated(c, &b.programs.join("kedge-send"));
+    cmd.args([
+        "--url",
+        &server.url(),
+        "--database",
+        "db",
+        "--table",
+        "Telemetry",
+    ])
+    .arg("--ca-file")
+    .arg(&ca)
+    .args(["--batch-bytes", "262144"])
+    .arg(&input);
+    let out = run(cmd, &scratch, Duration::from_secs(300));
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "kedge-send on {}: {}",
+        c.triple,
+        out.describe()
+    );
+    assert_each_seq_once(&server.records("db", "Telemetry"), E2E_RECORDS);
+    let requests = server.requests();
+    assert!(
+        requests.len() >= 8,
+        "2 MB in batches of 256 KiB took only {} requests",
+        requests.len()
+    );
+    let mut ids = HashSet::new();
+    for r in &requests {
+        assert!(
+            r.status == 200 && r.gzip_ok,
+            "request {} failed: {r:?}",
+            r.client_request_id
+        );
+        assert!(
+            ids.insert(r.client_request_id.clone()),
+            "request id sent twice: {}",
+            r.client_request_id
+        );
+    }
+    assert!(
+        out.stderr.contains(&format!(
+            "{E2E_RECORDS} records ({E2E_RECORDS} acknowledged, 0 rejected)"
+        )),
+        "summary: {}",
+        out.describe()
+    );
+    eprintln!(
+        "{}: kedge-send, {E2E_RECORDS} records in {} requests, {:?} under {}: {}",
+        c.triple,
+        requests.len(),
+        out.took,
+        c.qemu,
+        out.stderr.trim()
+    );
+}
+
+/// The same tests for each target: `cargo test --test arm armv7::` runs one target's.
+macro_rules! on_target {
+    ($module:ident, $cross:expr) => {
+        mod $module {
+            use super::*;
+
+            #[test]
+            fn api_robustness_gets_the_documented_code_for_every_argument_under_qemu() {
+                api_robustness_passes(&$cross);
+            }
+
+            #[test]
+            fn sensor_example_delivers_every_record_over_https_under_qemu() {
+                let b = built(&$cross);
+                sensor_delivers_every_record(&$cross, &b.programs.join("sensor"));
+            }
+
+            #[test]
+            fn kedge_send_streams_20k_records_exactly_once_over_https_under_qemu() {
+                kedge_send_streams_every_record_exactly_once(&$cross);
+            }
+
+            #[test]
+            fn native_libs_rustc_prints_are_the_ones_documented() {
+                native_libs_are_documented(&$cross);
+            }
+        }
+    };
+}
+
+on_target!(armv7, ARMV7);
+on_target!(aarch64, AARCH64);
+
+/// The `NATIVE_LIBS ?=` default of examples-c/Makefile.
+fn makefile_native_libs() -> String {
+    let makefile = fs::read_to_string(Path::new(MANIFEST_DIR).join("examples-c/Makefile")).unwrap();
+    makefile
+        .lines()
+        .find_map(|l| l.strip_prefix("NATIVE_LIBS ?="))
+        .expect("examples-c/Makefile sets NATIVE_LIBS ?=")
+        .trim()
+        .to_owned()
+}
+
+fn pc_in() -> String {
+    fs::read_to_string(Path::new(MANIFEST_DIR).join("kusto_edge.pc.in")).expect("kusto_edge.pc.in")
+}
+
+/// What rustc prints for the target is what the Makefile, the pkg-config file, the CMake example and the README
+/// tell integrators to link with (for glibc targets the list is the same on x86_64, armv7 and aarch64).
+fn native_libs_are_documented(c: &Cross) {
+    let printed = &built(c).native_libs;
+    assert_eq!(
+        &makefile_native_libs(),
+        printed,
+        "examples-c/Makefile's NATIVE_LIBS vs rustc for {}",
+        c.triple
+    );
+    let private = pc_in()
+        .lines()
+        .find_map(|l| l.strip_prefix("Libs.private:").map(|s| s.trim().to_owned()))
+        .expect("kusto_edge.pc.in has Libs.private");
+    assert_eq!(
+        &private, printed,
+        "kusto_edge.pc.in's Libs.private vs rustc for {}",
+        c.triple
+    );
+    let cmake =
+        fs::read_to_string(Path::new(MANIFEST_DIR).join("examples-c/CMakeLists.txt")).unwrap();
+    let cmake_list: String = printed
+        .split_whitespace()
+        .map(|l| l.trim_start_matches("-l"))
+        .collect::<Vec<_>>()
+        .join(";");
+    assert!(
+        cmake.contains(&format!("\"{cmake_list}\"")),
+        "examples-c/CMakeLists.txt's KUSTO_EDGE_NATIVE_LIBS is not \"{cmake_list}\" (rustc for {})",
+        c.triple
+    );
+    let readme = fs::read_to_string(Path::new(MANIFEST_DIR).join("README.md")).unwrap();
+    assert!(
+        readme.contains(printed.as_str()),
+        "README does not show the native libs {printed}"
+    );
+}
+
+/// The header's ABI means the same on 32- and 64-bit ARM: fixed-width integers only, `size_t` only for lengths,
+/// and it compiles as C99 and as C++11 with each target's cross compilers.
+#[test]
+fn header_uses_fixed_width_types_only_and_compiles_as_c99_and_cxx_for_arm() {
+    let header = fs::read_to_string(Path::new(MANIFEST_DIR).join("include/kusto_edge.h")).unwrap();
+    let code = strip_c_comments(&header);
+    let tokens: Vec<&str> = code
+        .split(|ch: char| !(ch.is_ascii_alphanumeric() || ch == '_'))
+        .filter(|t| !t.is_empty())
+        .collect();
+    for banned in [
+        "int",
+        "long",
+        "short",
+        "unsigned",
+        "signed",
+        "float",
+        "double",
+        "time_t",
+        "off_t",
+        "ssize_t",
+        "intptr_t",
+        "uintptr_t",
+        "ptrdiff_t",
+        "wchar_t",
+        "bool",
+        "_Bool",
+    ] {
+        assert!(
+            !tokens.contains(&banned),
+            "kusto_edge.h uses `{banned}`, whose size or meaning differs between ARM ABIs: use a fixed-width type"
+        );
+    }
+    for (i, t) in tokens.iter().enumerate() {
+        if *t == "size_t" {
+            let name = tokens.get(i + 1).copied().unwrap_or("");
+            assert!(
+                name.ends_with("_len"),
+                "size_t is for lengths only, but kusto_edge.h has `size_t {name}`"
+            );
+        }
+    }
+
+    let scratch = Scratch::new("header");
+    let src = scratch.path("uses_header.c");
+    // The layout checks: no field whose size depends on the target (kedge_stats is 26 fixed counters).
+    fs::write(
+        &src,
+        "#include \"kusto_edge.h\"\n\
+         typedef char stats_is_26_u64[sizeof(kedge_stats) == 26 * 8 ? 1 : -1];\n\
+         typedef char report_records_is_8_aligned[offsetof(kedge_delivery_report, records) % 8 == 0 ? 1 : -1];\n\
+         int main(void) { kedge_stats s; (void)s; return kedge_result_str(KEDGE_OK) == 0; }\n",
+    )
+    .unwrap();
+    let include = Path::new(MANIFEST_DIR).join("include");
+    let warn: &[&str] = &["-pedantic", "-Wall", "-Wextra", "-Werror", "-fsyntax-only"];
+    for c in [&ARMV7, &AARCH64] {
+        require(&c.tool("gcc"), c.gcc_packages);
+        require(&c.tool("g++"), c.gxx_package);
+        for (compiler, lang) in [
+            (c.tool("gcc"), ["-std=c99", "-x", "c"]),
+            (c.tool("g++"), ["-std=c++11", "-x", "c++"]),
+        ] {
+            let out = output_of(
+                Command::new(&compiler)
+                    .args(lang)
+                    .args(warn)
+                    .arg("-I")
+                    .arg(&include)
+                    .arg(&src),
+                &compiler,
+            );
+            assert!(
+                out.status.success(),
+                "kusto_edge.h does not compile with {compiler} {lang:?}:\n{}",
+                stderr_of(&out)
+            );
+        }
+    }
+}
+
+fn strip_c_comments(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    let mut rest = s;
+    while !rest.is_empty() {
+        if let Some(r) = rest.strip_prefix("//") {
+            rest = r.find('\n').map_or("", |i| &r[i..]);
+        } else if let Some(r) = rest.strip_prefix("/*") {
+            rest = r.find("*/").map_or("", |i| &r[i + 2..]);
+            out.push(' ');
+        } else {
+            let ch = rest.chars().next().unwrap();
+            out.push(ch);
+            rest = &rest[ch.len_utf8()..];
+        }
+    }
+    out
+}
+
+/// Stripped size of `program`, stripped with `strip` into the scratch directory.
+fn stripped_size(strip: &str, program: &Path, scratch: &Scratch) -> u64 {
+    let name = program.file_name().unwrap().to_string_lossy();
+    let dir = program
+        .parent()
+        .unwrap()
+        .file_name()
+        .unwrap()
+        .to_string_lossy();
+    let out_path = scratch.path(&format!("{dir}-{name}.stripped"));
+    let out = output_of(
+        Command::new(strip).arg("-o").arg(&out_path).arg(program),
+        strip,
+    );
+    assert!(
+        out.status.success(),
+        "{strip} {}: {}",
+        program.display(),
+        stderr_of(&out)
+    );
+    fs::metadata(&out_path).unwrap().len()
+}
+
+/// An empty C program linked with the same line as kedge-send, minus the library: the size without kusto-edge.
+fn empty_program(cc: &str, native_libs: &str, scratch: &Scratch, tag: &str) -> PathBuf {
+    let src = scratch.path("empty.c");
+    fs::write(&src, "int main(void) { return 0; }\n").unwrap();
+    let exe = scratch.path(&format!("empty-{tag}"));
+    let out = output_of(
+        Command::new(cc)
+            .args(["-std=c99", "-O2", "-o"])
+            .arg(&exe)
+            .arg(&src)
+            .args(native_libs.split_whitespace()),
+        cc,
+    );
+    assert!(out.status.success(), "{cc} empty.c: {}", stderr_of(&out));
+    exe
+}
+
+fn kib(bytes: u64) -> String {
+    format!("{:.0} KiB", bytes as f64 / 1024.0)
+}
+
+/// Sums the sizes of the symbols of an unstripped program by the crate (or C library) they come from: where the
+/// code goes. Data without a symbol (the bundled root certificates, string constants) is not in it.
+fn size_by_origin(nm: &str, program: &Path) -> Vec<(String, u64)> {
+    let out = output_of(
+        Command::new(nm)
+            .args(["-S", "--size-sort", "-C"])
+            .arg(program),
+        nm,
+    );
+    assert!(out.status.success(), "{nm}: {}", stderr_of(&out));
+    let mut by: HashMap<String, u64> = HashMap::new();
+    for line in String::from_utf8_lossy(&out.stdout).lines() {
+        let mut f = line.splitn(4, ' ');
+        let (_, Some(size), Some(_kind), Some(name)) = (f.next(), f.next(), f.next(), f.next())
+        else {
+            continue;
+        };
+        let Ok(size) = u64::from_str_radix(size, 16) else {
+            continue;
+        };
+        *by.entry(origin_of(name)).or_default() += size;
+    }
+    let mut v: Vec<(String, u64)> = by.into_iter().collect();
+    v.sort_by(|a, b| b.1.cmp(&a.1));
+    v
+}
+
+fn origin_of(symbol: &str) -> String {
+    if symbol.starts_with("ring_core_") || symbol.contains("ring_core_0_17") {
+        return "ring (C/asm)".into();
+    }
+    if symbol.starts_with("kedge_") {
+        return "kusto_edge (C API)".into();
+    }
+    // `<rustls::x::Y as core::fmt::Debug>::fmt` belongs to rustls; `core::ptr::drop_in_place<ureq::...>` to ureq.
+    let s = symbol
+        .trim_start_matches('<')
+        .trim_start_matches('&')
+        .trim_start_matches("dyn ");
+    let s = if s.starts_with("core::ptr::drop_in_place<") {
+        s.trim_start_matches("core::ptr::drop_in_place<")
+            .trim_start_matches('<')
+            .trim_start_matches('&')
+    } else {
+        s
+    };
+    match s.find("::") {
+        Some(i)
+            if s[..i]
+                .chars()
+                .all(|ch| ch.is_ascii_alphanumeric() || ch == '_') =>
+        {
+            s[..i].to_owned()
+        }
+        _ => "other (C, libgcc, unnamed)".into(),
+    }
+}
+
+/// `kedge-send` for armv7, linked with the release profile (LTO, opt-level "s") and stripped, must stay within
+/// KEDGE_SEND_ARMV7_BUDGET_BYTES. Prints the table of the README (aarch64 and x86_64 too) and where the code goes.
+#[test]
+fn kedge_send_for_armv7_stripped_fits_the_size_budget() {
+    let scratch = Scratch::new("size");
+    let mut rows = Vec::new();
+    let mut armv7_size = 0;
+    let host = (
+        "x86_64-unknown-linux-gnu".to_owned(),
+        host_built(),
+        "cc".to_owned(),
+        "strip".to_owned(),
+        "nm".to_owned(),
+    );
+    let crosses = [&ARMV7, &AARCH64].map(|c| {
+        (
+            c.triple.to_owned(),
+            built(c),
+            c.tool("gcc"),
+            c.tool("strip"),
+            c.tool("nm"),
+        )
+    });
+    for (triple, b, cc, strip, nm) in crosses.iter().chain([&host]) {
+        let program = b.programs.join("kedge-send");
+        let total = stripped_size(strip, &program, &scratch);
+        let empty = stripped_size(
+            strip,
+            &empty_program(cc, &b.native_libs, &scratch, triple),
+            &scratch,
+        );
+        let archive = fs::metadata(b.lib_dir.join("libkusto_edge.a"))
+            .unwrap()
+            .len();
+        rows.push(format!(
+            "{triple:<32} kedge-send {total:>8} B ({:>8}), of which library + kedge-send.c {:>8}; libkusto_edge.a {}",
+            kib(total),
+            kib(total.saturating_sub(empty)),
+            kib(archive)
+        ));
+        if triple.as_str() == ARMV7.triple {
+            armv7_size = total;
+            let breakdown = size_by_origin(nm, &program);
+            let named: u64 = breakdown.iter().map(|(_, s)| s).sum();
+            eprintln!(
+                "armv7 kedge-send, symbol sizes by origin ({} in named symbols):",
+                kib(named)
+            );
+            for (origin, size) in breakdown.iter().take(14) {
+                eprintln!("  {origin:<28} {:>8}", kib(*size));
+            }
+            let sections = output_of(
+                Command::new(ARMV7.tool("size")).arg("-A").arg(&program),
+                "size",
+            );
+            eprintln!(
+                "armv7 kedge-send sections:\n{}",
+                String::from_utf8_lossy(&sections.stdout)
+            );
+        }
+    }
+    eprintln!("stripped sizes (release profile):\n{}", rows.join("\n"));
+    assert!(
+        armv7_size <= KEDGE_SEND_ARMV7_BUDGET_BYTES,
+        "kedge-send for armv7 is {armv7_size} bytes stripped ({}), over its budget of {} bytes ({}): see the \
+         breakdown above",
+        kib(armv7_size),
+        KEDGE_SEND_ARMV7_BUDGET_BYTES,
+        kib(KEDGE_SEND_ARMV7_BUDGET_BYTES)
+    );
+}
+
+/// Generates kusto_edge.pc from kusto_edge.pc.in for a library directory, as a package recipe would.
+fn write_pc(dir: &Path, lib_dir: &Path) {
+    let include = Path::new(MANIFEST_DIR).join("include");
+    let pc = pc_in()
+        .replace("@prefix@", "/usr")
+        .replace("@libdir@", &lib_dir.display().to_string())
+        .replace("@includedir@", &include.display().to_string())
+        .replace("@version@", env!("CARGO_PKG_VERSION"));
+    assert!(
+        !pc.contains('@'),
+        "kusto_edge.pc.in has a placeholder the README does not list:\n{pc}"
+    );
+    fs::write(dir.join("kusto_edge.pc"), pc).unwrap();
+}
+
+/// The pkg-config file gives the flags that compile and link a C program (here sensor.c, on the host and for
+/// armv7, the way a Yocto or Buildroot recipe would use it), and the program delivers.
+#[test]
+fn pkg_config_file_links_sensor_for_the_host_and_for_armv7() {
+    require("pkg-config", "pkg-config");
+    let scratch = Scratch::new("pkg-config");
+    let sensor_c = Path::new(MANIFEST_DIR).join("examples-c/sensor.c");
+    let host = ("host", host_built(), "cc".to_owned());
+    let arm = ("armv7", built(&ARMV7), ARMV7.tool("gcc"));
+    for (tag, b, cc) in [host, arm] {
+        let pc_dir = scratch.path(&format!("pc-{tag}"));
+        fs::create_dir_all(&pc_dir).unwrap();
+        write_pc(&pc_dir, &b.lib_dir);
+        let out = output_of(
+            Command::new("pkg-config")
+                .args(["--static", "--cflags", "--libs", "kusto_edge"])
+                .env("PKG_CONFIG_PATH", &pc_dir)
+                .env("PKG_CONFIG_LIBDIR", &pc_dir),
+            "pkg-config",
+        );
+        assert!(
+            out.status.success(),
+            "pkg-config --static --cflags --libs kusto_edge: {}",
+            stderr_of(&out)
+        );
+        let flags = String::from_utf8_lossy(&out.stdout).into_owned();
+        assert!(
+            flags.contains("-lkusto_edge") && flags.contains("-lpthread"),
+            "pkg-config gave {flags}"
+        );
+        let exe = scratch.path(&format!("sensor-{tag}"));
+        let out = output_of(
+            Command::new(&cc)
+                .args([
+                    "-std=c99",
+                    "-O2",
+                    "-Wall",
+                    "-Wextra",
+                    "-Werror",
+                    "-pedantic",
+                    "-o",
+                ])
+                .arg(&exe)
+                .arg(&sensor_c)
+                .args(flags.split_whitespace()),
+            &cc,
+        );
+        assert!(
+            out.status.success(),
+            "{cc} sensor.c $(pkg-config --static --cflags --libs kusto_edge): {}",
+            stderr_of(&out)
+        );
+        if tag == "armv7" {
+            sensor_delivers_every_record(&ARMV7, &exe);
+        } else {
+            assert_eq!(elf_machine(&exe), 62, "host sensor is not x86_64"); // EM_X86_64
+            sensor_delivers_every_record_natively(&exe);
+        }
+    }
+}
+
+fn sensor_delivers_every_record_natively(program: &Path) {
+    let _g = serial();
+    let scratch = Scratch::new("sensor-host");
+    let server = tls_server();
+    let ca = write_ca(&server, &scratch);
+    let mut cmd = Command::new(program);
+    cmd.arg(server.url()).arg(&ca);
+    let out = run(cmd, &scratch, Duration::from_secs(60));
+    assert_eq!(out.status.code(), Some(0), "sensor: {}", out.describe());
+    assert_each_seq_once(&server.records("edge", "Telemetry"), 300);
+}
+
+fn cmake(args: &[&std::ffi::OsStr], what: &str) {
+    let out = output_of(
+        Command::new("cmake")
+            .args(args)
+            .env_remove("CFLAGS")
+            .env_remove("LDFLAGS"),
+        "cmake",
+    );
+    assert!(
+        out.status.success(),
+        "cmake {what} failed:\n{}",
+        stderr_of(&out)
+    );
+}
+
+/// The CMake example, configured and built as firmware would: natively against the x86_64 library, and for
+/// armv7 with the toolchain file; both sensors deliver every record.
+#[test]
+fn cmake_example_builds_sensor_natively_and_for_armv7_with_the_toolchain_file() {
+    require("cmake", "cmake");
+    let examples = Path::new(MANIFEST_DIR).join("examples-c");
+    let toolchain = examples.join("cmake/armv7-linux-gnueabihf.cmake");
+    let host = ("x86_64", host_built(), None);
+    let arm = ("armv7", built(&ARMV7), Some(&toolchain));
+    for (tag, b, toolchain) in [host, arm] {
+        let build = target_dir().join(format!("cmake-build-{tag}"));
+        let _ = fs::remove_dir_all(&build);
+        let mut args: Vec<std::ffi::OsString> = vec![
+            "-S".into(),
+            examples.clone().into(),
+            "-B".into(),
+            build.clone().into(),
+        ];
+        args.push(format!("-DKUSTO_EDGE_LIB_DIR={}", b.lib_dir.display()).into());
+        args.push("-DCMAKE_BUILD_TYPE=Release".into());
+        if let Some(t) = toolchain {
+            args.push(format!("-DCMAKE_TOOLCHAIN_FILE={}", t.display()).into());
+        }
+        let started = Instant::now();
+        cmake(
+            &args.iter().map(|a| a.as_os_str()).collect::<Vec<_>>(),
+            &format!("configure ({tag})"),
+        );
+        cmake(
+            &["--build".as_ref(), build.as_os_str()],
+            &format!("--build ({tag})"),
+        );
+        eprintln!("cmake configure + build ({tag}): {:?}", started.elapsed());
+        let sensor = build.join("sensor");
+        match toolchain {
+            Some(_) => sensor_delivers_every_record(&ARMV7, &sensor),
+            None => sensor_delivers_every_record_natively(&sensor),
+        }
+    }
+}
