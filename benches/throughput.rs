@@ -1,0 +1,149 @@
+//! Throughput benchmarks, rerunnable with `cargo bench --bench throughput`. Every figure comes with a ratio
+//! measured in the same run, because this kind of machine is noisy: compare ratios across runs, not MB/s.
+//!
+//! - gzip: compression speed and ratio of telemetry JSON at the client's level, against levels 1 and 6;
+//! - end to end: records through `Client::append` + `flush` to the loopback test endpoint, plain http vs HTTPS;
+//! - spool: chunks pushed to a spool directory (fsync per chunk), in clear vs AES-256-GCM.
+
+use std::time::{Duration, Instant};
+
+use kusto_devserver::{Server, ServerConfig};
+use kusto_edge::gzip::{compressed_bound, Gzip};
+use kusto_edge::spool::{ChunkHeader, DestKey, FsStorage, FullPolicy, Spool, SpoolConfig};
+use kusto_edge::{Client, Config};
+
+fn telemetry(bytes: usize) -> Vec<u8> {
+    let mut out = Vec::with_capacity(bytes + 200);
+    let mut seq = 0u64;
+    while out.len() < bytes {
+        out.extend_from_slice(
+            format!(
+                "{{\"seq\":{seq},\"device\":\"gw-{}\",\"ts\":\"2026-11-22T01:{:02}:{:02}Z\",\"temp\":{}.{},\"humidity\":{},\"status\":\"ok\"}}\n",
+                seq % 17,
+                seq / 60 % 60,
+                seq % 60,
+                18 + seq % 9,
+                seq % 10,
+                35 + seq % 30
+            )
+            .as_bytes(),
+        );
+        seq += 1;
+    }
+    out
+}
+
+fn mb_per_s(bytes: usize, d: Duration) -> f64 {
+    bytes as f64 / 1e6 / d.as_secs_f64()
+}
+
+fn gzip_speed(level: u8, data: &[u8]) -> (f64, usize) {
+    let mut g = Gzip::new(level);
+    let mut out = Vec::with_capacity(compressed_bound(data.len()));
+    let t = Instant::now();
+    let mut rounds = 0;
+    while t.elapsed() < Duration::from_secs(1) {
+        g.compress(data, &mut out).unwrap();
+        rounds += 1;
+    }
+    (mb_per_s(data.len() * rounds, t.elapsed()), out.len())
+}
+
+fn bench_gzip() {
+    let data = telemetry(4 << 20);
+    let (l3, size3) = gzip_speed(3, &data);
+    for level in [1u8, 6] {
+        let (speed, size) = gzip_speed(level, &data);
+        println!(
+            "gzip level {level}: {speed:.0} MB/s, output {:.1} % of input (speed = {:.2} x level 3, size = {:.2} x level 3)",
+            size as f64 * 100.0 / data.len() as f64,
+            speed / l3,
+            size as f64 / size3 as f64
+        );
+    }
+    println!("gzip level 3 (the client's): {l3:.0} MB/s, output {:.1} % of input", size3 as f64 * 100.0 / data.len() as f64);
+}
+
+fn end_to_end(tls: bool, records: &[&[u8]]) -> (Duration, u64) {
+    let server = Server::start(ServerConfig { tls, ..Default::default() }).unwrap();
+    let mut cfg = Config::default();
+    cfg.set("url", &server.url()).unwrap();
+    match server.ca_pem() {
+        Some(pem) => cfg.add_ca_pem(pem.as_bytes()).unwrap(),
+        None => cfg.set("http.allow_plain", "true").unwrap(),
+    }
+    cfg.set("batch.bytes", "1048576").unwrap();
+    let client = Client::new(&cfg, None, None).unwrap();
+    let d = client.add_destination("db", "bench", "json", None).unwrap();
+    let t = Instant::now();
+    for r in records {
+        client.append(d, r).unwrap();
+    }
+    client.flush().unwrap();
+    let took = t.elapsed();
+    (took, client.stats().requests)
+}
+
+fn bench_end_to_end() {
+    let data = telemetry(64 << 20);
+    let records: Vec<&[u8]> = data.split(|&b| b == b'\n').filter(|r| !r.is_empty()).collect();
+    let (plain, reqs) = end_to_end(false, &records);
+    let (tls, _) = end_to_end(true, &records);
+    println!(
+        "end to end, {} records ({} MB raw) in {reqs} requests of 1 MiB: plain http {:.0} MB/s ({:.0} k records/s), HTTPS {:.0} MB/s (HTTPS = {:.2} x plain)",
+        records.len(),
+        data.len() >> 20,
+        mb_per_s(data.len(), plain),
+        records.len() as f64 / plain.as_secs_f64() / 1e3,
+        mb_per_s(data.len(), tls),
+        plain.as_secs_f64() / tls.as_secs_f64()
+    );
+}
+
+fn spool_push(key: Option<[u8; 32]>, payload: &[u8], chunks: u32) -> Duration {
+    let dir = std::env::temp_dir().join(format!("kedge-bench-spool-{}-{}", std::process::id(), key.is_some()));
+    let _ = std::fs::remove_dir_all(&dir);
+    let storage = FsStorage::new(&dir).unwrap();
+    let cfg = SpoolConfig { max_bytes: 1 << 40, max_chunks: 100_000, policy: FullPolicy::DropOldest, key };
+    let (mut spool, _) = Spool::open(storage, cfg).unwrap();
+    let header = ChunkHeader {
+        chunk_id: [7; 16],
+        dest: DestKey { database: "db".into(), table: "t".into(), format: "json".into(), mapping: None },
+        created_unix_ms: 0,
+        raw_len: payload.len() as u32,
+        records: 1000,
+        gzip: true,
+    };
+    let t = Instant::now();
+    for _ in 0..chunks {
+        spool.push(&header, payload).unwrap();
+    }
+    let took = t.elapsed();
+    let _ = std::fs::remove_dir_all(&dir);
+    took
+}
+
+fn bench_spool() {
+    let payload = telemetry(64 << 10);
+    let n = 200;
+    let clear = spool_push(None, &payload, n);
+    let sealed = spool_push(Some([9; 32]), &payload, n);
+    println!(
+        "spool: {n} chunks of 64 KiB, each fsynced and renamed: clear {:.1} MB/s ({:.1} ms per chunk), AES-256-GCM {:.1} MB/s (sealed = {:.2} x clear)",
+        mb_per_s(payload.len() * n as usize, clear),
+        clear.as_secs_f64() * 1e3 / n as f64,
+        mb_per_s(payload.len() * n as usize, sealed),
+        clear.as_secs_f64() / sealed.as_secs_f64()
+    );
+}
+
+fn main() {
+    // `cargo test --benches` runs this with --bench absent: keep that quick.
+    if !std::env::args().any(|a| a == "--bench") {
+        println!("throughput: run with `cargo bench --bench throughput`");
+        return;
+    }
+    bench_gzip();
+    bench_end_to_end();
+    bench_spool();
+}
