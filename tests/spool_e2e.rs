@@ -449,3 +449,64 @@ fn write_ahead_mode_puts_every_chunk_on_flash_before_sending_and_removes_it_afte
     assert!(chunk_files(&dir).is_empty());
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+#[test]
+fn torn_and_corrupted_spool_files_are_quarantined_never_sent_and_the_rest_is_delivered() {
+    let server = Server::start(ServerConfig::default()).unwrap();
+    server.set_down(Duration::from_secs(3600));
+    let dir = temp_dir("torn");
+    let cfg = config(&server, &dir, &[("batch.bytes", "1024")]);
+    {
+        let client = Client::new(&cfg, None, None).unwrap();
+        let d = client.add_destination("db", "t", "json", None).unwrap();
+        for seq in 0..200 {
+            client.append(d, record(seq).as_bytes()).unwrap();
+        }
+        client.flush_to_spool().unwrap();
+    }
+    let files = chunk_files(&dir);
+    assert!(files.len() >= 6, "{} chunks", files.len());
+    // A torn write (truncated), a flipped byte in the payload, a flipped byte in the header, and junk.
+    let torn = std::fs::read(&files[0]).unwrap();
+    std::fs::write(&files[0], &torn[..torn.len() / 2]).unwrap();
+    for (f, at) in [(&files[1], 0.8), (&files[2], 0.1)] {
+        let mut b = std::fs::read(f).unwrap();
+        let i = (b.len() as f64 * at) as usize;
+        b[i] ^= 0x40;
+        std::fs::write(f, b).unwrap();
+    }
+    std::fs::write(dir.join("00000000000000ff.chunk"), b"not a chunk at all").unwrap();
+    std::fs::write(dir.join("0000000000000100.tmp"), b"interrupted write").unwrap();
+    let intact: Vec<PathBuf> = files[3..].to_vec();
+
+    server.set_down(Duration::ZERO);
+    let client = Client::new(&cfg, None, None).unwrap();
+    assert_eq!(
+        client.stats().chunks_corrupt,
+        4,
+        "three damaged chunks and the junk file"
+    );
+    assert_eq!(client.stats().spool_chunks as usize, intact.len());
+    assert!(
+        !dir.join("0000000000000100.tmp").exists(),
+        "leftovers of interrupted writes are removed"
+    );
+    assert_eq!(std::fs::read_dir(dir.join("corrupt")).unwrap().count(), 4);
+    drain(&client);
+    let got = seqs(&server, "db", "t");
+    assert!(!got.is_empty());
+    let mut expected_records = 0;
+    for r in server.requests().iter().filter(|r| r.status != 0) {
+        assert!(
+            r.gzip_ok && r.status == 200,
+            "a corrupt chunk was sent: {r:?}"
+        );
+        expected_records += r.records;
+    }
+    assert_eq!(got.len(), expected_records);
+    assert!(
+        got.windows(2).all(|w| w[0] < w[1]),
+        "no duplicates, no garbage: {got:?}"
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+}
