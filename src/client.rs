@@ -201,6 +201,8 @@ struct Chunk {
 }
 
 /// What one delivery attempt (with its in-call retries) came to.
+// A failure is a fixed-size value on purpose: handling one must not allocate.
+#[allow(clippy::large_enum_variant)]
 enum Sent {
     Acknowledged,
     Failed(Failure),

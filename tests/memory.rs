@@ -115,14 +115,14 @@ fn heap_of_a_client_streaming_100_mb_stays_within_its_bound_and_does_not_grow() 
         )
         .unwrap();
         client
-            .append(if seq % 3 == 0 { a } else { b }, line.as_bytes())
+            .append(if seq.is_multiple_of(3) { a } else { b }, line.as_bytes())
             .unwrap();
         sent += line.len() + 1;
         seq += 1;
         if peak_at_10mb == 0 && sent >= 10 << 20 {
             peak_at_10mb = peak();
         }
-        if seq % 100_000 == 0 {
+        if seq.is_multiple_of(100_000) {
             // The endpoint stores what it receives: forget it, this test is about the client.
             server.reset();
         }

@@ -810,7 +810,7 @@ pub unsafe extern "C" fn kedge_client_stats(
         if client.is_null() || out_stats.is_null() {
             return kedge_result::KEDGE_NULL_PARAMETER;
         }
-        if stats_size == 0 || stats_size % 8 != 0 {
+        if stats_size == 0 || !stats_size.is_multiple_of(8) {
             return kedge_result::KEDGE_INVALID_ARGUMENT;
         }
         // SAFETY: a live client (Sync) and a writable stats struct, by contract.

@@ -1,0 +1,260 @@
+//! The little HTTP authentication needs, over the client's own `ureq::Agent`: a form POST and a GET, each with a
+//! bounded body, the two response headers we read, and the rule on plain http.
+//!
+//! Plain http is refused except to loopback hosts (the Azure Arc agent, local test endpoints) and to the link-local
+//! IMDS address 169.254.169.254, which are plain http by design and never leave the machine. Those two are also
+//! never sent through a proxy: a proxy could not reach them, and must not see their tokens.
+
+use std::io::Read;
+use std::net::{IpAddr, Ipv4Addr};
+
+use crate::error::{Error, ErrorKind};
+
+use super::secret::SecretString;
+
+/// Most of a response body read; an answer from a token endpoint is a few KiB.
+pub const MAX_BODY_BYTES: usize = 64 * 1024;
+/// Most of a header value kept.
+const MAX_HEADER_BYTES: usize = 1024;
+
+/// The link-local address of the Azure Instance Metadata Service.
+pub const IMDS_ADDR: Ipv4Addr = Ipv4Addr::new(169, 254, 169, 254);
+
+/// What came back.
+pub struct Reply {
+    /// HTTP status.
+    pub status: u16,
+    /// `WWW-Authenticate`, for the Azure Arc challenge.
+    pub www_authenticate: Option<String>,
+    /// `Retry-After`, as sent.
+    pub retry_after: Option<String>,
+    /// The body, at most [`MAX_BODY_BYTES`]; zeroed when dropped because it may hold a token.
+    pub body: SecretBytes,
+    /// True when the body was longer than [`MAX_BODY_BYTES`] and cut.
+    pub truncated: bool,
+}
+
+/// Bytes zeroed when dropped.
+#[derive(Default)]
+pub struct SecretBytes(pub Vec<u8>);
+
+impl Drop for SecretBytes {
+    fn drop(&mut self) {
+        let cap = self.0.capacity();
+        self.0.resize(cap, 0);
+        for b in self.0.iter_mut() {
+            *std::hint::black_box(b) = 0;
+        }
+    }
+}
+
+/// Where a URL points, as far as the transport rules care.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Target {
+    /// https to anywhere.
+    Https,
+    /// http to a loopback host.
+    PlainLoopback,
+    /// http to the IMDS address.
+    PlainImds,
+}
+
+impl Target {
+    fn is_local(self) -> bool {
+        !matches!(self, Target::Https)
+    }
+}
+
+/// The host of an `http(s)://host[:port]/...` URL, brackets of IPv6 literals removed, and whether it is https.
+pub fn split_url(url: &str) -> Option<(bool, &str)> {
+    let lower = url.get(..8).map(|s| s.to_ascii_lowercase()).unwrap_or_default();
+    let (https, rest) = if lower.starts_with("https://") {
+        (true, &url[8..])
+    } else if lower.starts_with("http://") {
+        (false, &url[7..])
+    } else {
+        return None;
+    };
+    let authority = &rest[..rest.find(['/', '?', '#']).unwrap_or(rest.len())];
+    if authority.contains('@') || authority.is_empty() {
+        // Credentials in a URL would be sent in the clear to whoever reads logs; we never need them.
+        return None;
+    }
+    let host = if let Some(v6) = authority.strip_prefix('[') {
+        &v6[..v6.find(']')?]
+    } else {
+        authority.split(':').next()?
+    };
+    (!host.is_empty()).then_some((https, host))
+}
+
+/// True for `localhost` and loopback addresses.
+pub fn is_loopback_host(host: &str) -> bool {
+    host.eq_ignore_ascii_case("localhost")
+        || host.parse::<IpAddr>().map(|ip| ip.is_loopback()).unwrap_or(false)
+}
+
+/// Checks a URL a token or a credential will travel over. `what` names the config key for the message.
+pub fn check_url(url: &str, what: &str) -> Result<Target, Error> {
+    let (https, host) = split_url(url).ok_or_else(|| {
+        Error::new(
+            ErrorKind::ConfigInvalidValue,
+            format!("{what} '{url}' is not a URL: give https://host[:port]/path"),
+        )
+    })?;
+    if https {
+        return Ok(Target::Https);
+    }
+    if is_loopback_host(host) {
+        return Ok(Target::PlainLoopback);
+    }
+    if host.parse::<IpAddr>().ok() == Some(IpAddr::V4(IMDS_ADDR)) {
+        return Ok(Target::PlainImds);
+    }
+    Err(Error::new(
+        ErrorKind::InsecureTransport,
+        format!("{what} '{url}' is plain http to a host that is not loopback: credentials and tokens only travel over https (plain http is allowed to loopback and to IMDS at 169.254.169.254)"),
+    ))
+}
+
+/// A form POST. The body is built by the caller inside a [`SecretString`] because it carries the client secret or
+/// assertion.
+pub fn post_form(agent: &ureq::Agent, url: &str, form: &SecretString) -> Result<Reply, Error> {
+    let target = check_url(url, "token endpoint")?;
+    let req = agent
+        .post(url)
+        .header("Content-Type", "application/x-www-form-urlencoded")
+        .header("Accept", "application/json");
+    let req = configure(req.config(), target).build();
+    let resp = req.send(form.expose().as_bytes()).map_err(|e| network_error(url, &e))?;
+    Ok(read_reply(resp))
+}
+
+/// A GET with extra headers. Header values that are secrets (Arc's `Authorization`) are passed by reference and
+/// copied only into the request.
+pub fn get(agent: &ureq::Agent, url: &str, headers: &[(&str, &str)]) -> Result<Reply, Error> {
+    let target = check_url(url, "endpoint")?;
+    let mut req = agent.get(url).header("Accept", "application/json");
+    for (k, v) in headers {
+        req = req.header(*k, *v);
+    }
+    let req = configure(req.config(), target).build();
+    let resp = req.call().map_err(|e| network_error(url, &e))?;
+    Ok(read_reply(resp))
+}
+
+/// Per-request settings that must hold whatever the agent says: statuses come back as answers (we classify them),
+/// redirects are not followed (a token endpoint that redirects is misconfigured, and following could carry the
+/// form elsewhere), and local endpoints bypass the proxy.
+fn configure<B>(
+    c: ureq::config::ConfigBuilder<ureq::typestate::RequestScope<B>>,
+    target: Target,
+) -> ureq::config::ConfigBuilder<ureq::typestate::RequestScope<B>> {
+    let c = c
+        .http_status_as_error(false)
+        .max_redirects(0)
+        .max_redirects_will_error(false)
+        .https_only(false);
+    if target.is_local() {
+        c.proxy(None)
+    } else {
+        c
+    }
+}
+
+fn header(resp: &ureq::http::Response<ureq::Body>, name: &str) -> Option<String> {
+    let v = resp.headers().get(name)?.to_str().ok()?;
+    let mut end = v.len().min(MAX_HEADER_BYTES);
+    while !v.is_char_boundary(end) {
+        end -= 1;
+    }
+    Some(v[..end].to_owned())
+}
+
+fn read_reply(mut resp: ureq::http::Response<ureq::Body>) -> Reply {
+    let status = resp.status().as_u16();
+    let www_authenticate = header(&resp, "www-authenticate");
+    let retry_after = header(&resp, "retry-after");
+    let mut body = SecretBytes(Vec::with_capacity(4096));
+    let mut truncated = false;
+    let mut reader = resp.body_mut().as_reader();
+    let mut buf = [0u8; 4096];
+    loop {
+        match reader.read(&mut buf) {
+            Ok(0) => break,
+            Ok(n) => {
+                let room = MAX_BODY_BYTES - body.0.len();
+                if n > room {
+                    body.0.extend_from_slice(&buf[..room]);
+                    truncated = true;
+                    break;
+                }
+                // Reserve ahead in whole steps so the vector never reallocates with a token inside.
+                if body.0.capacity() - body.0.len() < n {
+                    let mut bigger = SecretBytes(Vec::with_capacity(MAX_BODY_BYTES));
+                    bigger.0.extend_from_slice(&body.0);
+                    body = bigger;
+                }
+                body.0.extend_from_slice(&buf[..n]);
+            }
+            // A body cut short is parsed for what it has; the status still counts.
+            Err(_) => {
+                truncated = true;
+                break;
+            }
+        }
+    }
+    for b in buf.iter_mut() {
+        *std::hint::black_box(b) = 0;
+    }
+    Reply {
+        status,
+        www_authenticate,
+        retry_after,
+        body,
+        truncated,
+    }
+}
+
+/// A request that got no answer: always transient (the network, DNS, a timeout), with the host in the message.
+fn network_error(url: &str, e: &ureq::Error) -> Error {
+    let host = split_url(url).map(|(_, h)| h).unwrap_or("?");
+    let what = match e {
+        ureq::Error::Timeout(t) => format!("timed out ({t})"),
+        ureq::Error::HostNotFound => "host not found (DNS)".to_owned(),
+        ureq::Error::ConnectionFailed => "connection failed".to_owned(),
+        ureq::Error::Io(io) if io.kind() == std::io::ErrorKind::ConnectionRefused => {
+            "connection refused".to_owned()
+        }
+        other => other.to_string(),
+    };
+    Error::new(
+        ErrorKind::TransientFailure,
+        format!("no answer from '{host}': {what}"),
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn plain_http_only_to_loopback_and_imds() {
+        assert_eq!(check_url("https://login.microsoftonline.com/t/oauth2/v2.0/token", "x").unwrap(), Target::Https);
+        assert_eq!(check_url("http://127.0.0.1:8080/t", "x").unwrap(), Target::PlainLoopback);
+        assert_eq!(check_url("http://localhost:40342/metadata", "x").unwrap(), Target::PlainLoopback);
+        assert_eq!(check_url("http://[::1]:1/x", "x").unwrap(), Target::PlainLoopback);
+        assert_eq!(check_url("http://169.254.169.254/metadata/identity/oauth2/token", "x").unwrap(), Target::PlainImds);
+        for bad in [
+            "http://login.microsoftonline.com/t",
+            "http://169.254.169.253/x",
+            "http://localhost.evil.com/x",
+            "http://127.0.0.1@evil.com/x",
+        ] {
+            assert_eq!(check_url(bad, "x").unwrap_err().kind, ErrorKind::InsecureTransport, "{bad}");
+        }
+        for bad in ["ftp://x", "login.microsoftonline.com", "https://", "https://user:pw@host/"] {
+            assert_eq!(check_url(bad, "x").unwrap_err().kind, ErrorKind::ConfigInvalidValue, "{bad}");
+        }
+    }
+}

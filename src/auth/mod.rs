@@ -1,0 +1,50 @@
+//! Authentication: where the bearer token on every ingest request comes from, and how it stays fresh.
+//!
+//! The client needs one call: [`TokenCache::get`] with its own `ureq::Agent` (so proxy, TLS roots and timeouts
+//! are shared), and `force_refresh = true` after a 401 from Kusto. Everything else is configuration:
+//! [`AuthConfig::set`] takes the `auth.*`, `proxy.*` and `connection_string` keys and [`AuthConfig::build`] turns
+//! them into a cache around one [`TokenSource`]:
+//!
+//! | `auth.method` | source | what it sends |
+//! |---|---|---|
+//! | `token` | [`StaticToken`] | nothing: the configured token |
+//! | `callback` | [`CallbackSource`] | nothing: the caller's function |
+//! | `client_secret` | [`ClientCredentials`] | `POST {authority}/{tenant}/oauth2/v2.0/token` with the secret |
+//! | `certificate` | [`ClientCredentials`] | the same with a signed RS256 client assertion |
+//! | `workload_identity` | [`ClientCredentials`] | the same with the federated token file as the assertion |
+//! | `managed_identity` | [`ManagedIdentity`] | `GET` IMDS with `Metadata: true` (Azure Arc when detected) |
+//! | `arc` | [`ArcIdentity`] | `GET` the Arc agent, answer its challenge from the `.key` file |
+//!
+//! See `shared/kusto-protocol.md`, section "Authentication", for the wire format these follow.
+
+mod arc;
+mod cache;
+mod config;
+mod connstr;
+mod encoding;
+mod http;
+mod json;
+mod jwt;
+mod metadata;
+mod providers;
+mod secret;
+
+pub use arc::{arc_detected, check_arc_key_path, ARC_DEFAULT_ENDPOINT, ARC_KEY_DIR, ARC_KEY_MAX_BYTES};
+pub use cache::{RefreshPlan, RetryPolicy, TokenCache};
+pub use config::{AuthConfig, Method};
+pub use connstr::{parse_connection_string, ConnectionString, CredentialSpec};
+pub use jwt::CertificateCredential;
+pub use metadata::{Cloud, DEFAULT_AUTHORITY_HOST, DEFAULT_RESOURCE};
+pub use providers::{
+    parse_token_response, AccessToken, ArcIdentity, Assertion, CallbackSource, ClientCredentials,
+    Lifetime, ManagedIdentity, StaticToken, TokenCallback, TokenSource, IMDS_DEFAULT_ENDPOINT,
+};
+pub use secret::SecretString;
+
+/// What a token source gets for one fetch: the HTTP agent and the cloud it authenticates against.
+pub struct FetchContext<'a> {
+    /// The client's agent: proxy, TLS roots and timeouts are the client's.
+    pub agent: &'a ureq::Agent,
+    /// Authority host and resource, after config and cloud metadata.
+    pub cloud: &'a Cloud,
+}

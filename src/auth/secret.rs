@@ -1,0 +1,89 @@
+//! A string that holds a secret (token, client secret, assertion, proxy password): zeroed when dropped and never
+//! shown by `Debug` or `Display`.
+//!
+//! The module keeps its own type rather than `config::Secret` so that it depends on nothing but `crate::error`;
+//! the two behave the same and convert through `expose()`.
+
+use std::fmt;
+
+/// A secret string, zeroed when dropped.
+#[derive(Clone, Default, PartialEq, Eq)]
+pub struct SecretString(String);
+
+impl SecretString {
+    /// Wraps a secret value.
+    pub fn new(s: impl Into<String>) -> Self {
+        SecretString(s.into())
+    }
+
+    /// The value, for the one place that sends it.
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+
+    /// True when there is no secret at all.
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+
+    /// Appends to the secret in place: building a form body or a header inside the secret keeps every copy of the
+    /// secret in memory that is zeroed.
+    pub(crate) fn push_str(&mut self, s: &str) {
+        // Growing would leave the old allocation behind unzeroed: reserve first, zeroing what we leave.
+        if self.0.capacity() - self.0.len() < s.len() {
+            let mut bigger = String::with_capacity((self.0.len() + s.len()).max(2 * self.0.capacity()));
+            bigger.push_str(&self.0);
+            let old = std::mem::replace(&mut self.0, bigger);
+            drop(SecretString(old));
+        }
+        self.0.push_str(s);
+    }
+}
+
+impl Drop for SecretString {
+    fn drop(&mut self) {
+        let mut bytes = std::mem::take(&mut self.0).into_bytes();
+        // Zero the whole capacity that held the secret, not just its length.
+        let cap = bytes.capacity();
+        bytes.resize(cap, 0);
+        for b in bytes.iter_mut() {
+            // black_box keeps the compiler from removing the stores as dead before the free.
+            *std::hint::black_box(b) = 0;
+        }
+        std::hint::black_box(&bytes);
+    }
+}
+
+impl fmt::Debug for SecretString {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("SecretString(***)")
+    }
+}
+
+impl fmt::Display for SecretString {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("***")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn secret_is_not_shown_by_debug_or_display() {
+        let s = SecretString::new("hunter2-token");
+        assert!(!format!("{s:?}").contains("hunter2"));
+        assert!(!format!("{s}").contains("hunter2"));
+        assert_eq!(s.expose(), "hunter2-token");
+    }
+
+    #[test]
+    fn push_keeps_the_value_whole() {
+        let mut s = SecretString::new("a");
+        for _ in 0..100 {
+            s.push_str("bc");
+        }
+        assert_eq!(s.expose().len(), 201);
+    }
+}
