@@ -61,11 +61,18 @@ fn bench_gzip() {
             size as f64 / size3 as f64
         );
     }
-    println!("gzip level 3 (the client's): {l3:.0} MB/s, output {:.1} % of input", size3 as f64 * 100.0 / data.len() as f64);
+    println!(
+        "gzip level 3 (the client's): {l3:.0} MB/s, output {:.1} % of input",
+        size3 as f64 * 100.0 / data.len() as f64
+    );
 }
 
 fn end_to_end(tls: bool, records: &[&[u8]]) -> (Duration, u64) {
-    let server = Server::start(ServerConfig { tls, ..Default::default() }).unwrap();
+    let server = Server::start(ServerConfig {
+        tls,
+        ..Default::default()
+    })
+    .unwrap();
     let mut cfg = Config::default();
     cfg.set("url", &server.url()).unwrap();
     match server.ca_pem() {
@@ -86,7 +93,10 @@ fn end_to_end(tls: bool, records: &[&[u8]]) -> (Duration, u64) {
 
 fn bench_end_to_end() {
     let data = telemetry(64 << 20);
-    let records: Vec<&[u8]> = data.split(|&b| b == b'\n').filter(|r| !r.is_empty()).collect();
+    let records: Vec<&[u8]> = data
+        .split(|&b| b == b'\n')
+        .filter(|r| !r.is_empty())
+        .collect();
     let (plain, reqs) = end_to_end(false, &records);
     let (tls, _) = end_to_end(true, &records);
     println!(
@@ -101,14 +111,28 @@ fn bench_end_to_end() {
 }
 
 fn spool_push(key: Option<[u8; 32]>, payload: &[u8], chunks: u32) -> Duration {
-    let dir = std::env::temp_dir().join(format!("kedge-bench-spool-{}-{}", std::process::id(), key.is_some()));
+    let dir = std::env::temp_dir().join(format!(
+        "kedge-bench-spool-{}-{}",
+        std::process::id(),
+        key.is_some()
+    ));
     let _ = std::fs::remove_dir_all(&dir);
     let storage = FsStorage::new(&dir).unwrap();
-    let cfg = SpoolConfig { max_bytes: 1 << 40, max_chunks: 100_000, policy: FullPolicy::DropOldest, key };
+    let cfg = SpoolConfig {
+        max_bytes: 1 << 40,
+        max_chunks: 100_000,
+        policy: FullPolicy::DropOldest,
+        key,
+    };
     let (mut spool, _) = Spool::open(storage, cfg).unwrap();
     let header = ChunkHeader {
         chunk_id: [7; 16],
-        dest: DestKey { database: "db".into(), table: "t".into(), format: "json".into(), mapping: None },
+        dest: DestKey {
+            database: "db".into(),
+            table: "t".into(),
+            format: "json".into(),
+            mapping: None,
+        },
         created_unix_ms: 0,
         raw_len: payload.len() as u32,
         records: 1000,

@@ -9,16 +9,27 @@
 //! One thread per connection (at most [`MAX_CONNECTIONS`]), every socket read bounded by a timeout,
 //! every body bounded by [`MAX_WIRE_BYTES`] and `max_raw_bytes`.
 
+pub mod auth;
+pub mod b64;
 pub mod faults;
 pub mod gzip;
 pub mod http;
 pub mod ingest;
+pub mod jwt;
+pub mod proxy;
 pub mod tls;
 
 mod control;
+mod entra;
+mod managed_identity;
 mod server;
 
+pub use auth::{
+    AuthConfig, AuthStats, GrantKind, IssuedToken, MetadataMode, TEST_CLIENT_CERT_PEM,
+    TEST_CLIENT_KEY_PKCS1_PEM, TEST_CLIENT_KEY_PKCS8_PEM,
+};
 pub use faults::{Fault, Faults};
+pub use proxy::{ConnectProxy, ProxyConfig};
 pub use server::{RequestLog, Server, Stats};
 
 use std::net::SocketAddr;
@@ -45,6 +56,9 @@ pub struct ServerConfig {
     pub max_raw_bytes: usize,
     /// Log one line per request to stderr.
     pub verbose: bool,
+    /// Serve the Entra ID token endpoint, IMDS, Azure Arc and `/v1/rest/auth/metadata`, and
+    /// accept tokens issued here on ingest (besides `token`). `None`: none of that (see `auth`).
+    pub auth: Option<AuthConfig>,
 }
 
 impl Default for ServerConfig {
@@ -57,6 +71,7 @@ impl Default for ServerConfig {
             mappings: None,
             max_raw_bytes: 4 * 1024 * 1024,
             verbose: false,
+            auth: None,
         }
     }
 }

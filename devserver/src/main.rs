@@ -5,7 +5,9 @@ use std::net::SocketAddr;
 use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
-use kusto_devserver::{faults, Faults, Server, ServerConfig};
+use kusto_devserver::{
+    faults, AuthConfig, ConnectProxy, Faults, MetadataMode, ProxyConfig, Server, ServerConfig,
+};
 
 const USAGE: &str = "\
 usage: kusto-devserver [options]
@@ -19,9 +21,25 @@ usage: kusto-devserver [options]
   --seed N               seed of the random faults (default 0)
   --random-faults SPEC   e.g. 429:0.1,503:0.1,reset:0.05
   --exit-after-secs N    exit on its own after N seconds (default 600)
+  --auth                 serve the Entra ID token endpoint, IMDS, Arc and auth metadata, and
+                         accept tokens issued here on ingest (implied by the --auth-* options)
+  --auth-tenant T        tenant of the token endpoint (default test-tenant)
+  --auth-resource R      token resource (default https://kusto.kusto.windows.net)
+  --auth-token-lifetime-secs N   lifetime of issued tokens (default 3600)
+  --auth-secret-client ID:SECRET register a client-secret app (repeatable)
+  --auth-cert-client ID  register a certificate app with the test certificate (repeatable)
+  --auth-user-identity ID        register a user-assigned managed identity (repeatable)
+  --auth-expires-in-string       the token endpoint sends expires_in as a string
+  --auth-metadata-404    GET /v1/rest/auth/metadata answers 404
+  --arc-key-dir DIR      where Arc challenge files go (default: a temporary directory)
+  --proxy-port N         also run a CONNECT/forward proxy on 127.0.0.1:N (0: any free port)
+  --proxy-user U --proxy-pass P  require these proxy credentials
 Control (same port, no auth): POST /_dev/fault, POST /_dev/random-faults[?seed=N],
 GET /_dev/records?db=D&table=T, GET /_dev/stats, GET /_dev/requests, POST /_dev/reset,
-POST /_dev/down?secs=N, POST /_dev/shutdown";
+POST /_dev/down?secs=N, POST /_dev/shutdown; with auth: GET /_dev/auth/stats,
+POST /_dev/auth/expire-all, POST /_dev/auth/secret-client?client_id=ID&secret=S,
+POST /_dev/auth/cert-client?client_id=ID (body: PEM), POST /_dev/auth/user-identity?client_id=ID,
+POST /_dev/auth/federated-token?client_id=ID (answers the token)";
 
 struct Args {
     cfg: ServerConfig,
@@ -30,6 +48,12 @@ struct Args {
     seed: u64,
     random: String,
     exit_after: Duration,
+    secret_clients: Vec<(String, String)>,
+    cert_clients: Vec<String>,
+    user_identities: Vec<String>,
+    proxy_port: Option<u16>,
+    proxy_user: Option<String>,
+    proxy_pass: Option<String>,
 }
 
 fn parse_args() -> Result<Args, String> {
@@ -40,6 +64,12 @@ fn parse_args() -> Result<Args, String> {
         seed: 0,
         random: String::new(),
         exit_after: Duration::from_secs(600),
+        secret_clients: Vec::new(),
+        cert_clients: Vec::new(),
+        user_identities: Vec::new(),
+        proxy_port: None,
+        proxy_user: None,
+        proxy_pass: None,
     };
     let mut it = std::env::args().skip(1);
     while let Some(flag) = it.next() {
@@ -81,6 +111,61 @@ fn parse_args() -> Result<Args, String> {
                     .map_err(|_| format!("bad --exit-after-secs {v:?}"))?;
                 a.exit_after = Duration::from_secs(secs);
             }
+            "--auth" => {
+                a.cfg.auth.get_or_insert_with(AuthConfig::default);
+            }
+            "--auth-tenant" => a.cfg.auth.get_or_insert_with(AuthConfig::default).tenant = value()?,
+            "--auth-resource" => {
+                a.cfg.auth.get_or_insert_with(AuthConfig::default).resource = value()?
+            }
+            "--auth-token-lifetime-secs" => {
+                let v = value()?;
+                let secs: u64 = v
+                    .parse()
+                    .map_err(|_| format!("bad --auth-token-lifetime-secs {v:?}"))?;
+                a.cfg
+                    .auth
+                    .get_or_insert_with(AuthConfig::default)
+                    .token_lifetime = Duration::from_secs(secs);
+            }
+            "--auth-secret-client" => {
+                let v = value()?;
+                let (id, secret) = v
+                    .split_once(':')
+                    .filter(|(i, s)| !i.is_empty() && !s.is_empty())
+                    .ok_or_else(|| format!("bad --auth-secret-client {v:?}: expected ID:SECRET"))?;
+                a.secret_clients.push((id.to_string(), secret.to_string()));
+                a.cfg.auth.get_or_insert_with(AuthConfig::default);
+            }
+            "--auth-cert-client" => {
+                a.cert_clients.push(value()?);
+                a.cfg.auth.get_or_insert_with(AuthConfig::default);
+            }
+            "--auth-user-identity" => {
+                a.user_identities.push(value()?);
+                a.cfg.auth.get_or_insert_with(AuthConfig::default);
+            }
+            "--auth-expires-in-string" => {
+                a.cfg
+                    .auth
+                    .get_or_insert_with(AuthConfig::default)
+                    .expires_in_as_string = true
+            }
+            "--auth-metadata-404" => {
+                a.cfg.auth.get_or_insert_with(AuthConfig::default).metadata = MetadataMode::NotFound
+            }
+            "--arc-key-dir" => {
+                a.cfg
+                    .auth
+                    .get_or_insert_with(AuthConfig::default)
+                    .arc_key_dir = Some(value()?.into())
+            }
+            "--proxy-port" => {
+                let v = value()?;
+                a.proxy_port = Some(v.parse().map_err(|_| format!("bad --proxy-port {v:?}"))?);
+            }
+            "--proxy-user" => a.proxy_user = Some(value()?),
+            "--proxy-pass" => a.proxy_pass = Some(value()?),
             "-h" | "--help" => {
                 println!("{USAGE}");
                 std::process::exit(0);
@@ -90,6 +175,12 @@ fn parse_args() -> Result<Args, String> {
     }
     if a.ca_out.is_some() && !a.cfg.tls {
         return Err("--ca-out needs --tls".into());
+    }
+    if a.proxy_user.is_some() != a.proxy_pass.is_some() {
+        return Err("--proxy-user and --proxy-pass go together".into());
+    }
+    if a.proxy_user.is_some() && a.proxy_port.is_none() {
+        return Err("--proxy-user needs --proxy-port".into());
     }
     Ok(a)
 }
@@ -125,6 +216,33 @@ fn main() -> ExitCode {
             return ExitCode::from(1);
         }
     };
+    for (id, secret) in &args.secret_clients {
+        server.register_secret_client(id, secret);
+    }
+    for id in &args.cert_clients {
+        server.register_cert_client(id, kusto_devserver::TEST_CLIENT_CERT_PEM);
+    }
+    for id in &args.user_identities {
+        server.register_user_assigned_identity(id);
+    }
+    let proxy = match args.proxy_port {
+        None => None,
+        Some(port) => {
+            let cfg = ProxyConfig {
+                bind: SocketAddr::from(([127, 0, 0, 1], port)),
+                credentials: args.proxy_user.clone().zip(args.proxy_pass.clone()),
+                verbose: args.cfg.verbose,
+                ..ProxyConfig::default()
+            };
+            match ConnectProxy::start(cfg) {
+                Ok(p) => Some(p),
+                Err(e) => {
+                    eprintln!("kusto-devserver: cannot start the proxy: {e}");
+                    return ExitCode::from(1);
+                }
+            }
+        }
+    };
     let random = faults::parse_random_spec(&args.random).unwrap_or_default();
     server.set_faults(Faults {
         seed: args.seed,
@@ -144,6 +262,9 @@ fn main() -> ExitCode {
         }
     }
     println!("listening on {url}");
+    if let Some(p) = &proxy {
+        println!("proxy listening on {}", p.url());
+    }
     let _ = std::io::stdout().flush();
 
     let deadline = Instant::now() + args.exit_after;
@@ -159,6 +280,7 @@ fn main() -> ExitCode {
     }
     // Let the answer to /_dev/shutdown reach its client before connections are closed.
     std::thread::sleep(Duration::from_millis(50));
+    drop(proxy);
     server.stop();
     ExitCode::SUCCESS
 }

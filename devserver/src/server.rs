@@ -90,6 +90,7 @@ pub(crate) struct Shared {
     next_conn: AtomicU64,
     ids: Mutex<Rng>,
     tls: Option<Arc<rustls::ServerConfig>>,
+    pub(crate) auth: crate::auth::AuthState,
 }
 
 /// Lock, and keep going if a connection thread panicked while holding the lock.
@@ -222,9 +223,23 @@ pub(crate) fn timestamp_now() -> String {
     )
 }
 
+/// `http://127.0.0.1:PORT`, or `https://localhost:PORT` with TLS.
+fn url_of(addr: SocketAddr, tls: bool) -> String {
+    let port = addr.port();
+    if tls {
+        return format!("https://localhost:{port}");
+    }
+    match addr.ip() {
+        IpAddr::V4(ip) if ip.is_unspecified() => format!("http://127.0.0.1:{port}"),
+        IpAddr::V4(ip) => format!("http://{ip}:{port}"),
+        IpAddr::V6(ip) if ip.is_unspecified() => format!("http://[::1]:{port}"),
+        IpAddr::V6(ip) => format!("http://[{ip}]:{port}"),
+    }
+}
+
 /// A running server. Stops (closing every connection and joining every thread) on drop.
 pub struct Server {
-    shared: Arc<Shared>,
+    pub(crate) shared: Arc<Shared>,
     addr: SocketAddr,
     ca_pem: Option<String>,
     accept: Option<JoinHandle<()>>,
@@ -246,6 +261,8 @@ impl Server {
             .unwrap_or_default()
             .as_nanos() as u64
             ^ (u64::from(addr.port()) << 48);
+        let auth =
+            crate::auth::AuthState::new(cfg.auth.clone(), url_of(addr, cfg.tls), cfg.verbose);
         let shared = Arc::new(Shared {
             cfg,
             state: Mutex::new(State {
@@ -265,6 +282,7 @@ impl Server {
             next_conn: AtomicU64::new(0),
             ids: Mutex::new(Rng::new(seed)),
             tls,
+            auth,
         });
         let s2 = shared.clone();
         let accept = thread::Builder::new()
@@ -280,16 +298,7 @@ impl Server {
 
     /// `http://127.0.0.1:PORT`, or `https://localhost:PORT` with TLS.
     pub fn url(&self) -> String {
-        let port = self.addr.port();
-        if self.shared.cfg.tls {
-            return format!("https://localhost:{port}");
-        }
-        match self.addr.ip() {
-            IpAddr::V4(ip) if ip.is_unspecified() => format!("http://127.0.0.1:{port}"),
-            IpAddr::V4(ip) => format!("http://{ip}:{port}"),
-            IpAddr::V6(ip) if ip.is_unspecified() => format!("http://[::1]:{port}"),
-            IpAddr::V6(ip) => format!("http://[{ip}]:{port}"),
-        }
+        url_of(self.addr, self.shared.cfg.tls)
     }
 
     /// The bound address (the real port when bound to port 0).
@@ -622,6 +631,9 @@ pub(crate) fn error_response(e: &ApiError, crid: &str, activity: &str) -> Respon
 }
 
 fn route(shared: &Shared, req: &Request) -> Reply {
+    if let Some(resp) = shared.auth.route(req) {
+        return Reply::Send(resp);
+    }
     if req.path == "/_dev" || req.path.starts_with("/_dev/") {
         return control::handle(shared, req);
     }
@@ -820,7 +832,7 @@ fn check_and_split(
     log: &mut RequestLog,
 ) -> Result<Vec<Vec<u8>>, ApiError> {
     let cfg = &shared.cfg;
-    ingest::check_auth(req, cfg.token.as_deref())?;
+    shared.auth.check_ingest(req, cfg.token.as_deref())?;
     ingest::check_headers(req)?;
     if target.source_kind.as_deref().is_some_and(|k| !k.is_empty()) {
         return Err(ingest::bad_request(

@@ -15,7 +15,9 @@ const OUTAGE_AT: Duration = Duration::from_millis(2500);
 const OUTAGE_FOR: Duration = Duration::from_secs(3);
 
 fn run(cmd: &mut Command, what: &str) {
-    let status = cmd.status().unwrap_or_else(|e| fail(&format!("{what}: cannot start: {e}")));
+    let status = cmd
+        .status()
+        .unwrap_or_else(|e| fail(&format!("{what}: cannot start: {e}")));
     if !status.success() {
         fail(&format!("{what} failed ({status})"));
     }
@@ -27,12 +29,19 @@ fn fail(msg: &str) -> ! {
 }
 
 fn main() {
-    let root = Path::new(env!("CARGO_MANIFEST_DIR")).parent().expect("workspace root").to_path_buf();
-    let target = std::env::var_os("CARGO_TARGET_DIR").map(PathBuf::from).unwrap_or_else(|| root.join("target"));
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("workspace root")
+        .to_path_buf();
+    let target = std::env::var_os("CARGO_TARGET_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| root.join("target"));
     let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
     println!("== building libkusto_edge.a and the C demo");
     run(
-        Command::new(&cargo).args(["build", "--quiet", "--release", "--lib", "-p", "kusto-edge"]).current_dir(&root),
+        Command::new(&cargo)
+            .args(["build", "--quiet", "--release", "--lib", "-p", "kusto-edge"])
+            .current_dir(&root),
         "cargo build",
     );
     let build = target.join("c-demo");
@@ -47,18 +56,33 @@ fn main() {
         "make",
     );
 
-    let tables = vec![("edge".to_string(), "Telemetry".to_string()), ("edge".to_string(), "Events".to_string())];
-    let server = Server::start(ServerConfig { tls: true, tables: Some(tables), ..Default::default() })
-        .unwrap_or_else(|e| fail(&format!("cannot start the endpoint: {e}")));
+    let tables = vec![
+        ("edge".to_string(), "Telemetry".to_string()),
+        ("edge".to_string(), "Events".to_string()),
+    ];
+    let server = Server::start(ServerConfig {
+        tls: true,
+        tables: Some(tables),
+        ..Default::default()
+    })
+    .unwrap_or_else(|e| fail(&format!("cannot start the endpoint: {e}")));
     let work = std::env::temp_dir().join(format!("kedge-demo-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&work);
     std::fs::create_dir_all(&work).unwrap_or_else(|e| fail(&format!("{}: {e}", work.display())));
     let ca = work.join("test-ca.pem");
-    std::fs::write(&ca, server.ca_pem().unwrap_or_default()).unwrap_or_else(|e| fail(&format!("{e}")));
+    std::fs::write(&ca, server.ca_pem().unwrap_or_default())
+        .unwrap_or_else(|e| fail(&format!("{e}")));
     let spool = work.join("spool");
-    println!("== Kusto-compatible endpoint at {} (TLS, test CA {})", server.url(), ca.display());
+    println!(
+        "== Kusto-compatible endpoint at {} (TLS, test CA {})",
+        server.url(),
+        ca.display()
+    );
     println!("== spool directory {}", spool.display());
-    println!("== streaming for {SECONDS} s; the endpoint goes down at {:?} for {:?}\n", OUTAGE_AT, OUTAGE_FOR);
+    println!(
+        "== streaming for {SECONDS} s; the endpoint goes down at {:?} for {:?}\n",
+        OUTAGE_AT, OUTAGE_FOR
+    );
 
     let mut child = Command::new(build.join("demo"))
         .arg(server.url())
@@ -72,9 +96,15 @@ fn main() {
     let reader = std::thread::spawn(move || {
         use std::io::BufRead;
         let mut appended = None;
-        for line in std::io::BufReader::new(stdout).lines().map_while(Result::ok) {
+        for line in std::io::BufReader::new(stdout)
+            .lines()
+            .map_while(Result::ok)
+        {
             println!("{line}");
-            if let Some(n) = line.strip_prefix("demo: appended ").and_then(|r| r.split_whitespace().next()) {
+            if let Some(n) = line
+                .strip_prefix("demo: appended ")
+                .and_then(|r| r.split_whitespace().next())
+            {
                 appended = n.parse::<usize>().ok();
             }
         }
@@ -82,10 +112,16 @@ fn main() {
     });
     let started = Instant::now();
     std::thread::sleep(OUTAGE_AT);
-    println!("\n        *** outage: the endpoint drops every connection for {:?} ***\n", OUTAGE_FOR);
+    println!(
+        "\n        *** outage: the endpoint drops every connection for {:?} ***\n",
+        OUTAGE_FOR
+    );
     server.set_down(OUTAGE_FOR);
     std::thread::sleep(OUTAGE_FOR);
-    println!("\n        *** the endpoint is back after {:.1} s ***\n", started.elapsed().as_secs_f64() - OUTAGE_AT.as_secs_f64());
+    println!(
+        "\n        *** the endpoint is back after {:.1} s ***\n",
+        started.elapsed().as_secs_f64() - OUTAGE_AT.as_secs_f64()
+    );
     let status = child.wait().unwrap_or_else(|e| fail(&format!("{e}")));
     let appended = reader.join().ok().flatten();
 
@@ -115,6 +151,8 @@ fn main() {
         Some(n) if n <= arrived && status.success() => {
             println!("\nOK: all {n} records appended through the C API arrived ({arrived} rows, at-least-once).")
         }
-        _ => fail(&format!("records missing: appended {appended:?}, arrived {arrived}, demo exit {status}")),
+        _ => fail(&format!(
+            "records missing: appended {appended:?}, arrived {arrived}, demo exit {status}"
+        )),
     }
 }
