@@ -129,6 +129,16 @@ typedef struct kedge_client kedge_client;
 // `kedge_client_new` (which copies it), free with `kedge_config_free`. Not thread-safe while being changed.
 typedef struct kedge_config kedge_config;
 
+// Token callback, for firmware with its own token source: write a NUL-terminated bearer token (without
+// "Bearer ") into `token_buf` (`token_buf_len` bytes, 16 KiB) and its expiry as Unix seconds into
+// `*out_expires_unix` (0 if unknown: it is asked again after 60 s), and return 0; return non-zero when no token
+// can be had now (the message in `token_buf`, if any, is logged). Called from whichever thread sends, with the
+// client locked; it must not call the client.
+typedef int32_t (*kedge_token_callback)(void *userdata,
+                                        char *token_buf,
+                                        size_t token_buf_len,
+                                        uint64_t *out_expires_unix);
+
 // Log callback: `message` is NUL-terminated, valid during the call, and never contains a secret.
 typedef void (*kedge_log_callback)(void *userdata, kedge_log_level level, const char *message);
 
@@ -266,6 +276,14 @@ kedge_result kedge_config_set_ca_pem(struct kedge_config *config,
 kedge_result kedge_config_set_spool_key(struct kedge_config *config,
                                         const uint8_t *key,
                                         size_t key_len);
+
+// Sets a token callback as the credential (`auth.method=callback`). NULL callback removes it.
+//
+// # Safety
+// `config` a live config; `userdata` usable from any thread that calls into the client.
+kedge_result kedge_config_set_token_callback(struct kedge_config *config,
+                                             kedge_token_callback callback,
+                                             void *userdata);
 
 // Sets the log callback (NULL callback: no logging). Lines at or above `log.level` are passed on.
 //

@@ -19,6 +19,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use ring::rand::{SecureRandom, SystemRandom};
 
+use crate::auth::{SecretString, TokenCache};
 use crate::batch::{validate_record, Batch};
 use crate::config::{Config, LogLevel, RESPONSE_BODY_BYTES};
 use crate::error::{Error, ErrorKind};
@@ -213,6 +214,7 @@ pub struct Client {
     cfg: Config,
     cluster: ClusterUrl,
     transport: Transport,
+    auth: Option<TokenCache>,
     rng: SystemRandom,
     client_version: String,
     inner: Mutex<Inner>,
@@ -291,7 +293,8 @@ impl Client {
         delivery: Option<DeliveryFn>,
     ) -> Result<Client, Error> {
         let cluster = cfg.validate()?;
-        let transport = Transport::new(cfg)?;
+        let transport = Transport::new(cfg, &cluster)?;
+        let auth = cfg.auth.build(Some(&cluster.base()), cfg.retry_max_total)?;
         let rng = SystemRandom::new();
         let mut seed = [0u8; 4];
         let _ = rng.fill(&mut seed);
@@ -300,6 +303,7 @@ impl Client {
             cfg: cfg.clone(),
             cluster,
             transport,
+            auth,
             rng,
             inner: Mutex::new(Inner {
                 destinations: Vec::with_capacity(cfg.max_destinations),
@@ -1042,13 +1046,15 @@ impl Client {
         } = inner;
         let t = &targets[target];
         let chunk_text = wire::uuid_text(&chunk.id);
-        let token = self
-            .cfg
-            .token
-            .as_ref()
-            .map(|t| format!("Bearer {}", t.expose()));
         let mut in_call = 0u32;
+        let mut force_refresh = false;
+        let mut refreshed_after_401 = false;
         loop {
+            let token = match self.bearer(force_refresh) {
+                Ok(t) => t,
+                Err(f) => return (Sent::Failed(f), attempt),
+            };
+            force_refresh = false;
             let request_id = wire::request_id(&chunk_text, attempt);
             let mut headers: heapless::Vec<(&'static str, &str), 10> = heapless::Vec::new();
             let _ = headers.push(("x-ms-client-request-id", &request_id));
@@ -1061,7 +1067,7 @@ impl Client {
                 let _ = headers.push(("Content-Encoding", "gzip"));
             }
             if let Some(tok) = &token {
-                let _ = headers.push(("Authorization", tok));
+                let _ = headers.push(("Authorization", tok.expose()));
             }
             if attempt > 0 {
                 self.stats.retries.fetch_add(1, Relaxed);
@@ -1103,6 +1109,17 @@ impl Client {
                 Reply::Failed(f) => f,
             };
             self.stats.failures.fetch_add(1, Relaxed);
+            // An expired or revoked token: one fresh token and one more try, at once.
+            let can_refresh = self.auth.as_ref().is_some_and(|a| a.can_refresh());
+            if f.status == 401 && can_refresh && !refreshed_after_401 {
+                refreshed_after_401 = true;
+                force_refresh = true;
+                self.log(
+                    LogLevel::Warn,
+                    &format!("{}: 401 from the service; fetching a new token", t.label),
+                );
+                continue;
+            }
             if f.class == FailureClass::Transient && in_call < max_attempts {
                 let delay = backoff_delay(
                     in_call - 1,
@@ -1127,6 +1144,40 @@ impl Client {
             }
             return (Sent::Failed(f), attempt);
         }
+    }
+
+    /// The `Authorization` value for the next request, from the token cache (refreshed ahead of expiry, or now
+    /// after a 401). Built inside a zeroed-on-drop string so no copy of the token lingers in freed memory.
+    fn bearer(&self, force_refresh: bool) -> Result<Option<SecretString>, Failure> {
+        let Some(cache) = &self.auth else {
+            return Ok(None);
+        };
+        let token = cache
+            .get(self.transport.agent(), force_refresh)
+            .map_err(|e| {
+                let mut f = Failure::network(&format!(
+                    "no token from {}: {}",
+                    cache.source_name(),
+                    e.message
+                ));
+                if e.kind == ErrorKind::AuthRefused || e.kind == ErrorKind::ConfigInvalidValue {
+                    f.class = FailureClass::Auth;
+                }
+                f
+            })?;
+        if let Some(w) = cache.take_warning() {
+            self.log(
+                LogLevel::Warn,
+                &format!(
+                    "token refresh failed, the current token is still valid: {}",
+                    w.message
+                ),
+            );
+        }
+        let mut header = SecretString::new(String::with_capacity(7 + token.expose().len()));
+        header.push_str("Bearer ");
+        header.push_str(token.expose());
+        Ok(Some(header))
     }
 
     /// Books the outcome of a delivery: stats, spool bookkeeping, the target's backoff, the report. Returns the

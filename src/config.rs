@@ -40,44 +40,11 @@ pub enum LogLevel {
     Debug = 4,
 }
 
-/// Where a secret is kept: zeroed when dropped and never shown by `Debug`.
-#[derive(Clone, Default)]
-pub struct Secret(String);
-
-impl Secret {
-    /// Wraps a secret value.
-    pub fn new(s: &str) -> Self {
-        Secret(s.to_owned())
-    }
-    /// The value, for the one place that sends it.
-    pub fn expose(&self) -> &str {
-        &self.0
-    }
-}
-
-impl Drop for Secret {
-    fn drop(&mut self) {
-        // Overwrite the bytes before the allocation is released, so a later heap dump or a reused
-        // buffer on the device does not carry the token.
-        let mut bytes = std::mem::take(&mut self.0).into_bytes();
-        for b in bytes.iter_mut() {
-            // A volatile write keeps the compiler from removing the loop as a dead store.
-            zero_byte(b);
-        }
-        drop(bytes);
-    }
-}
-
 #[inline(never)]
 fn zero_byte(b: &mut u8) {
     *b = 0;
+    // Keeps the compiler from removing the writes as dead stores before the memory is freed.
     std::hint::black_box(b);
-}
-
-impl fmt::Debug for Secret {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("Secret(***)")
-    }
 }
 
 /// A 32-byte key, zeroed when dropped and never shown by `Debug`.
@@ -127,8 +94,8 @@ pub fn parse_key(bytes: &[u8]) -> Result<SecretKey, Error> {
 pub struct Config {
     /// Cluster (engine) URL, e.g. `https://mycluster.westeurope.kusto.windows.net`.
     pub url: Option<String>,
-    /// Static bearer token.
-    pub token: Option<Secret>,
+    /// Credentials and proxy: `auth.*`, `proxy.*` and `connection_string` (see `crate::auth`).
+    pub auth: crate::auth::AuthConfig,
     /// PEM CA certificates added to (or, without bundled roots, replacing) the trust store.
     pub ca_pem: Vec<u8>,
     /// Trust Mozilla's root certificates compiled into the library.
@@ -187,7 +154,7 @@ impl Default for Config {
     fn default() -> Self {
         Config {
             url: None,
-            token: None,
+            auth: crate::auth::AuthConfig::default(),
             ca_pem: Vec::new(),
             bundled_roots: true,
             allow_plain: false,
@@ -234,11 +201,6 @@ pub const KEYS: &[KeyDoc] = &[
         key: "url",
         default: "(required)",
         help: "cluster URL, https://CLUSTER.REGION.kusto.windows.net",
-    },
-    KeyDoc {
-        key: "auth.token",
-        default: "(none)",
-        help: "static bearer token (secret: never logged)",
     },
     KeyDoc {
         key: "tls.ca_file",
@@ -397,7 +359,7 @@ fn parse_ms(key: &str, v: &str, min: u64, max: u64) -> Result<Duration, Error> {
 
 fn invalid(key: &str, value: &str, why: &str) -> Error {
     // Values of secret keys never reach a message.
-    let shown = if key == "auth.token" { "***" } else { value };
+    let shown = value;
     Error::new(
         ErrorKind::ConfigInvalidValue,
         format!("config key '{key}': value '{shown}' is invalid: {why}"),
@@ -420,21 +382,15 @@ const DAY_MS: u64 = 24 * 3600 * 1000;
 impl Config {
     /// Sets one key. Unknown keys and bad values are refused with a message naming the key.
     pub fn set(&mut self, key: &str, value: &str) -> Result<(), Error> {
+        // Credentials, proxy and connection strings are the auth module's: it knows their secrets.
+        if self.auth.set(key, value)? {
+            return Ok(());
+        }
         match key {
             "url" => {
                 let v = value.trim().trim_end_matches('/');
                 crate::wire::ClusterUrl::parse(v)?;
                 self.url = Some(v.to_owned());
-            }
-            "auth.token" => {
-                if value.is_empty() || !value.bytes().all(|b| (0x21..0x7f).contains(&b)) {
-                    return Err(invalid(
-                        key,
-                        value,
-                        "a token is printable ASCII without spaces",
-                    ));
-                }
-                self.token = Some(Secret::new(value));
             }
             "tls.ca_file" => {
                 let pem = std::fs::read(value).map_err(|e| {
@@ -534,10 +490,11 @@ impl Config {
 
     /// Checks that the settings make a client: a URL, a transport the security rules allow, a trust store.
     pub fn validate(&self) -> Result<crate::wire::ClusterUrl, Error> {
-        let url = self.url.as_deref().ok_or_else(|| {
+        let from_connection_string = self.auth.connection_string().map(|c| c.cluster.as_str());
+        let url = self.url.as_deref().or(from_connection_string).ok_or_else(|| {
             Error::new(
                 ErrorKind::ConfigIncomplete,
-                "config key 'url' is not set: give the cluster URL",
+                "config key 'url' is not set: give the cluster URL (or a connection_string with Data Source)",
             )
         })?;
         let cluster = crate::wire::ClusterUrl::parse(url)?;
@@ -554,7 +511,7 @@ impl Config {
                     format!("'{url}' is plain http to a host that is not loopback: use https (or set http.allow_plain_remote=true, never with a token)"),
                 ));
             }
-            if !cluster.is_loopback() && self.token.is_some() {
+            if !cluster.is_loopback() && self.auth.method().is_some() {
                 return Err(Error::new(
                     ErrorKind::InsecureTransport,
                     format!(

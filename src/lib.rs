@@ -5,6 +5,7 @@
 
 #![warn(missing_docs)]
 
+pub mod auth;
 pub mod batch;
 pub mod client;
 pub mod config;

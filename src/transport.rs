@@ -60,10 +60,16 @@ pub struct Transport {
 }
 
 impl Transport {
-    /// Builds the agent: trust store, timeouts, no redirects, no proxy from the environment (explicit config only).
+    /// Builds the agent: trust store, timeouts, no redirects, the proxy from `proxy.url` or `HTTPS_PROXY`/`NO_PROXY`.
     /// DNS is left to the system resolver's own bounds (`timeout:`/`attempts:` in resolv.conf): a resolve timeout
     /// in ureq would start a thread per lookup, and this library starts no threads.
-    pub fn new(cfg: &Config) -> Result<Transport, Error> {
+    pub fn new(cfg: &Config, cluster: &crate::wire::ClusterUrl) -> Result<Transport, Error> {
+        // A proxy from the environment is for the outside world: a loopback endpoint (tests, a local agent) is
+        // reached directly. An explicit proxy.url applies to everything.
+        let proxy = cfg
+            .auth
+            .proxy()?
+            .filter(|p| !(p.is_from_env() && cluster.is_loopback()));
         let mut roots: Vec<Certificate<'static>> = Vec::new();
         if cfg.bundled_roots {
             roots.extend(
@@ -84,7 +90,7 @@ impl Transport {
             .tls_config(tls)
             .http_status_as_error(false)
             .https_only(false)
-            .proxy(None)
+            .proxy(proxy)
             .max_redirects(0)
             .max_redirects_will_error(false)
             .user_agent(ureq::config::AutoHeaderValue::None)
@@ -107,9 +113,14 @@ impl Transport {
         Ok(Transport { agent })
     }
 
+    /// The agent, shared with the token providers so that proxy, trust store and timeouts are the same.
+    pub fn agent(&self) -> &ureq::Agent {
+        &self.agent
+    }
+
+    /// POSTs `body`; on an answer of any status, copies up to `body_buf.len()` bytes of its body.
     // A failure is a fixed-size value on purpose: handling one must not allocate.
     #[allow(clippy::result_large_err)]
-    /// POSTs `body`; on an answer of any status, copies up to `body_buf.len()` bytes of its body.
     pub fn post(
         &self,
         url: &str,

@@ -67,7 +67,10 @@ impl Target {
 
 /// The host of an `http(s)://host[:port]/...` URL, brackets of IPv6 literals removed, and whether it is https.
 pub fn split_url(url: &str) -> Option<(bool, &str)> {
-    let lower = url.get(..8).map(|s| s.to_ascii_lowercase()).unwrap_or_default();
+    let lower = url
+        .get(..8)
+        .map(|s| s.to_ascii_lowercase())
+        .unwrap_or_default();
     let (https, rest) = if lower.starts_with("https://") {
         (true, &url[8..])
     } else if lower.starts_with("http://") {
@@ -91,15 +94,20 @@ pub fn split_url(url: &str) -> Option<(bool, &str)> {
 /// True for `localhost` and loopback addresses.
 pub fn is_loopback_host(host: &str) -> bool {
     host.eq_ignore_ascii_case("localhost")
-        || host.parse::<IpAddr>().map(|ip| ip.is_loopback()).unwrap_or(false)
+        || host
+            .parse::<IpAddr>()
+            .map(|ip| ip.is_loopback())
+            .unwrap_or(false)
 }
 
 /// Checks a URL a token or a credential will travel over. `what` names the config key for the message.
 pub fn check_url(url: &str, what: &str) -> Result<Target, Error> {
+    // A URL with user info may carry a password: it is not echoed.
+    let url_shown = if url.contains('@') { "***" } else { url };
     let (https, host) = split_url(url).ok_or_else(|| {
         Error::new(
             ErrorKind::ConfigInvalidValue,
-            format!("{what} '{url}' is not a URL: give https://host[:port]/path"),
+            format!("{what} '{url_shown}' is not a URL: give https://host[:port]/path"),
         )
     })?;
     if https {
@@ -126,7 +134,9 @@ pub fn post_form(agent: &ureq::Agent, url: &str, form: &SecretString) -> Result<
         .header("Content-Type", "application/x-www-form-urlencoded")
         .header("Accept", "application/json");
     let req = configure(req.config(), target).build();
-    let resp = req.send(form.expose().as_bytes()).map_err(|e| network_error(url, &e))?;
+    let resp = req
+        .send(form.expose().as_bytes())
+        .map_err(|e| network_error(url, &e))?;
     Ok(read_reply(resp))
 }
 
@@ -240,21 +250,104 @@ mod tests {
 
     #[test]
     fn plain_http_only_to_loopback_and_imds() {
-        assert_eq!(check_url("https://login.microsoftonline.com/t/oauth2/v2.0/token", "x").unwrap(), Target::Https);
-        assert_eq!(check_url("http://127.0.0.1:8080/t", "x").unwrap(), Target::PlainLoopback);
-        assert_eq!(check_url("http://localhost:40342/metadata", "x").unwrap(), Target::PlainLoopback);
-        assert_eq!(check_url("http://[::1]:1/x", "x").unwrap(), Target::PlainLoopback);
-        assert_eq!(check_url("http://169.254.169.254/metadata/identity/oauth2/token", "x").unwrap(), Target::PlainImds);
+        assert_eq!(
+            check_url("https://login.microsoftonline.com/t/oauth2/v2.0/token", "x").unwrap(),
+            Target::Https
+        );
+        assert_eq!(
+            check_url("http://127.0.0.1:8080/t", "x").unwrap(),
+            Target::PlainLoopback
+        );
+        assert_eq!(
+            check_url("http://localhost:40342/metadata", "x").unwrap(),
+            Target::PlainLoopback
+        );
+        assert_eq!(
+            check_url("http://[::1]:1/x", "x").unwrap(),
+            Target::PlainLoopback
+        );
+        assert_eq!(
+            check_url("http://169.254.169.254/metadata/identity/oauth2/token", "x").unwrap(),
+            Target::PlainImds
+        );
         for bad in [
             "http://login.microsoftonline.com/t",
             "http://169.254.169.253/x",
             "http://localhost.evil.com/x",
+        ] {
+            assert_eq!(
+                check_url(bad, "x").unwrap_err().kind,
+                ErrorKind::InsecureTransport,
+                "{bad}"
+            );
+        }
+        for bad in [
+            "ftp://x",
+            "login.microsoftonline.com",
+            "https://",
+            "https://user:pw@host/",
             "http://127.0.0.1@evil.com/x",
         ] {
-            assert_eq!(check_url(bad, "x").unwrap_err().kind, ErrorKind::InsecureTransport, "{bad}");
+            assert_eq!(
+                check_url(bad, "x").unwrap_err().kind,
+                ErrorKind::ConfigInvalidValue,
+                "{bad}"
+            );
         }
-        for bad in ["ftp://x", "login.microsoftonline.com", "https://", "https://user:pw@host/"] {
-            assert_eq!(check_url(bad, "x").unwrap_err().kind, ErrorKind::ConfigInvalidValue, "{bad}");
-        }
+    }
+}
+
+/// A one-connection-per-answer HTTP server on loopback for tests: it records each request (head and body) and
+/// answers from a script, so the bytes a source puts on the wire can be checked without a network.
+#[cfg(test)]
+pub(crate) mod test_server {
+    use std::io::{BufRead, BufReader, Read, Write};
+    use std::net::TcpListener;
+    use std::thread::JoinHandle;
+
+    /// Status, extra headers, body.
+    pub type Answer = (u16, Vec<(&'static str, String)>, String);
+
+    /// Serves `answers` (full HTTP responses without `Content-Length`/`Connection`, which are added) in order;
+    /// the handle yields the requests received.
+    pub fn serve(answers: Vec<Answer>) -> (String, JoinHandle<Vec<String>>) {
+        let l = TcpListener::bind("127.0.0.1:0").unwrap();
+        let base = format!("http://{}", l.local_addr().unwrap());
+        let h = std::thread::spawn(move || {
+            let mut seen = Vec::new();
+            for (status, headers, body) in answers {
+                let (s, _) = l.accept().unwrap();
+                let mut r = BufReader::new(s.try_clone().unwrap());
+                let mut head = String::new();
+                let mut len = 0usize;
+                loop {
+                    let mut line = String::new();
+                    r.read_line(&mut line).unwrap();
+                    if let Some(v) = line.to_ascii_lowercase().strip_prefix("content-length:") {
+                        len = v.trim().parse().unwrap();
+                    }
+                    head.push_str(&line);
+                    if line == "\r\n" || line.is_empty() {
+                        break;
+                    }
+                }
+                let mut b = vec![0; len];
+                r.read_exact(&mut b).unwrap();
+                seen.push(head + &String::from_utf8(b).unwrap());
+                let mut out = format!(
+                    "HTTP/1.1 {status} X\r\nContent-Length: {}\r\nConnection: close\r\n",
+                    body.len()
+                );
+                for (k, v) in headers {
+                    out.push_str(&format!("{k}: {v}\r\n"));
+                }
+                out.push_str("\r\n");
+                out.push_str(&body);
+                let mut s = s;
+                s.write_all(out.as_bytes()).unwrap();
+            }
+            seen
+        });
+        (base, h)
     }
 }

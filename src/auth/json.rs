@@ -31,7 +31,7 @@ impl Scalar<'_> {
         }
         // A fractional number of seconds is rounded down; negative or non-finite is no number at all.
         let f: f64 = t.parse().ok()?;
-        (f.is_finite() && f >= 0.0 && f < 1e15).then_some(f as u64)
+        (f.is_finite() && (0.0..1e15).contains(&f)).then_some(f as u64)
     }
 }
 
@@ -86,7 +86,7 @@ impl<'a> Reader<'a> {
         &mut self,
         path: &mut String,
         depth: usize,
-        f: &mut impl FnMut(&str, Scalar<'a>),
+        f: &mut dyn FnMut(&str, Scalar<'a>),
     ) -> Result<(), Malformed> {
         if depth >= MAX_DEPTH {
             return Err(Malformed);
@@ -120,12 +120,8 @@ impl<'a> Reader<'a> {
         }
     }
 
-    fn array(
-        &mut self,
-        path: &mut String,
-        depth: usize,
-        f: &mut impl FnMut(&str, Scalar<'a>),
-    ) -> Result<(), Malformed> {
+    /// Arrays are checked for validity; their elements are not reported.
+    fn array(&mut self, path: &mut String, depth: usize) -> Result<(), Malformed> {
         if depth >= MAX_DEPTH {
             return Err(Malformed);
         }
@@ -135,7 +131,6 @@ impl<'a> Reader<'a> {
             self.i += 1;
             return Ok(());
         }
-        // Elements are parsed for validity but not reported.
         let mut ignore = |_: &str, _: Scalar<'a>| {};
         loop {
             self.value(path, depth + 1, &mut ignore)?;
@@ -144,7 +139,6 @@ impl<'a> Reader<'a> {
                 Some(b',') => self.i += 1,
                 Some(b']') => {
                     self.i += 1;
-                    let _ = f;
                     return Ok(());
                 }
                 _ => return Err(Malformed),
@@ -156,12 +150,12 @@ impl<'a> Reader<'a> {
         &mut self,
         path: &mut String,
         depth: usize,
-        f: &mut impl FnMut(&str, Scalar<'a>),
+        f: &mut dyn FnMut(&str, Scalar<'a>),
     ) -> Result<(), Malformed> {
         self.ws();
         match self.peek().ok_or(Malformed)? {
             b'{' => self.object(path, depth, f),
-            b'[' => self.array(path, depth, f),
+            b'[' => self.array(path, depth),
             b'"' => {
                 let s = self.string()?;
                 f(path, Scalar::Str(s));
@@ -282,7 +276,9 @@ mod tests {
 
     fn collect(doc: &str) -> Result<Vec<(String, String)>, Malformed> {
         let mut v = Vec::new();
-        walk(doc.as_bytes(), |p, s| v.push((p.to_owned(), format!("{s:?}"))))?;
+        walk(doc.as_bytes(), |p, s| {
+            v.push((p.to_owned(), format!("{s:?}")))
+        })?;
         Ok(v)
     }
 
@@ -293,7 +289,10 @@ mod tests {
         )
         .unwrap();
         assert_eq!(v[0], ("a".into(), "Str(\"x\\\"yé😀\")".into()));
-        assert_eq!(v[1], ("AzureAD.LoginEndpoint".into(), "Str(\"https://l\")".into()));
+        assert_eq!(
+            v[1],
+            ("AzureAD.LoginEndpoint".into(), "Str(\"https://l\")".into())
+        );
         assert_eq!(v[2], ("AzureAD.Mfa".into(), "Bool(false)".into()));
         assert_eq!(v[3], ("n".into(), "Num(\"3599\")".into()));
         assert_eq!(v[4], ("nul".into(), "Null".into()));
@@ -303,8 +302,19 @@ mod tests {
     #[test]
     fn garbage_is_refused_not_panicking() {
         for bad in [
-            "", "[]", "{", "{\"a\"}", "{\"a\":}", "{\"a\":1,}", "{\"a\":\"\\x\"}", "{\"a\":\"\\ud800\"}",
-            "{\"a\":tru}", "{\"a\":1} x", "{\"a\":\"\u{1}\"}", "{\"a\":\"unterminated}", "<html>",
+            "",
+            "[]",
+            "{",
+            "{\"a\"}",
+            "{\"a\":}",
+            "{\"a\":1,}",
+            "{\"a\":\"\\x\"}",
+            "{\"a\":\"\\ud800\"}",
+            "{\"a\":tru}",
+            "{\"a\":1} x",
+            "{\"a\":\"\u{1}\"}",
+            "{\"a\":\"unterminated}",
+            "<html>",
         ] {
             assert_eq!(collect(bad), Err(Malformed), "{bad:?}");
         }

@@ -29,15 +29,18 @@ mod metadata;
 mod providers;
 mod secret;
 
-pub use arc::{arc_detected, check_arc_key_path, ARC_DEFAULT_ENDPOINT, ARC_KEY_DIR, ARC_KEY_MAX_BYTES};
+pub use arc::{
+    arc_detected, check_arc_key_path, ARC_DEFAULT_ENDPOINT, ARC_KEY_DIR, ARC_KEY_MAX_BYTES,
+};
 pub use cache::{RefreshPlan, RetryPolicy, TokenCache};
-pub use config::{AuthConfig, Method};
+pub use config::{AuthConfig, Method, AUTH_KEYS};
 pub use connstr::{parse_connection_string, ConnectionString, CredentialSpec};
 pub use jwt::CertificateCredential;
-pub use metadata::{Cloud, DEFAULT_AUTHORITY_HOST, DEFAULT_RESOURCE};
+pub use metadata::{Cloud, CloudConfig, DEFAULT_AUTHORITY_HOST, DEFAULT_RESOURCE};
 pub use providers::{
     parse_token_response, AccessToken, ArcIdentity, Assertion, CallbackSource, ClientCredentials,
-    Lifetime, ManagedIdentity, StaticToken, TokenCallback, TokenSource, IMDS_DEFAULT_ENDPOINT,
+    FetchError, Lifetime, ManagedIdentity, StaticToken, TokenCallback, TokenSource,
+    IMDS_DEFAULT_ENDPOINT,
 };
 pub use secret::SecretString;
 

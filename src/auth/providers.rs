@@ -302,11 +302,16 @@ fn error_detail(body: &[u8], secrets: &[&str]) -> String {
 
 /// What a failed answer means. `transient` lists statuses that are passing on this endpoint besides 408, 429
 /// and 5xx; everything else is a refusal that only a config change (or a clock fix) can cure.
-fn failure(reply: &Reply, who: &str, hint: &str, secrets: &[&str], transient: &[u16]) -> FetchError {
+fn failure(
+    reply: &Reply,
+    who: &str,
+    hint: &str,
+    secrets: &[&str],
+    transient: &[u16],
+) -> FetchError {
     let detail = error_detail(&reply.body.0, secrets);
     let status = reply.status;
-    let is_transient =
-        matches!(status, 408 | 429 | 500..=599) || transient.contains(&status);
+    let is_transient = matches!(status, 408 | 429 | 500..=599) || transient.contains(&status);
     let retry_after = reply
         .retry_after
         .as_deref()
@@ -320,7 +325,9 @@ fn failure(reply: &Reply, who: &str, hint: &str, secrets: &[&str], transient: &[
     } else if (300..400).contains(&status) {
         Error::new(
             ErrorKind::AuthRefused,
-            format!("{who} answered with a redirect (HTTP {status}), which is not followed: {hint}"),
+            format!(
+                "{who} answered with a redirect (HTTP {status}), which is not followed: {hint}"
+            ),
         )
     } else {
         Error::new(
@@ -331,7 +338,11 @@ fn failure(reply: &Reply, who: &str, hint: &str, secrets: &[&str], transient: &[
     FetchError { error, retry_after }
 }
 
-fn read_success(reply: &Reply, who: &str, managed_identity: bool) -> Result<AccessToken, FetchError> {
+fn read_success(
+    reply: &Reply,
+    who: &str,
+    managed_identity: bool,
+) -> Result<AccessToken, FetchError> {
     if reply.truncated {
         return Err(Error::new(
             ErrorKind::TransientFailure,
@@ -564,7 +575,11 @@ impl ManagedIdentity {
 
 impl TokenSource for ManagedIdentity {
     fn fetch(&self, ctx: &FetchContext<'_>) -> Result<AccessToken, FetchError> {
-        let reply = http::get(ctx.agent, &self.url(&ctx.cloud.resource), &[("Metadata", "true")])?;
+        let reply = http::get(
+            ctx.agent,
+            &self.url(&ctx.cloud.resource),
+            &[("Metadata", "true")],
+        )?;
         if reply.status == 200 {
             return read_success(&reply, "IMDS", true);
         }
@@ -692,7 +707,10 @@ mod tests {
 
     #[test]
     fn expires_on_alone_is_enough() {
-        let body = format!(r#"{{"access_token":"tok","expires_on":{}}}"#, unix_now() + 100);
+        let body = format!(
+            r#"{{"access_token":"tok","expires_on":{}}}"#,
+            unix_now() + 100
+        );
         let t = parse_token_response(body.as_bytes(), true).unwrap();
         assert!(matches!(t.lifetime, Lifetime::For(d) if d.as_secs() >= 98 && d.as_secs() <= 100));
     }
@@ -711,17 +729,29 @@ mod tests {
             br#"{"access_token":"tok","expires_in":10"#,
         ] {
             let e = parse_token_response(body, false).unwrap_err();
-            assert_eq!(e.kind, ErrorKind::TransientFailure, "{:?}", String::from_utf8_lossy(body));
+            assert_eq!(
+                e.kind,
+                ErrorKind::TransientFailure,
+                "{:?}",
+                String::from_utf8_lossy(body)
+            );
             assert!(!e.message.contains("tok\""));
         }
-        let e = parse_token_response(br#"{"access_token":"tok","token_type":"pop","expires_in":10}"#, false)
-            .unwrap_err();
+        let e = parse_token_response(
+            br#"{"access_token":"tok","token_type":"pop","expires_in":10}"#,
+            false,
+        )
+        .unwrap_err();
         assert_eq!(e.kind, ErrorKind::AuthRefused);
     }
 
     #[test]
     fn refresh_in_beyond_the_lifetime_is_ignored() {
-        let t = parse_token_response(br#"{"access_token":"t","expires_in":100,"refresh_in":500}"#, false).unwrap();
+        let t = parse_token_response(
+            br#"{"access_token":"t","expires_in":100,"refresh_in":500}"#,
+            false,
+        )
+        .unwrap();
         assert_eq!(t.refresh_in, None);
     }
 
@@ -738,21 +768,43 @@ mod tests {
     #[test]
     fn refusals_are_auth_refused_and_outages_transient() {
         let body = r#"{"error":"invalid_client","error_description":"AADSTS7000215: Invalid client secret provided: s3cr3t-value.\r\nTrace ID: 1"}"#;
-        let f = failure(&reply(401, body), "Entra ID", "check it", &["s3cr3t-value"], &[]);
+        let f = failure(
+            &reply(401, body),
+            "Entra ID",
+            "check it",
+            &["s3cr3t-value"],
+            &[],
+        );
         assert_eq!(f.error.kind, ErrorKind::AuthRefused);
         assert!(f.error.message.contains("invalid_client"));
         assert!(f.error.message.contains("AADSTS7000215"));
         assert!(!f.error.message.contains("s3cr3t-value"));
         assert!(!f.error.message.contains('\r'));
-        let f = failure(&reply(400, r#"{"error":"unauthorized_client"}"#), "Entra ID", "h", &[], &[]);
+        let f = failure(
+            &reply(400, r#"{"error":"unauthorized_client"}"#),
+            "Entra ID",
+            "h",
+            &[],
+            &[],
+        );
         assert_eq!(f.error.kind, ErrorKind::AuthRefused);
         for s in [408, 429, 500, 503] {
             let f = failure(&reply(s, "busy"), "Entra ID", "h", &[], &[]);
             assert_eq!(f.error.kind, ErrorKind::TransientFailure, "{s}");
             assert_eq!(f.retry_after, Some(Duration::from_secs(7)));
         }
-        assert_eq!(failure(&reply(404, ""), "IMDS", "h", &[], &[404]).error.kind, ErrorKind::TransientFailure);
-        assert_eq!(failure(&reply(302, ""), "Entra ID", "h", &[], &[]).error.kind, ErrorKind::AuthRefused);
+        assert_eq!(
+            failure(&reply(404, ""), "IMDS", "h", &[], &[404])
+                .error
+                .kind,
+            ErrorKind::TransientFailure
+        );
+        assert_eq!(
+            failure(&reply(302, ""), "Entra ID", "h", &[], &[])
+                .error
+                .kind,
+            ErrorKind::AuthRefused
+        );
     }
 
     #[test]
@@ -764,8 +816,13 @@ mod tests {
             None,
         );
         let url = cc.token_url("https://login.microsoftonline.com/");
-        assert_eq!(url, "https://login.microsoftonline.com/contoso.onmicrosoft.com/oauth2/v2.0/token");
-        let form = cc.form(&url, "https://kusto.kusto.windows.net/.default").unwrap();
+        assert_eq!(
+            url,
+            "https://login.microsoftonline.com/contoso.onmicrosoft.com/oauth2/v2.0/token"
+        );
+        let form = cc
+            .form(&url, "https://kusto.kusto.windows.net/.default")
+            .unwrap();
         assert_eq!(
             form.expose(),
             "grant_type=client_credentials&client_id=00000000-0000-0000-0000-000000000001&client_secret=a%2Bb%26c%3Dd&scope=https%3A%2F%2Fkusto.kusto.windows.net%2F.default"
@@ -775,7 +832,11 @@ mod tests {
 
     #[test]
     fn managed_identity_urls() {
-        let mi = ManagedIdentity::new(IMDS_DEFAULT_ENDPOINT, Some("11111111-2222-3333-4444-555555555555")).unwrap();
+        let mi = ManagedIdentity::new(
+            IMDS_DEFAULT_ENDPOINT,
+            Some("11111111-2222-3333-4444-555555555555"),
+        )
+        .unwrap();
         assert_eq!(
             mi.url("https://kusto.kusto.windows.net"),
             "http://169.254.169.254/metadata/identity/oauth2/token?api-version=2018-02-01&resource=https%3A%2F%2Fkusto.kusto.windows.net&client_id=11111111-2222-3333-4444-555555555555"
@@ -786,7 +847,9 @@ mod tests {
             "http://localhost:40342/metadata/identity/oauth2/token?api-version=2020-06-01&resource=https%3A%2F%2Fkusto.kusto.windows.net"
         );
         assert_eq!(
-            ManagedIdentity::new("http://10.0.0.1/token", None).unwrap_err().kind,
+            ManagedIdentity::new("http://10.0.0.1/token", None)
+                .unwrap_err()
+                .kind,
             ErrorKind::InsecureTransport
         );
     }
@@ -806,6 +869,186 @@ mod tests {
         assert!(f2.expose().contains("client_assertion_type=urn%3Aietf%3Aparams%3Aoauth%3Aclient-assertion-type%3Ajwt-bearer&"));
         std::fs::write(&p, "").unwrap();
         assert_eq!(cc.form("u", "s").unwrap_err().kind, ErrorKind::AuthRefused);
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+}
+
+/// The sources against a scripted loopback server: what goes on the wire, byte for byte where the protocol says.
+#[cfg(test)]
+mod wire_tests {
+    use super::*;
+    use crate::auth::http::test_server::serve;
+    use crate::auth::metadata::Cloud;
+
+    fn ctx_run<T>(
+        src: &dyn TokenSource,
+        authority: &str,
+        f: impl FnOnce(Result<AccessToken, FetchError>) -> T,
+    ) -> T {
+        let agent = ureq::Agent::new_with_defaults();
+        let cloud = Cloud {
+            authority_host: authority.to_owned(),
+            resource: "https://kusto.kusto.windows.net".to_owned(),
+            authority_explicit: true,
+        };
+        f(src.fetch(&FetchContext {
+            agent: &agent,
+            cloud: &cloud,
+        }))
+    }
+
+    const OK: &str = r#"{"token_type":"Bearer","expires_in":3599,"ext_expires_in":3599,"access_token":"tok.en.1"}"#;
+
+    #[test]
+    fn client_secret_posts_the_documented_form() {
+        let (base, h) = serve(vec![(200, vec![], OK.into())]);
+        let cc = ClientCredentials::new(
+            "tenant-1",
+            "client-1",
+            Assertion::Secret(SecretString::new("s=cr&t")),
+            None,
+        );
+        let t = ctx_run(&cc, &base, |r| r.unwrap());
+        assert_eq!(t.token.expose(), "tok.en.1");
+        let req = &h.join().unwrap()[0];
+        assert!(
+            req.starts_with("POST /tenant-1/oauth2/v2.0/token HTTP/1.1\r\n"),
+            "{req}"
+        );
+        assert!(
+            req.to_ascii_lowercase()
+                .contains("content-type: application/x-www-form-urlencoded\r\n"),
+            "{req}"
+        );
+        assert!(req.ends_with("\r\n\r\ngrant_type=client_credentials&client_id=client-1&client_secret=s%3Dcr%26t&scope=https%3A%2F%2Fkusto.kusto.windows.net%2F.default"), "{req}");
+    }
+
+    #[test]
+    fn a_refused_secret_is_auth_refused_without_the_secret() {
+        let body = r#"{"error":"invalid_client","error_description":"AADSTS7000215: Invalid client secret provided."}"#;
+        let (base, h) = serve(vec![(401, vec![], body.into())]);
+        let cc = ClientCredentials::new(
+            "t",
+            "c",
+            Assertion::Secret(SecretString::new("s3cr3t-x")),
+            None,
+        );
+        let e = ctx_run(&cc, &base, |r| r.unwrap_err());
+        h.join().unwrap();
+        assert_eq!(e.error.kind, ErrorKind::AuthRefused);
+        assert!(
+            e.error.message.contains("invalid_client")
+                && e.error.message.contains("auth.client_secret"),
+            "{}",
+            e.error.message
+        );
+        assert!(!e.error.message.contains("s3cr3t"));
+    }
+
+    #[test]
+    fn throttling_is_transient_with_retry_after() {
+        let (base, h) = serve(vec![(
+            429,
+            vec![("Retry-After", "3".into())],
+            String::new(),
+        )]);
+        let cc = ClientCredentials::new("t", "c", Assertion::Secret(SecretString::new("s")), None);
+        let e = ctx_run(&cc, &base, |r| r.unwrap_err());
+        h.join().unwrap();
+        assert_eq!(e.error.kind, ErrorKind::TransientFailure);
+        assert_eq!(e.retry_after, Some(Duration::from_secs(3)));
+    }
+
+    #[test]
+    fn certificate_posts_a_jwt_assertion() {
+        let cert = include_str!("../../devserver/fixtures/client-cert.pem");
+        let key = include_str!("../../devserver/fixtures/client-key-pkcs8.pem");
+        let c = CertificateCredential::from_pem(cert.as_bytes(), "c", key.as_bytes(), "k", false)
+            .unwrap();
+        let (base, h) = serve(vec![(200, vec![], OK.into())]);
+        let cc = ClientCredentials::new("t", "c", Assertion::Certificate(c), None);
+        ctx_run(&cc, &base, |r| r.unwrap());
+        let req = &h.join().unwrap()[0];
+        let body = req.split("\r\n\r\n").nth(1).unwrap();
+        let fields: Vec<&str> = body.split('&').collect();
+        assert_eq!(fields[0], "grant_type=client_credentials");
+        assert_eq!(fields[1], "client_id=c");
+        assert_eq!(fields[2], "client_assertion_type=urn%3Aietf%3Aparams%3Aoauth%3Aclient-assertion-type%3Ajwt-bearer");
+        assert!(fields[3].starts_with("client_assertion=eyJ"));
+        assert_eq!(fields[3].matches('.').count(), 2);
+        assert!(fields[4].starts_with("scope="));
+    }
+
+    #[test]
+    fn imds_gets_with_the_metadata_header() {
+        let now = unix_now();
+        let body = format!(
+            r#"{{"access_token":"mi.tok","expires_in":"86399","expires_on":"{}","token_type":"Bearer","resource":"https://kusto.kusto.windows.net"}}"#,
+            now + 86399
+        );
+        let (base, h) = serve(vec![(200, vec![], body)]);
+        let mi =
+            ManagedIdentity::new(&format!("{base}/metadata/identity/oauth2/token"), None).unwrap();
+        let t = ctx_run(&mi, "unused", |r| r.unwrap());
+        assert!(t.managed_identity);
+        let req = &h.join().unwrap()[0];
+        assert!(req.starts_with("GET /metadata/identity/oauth2/token?api-version=2018-02-01&resource=https%3A%2F%2Fkusto.kusto.windows.net HTTP/1.1\r\n"), "{req}");
+        assert!(
+            req.to_ascii_lowercase().contains("\r\nmetadata: true\r\n"),
+            "{req}"
+        );
+    }
+
+    #[test]
+    fn arc_answers_the_challenge_from_the_key_file() {
+        let dir = std::env::temp_dir().join(format!("kedge-arc-wire-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let key = dir.join("challenge.key");
+        std::fs::write(&key, "c0ffee").unwrap();
+        let (base, h) = serve(vec![
+            (
+                401,
+                vec![("WWW-Authenticate", format!("Basic realm={}", key.display()))],
+                String::new(),
+            ),
+            (200, vec![], OK.into()),
+        ]);
+        let arc = ArcIdentity::new(
+            &format!("{base}/metadata/identity/oauth2/token"),
+            dir.clone(),
+        )
+        .unwrap();
+        assert_eq!(
+            ctx_run(&arc, "unused", |r| r.unwrap()).token.expose(),
+            "tok.en.1"
+        );
+        let reqs = h.join().unwrap();
+        assert!(
+            reqs[0].contains(
+                "?api-version=2020-06-01&resource=https%3A%2F%2Fkusto.kusto.windows.net "
+            ),
+            "{}",
+            reqs[0]
+        );
+        assert!(!reqs[0].to_ascii_lowercase().contains("authorization"));
+        assert!(
+            reqs[1]
+                .to_ascii_lowercase()
+                .contains("\r\nauthorization: basic c0ffee\r\n"),
+            "{}",
+            reqs[1]
+        );
+
+        // A challenge naming a file outside the key directory is not read.
+        let (base, h) = serve(vec![(
+            401,
+            vec![("WWW-Authenticate", "Basic realm=/etc/passwd.key".into())],
+            String::new(),
+        )]);
+        let arc = ArcIdentity::new(&format!("{base}/t"), dir.clone()).unwrap();
+        let e = ctx_run(&arc, "unused", |r| r.unwrap_err());
+        assert_eq!(h.join().unwrap().len(), 1);
+        assert_eq!(e.error.kind, ErrorKind::AuthRefused);
         std::fs::remove_dir_all(&dir).unwrap();
     }
 }

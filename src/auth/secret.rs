@@ -31,7 +31,8 @@ impl SecretString {
     pub(crate) fn push_str(&mut self, s: &str) {
         // Growing would leave the old allocation behind unzeroed: reserve first, zeroing what we leave.
         if self.0.capacity() - self.0.len() < s.len() {
-            let mut bigger = String::with_capacity((self.0.len() + s.len()).max(2 * self.0.capacity()));
+            let mut bigger =
+                String::with_capacity((self.0.len() + s.len()).max(2 * self.0.capacity()));
             bigger.push_str(&self.0);
             let old = std::mem::replace(&mut self.0, bigger);
             drop(SecretString(old));

@@ -259,6 +259,23 @@ pub type kedge_log_callback = Option<
 pub type kedge_delivery_callback =
     Option<unsafe extern "C" fn(userdata: *mut c_void, report: *const kedge_delivery_report)>;
 
+/// Token callback, for firmware with its own token source: write a NUL-terminated bearer token (without
+/// "Bearer ") into `token_buf` (`token_buf_len` bytes, 16 KiB) and its expiry as Unix seconds into
+/// `*out_expires_unix` (0 if unknown: it is asked again after 60 s), and return 0; return non-zero when no token
+/// can be had now (the message in `token_buf`, if any, is logged). Called from whichever thread sends, with the
+/// client locked; it must not call the client.
+pub type kedge_token_callback = Option<
+    unsafe extern "C" fn(
+        userdata: *mut c_void,
+        token_buf: *mut c_char,
+        token_buf_len: usize,
+        out_expires_unix: *mut u64,
+    ) -> i32,
+>;
+
+/// Largest token a callback may hand over.
+const TOKEN_CALLBACK_BUF: usize = 16 * 1024;
+
 /// The caller's userdata pointer. The caller promises it may be used from any thread that calls into the client.
 #[derive(Clone, Copy)]
 struct UserData(*mut c_void);
@@ -508,6 +525,60 @@ pub unsafe extern "C" fn kedge_config_set_spool_key(
             }
             Err(e) => e.kind.into(),
         }
+    })
+}
+
+/// Sets a token callback as the credential (`auth.method=callback`). NULL callback removes it.
+///
+/// # Safety
+/// `config` a live config; `userdata` usable from any thread that calls into the client.
+#[no_mangle]
+pub unsafe extern "C" fn kedge_config_set_token_callback(
+    config: *mut kedge_config,
+    callback: kedge_token_callback,
+    userdata: *mut c_void,
+) -> kedge_result {
+    guard(|| {
+        // SAFETY: per this function's contract.
+        let c = match unsafe { config_mut(config) } {
+            Ok(c) => c,
+            Err(e) => return e.kind.into(),
+        };
+        let Some(f) = callback else {
+            return kedge_result::KEDGE_NULL_PARAMETER;
+        };
+        let ud = UserData(userdata);
+        c.cfg.auth.set_callback(Arc::new(move || {
+            let mut buf = vec![0u8; TOKEN_CALLBACK_BUF];
+            let mut expires = 0u64;
+            // SAFETY: the caller registered this function for this userdata; the buffer and the expiry slot live
+            // for the whole call and their sizes are passed along.
+            let rc = unsafe {
+                f(
+                    ud.get(),
+                    buf.as_mut_ptr() as *mut c_char,
+                    buf.len(),
+                    &mut expires,
+                )
+            };
+            // Whatever the callback wrote is read up to the first NUL, within the buffer.
+            let end = buf.iter().position(|&b| b == 0).unwrap_or(buf.len());
+            let text = std::str::from_utf8(&buf[..end]).map(str::to_owned);
+            for b in buf.iter_mut() {
+                *b = 0;
+            }
+            std::hint::black_box(&buf);
+            match (rc, text) {
+                (0, Ok(t)) if !t.is_empty() => Ok((t, expires)),
+                (0, _) => Err("the token callback returned 0 but no valid token".to_owned()),
+                (_, Ok(msg)) => Err(format!(
+                    "the token callback failed ({rc}): {}",
+                    msg.escape_debug()
+                )),
+                (_, Err(_)) => Err(format!("the token callback failed ({rc})")),
+            }
+        }));
+        kedge_result::KEDGE_OK
     })
 }
 
