@@ -45,6 +45,16 @@ static void usage(FILE *out)
           "  --mapping NAME       ingestion mapping to apply\n"
           "  --token TOKEN        bearer token (default: env KEDGE_TOKEN, which other users cannot see in ps)\n"
           "  --ca-file PEM        extra CA certificates to trust (private CA, test endpoint)\n"
+          "  --connection-string S  Kusto connection string: cluster, database, credential (--url and\n"
+          "                       --database are then optional)\n"
+          "  --tenant T           Entra ID tenant (with --client-id and a secret or certificate)\n"
+          "  --client-id ID       application (client) id\n"
+          "  --client-secret-file F  file holding the client secret\n"
+          "  --cert-file PEM      certificate for certificate credentials (may hold the key too)\n"
+          "  --key-file PEM       its RSA private key (PKCS#8 or PKCS#1)\n"
+          "  --managed-identity[=CLIENT_ID]  Azure managed identity (VM or Arc), system or user-assigned\n"
+          "  --authority-host URL Entra ID login host (sovereign clouds, tests)\n"
+          "  --proxy URL          HTTP CONNECT proxy, http://[user:pass@]host:port (default: $HTTPS_PROXY)\n"
           "  --allow-http         allow http:// to a loopback endpoint (http.allow_plain=true)\n"
           "  --batch-bytes N      raw bytes per request, 1024..4194304 (default 1048576); also the longest line\n"
           "  -X key=value         any library configuration key, e.g. -X retry.max_attempts=8 (repeatable)\n"
@@ -75,6 +85,16 @@ struct options {
     const char *mapping;
     const char *token;
     const char *ca_file;
+    const char *connection_string;
+    const char *tenant;
+    const char *client_id;
+    const char *client_secret_file;
+    const char *cert_file;
+    const char *key_file;
+    const char *authority_host;
+    const char *proxy;
+    int managed_identity;
+    const char *managed_identity_id;
     const char *batch_bytes;
     int allow_http;
     long give_up_secs;
@@ -250,6 +270,10 @@ static int parse_args(int argc, char **argv, struct options *o)
         {"--url", &o->url},         {"--database", &o->database}, {"--table", &o->table},
         {"--format", &o->format},   {"--mapping", &o->mapping},   {"--token", &o->token},
         {"--ca-file", &o->ca_file}, {"--batch-bytes", &o->batch_bytes},
+        {"--connection-string", &o->connection_string}, {"--tenant", &o->tenant},
+        {"--client-id", &o->client_id}, {"--client-secret-file", &o->client_secret_file},
+        {"--cert-file", &o->cert_file}, {"--key-file", &o->key_file},
+        {"--authority-host", &o->authority_host}, {"--proxy", &o->proxy},
         {"--spool", &o->spool},     {"--spool-max-bytes", &o->spool_max_bytes},
         {"--spool-policy", &o->spool_policy}, {"--spool-key-file", &o->spool_key_file},
     };
@@ -270,6 +294,11 @@ static int parse_args(int argc, char **argv, struct options *o)
         }
         if (strcmp(a, "--help") == 0 || strcmp(a, "-h") == 0) {
             return -1;
+        }
+        if (strcmp(a, "--managed-identity") == 0 || strncmp(a, "--managed-identity=", 19) == 0) {
+            o->managed_identity = 1;
+            o->managed_identity_id = a[18] == '=' ? a + 19 : NULL;
+            continue;
         }
         if (strcmp(a, "--drain-only") == 0) {
             o->drain_only = 1;
@@ -341,8 +370,10 @@ static int parse_args(int argc, char **argv, struct options *o)
             return EXIT_USAGE;
         }
     }
-    if (o->url == NULL || o->database == NULL || o->table == NULL) {
-        fprintf(stderr, "%s: --url, --database and --table are required (see --help)\n", PROG);
+    if ((o->url == NULL && o->connection_string == NULL) || o->table == NULL ||
+        (o->database == NULL && o->connection_string == NULL)) {
+        fprintf(stderr, "%s: --url (or --connection-string), --database and --table are required (see --help)\n",
+                PROG);
         return EXIT_USAGE;
     }
     if ((o->drain_only || o->durable_every > 0) && o->spool == NULL) {
@@ -376,11 +407,39 @@ static int build_config(const struct options *o, struct counters *counts, kedge_
                         unsigned long *batch_bytes)
 {
     size_t k;
-    const char *token = o->token != NULL ? o->token : getenv("KEDGE_TOKEN");
+    /* The environment's token is the default credential only when no other credential is given. */
+    int other_credential = o->connection_string != NULL || o->client_id != NULL || o->managed_identity;
+    const char *token = o->token != NULL ? o->token : (other_credential ? NULL : getenv("KEDGE_TOKEN"));
     if (set_key(config, "log.level", o->verbosity > 1 ? "debug" : "error") != 0 ||
-        set_key(config, "client.app", "kedge-send") != 0 || set_key(config, "url", o->url) != 0 ||
-        set_key(config, "destinations.max", "1") != 0) {
+        set_key(config, "client.app", "kedge-send") != 0 || set_key(config, "destinations.max", "1") != 0) {
         return -1;
+    }
+    if (o->connection_string != NULL && set_key(config, "connection_string", o->connection_string) != 0) {
+        return -1;
+    }
+    if (o->url != NULL && set_key(config, "url", o->url) != 0) {
+        return -1;
+    }
+    {
+        const struct {
+            const char *key;
+            const char *value;
+        } creds[] = {
+            {"auth.tenant", o->tenant},
+            {"auth.client_id", o->managed_identity ? o->managed_identity_id : o->client_id},
+            {"auth.client_secret_file", o->client_secret_file},
+            {"auth.cert_file", o->cert_file},
+            {"auth.key_file", o->key_file},
+            {"auth.authority_host", o->authority_host},
+            {"proxy.url", o->proxy},
+            {"auth.method", o->managed_identity ? "managed_identity" : NULL},
+        };
+        size_t c;
+        for (c = 0; c < sizeof creds / sizeof creds[0]; c++) {
+            if (creds[c].value != NULL && set_key(config, creds[c].key, creds[c].value) != 0) {
+                return -1;
+            }
+        }
     }
     if (o->allow_http && set_key(config, "http.allow_plain", "true") != 0) {
         return -1;
@@ -785,7 +844,9 @@ int main(int argc, char **argv)
     run.counts = &counts;
     run.give_up_ms = o.give_up_secs * 1000L;
     run.durable_every = o.durable_every;
-    r = kedge_client_add_destination(client, o.database, o.table, o.format, o.mapping, &run.dest);
+    /* An empty database name takes the connection string's Initial Catalog. */
+    r = kedge_client_add_destination(client, o.database != NULL ? o.database : "", o.table, o.format, o.mapping,
+                                     &run.dest);
     if (r != KEDGE_OK) {
         print_client_error(&run, "destination", r);
         status = r == KEDGE_INVALID_ARGUMENT ? EXIT_USAGE : EXIT_OTHER;

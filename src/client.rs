@@ -435,6 +435,16 @@ impl Client {
         format: &str,
         mapping: Option<&str>,
     ) -> Result<u32, Error> {
+        // An empty database name takes the connection string's Initial Catalog.
+        let from_cs = self
+            .cfg
+            .auth
+            .connection_string()
+            .and_then(|c| c.database.clone());
+        let database = match (database, &from_cs) {
+            ("", Some(db)) => db.as_str(),
+            _ => database,
+        };
         wire::check_entity_name("database", database)?;
         wire::check_entity_name("table", table)?;
         if let Some(m) = mapping {

@@ -987,3 +987,121 @@ fn kedge_send_with_a_spool_survives_sigkill_at_random_moments_and_every_record_a
         "spool not empty after drain: {leftovers:?}"
     );
 }
+
+fn auth_tls_server() -> Server {
+    let server = Server::start(ServerConfig {
+        tls: true,
+        auth: Some(kusto_devserver::AuthConfig::default()),
+        ..Default::default()
+    })
+    .expect("devserver");
+    server.register_secret_client("app-1", "file-secret-42");
+    server.register_cert_client("app-cert", kusto_devserver::TEST_CLIENT_CERT_PEM);
+    server
+}
+
+fn fixture(name: &str) -> PathBuf {
+    Path::new(MANIFEST_DIR)
+        .join("devserver/fixtures")
+        .join(name)
+}
+
+#[test]
+fn kedge_send_authenticates_with_a_secret_file_a_certificate_a_connection_string_and_managed_identity(
+) {
+    let _g = serial();
+    let scratch = Scratch::new("auth");
+    let server = auth_tls_server();
+    let ca = write_ca(&server, &scratch);
+    let input = scratch.path("records.jsonl");
+    write_records(&input, 500);
+    let secret_file = scratch.path("secret");
+    fs::write(&secret_file, "file-secret-42\n").unwrap();
+    let url = server.url();
+    let common = |table: &str| {
+        let mut cmd = kedge_send(&url, Some(&ca), table);
+        cmd.args(["--authority-host", &url, "--proxy", "none"]);
+        cmd
+    };
+
+    let mut cmd = common("Secret");
+    cmd.args([
+        "--tenant",
+        "test-tenant",
+        "--client-id",
+        "app-1",
+        "--client-secret-file",
+    ])
+    .arg(&secret_file)
+    .arg(&input);
+    let out = run(cmd, None, &scratch, Duration::from_secs(60));
+    assert_eq!(out.code(), Some(0), "secret: {}", out.describe());
+    assert!(!out.stderr.contains("file-secret-42"));
+
+    let mut cmd = common("Cert");
+    cmd.args([
+        "--tenant",
+        "test-tenant",
+        "--client-id",
+        "app-cert",
+        "--cert-file",
+    ])
+    .arg(fixture("client-cert.pem"));
+    cmd.arg("--key-file")
+        .arg(fixture("client-key-pkcs1.pem"))
+        .arg(&input);
+    let out = run(cmd, None, &scratch, Duration::from_secs(60));
+    assert_eq!(out.code(), Some(0), "certificate: {}", out.describe());
+
+    let cs = format!("Data Source={url};Initial Catalog=db;AAD Federated Security=True;Application Client Id=app-1;Application Key=file-secret-42;Authority Id=test-tenant");
+    let mut cmd = program("kedge-send");
+    cmd.args([
+        "--connection-string",
+        &cs,
+        "--table",
+        "ConnStr",
+        "--authority-host",
+        &url,
+        "--proxy",
+        "none",
+    ]);
+    cmd.arg("--ca-file").arg(&ca).arg(&input);
+    let out = run(cmd, None, &scratch, Duration::from_secs(60));
+    assert_eq!(out.code(), Some(0), "connection string: {}", out.describe());
+
+    let mut cmd = common("Managed");
+    cmd.args(["--managed-identity", "-X"])
+        .arg(format!("auth.imds_endpoint={}", server.imds_endpoint()))
+        .arg(&input);
+    let out = run(cmd, None, &scratch, Duration::from_secs(60));
+    assert_eq!(out.code(), Some(0), "managed identity: {}", out.describe());
+
+    for table in ["Secret", "Cert", "ConnStr", "Managed"] {
+        assert_each_seq_once(&server.records("db", table), 500);
+    }
+    let s = server.auth_stats();
+    assert_eq!(
+        (s.secret_requests, s.assertion_requests, s.imds_requests),
+        (2, 1, 1)
+    );
+
+    let mut cmd = common("Nope");
+    cmd.args([
+        "--tenant",
+        "test-tenant",
+        "--client-id",
+        "app-1",
+        "--give-up-secs",
+        "1",
+        "--client-secret-file",
+    ])
+    .arg(&input)
+    .arg(&input);
+    let out = run(cmd, None, &scratch, Duration::from_secs(60));
+    assert_eq!(
+        out.code(),
+        Some(77),
+        "a wrong secret is refused: {}",
+        out.describe()
+    );
+}

@@ -752,7 +752,7 @@ unsafe fn with_client(
 }
 
 /// Adds a destination (database, table, data format, optional ingestion mapping name or NULL) and allocates its
-/// batch buffer. `*out_destination` receives its id for `kedge_append`.
+/// batch buffer. An empty database name takes the connection string's `Initial Catalog`. `*out_destination` receives its id for `kedge_append`.
 ///
 /// # Safety
 /// `client` a live client; strings NUL-terminated (`mapping` may be NULL); `out_destination` valid for a write.
