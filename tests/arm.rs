@@ -5,9 +5,11 @@
 //!
 //! Each target's library is built once per test process with
 //! `cargo rustc --release --lib --target T --crate-type staticlib -- --print native-static-libs`
-//! into the usual target directory (`CARGO_TARGET_DIR` if set, else `<crate>/target`): the same archive
-//! `cargo build --release --lib --target T` gives, plus the list of system libraries rustc says it needs, which is
-//! what the programs are linked with and what the Makefile, `kusto_edge.pc.in` and the CMake example must say.
+//! into the usual target directory (`CARGO_TARGET_DIR` if set, else `<crate>/target`). That is the firmware build
+//! the README gives: with the staticlib alone, the release profile's LTO applies (`cargo build --release --lib`
+//! builds the rlib too, and then cargo does not run LTO: a 1.8 times larger program on armv7), and rustc prints
+//! the system libraries the archive needs, which are what the programs are linked with and what the Makefile,
+//! `kusto_edge.pc.in`, the CMake example and the README must say.
 //! Missing cross tools fail the tests with the package to install (`bash tests/run-all.sh` installs them all).
 
 use std::collections::{HashMap, HashSet};
@@ -15,6 +17,7 @@ use std::fs::{self, File};
 use std::io::{BufWriter, Write};
 use std::path::{Path, PathBuf};
 use std::process::{Command, ExitStatus, Output, Stdio};
+use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Mutex, MutexGuard, OnceLock};
 use std::time::{Duration, Instant};
 
@@ -32,7 +35,8 @@ struct Cross {
     triple: &'static str,
     /// GNU triple: prefix of the cross tools and name of the sysroot under /usr.
     gnu: &'static str,
-    qemu: &'static str,
+    /// The user-mode emulator that runs its programs here (None: the build machine's own target).
+    qemu: Option<&'static str>,
     /// Debian packages: the cross gcc (with binutils) and the target's glibc.
     gcc_packages: &'static str,
     gxx_package: &'static str,
@@ -43,7 +47,7 @@ struct Cross {
 const ARMV7: Cross = Cross {
     triple: "armv7-unknown-linux-gnueabihf",
     gnu: "arm-linux-gnueabihf",
-    qemu: "qemu-arm-static",
+    qemu: Some("qemu-arm-static"),
     gcc_packages: "gcc-arm-linux-gnueabihf libc6-dev-armhf-cross",
     gxx_package: "g++-arm-linux-gnueabihf",
     elf_machine: 40, // EM_ARM
@@ -52,15 +56,28 @@ const ARMV7: Cross = Cross {
 const AARCH64: Cross = Cross {
     triple: "aarch64-unknown-linux-gnu",
     gnu: "aarch64-linux-gnu",
-    qemu: "qemu-aarch64-static",
+    qemu: Some("qemu-aarch64-static"),
     gcc_packages: "gcc-aarch64-linux-gnu libc6-dev-arm64-cross",
     gxx_package: "g++-aarch64-linux-gnu",
     elf_machine: 183, // EM_AARCH64
 };
 
+/// The build machine, built like the gateway targets (LTO applies): for the size table.
+const X86_64: Cross = Cross {
+    triple: "x86_64-unknown-linux-gnu",
+    gnu: "x86_64-linux-gnu",
+    qemu: None,
+    gcc_packages: "gcc binutils",
+    gxx_package: "g++",
+    elf_machine: 62, // EM_X86_64
+};
+
 impl Cross {
     fn tool(&self, name: &str) -> String {
         format!("{}-{name}", self.gnu)
+    }
+    fn emulator(&self) -> &'static str {
+        self.qemu.expect("programs of an emulated target")
     }
     fn sysroot(&self) -> PathBuf {
         PathBuf::from("/usr").join(self.gnu)
@@ -70,7 +87,8 @@ impl Cross {
         for tool in ["gcc", "ar", "strip", "nm", "size"] {
             require(&self.tool(tool), self.gcc_packages);
         }
-        require(self.qemu, "qemu-user-static");
+        let Some(qemu) = self.qemu else { return };
+        require(qemu, "qemu-user-static");
         let loader = match self.gnu {
             "arm-linux-gnueabihf" => "lib/ld-linux-armhf.so.3",
             _ => "lib/ld-linux-aarch64.so.1",
@@ -220,9 +238,9 @@ fn build_cross(c: &Cross) -> Result<Built, String> {
     })
 }
 
-/// The host (x86_64) library as tests/c_programs.rs builds it (same command: no rebuild between the two), with
-/// the Makefile's default NATIVE_LIBS.
-fn build_host() -> Result<Built, String> {
+/// The host library as `cargo build --release --lib` gives it (the command tests/c_programs.rs runs, so neither
+/// rebuilds it for the other): what the pkg-config and CMake tests link natively.
+fn build_host() -> Result<PathBuf, String> {
     let target = target_dir();
     let cargo = Command::new(env!("CARGO"))
         .args(["build", "--release", "--lib"])
@@ -236,29 +254,17 @@ fn build_host() -> Result<Built, String> {
             String::from_utf8_lossy(&cargo.stderr)
         ));
     }
-    let lib_dir = target.join("release");
-    let programs = target.join("c-build-host");
-    make_programs(
-        &[
-            format!("LIBDIR={}", lib_dir.display()),
-            format!("BUILD={}", programs.display()),
-        ],
-        &["examples"],
-    )?;
-    Ok(Built {
-        lib_dir,
-        programs,
-        native_libs: makefile_native_libs(),
-    })
+    Ok(target.join("release"))
 }
 
 fn built(c: &Cross) -> &'static Built {
     static ARMV7_BUILT: OnceLock<Result<Built, String>> = OnceLock::new();
     static AARCH64_BUILT: OnceLock<Result<Built, String>> = OnceLock::new();
-    let cell = if c.triple == ARMV7.triple {
-        &ARMV7_BUILT
-    } else {
-        &AARCH64_BUILT
+    static X86_64_BUILT: OnceLock<Result<Built, String>> = OnceLock::new();
+    let cell = match c.triple {
+        t if t == ARMV7.triple => &ARMV7_BUILT,
+        t if t == AARCH64.triple => &AARCH64_BUILT,
+        _ => &X86_64_BUILT,
     };
     match cell.get_or_init(|| {
         c.require_tools();
@@ -277,10 +283,10 @@ fn built(c: &Cross) -> &'static Built {
     }
 }
 
-fn host_built() -> &'static Built {
-    static HOST_BUILT: OnceLock<Result<Built, String>> = OnceLock::new();
+fn host_lib_dir() -> &'static Path {
+    static HOST_BUILT: OnceLock<Result<PathBuf, String>> = OnceLock::new();
     match HOST_BUILT.get_or_init(build_host) {
-        Ok(b) => b,
+        Ok(d) => d,
         Err(e) => panic!("{e}"),
     }
 }
@@ -296,9 +302,12 @@ struct Scratch(PathBuf);
 
 impl Scratch {
     fn new(name: &str) -> Scratch {
+        // Unique per call: several tests run the same helper (the sensor check) with the same name.
+        static NEXT: AtomicU32 = AtomicU32::new(0);
+        let n = NEXT.fetch_add(1, Ordering::Relaxed);
         let d = target_dir()
             .join("arm-tests")
-            .join(format!("{name}-{}", std::process::id()));
+            .join(format!("{name}-{}-{n}", std::process::id()));
         let _ = fs::remove_dir_all(&d);
         fs::create_dir_all(&d).expect("scratch dir");
         Scratch(d)
@@ -395,7 +404,7 @@ fn emulated(c: &Cross, program: &Path) -> Command {
         program.display(),
         c.triple
     );
-    let mut cmd = Command::new(c.qemu);
+    let mut cmd = Command::new(c.emulator());
     cmd.arg("-L").arg(c.sysroot()).arg(program);
     cmd
 }
@@ -507,7 +516,9 @@ fn api_robustness_passes(c: &Cross) {
     assert!(n > 100, "only {n} checks ran: {}", out.describe());
     eprintln!(
         "{}: api_robustness, {n} checks, {:?} under {}",
-        c.triple, out.took, c.qemu
+        c.triple,
+        out.took,
+        c.emulator()
     );
 }
 
@@ -539,7 +550,9 @@ fn sensor_delivers_every_record(c: &Cross, program: &Path) {
     );
     eprintln!(
         "{}: sensor, 300 records in {:?} under {}",
-        c.triple, out.took, c.qemu
+        c.triple,
+        out.took,
+        c.emulator()
     );
 }
 
@@ -606,7 +619,7 @@ fn kedge_send_streams_every_record_exactly_once(c: &Cross) {
         c.triple,
         requests.len(),
         out.took,
-        c.qemu,
+        c.emulator(),
         out.stderr.trim()
     );
 }
@@ -691,14 +704,15 @@ fn native_libs_are_documented(c: &Cross) {
         c.triple
     );
     let readme = fs::read_to_string(Path::new(MANIFEST_DIR).join("README.md")).unwrap();
+    let row = format!("| {} | {printed} |", c.triple);
     assert!(
-        readme.contains(printed.as_str()),
-        "README does not show the native libs {printed}"
+        readme.lines().any(|l| l == row),
+        "README's native libs table has no row {row}"
     );
 }
 
-/// The header's ABI means the same on 32- and 64-bit ARM: fixed-width integers only, `size_t` only for lengths,
-/// and it compiles as C99 and as C++11 with each target's cross compilers.
+/// The header's ABI means the same on 32- and 64-bit ARM: fixed-width integers only, `size_t` only for lengths
+/// and sizes, and it compiles as C99 and as C++11 with each target's cross compilers.
 #[test]
 fn header_uses_fixed_width_types_only_and_compiles_as_c99_and_cxx_for_arm() {
     let header = fs::read_to_string(Path::new(MANIFEST_DIR).join("include/kusto_edge.h")).unwrap();
@@ -734,27 +748,39 @@ fn header_uses_fixed_width_types_only_and_compiles_as_c99_and_cxx_for_arm() {
         if *t == "size_t" {
             let name = tokens.get(i + 1).copied().unwrap_or("");
             assert!(
-                name.ends_with("_len"),
-                "size_t is for lengths only, but kusto_edge.h has `size_t {name}`"
+                name.ends_with("_len") || name.ends_with("_size"),
+                "size_t is for lengths and sizes only (named *_len, *_size), but kusto_edge.h has `size_t {name}`"
             );
         }
     }
 
     let scratch = Scratch::new("header");
     let src = scratch.path("uses_header.c");
-    // The layout checks: no field whose size depends on the target (kedge_stats is 26 fixed counters).
     fs::write(
         &src,
         "#include \"kusto_edge.h\"\n\
-         typedef char stats_is_26_u64[sizeof(kedge_stats) == 26 * 8 ? 1 : -1];\n\
-         typedef char report_records_is_8_aligned[offsetof(kedge_delivery_report, records) % 8 == 0 ? 1 : -1];\n\
          int main(void) { kedge_stats s; (void)s; return kedge_result_str(KEDGE_OK) == 0; }\n",
     )
     .unwrap();
+    // Layout: the counters sit at 8-byte offsets on both ABIs, and kedge_stats (no pointer-sized field) has the
+    // same size on 32- and 64-bit ARM.
+    let layout_src = scratch.path("layout.c");
+    fs::write(
+        &layout_src,
+        "#include <stdio.h>\n\
+         #include \"kusto_edge.h\"\n\
+         #define ALIGNED8(t, f) (offsetof(t, f) % 8 == 0)\n\
+         typedef char report_counts_are_8_aligned[(ALIGNED8(kedge_delivery_report, records) && \
+             ALIGNED8(kedge_delivery_report, raw_bytes) && ALIGNED8(kedge_delivery_report, wire_bytes)) ? 1 : -1];\n\
+         typedef char stats_is_whole_counters[sizeof(kedge_stats) % 8 == 0 ? 1 : -1];\n\
+         int main(void) { printf(\"kedge_stats %lu\\n\", (unsigned long)sizeof(kedge_stats)); return 0; }\n",
+    )
+    .unwrap();
+    let mut layouts = Vec::new();
     let include = Path::new(MANIFEST_DIR).join("include");
     let warn: &[&str] = &["-pedantic", "-Wall", "-Wextra", "-Werror", "-fsyntax-only"];
     for c in [&ARMV7, &AARCH64] {
-        require(&c.tool("gcc"), c.gcc_packages);
+        c.require_tools();
         require(&c.tool("g++"), c.gxx_package);
         for (compiler, lang) in [
             (c.tool("gcc"), ["-std=c99", "-x", "c"]),
@@ -775,7 +801,37 @@ fn header_uses_fixed_width_types_only_and_compiles_as_c99_and_cxx_for_arm() {
                 stderr_of(&out)
             );
         }
+        let exe = scratch.path(&format!("layout-{}", c.triple));
+        let out = output_of(
+            Command::new(c.tool("gcc"))
+                .args(["-std=c99", "-o"])
+                .arg(&exe)
+                .args(warn.iter().filter(|f| **f != "-fsyntax-only"))
+                .arg("-I")
+                .arg(&include)
+                .arg(&layout_src),
+            "gcc",
+        );
+        assert!(
+            out.status.success(),
+            "layout.c for {}:\n{}",
+            c.triple,
+            stderr_of(&out)
+        );
+        let out = run(emulated(c, &exe), &scratch, Duration::from_secs(60));
+        assert_eq!(
+            out.status.code(),
+            Some(0),
+            "layout on {}: {}",
+            c.triple,
+            out.describe()
+        );
+        layouts.push(out.stdout);
     }
+    assert_eq!(
+        layouts[0], layouts[1],
+        "kedge_stats differs between armv7 and aarch64"
+    );
 }
 
 fn strip_c_comments(s: &str) -> String {
@@ -863,7 +919,7 @@ fn size_by_origin(nm: &str, program: &Path) -> Vec<(String, u64)> {
         *by.entry(origin_of(name)).or_default() += size;
     }
     let mut v: Vec<(String, u64)> = by.into_iter().collect();
-    v.sort_by(|a, b| b.1.cmp(&a.1));
+    v.sort_by_key(|(_, size)| std::cmp::Reverse(*size));
     v
 }
 
@@ -899,64 +955,51 @@ fn origin_of(symbol: &str) -> String {
 }
 
 /// `kedge-send` for armv7, linked with the release profile (LTO, opt-level "s") and stripped, must stay within
-/// KEDGE_SEND_ARMV7_BUDGET_BYTES. Prints the table of the README (aarch64 and x86_64 too) and where the code goes.
+/// KEDGE_SEND_ARMV7_BUDGET_BYTES. Prints the README's size table (aarch64 and x86_64 built the same way) and,
+/// for armv7, where the bytes go.
 #[test]
 fn kedge_send_for_armv7_stripped_fits_the_size_budget() {
     let scratch = Scratch::new("size");
     let mut rows = Vec::new();
     let mut armv7_size = 0;
-    let host = (
-        "x86_64-unknown-linux-gnu".to_owned(),
-        host_built(),
-        "cc".to_owned(),
-        "strip".to_owned(),
-        "nm".to_owned(),
-    );
-    let crosses = [&ARMV7, &AARCH64].map(|c| {
-        (
-            c.triple.to_owned(),
-            built(c),
-            c.tool("gcc"),
-            c.tool("strip"),
-            c.tool("nm"),
-        )
-    });
-    for (triple, b, cc, strip, nm) in crosses.iter().chain([&host]) {
+    for c in [&ARMV7, &AARCH64, &X86_64] {
+        let b = built(c);
         let program = b.programs.join("kedge-send");
-        let total = stripped_size(strip, &program, &scratch);
-        let empty = stripped_size(
-            strip,
-            &empty_program(cc, &b.native_libs, &scratch, triple),
-            &scratch,
-        );
+        let total = stripped_size(&c.tool("strip"), &program, &scratch);
+        let empty = empty_program(&c.tool("gcc"), &b.native_libs, &scratch, c.triple);
+        let without_library = stripped_size(&c.tool("strip"), &empty, &scratch);
         let archive = fs::metadata(b.lib_dir.join("libkusto_edge.a"))
             .unwrap()
             .len();
         rows.push(format!(
-            "{triple:<32} kedge-send {total:>8} B ({:>8}), of which library + kedge-send.c {:>8}; libkusto_edge.a {}",
+            "{:<30} kedge-send {total:>8} B = {:>9}; minus an empty C program: {:>9}; libkusto_edge.a {:>9}",
+            c.triple,
             kib(total),
-            kib(total.saturating_sub(empty)),
+            kib(total.saturating_sub(without_library)),
             kib(archive)
         ));
-        if triple.as_str() == ARMV7.triple {
+        if c.triple == ARMV7.triple {
             armv7_size = total;
-            let breakdown = size_by_origin(nm, &program);
+            let breakdown = size_by_origin(&c.tool("nm"), &program);
             let named: u64 = breakdown.iter().map(|(_, s)| s).sum();
             eprintln!(
-                "armv7 kedge-send, symbol sizes by origin ({} in named symbols):",
+                "armv7 kedge-send, code and named data by origin ({} in named symbols):",
                 kib(named)
             );
-            for (origin, size) in breakdown.iter().take(14) {
+            for (origin, size) in breakdown.iter().take(20) {
                 eprintln!("  {origin:<28} {:>8}", kib(*size));
             }
-            let sections = output_of(
-                Command::new(ARMV7.tool("size")).arg("-A").arg(&program),
-                "size",
-            );
-            eprintln!(
-                "armv7 kedge-send sections:\n{}",
-                String::from_utf8_lossy(&sections.stdout)
-            );
+            let sections = output_of(Command::new(c.tool("size")).arg("-A").arg(&program), "size");
+            let sections = String::from_utf8_lossy(&sections.stdout).into_owned();
+            eprintln!("armv7 kedge-send, sections over 8 KiB in the stripped program:");
+            for line in sections.lines() {
+                let mut f = line.split_whitespace();
+                if let (Some(name), Some(Ok(size))) = (f.next(), f.next().map(str::parse::<u64>)) {
+                    if size > 8192 && !name.starts_with(".debug") && name != "Total" {
+                        eprintln!("  {name:<28} {:>8}", kib(size));
+                    }
+                }
+            }
         }
     }
     eprintln!("stripped sizes (release profile):\n{}", rows.join("\n"));
@@ -992,12 +1035,12 @@ fn pkg_config_file_links_sensor_for_the_host_and_for_armv7() {
     require("pkg-config", "pkg-config");
     let scratch = Scratch::new("pkg-config");
     let sensor_c = Path::new(MANIFEST_DIR).join("examples-c/sensor.c");
-    let host = ("host", host_built(), "cc".to_owned());
-    let arm = ("armv7", built(&ARMV7), ARMV7.tool("gcc"));
-    for (tag, b, cc) in [host, arm] {
+    let host = ("host", host_lib_dir(), "cc".to_owned());
+    let arm = ("armv7", built(&ARMV7).lib_dir.as_path(), ARMV7.tool("gcc"));
+    for (tag, lib_dir, cc) in [host, arm] {
         let pc_dir = scratch.path(&format!("pc-{tag}"));
         fs::create_dir_all(&pc_dir).unwrap();
-        write_pc(&pc_dir, &b.lib_dir);
+        write_pc(&pc_dir, lib_dir);
         let out = output_of(
             Command::new("pkg-config")
                 .args(["--static", "--cflags", "--libs", "kusto_edge"])
@@ -1080,9 +1123,9 @@ fn cmake_example_builds_sensor_natively_and_for_armv7_with_the_toolchain_file() 
     require("cmake", "cmake");
     let examples = Path::new(MANIFEST_DIR).join("examples-c");
     let toolchain = examples.join("cmake/armv7-linux-gnueabihf.cmake");
-    let host = ("x86_64", host_built(), None);
-    let arm = ("armv7", built(&ARMV7), Some(&toolchain));
-    for (tag, b, toolchain) in [host, arm] {
+    let host = ("x86_64", host_lib_dir(), None);
+    let arm = ("armv7", built(&ARMV7).lib_dir.as_path(), Some(&toolchain));
+    for (tag, lib_dir, toolchain) in [host, arm] {
         let build = target_dir().join(format!("cmake-build-{tag}"));
         let _ = fs::remove_dir_all(&build);
         let mut args: Vec<std::ffi::OsString> = vec![
@@ -1091,7 +1134,7 @@ fn cmake_example_builds_sensor_natively_and_for_armv7_with_the_toolchain_file() 
             "-B".into(),
             build.clone().into(),
         ];
-        args.push(format!("-DKUSTO_EDGE_LIB_DIR={}", b.lib_dir.display()).into());
+        args.push(format!("-DKUSTO_EDGE_LIB_DIR={}", lib_dir.display()).into());
         args.push("-DCMAKE_BUILD_TYPE=Release".into());
         if let Some(t) = toolchain {
             args.push(format!("-DCMAKE_TOOLCHAIN_FILE={}", t.display()).into());

@@ -8,6 +8,9 @@ use std::time::{Duration, Instant};
 use kusto_devserver::{Fault, Faults, Server, ServerConfig};
 use kusto_edge::{Client, Config, ErrorKind, Outcome};
 
+mod common;
+use common::seqs;
+
 struct Reports(Mutex<Vec<(Outcome, u64, String)>>);
 
 fn tls_server() -> Server {
@@ -57,23 +60,6 @@ fn record(seq: u64) -> String {
         20 + seq % 7,
         seq % 10
     )
-}
-
-fn seqs(server: &Server, db: &str, table: &str) -> Vec<u64> {
-    server
-        .records(db, table)
-        .iter()
-        .map(|r| {
-            let s = std::str::from_utf8(r).unwrap();
-            let i = s.find("\"seq\":").unwrap() + 6;
-            s[i..]
-                .split(|c: char| !c.is_ascii_digit())
-                .next()
-                .unwrap()
-                .parse()
-                .unwrap()
-        })
-        .collect()
 }
 
 #[test]

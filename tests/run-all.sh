@@ -6,6 +6,7 @@ cd "$(dirname "$0")/.."
 
 packages=(gcc g++ make cmake pkg-config
           gcc-arm-linux-gnueabihf gcc-aarch64-linux-gnu libc6-dev-armhf-cross libc6-dev-arm64-cross
+          g++-arm-linux-gnueabihf g++-aarch64-linux-gnu
           qemu-user-static)
 missing=()
 for p in "${packages[@]}"; do
@@ -26,3 +27,5 @@ rustup component list --installed 2>/dev/null | grep -q '^rustfmt' || rustup com
 
 cargo fmt --all -- --check
 cargo test --workspace --locked
+# The library's unit tests on 32-bit ARM, under qemu (the runner in .cargo/config.toml).
+cargo test --locked --lib --target armv7-unknown-linux-gnueabihf
