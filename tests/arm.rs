@@ -7,7 +7,7 @@
 //! `cargo rustc --release --lib --target T --crate-type staticlib -- --print native-static-libs`
 //! into the usual target directory (`CARGO_TARGET_DIR` if set, else `<crate>/target`). That is the firmware build
 //! the README gives: with the staticlib alone, the release profile's LTO applies (`cargo build --release --lib`
-//! builds the rlib too, and then cargo does not run LTO: a 1.8 times larger program on armv7), and rustc prints
+//! builds the rlib too, and then cargo does not run LTO: a 1.75 times larger program on armv7), and rustc prints
 //! the system libraries the archive needs, which are what the programs are linked with and what the Makefile,
 //! `kusto_edge.pc.in`, the CMake example and the README must say.
 //! Missing cross tools fail the tests with the package to install (`bash tests/run-all.sh` installs them all).
