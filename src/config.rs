@@ -23,6 +23,9 @@ pub const FIXED_OVERHEAD_BYTES: usize = 320 * 1024;
 
 /// Heap of an open spool besides its index: the 64 KiB scratch that verifies chunks, directory listings.
 pub const SPOOL_FIXED_BYTES: u64 = 96 * 1024;
+/// Heap of a credential while it fetches a token: the token endpoint's answer (read up to 64 KiB), the request
+/// form, an RSA key and certificate for client assertions, the cached token.
+pub const AUTH_BYTES: u64 = 96 * 1024;
 /// Heap per chunk in the spool's index (entry, tree node, file name while listing).
 pub const SPOOL_BYTES_PER_CHUNK: u64 = 192;
 
@@ -554,6 +557,11 @@ impl Config {
             + self.ca_pem.len() as u64 * 2
             + FIXED_OVERHEAD_BYTES as u64
             + self.spool_memory()
+            + if self.auth.method().is_some() {
+                AUTH_BYTES
+            } else {
+                0
+            }
     }
 
     /// The spool's share: its index (one entry per chunk), the scratch that verifies chunks on open, and with

@@ -210,3 +210,58 @@ fn heap_stays_within_the_bound_while_a_50_mb_outage_goes_to_the_spool_and_drains
     drop(client);
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+#[test]
+fn heap_stays_within_the_bound_with_a_credential_that_refreshes_its_token() {
+    let server = Server::start(ServerConfig {
+        tls: true,
+        auth: Some(kusto_devserver::AuthConfig {
+            token_lifetime: std::time::Duration::from_secs(2),
+            ..Default::default()
+        }),
+        ..Default::default()
+    })
+    .unwrap();
+    server.register_secret_client("app-1", "memory-secret");
+    let mut cfg = Config::default();
+    cfg.set("url", &server.url()).unwrap();
+    cfg.add_ca_pem(server.ca_pem().unwrap().as_bytes()).unwrap();
+    cfg.set("tls.bundled_roots", "false").unwrap();
+    for (k, v) in [
+        ("auth.tenant", "test-tenant"),
+        ("auth.client_id", "app-1"),
+        ("auth.client_secret", "memory-secret"),
+        ("auth.authority_host", &server.url()),
+        ("proxy.url", "none"),
+        ("destinations.max", "1"),
+        ("batch.bytes", "262144"),
+    ] {
+        cfg.set(k, v).unwrap();
+    }
+    let bound = cfg.memory_bound() as usize;
+    start_tracking();
+    let client = Client::new(&cfg, None, None).unwrap();
+    let d = client.add_destination("db", "t", "csv", None).unwrap();
+    let started = std::time::Instant::now();
+    let mut seq = 0u64;
+    while started.elapsed() < std::time::Duration::from_secs(5) {
+        let line = format!("{seq},gw,{}.{},authenticated reading", seq % 90, seq % 10);
+        client.append(d, line.as_bytes()).unwrap();
+        seq += 1;
+        if seq.is_multiple_of(20_000) {
+            client.flush().unwrap();
+            server.reset();
+        }
+    }
+    client.flush().unwrap();
+    let peak = peak();
+    TRACK.with(|t| t.set(false));
+    let fetches = server.auth_stats().secret_requests;
+    eprintln!("auth: bound {bound} B, peak {peak} B, {fetches} token fetches, {seq} records");
+    assert!(fetches >= 2, "the token was refreshed during the run");
+    assert!(
+        peak <= bound,
+        "peak {peak} exceeds the computed bound {bound}"
+    );
+    drop(client);
+}
