@@ -13,21 +13,19 @@
 //! Missing cross tools fail the tests with the package to install (`bash tests/run-all.sh` installs them all).
 
 use std::collections::{HashMap, HashSet};
-use std::fs::{self, File};
-use std::io::{BufWriter, Write};
+use std::fs::{self};
 use std::path::{Path, PathBuf};
-use std::process::{Command, ExitStatus, Output, Stdio};
-use std::sync::atomic::{AtomicU32, Ordering};
-use std::sync::{Mutex, MutexGuard, OnceLock};
+use std::process::{Command, Output, Stdio};
+use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
-use kusto_devserver::{Server, ServerConfig};
+mod programs;
+use programs::*;
 
 /// The size budget of `kedge-send` for armv7, linked with the release profile and stripped: the library plus a
 /// small C program, dynamically linked against glibc. README "Cross-compiling for ARM" refers to this constant.
 pub const KEDGE_SEND_ARMV7_BUDGET_BYTES: u64 = 1536 * 1024; // 1.5 MiB
 
-const MANIFEST_DIR: &str = env!("CARGO_MANIFEST_DIR");
 const INSTALL_HINT: &str = "`bash tests/run-all.sh` installs every tool the tests need";
 
 /// A gateway target: the Rust triple and the Debian cross toolchain and emulator for it.
@@ -115,20 +113,6 @@ fn require(tool: &str, package: &str) {
         found,
         "{tool} not found: install the Debian package {package} ({INSTALL_HINT})"
     );
-}
-
-fn target_dir() -> PathBuf {
-    match std::env::var_os("CARGO_TARGET_DIR") {
-        Some(d) if !d.is_empty() => {
-            let d = PathBuf::from(d);
-            if d.is_absolute() {
-                d
-            } else {
-                Path::new(MANIFEST_DIR).join(d)
-            }
-        }
-        _ => Path::new(MANIFEST_DIR).join("target"),
-    }
 }
 
 fn output_of(cmd: &mut Command, what: &str) -> Output {
@@ -291,109 +275,6 @@ fn host_lib_dir() -> &'static Path {
     }
 }
 
-/// One emulated program at a time: under qemu, retry timings are tight enough without another program's load.
-fn serial() -> MutexGuard<'static, ()> {
-    static SERIAL: Mutex<()> = Mutex::new(());
-    SERIAL.lock().unwrap_or_else(|p| p.into_inner())
-}
-
-/// A fresh directory for one test's files, removed when the test passes.
-struct Scratch(PathBuf);
-
-impl Scratch {
-    fn new(name: &str) -> Scratch {
-        // Unique per call: several tests run the same helper (the sensor check) with the same name.
-        static NEXT: AtomicU32 = AtomicU32::new(0);
-        let n = NEXT.fetch_add(1, Ordering::Relaxed);
-        let d = target_dir()
-            .join("arm-tests")
-            .join(format!("{name}-{}-{n}", std::process::id()));
-        let _ = fs::remove_dir_all(&d);
-        fs::create_dir_all(&d).expect("scratch dir");
-        Scratch(d)
-    }
-    fn path(&self, file: &str) -> PathBuf {
-        self.0.join(file)
-    }
-}
-
-impl Drop for Scratch {
-    fn drop(&mut self) {
-        if !std::thread::panicking() {
-            let _ = fs::remove_dir_all(&self.0);
-        }
-    }
-}
-
-struct Outcome {
-    status: ExitStatus,
-    stdout: String,
-    stderr: String,
-    took: Duration,
-}
-
-impl Outcome {
-    fn describe(&self) -> String {
-        let tail = |s: &str| {
-            let mut start = s.len().saturating_sub(8000);
-            while !s.is_char_boundary(start) {
-                start += 1;
-            }
-            s[start..].to_owned()
-        };
-        format!(
-            "{:?} after {:?}\n--- stdout\n{}\n--- stderr\n{}",
-            self.status,
-            self.took,
-            tail(&self.stdout),
-            tail(&self.stderr)
-        )
-    }
-}
-
-/// Runs a program with its output going to files (no pipe to fill up), killing it after `limit`.
-fn run(mut cmd: Command, scratch: &Scratch, limit: Duration) -> Outcome {
-    let out_path = scratch.path("stdout.txt");
-    let err_path = scratch.path("stderr.txt");
-    cmd.stdout(File::create(&out_path).expect("stdout file"));
-    cmd.stderr(File::create(&err_path).expect("stderr file"));
-    cmd.stdin(Stdio::null());
-    for var in [
-        "KEDGE_TOKEN",
-        "KEDGE_URL",
-        "KEDGE_CA_FILE",
-        "KEDGE_DATABASE",
-        "KEDGE_TABLE",
-        "SENSOR_RECORDS",
-    ] {
-        cmd.env_remove(var);
-    }
-    let started = Instant::now();
-    let mut child = cmd
-        .spawn()
-        .unwrap_or_else(|e| panic!("cannot run {cmd:?}: {e}"));
-    let status = loop {
-        if let Some(s) = child.try_wait().expect("wait") {
-            break s;
-        }
-        if started.elapsed() > limit {
-            let _ = child.kill();
-            let _ = child.wait();
-            panic!(
-                "{cmd:?} still running after {limit:?}\n--- stderr\n{}",
-                fs::read_to_string(&err_path).unwrap_or_default()
-            );
-        }
-        std::thread::sleep(Duration::from_millis(10));
-    };
-    Outcome {
-        status,
-        stdout: fs::read_to_string(&out_path).unwrap_or_default(),
-        stderr: fs::read_to_string(&err_path).unwrap_or_default(),
-        took: started.elapsed(),
-    }
-}
-
 /// `program` (an ARM executable) under user-mode qemu, with the target's glibc from its Debian sysroot.
 fn emulated(c: &Cross, program: &Path) -> Command {
     assert!(program.is_file(), "{} was not built", program.display());
@@ -415,85 +296,13 @@ fn elf_machine(program: &Path) -> u16 {
     u16::from_le_bytes([bytes[18], bytes[19]])
 }
 
-fn tls_server() -> Server {
-    Server::start(ServerConfig {
-        tls: true,
-        ..Default::default()
-    })
-    .expect("start devserver")
-}
-
-fn write_ca(server: &Server, scratch: &Scratch) -> PathBuf {
-    let path = scratch.path("ca.pem");
-    fs::write(&path, server.ca_pem().expect("TLS server has a CA")).expect("write CA");
-    path
-}
-
-/// `n` JSON lines of about 100 bytes, each with its own sequence number.
-fn write_records(path: &Path, n: u64) {
-    let mut w = BufWriter::new(File::create(path).expect("records file"));
-    for seq in 0..n {
-        writeln!(
-            w,
-            "{{\"seq\":{seq},\"device\":\"gw-1\",\"site\":\"plant-7\",\"temp\":{:.1},\"humidity\":{},\"status\":\"ok\",\"fw\":\"1.4.2\"}}",
-            20.0 + (seq % 100) as f64 / 10.0,
-            30 + seq % 40
-        )
-        .expect("write record");
-    }
-    w.flush().expect("flush records");
-}
-
-/// The `"seq":N` of a stored record.
-fn seq_of(record: &[u8]) -> Option<u64> {
-    let key = b"\"seq\":";
-    let at = record.windows(key.len()).position(|w| w == key)? + key.len();
-    let digits: Vec<u8> = record[at..]
-        .iter()
-        .copied()
-        .take_while(u8::is_ascii_digit)
-        .collect();
-    std::str::from_utf8(&digits).ok()?.parse().ok()
-}
-
-/// Every sequence number 0..n arrived exactly once, and nothing else did.
-fn assert_each_seq_once(records: &[Vec<u8>], n: u64) {
-    let mut seen: HashMap<u64, usize> = HashMap::new();
-    for r in records {
-        let seq = seq_of(r)
-            .unwrap_or_else(|| panic!("stored record without seq: {}", String::from_utf8_lossy(r)));
-        *seen.entry(seq).or_default() += 1;
-    }
-    let missing: Vec<u64> = (0..n).filter(|s| !seen.contains_key(s)).take(10).collect();
-    let dups: Vec<(u64, usize)> = seen
-        .iter()
-        .filter(|(_, &c)| c > 1)
-        .map(|(&s, &c)| (s, c))
-        .take(10)
-        .collect();
-    let strays: Vec<u64> = seen.keys().copied().filter(|&s| s >= n).take(10).collect();
-    assert!(
-        missing.is_empty(),
-        "records missing (first 10): {missing:?}; {} stored of {n}",
-        records.len()
-    );
-    assert!(
-        dups.is_empty(),
-        "records stored more than once (seq, times): {dups:?}"
-    );
-    assert!(
-        strays.is_empty(),
-        "records that were never sent: {strays:?}"
-    );
-    assert_eq!(records.len() as u64, n);
-}
-
 fn api_robustness_passes(c: &Cross) {
     let b = built(c);
     let _g = serial();
     let scratch = Scratch::new(&format!("robustness-{}", c.triple));
     let out = run(
         emulated(c, &b.programs.join("api_robustness")),
+        None,
         &scratch,
         Duration::from_secs(180),
     );
@@ -525,11 +334,11 @@ fn api_robustness_passes(c: &Cross) {
 fn sensor_delivers_every_record(c: &Cross, program: &Path) {
     let _g = serial();
     let scratch = Scratch::new(&format!("sensor-{}", c.triple));
-    let server = tls_server();
+    let server = tls_server(None);
     let ca = write_ca(&server, &scratch);
     let mut cmd = emulated(c, program);
     cmd.arg(server.url()).arg(&ca);
-    let out = run(cmd, &scratch, Duration::from_secs(180));
+    let out = run(cmd, None, &scratch, Duration::from_secs(180));
     assert_eq!(
         out.status.code(),
         Some(0),
@@ -562,7 +371,7 @@ fn kedge_send_streams_every_record_exactly_once(c: &Cross) {
     let b = built(c);
     let _g = serial();
     let scratch = Scratch::new(&format!("e2e-{}", c.triple));
-    let server = tls_server();
+    let server = tls_server(None);
     let ca = write_ca(&server, &scratch);
     let input = scratch.path("records.jsonl");
     write_records(&input, E2E_RECORDS);
@@ -579,7 +388,7 @@ fn kedge_send_streams_every_record_exactly_once(c: &Cross) {
     .arg(&ca)
     .args(["--batch-bytes", "262144"])
     .arg(&input);
-    let out = run(cmd, &scratch, Duration::from_secs(300));
+    let out = run(cmd, None, &scratch, Duration::from_secs(300));
     assert_eq!(
         out.status.code(),
         Some(0),
@@ -818,7 +627,7 @@ fn header_uses_fixed_width_types_only_and_compiles_as_c99_and_cxx_for_arm() {
             c.triple,
             stderr_of(&out)
         );
-        let out = run(emulated(c, &exe), &scratch, Duration::from_secs(60));
+        let out = run(emulated(c, &exe), None, &scratch, Duration::from_secs(60));
         assert_eq!(
             out.status.code(),
             Some(0),
@@ -1092,11 +901,11 @@ fn pkg_config_file_links_sensor_for_the_host_and_for_armv7() {
 fn sensor_delivers_every_record_natively(program: &Path) {
     let _g = serial();
     let scratch = Scratch::new("sensor-host");
-    let server = tls_server();
+    let server = tls_server(None);
     let ca = write_ca(&server, &scratch);
     let mut cmd = Command::new(program);
     cmd.arg(server.url()).arg(&ca);
-    let out = run(cmd, &scratch, Duration::from_secs(60));
+    let out = run(cmd, None, &scratch, Duration::from_secs(60));
     assert_eq!(out.status.code(), Some(0), "sensor: {}", out.describe());
     assert_each_seq_once(&server.records("edge", "Telemetry"), 300);
 }

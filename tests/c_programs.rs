@@ -8,37 +8,22 @@
 
 use std::collections::{HashMap, HashSet};
 use std::fs::{self, File};
-use std::io::{BufWriter, Write};
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};
-use std::process::{Command, ExitStatus, Stdio};
-use std::sync::{Mutex, MutexGuard, OnceLock};
+use std::process::{Command, Stdio};
+use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
 use kusto_devserver::{Fault, Faults, RequestLog, Server, ServerConfig};
 
-const MANIFEST_DIR: &str = env!("CARGO_MANIFEST_DIR");
+mod programs;
+use programs::*;
+
 const MAX_REQUEST_RAW_BYTES: usize = 4 * 1024 * 1024;
 
 struct Built {
     /// Where `make` put the programs.
     programs: PathBuf,
-    /// Scratch space for the tests' files.
-    scratch: PathBuf,
-}
-
-fn target_dir() -> PathBuf {
-    match std::env::var_os("CARGO_TARGET_DIR") {
-        Some(d) if !d.is_empty() => {
-            let d = PathBuf::from(d);
-            if d.is_absolute() {
-                d
-            } else {
-                Path::new(MANIFEST_DIR).join(d)
-            }
-        }
-        _ => Path::new(MANIFEST_DIR).join("target"),
-    }
 }
 
 fn build_everything() -> Result<Built, String> {
@@ -80,9 +65,7 @@ fn build_everything() -> Result<Built, String> {
             String::from_utf8_lossy(&make.stderr)
         ));
     }
-    let scratch = target.join("c-tests");
-    fs::create_dir_all(&scratch).map_err(|e| format!("{}: {e}", scratch.display()))?;
-    Ok(Built { programs, scratch })
+    Ok(Built { programs })
 }
 
 fn built() -> &'static Built {
@@ -93,194 +76,10 @@ fn built() -> &'static Built {
     }
 }
 
-/// One program at a time: the retry timings of one must not be stretched by another's CPU use.
-fn serial() -> MutexGuard<'static, ()> {
-    static SERIAL: Mutex<()> = Mutex::new(());
-    SERIAL.lock().unwrap_or_else(|p| p.into_inner())
-}
-
-/// A fresh directory for one test's files, removed when the test passes.
-struct Scratch(PathBuf);
-
-impl Scratch {
-    fn new(name: &str) -> Scratch {
-        let d = built()
-            .scratch
-            .join(format!("{name}-{}", std::process::id()));
-        let _ = fs::remove_dir_all(&d);
-        fs::create_dir_all(&d).expect("scratch dir");
-        Scratch(d)
-    }
-    fn path(&self, file: &str) -> PathBuf {
-        self.0.join(file)
-    }
-}
-
-impl Drop for Scratch {
-    fn drop(&mut self) {
-        if !std::thread::panicking() {
-            let _ = fs::remove_dir_all(&self.0);
-        }
-    }
-}
-
-struct Outcome {
-    status: ExitStatus,
-    stdout: String,
-    stderr: String,
-    took: Duration,
-}
-
-impl Outcome {
-    fn code(&self) -> Option<i32> {
-        self.status.code()
-    }
-    fn describe(&self) -> String {
-        format!(
-            "{:?} after {:?}\n--- stdout\n{}\n--- stderr\n{}",
-            self.status,
-            self.took,
-            self.stdout,
-            tail(&self.stderr)
-        )
-    }
-}
-
-fn tail(s: &str) -> &str {
-    let max = 8000;
-    if s.len() <= max {
-        return s;
-    }
-    let mut start = s.len() - max;
-    while !s.is_char_boundary(start) {
-        start += 1;
-    }
-    &s[start..]
-}
-
-/// Runs a program with its output going to files (no pipe to fill up), killing it after `limit`.
-fn run(mut cmd: Command, stdin: Option<&Path>, scratch: &Scratch, limit: Duration) -> Outcome {
-    let out_path = scratch.path("stdout.txt");
-    let err_path = scratch.path("stderr.txt");
-    cmd.stdout(File::create(&out_path).expect("stdout file"));
-    cmd.stderr(File::create(&err_path).expect("stderr file"));
-    cmd.stdin(match stdin {
-        Some(p) => Stdio::from(File::open(p).expect("stdin file")),
-        None => Stdio::null(),
-    });
-    for var in [
-        "KEDGE_TOKEN",
-        "KEDGE_URL",
-        "KEDGE_CA_FILE",
-        "KEDGE_DATABASE",
-        "KEDGE_TABLE",
-        "SENSOR_RECORDS",
-    ] {
-        cmd.env_remove(var);
-    }
-    let started = Instant::now();
-    let mut child = cmd.spawn().expect("spawn program");
-    let status = loop {
-        if let Some(s) = child.try_wait().expect("wait") {
-            break s;
-        }
-        if started.elapsed() > limit {
-            let _ = child.kill();
-            let _ = child.wait();
-            panic!(
-                "{:?} still running after {limit:?}\n--- stderr\n{}",
-                cmd,
-                tail(&fs::read_to_string(&err_path).unwrap_or_default())
-            );
-        }
-        std::thread::sleep(Duration::from_millis(10));
-    };
-    Outcome {
-        status,
-        stdout: fs::read_to_string(&out_path).unwrap_or_default(),
-        stderr: fs::read_to_string(&err_path).unwrap_or_default(),
-        took: started.elapsed(),
-    }
-}
-
 fn program(name: &str) -> Command {
     let path = built().programs.join(name);
     assert!(path.is_file(), "{} was not built", path.display());
     Command::new(path)
-}
-
-fn tls_server(token: Option<&str>) -> Server {
-    Server::start(ServerConfig {
-        tls: true,
-        token: token.map(str::to_owned),
-        ..Default::default()
-    })
-    .expect("start devserver")
-}
-
-fn write_ca(server: &Server, scratch: &Scratch) -> PathBuf {
-    let path = scratch.path("ca.pem");
-    fs::write(&path, server.ca_pem().expect("TLS server has a CA")).expect("write CA");
-    path
-}
-
-/// `n` JSON lines of about 100 bytes, each with its own sequence number.
-fn write_records(path: &Path, n: u64) {
-    let mut w = BufWriter::new(File::create(path).expect("records file"));
-    for seq in 0..n {
-        writeln!(
-            w,
-            "{{\"seq\":{seq},\"device\":\"gw-1\",\"site\":\"plant-7\",\"temp\":{:.1},\"humidity\":{},\"status\":\"ok\",\"fw\":\"1.4.2\"}}",
-            20.0 + (seq % 100) as f64 / 10.0,
-            30 + seq % 40
-        )
-        .expect("write record");
-    }
-    w.flush().expect("flush records");
-}
-
-/// The `"seq":N` of a stored record.
-fn seq_of(record: &[u8]) -> Option<u64> {
-    let key = b"\"seq\":";
-    let at = record.windows(key.len()).position(|w| w == key)? + key.len();
-    let digits: Vec<u8> = record[at..]
-        .iter()
-        .copied()
-        .take_while(u8::is_ascii_digit)
-        .collect();
-    std::str::from_utf8(&digits).ok()?.parse().ok()
-}
-
-/// Every sequence number 0..n arrived exactly once, and nothing else did.
-fn assert_each_seq_once(records: &[Vec<u8>], n: u64) {
-    let mut seen: HashMap<u64, usize> = HashMap::new();
-    for r in records {
-        let seq = seq_of(r)
-            .unwrap_or_else(|| panic!("stored record without seq: {}", String::from_utf8_lossy(r)));
-        *seen.entry(seq).or_default() += 1;
-    }
-    let missing: Vec<u64> = (0..n).filter(|s| !seen.contains_key(s)).take(10).collect();
-    let dups: Vec<(u64, usize)> = seen
-        .iter()
-        .filter(|(_, &c)| c > 1)
-        .map(|(&s, &c)| (s, c))
-        .take(10)
-        .collect();
-    let strays: Vec<u64> = seen.keys().copied().filter(|&s| s >= n).take(10).collect();
-    assert!(
-        missing.is_empty(),
-        "records missing (first 10): {missing:?}; {} stored of {n}",
-        records.len()
-    );
-    assert!(
-        dups.is_empty(),
-        "records stored more than once (seq, times): {dups:?}"
-    );
-    assert!(
-        strays.is_empty(),
-        "records that were never sent: {strays:?}"
-    );
-    assert_eq!(records.len() as u64, n);
 }
 
 fn assert_request_ids_unique(requests: &[RequestLog]) {
