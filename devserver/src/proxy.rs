@@ -151,16 +151,7 @@ impl Drop for ConnectProxy {
             return;
         };
         self.shared.stopping.store(true, Ordering::SeqCst);
-        let wake = match self.addr.ip() {
-            IpAddr::V4(ip) if ip.is_unspecified() => {
-                SocketAddr::new(Ipv4Addr::LOCALHOST.into(), self.addr.port())
-            }
-            IpAddr::V6(ip) if ip.is_unspecified() => {
-                SocketAddr::new(Ipv6Addr::LOCALHOST.into(), self.addr.port())
-            }
-            _ => self.addr,
-        };
-        let _ = TcpStream::connect_timeout(&wake, Duration::from_secs(1));
+        http::wake_accept(self.addr);
         let _ = accept.join();
         for streams in lock(&self.shared.conns).values() {
             for s in streams {
@@ -328,32 +319,11 @@ fn authorized(cfg: &ProxyConfig, req: &Request) -> bool {
 }
 
 fn answer(w: &mut TcpStream, status: u16, text: &str, close: bool) -> io::Result<()> {
-    let reason_known = http::reason(status) != "Unknown";
     let mut resp = Response::text(status, format!("{text}\n"));
     if status == 407 {
         resp = resp.header("Proxy-Authenticate", format!("Basic realm=\"{REALM}\""));
     }
-    if reason_known {
-        return http::write_response(w, &resp, close);
-    }
-    let reason = match status {
-        407 => "Proxy Authentication Required",
-        502 => "Bad Gateway",
-        _ => "Error",
-    };
-    let mut head = format!("HTTP/1.1 {status} {reason}\r\n");
-    for (k, v) in &resp.headers {
-        head.push_str(&format!("{k}: {v}\r\n"));
-    }
-    head.push_str(&format!("Content-Length: {}\r\n", resp.body.len()));
-    if close {
-        head.push_str("Connection: close\r\n");
-    }
-    head.push_str("\r\n");
-    let mut all = head.into_bytes();
-    all.extend_from_slice(&resp.body);
-    w.write_all(&all)?;
-    w.flush()
+    http::write_response(w, &resp, close)
 }
 
 fn serve(shared: &Arc<Shared>, id: u64, client: TcpStream) -> io::Result<()> {
