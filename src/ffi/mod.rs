@@ -993,4 +993,106 @@ mod tests {
         // "abcd" + 'é' (2 bytes) does not fit in 5: the 'é' is left out whole.
         assert_eq!(unsafe { CStr::from_ptr(buf.as_ptr()) }.to_bytes(), b"abcd");
     }
+
+    /// The config half of the C API with real pointers, NULLs and short buffers: what Miri checks for
+    /// undefined behaviour (the client half needs ring's C code, which Miri cannot run).
+    #[test]
+    fn config_functions_handle_null_garbage_and_short_buffers() {
+        unsafe {
+            assert_eq!(
+                kedge_config_new(std::ptr::null_mut()),
+                kedge_result::KEDGE_NULL_PARAMETER
+            );
+            let mut cfg: *mut kedge_config = std::ptr::null_mut();
+            assert_eq!(kedge_config_new(&mut cfg), kedge_result::KEDGE_OK);
+            let mut err = [0x55 as c_char; 8];
+            let r = kedge_config_set(
+                cfg,
+                c"batch.bytes".as_ptr(),
+                c"12".as_ptr(),
+                err.as_mut_ptr(),
+                err.len(),
+            );
+            assert_eq!(r, kedge_result::KEDGE_CONFIG_INVALID_VALUE);
+            assert_eq!(
+                CStr::from_ptr(err.as_ptr()).to_bytes().len(),
+                7,
+                "truncated to the buffer, terminated"
+            );
+            let r = kedge_config_set(
+                cfg,
+                c"no.such".as_ptr(),
+                c"1".as_ptr(),
+                std::ptr::null_mut(),
+                0,
+            );
+            assert_eq!(r, kedge_result::KEDGE_CONFIG_UNKNOWN_KEY);
+            let bad_utf8 = [0xffu8, 0xfe, 0];
+            let r = kedge_config_set(
+                cfg,
+                c"url".as_ptr(),
+                bad_utf8.as_ptr() as *const c_char,
+                err.as_mut_ptr(),
+                1,
+            );
+            assert_eq!(r, kedge_result::KEDGE_INVALID_ARGUMENT);
+            assert_eq!(err[0], 0, "a one-byte buffer holds just the terminator");
+            assert_eq!(
+                kedge_config_set(
+                    cfg,
+                    std::ptr::null(),
+                    c"x".as_ptr(),
+                    std::ptr::null_mut(),
+                    0
+                ),
+                kedge_result::KEDGE_NULL_PARAMETER
+            );
+            assert_eq!(
+                kedge_config_set_ca_pem(cfg, std::ptr::null(), 5),
+                kedge_result::KEDGE_NULL_PARAMETER
+            );
+            assert_eq!(
+                kedge_config_set_ca_pem(cfg, b"junk".as_ptr(), 4),
+                kedge_result::KEDGE_TLS_CONFIG
+            );
+            assert_eq!(
+                kedge_config_set_spool_key(cfg, [7u8; 31].as_ptr(), 31),
+                kedge_result::KEDGE_INVALID_ARGUMENT
+            );
+            assert_eq!(
+                kedge_config_set_spool_key(cfg, [7u8; 32].as_ptr(), 32),
+                kedge_result::KEDGE_OK
+            );
+            let mut bound = 0u64;
+            assert_eq!(
+                kedge_config_memory_bound(cfg, &mut bound),
+                kedge_result::KEDGE_OK
+            );
+            assert!(bound > 1 << 20);
+            assert_eq!(
+                kedge_config_memory_bound(std::ptr::null(), &mut bound),
+                kedge_result::KEDGE_NULL_PARAMETER
+            );
+            let mut client: *mut kedge_client = std::ptr::null_mut();
+            let r = kedge_client_new(cfg, &mut client, err.as_mut_ptr(), err.len());
+            assert_eq!(r, kedge_result::KEDGE_CONFIG_INCOMPLETE, "no url");
+            assert!(client.is_null(), "outputs are written only on success");
+            kedge_config_free(cfg);
+            kedge_config_free(std::ptr::null_mut());
+            kedge_client_free(std::ptr::null_mut());
+            let mut stats = kedge_stats::default();
+            assert_eq!(
+                kedge_client_stats(
+                    std::ptr::null(),
+                    &mut stats,
+                    std::mem::size_of::<kedge_stats>()
+                ),
+                kedge_result::KEDGE_NULL_PARAMETER
+            );
+            assert_eq!(
+                kedge_append(std::ptr::null_mut(), 0, b"x".as_ptr(), 1),
+                kedge_result::KEDGE_NULL_PARAMETER
+            );
+        }
+    }
 }
