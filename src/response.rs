@@ -271,7 +271,13 @@ fn parse_http_date(v: &str) -> Option<u64> {
     .iter()
     .position(|m| *m == month_name)? as u64
         + 1;
-    let year: i64 = it.next()?.parse().ok()?;
+    // IMF-fixdate years have four digits; anything else is a server that lies, and unchecked calendar
+    // arithmetic on it would overflow (found by fuzzing).
+    let year: i64 = it
+        .next()?
+        .parse()
+        .ok()
+        .filter(|y| (1970..=9999).contains(y))?;
     let mut hms = it.next()?.split(':').map(|p| p.parse::<u64>().ok());
     let (h, m, s) = (hms.next()??, hms.next()??, hms.next()??);
     if it.next()? != "GMT"
@@ -653,6 +659,15 @@ mod tests {
             parse_retry_after("Sun, 32 Nov 1994 08:49:47 GMT", now),
             None
         );
+        // The fuzzer's finds (fuzz/artifacts/classify_response): dates whose calendar arithmetic overflowed.
+        for date in [
+            "Sun, 06 Nov 584554051224 08:49:37 GMT",
+            "Sun, 06 Nov 1000000000000000000 08:49:37 GMT",
+            "Sun, 06 Jan -9223372036854775808 08:49:37 GMT",
+            "Sun, 06 Nov 10000 08:49:37 GMT",
+        ] {
+            assert_eq!(parse_retry_after(date, now), None, "{date}");
+        }
     }
 
     #[test]
