@@ -1158,6 +1158,8 @@ impl Client {
 
     /// The `Authorization` value for the next request, from the token cache (refreshed ahead of expiry, or now
     /// after a 401). Built inside a zeroed-on-drop string so no copy of the token lingers in freed memory.
+    // A failure is a fixed-size value on purpose: handling one must not allocate.
+    #[allow(clippy::result_large_err)]
     fn bearer(&self, force_refresh: bool) -> Result<Option<SecretString>, Failure> {
         let Some(cache) = &self.auth else {
             return Ok(None);
