@@ -222,25 +222,6 @@ fn build_cross(c: &Cross) -> Result<Built, String> {
     })
 }
 
-/// The host library as `cargo build --release --lib` gives it (the command tests/c_programs.rs runs, so neither
-/// rebuilds it for the other): what the pkg-config and CMake tests link natively.
-fn build_host() -> Result<PathBuf, String> {
-    let target = target_dir();
-    let cargo = Command::new(env!("CARGO"))
-        .args(["build", "--release", "--lib"])
-        .current_dir(MANIFEST_DIR)
-        .env("CARGO_TARGET_DIR", &target)
-        .output()
-        .map_err(|e| format!("cannot run cargo: {e}"))?;
-    if !cargo.status.success() {
-        return Err(format!(
-            "cargo build --release --lib failed:\n{}",
-            String::from_utf8_lossy(&cargo.stderr)
-        ));
-    }
-    Ok(target.join("release"))
-}
-
 fn built(c: &Cross) -> &'static Built {
     static ARMV7_BUILT: OnceLock<Result<Built, String>> = OnceLock::new();
     static AARCH64_BUILT: OnceLock<Result<Built, String>> = OnceLock::new();
@@ -269,7 +250,7 @@ fn built(c: &Cross) -> &'static Built {
 
 fn host_lib_dir() -> &'static Path {
     static HOST_BUILT: OnceLock<Result<PathBuf, String>> = OnceLock::new();
-    match HOST_BUILT.get_or_init(build_host) {
+    match HOST_BUILT.get_or_init(build_host_lib) {
         Ok(d) => d,
         Err(e) => panic!("{e}"),
     }

@@ -12,6 +12,12 @@ use kusto_devserver::{
 use kusto_edge::{Client, Config, ErrorKind, LogLevel};
 
 const SECRET: &str = "s3cret-Value-7731";
+/// The registered app and its secret, as config keys.
+const SECRET_CREDS: &[(&str, &str)] = &[
+    ("auth.tenant", "test-tenant"),
+    ("auth.client_id", "app-1"),
+    ("auth.client_secret", SECRET),
+];
 
 fn fixture(name: &str) -> String {
     format!("{}/devserver/fixtures/{name}", env!("CARGO_MANIFEST_DIR"))
@@ -56,14 +62,7 @@ fn send_some(client: &Client, table: &str, n: usize) {
 #[test]
 fn client_secret_credentials_get_a_token_once_and_ingest() {
     let server = auth_server(Duration::from_secs(3600));
-    let cfg = base_config(
-        &server,
-        &[
-            ("auth.tenant", "test-tenant"),
-            ("auth.client_id", "app-1"),
-            ("auth.client_secret", SECRET),
-        ],
-    );
+    let cfg = base_config(&server, SECRET_CREDS);
     let client = Client::new(&cfg, None, None).unwrap();
     send_some(&client, "t", 10);
     client.flush().unwrap();
@@ -285,14 +284,7 @@ fn workload_identity_uses_the_federated_token_file_as_assertion() {
 #[test]
 fn tokens_are_refreshed_ahead_of_expiry_during_a_long_run() {
     let server = auth_server(Duration::from_secs(3));
-    let cfg = base_config(
-        &server,
-        &[
-            ("auth.tenant", "test-tenant"),
-            ("auth.client_id", "app-1"),
-            ("auth.client_secret", SECRET),
-        ],
-    );
+    let cfg = base_config(&server, SECRET_CREDS);
     let client = Client::new(&cfg, None, None).unwrap();
     let d = client.add_destination("db", "long", "csv", None).unwrap();
     let start = Instant::now();
@@ -321,14 +313,7 @@ fn tokens_are_refreshed_ahead_of_expiry_during_a_long_run() {
 #[test]
 fn a_401_from_the_service_fetches_a_new_token_once_and_delivers() {
     let server = auth_server(Duration::from_secs(3600));
-    let cfg = base_config(
-        &server,
-        &[
-            ("auth.tenant", "test-tenant"),
-            ("auth.client_id", "app-1"),
-            ("auth.client_secret", SECRET),
-        ],
-    );
+    let cfg = base_config(&server, SECRET_CREDS);
     let client = Client::new(&cfg, None, None).unwrap();
     send_some(&client, "revoked", 1);
     // The cache hands out a token fetched less than a second ago even when forced (so that threads hitting the
@@ -433,14 +418,7 @@ fn requests_go_through_a_connect_proxy_with_credentials() {
     })
     .unwrap();
     let with_creds = proxy.url().replace("http://", "http://gw:proxy-pass-99@");
-    let mut cfg = base_config(
-        &server,
-        &[
-            ("auth.tenant", "test-tenant"),
-            ("auth.client_id", "app-1"),
-            ("auth.client_secret", SECRET),
-        ],
-    );
+    let mut cfg = base_config(&server, SECRET_CREDS);
     cfg.set("proxy.url", &with_creds).unwrap();
     send_some(&Client::new(&cfg, None, None).unwrap(), "proxied", 2);
     assert_eq!(server.records("db", "proxied").len(), 2);

@@ -28,25 +28,7 @@ struct Built {
 
 fn build_everything() -> Result<Built, String> {
     let target = target_dir();
-    let cargo = Command::new(env!("CARGO"))
-        .args(["build", "--release", "--lib"])
-        .current_dir(MANIFEST_DIR)
-        .env("CARGO_TARGET_DIR", &target)
-        .output()
-        .map_err(|e| format!("cannot run cargo: {e}"))?;
-    if !cargo.status.success() {
-        return Err(format!(
-            "cargo build --release --lib failed:\n{}",
-            String::from_utf8_lossy(&cargo.stderr)
-        ));
-    }
-    let lib_dir = target.join("release");
-    if !lib_dir.join("libkusto_edge.a").is_file() {
-        return Err(format!(
-            "{} has no libkusto_edge.a after the build",
-            lib_dir.display()
-        ));
-    }
+    let lib_dir = build_host_lib()?;
     let programs = target.join("c-build");
     // The Makefile's own CFLAGS (-std=c99 ... -Werror -pedantic) are what this checks: none from the environment.
     let make = Command::new("make")

@@ -35,6 +35,33 @@ pub fn target_dir() -> PathBuf {
     }
 }
 
+/// Builds the host's static library the way a C user does (`cargo build --release --lib`, cargo's lock is free
+/// while tests run) and returns the directory holding `libkusto_edge.a`. Both test files call it, so neither
+/// rebuilds it for the other.
+pub fn build_host_lib() -> Result<PathBuf, String> {
+    let target = target_dir();
+    let cargo = Command::new(env!("CARGO"))
+        .args(["build", "--release", "--lib"])
+        .current_dir(MANIFEST_DIR)
+        .env("CARGO_TARGET_DIR", &target)
+        .output()
+        .map_err(|e| format!("cannot run cargo: {e}"))?;
+    if !cargo.status.success() {
+        return Err(format!(
+            "cargo build --release --lib failed:\n{}",
+            String::from_utf8_lossy(&cargo.stderr)
+        ));
+    }
+    let lib_dir = target.join("release");
+    if !lib_dir.join("libkusto_edge.a").is_file() {
+        return Err(format!(
+            "{} has no libkusto_edge.a after the build",
+            lib_dir.display()
+        ));
+    }
+    Ok(lib_dir)
+}
+
 /// Tests that run programs take turns, so one program's CPU use does not distort another's timings.
 pub fn serial() -> MutexGuard<'static, ()> {
     static SERIAL: Mutex<()> = Mutex::new(());
