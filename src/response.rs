@@ -65,6 +65,15 @@ impl Failure {
             FailureClass::TargetNotReady if (300..400).contains(&self.status) => {
                 "the service redirected, which no client follows: check the cluster url"
             }
+            // No answer at all (DNS, proxy, TLS trust): the message names the setting to fix; "create the
+            // table" would send the operator to the wrong place.
+            FailureClass::TargetNotReady if self.status == 0 => {
+                "fix what the message names; the data is kept and retried slowly until then"
+            }
+            // An answer without a Kusto error code was most likely written by something else on the way.
+            FailureClass::TargetNotReady if self.code.is_empty() => {
+                "the answer did not come from Kusto: check the cluster url and any proxy on the way; the data is kept"
+            }
             FailureClass::TargetNotReady => {
                 "create the table (or database), or wait up to 5 minutes after creating it; the data is kept"
             }
@@ -161,6 +170,45 @@ fn parse_error_body(body: &[u8], scratch: &mut [u8]) -> Option<ParsedError> {
     })
 }
 
+/// The `code` of a OneApiError whose body was cut at the read limit (or is otherwise not whole JSON): the service
+/// writes `{"error":{"code":...` first, so a long Kusto error is still recognised as one. `@permanent` comes last
+/// and is lost with the cut, so no verdict is claimed.
+fn sniff_error_code(body: &[u8]) -> Option<ParsedError> {
+    let mut p = json::Parser::new(body);
+    p.eat(b'{')?;
+    (p.string()? == b"error").then_some(())?;
+    p.eat(b':')?;
+    p.eat(b'{')?;
+    (p.string()? == b"code").then_some(())?;
+    p.eat(b':')?;
+    let code = std::str::from_utf8(p.string()?).ok()?;
+    if code.is_empty() {
+        return None;
+    }
+    Some(ParsedError {
+        code: truncated(code),
+        message: truncated("the service's error was too long to read whole"),
+        permanent: None,
+    })
+}
+
+/// The start of a body as one line of text for a message: whitespace runs collapsed, at most 160 characters.
+fn body_excerpt(body: &[u8]) -> heapless::String<200> {
+    let text = String::from_utf8_lossy(&body[..body.len().min(400)]);
+    let mut out = heapless::String::new();
+    for word in text.split_whitespace() {
+        if !out.is_empty() && out.push(' ').is_err() {
+            break;
+        }
+        for c in word.chars().filter(|c| !c.is_control()) {
+            if out.len() >= 160 || out.push(c).is_err() {
+                return out;
+            }
+        }
+    }
+    out
+}
+
 /// Codes that mean "the target is not there (yet)": they heal when an operator acts or schema changes propagate.
 const NOT_READY_MARKERS: &[&str] = &[
     "NotFound",
@@ -193,11 +241,27 @@ pub fn classify(
             }),
         };
     }
-    let parsed = parse_error_body(body, scratch);
+    // Only a OneApiError that says something (a code or a verdict) is Kusto's own; anything else at this status was
+    // most likely written by a proxy, a gateway or whatever the URL really points at.
+    let parsed = parse_error_body(body, scratch)
+        .filter(|p| !p.code.is_empty() || p.permanent.is_some())
+        .or_else(|| sniff_error_code(body));
+    let from_kusto = parsed.is_some();
     let (code, mut message, permanent) = match parsed {
         Some(p) => (p.code, p.message, p.permanent),
         None => (heapless::String::new(), heapless::String::new(), None),
     };
+    if status == 400 && !from_kusto {
+        // Rejecting would drop (or quarantine) good data because of a box on the way: keep it, and say so.
+        let text = body_excerpt(body);
+        message = if text.is_empty() {
+            truncated("the 400 did not come from Kusto (empty body, no Kusto error): likely a proxy or a wrong cluster URL")
+        } else {
+            truncated(&format!(
+                "the 400 did not come from Kusto (no Kusto error in the body): likely a proxy or a wrong cluster URL; the body began: {text}"
+            ))
+        };
+    }
     if message.is_empty() {
         let text = std::str::from_utf8(&body[..body.len().min(200)])
             .unwrap_or("")
@@ -213,6 +277,7 @@ pub fn classify(
         401 | 403 => FailureClass::Auth,
         408 | 429 | 500..=599 => FailureClass::Transient,
         404 => FailureClass::TargetNotReady,
+        400 if !from_kusto => FailureClass::TargetNotReady,
         _ if not_ready => FailureClass::TargetNotReady,
         _ if permanent == Some(false) => FailureClass::Transient,
         400 | 413 | 415 | 422 => FailureClass::Rejected,
@@ -249,10 +314,18 @@ fn reason(status: u16) -> &'static str {
 }
 
 /// `Retry-After` as delay-seconds or an IMF-fixdate (`Sun, 06 Nov 1994 08:49:37 GMT`). A date in the past is zero.
+/// Delay-seconds too large for a `u64` are `Duration::MAX`: the server asked for a very long wait, and the caller
+/// caps every wait at `backoff.max` anyway. Negative numbers and garbage are no delay at all (`None`).
 pub fn parse_retry_after(v: &str, now: SystemTime) -> Option<Duration> {
     let v = v.trim();
-    if let Ok(secs) = v.parse::<u64>() {
-        return Some(Duration::from_secs(secs));
+    match v.parse::<u64>() {
+        Ok(secs) => return Some(Duration::from_secs(secs)),
+        // Ignoring it would retry at once, the opposite of what the server asked for. Digits only: the parser's
+        // own error kind is not a promise about what a '-' or a stray letter further on is reported as.
+        Err(_) if !v.is_empty() && v.bytes().all(|b| b.is_ascii_digit()) => {
+            return Some(Duration::MAX)
+        }
+        Err(_) => {}
     }
     let at = parse_http_date(v)?;
     let now = now.duration_since(UNIX_EPOCH).ok()?.as_secs();
@@ -414,7 +487,8 @@ mod json {
             self.ws();
             self.b.get(self.i).copied()
         }
-        fn eat(&mut self, c: u8) -> Option<()> {
+        /// Consumes `c` (after whitespace), or answers `None`.
+        pub fn eat(&mut self, c: u8) -> Option<()> {
             (self.peek()? == c).then(|| self.i += 1)
         }
         /// A string's raw bytes (escapes left as they are: keys we look for have none).
@@ -595,6 +669,83 @@ mod tests {
     }
 
     #[test]
+    fn a_400_without_a_kusto_error_body_is_kept_not_rejected() {
+        for body in [
+            "",
+            "   \r\n",
+            "<html><head><title>400 Bad Request</title></head><body><center><h1>400 Bad Request</h1></center><hr><center>nginx</center></body></html>",
+            "Bad Request",
+            "{}",
+            r#"{"message":"invalid request"}"#,
+            r#"{"error":"bad_request"}"#,
+            r#"{"error":{}}"#,
+            r#"{"error":{"message":"no code, no verdict"}}"#,
+            "[1,2,3]",
+        ] {
+            let f = failure(run(400, None, body));
+            assert_eq!(f.class, FailureClass::TargetNotReady, "{body:?}");
+            assert!(f.code.is_empty(), "{body:?}");
+            assert!(
+                f.message.contains("did not come from Kusto")
+                    && f.message.contains("proxy")
+                    && f.message.contains("cluster URL"),
+                "{body:?}: {}",
+                f.message
+            );
+            assert!(f.advice().contains("did not come from Kusto"), "{}", f.advice());
+            assert!(!f.advice().contains("create the table"), "{}", f.advice());
+        }
+        // The page's own words help whoever reads the log find the box that wrote it.
+        let f = failure(run(
+            400,
+            None,
+            "<html>\n  <title>Squid: request\n denied</title></html>",
+        ));
+        assert!(
+            f.message
+                .ends_with("the body began: <html> <title>Squid: request denied</title></html>"),
+            "{}",
+            f.message
+        );
+    }
+
+    #[test]
+    fn a_400_with_a_kusto_error_body_follows_its_code_and_verdict() {
+        // A code alone (no verdict) is Kusto's: a 400 from the service is a refusal of the data.
+        let f = failure(run(
+            400,
+            None,
+            r#"{"error":{"code":"BadRequest_SyntaxError","message":"x"}}"#,
+        ));
+        assert_eq!(f.class, FailureClass::Rejected);
+        // A verdict alone is Kusto's too.
+        let f = failure(run(
+            400,
+            None,
+            r#"{"error":{"message":"bad","@permanent":true}}"#,
+        ));
+        assert_eq!(f.class, FailureClass::Rejected);
+        let f = failure(run(
+            400,
+            None,
+            r#"{"error":{"message":"later","@permanent":false}}"#,
+        ));
+        assert_eq!(f.class, FailureClass::Transient);
+        // The devserver's (and the service's) body, cut at the read limit before `@permanent`: still Kusto's, and
+        // its code still decides.
+        let cut = r#"{"error":{"code":"BadRequest_EntityNotFound","message":"Request is invalid and cannot be executed.","@type":"Kusto.Data.Exceptions.EntityNotFoundException","@message":"Entity ID 'T' of kind 'Table' was not fo"#;
+        let f = failure(run(400, None, cut));
+        assert_eq!(f.class, FailureClass::TargetNotReady);
+        assert_eq!(f.code.as_str(), "BadRequest_EntityNotFound");
+        assert!(f.advice().contains("create the table"), "{}", f.advice());
+        let cut = r#"{"error":{"code":"Stream_WrongNumberOfFields","message":"Inconsis"#;
+        let f = failure(run(400, None, cut));
+        assert_eq!(f.class, FailureClass::Rejected);
+        assert_eq!(f.code.as_str(), "Stream_WrongNumberOfFields");
+        assert!(!f.message.is_empty());
+    }
+
+    #[test]
     fn statuses_classify_like_the_sdks() {
         assert_eq!(
             failure(run(429, Some("3"), "")).class,
@@ -655,6 +806,8 @@ mod tests {
         );
         assert_eq!(parse_retry_after("soon", now), None);
         assert_eq!(parse_retry_after("-1", now), None);
+        assert_eq!(parse_retry_after("", now), None);
+        assert_eq!(parse_retry_after("1.5", now), None);
         assert_eq!(
             parse_retry_after("Sun, 32 Nov 1994 08:49:47 GMT", now),
             None
@@ -668,6 +821,34 @@ mod tests {
         ] {
             assert_eq!(parse_retry_after(date, now), None, "{date}");
         }
+    }
+
+    #[test]
+    fn retry_after_beyond_the_integer_range_is_the_longest_wait_not_ignored() {
+        let now = UNIX_EPOCH + Duration::from_secs(784111777);
+        assert_eq!(
+            parse_retry_after("99999999999999999999", now),
+            Some(Duration::MAX)
+        );
+        assert_eq!(
+            parse_retry_after(" 18446744073709551616 ", now),
+            Some(Duration::MAX)
+        );
+        assert_eq!(
+            parse_retry_after("18446744073709551615", now),
+            Some(Duration::from_secs(u64::MAX))
+        );
+        // Too negative is still negative: no delay was asked for.
+        assert_eq!(parse_retry_after("-99999999999999999999", now), None);
+        assert_eq!(parse_retry_after("99999999999999999999x", now), None);
+        // And the caller's cap applies: backoff.max, never a wait of centuries.
+        let f = failure(run(429, Some("99999999999999999999"), ""));
+        assert_eq!(f.retry_after, Some(Duration::MAX));
+        let cap = Duration::from_secs(300);
+        assert_eq!(
+            crate::retry::honour_retry_after(Duration::from_secs(1), f.retry_after, cap),
+            cap
+        );
     }
 
     #[test]

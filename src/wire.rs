@@ -271,6 +271,18 @@ pub fn check_entity_name(what: &str, name: &str) -> Result<(), Error> {
             ),
         ));
     }
+    // '.' is unreserved, so percent-encoding leaves "." and ".." as they are, and every HTTP stack and proxy on
+    // the way normalises them away (RFC 3986 dot segments): the request would reach another path than the one
+    // named, e.g. `/v1/rest/ingest/db/..` becomes `/v1/rest/ingest/`. Names of dots only are refused for all
+    // three: no Kusto entity can be called that.
+    if name.bytes().all(|b| b == b'.') {
+        return Err(Error::new(
+            ErrorKind::InvalidArgument,
+            format!(
+                "{what} name '{name}' is invalid: a name made only of dots would change the request's URL path; use the real {what} name"
+            ),
+        ));
+    }
     Ok(())
 }
 
@@ -359,6 +371,27 @@ mod tests {
             u,
             "https://help.kusto.windows.net/v1/rest/ingest/my%20db/T%2F1%C3%BC?streamFormat=multijson&mappingName=map%26x%3D1"
         );
+    }
+
+    #[test]
+    fn names_made_only_of_dots_are_refused_because_they_would_change_the_url_path() {
+        for what in ["database", "table", "mapping"] {
+            for name in [".", "..", "...", "...."] {
+                let e = check_entity_name(what, name).unwrap_err();
+                assert_eq!(e.kind, ErrorKind::InvalidArgument, "{what} {name:?}");
+                assert!(
+                    e.message.contains(&format!("{what} name '{name}'"))
+                        && e.message.contains("URL path"),
+                    "{}",
+                    e.message
+                );
+            }
+        }
+        // Dots inside a name are ordinary characters and stay allowed.
+        for ok in ["a.b", ".a", "..a", "a..", "T_1", "my db"] {
+            assert!(check_entity_name("table", ok).is_ok(), "{ok:?}");
+        }
+        assert!(check_entity_name("table", "").is_err());
     }
 
     #[test]
