@@ -2,6 +2,7 @@
 //! phase bounded by the configured timeouts. It sends a prepared request and hands back the status, `Retry-After`
 //! and a bounded prefix of the body; what they mean is `response`'s business.
 
+use std::fmt::Write as _;
 use std::io::Read;
 use std::sync::Arc;
 use std::time::Duration;
@@ -57,6 +58,68 @@ pub struct RawResponse {
 /// The HTTP side of a client.
 pub struct Transport {
     agent: ureq::Agent,
+    route: Route,
+}
+
+/// Which way requests to the cluster go, so that a failure names the host or proxy that failed instead of always
+/// blaming the cluster.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Route {
+    /// The cluster's host name or IP literal, as in the URL.
+    pub host: String,
+    /// `host[:port]` of the cluster, for messages about a tunnel to it.
+    pub target: String,
+    /// The HTTP CONNECT proxy the cluster is reached through, when one applies (not excluded by `no_proxy`).
+    pub proxy: Option<ProxyRoute>,
+}
+
+/// An HTTP CONNECT proxy on the way to the cluster. Never holds its credentials.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ProxyRoute {
+    /// The proxy's host name or IP literal.
+    pub host: String,
+    /// The proxy's port.
+    pub port: u16,
+    /// Where the proxy was configured: `proxy.url` or `HTTPS_PROXY`, the place an operator fixes it.
+    pub setting: &'static str,
+}
+
+impl ProxyRoute {
+    /// `host:port`, as messages name the proxy.
+    pub fn addr(&self) -> String {
+        format!("{}:{}", self.host, self.port)
+    }
+}
+
+impl Route {
+    /// The route to `cluster` through `proxy`, if the proxy applies to the cluster's host.
+    pub fn new(cluster: &crate::wire::ClusterUrl, proxy: Option<&ureq::Proxy>) -> Route {
+        let target = match cluster.port {
+            Some(p) => format!("{}:{p}", cluster.host),
+            None => cluster.host.clone(),
+        };
+        let applies = |p: &ureq::Proxy| {
+            cluster
+                .base()
+                .parse::<ureq::http::Uri>()
+                .map(|uri| !p.is_no_proxy(&uri))
+                .unwrap_or(true)
+        };
+        let proxy = proxy.filter(|p| applies(p)).map(|p| ProxyRoute {
+            host: p.host().to_owned(),
+            port: p.port(),
+            setting: if p.is_from_env() {
+                "HTTPS_PROXY"
+            } else {
+                "proxy.url"
+            },
+        });
+        Route {
+            host: cluster.host.clone(),
+            target,
+            proxy,
+        }
+    }
 }
 
 impl Transport {
@@ -110,7 +173,13 @@ impl Transport {
             .max_idle_age(Duration::from_secs(50))
             .build()
             .new_agent();
-        Ok(Transport { agent })
+        let route = Route::new(cluster, agent.config().proxy());
+        Ok(Transport { agent, route })
+    }
+
+    /// Which way requests go: the cluster's host and the proxy in between, if any.
+    pub fn route(&self) -> &Route {
+        &self.route
     }
 
     /// The agent, shared with the token providers so that proxy, trust store and timeouts are the same.
@@ -132,7 +201,9 @@ impl Transport {
         for (k, v) in headers {
             req = req.header(*k, *v);
         }
-        let mut resp = req.send(body).map_err(|e| network_failure(&e))?;
+        let mut resp = req
+            .send(body)
+            .map_err(|e| network_failure(&e, &self.route))?;
         let status = resp.status().as_u16();
         let retry_after = resp
             .headers()
@@ -169,36 +240,479 @@ fn rustls_error(e: &ureq::Error) -> Option<&rustls::Error> {
     }
 }
 
-fn network_failure(e: &ureq::Error) -> Failure {
-    if let Some(rustls::Error::InvalidCertificate(c)) = rustls_error(e) {
-        // Not a passing fault: the trust store or the server's certificate must change.
-        let mut f = Failure::network(&format!(
-            "the server's TLS certificate is not accepted ({c:?}): set tls.ca_file to the CA that signed it, or fix the server's certificate"
-        ));
+/// What a failed name lookup says about itself.
+#[derive(Debug, PartialEq, Eq)]
+enum Lookup {
+    /// The name does not exist (NXDOMAIN, no address): a configuration problem.
+    NoSuchName,
+    /// The resolver could not answer now (EAI_AGAIN): the network or the DNS server is away.
+    TryAgain,
+}
+
+/// A DNS failure behind a ureq error. ureq reports an empty answer as `HostNotFound`, but a failing `getaddrinfo`
+/// reaches it as the standard library's I/O error, whose kind is not public: its text is the only mark
+/// ("failed to lookup address information: <gai_strerror>", glibc and musl alike).
+fn lookup_failure(e: &ureq::Error) -> Option<Lookup> {
+    match e {
+        ureq::Error::HostNotFound => Some(Lookup::NoSuchName),
+        ureq::Error::Io(io) => {
+            let text = io.to_string().to_ascii_lowercase();
+            if !text.starts_with("failed to lookup address information") {
+                return None;
+            }
+            // "Temporary failure in name resolution" (EAI_AGAIN) on glibc and musl alike.
+            if text.contains("temporary failure") || text.contains("try again") {
+                Some(Lookup::TryAgain)
+            } else {
+                Some(Lookup::NoSuchName)
+            }
+        }
+        _ => None,
+    }
+}
+
+/// Why a certificate was refused, in words that say what to change.
+fn certificate_problem(c: &rustls::CertificateError, route: &Route) -> String {
+    use rustls::CertificateError as C;
+    let inspected = if route.proxy.is_some() {
+        " (a proxy that inspects TLS signs with its own CA: give that one)"
+    } else {
+        ""
+    };
+    match c {
+        C::UnknownIssuer => format!(
+            "the server's TLS certificate is not trusted (unknown issuer): set tls.ca_file to the CA that signed it{inspected}"
+        ),
+        C::Expired | C::ExpiredContext { .. } => "the server's TLS certificate has expired: renew it on the server, or check this device's clock".to_owned(),
+        // Devices without a battery-backed clock boot in 1970 until NTP has run.
+        C::NotValidYet | C::NotValidYetContext { .. } => "the server's TLS certificate is not valid yet: this device's clock is probably wrong; set it (NTP) and the data goes out".to_owned(),
+        C::NotValidForName | C::NotValidForNameContext { .. } => format!(
+            "the server's TLS certificate is not for '{}': check the host name in the cluster URL",
+            route.host
+        ),
+        C::Revoked => "the server's TLS certificate is revoked: the server needs a new certificate".to_owned(),
+        other => format!(
+            "the server's TLS certificate is not accepted ({other:?}): set tls.ca_file to the CA that signed it, or fix the server's certificate{inspected}"
+        ),
+    }
+}
+
+/// A proxy's answer to CONNECT, as ureq words it: "proxy server responded 403/Forbidden".
+fn proxy_status(reason: &str) -> Option<u16> {
+    let rest = reason.split("responded ").nth(1)?;
+    rest.split(|c: char| !c.is_ascii_digit())
+        .next()?
+        .parse()
+        .ok()
+}
+
+/// Turns an error without an HTTP answer into a failure that names what failed (the cluster's host, the proxy,
+/// the certificate) and how it is handled: a configuration problem (a name that does not exist, an untrusted
+/// certificate, a proxy that forbids the tunnel) is `TargetNotReady` (kept, retried slowly, an operator fixes
+/// it), a passing fault is `Transient`.
+pub fn network_failure(e: &ureq::Error, route: &Route) -> Failure {
+    let not_ready = |message: &str| {
+        let mut f = Failure::network(message);
         f.class = FailureClass::TargetNotReady;
-        return f;
+        f
+    };
+    match rustls_error(e) {
+        // Not a passing fault: the trust store, the clock or the server's certificate must change.
+        Some(rustls::Error::InvalidCertificate(c)) => {
+            return not_ready(&certificate_problem(c, route))
+        }
+        // Plain HTTP (or something else) where TLS was expected: a wrong scheme or port, not a bad network.
+        Some(rustls::Error::InvalidMessage(m)) => {
+            return not_ready(&format!(
+                "the server at '{}' did not answer in TLS ({m:?}): check the scheme (https) and port in the cluster URL",
+                route.target
+            ))
+        }
+        _ => {}
+    }
+    let via = route.proxy.as_ref();
+    if let Some(lookup) = lookup_failure(e) {
+        // Through a CONNECT proxy only the proxy's name is looked up here; the proxy resolves the cluster's.
+        let (what, host, fix) = match via {
+            Some(p) => (
+                "proxy host name",
+                p.host.as_str(),
+                format!("check {}", p.setting),
+            ),
+            None => (
+                "host name",
+                route.host.as_str(),
+                "check the cluster URL".to_owned(),
+            ),
+        };
+        return match lookup {
+            Lookup::NoSuchName => not_ready(&format!("{what} '{host}' does not resolve: {fix}")),
+            Lookup::TryAgain => Failure::network(&format!(
+                "{what} '{host}' could not be looked up now (temporary DNS failure): the network or the DNS server is not reachable"
+            )),
+        };
+    }
+    if let ureq::Error::ConnectProxyFailed(reason) = e {
+        let (proxy, setting) = match via {
+            Some(p) => (p.addr(), p.setting),
+            None => ("(unknown)".to_owned(), "proxy.url"),
+        };
+        let head = format!(
+            "proxy '{proxy}' refused the connection to '{}'",
+            route.target
+        );
+        return match proxy_status(reason) {
+            Some(407) => not_ready(&format!(
+                "{head}: it wants credentials (407): put user:password in {setting}"
+            )),
+            // The proxy's view of the cluster (unreachable, unresolvable, overloaded) may change.
+            Some(500..=599) => Failure::network(&format!(
+                "{head} ({reason}): the proxy could not reach the cluster; check the cluster URL and the proxy's own network"
+            )),
+            Some(_) => not_ready(&format!(
+                "{head} ({reason}): the proxy's rules must allow CONNECT to the cluster's host and port"
+            )),
+            None => Failure::network(&format!("{head} ({reason}): check {setting}")),
+        };
     }
     let mut f = match e {
         ureq::Error::Io(io) => {
             use std::io::ErrorKind as K;
-            match io.kind() {
-                K::UnexpectedEof | K::ConnectionReset | K::ConnectionAborted | K::BrokenPipe => {
-                    Failure::network("the connection was closed before the service answered")
-                }
-                K::ConnectionRefused => {
+            match (io.kind(), via) {
+                (K::ConnectionRefused, Some(p)) => Failure::network(&format!(
+                    "proxy '{}' refused the connection: check {} and that the proxy runs",
+                    p.addr(),
+                    p.setting
+                )),
+                (K::ConnectionRefused, None) => {
                     Failure::network("connection refused: nothing listens at the cluster URL")
                 }
-                K::TimedOut | K::WouldBlock => Failure::network("timed out"),
+                (
+                    K::UnexpectedEof | K::ConnectionReset | K::ConnectionAborted | K::BrokenPipe,
+                    _,
+                ) => Failure::network("the connection was closed before the service answered"),
+                (K::TimedOut | K::WouldBlock, _) => Failure::network("timed out"),
                 _ => Failure::network(&format!("network error: {io}")),
             }
         }
         ureq::Error::Timeout(t) => Failure::network(&format!("timed out ({t})")),
-        ureq::Error::HostNotFound => Failure::network("host not found (DNS)"),
         ureq::Error::ConnectionFailed => Failure::network("connection failed"),
         other => Failure::network(&format!("{other}")),
     };
     if f.message.is_empty() {
         f.message = heapless::String::try_from("network error").unwrap_or_default();
     }
+    // Whoever reads the message must know the cluster was not reached directly.
+    if let Some(p) = via {
+        if !f.message.starts_with("proxy ") {
+            let _ = write!(f.message, " (through proxy '{}')", p.addr());
+        }
+    }
     f
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::wire::ClusterUrl;
+    use std::io::{self, Write};
+    use std::net::TcpListener;
+
+    fn direct() -> Route {
+        Route {
+            host: "mycluster.westeurope.kusto.windows.net".into(),
+            target: "mycluster.westeurope.kusto.windows.net".into(),
+            proxy: None,
+        }
+    }
+
+    fn proxied() -> Route {
+        Route {
+            proxy: Some(ProxyRoute {
+                host: "proxy.plant.local".into(),
+                port: 3128,
+                setting: "proxy.url",
+            }),
+            ..direct()
+        }
+    }
+
+    fn gai(detail: &str) -> ureq::Error {
+        ureq::Error::Io(io::Error::other(format!(
+            "failed to lookup address information: {detail}"
+        )))
+    }
+
+    fn cert(c: rustls::CertificateError) -> ureq::Error {
+        ureq::Error::Rustls(rustls::Error::InvalidCertificate(c))
+    }
+
+    /// A client transport with no proxy (whatever HTTPS_PROXY says) unless `proxy` names one.
+    fn transport(url: &str, proxy: Option<&str>) -> Transport {
+        let mut cfg = Config::default();
+        cfg.set("proxy.url", proxy.unwrap_or("none")).unwrap();
+        cfg.connect_timeout = Duration::from_secs(5);
+        Transport::new(&cfg, &ClusterUrl::parse(url).unwrap()).unwrap()
+    }
+
+    fn post(t: &Transport, url: &str) -> Failure {
+        let mut buf = [0u8; 256];
+        match t.post(url, &[], b"x", &mut buf) {
+            Err(f) => f,
+            Ok(r) => panic!("expected no answer, got HTTP {}", r.status),
+        }
+    }
+
+    #[test]
+    fn a_host_name_that_does_not_resolve_is_a_configuration_problem() {
+        let want = "host name 'mycluster.westeurope.kusto.windows.net' does not resolve: check the cluster URL";
+        for e in [
+            ureq::Error::HostNotFound,
+            gai("Name or service not known"), // glibc
+            gai("Name does not resolve"),     // musl
+            gai("No address associated with hostname"),
+        ] {
+            let f = network_failure(&e, &direct());
+            assert_eq!(f.class, FailureClass::TargetNotReady, "{e:?}");
+            assert_eq!(f.message.as_str(), want, "{e:?}");
+            assert_eq!(f.status, 0);
+            assert!(!f.advice().contains("create the table"), "{}", f.advice());
+        }
+        // A resolver that cannot answer now is the network's trouble, not the URL's.
+        let f = network_failure(&gai("Temporary failure in name resolution"), &direct());
+        assert_eq!(f.class, FailureClass::Transient);
+        assert!(f.message.contains("temporary DNS failure"), "{}", f.message);
+        // Behind a CONNECT proxy only the proxy's own name is looked up here.
+        let f = network_failure(&ureq::Error::HostNotFound, &proxied());
+        assert_eq!(f.class, FailureClass::TargetNotReady);
+        assert_eq!(
+            f.message.as_str(),
+            "proxy host name 'proxy.plant.local' does not resolve: check proxy.url"
+        );
+    }
+
+    #[test]
+    fn an_invalid_host_name_fails_fast_and_names_the_cluster_url() {
+        // RFC 6761: .invalid never resolves, and resolvers answer it without asking the network.
+        use std::net::ToSocketAddrs;
+        let host = "kusto-edge-test.invalid";
+        let t0 = std::time::Instant::now();
+        if (host, 443).to_socket_addrs().is_ok() || t0.elapsed() > Duration::from_secs(5) {
+            eprintln!(
+                "this machine's resolver answers (or hangs on) {host}: skipping the real lookup"
+            );
+            return;
+        }
+        let url = format!("https://{host}");
+        let t = transport(&url, None);
+        let f = post(&t, &format!("{url}/v1/rest/ingest/db/T?streamFormat=csv"));
+        assert_eq!(f.class, FailureClass::TargetNotReady, "{}", f.message);
+        assert_eq!(
+            f.message.as_str(),
+            format!("host name '{host}' does not resolve: check the cluster URL")
+        );
+    }
+
+    #[test]
+    fn a_proxy_that_refuses_is_named_not_the_cluster() {
+        let f = network_failure(
+            &ureq::Error::Io(io::Error::from(io::ErrorKind::ConnectionRefused)),
+            &proxied(),
+        );
+        assert_eq!(f.class, FailureClass::Transient);
+        assert!(
+            f.message
+                .starts_with("proxy 'proxy.plant.local:3128' refused the connection"),
+            "{}",
+            f.message
+        );
+        assert!(!f.message.contains("cluster URL"), "{}", f.message);
+        // Without a proxy a refusal is the cluster's.
+        let f = network_failure(
+            &ureq::Error::Io(io::Error::from(io::ErrorKind::ConnectionRefused)),
+            &direct(),
+        );
+        assert!(f.message.contains("cluster URL"), "{}", f.message);
+
+        let refused = |reason: &str| {
+            network_failure(&ureq::Error::ConnectProxyFailed(reason.into()), &proxied())
+        };
+        let f = refused("proxy server responded 403/Forbidden");
+        assert_eq!(f.class, FailureClass::TargetNotReady);
+        assert!(
+            f.message.starts_with("proxy 'proxy.plant.local:3128' refused the connection to 'mycluster.westeurope.kusto.windows.net' (proxy server responded 403/Forbidden)"),
+            "{}",
+            f.message
+        );
+        let f = refused("proxy server responded 407/Proxy Authentication Required");
+        assert_eq!(f.class, FailureClass::TargetNotReady);
+        assert!(
+            f.message.contains("put user:password in proxy.url"),
+            "{}",
+            f.message
+        );
+        let f = refused("proxy server responded 502/Bad Gateway");
+        assert_eq!(f.class, FailureClass::Transient);
+        assert!(f
+            .message
+            .starts_with("proxy 'proxy.plant.local:3128' refused the connection"));
+        let f = refused("proxy server did not respond");
+        assert_eq!(f.class, FailureClass::Transient);
+        assert!(f
+            .message
+            .starts_with("proxy 'proxy.plant.local:3128' refused the connection"));
+        // Other failures on the way say that a proxy was in between.
+        let f = network_failure(
+            &ureq::Error::Io(io::Error::from(io::ErrorKind::ConnectionReset)),
+            &proxied(),
+        );
+        assert!(
+            f.message
+                .ends_with("(through proxy 'proxy.plant.local:3128')"),
+            "{}",
+            f.message
+        );
+    }
+
+    #[test]
+    fn a_real_proxy_that_refuses_or_forbids_connect_is_named() {
+        // Nothing listens on a port that was just freed: the proxy refuses.
+        let port = TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let url = "https://kusto-edge-test.invalid";
+        let ingest = format!("{url}/v1/rest/ingest/db/T?streamFormat=csv");
+        let t = transport(url, Some(&format!("http://127.0.0.1:{port}")));
+        assert_eq!(
+            t.route().proxy.as_ref().map(|p| (p.addr(), p.setting)),
+            Some((format!("127.0.0.1:{port}"), "proxy.url"))
+        );
+        let f = post(&t, &ingest);
+        assert!(
+            f.message
+                .starts_with(&format!("proxy '127.0.0.1:{port}' refused the connection")),
+            "{}",
+            f.message
+        );
+        // A proxy whose rules forbid the tunnel answers CONNECT with 403.
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let proxy = std::thread::spawn(move || {
+            let (mut s, _) = listener.accept().unwrap();
+            let mut head = Vec::new();
+            let mut b = [0u8; 1];
+            while !head.ends_with(b"\r\n\r\n") && s.read(&mut b).unwrap_or(0) == 1 {
+                head.push(b[0]);
+            }
+            let _ = s.write_all(b"HTTP/1.1 403 Forbidden\r\nContent-Length: 0\r\n\r\n");
+            String::from_utf8_lossy(&head).into_owned()
+        });
+        let t = transport(url, Some(&format!("http://127.0.0.1:{port}")));
+        let f = post(&t, &ingest);
+        let head = proxy.join().unwrap();
+        assert!(
+            head.starts_with("CONNECT kusto-edge-test.invalid:443 "),
+            "{head}"
+        );
+        assert_eq!(f.class, FailureClass::TargetNotReady, "{}", f.message);
+        assert!(
+            f.message.starts_with(&format!(
+                "proxy '127.0.0.1:{port}' refused the connection to 'kusto-edge-test.invalid'"
+            )),
+            "{}",
+            f.message
+        );
+        assert!(f.message.contains("403"), "{}", f.message);
+    }
+
+    #[test]
+    fn a_proxy_excluded_by_no_proxy_is_not_on_the_route() {
+        let mut cfg = Config::default();
+        cfg.set("proxy.url", "http://proxy.plant.local:3128")
+            .unwrap();
+        cfg.set("proxy.no_proxy", ".windows.net").unwrap();
+        let c = ClusterUrl::parse("https://mycluster.westeurope.kusto.windows.net").unwrap();
+        assert_eq!(Transport::new(&cfg, &c).unwrap().route().proxy, None);
+        let c = ClusterUrl::parse("https://mycluster.example.com:8443").unwrap();
+        let t = Transport::new(&cfg, &c).unwrap();
+        assert_eq!(t.route().target, "mycluster.example.com:8443");
+        assert_eq!(
+            t.route().proxy.as_ref().unwrap().addr(),
+            "proxy.plant.local:3128"
+        );
+    }
+
+    #[test]
+    fn an_untrusted_certificate_names_the_problem_and_the_setting() {
+        use rustls::CertificateError as C;
+        let want = "the server's TLS certificate is not trusted (unknown issuer): set tls.ca_file to the CA that signed it";
+        let wrapped = ureq::Error::Io(io::Error::new(
+            io::ErrorKind::InvalidData,
+            rustls::Error::InvalidCertificate(C::UnknownIssuer),
+        ));
+        for e in [cert(C::UnknownIssuer), wrapped] {
+            let f = network_failure(&e, &direct());
+            assert_eq!(f.class, FailureClass::TargetNotReady);
+            assert_eq!(f.message.as_str(), want);
+            assert!(!f.advice().contains("create the table"), "{}", f.advice());
+        }
+        // Behind a proxy, the likely signer is the proxy itself.
+        let f = network_failure(&cert(C::UnknownIssuer), &proxied());
+        assert!(f.message.starts_with(want) && f.message.contains("proxy that inspects TLS"));
+        let f = network_failure(&cert(C::NotValidYet), &direct());
+        assert_eq!(f.class, FailureClass::TargetNotReady);
+        assert!(f.message.contains("clock"), "{}", f.message);
+        let f = network_failure(&cert(C::Expired), &direct());
+        assert!(f.message.contains("expired"), "{}", f.message);
+        let f = network_failure(&cert(C::NotValidForName), &direct());
+        assert!(
+            f.message
+                .contains("not for 'mycluster.westeurope.kusto.windows.net'"),
+            "{}",
+            f.message
+        );
+        let f = network_failure(&cert(C::BadSignature), &direct());
+        assert_eq!(f.class, FailureClass::TargetNotReady);
+        assert!(f.message.contains("BadSignature"), "{}", f.message);
+    }
+
+    #[test]
+    fn a_real_server_with_an_unknown_ca_is_reported_as_untrusted() {
+        let server = kusto_devserver::Server::start(kusto_devserver::ServerConfig {
+            tls: true,
+            ..Default::default()
+        })
+        .unwrap();
+        let url = server.url();
+        let t = transport(&url, None);
+        let f = post(&t, &format!("{url}/v1/rest/ingest/db/T?streamFormat=csv"));
+        assert_eq!(f.class, FailureClass::TargetNotReady, "{}", f.message);
+        assert_eq!(
+            f.message.as_str(),
+            "the server's TLS certificate is not trusted (unknown issuer): set tls.ca_file to the CA that signed it"
+        );
+        assert!(server.requests().is_empty());
+    }
+
+    #[test]
+    fn plain_http_where_tls_was_expected_points_at_the_scheme_and_port() {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let server = std::thread::spawn(move || {
+            let (mut s, _) = listener.accept().unwrap();
+            let mut b = [0u8; 512];
+            let _ = s.read(&mut b);
+            let _ = s.write_all(
+                b"HTTP/1.1 400 Bad Request\r\nContent-Length: 0\r\nConnection: close\r\n\r\n",
+            );
+        });
+        let url = format!("https://localhost:{port}");
+        let t = transport(&url, None);
+        let f = post(&t, &format!("{url}/v1/rest/ingest/db/T?streamFormat=csv"));
+        server.join().unwrap();
+        assert_eq!(f.class, FailureClass::TargetNotReady, "{}", f.message);
+        assert!(f.message.contains("did not answer in TLS"), "{}", f.message);
+    }
 }
