@@ -76,7 +76,8 @@ pub(crate) fn handle(shared: &Shared, req: &Request) -> Reply {
                 .map(|r| {
                     serde_json::json!({
                         "database": r.database, "table": r.table, "format": r.format, "mapping": r.mapping,
-                        "client_request_id": r.client_request_id, "wire_bytes": r.wire_bytes,
+                        "client_request_id": r.client_request_id, "chunk_id": r.chunk_id,
+                        "wire_bytes": r.wire_bytes,
                         "raw_bytes": r.raw_bytes, "records": r.records, "status": r.status,
                         "ingested": r.ingested, "gzip_ok": r.gzip_ok,
                     })

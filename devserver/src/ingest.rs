@@ -219,6 +219,23 @@ pub fn parse_target(req: &Request) -> Option<Target> {
     Some(target)
 }
 
+/// The chunk a request carries, from its `x-ms-client-request-id`: the id without a trailing `;<attempt>`.
+/// kusto-edge sends `KEC.executeStreamingIngest;{chunk};{attempt}` and the SDKs' managed streaming
+/// `...;{sourceId};{attempt}`, so every resend of one chunk has its own request id but the same chunk id. An id
+/// without a numeric last field (the SDKs' `KPC.executeStreamingIngest;{uuid}`) is its own chunk id.
+pub fn chunk_id(client_request_id: &str) -> &str {
+    match client_request_id.rsplit_once(';') {
+        Some((chunk, attempt))
+            if !chunk.is_empty()
+                && !attempt.is_empty()
+                && attempt.bytes().all(|b| b.is_ascii_digit()) =>
+        {
+            chunk
+        }
+        _ => client_request_id,
+    }
+}
+
 /// Check the headers every SDK sends; returns the client request id.
 pub fn check_headers(req: &Request) -> Result<String, ApiError> {
     let crid = req.header("x-ms-client-request-id").unwrap_or("");
@@ -455,6 +472,19 @@ mod tests {
             split_records(Framing::Binary, b"\0\n\x01").unwrap().len(),
             1
         );
+    }
+
+    #[test]
+    fn chunk_id_is_the_request_id_without_its_attempt() {
+        let c = "KEC.executeStreamingIngest;0b9d6b1e-7c53-4b0e-9a39-2f6c1d6a0f11";
+        assert_eq!(chunk_id(&format!("{c};1")), c);
+        assert_eq!(chunk_id(&format!("{c};12")), c);
+        // No attempt field: the whole id is the chunk's (the SDKs' plain streaming ids).
+        assert_eq!(chunk_id(c), c);
+        assert_eq!(chunk_id("r1"), "r1");
+        assert_eq!(chunk_id("a;b;x1"), "a;b;x1");
+        assert_eq!(chunk_id("a;"), "a;");
+        assert_eq!(chunk_id(";7"), ";7");
     }
 
     #[test]

@@ -30,7 +30,7 @@ pub use auth::{
 };
 pub use faults::{Fault, Faults};
 pub use proxy::{ConnectProxy, ProxyConfig};
-pub use server::{RequestLog, Server, Stats};
+pub use server::{RequestLog, Server, Stats, MAX_RECORD_HASHES};
 
 use std::net::SocketAddr;
 

@@ -26,6 +26,8 @@ pub struct RequestLog {
     pub format: String,
     pub mapping: Option<String>,
     pub client_request_id: String,
+    /// The chunk the request carries: `client_request_id` without its `;<attempt>` (see [`ingest::chunk_id`]).
+    pub chunk_id: String,
     /// All request headers, names as sent.
     pub headers: Vec<(String, String)>,
     /// Body size on the wire (compressed).
@@ -48,29 +50,55 @@ pub struct Stats {
     pub requests: usize,
     pub ingested_requests: usize,
     pub records: usize,
-    /// Ingested requests whose `x-ms-client-request-id` had already been ingested before
-    /// (a retry of a request whose answer was lost duplicates data).
+    /// Ingested requests whose exact `x-ms-client-request-id` had already been ingested before. A client that
+    /// numbers its attempts (kusto-edge does) never repeats one: see `duplicate_chunks` for its resends.
     pub duplicate_request_ids: usize,
+    /// Ingested requests whose chunk id (the request id without `;<attempt>`) had already been ingested before:
+    /// a resend of a chunk whose answer was lost, which duplicates its data.
+    pub duplicate_chunks: usize,
+    /// Stored records whose exact bytes had already been stored in the same table (whoever sent them). Counted
+    /// over the first [`MAX_RECORD_HASHES`] distinct records since the last reset; records past that are not
+    /// remembered, so the count can only be too low, never too high.
+    pub duplicate_records: usize,
     /// Records stored per `"db.table"`.
     pub tables: BTreeMap<String, usize>,
 }
 
 impl Stats {
-    /// `{"requests":N,"ingested_requests":N,"records":N,"duplicate_request_ids":N,"tables":{"db.table":N}}`
+    /// `{"requests":N,"ingested_requests":N,"records":N,"duplicate_request_ids":N,"duplicate_chunks":N,
+    /// "duplicate_records":N,"tables":{"db.table":N}}`
     pub fn to_json(&self) -> String {
         format!(
-            r#"{{"requests":{},"ingested_requests":{},"records":{},"duplicate_request_ids":{},"tables":{}}}"#,
+            r#"{{"requests":{},"ingested_requests":{},"records":{},"duplicate_request_ids":{},"duplicate_chunks":{},"duplicate_records":{},"tables":{}}}"#,
             self.requests,
             self.ingested_requests,
             self.records,
             self.duplicate_request_ids,
+            self.duplicate_chunks,
+            self.duplicate_records,
             serde_json::to_string(&self.tables).unwrap_or_else(|_| "{}".into())
         )
     }
 }
 
+/// Distinct records remembered for `duplicate_records`: 8 bytes each plus the set's overhead, some 32 MiB at most,
+/// far less than the records themselves take.
+pub const MAX_RECORD_HASHES: usize = 1 << 20;
+
+/// The hash a stored record is remembered by: its table and its exact bytes.
+fn record_hash(db: &str, table: &str, record: &[u8]) -> u64 {
+    use std::hash::{Hash, Hasher};
+    // Fixed keys: the same record hashes the same for the server's whole life.
+    let mut h = std::hash::DefaultHasher::new();
+    (db, table, record).hash(&mut h);
+    h.finish()
+}
+
 pub(crate) struct State {
     records: HashMap<(String, String), Vec<Vec<u8>>>,
+    /// Hashes of the distinct records stored since the last reset (at most `MAX_RECORD_HASHES`).
+    record_hashes: HashSet<u64>,
+    duplicate_records: usize,
     requests: Vec<RequestLog>,
     scripted: VecDeque<Fault>,
     random: Vec<(Fault, f64)>,
@@ -130,6 +158,8 @@ impl Shared {
     pub(crate) fn reset(&self) {
         let mut st = self.state();
         st.records.clear();
+        st.record_hashes = HashSet::new();
+        st.duplicate_records = 0;
         st.requests.clear();
         st.scripted.clear();
         st.random.clear();
@@ -152,13 +182,18 @@ impl Shared {
         let st = self.state();
         let mut s = Stats {
             requests: st.requests.len(),
+            duplicate_records: st.duplicate_records,
             ..Stats::default()
         };
         let mut seen = HashSet::new();
+        let mut chunks = HashSet::new();
         for r in st.requests.iter().filter(|r| r.ingested) {
             s.ingested_requests += 1;
             if !seen.insert(r.client_request_id.as_str()) {
                 s.duplicate_request_ids += 1;
+            }
+            if !chunks.insert(r.chunk_id.as_str()) {
+                s.duplicate_chunks += 1;
             }
         }
         for ((db, table), recs) in &st.records {
@@ -267,6 +302,8 @@ impl Server {
             cfg,
             state: Mutex::new(State {
                 records: HashMap::new(),
+                record_hashes: HashSet::new(),
+                duplicate_records: 0,
                 requests: Vec::new(),
                 scripted: VecDeque::new(),
                 random: Vec::new(),
@@ -665,6 +702,7 @@ fn new_log(req: &Request, target: &Target, crid: &str) -> RequestLog {
         format: target.format.clone(),
         mapping: target.mapping.clone(),
         client_request_id: crid.to_string(),
+        chunk_id: ingest::chunk_id(crid).to_string(),
         headers: req.headers.clone(),
         wire_bytes: req.body.len(),
         raw_bytes: 0,
@@ -782,6 +820,15 @@ fn handle_ingest(shared: &Shared, req: &Request, target: Target, activity: Strin
             let n = records.len();
             {
                 let mut st = shared.state();
+                let st = &mut *st;
+                for r in &records {
+                    let h = record_hash(&target.database, &target.table, r);
+                    if st.record_hashes.contains(&h) {
+                        st.duplicate_records += 1;
+                    } else if st.record_hashes.len() < MAX_RECORD_HASHES {
+                        st.record_hashes.insert(h);
+                    }
+                }
                 st.records
                     .entry((target.database.clone(), target.table.clone()))
                     .or_default()

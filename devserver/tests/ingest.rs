@@ -505,6 +505,7 @@ fn each_scripted_fault_behaves_as_described() {
     assert_eq!(ingest_one(&s, "lost").unwrap().status, 200);
     assert_eq!(s.records("db", "F").len(), 3);
     assert_eq!(s.stats().duplicate_request_ids, 1);
+    assert_eq!(s.stats().duplicate_chunks, 1);
     // Slow: answered normally, late.
     s.push_fault(Fault::Slow(Duration::from_millis(300)));
     let t0 = Instant::now();
@@ -609,6 +610,111 @@ fn tls_works_with_the_test_ca_and_fails_without_it() {
 }
 
 #[test]
+fn resends_of_one_chunk_count_as_one_duplicate_chunk_and_their_records_as_duplicates() {
+    let s = start(ServerConfig::default());
+    let mut c = connect(s.addr());
+    let chunk_a = "KEC.executeStreamingIngest;6f1c2a9e-0d4b-4c1e-8a57-3b9e2f0c7d41";
+    let send = |c: &mut common::Conn, table: &str, crid: &str, raw: &[u8]| {
+        c.ingest("db", table, "csv", crid, raw).unwrap().status
+    };
+    assert_eq!(
+        send(
+            &mut c,
+            "D",
+            &format!("{chunk_a};1"),
+            b"a,1
+b,2
+"
+        ),
+        200
+    );
+    // The answer was lost, say: the client sends the same chunk again as attempt 2.
+    assert_eq!(
+        send(
+            &mut c,
+            "D",
+            &format!("{chunk_a};2"),
+            b"a,1
+b,2
+"
+        ),
+        200
+    );
+    let st = s.stats();
+    assert_eq!(st.duplicate_chunks, 1);
+    assert_eq!(st.duplicate_records, 2);
+    assert_eq!(
+        st.duplicate_request_ids, 0,
+        "every attempt has its own request id"
+    );
+    let log = s.requests();
+    assert_eq!(log[1].chunk_id, chunk_a);
+
+    // Another chunk that repeats one record: a duplicate record, not a duplicate chunk.
+    assert_eq!(
+        send(
+            &mut c,
+            "D",
+            "KEC.executeStreamingIngest;chunk-b;1",
+            b"b,2
+c,3
+"
+        ),
+        200
+    );
+    // The same bytes in another table are that table's first.
+    assert_eq!(
+        send(
+            &mut c,
+            "E",
+            "KEC.executeStreamingIngest;chunk-c;1",
+            b"a,1
+"
+        ),
+        200
+    );
+    // A resend the server refused stored nothing: no duplicate.
+    s.push_fault(Fault::Throttle { retry_after: None });
+    assert_eq!(
+        send(
+            &mut c,
+            "D",
+            &format!("{chunk_a};3"),
+            b"a,1
+b,2
+"
+        ),
+        429
+    );
+    let st = s.stats();
+    assert_eq!((st.duplicate_chunks, st.duplicate_records), (1, 3));
+
+    // Over HTTP, next to the old counter.
+    let j = c.request("GET", "/_dev/stats", &[], b"").unwrap().json();
+    assert_eq!(j["duplicate_chunks"], 1);
+    assert_eq!(j["duplicate_records"], 3);
+    assert_eq!(j["duplicate_request_ids"], 0);
+    let j = c.request("GET", "/_dev/requests", &[], b"").unwrap().json();
+    assert_eq!(j[0]["chunk_id"], chunk_a);
+    assert_eq!(j[0]["client_request_id"], format!("{chunk_a};1"));
+
+    // Reset forgets what was seen.
+    s.reset();
+    assert_eq!(
+        send(
+            &mut c,
+            "D",
+            &format!("{chunk_a};4"),
+            b"a,1
+"
+        ),
+        200
+    );
+    let st = s.stats();
+    assert_eq!((st.duplicate_chunks, st.duplicate_records), (0, 0));
+}
+
+#[test]
 fn control_endpoints_steer_the_server() {
     let s = start(ServerConfig::default());
     let mut c = connect(s.addr());
@@ -635,6 +741,8 @@ fn control_endpoints_steer_the_server() {
     assert_eq!(st["ingested_requests"], 2);
     assert_eq!(st["records"], 2);
     assert_eq!(st["duplicate_request_ids"], 1);
+    assert_eq!(st["duplicate_chunks"], 1);
+    assert_eq!(st["duplicate_records"], 1);
     assert_eq!(st["tables"]["db.F"], 2);
     // Random faults over HTTP.
     assert_eq!(

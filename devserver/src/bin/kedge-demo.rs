@@ -139,12 +139,13 @@ fn main() {
     let requests = server.requests();
     let refused = requests.iter().filter(|r| !r.ingested).count();
     println!(
-        "{} requests ({} ingested, {} cut off by the outage), every body gzip: {}, duplicates after lost replies: {}",
+        "{} requests ({} ingested, {} cut off by the outage), every body gzip: {}, duplicates after lost replies: {} chunks, {} records",
         requests.len(),
         stats.ingested_requests,
         refused,
         requests.iter().filter(|r| r.ingested).all(|r| r.gzip_ok),
-        stats.duplicate_request_ids
+        stats.duplicate_chunks,
+        stats.duplicate_records
     );
     let _ = std::fs::remove_dir_all(&work);
     match appended {
