@@ -511,6 +511,14 @@ mod tests {
             f.message.as_str(),
             format!("host name '{host}' does not resolve: check the cluster URL")
         );
+        // Through a proxy whose own name does not resolve, the proxy's setting is what to fix.
+        let t = transport(&url, Some("http://kusto-edge-proxy.invalid:3128"));
+        let f = post(&t, &format!("{url}/v1/rest/ingest/db/T?streamFormat=csv"));
+        assert_eq!(f.class, FailureClass::TargetNotReady, "{}", f.message);
+        assert_eq!(
+            f.message.as_str(),
+            "proxy host name 'kusto-edge-proxy.invalid' does not resolve: check proxy.url"
+        );
     }
 
     #[test]
