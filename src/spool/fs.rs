@@ -2,7 +2,8 @@
 
 use super::storage::{Area, Storage};
 use std::fs::{self, DirBuilder, File, OpenOptions};
-use std::io::{self, Write};
+use std::io::{self, Read, Write};
+use std::os::fd::AsRawFd;
 use std::os::unix::fs::{DirBuilderExt, FileExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 
@@ -12,14 +13,89 @@ use std::path::{Path, PathBuf};
 /// and only the process that writes it should read it. OS errors are passed through unchanged;
 /// std already maps ENOSPC/EDQUOT to `StorageFull`/`QuotaExceeded` and EROFS to
 /// `ReadOnlyFilesystem`, which the spool turns into `NoSpace` and `ReadOnly`.
-#[derive(Debug, Clone)]
+///
+/// It holds an exclusive advisory lock on `<root>/.lock` for as long as it lives, so only one
+/// client at a time uses a spool directory.
+#[derive(Debug)]
 pub struct FsStorage {
     root: PathBuf,
+    /// Open for the lock's sake: the `flock` lives as long as this file description.
+    _lock: File,
+}
+
+/// Name of the lock file in the spool directory (not a chunk name, so recovery ignores it).
+const LOCK_NAME: &str = ".lock";
+
+/// Fails if `path` exists and is a symlink: the spool must not be redirected to another place.
+fn refuse_symlink(path: &Path) -> io::Result<()> {
+    match fs::symlink_metadata(path) {
+        Ok(m) if m.file_type().is_symlink() => Err(io::Error::other(format!(
+            "spool subdirectory '{}' is a symlink: refusing to follow it",
+            path.display()
+        ))),
+        _ => Ok(()),
+    }
+}
+
+/// `flock(2)` with `LOCK_EX | LOCK_NB`. `File::try_lock` would do, but it needs Rust 1.89 and
+/// the crate supports 1.87.
+fn try_lock_exclusive(f: &File) -> io::Result<()> {
+    extern "C" {
+        fn flock(fd: i32, operation: i32) -> i32;
+    }
+    const LOCK_EX: i32 = 2;
+    const LOCK_NB: i32 = 4;
+    // SAFETY: flock only takes two integers and touches no memory of ours; the descriptor is
+    // owned by `f`, which is borrowed for the whole call, so it is open and valid.
+    let r = unsafe { flock(f.as_raw_fd(), LOCK_EX | LOCK_NB) };
+    if r == 0 {
+        Ok(())
+    } else {
+        Err(io::Error::last_os_error())
+    }
+}
+
+/// Opens `<root>/.lock`, takes the exclusive lock and records our pid in it; if another holder
+/// has it, names that holder's pid in the error.
+fn lock_root(root: &Path) -> io::Result<File> {
+    let path = root.join(LOCK_NAME);
+    refuse_symlink(&path)?;
+    // No truncate on open: the file may hold the current holder's pid, which we need to report.
+    let mut f = OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .mode(0o600)
+        .open(&path)?;
+    if let Err(e) = try_lock_exclusive(&f) {
+        if e.kind() != io::ErrorKind::WouldBlock {
+            return Err(e);
+        }
+        let mut pid = String::new();
+        let _ = f.read_to_string(&mut pid);
+        let pid = pid.trim();
+        let pid = if pid.is_empty() { "unknown" } else { pid };
+        return Err(io::Error::new(
+            io::ErrorKind::WouldBlock,
+            format!(
+                "spool directory '{}' is in use by another client (pid {pid}): one client per spool directory",
+                root.display()
+            ),
+        ));
+    }
+    f.set_len(0)?;
+    f.write_all_at(std::process::id().to_string().as_bytes(), 0)?;
+    Ok(f)
 }
 
 impl FsStorage {
     /// Uses (and creates, with any missing parents) the spool directory `root` and its
     /// `corrupt/` and `rejected/` subdirectories. Existing directories keep their permissions.
+    ///
+    /// Takes an exclusive lock on `<root>/.lock` (mode 0600, holding our pid) for the life of
+    /// the storage; if another client holds it, fails with [`io::ErrorKind::WouldBlock`] and a
+    /// message naming its pid. Subdirectories or a lock file that are symlinks are refused.
     pub fn new(root: impl AsRef<Path>) -> io::Result<Self> {
         let root = root.as_ref().to_path_buf();
         let existed = root.is_dir();
@@ -36,15 +112,27 @@ impl FsStorage {
         let mut created = false;
         for area in [Area::Corrupt, Area::Rejected] {
             let dir = root.join(area.dir_name());
+            refuse_symlink(&dir)?;
             if !dir.is_dir() {
-                DirBuilder::new().mode(0o700).create(&dir)?;
+                match DirBuilder::new().mode(0o700).create(&dir) {
+                    Ok(()) => {}
+                    // Another opener created it in between: fine if it is a real directory.
+                    Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {
+                        refuse_symlink(&dir)?;
+                        if !dir.is_dir() {
+                            return Err(e);
+                        }
+                    }
+                    Err(e) => return Err(e),
+                }
                 created = true;
             }
         }
         if created {
             sync_dir(&root)?;
         }
-        Ok(FsStorage { root })
+        let lock = lock_root(&root)?;
+        Ok(FsStorage { root, _lock: lock })
     }
 
     /// The spool directory.

@@ -49,11 +49,25 @@
 //! buffer of its own; `push` needs one transient payload-sized copy to encrypt into, because the
 //! caller's payload is borrowed read-only and AES-GCM in ring is one-shot. That copy is taken with
 //! `try_reserve`, so a gateway short of RAM gets [`SpoolError::OutOfMemory`], not an abort.
-//! A chunk sealed under another key is recognised on `open` by its key identifier; a tampered one
-//! (with a recomputed CRC) fails authentication on `read`. Both go to `corrupt/`, never to the
-//! caller. With a key configured, unsealed chunks are refused as well (whoever can write the flash
-//! could otherwise inject data); without a key, sealed chunks cannot be read and are moved aside
-//! (`corrupt/` keeps them for when the key is configured again).
+//! A chunk sealed under another key is recognised on `open` by its key identifier (in the
+//! CRC-checked header); a tampered one (with a recomputed CRC) fails authentication on `read` and
+//! goes to `corrupt/`, never to the caller. With a key configured, unsealed chunks are refused as
+//! well (whoever can write the flash could otherwise inject data); without a key, sealed chunks
+//! cannot be read. Such key mismatches (other key, no key, clear chunk with a key) are a
+//! configuration matter, not damage: the chunks stay in the spool directory untouched, are not
+//! indexed (never read, sent, or counted against the limits) and are reported as `locked`; an
+//! `open` with the matching configuration serves them again. Only real damage (bad checksum, torn
+//! file, failed authentication) moves a chunk to `corrupt/`.
+//!
+//! Opening never discards data silently: a spool holding more than its (lowered) limits is kept
+//! whole and refuses new chunks until it drains, unless `trim_on_open` asks to drop the oldest.
+//!
+//! # One process per spool directory
+//!
+//! [`FsStorage`] takes an exclusive `flock` on `<spool>/.lock` (and writes its pid there) for its
+//! whole life; a second client on the same directory fails to open instead of numbering chunks
+//! from the same sequence and overwriting the first one's files. The kernel drops the lock when the
+//! process dies, so a crash never leaves the directory locked.
 //!
 //! Sequence numbers are `u64` and only grow (`open` resumes after the largest number found in any
 //! area): at a million chunks per second they last 584,000 years, so wrap-around is not handled.
@@ -159,6 +173,10 @@ pub struct SpoolConfig {
     /// AES-256-GCM key for encryption at rest; `None` stores payloads in clear.
     /// Never written anywhere; the spool keeps only ring's key schedule.
     pub key: Option<[u8; 32]>,
+    /// Whether `open` may delete the oldest chunks when the spool holds more than the (lowered)
+    /// limits allow, whatever the policy. Off by default: opening never discards data silently;
+    /// an over-limit spool is kept whole and `push` refuses new chunks until it drains.
+    pub trim_on_open: bool,
 }
 
 impl fmt::Debug for SpoolConfig {
@@ -168,6 +186,7 @@ impl fmt::Debug for SpoolConfig {
             .field("max_chunks", &self.max_chunks)
             .field("policy", &self.policy)
             .field("key", &self.key.map(|_| "<redacted>"))
+            .field("trim_on_open", &self.trim_on_open)
             .finish()
     }
 }
@@ -288,8 +307,19 @@ pub struct RecoveryReport {
     /// Chunks that failed verification and were moved to `corrupt/`.
     pub corrupt: u32,
     /// Chunks dropped because the spool held more than the (possibly lowered) limits allow
-    /// (only with [`FullPolicy::DropOldest`]).
+    /// (only with [`SpoolConfig::trim_on_open`]).
     pub dropped: Dropped,
+    /// The pending chunks exceed `max_bytes`/`max_chunks` (limits lowered since the last run and
+    /// no `trim_on_open`): all are kept, and `push` refuses new chunks with [`SpoolError::Full`]
+    /// until the spool drains back under its limits.
+    pub over_limit: bool,
+    /// Intact chunks sealed under another key, sealed while no key is configured, or in clear
+    /// while a key is configured. They stay in the spool directory untouched and are not indexed
+    /// (never read, sent or counted against the limits); an open with the matching key (or
+    /// without one, for clear chunks) serves them again.
+    pub locked: u32,
+    /// File bytes of the locked chunks (they still occupy the flash: worth a warning).
+    pub locked_bytes: u64,
 }
 
 /// Chunks deleted to make room (policy [`FullPolicy::DropOldest`]): lost telemetry the caller
@@ -331,6 +361,13 @@ pub struct SpoolStats {
     pub service_rejected_chunks: u64,
     /// Records in those.
     pub service_rejected_records: u64,
+    /// Failed storage writes, removes, renames and directory syncs (in `push`, `remove`,
+    /// `reject`, quarantine and recovery): a sick flash shows here even when the chunk's fate
+    /// was settled anyway.
+    pub io_errors: u64,
+    /// Chunks left untouched on `open` because they need another key (see
+    /// [`RecoveryReport::locked`]).
+    pub locked_chunks: u64,
 }
 
 /// What the spool knows about a pending chunk without reading its file.
@@ -361,6 +398,7 @@ pub struct Spool<S: Storage> {
     max_bytes: u64,
     max_chunks: u32,
     policy: FullPolicy,
+    trim_on_open: bool,
     sealer: Option<Sealer>,
     index: BTreeMap<u64, ChunkInfo>,
     bytes: u64,
@@ -433,11 +471,17 @@ fn parse_name(name: &str) -> Option<(u64, Kind)> {
 /// Result of a repair step during recovery: `Ok(false)` when the filesystem is read-only, so
 /// recovery skips repairs and the spool still serves its intact chunks (they may be the only copy
 /// of the data on a gateway whose flash the kernel remounted read-only).
-fn repaired(r: io::Result<()>) -> Result<bool, SpoolError> {
+fn repaired(io_errors: &mut u64, r: io::Result<()>) -> Result<bool, SpoolError> {
     match r {
         Ok(()) => Ok(true),
-        Err(e) if e.kind() == io::ErrorKind::ReadOnlyFilesystem => Ok(false),
-        Err(e) => Err(e.into()),
+        Err(e) if e.kind() == io::ErrorKind::ReadOnlyFilesystem => {
+            *io_errors += 1;
+            Ok(false)
+        }
+        Err(e) => {
+            *io_errors += 1;
+            Err(e.into())
+        }
     }
 }
 
@@ -447,6 +491,10 @@ enum Check {
     Corrupt(String),
     /// The file could not be read: report, do not judge it.
     Io(io::Error),
+    /// The file is intact (header checksum and size agree) but needs another key, or none, or
+    /// a key where none was used: leave it alone for an open with the right configuration.
+    /// Carries the file size.
+    Locked(u64),
 }
 
 impl From<io::Error> for Check {
@@ -458,10 +506,11 @@ impl From<io::Error> for Check {
 impl<S: Storage> Spool<S> {
     /// Opens the spool on `storage` and recovers it: deletes leftovers of interrupted writes,
     /// verifies every chunk (streaming, 64 KiB scratch), moves failures to `corrupt/`, rebuilds the
-    /// index, and resumes the sequence after the largest number found. With
-    /// [`FullPolicy::DropOldest`], chunks beyond the limits (lowered since the last run) are dropped
-    /// oldest first; with [`FullPolicy::RejectNew`] they are kept and `push` says `Full` until the
-    /// spool drains.
+    /// index, and resumes the sequence after the largest number found. Chunks beyond the limits
+    /// (lowered since the last run) are kept, whatever the policy, and `push` says `Full` until
+    /// the spool drains under them ([`RecoveryReport::over_limit`]); only with
+    /// [`SpoolConfig::trim_on_open`] are they dropped, oldest first. Intact chunks that need
+    /// another key are left in place, unindexed ([`RecoveryReport::locked`]).
     ///
     /// An I/O error while reading a chunk aborts `open` rather than quarantining a chunk that may be
     /// fine; the error names the cause.
@@ -477,6 +526,7 @@ impl<S: Storage> Spool<S> {
             max_bytes: cfg.max_bytes,
             max_chunks: cfg.max_chunks,
             policy: cfg.policy,
+            trim_on_open: cfg.trim_on_open,
             sealer,
             index: BTreeMap::new(),
             bytes: 0,
@@ -517,7 +567,10 @@ impl<S: Storage> Spool<S> {
             match kind {
                 Kind::Chunk => seqs.push(seq),
                 Kind::Tmp => {
-                    if repaired(self.storage.remove(Area::Pending, name))? {
+                    if repaired(
+                        &mut self.stats.io_errors,
+                        self.storage.remove(Area::Pending, name),
+                    )? {
                         report.removed_partial += 1;
                         dirty = true;
                     }
@@ -538,24 +591,37 @@ impl<S: Storage> Spool<S> {
                     let name = Name::new(seq, Kind::Chunk);
                     let to_corrupt = (Area::Corrupt, name.as_str());
                     moved |= repaired(
+                        &mut self.stats.io_errors,
                         self.storage
                             .rename((Area::Pending, name.as_str()), to_corrupt),
                     )?;
                     report.corrupt += 1;
                     self.stats.corrupt_chunks += 1;
                 }
+                Err(Check::Locked(len)) => {
+                    // Untouched and unindexed; its number stays reserved (max_seq above).
+                    report.locked += 1;
+                    report.locked_bytes += len;
+                    self.stats.locked_chunks += 1;
+                }
                 Err(Check::Io(e)) => return Err(e.into()),
             }
         }
         drop(scratch);
         if moved {
-            repaired(self.storage.sync_area(Area::Corrupt))?;
+            repaired(
+                &mut self.stats.io_errors,
+                self.storage.sync_area(Area::Corrupt),
+            )?;
         }
         if moved || dirty {
-            repaired(self.storage.sync_area(Area::Pending))?;
+            repaired(
+                &mut self.stats.io_errors,
+                self.storage.sync_area(Area::Pending),
+            )?;
         }
 
-        if self.policy == FullPolicy::DropOldest {
+        if self.trim_on_open {
             let mut freed = false;
             while self.index.len() > self.max_chunks as usize || self.bytes > self.max_bytes {
                 let seq = *self
@@ -564,6 +630,7 @@ impl<S: Storage> Spool<S> {
                     .next()
                     .expect("over limit means non-empty");
                 if !repaired(
+                    &mut self.stats.io_errors,
                     self.storage
                         .remove(Area::Pending, Name::new(seq, Kind::Chunk).as_str()),
                 )? {
@@ -574,11 +641,15 @@ impl<S: Storage> Spool<S> {
                 freed = true;
             }
             if freed {
-                repaired(self.storage.sync_area(Area::Pending))?;
+                repaired(
+                    &mut self.stats.io_errors,
+                    self.storage.sync_area(Area::Pending),
+                )?;
             }
         }
 
         self.next_seq = max_seq.map_or(0, |s| s + 1);
+        report.over_limit = self.over_limit();
         report.chunks = self.index.len() as u32;
         report.bytes = self.bytes;
         Ok(report)
@@ -616,15 +687,10 @@ impl<S: Storage> Spool<S> {
         match (&self.sealer, &d.seal) {
             (None, None) => {}
             (Some(s), Some(seal)) if s.key_id() == seal.key_id => {}
-            (Some(_), Some(_)) => return Err(Check::Corrupt("sealed with a different key".into())),
-            (None, Some(_)) => {
-                return Err(Check::Corrupt("encrypted, but no key is configured".into()))
-            }
-            (Some(_), None) => {
-                return Err(Check::Corrupt(
-                    "not encrypted, but a key is configured".into(),
-                ))
-            }
+            // Sealed under another key, sealed without a key configured, or in clear with a key
+            // configured: the header is authentic (its CRC held), so this is a configuration
+            // mismatch, not damage.
+            _ => return Err(Check::Locked(len)),
         }
         Ok((d, len))
     }
@@ -695,6 +761,12 @@ impl<S: Storage> Spool<S> {
         Some(info)
     }
 
+    /// Whether the pending chunks exceed the limits (only possible after an open with lowered
+    /// limits and no `trim_on_open`, or a trim stopped by a read-only filesystem).
+    fn over_limit(&self) -> bool {
+        self.index.len() > self.max_chunks as usize || self.bytes > self.max_bytes
+    }
+
     fn count_drop(&mut self, dropped: &mut Dropped, info: &ChunkInfo) {
         dropped.chunks += 1;
         dropped.records += info.records as u64;
@@ -708,7 +780,9 @@ impl<S: Storage> Spool<S> {
     /// fsynced, so the chunk survives any later power cut. Applies the capacity policy first:
     /// with [`FullPolicy::DropOldest`] the returned [`Dropped`] says what was deleted to make room;
     /// with [`FullPolicy::RejectNew`] a chunk that does not fit gets [`SpoolError::Full`] and nothing
-    /// changes. On any error the new chunk is not stored and earlier chunks are intact (chunks
+    /// changes. While the spool is over its limits (a backlog recovered under lowered limits),
+    /// every push gets [`SpoolError::Full`] whatever the policy: the backlog is never deleted to
+    /// make room. On any error the new chunk is not stored and earlier chunks are intact (chunks
     /// already dropped to make room stay dropped and are counted in [`SpoolStats`]).
     pub fn push(&mut self, header: &ChunkHeader, payload: &[u8]) -> Result<Dropped, SpoolError> {
         if header.raw_len > MAX_RAW_LEN {
@@ -735,6 +809,14 @@ impl<S: Storage> Spool<S> {
                 len: file_len,
                 max: self.max_bytes,
             });
+        }
+
+        if self.over_limit() {
+            // A backlog recovered over lowered limits is kept whole: no policy may delete it to
+            // make room, and nothing new is added until it drains under the limits.
+            self.stats.rejected_chunks += 1;
+            self.stats.rejected_records += header.records as u64;
+            return Err(SpoolError::Full);
         }
 
         // How many of the oldest chunks must go for this one to fit.
@@ -789,6 +871,7 @@ impl<S: Storage> Spool<S> {
             tmp.as_str(),
             &[&self.hdr, body, tag, &trailer],
         ) {
+            self.stats.io_errors += 1;
             // Best effort: a leftover .tmp is also deleted by the next open.
             let _ = self.storage.remove(Area::Pending, tmp.as_str());
             return Err(e.into());
@@ -807,6 +890,7 @@ impl<S: Storage> Spool<S> {
                 .remove(Area::Pending, Name::new(old, Kind::Chunk).as_str())
             {
                 if e.kind() != io::ErrorKind::NotFound {
+                    self.stats.io_errors += 1;
                     let _ = self.storage.remove(Area::Pending, tmp.as_str());
                     return Err(e.into());
                 }
@@ -819,6 +903,7 @@ impl<S: Storage> Spool<S> {
             .storage
             .rename((Area::Pending, tmp.as_str()), (Area::Pending, fin.as_str()))
         {
+            self.stats.io_errors += 1;
             let _ = self.storage.remove(Area::Pending, tmp.as_str());
             return Err(e.into());
         }
@@ -829,6 +914,7 @@ impl<S: Storage> Spool<S> {
             header_len: self.hdr.len() - CRC_LEN,
         };
         if let Err(e) = self.storage.sync_area(Area::Pending) {
+            self.stats.io_errors += 1;
             // Not durable: undo so the caller's view (not stored) matches the directory. If even
             // that fails the chunk exists, so it stays indexed and may be sent (at least once).
             if self.storage.remove(Area::Pending, fin.as_str()).is_err() {
@@ -898,6 +984,11 @@ impl<S: Storage> Spool<S> {
                 out[..plen].fill(0);
                 Err(self.quarantine(seq, why))
             }
+            Err(Check::Locked(_)) => {
+                // It was indexed under this key, so its key changed on flash: damage, not config.
+                out[..plen].fill(0);
+                Err(self.quarantine(seq, "key changed since it was indexed".into()))
+            }
             Err(Check::Io(e)) if e.kind() == io::ErrorKind::NotFound => {
                 // Deleted behind our back: nothing left to send.
                 self.forget(seq);
@@ -966,6 +1057,9 @@ impl<S: Storage> Spool<S> {
             .and_then(|()| self.storage.sync_area(Area::Pending));
         self.forget(seq);
         self.stats.corrupt_chunks += 1;
+        if moved.is_err() {
+            self.stats.io_errors += 1;
+        }
         match moved {
             Ok(()) => SpoolError::Corrupt(format!("chunk {}: {why}; moved to corrupt/", name.as_str())),
             Err(e) => SpoolError::Corrupt(format!(
@@ -976,22 +1070,29 @@ impl<S: Storage> Spool<S> {
     }
 
     /// Deletes a chunk the service acknowledged. Durable on `Ok` (the directory is fsynced, so the
-    /// chunk is not sent again after a reboot). On an error after the file was unlinked the chunk
-    /// is forgotten anyway; after a power cut it may then come back and be sent twice.
+    /// chunk is not sent again after a reboot).
+    ///
+    /// The chunk is forgotten from the index on every outcome, errors included: it was delivered,
+    /// and keeping it would make the caller resend it in a loop on a flash that refuses unlinks
+    /// (read-only, EACCES, EIO). If the unlink or the directory fsync failed, the error is still
+    /// returned (and counted in [`SpoolStats::io_errors`]) so the caller can report it; the file
+    /// may then come back after a restart and be sent once more (at most one duplicate).
     pub fn remove(&mut self, seq: u64) -> Result<(), SpoolError> {
         if !self.index.contains_key(&seq) {
             return Err(SpoolError::NotFound(seq));
         }
         let name = Name::new(seq, Kind::Chunk);
-        match self.storage.remove(Area::Pending, name.as_str()) {
-            Ok(()) => {}
-            Err(e) if e.kind() == io::ErrorKind::NotFound => {}
-            Err(e) => return Err(e.into()),
-        }
+        let result = match self.storage.remove(Area::Pending, name.as_str()) {
+            Ok(()) => self.storage.sync_area(Area::Pending),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
+            Err(e) => Err(e),
+        };
         self.forget(seq);
-        self.storage.sync_area(Area::Pending)?;
         self.stats.removed_chunks += 1;
-        Ok(())
+        result.map_err(|e| {
+            self.stats.io_errors += 1;
+            e.into()
+        })
     }
 
     /// Moves a chunk the service refused permanently (bad data, wrong mapping) to `rejected/`,
@@ -999,6 +1100,10 @@ impl<S: Storage> Spool<S> {
     /// file beside it, so an operator can fix the cause and replay it by hand. It is never
     /// returned by `oldest`/`pending` again. The message is best effort: if it cannot be written
     /// (no space), the chunk is still moved.
+    ///
+    /// The chunk is forgotten on every outcome: if the move itself (or a directory fsync) fails,
+    /// the error is returned and counted in [`SpoolStats::io_errors`], but the chunk is not sent
+    /// again as is in this run (after a restart it may be pending again and be retried once).
     pub fn reject(&mut self, seq: u64, message: &str) -> Result<(), SpoolError> {
         let Some(records) = self.index.get(&seq).map(|i| i.records) else {
             return Err(SpoolError::NotFound(seq));
@@ -1013,19 +1118,25 @@ impl<S: Storage> Spool<S> {
             .write_file(Area::Rejected, msg.as_str(), &[&message.as_bytes()[..cut]])
             .is_err()
         {
+            self.stats.io_errors += 1;
             let _ = self.storage.remove(Area::Rejected, msg.as_str());
         }
         let name = Name::new(seq, Kind::Chunk);
-        self.storage.rename(
-            (Area::Pending, name.as_str()),
-            (Area::Rejected, name.as_str()),
-        )?;
+        let result = self
+            .storage
+            .rename(
+                (Area::Pending, name.as_str()),
+                (Area::Rejected, name.as_str()),
+            )
+            .and_then(|()| self.storage.sync_area(Area::Rejected))
+            .and_then(|()| self.storage.sync_area(Area::Pending));
         self.forget(seq);
         self.stats.service_rejected_chunks += 1;
         self.stats.service_rejected_records += records as u64;
-        self.storage.sync_area(Area::Rejected)?;
-        self.storage.sync_area(Area::Pending)?;
-        Ok(())
+        result.map_err(|e| {
+            self.stats.io_errors += 1;
+            e.into()
+        })
     }
 
     /// Fill level and counters since `open`.

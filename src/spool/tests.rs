@@ -13,6 +13,7 @@ fn cfg(key: Option<[u8; 32]>) -> SpoolConfig {
         max_chunks: 1000,
         policy: FullPolicy::DropOldest,
         key,
+        trim_on_open: false,
     }
 }
 
@@ -196,36 +197,73 @@ fn largest_allowed_chunk_round_trips_and_one_byte_more_is_too_large() {
 // ---------------------------------------------------------------- keys and tampering
 
 #[test]
-fn chunks_sealed_under_another_key_go_to_corrupt_on_open() {
+fn chunks_sealed_under_another_key_stay_locked_until_the_right_key_opens_them() {
     let mem = MemStorage::new();
     let (mut sp, _) = Spool::open(mem.clone(), cfg(Some(KEY))).unwrap();
+    let mut all = Vec::new();
     for i in 0..3 {
         let (h, p) = chunk(i, "A", 100);
         sp.push(&h, &p).unwrap();
+        all.push((h, p));
     }
+    let file_bytes = sp.stats().bytes;
     drop(sp);
-    let (sp, report) = Spool::open(mem.clone(), cfg(Some(OTHER_KEY))).unwrap();
-    assert_eq!((report.chunks, report.corrupt), (0, 3));
-    assert!(sp.is_empty());
-    assert_eq!(sp.stats().corrupt_chunks, 3);
-    assert_eq!(mem.names(Area::Corrupt).len(), 3);
-    assert!(mem.names(Area::Pending).is_empty());
+    for key in [Some(OTHER_KEY), None] {
+        let (mut sp, report) = Spool::open(mem.clone(), cfg(key)).unwrap();
+        assert_eq!(
+            (
+                report.chunks,
+                report.corrupt,
+                report.locked,
+                report.locked_bytes
+            ),
+            (0, 0, 3, file_bytes),
+            "key {:?}",
+            key.map(|k| k[0])
+        );
+        assert!(sp.is_empty());
+        assert_eq!(
+            sp.stats().bytes,
+            0,
+            "locked chunks do not count against the limits"
+        );
+        assert_eq!(
+            (sp.stats().locked_chunks, sp.stats().corrupt_chunks),
+            (3, 0)
+        );
+        assert!(mem.names(Area::Corrupt).is_empty());
+        assert_eq!(mem.names(Area::Pending).len(), 3, "files left untouched");
+        // Numbering skips the locked chunks' numbers.
+        if key.is_some() {
+            let (h, p) = chunk(9, "A", 10);
+            sp.push(&h, &p).unwrap();
+            assert_eq!(sp.oldest(None), Some(3));
+            sp.remove(3).unwrap();
+        }
+    }
+    let (mut sp, report) = Spool::open(mem.clone(), cfg(Some(KEY))).unwrap();
+    assert_eq!((report.chunks, report.locked, report.corrupt), (3, 0, 0));
+    let got: Vec<_> = read_all(&mut sp)
+        .into_iter()
+        .map(|(_, h, p)| (h, p))
+        .collect();
+    assert_eq!(got, all);
 }
 
 #[test]
-fn sealed_chunks_without_key_and_clear_chunks_with_key_are_not_returned() {
+fn clear_chunks_opened_with_a_key_stay_locked_and_are_readable_without_one() {
     let mem = MemStorage::new();
-    let (mut sp, _) = Spool::open(mem.clone(), cfg(Some(KEY))).unwrap();
+    let (mut sp, _) = Spool::open(mem.clone(), cfg(None)).unwrap();
     let (h, p) = chunk(1, "A", 100);
     sp.push(&h, &p).unwrap();
     drop(sp);
-    let (mut sp, report) = Spool::open(mem.clone(), cfg(None)).unwrap();
-    assert_eq!(report.corrupt, 1);
-    sp.push(&h, &p).unwrap();
-    drop(sp);
     let (sp, report) = Spool::open(mem.clone(), cfg(Some(KEY))).unwrap();
-    assert_eq!((report.chunks, report.corrupt), (0, 1));
+    assert_eq!((report.chunks, report.corrupt, report.locked), (0, 0, 1));
     assert!(sp.is_empty());
+    drop(sp);
+    let (mut sp, report) = Spool::open(mem.clone(), cfg(None)).unwrap();
+    assert_eq!((report.chunks, report.locked), (1, 0));
+    assert_eq!(read_all(&mut sp), vec![(0, h, p)]);
 }
 
 /// Rewrites a chunk file through `edit` and fixes up both CRCs, as a deliberate attacker would.
@@ -572,11 +610,15 @@ fn truncated_and_bit_flipped_files_go_to_corrupt_and_intact_ones_are_still_retur
             all.push(c);
         }
         let storage = sp.into_storage();
+        let paths: Vec<_> = (0..12u32)
+            .map(|i| storage.path(Area::Pending, &format!("{:016x}.chunk", i)))
+            .collect();
+        drop(storage); // releases the directory lock for the reopen below
         let mut rnd = bytes(round + 77, 4096).into_iter().map(u64::from).cycle();
         let mut damaged = HashSet::new();
         for i in 0..12u32 {
-            let path = storage.path(Area::Pending, &format!("{:016x}.chunk", i));
-            let mut data = fs::read(&path).unwrap();
+            let path = &paths[i as usize];
+            let mut data = fs::read(path).unwrap();
             let r = rnd.next().unwrap() % 3;
             if r == 0 {
                 continue; // intact
@@ -591,7 +633,7 @@ fn truncated_and_bit_flipped_files_go_to_corrupt_and_intact_ones_are_still_retur
                     data[at] ^= 1 + (rnd.next().unwrap() % 255) as u8;
                 }
             }
-            fs::write(&path, &data).unwrap();
+            fs::write(path, &data).unwrap();
             damaged.insert(i);
         }
         // Files that are not ours, and garbage under our naming scheme.
@@ -727,14 +769,11 @@ fn eio_at_any_step_of_a_push_leaves_the_spool_consistent() {
 }
 
 #[test]
-fn eio_on_remove_and_on_reads_keeps_the_chunk_pending() {
+fn eio_on_reads_keeps_the_chunk_pending_and_eio_on_remove_forgets_it() {
     let mem = MemStorage::new();
     let (mut sp, _) = Spool::open(mem.clone(), cfg(None)).unwrap();
     let (h, p) = chunk(0, "A", 100);
     sp.push(&h, &p).unwrap();
-    mem.fail_op(0, io::ErrorKind::Other);
-    assert!(matches!(sp.remove(0), Err(SpoolError::Io(_))));
-    assert_eq!(sp.oldest(None), Some(0));
 
     mem.set_fail_reads(true);
     let mut buf = [0u8; 100];
@@ -743,12 +782,22 @@ fn eio_on_remove_and_on_reads_keeps_the_chunk_pending() {
         "EIO is not corruption"
     );
     assert_eq!(sp.stats().corrupt_chunks, 0);
+    assert_eq!(sp.oldest(None), Some(0));
+    mem.set_fail_reads(false);
+
+    // The chunk was delivered: a failed unlink must not make the caller resend it forever.
+    mem.fail_op(0, io::ErrorKind::Other);
+    assert!(matches!(sp.remove(0), Err(SpoolError::Io(_))));
+    assert_eq!(sp.oldest(None), None);
+    assert_eq!(sp.stats().io_errors, 1);
+    mem.set_fail_reads(true);
     drop(sp);
     let e = Spool::open(mem.clone(), cfg(None))
         .err()
         .expect("open cannot verify chunks");
     assert!(matches!(e, SpoolError::Io(_)));
     mem.set_fail_reads(false);
+    // The file survived the failed unlink, so it comes back once (at most one duplicate).
     let (mut sp, report) = Spool::open(mem.clone(), cfg(None)).unwrap();
     assert_eq!((report.chunks, report.corrupt), (1, 0));
     assert_eq!(sp.read(0, &mut buf).unwrap().1, 100);
@@ -765,10 +814,12 @@ fn read_only_filesystem_refuses_changes_but_still_serves_chunks() {
     let e = sp.push(&chunk(1, "A", 10).0, b"x").unwrap_err();
     assert!(matches!(e, SpoolError::ReadOnly));
     assert!(e.to_string().contains("read-only"));
-    assert!(matches!(sp.remove(0), Err(SpoolError::ReadOnly)));
-    assert!(matches!(sp.reject(0, "no"), Err(SpoolError::ReadOnly)));
     let mut buf = [0u8; 100];
     assert_eq!(sp.read(0, &mut buf).unwrap(), (h, 100));
+    // Reject and remove report the failure but forget the chunk (it must not be resent as is).
+    assert!(matches!(sp.reject(0, "no"), Err(SpoolError::ReadOnly)));
+    assert!(sp.is_empty());
+    assert!(matches!(sp.remove(0), Err(SpoolError::NotFound(0))));
     drop(sp);
     mem.set_read_only(false);
 
@@ -985,6 +1036,7 @@ fn lowered_limits_apply_on_open_according_to_the_policy() {
     drop(sp);
     let trim = SpoolConfig {
         max_chunks: 3,
+        trim_on_open: true,
         ..cfg(None)
     };
     let (sp, report) = Spool::open(mem.clone(), trim).unwrap();
@@ -1191,5 +1243,199 @@ fn power_cut_while_dropping_oldest_loses_only_the_chunk_being_dropped() {
                 "cut {n} {mode:?}: {got:?} vs {allowed:?}"
             );
         }
+    }
+}
+
+// ---------------------------------------------------------------- faults that used to lose or repeat data
+
+#[test]
+fn failed_unlink_or_sync_on_remove_still_forgets_the_delivered_chunk() {
+    for (op, kind) in [
+        (0, io::ErrorKind::ReadOnlyFilesystem),
+        (0, io::ErrorKind::PermissionDenied),
+        (0, io::ErrorKind::Other),
+        (1, io::ErrorKind::Other), // the directory fsync after a successful unlink
+    ] {
+        let mem = MemStorage::new();
+        let (mut sp, _) = Spool::open(mem.clone(), cfg(None)).unwrap();
+        for i in 0..2 {
+            let (h, p) = chunk(i, "A", 50);
+            sp.push(&h, &p).unwrap();
+        }
+        mem.fail_op(op, kind);
+        assert!(
+            sp.remove(0).is_err(),
+            "{op} {kind:?}: the error is reported"
+        );
+        assert_eq!(sp.oldest(None), Some(1), "{op} {kind:?}: chunk 0 forgotten");
+        let s = sp.stats();
+        assert_eq!((s.chunks, s.io_errors, s.removed_chunks), (1, 1, 1));
+        assert!(matches!(sp.remove(0), Err(SpoolError::NotFound(0))));
+        sp.remove(1).unwrap();
+        assert_eq!(sp.stats().io_errors, 1);
+    }
+}
+
+#[test]
+fn failed_move_to_rejected_still_forgets_the_chunk() {
+    let mem = MemStorage::new();
+    let (mut sp, _) = Spool::open(mem.clone(), cfg(None)).unwrap();
+    let (h, p) = chunk(0, "A", 50);
+    sp.push(&h, &p).unwrap();
+    // EACCES on every operation: the .msg (best effort) and the rename both fail.
+    for k in 0..8 {
+        mem.fail_op(k, io::ErrorKind::PermissionDenied);
+    }
+    let e = sp.reject(0, "bad mapping").unwrap_err();
+    assert!(matches!(e, SpoolError::Io(_)), "{e}");
+    assert!(sp.is_empty(), "a rejected chunk is never resent as is");
+    let s = sp.stats();
+    assert_eq!(s.service_rejected_chunks, 1);
+    assert!(s.io_errors >= 2, "the .msg and the rename: {}", s.io_errors);
+    assert_eq!(
+        mem.names(Area::Pending).len(),
+        1,
+        "the file itself stays where it was"
+    );
+}
+
+#[test]
+fn push_io_failures_are_counted() {
+    let mem = MemStorage::new();
+    let (mut sp, _) = Spool::open(mem.clone(), cfg(None)).unwrap();
+    mem.fail_op(0, io::ErrorKind::Other);
+    let (h, p) = chunk(0, "A", 50);
+    assert!(sp.push(&h, &p).is_err());
+    assert_eq!(sp.stats().io_errors, 1);
+}
+
+#[test]
+fn over_limit_backlog_is_kept_on_open_and_push_waits_for_it_to_drain() {
+    let mem = MemStorage::new();
+    let (mut sp, _) = Spool::open(mem.clone(), cfg(None)).unwrap();
+    for i in 0..6 {
+        let (h, p) = chunk(i, "A", 100);
+        sp.push(&h, &p).unwrap();
+    }
+    drop(sp);
+    let small = SpoolConfig {
+        max_chunks: 2,
+        policy: FullPolicy::DropOldest,
+        ..cfg(None)
+    };
+    let (mut sp, report) = Spool::open(mem.clone(), small.clone()).unwrap();
+    assert_eq!((report.chunks, report.dropped.chunks), (6, 0));
+    assert!(report.over_limit);
+    let (h, p) = chunk(10, "A", 10);
+    assert!(matches!(sp.push(&h, &p), Err(SpoolError::Full)));
+    assert_eq!(sp.len(), 6, "DropOldest must not eat the recovered backlog");
+    for seq in 0..5 {
+        sp.remove(seq).unwrap();
+        if seq < 3 {
+            // Still more than max_chunks pending after this removal.
+            assert!(matches!(sp.push(&h, &p), Err(SpoolError::Full)), "{seq}");
+        }
+    }
+    // Under the limits again: the normal policy applies.
+    assert_eq!(sp.push(&h, &p).unwrap(), Dropped::default());
+    let d = sp.push(&h, &p).unwrap();
+    assert_eq!(d.chunks, 1, "DropOldest works normally again");
+    drop(sp);
+
+    let (sp, report) = Spool::open(mem.clone(), small).unwrap();
+    assert!(!report.over_limit);
+    drop(sp);
+    for i in 0..4 {
+        let (mut sp, _) = Spool::open(mem.clone(), cfg(None)).unwrap();
+        let (h, p) = chunk(20 + i, "A", 100);
+        sp.push(&h, &p).unwrap();
+    }
+    let trim = SpoolConfig {
+        max_chunks: 2,
+        trim_on_open: true,
+        ..cfg(None)
+    };
+    let (sp, report) = Spool::open(mem.clone(), trim).unwrap();
+    assert_eq!(
+        (report.chunks, report.dropped.chunks, report.over_limit),
+        (2, 4, false)
+    );
+    assert_eq!(sp.stats().dropped_chunks, 4);
+}
+
+#[test]
+fn a_second_client_on_the_same_directory_is_refused_with_the_holders_pid() {
+    let dir = TempDir::new("lock");
+    let first = FsStorage::new(&dir.0).unwrap();
+    let e = FsStorage::new(&dir.0).unwrap_err();
+    assert_eq!(e.kind(), io::ErrorKind::WouldBlock);
+    let msg = e.to_string();
+    assert!(
+        msg.contains(&format!("pid {}", std::process::id()))
+            && msg.contains("one client per spool"),
+        "{msg}"
+    );
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let mode = std::fs::metadata(dir.0.join(".lock"))
+            .unwrap()
+            .permissions()
+            .mode();
+        assert_eq!(mode & 0o777, 0o600);
+    }
+    drop(first);
+    let third = FsStorage::new(&dir.0).unwrap();
+    let (sp, report) = Spool::open(third, cfg(None)).unwrap();
+    assert_eq!(
+        report,
+        RecoveryReport::default(),
+        "the lock file is not a chunk"
+    );
+    drop(sp);
+}
+
+#[test]
+fn concurrent_first_opens_fail_only_on_the_lock() {
+    for round in 0..5 {
+        let dir = TempDir::new("race");
+        let barrier = std::sync::Arc::new(std::sync::Barrier::new(8));
+        let handles: Vec<_> = (0..8)
+            .map(|_| {
+                let (root, barrier) = (dir.0.clone(), barrier.clone());
+                std::thread::spawn(move || {
+                    barrier.wait();
+                    // Hold a success until every thread has tried, so the others meet the lock.
+                    let r = FsStorage::new(&root);
+                    std::thread::sleep(std::time::Duration::from_millis(50));
+                    r.map(drop)
+                })
+            })
+            .collect();
+        let mut ok = 0;
+        for h in handles {
+            match h.join().unwrap() {
+                Ok(()) => ok += 1,
+                Err(e) => assert_eq!(e.kind(), io::ErrorKind::WouldBlock, "round {round}: {e}"),
+            }
+        }
+        assert!(ok >= 1, "round {round}");
+    }
+}
+
+#[test]
+fn symlinked_subdirectories_and_lock_file_are_refused() {
+    use std::os::unix::fs::symlink;
+    for what in ["corrupt", "rejected", ".lock"] {
+        let dir = TempDir::new("symlink");
+        std::fs::create_dir_all(&dir.0).unwrap();
+        let elsewhere = dir.0.parent().unwrap().join("elsewhere");
+        std::fs::create_dir_all(&elsewhere).unwrap();
+        symlink(&elsewhere, dir.0.join(what)).unwrap();
+        let e = FsStorage::new(&dir.0).unwrap_err();
+        assert!(
+            e.to_string()
+                .contains("is a symlink: refusing to follow it"),
+            "{what}: {e}"
+        );
     }
 }
