@@ -194,7 +194,8 @@ impl fmt::Debug for SpoolConfig {
 /// Why a spool operation failed. Each message says what to do about it.
 #[derive(Debug)]
 pub enum SpoolError {
-    /// The spool is at `max_bytes`/`max_chunks` and the policy is [`FullPolicy::RejectNew`].
+    /// The spool is at `max_bytes`/`max_chunks` and the policy is [`FullPolicy::RejectNew`], or
+    /// (whatever the policy) it holds a backlog over lowered limits that has not drained yet.
     Full,
     /// The filesystem is out of space (ENOSPC/EDQUOT); nothing was stored, earlier chunks are intact.
     NoSpace,
@@ -233,8 +234,8 @@ impl fmt::Display for SpoolError {
         match self {
             SpoolError::Full => write!(
                 f,
-                "spool full (max_bytes/max_chunks reached, policy RejectNew): the chunk was not stored; \
-                 wait for the connection to drain the spool, raise the limits, or use DropOldest"
+                "spool full (max_bytes/max_chunks reached with policy RejectNew, or a backlog over lowered limits \
+                 still draining): the chunk was not stored; wait for the connection to drain the spool, raise the limits, or use DropOldest"
             ),
             SpoolError::NoSpace => write!(
                 f,
