@@ -8,10 +8,15 @@
 #define _POSIX_C_SOURCE 200809L
 
 #include <errno.h>
+#include <poll.h>
+#include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <fcntl.h>
+#include <sys/stat.h>
 #include <time.h>
+#include <unistd.h>
 
 #include "kusto_edge.h"
 
@@ -65,6 +70,7 @@ static void usage(FILE *out)
           "  --spool-policy P     when the spool is full: drop-oldest (default) or reject-new\n"
           "  --spool-key-file F   32-byte key (raw or 64 hex digits): encrypt the spool with AES-256-GCM\n"
           "  --drain-only         send what is in the spool and read no input\n"
+          "  --stats-interval N   print the client's stats as one JSON line to stderr every N seconds\n"
           "  --durable-every N    after every N records, write what is buffered to the spool and print\n"
           "                       'durable N' to stdout: records up to there survive a crash (needs --spool)\n"
           "  --quiet              print nothing but a final error\n"
@@ -104,6 +110,7 @@ struct options {
     const char *spool_key_file;
     int drain_only;
     long durable_every;
+    long stats_interval; /* seconds; 0: off */
     int verbosity; /* 0 quiet, 1 default, 2 verbose */
     const char **x_opts; /* "key=value", in command-line order */
     size_t n_x_opts;
@@ -118,6 +125,9 @@ struct counters {
     unsigned long long dropped; /* by a full spool (spool.policy=drop-oldest) */
     kedge_result last_failure; /* result of the last chunk that failed for now */
     int verbosity;
+    /* A message that repeats is printed once, then counted: a failing disk must not flood the log. */
+    char last_log[512];
+    unsigned long repeats;
 };
 
 struct run {
@@ -131,20 +141,111 @@ struct run {
     kedge_result cause; /* the last keep-the-data failure that says why (not BACKING_OFF or SPOOLED) */
     long durable_every; /* 0: off */
     unsigned long long taken; /* records taken (or found invalid) so far, in input order */
+    /* Where the batch in RAM began: if it is lost, the input resumes there. */
+    const char *batch_file;
+    unsigned long batch_line;
 };
 
-/* A fixed-size line reader: never allocates after open, whatever the input. */
+/*
+ * Signs of life for a run of days: on a terminal, a one-line progress display refreshed about once a second;
+ * with --stats-interval N, the client's stats as one JSON line every N seconds (for log collectors). Program
+ * state, like the stop flag: one client, one thread.
+ */
+static const char *PROG = "kedge-send";
+
+static struct {
+    kedge_client *client;
+    int tty;
+    long stats_interval_ms;
+    long long started_ms, last_progress_ms, last_stats_ms;
+    int progress_shown;
+} ticker;
+
+static long long now_ms(void);
+
+static void print_stats_json(const kedge_stats *st)
+{
+    fprintf(stderr,
+            "{\"records_appended\":%llu,\"bytes_appended\":%llu,\"records_acknowledged\":%llu,"
+            "\"records_rejected\":%llu,\"records_buffered\":%llu,\"requests\":%llu,\"retries\":%llu,"
+            "\"failures\":%llu,\"last_http_status\":%llu,\"bytes_sent_wire\":%llu,\"chunks_spooled\":%llu,"
+            "\"records_replayed\":%llu,\"records_dropped\":%llu,\"chunks_corrupt\":%llu,\"chunks_locked\":%llu,"
+            "\"spool_chunks\":%llu,\"spool_bytes\":%llu,\"spool_io_errors\":%llu}\n",
+            (unsigned long long)st->records_appended, (unsigned long long)st->bytes_appended,
+            (unsigned long long)st->records_acknowledged, (unsigned long long)st->records_rejected,
+            (unsigned long long)st->records_buffered, (unsigned long long)st->requests,
+            (unsigned long long)st->retries, (unsigned long long)st->failures,
+            (unsigned long long)st->last_http_status, (unsigned long long)st->bytes_sent_wire,
+            (unsigned long long)st->chunks_spooled, (unsigned long long)st->records_replayed,
+            (unsigned long long)st->records_dropped, (unsigned long long)st->chunks_corrupt,
+            (unsigned long long)st->chunks_locked, (unsigned long long)st->spool_chunks,
+            (unsigned long long)st->spool_bytes, (unsigned long long)st->spool_io_errors);
+}
+
+static void tick(void)
+{
+    long long now;
+    kedge_stats st;
+    if (ticker.client == NULL || (!ticker.tty && ticker.stats_interval_ms == 0)) {
+        return;
+    }
+    now = now_ms();
+    if (ticker.tty && now - ticker.last_progress_ms >= 1000 &&
+        kedge_client_stats(ticker.client, &st, sizeof st) == KEDGE_OK) {
+        double secs = (double)(now - ticker.started_ms) / 1000.0;
+        ticker.last_progress_ms = now;
+        ticker.progress_shown = 1;
+        fprintf(stderr, "\r%s: %llu records, %.1f MB, %.0f records/s, %llu acknowledged, spool %llu chunks (%.1f MB)  ",
+                PROG, (unsigned long long)st.records_appended, (double)st.bytes_appended / 1e6,
+                secs > 0 ? (double)st.records_appended / secs : 0.0, (unsigned long long)st.records_acknowledged,
+                (unsigned long long)st.spool_chunks, (double)st.spool_bytes / 1e6);
+    }
+    if (ticker.stats_interval_ms > 0 && now - ticker.last_stats_ms >= ticker.stats_interval_ms &&
+        kedge_client_stats(ticker.client, &st, sizeof st) == KEDGE_OK) {
+        ticker.last_stats_ms = now;
+        if (ticker.progress_shown) {
+            fputc('\n', stderr);
+            ticker.progress_shown = 0;
+        }
+        print_stats_json(&st);
+    }
+}
+
+static void end_progress(void)
+{
+    if (ticker.progress_shown) {
+        fputc('\n', stderr);
+        ticker.progress_shown = 0;
+    }
+}
+
+/* Set by SIGTERM, SIGINT and SIGHUP: stop reading, deliver or spool what was taken, exit. */
+static volatile sig_atomic_t stop_signal;
+
+static void on_stop_signal(int sig)
+{
+    stop_signal = sig;
+}
+
+/*
+ * A fixed-size line reader on a file descriptor: never allocates after open, whatever the input. It waits for
+ * input with poll() and a timeout taken from kedge_poll, so a pipe that stays open (tail -F | kedge-send) still
+ * has its batches sent by age, and a stop signal is seen at once.
+ */
 struct reader {
-    FILE *f;
+    int fd;
+    kedge_client *client;
     const char *name;
     char *chunk;
     size_t chunk_len;
     size_t chunk_pos;
     int eof;
+    int interrupted; /* input ended by a stop signal, not by its end */
+    int csv;         /* CSV-like format: a newline inside a quoted field belongs to the record */
+    int in_quotes;   /* inside a quoted field of the record being read */
+    unsigned long record_line; /* the line the last record began on (line_no counts physical lines) */
     unsigned long line_no;
 };
-
-static const char *PROG = "kedge-send";
 
 static long long now_ms(void)
 {
@@ -194,9 +295,25 @@ static const char *level_name(kedge_log_level level)
     }
 }
 
+static void flush_repeats(struct counters *c)
+{
+    if (c->repeats > 0) {
+        fprintf(stderr, "%s: (the last message repeated %lu more times)\n", PROG, c->repeats);
+        c->repeats = 0;
+    }
+}
+
 static void on_log(void *userdata, kedge_log_level level, const char *message)
 {
-    (void)userdata;
+    struct counters *c = userdata;
+    if (strncmp(c->last_log, message, sizeof c->last_log - 1) == 0 && strlen(message) < sizeof c->last_log) {
+        c->repeats++;
+        return;
+    }
+    end_progress();
+    flush_repeats(c);
+    strncpy(c->last_log, message, sizeof c->last_log - 1);
+    c->last_log[sizeof c->last_log - 1] = '\0';
     fprintf(stderr, "%s: %s: %s\n", PROG, level_name(level), message);
 }
 
@@ -304,6 +421,17 @@ static int parse_args(int argc, char **argv, struct options *o)
             o->drain_only = 1;
             continue;
         }
+        if (is_flag(a, "--stats-interval")) {
+            const char *v = flag_value(argc, argv, &i, "--stats-interval");
+            if (v == NULL) {
+                return EXIT_USAGE;
+            }
+            if (parse_whole(v, 1, 31L * 24 * 3600, &o->stats_interval) != 0) {
+                fprintf(stderr, "%s: --stats-interval '%s': expected a whole number of seconds\n", PROG, v);
+                return EXIT_USAGE;
+            }
+            continue;
+        }
         if (is_flag(a, "--durable-every")) {
             const char *v = flag_value(argc, argv, &i, "--durable-every");
             if (v == NULL) {
@@ -373,6 +501,18 @@ static int parse_args(int argc, char **argv, struct options *o)
     if ((o->url == NULL && o->connection_string == NULL) || o->table == NULL ||
         (o->database == NULL && o->connection_string == NULL)) {
         fprintf(stderr, "%s: --url (or --connection-string), --database and --table are required (see --help)\n",
+                PROG);
+        return EXIT_USAGE;
+    }
+    if (o->token != NULL && o->token[0] == '\0') {
+        fprintf(stderr, "%s: --token is empty: give a token, or leave the flag out\n", PROG);
+        return EXIT_USAGE;
+    }
+    if ((o->token != NULL) + (o->client_id != NULL) + (o->managed_identity != 0) > 1 ||
+        (o->client_secret_file != NULL && o->cert_file != NULL)) {
+        fprintf(stderr,
+                "%s: conflicting credentials: give one of --token, --client-id with --client-secret-file or "
+                "--cert-file, or --managed-identity\n",
                 PROG);
         return EXIT_USAGE;
     }
@@ -462,6 +602,28 @@ static int build_config(const struct options *o, struct counters *counts, kedge_
     if (o->spool_key_file != NULL && set_key(config, "spool.key_file", o->spool_key_file) != 0) {
         return -1;
     }
+    {
+        /* --give-up-secs bounds the run: one flush is bounded by retry.max_total_ms plus one request's timeouts,
+         * so neither may be longer than half of it (the library's defaults are 30 s each; -X still overrides). */
+        long half_ms = o->give_up_secs * 500L;
+        char v[32];
+        if (half_ms < 100) {
+            half_ms = 100;
+        }
+        if (half_ms < 30000) {
+            snprintf(v, sizeof v, "%ld", half_ms);
+            if (set_key(config, "retry.max_total_ms", v) != 0 || set_key(config, "timeout.send_ms", v) != 0 ||
+                set_key(config, "timeout.recv_ms", v) != 0) {
+                return -1;
+            }
+        }
+        if (half_ms < 10000) {
+            snprintf(v, sizeof v, "%ld", half_ms);
+            if (set_key(config, "timeout.connect_ms", v) != 0) {
+                return -1;
+            }
+        }
+    }
     if (o->batch_bytes != NULL) {
         if (set_key(config, "batch.bytes", o->batch_bytes) != 0) {
             return -1;
@@ -488,10 +650,50 @@ static int build_config(const struct options *o, struct counters *counts, kedge_
     if (kedge_config_set_delivery_callback(config, on_delivery, counts) != KEDGE_OK) {
         return -1;
     }
-    if (o->verbosity > 0 && kedge_config_set_log_callback(config, on_log, NULL) != KEDGE_OK) {
+    if (o->verbosity > 0 && kedge_config_set_log_callback(config, on_log, counts) != KEDGE_OK) {
         return -1;
     }
     return 0;
+}
+
+/* Whether records of this format are CSV records (RFC 4180 quoting), which may span lines. */
+static int is_csv_like(const char *format)
+{
+    static const char *const csv_like[] = {"csv", "psv", "scsv", "sohsv"};
+    size_t i;
+    for (i = 0; i < sizeof csv_like / sizeof csv_like[0]; i++) {
+        const char *a = format;
+        const char *b = csv_like[i];
+        while (*a != '\0' && *b != '\0' && (*a | 0x20) == *b) {
+            a++;
+            b++;
+        }
+        if (*a == '\0' && *b == '\0') {
+            return 1;
+        }
+    }
+    return 0;
+}
+
+/* The newline that ends the record in p[0..n), or NULL. For CSV, a newline inside quotes does not: a doubled
+ * quote ("") toggles twice, so it needs no special case. The quote state carries over between calls. */
+static const char *record_end(struct reader *rd, const char *p, size_t n)
+{
+    size_t i;
+    if (!rd->csv) {
+        return memchr(p, '\n', n);
+    }
+    for (i = 0; i < n; i++) {
+        if (p[i] == '"') {
+            rd->in_quotes = !rd->in_quotes;
+        } else if (p[i] == '\n') {
+            if (!rd->in_quotes) {
+                return p + i;
+            }
+            rd->line_no += 1; /* a line inside the record */
+        }
+    }
+    return NULL;
 }
 
 /*
@@ -501,8 +703,10 @@ static int build_config(const struct options *o, struct counters *counts, kedge_
 static int read_line(struct reader *rd, char *line, size_t cap, size_t *len, int *overlong)
 {
     int got = 0;
+    unsigned long first_line = rd->line_no + 1;
     *len = 0;
     *overlong = 0;
+    rd->in_quotes = 0;
     for (;;) {
         const char *start;
         const char *nl;
@@ -511,19 +715,49 @@ static int read_line(struct reader *rd, char *line, size_t cap, size_t *len, int
             if (rd->eof) {
                 break;
             }
-            rd->chunk_len = fread(rd->chunk, 1, READ_CHUNK_BYTES, rd->f);
-            rd->chunk_pos = 0;
-            if (rd->chunk_len == 0) {
-                if (ferror(rd->f)) {
+            ssize_t n;
+            struct pollfd pfd;
+            uint32_t next_ms = MAX_SLEEP_MS;
+            if (stop_signal) {
+                rd->eof = 1;
+                rd->interrupted = 1;
+                break;
+            }
+            pfd.fd = rd->fd;
+            pfd.events = POLLIN;
+            pfd.revents = 0;
+            tick();
+            if (rd->client != NULL) {
+                /* Idle input: the batches still age, and old ones go out now. Failures keep the data; they
+                 * surface on the next append or flush. */
+                (void)kedge_poll(rd->client, &next_ms);
+            }
+            {
+                int ready = poll(&pfd, 1, (int)(next_ms > MAX_SLEEP_MS ? MAX_SLEEP_MS : next_ms));
+                if (ready < 0 && errno != EINTR) {
                     return -1;
                 }
+                if (ready <= 0) {
+                    continue; /* timeout or a signal: poll the client, look at the stop flag */
+                }
+            }
+            n = read(rd->fd, rd->chunk, READ_CHUNK_BYTES);
+            if (n < 0) {
+                if (errno == EINTR || errno == EAGAIN) {
+                    continue;
+                }
+                return -1;
+            }
+            rd->chunk_len = (size_t)n;
+            rd->chunk_pos = 0;
+            if (rd->chunk_len == 0) {
                 rd->eof = 1;
                 break;
             }
         }
         got = 1;
         start = rd->chunk + rd->chunk_pos;
-        nl = memchr(start, '\n', rd->chunk_len - rd->chunk_pos);
+        nl = record_end(rd, start, rd->chunk_len - rd->chunk_pos);
         take = nl != NULL ? (size_t)(nl - start) : rd->chunk_len - rd->chunk_pos;
         if (!*overlong) {
             if (take > cap - *len) {
@@ -539,10 +773,13 @@ static int read_line(struct reader *rd, char *line, size_t cap, size_t *len, int
             break;
         }
     }
-    if (!got) {
+    if (!got || rd->interrupted) {
+        /* A record cut short by a stop signal was not taken: the summary says where the input resumes. */
+        rd->line_no = first_line - 1;
         return 0;
     }
     rd->line_no += 1;
+    rd->record_line = first_line;
     return 1;
 }
 
@@ -588,6 +825,7 @@ static enum wait_result wait_for_service(struct run *run, kedge_result r)
             return WAIT_GAVE_UP;
         }
         r = kedge_poll(run->client, &next_ms);
+        tick();
         if (r != KEDGE_OK) {
             if (keeps_data(r)) {
                 if (r != KEDGE_BACKING_OFF && r != KEDGE_SPOOLED) {
@@ -623,8 +861,14 @@ static enum send_status send_record(struct run *run, const struct reader *rd, co
     int rejected_in_a_row = 0;
     for (;;) {
         kedge_result r = kedge_append(run->client, run->dest, (const uint8_t *)rec, len);
+        tick();
         if (r == KEDGE_OK) {
+            kedge_stats st;
             run->failing = 0;
+            if (kedge_client_stats(run->client, &st, sizeof st) == KEDGE_OK && st.records_buffered == 1) {
+                run->batch_file = rd->name;
+                run->batch_line = rd->record_line;
+            }
             return SEND_OK;
         }
         if (r == KEDGE_RECORD_TOO_LARGE || r == KEDGE_INVALID_RECORD) {
@@ -633,7 +877,7 @@ static enum send_status send_record(struct run *run, const struct reader *rd, co
                 msg[0] = '\0';
             }
             if (run->counts->verbosity > 0) {
-                fprintf(stderr, "%s: %s:%lu: %s: %s\n", PROG, rd->name, rd->line_no, kedge_result_str(r), msg);
+                fprintf(stderr, "%s: %s:%lu: %s: %s\n", PROG, rd->name, rd->record_line, kedge_result_str(r), msg);
             }
             *invalid += 1;
             return SEND_OK;
@@ -723,7 +967,7 @@ static enum send_status send_input(struct run *run, struct reader *rd, char *lin
         if (overlong) {
             if (run->counts->verbosity > 0) {
                 fprintf(stderr, "%s: %s:%lu: record longer than batch.bytes (%lu bytes): skipped\n", PROG,
-                        rd->name, rd->line_no, (unsigned long)cap);
+                        rd->name, rd->record_line, (unsigned long)cap);
             }
             *invalid += 1;
             continue;
@@ -777,6 +1021,8 @@ int main(int argc, char **argv)
     unsigned long batch_bytes = DEFAULT_BATCH_BYTES;
     unsigned long long invalid = 0;
     int io_error = 0;
+    int interrupted = 0;
+    int stopped_safe = 0; /* stopped by a signal with every record taken acknowledged or on flash */
     int status = EXIT_OTHER;
     enum send_status sent = SEND_OK;
     char err[512];
@@ -811,19 +1057,45 @@ int main(int argc, char **argv)
     }
     counts.verbosity = o.verbosity;
 
-    /* Unreadable inputs are a usage error, found before anything is sent. */
+    /* Unreadable inputs are a usage error, found before anything is sent. Checked without opening them: opening
+     * a FIFO would block until a writer comes, and reading to check would consume its data. */
     for (f = 0; f < o.n_files; f++) {
-        FILE *probe;
+        struct stat sb;
         if (strcmp(o.files[f], "-") == 0) {
             continue;
         }
-        probe = fopen(o.files[f], "rb");
-        if (probe == NULL) {
+        if (stat(o.files[f], &sb) != 0 || access(o.files[f], R_OK) != 0) {
             fprintf(stderr, "%s: %s: %s\n", PROG, o.files[f], strerror(errno));
             status = EXIT_USAGE;
             goto out;
         }
-        fclose(probe);
+        if (S_ISDIR(sb.st_mode)) {
+            fprintf(stderr, "%s: %s: is a directory, not an input file\n", PROG, o.files[f]);
+            status = EXIT_USAGE;
+            goto out;
+        }
+    }
+    if (o.spool != NULL) {
+        struct stat sb;
+        if (stat(o.spool, &sb) == 0 && !S_ISDIR(sb.st_mode)) {
+            fprintf(stderr, "%s: --spool %s: not a directory\n", PROG, o.spool);
+            status = EXIT_USAGE;
+            goto out;
+        }
+    }
+
+    /* A file size limit (ulimit -f) must be a spool I/O error the library reports, not a silent kill. */
+    signal(SIGXFSZ, SIG_IGN);
+    signal(SIGPIPE, SIG_IGN);
+    {
+        /* No SA_RESTART: a stop signal interrupts the wait for input at once. */
+        struct sigaction sa;
+        memset(&sa, 0, sizeof sa);
+        sa.sa_handler = on_stop_signal;
+        sigemptyset(&sa.sa_mask);
+        sigaction(SIGTERM, &sa, NULL);
+        sigaction(SIGINT, &sa, NULL);
+        sigaction(SIGHUP, &sa, NULL);
     }
 
     status = EXIT_USAGE;
@@ -842,6 +1114,12 @@ int main(int argc, char **argv)
     }
     run.client = client;
     run.counts = &counts;
+    ticker.client = client;
+    ticker.tty = o.verbosity > 0 && isatty(STDERR_FILENO);
+    ticker.stats_interval_ms = o.stats_interval * 1000L;
+    ticker.started_ms = now_ms();
+    ticker.last_progress_ms = ticker.started_ms;
+    ticker.last_stats_ms = ticker.started_ms;
     run.give_up_ms = o.give_up_secs * 1000L;
     run.durable_every = o.durable_every;
     /* An empty database name takes the connection string's Initial Catalog. */
@@ -879,25 +1157,51 @@ int main(int argc, char **argv)
         int is_stdin = o.n_files == 0 || strcmp(o.files[f], "-") == 0;
         memset(&rd, 0, sizeof rd);
         rd.chunk = chunk;
+        rd.csv = is_csv_like(o.format);
         rd.name = is_stdin ? "<stdin>" : o.files[f];
-        rd.f = is_stdin ? stdin : fopen(o.files[f], "rb");
-        if (rd.f == NULL) {
+        rd.client = client;
+        rd.fd = is_stdin ? STDIN_FILENO : open(o.files[f], O_RDONLY | O_CLOEXEC);
+        if (rd.fd < 0) {
             fprintf(stderr, "%s: %s: %s\n", PROG, o.files[f], strerror(errno));
             io_error = 1;
             break;
         }
         sent = send_input(&run, &rd, line, batch_bytes, &invalid, &io_error);
         if (!is_stdin) {
-            fclose(rd.f);
+            close(rd.fd);
+        }
+        if (rd.interrupted) {
+            interrupted = 1;
+            fprintf(stderr, "%s: stopped by signal %d after %s line %lu: input resumes at line %lu\n", PROG,
+                    (int)stop_signal, rd.name, rd.line_no, rd.line_no + 1);
+            break;
         }
         if (io_error) {
             break;
         }
     }
-    if (sent == SEND_OK) {
+    if (sent == SEND_OK && interrupted && o.spool != NULL) {
+        /* Stopping (an init system allows seconds, not minutes): one bounded try, then the rest to flash. */
+        kedge_stats st;
+        (void)kedge_flush(client);
+        r = kedge_flush_to_spool(client);
+        if (r != KEDGE_OK) {
+            print_client_error(&run, "flush to spool", r);
+        }
+        if (kedge_client_stats(client, &st, sizeof st) == KEDGE_OK && st.records_buffered == 0) {
+            stopped_safe = 1;
+        }
+    } else if (sent == SEND_OK) {
         sent = flush_all(&run);
     }
 
+    end_progress();
+    if (o.stats_interval > 0) {
+        kedge_stats st;
+        if (kedge_client_stats(client, &st, sizeof st) == KEDGE_OK) {
+            print_stats_json(&st);
+        }
+    }
     if (o.verbosity > 0) {
         kedge_stats st;
         if (kedge_client_stats(client, &st, sizeof st) == KEDGE_OK) {
@@ -920,6 +1224,18 @@ int main(int argc, char **argv)
 
     if (sent == SEND_FATAL) {
         status = EXIT_OTHER;
+    } else if (stopped_safe) {
+        kedge_stats st;
+        if (kedge_client_stats(client, &st, sizeof st) == KEDGE_OK && all_sent(&st) && counts.dropped == 0 &&
+            counts.rejected == 0 && invalid == 0) {
+            status = EXIT_ALL_ACKNOWLEDGED;
+        } else if (counts.dropped == 0) {
+            fprintf(stderr, "%s: %llu chunks are safe in the spool %s: run again to deliver them\n", PROG,
+                    (unsigned long long)st.spool_chunks, o.spool);
+            status = EXIT_TEMPFAIL;
+        } else {
+            status = EXIT_UNAVAILABLE;
+        }
     } else if (sent == SEND_GAVE_UP) {
         char msg[1024];
         kedge_stats st;
@@ -958,6 +1274,27 @@ int main(int argc, char **argv)
             status = EXIT_OTHER;
         }
     }
+
+    if (client != NULL && status != EXIT_ALL_ACKNOWLEDGED) {
+        /* Records taken but neither delivered nor on flash are lost when the client goes: say how many, and
+         * where the input can be resumed to send them again. */
+        kedge_stats st;
+        if (o.spool != NULL) {
+            (void)kedge_flush_to_spool(client);
+        }
+        if (kedge_client_stats(client, &st, sizeof st) == KEDGE_OK && st.records_buffered > 0) {
+            flush_repeats(&counts);
+            fprintf(stderr,
+                    "%s: %llu records taken were lost (neither delivered nor in the spool): resume the input at %s "
+                    "line %lu\n",
+                    PROG, (unsigned long long)st.records_buffered, run.batch_file ? run.batch_file : "?",
+                    run.batch_line);
+            if (status == EXIT_TEMPFAIL || status == EXIT_ALL_ACKNOWLEDGED) {
+                status = EXIT_UNAVAILABLE;
+            }
+        }
+    }
+    flush_repeats(&counts);
 
 out:
     kedge_client_free(client);

@@ -223,6 +223,12 @@ typedef struct kedge_stats {
   uint64_t spool_chunks;
   // Bytes in the spool now.
   uint64_t spool_bytes;
+  // Spool writes, removals and moves that failed (read-only or failing flash, full disk); each is logged at
+  // error level and returned as `KEDGE_SPOOL_IO` by the call it happened in.
+  uint64_t spool_io_errors;
+  // Chunks found at open that the configured `spool.key_file` cannot open (another key, no key, or clear
+  // chunks with a key): kept untouched, never sent, until the spool is opened with their key.
+  uint64_t chunks_locked;
 } kedge_stats;
 
 #ifdef __cplusplus

@@ -6,6 +6,7 @@
 use std::time::Instant;
 
 use crate::error::{Error, ErrorKind};
+use crate::json_check;
 use crate::wire::Format;
 
 /// Records buffered in RAM for one destination.
@@ -137,6 +138,20 @@ pub fn validate_record(format: Format, record: &[u8], capacity: usize) -> Result
             ));
         }
     }
+    if matches!(format, Format::Json | Format::MultiJson) {
+        // One truncated line must cost that line, not the chunk it would have joined.
+        if let Err(e) = json_check::check(record, format == Format::MultiJson) {
+            return Err(Error::new(
+                ErrorKind::InvalidRecord,
+                format!(
+                    "{} record is not valid JSON: {} at byte {}; the record was not taken",
+                    format.wire_name(),
+                    e.what,
+                    e.at
+                ),
+            ));
+        }
+    }
     Ok(())
 }
 
@@ -201,5 +216,12 @@ mod tests {
         );
         assert!(validate_record(Format::MultiJson, b"{\n}", 10).is_ok());
         assert!(validate_record(Format::Json, b"{}\r\n", 10).is_ok());
+        let e = validate_record(Format::Json, b"{\"t\":21.", 64).unwrap_err();
+        assert_eq!(e.kind, ErrorKind::InvalidRecord);
+        assert!(e.message.contains("not valid JSON"), "{}", e.message);
+        assert!(validate_record(Format::MultiJson, b"{\"a\":\n1}\n{}", 64).is_ok());
+        assert!(validate_record(Format::MultiJson, b"{\"a\":\n", 64).is_err());
+        // Other text formats are not JSON-checked.
+        assert!(validate_record(Format::Csv, b"{\"t\":21.", 64).is_ok());
     }
 }

@@ -150,6 +150,12 @@ counters! {
         spool_chunks,
         /// Bytes in the spool now.
         spool_bytes,
+        /// Spool writes, removals and moves that failed (read-only or failing flash, full disk): each one is also
+        /// logged at error level and returned as `SpoolIo` by the call it happened in.
+        spool_io_errors,
+        /// Chunks found at open that the configured `spool.key_file` cannot open (another key, no key, or a
+        /// plain chunk with a key): kept untouched, never sent, until a client opens the spool with their key.
+        chunks_locked,
     }
 }
 
@@ -188,6 +194,9 @@ struct Inner {
     body: Box<[u8]>,
     scratch: Box<[u8]>,
     spool: Option<Spool<SpoolStorage>>,
+    /// A spool failure that did not stop the call (an acknowledged chunk that could not be removed): the call
+    /// still returns `SpoolIo` so the caller learns that its flash is failing.
+    spool_fault: Option<String>,
 }
 
 /// A chunk ready to go: its payload is in `Inner::wire`.
@@ -313,6 +322,7 @@ impl Client {
                 body: vec![0u8; RESPONSE_BODY_BYTES].into_boxed_slice(),
                 scratch: vec![0u8; RESPONSE_BODY_BYTES].into_boxed_slice(),
                 spool: None,
+                spool_fault: None,
             }),
             stats: Stats::default(),
             // Replays after a reboot must not repeat the request ids of the previous run: start at a random
@@ -328,17 +338,58 @@ impl Client {
                 max_chunks: cfg.spool_max_chunks,
                 policy: cfg.spool_policy,
                 key: cfg.spool_key.as_ref().map(|k| k.0),
+                trim_on_open: cfg.spool_trim_on_open,
             };
             let (spool, report) = Spool::open(storage, scfg).map_err(spool_error)?;
-            if report.corrupt > 0 || report.removed_partial > 0 || report.dropped.chunks > 0 {
+            // Whatever open could not keep pending is data a person must hear about.
+            if report.corrupt > 0 {
+                client.log(
+                    LogLevel::Error,
+                    &format!("spool: {} corrupt chunks (failed checksum or torn) moved to corrupt/, they will not be sent", report.corrupt),
+                );
+            }
+            if report.dropped.chunks > 0 {
+                client.log(
+                    LogLevel::Error,
+                    &format!(
+                        "spool: dropped the {} oldest chunks ({} records, {} bytes) to fit the lowered limits (spool.trim_on_open=true)",
+                        report.dropped.chunks, report.dropped.records, report.dropped.bytes
+                    ),
+                );
+            }
+            if report.locked > 0 {
+                let wanted = if cfg.spool_key.is_some() {
+                    "sealed under another key, or stored in clear while spool.key_file is set"
+                } else {
+                    "sealed, and no spool.key_file is set"
+                };
+                client.log(
+                    LogLevel::Error,
+                    &format!(
+                        "spool: {} chunks ({} bytes) cannot be opened with this configuration ({wanted}): they are kept untouched and will be sent when the spool is opened with their key",
+                        report.locked, report.locked_bytes
+                    ),
+                );
+            }
+            if report.over_limit {
+                client.log(
+                    LogLevel::Error,
+                    &format!(
+                        "spool holds {} chunks ({} bytes), more than spool.max_chunks={} / spool.max_bytes={}: all are kept and replayed; new chunks are refused until it drains below the limits (set spool.trim_on_open=true to drop the oldest instead)",
+                        report.chunks, report.bytes, cfg.spool_max_chunks, cfg.spool_max_bytes
+                    ),
+                );
+            }
+            if report.removed_partial > 0 {
                 client.log(
                     LogLevel::Warn,
                     &format!(
-                        "spool recovered: {} chunks ({} bytes) pending, {} interrupted writes removed, {} corrupt chunks quarantined in corrupt/, {} chunks dropped to fit the limits",
-                        report.chunks, report.bytes, report.removed_partial, report.corrupt, report.dropped.chunks
+                        "spool recovered: {} interrupted writes removed (never acknowledged as durable)",
+                        report.removed_partial
                     ),
                 );
-            } else if report.chunks > 0 {
+            }
+            if report.chunks > 0 {
                 client.log(
                     LogLevel::Info,
                     &format!(
@@ -424,6 +475,8 @@ impl Client {
             self.stats.chunks_dropped.store(s.dropped_chunks, Relaxed);
             self.stats.records_dropped.store(s.dropped_records, Relaxed);
             self.stats.bytes_dropped.store(s.dropped_bytes, Relaxed);
+            self.stats.spool_io_errors.store(s.io_errors, Relaxed);
+            self.stats.chunks_locked.store(s.locked_chunks, Relaxed);
         }
     }
 
@@ -515,6 +568,22 @@ impl Client {
         Ok(inner.targets.len() - 1)
     }
 
+    /// Refuses a record length that can never fit a batch, from the length alone: the C API calls it before it
+    /// reads the caller's bytes, so a wrapped or garbage `record_len` is an error, never an over-read.
+    pub fn check_record_len(&self, len: usize) -> Result<(), Error> {
+        // A record framed with its newline must fit `batch.bytes`; the exact check follows in `append`.
+        if len > self.cfg.batch_bytes {
+            return Err(Error::new(
+                ErrorKind::RecordTooLarge,
+                format!(
+                    "record of {len} bytes does not fit a batch of {} bytes: raise batch.bytes (at most 4194304) or split the record",
+                    self.cfg.batch_bytes
+                ),
+            ));
+        }
+        Ok(())
+    }
+
     /// Buffers one record. When it does not fit, the batch is sent first (or, while its target backs off, written
     /// to the spool). If the batch can go neither to the service nor to the spool, the record is not taken (the
     /// caller keeps it) and the error says why.
@@ -567,6 +636,9 @@ impl Client {
         }
         if let Err(e) = self.replay(inner, deadline, u32::MAX) {
             first_err.get_or_insert(e);
+        }
+        if let Some(msg) = inner.spool_fault.take() {
+            first_err.get_or_insert(Error::new(ErrorKind::SpoolIo, msg));
         }
         if first_err.is_none() {
             // Chunks of targets that back off were not tried: not delivered, but durable.
@@ -631,6 +703,9 @@ impl Client {
         }
         if let Err(e) = self.replay(inner, deadline, self.cfg.replay_per_poll) {
             first_err.get_or_insert(e);
+        }
+        if let Some(msg) = inner.spool_fault.take() {
+            first_err.get_or_insert(Error::new(ErrorKind::SpoolIo, msg));
         }
         let next = self.next_due(inner);
         first_err.map_or(Ok(next), Err)
@@ -1207,8 +1282,11 @@ impl Client {
         let Some(failure) = failure else {
             if let (Some(seq), Some(sp)) = (chunk.seq, inner.spool.as_mut()) {
                 if let Err(e) = sp.remove(seq) {
-                    // Delivered already; the worst case is one duplicate after a reboot (at-least-once).
-                    self.log(LogLevel::Warn, &format!("acknowledged chunk {chunk_text} could not be removed from the spool: {e}"));
+                    // Delivered already, and forgotten by the spool whatever the flash did, so it is not sent
+                    // again in this run; the worst case is one duplicate after a restart (at-least-once).
+                    let msg = format!("acknowledged chunk {chunk_text} could not be removed from the spool: {e}; it counts as delivered and may be sent once more after a restart");
+                    self.log(LogLevel::Error, &msg);
+                    inner.spool_fault.get_or_insert(msg);
                 }
                 self.sync_spool_stats(inner);
             }
@@ -1247,7 +1325,13 @@ impl Client {
             let fate = match (chunk.seq, inner.spool.as_mut()) {
                 (Some(seq), Some(sp)) => match sp.reject(seq, &message) {
                     Ok(()) => "moved to the spool's rejected/".to_owned(),
-                    Err(e) => format!("left in the spool ({e})"),
+                    Err(e) => {
+                        let fate = format!("could not be moved to rejected/ ({e}); it is not sent again in this run");
+                        inner
+                            .spool_fault
+                            .get_or_insert(format!("chunk {chunk_text} {fate}"));
+                        fate
+                    }
                 },
                 _ => "dropped".to_owned(),
             };

@@ -149,6 +149,9 @@ pub struct Config {
     pub spool_key: Option<SecretKey>,
     /// Write every chunk to the spool before sending it.
     pub spool_write_ahead: bool,
+    /// Drop the oldest chunks at open when the spool holds more than its (lowered) limits. Off by default:
+    /// a shrunk limit keeps the backlog and refuses new chunks until it drains.
+    pub spool_trim_on_open: bool,
     /// Spooled chunks one `poll` replays at most.
     pub replay_per_poll: u32,
 }
@@ -183,6 +186,7 @@ impl Default for Config {
             spool_policy: crate::spool::FullPolicy::DropOldest,
             spool_key: None,
             spool_write_ahead: false,
+            spool_trim_on_open: false,
             replay_per_poll: 8,
         }
     }
@@ -331,11 +335,39 @@ pub const KEYS: &[KeyDoc] = &[
         help: "write every chunk to flash before sending it (more flash wear)",
     },
     KeyDoc {
+        key: "spool.trim_on_open",
+        default: "false",
+        help: "at open, drop the oldest chunks beyond lowered limits (else keep them and refuse new ones)",
+    },
+    KeyDoc {
         key: "spool.replay_per_poll",
         default: "8",
         help: "spooled chunks one poll replays at most (1..1000)",
     },
 ];
+
+/// A key that others can read protects nothing: refuse it, the way ssh refuses a private key file with loose
+/// permissions.
+fn check_key_file_private(path: &str) -> Result<(), Error> {
+    use std::os::unix::fs::PermissionsExt;
+    let meta = std::fs::metadata(path).map_err(|e| {
+        Error::new(
+            ErrorKind::ConfigInvalidValue,
+            format!("spool.key_file '{path}' cannot be read: {e}"),
+        )
+    })?;
+    let mode = meta.permissions().mode();
+    if mode & 0o077 != 0 {
+        return Err(Error::new(
+            ErrorKind::ConfigInvalidValue,
+            format!(
+                "spool.key_file '{path}' is readable or writable by others (mode {:03o}): chmod 600 it",
+                mode & 0o777
+            ),
+        ));
+    }
+    Ok(())
+}
 
 fn parse_bool(key: &str, v: &str) -> Result<bool, Error> {
     match v.to_ascii_lowercase().as_str() {
@@ -459,6 +491,7 @@ impl Config {
                 }
             }
             "spool.key_file" => {
+                check_key_file_private(value)?;
                 let bytes = std::fs::read(value).map_err(|e| {
                     Error::new(
                         ErrorKind::ConfigInvalidValue,
@@ -468,6 +501,7 @@ impl Config {
                 self.spool_key = Some(parse_key(&bytes)?);
             }
             "spool.write_ahead" => self.spool_write_ahead = parse_bool(key, value)?,
+            "spool.trim_on_open" => self.spool_trim_on_open = parse_bool(key, value)?,
             "spool.replay_per_poll" => {
                 self.replay_per_poll = parse_u64(key, value, 1, 1000)? as u32
             }

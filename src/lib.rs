@@ -1,7 +1,8 @@
 //! kusto-edge: bounded-memory streaming ingestion into Azure Data Explorer (Kusto) for C/C++ firmware.
 //!
-//! The safe Rust core (everything but `ffi`) knows nothing of C. `ffi` is the only module with `extern "C"`,
-//! raw pointers and `unsafe`.
+//! The safe Rust core (everything but `ffi`) knows nothing of C. `ffi` is the only module with `extern "C"`
+//! functions and raw pointers; the one `unsafe` outside it is the spool directory's `flock(2)` call in
+//! `spool/fs.rs` (std's `File::try_lock` needs Rust 1.89, above this crate's minimum).
 
 #![warn(missing_docs)]
 
@@ -13,6 +14,7 @@ pub mod crc32;
 pub mod error;
 pub mod ffi;
 pub mod gzip;
+pub mod json_check;
 pub mod response;
 pub mod retry;
 pub mod spool;

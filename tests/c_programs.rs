@@ -886,3 +886,396 @@ fn kedge_send_authenticates_with_a_secret_file_a_certificate_a_connection_string
         out.describe()
     );
 }
+
+/// Starts kedge-send with its stdin a pipe the test keeps open, output to files.
+fn spawn_on_pipe(mut cmd: Command, scratch: &Scratch) -> std::process::Child {
+    cmd.stdin(Stdio::piped());
+    cmd.stdout(File::create(scratch.path("stdout.txt")).unwrap());
+    cmd.stderr(File::create(scratch.path("stderr.txt")).unwrap());
+    cmd.env_remove("KEDGE_TOKEN");
+    cmd.spawn().expect("spawn kedge-send")
+}
+
+fn signal(child: &std::process::Child, sig: &str) {
+    let ok = Command::new("kill")
+        .args([sig, &child.id().to_string()])
+        .status()
+        .expect("kill")
+        .success();
+    assert!(ok, "kill {sig} failed");
+}
+
+/// Waits for the child to end (bounded), returning its exit code and stderr.
+fn wait_bounded(
+    mut child: std::process::Child,
+    scratch: &Scratch,
+    limit: Duration,
+) -> (Option<i32>, String) {
+    let started = Instant::now();
+    let status = loop {
+        if let Some(s) = child.try_wait().unwrap() {
+            break s;
+        }
+        if started.elapsed() > limit {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!(
+                "kedge-send still running after {limit:?}: {}",
+                fs::read_to_string(scratch.path("stderr.txt")).unwrap_or_default()
+            );
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    };
+    (
+        status.code(),
+        fs::read_to_string(scratch.path("stderr.txt")).unwrap_or_default(),
+    )
+}
+
+fn wait_for_records(server: &Server, table: &str, n: usize, limit: Duration) -> bool {
+    let started = Instant::now();
+    while started.elapsed() < limit {
+        if server.records("db", table).len() >= n {
+            return true;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    false
+}
+
+#[test]
+fn kedge_send_on_a_pipe_sends_by_age_while_it_stays_open_and_sigterm_loses_nothing() {
+    use std::io::Write as _;
+    let _g = serial();
+    let scratch = Scratch::new("pipe-age");
+    let server = Server::start(ServerConfig::default()).expect("devserver");
+    let mut cmd = kedge_send(&server.url(), None, "Piped");
+    cmd.args(["--allow-http", "--quiet", "-X", "batch.max_age_ms=200"]);
+    let mut child = spawn_on_pipe(cmd, &scratch);
+    let mut pipe = child.stdin.take().unwrap();
+    for seq in 0..5 {
+        writeln!(pipe, "{{\"seq\":{seq}}}").unwrap();
+    }
+    pipe.flush().unwrap();
+    // `tail -F log | kedge-send`: the pipe stays open, and the records still go out by age.
+    assert!(
+        wait_for_records(&server, "Piped", 5, Duration::from_secs(10)),
+        "nothing sent while the pipe stays open"
+    );
+    // A line read after the last age-send, then SIGTERM: delivered before exit.
+    writeln!(pipe, "{{\"seq\":5}}").unwrap();
+    pipe.flush().unwrap();
+    std::thread::sleep(Duration::from_millis(50));
+    signal(&child, "-TERM");
+    let (code, stderr) = wait_bounded(child, &scratch, Duration::from_secs(30));
+    drop(pipe);
+    assert_eq!(code, Some(0), "{stderr}");
+    assert_each_seq_once(&server.records("db", "Piped"), 6);
+}
+
+#[test]
+fn kedge_send_on_sigterm_during_an_outage_puts_what_it_read_in_the_spool_and_exits_75() {
+    use std::io::Write as _;
+    let _g = serial();
+    let scratch = Scratch::new("pipe-term");
+    let server = Server::start(ServerConfig::default()).expect("devserver");
+    server.set_down(Duration::from_secs(3600));
+    let spool = scratch.path("spool");
+    let mut child = spawn_on_pipe(spooling_kedge_send(&server.url(), &spool, "Term"), &scratch);
+    let mut pipe = child.stdin.take().unwrap();
+    for seq in 0..5 {
+        writeln!(pipe, "{{\"seq\":{seq}}}").unwrap();
+    }
+    // Half a line: not a record yet, so not taken.
+    write!(pipe, "{{\"seq\":99").unwrap();
+    pipe.flush().unwrap();
+    std::thread::sleep(Duration::from_millis(700));
+    signal(&child, "-TERM");
+    let (code, stderr) = wait_bounded(child, &scratch, Duration::from_secs(30));
+    drop(pipe);
+    assert_eq!(code, Some(75), "{stderr}");
+    assert!(stderr.contains("input resumes at line 6"), "{stderr}");
+    server.set_down(Duration::ZERO);
+    let mut cmd = spooling_kedge_send(&server.url(), &spool, "Term");
+    cmd.arg("--drain-only");
+    let out = run(cmd, None, &scratch, Duration::from_secs(60));
+    assert_eq!(out.code(), Some(0), "{}", out.describe());
+    assert_each_seq_once(&server.records("db", "Term"), 5);
+}
+
+#[test]
+fn kedge_send_reads_a_fifo_given_as_file() {
+    use std::io::Write as _;
+    let _g = serial();
+    let scratch = Scratch::new("fifo");
+    let server = Server::start(ServerConfig::default()).expect("devserver");
+    let fifo = scratch.path("in.fifo");
+    assert!(Command::new("mkfifo")
+        .arg(&fifo)
+        .status()
+        .unwrap()
+        .success());
+    let mut cmd = kedge_send(&server.url(), None, "Fifo");
+    cmd.args(["--allow-http", "--quiet"]).arg(&fifo);
+    let child = spawn_on_pipe(cmd, &scratch);
+    let writer = {
+        let fifo = fifo.clone();
+        std::thread::spawn(move || {
+            let mut f = fs::OpenOptions::new().write(true).open(&fifo).unwrap();
+            for seq in 0..100 {
+                writeln!(f, "{{\"seq\":{seq}}}").unwrap();
+            }
+        })
+    };
+    let (code, stderr) = wait_bounded(child, &scratch, Duration::from_secs(30));
+    writer.join().unwrap();
+    assert_eq!(code, Some(0), "{stderr}");
+    assert_each_seq_once(&server.records("db", "Fifo"), 100);
+}
+
+#[test]
+fn kedge_send_refuses_a_directory_input_a_file_as_spool_an_empty_token_and_two_credentials() {
+    let _g = serial();
+    let scratch = Scratch::new("usage-more");
+    let server = Server::start(ServerConfig::default()).expect("devserver");
+    let input = scratch.path("records.jsonl");
+    write_records(&input, 10);
+    let not_dir = scratch.path("plain-file");
+    fs::write(&not_dir, "x").unwrap();
+    let cases: Vec<(Vec<String>, &str)> = vec![
+        (vec![scratch.0.display().to_string()], "is a directory"),
+        (
+            vec![
+                "--spool".into(),
+                not_dir.display().to_string(),
+                input.display().to_string(),
+            ],
+            "not a directory",
+        ),
+        (
+            vec!["--token".into(), "".into(), input.display().to_string()],
+            "--token is empty",
+        ),
+        (
+            vec![
+                "--token".into(),
+                "t".into(),
+                "--managed-identity".into(),
+                input.display().to_string(),
+            ],
+            "conflicting credentials",
+        ),
+    ];
+    for (args, says) in cases {
+        let mut cmd = kedge_send(&server.url(), None, "Usage");
+        cmd.arg("--allow-http").args(&args);
+        let out = run(cmd, None, &scratch, Duration::from_secs(30));
+        assert_eq!(out.code(), Some(64), "{args:?}: {}", out.describe());
+        assert!(out.stderr.contains(says), "{args:?}: {}", out.describe());
+    }
+    assert!(
+        server.requests().is_empty(),
+        "found before anything is sent"
+    );
+}
+
+#[test]
+fn kedge_send_one_truncated_json_line_among_20000_costs_exactly_that_line() {
+    let _g = serial();
+    let scratch = Scratch::new("truncated");
+    let server = Server::start(ServerConfig::default()).expect("devserver");
+    let input = scratch.path("records.jsonl");
+    write_records(&input, 20_000);
+    let mut text = fs::read_to_string(&input).unwrap();
+    // Cut line 12,345 in the middle, as a log rotated under a writer leaves it.
+    let start: usize = text.split_inclusive('\n').take(12_344).map(str::len).sum();
+    let end = start + text[start..].find('\n').unwrap();
+    text.replace_range(start + (end - start) / 2..end, "");
+    fs::write(&input, text).unwrap();
+    let mut cmd = kedge_send(&server.url(), None, "Trunc");
+    cmd.args(["--allow-http", "--format", "json"]).arg(&input);
+    let out = run(cmd, None, &scratch, Duration::from_secs(120));
+    assert_eq!(out.code(), Some(65), "{}", out.describe());
+    assert!(out.stderr.contains(":12345:"), "{}", out.describe());
+    assert!(
+        out.stderr.contains("1 invalid input lines"),
+        "{}",
+        out.describe()
+    );
+    let seen = seqs_arrived(&server, "Trunc");
+    assert_eq!(seen.len(), 19_999);
+    assert!(!seen.contains_key(&12_344));
+    assert!(seen.values().all(|&c| c == 1));
+}
+
+#[test]
+fn kedge_send_give_up_bounds_the_run_against_a_server_that_never_answers() {
+    let _g = serial();
+    let scratch = Scratch::new("silent");
+    // Accepts connections (the kernel's backlog does) and never answers a byte.
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    let input = scratch.path("records.jsonl");
+    write_records(&input, 20);
+    let mut cmd = kedge_send(&url, None, "T");
+    cmd.args(["--allow-http", "--give-up-secs", "1", "--quiet"])
+        .arg(&input);
+    let out = run(cmd, None, &scratch, Duration::from_secs(60));
+    drop(listener);
+    assert_eq!(out.code(), Some(69), "{}", out.describe());
+    assert!(
+        out.took < Duration::from_secs(8),
+        "--give-up-secs 1 took {:?}",
+        out.took
+    );
+}
+
+#[test]
+fn kedge_send_with_a_full_spool_counts_what_it_lost_says_where_to_resume_and_logs_a_repeated_error_once(
+) {
+    let _g = serial();
+    let scratch = Scratch::new("full-spool");
+    let server = Server::start(ServerConfig::default()).expect("devserver");
+    server.set_down(Duration::from_secs(3600));
+    let spool = scratch.path("spool");
+    let input = scratch.path("records.jsonl");
+    write_records(&input, 3000);
+    let mut cmd = spooling_kedge_send(&server.url(), &spool, "Full");
+    cmd.args([
+        "--batch-bytes",
+        "16384",
+        "--spool-policy",
+        "reject-new",
+        "--spool-max-bytes",
+        "65536",
+        "--give-up-secs",
+        "2",
+    ]);
+    // Default verbosity, so the library's error lines are printed (and must not flood).
+    let args: Vec<_> = cmd
+        .get_args()
+        .filter(|a| *a != "--quiet")
+        .map(|a| a.to_owned())
+        .collect();
+    let mut cmd = program("kedge-send");
+    cmd.args(args).arg(&input);
+    let out = run(cmd, None, &scratch, Duration::from_secs(60));
+    assert_eq!(
+        out.code(),
+        Some(69),
+        "not everything is safe: {}",
+        out.describe()
+    );
+    let lost_line = out
+        .stderr
+        .lines()
+        .find(|l| l.contains("records taken were lost"))
+        .unwrap_or_else(|| panic!("no loss reported: {}", out.describe()));
+    let resume: usize = lost_line
+        .rsplit("line ")
+        .next()
+        .and_then(|n| n.trim().parse().ok())
+        .unwrap_or_else(|| panic!("no resume line: {lost_line}"));
+    let repeated = out
+        .stderr
+        .lines()
+        .filter(|l| l.contains("spool full"))
+        .count();
+    assert!(
+        repeated <= 3,
+        "a repeated error is logged once with a count: {}",
+        out.describe()
+    );
+    // Drain what is safe, then resend from the line the summary gave: every record arrives.
+    server.set_down(Duration::ZERO);
+    let mut cmd = spooling_kedge_send(&server.url(), &spool, "Full");
+    cmd.arg("--drain-only");
+    let out = run(cmd, None, &scratch, Duration::from_secs(60));
+    assert_eq!(out.code(), Some(0), "{}", out.describe());
+    let text = fs::read_to_string(&input).unwrap();
+    let rest: String = text.split_inclusive('\n').skip(resume - 1).collect();
+    let rest_file = scratch.path("rest.jsonl");
+    fs::write(&rest_file, rest).unwrap();
+    let mut cmd = kedge_send(&server.url(), None, "Full");
+    cmd.args(["--allow-http", "--quiet"]).arg(&rest_file);
+    let out = run(cmd, None, &scratch, Duration::from_secs(60));
+    assert_eq!(out.code(), Some(0), "{}", out.describe());
+    let seen = seqs_arrived(&server, "Full");
+    let missing: Vec<u64> = (0..3000)
+        .filter(|s| !seen.contains_key(s))
+        .take(10)
+        .collect();
+    assert!(missing.is_empty(), "lost without a word: {missing:?}");
+}
+
+#[test]
+fn kedge_send_keeps_a_csv_record_with_a_quoted_newline_whole_even_across_requests() {
+    let _g = serial();
+    let scratch = Scratch::new("csv-quoted");
+    let server = Server::start(ServerConfig::default()).expect("devserver");
+    let input = scratch.path("records.csv");
+    let mut text = String::new();
+    for seq in 0..400 {
+        text.push_str(&format!(
+            "{seq},\"line one\nline two, with \"\"quotes\"\"\",{}\n",
+            "x".repeat(40)
+        ));
+    }
+    fs::write(&input, &text).unwrap();
+    let mut cmd = kedge_send(&server.url(), None, "Csv");
+    cmd.args([
+        "--allow-http",
+        "--quiet",
+        "--format",
+        "csv",
+        "--batch-bytes",
+        "4096",
+    ])
+    .arg(&input);
+    let out = run(cmd, None, &scratch, Duration::from_secs(60));
+    assert_eq!(out.code(), Some(0), "{}", out.describe());
+    assert!(server.requests().len() > 5, "spread over several requests");
+    // The endpoint parses CSV records as Kusto does (quotes hold newlines): each arrived whole, once.
+    let mut seen = HashSet::new();
+    for rec in server.records("db", "Csv") {
+        let rec = String::from_utf8(rec).unwrap();
+        assert!(
+            rec.contains("\"line one\nline two, with \"\"quotes\"\"\""),
+            "{rec:?}"
+        );
+        let seq: u64 = rec.split(',').next().unwrap().parse().unwrap();
+        assert!(seen.insert(seq), "record {seq} twice");
+    }
+    assert_eq!(seen.len(), 400);
+}
+
+#[test]
+fn kedge_send_prints_its_stats_as_json_lines_every_stats_interval() {
+    use std::io::Write as _;
+    let _g = serial();
+    let scratch = Scratch::new("stats-interval");
+    let server = Server::start(ServerConfig::default()).expect("devserver");
+    let mut cmd = kedge_send(&server.url(), None, "Stats");
+    cmd.args(["--allow-http", "--quiet", "--stats-interval", "1"]);
+    let mut child = spawn_on_pipe(cmd, &scratch);
+    let mut pipe = child.stdin.take().unwrap();
+    writeln!(pipe, "{{\"seq\":0}}").unwrap();
+    pipe.flush().unwrap();
+    std::thread::sleep(Duration::from_millis(2600));
+    drop(pipe);
+    let (code, stderr) = wait_bounded(child, &scratch, Duration::from_secs(30));
+    assert_eq!(code, Some(0), "{stderr}");
+    let lines: Vec<&str> = stderr
+        .lines()
+        .filter(|l| l.starts_with("{\"records_appended\":") && l.ends_with('}'))
+        .collect();
+    assert!(lines.len() >= 3, "two ticks and the final line: {stderr}");
+    assert!(
+        lines
+            .last()
+            .unwrap()
+            .contains("\"records_acknowledged\":1,"),
+        "{stderr}"
+    );
+    assert!(lines.iter().all(|l| l.contains("\"spool_io_errors\":")));
+}

@@ -362,8 +362,13 @@ fn a_disk_without_space_is_a_clear_error_and_loses_nothing() {
         .all(|n| !n.ends_with(".chunk")));
 }
 
+fn write_private(path: &Path, text: &str) {
+    std::fs::write(path, text).unwrap();
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600)).unwrap();
+}
+
 #[test]
-fn encrypted_chunks_hide_the_data_and_a_wrong_key_quarantines_them() {
+fn encrypted_chunks_hide_the_data_and_a_wrong_or_missing_key_keeps_them_for_the_right_one() {
     let server = Server::start(ServerConfig::default()).unwrap();
     server.set_down(Duration::from_secs(3600));
     let dir = temp_dir("sealed");
@@ -371,11 +376,8 @@ fn encrypted_chunks_hide_the_data_and_a_wrong_key_quarantines_them() {
     let key = dir
         .join("..")
         .join(format!("kedge-key-{}", std::process::id()));
-    std::fs::write(
-        &key,
-        "00112233445566778899aabbccddeeff00112233445566778899aabbccddeeff\n",
-    )
-    .unwrap();
+    let right = "00112233445566778899aabbccddeeff00112233445566778899aabbccddeeff\n";
+    write_private(&key, right);
     let cfg = config(&server, &dir, &[("spool.key_file", key.to_str().unwrap())]);
     {
         let client = Client::new(&cfg, None, None).unwrap();
@@ -391,17 +393,55 @@ fn encrypted_chunks_hide_the_data_and_a_wrong_key_quarantines_them() {
         let bytes = std::fs::read(&f).unwrap();
         assert!(!contains_plaintext(&bytes), "plaintext on flash");
     }
-    std::fs::write(
+    // Another key, then no key at all: the chunk is neither sent nor quarantined, and it is counted.
+    write_private(
         &key,
         "ffffffffffffffffffffffffffffffffffffffffffffffffffffffffffffffff",
-    )
-    .unwrap();
+    );
     let wrong = config(&server, &dir, &[("spool.key_file", key.to_str().unwrap())]);
-    let client = Client::new(&wrong, None, None).unwrap();
-    assert_eq!(client.stats().chunks_corrupt, 1, "detected, never sent");
-    assert_eq!(client.stats().spool_chunks, 0);
+    let none = config(&server, &dir, &[]);
+    for cfg in [&wrong, &none] {
+        let client = Client::new(cfg, None, None).unwrap();
+        let s = client.stats();
+        assert_eq!(s.chunks_locked, 1, "found and counted");
+        assert_eq!(s.chunks_corrupt, 0, "not quarantined");
+        assert_eq!(s.spool_chunks, 0, "never sent");
+        drop(client);
+        assert_eq!(
+            chunk_files(&dir).len(),
+            1,
+            "still where the right key finds it"
+        );
+    }
+    // The right key later brings it back, and it is delivered.
+    write_private(&key, right);
+    server.set_down(Duration::ZERO);
+    let client = Client::new(&cfg, None, None).unwrap();
+    assert_eq!(client.stats().spool_chunks, 1);
+    assert_eq!(client.stats().chunks_locked, 0);
+    client.flush().unwrap();
+    assert_eq!(client.stats().records_replayed, 1);
+    drop(client);
     let _ = std::fs::remove_file(&key);
     let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn a_spool_key_file_that_others_can_read_is_refused() {
+    let key = std::env::temp_dir().join(format!("kedge-open-key-{}", std::process::id()));
+    std::fs::write(
+        &key,
+        "00112233445566778899aabbccddeeff00112233445566778899aabbccddeeff",
+    )
+    .unwrap();
+    std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o644)).unwrap();
+    let mut c = Config::default();
+    let e = c.set("spool.key_file", key.to_str().unwrap()).unwrap_err();
+    assert_eq!(e.kind, ErrorKind::ConfigInvalidValue);
+    assert!(e.message.contains("chmod 600"), "{}", e.message);
+    std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o600)).unwrap();
+    assert!(c.set("spool.key_file", key.to_str().unwrap()).is_ok());
+    let _ = std::fs::remove_file(&key);
 }
 
 /// The payload is gzip, so look for the marker in the inflated bytes of every possible gzip member.
@@ -497,5 +537,146 @@ fn torn_and_corrupted_spool_files_are_quarantined_never_sent_and_the_rest_is_del
         got.windows(2).all(|w| w[0] < w[1]),
         "no duplicates, no garbage: {got:?}"
     );
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn a_delivered_chunk_that_cannot_be_removed_is_not_sent_again_and_the_failure_is_reported() {
+    let server = Server::start(ServerConfig::default()).unwrap();
+    server.set_down(Duration::from_secs(3600));
+    let mem = MemStorage::new();
+    let mut cfg = config(&server, Path::new("/unused"), &[]);
+    cfg.spool_dir = Some("/unused".into());
+    {
+        let client = Client::with_storage(&cfg, Some(Box::new(mem.clone())), None, None).unwrap();
+        let d = client.add_destination("db", "t", "json", None).unwrap();
+        for i in 0..3 {
+            client.append(d, record(i).as_bytes()).unwrap();
+        }
+        client.flush_to_spool().unwrap();
+    }
+    // The kernel remounted the flash read-only; the service is back.
+    mem.set_read_only(true);
+    server.set_down(Duration::ZERO);
+    server.reset();
+    let client = Client::with_storage(&cfg, Some(Box::new(mem.clone())), None, None).unwrap();
+    assert_eq!(client.stats().spool_chunks, 1);
+    let mut spool_io = 0;
+    for _ in 0..200 {
+        match client.flush() {
+            Err(e) if e.kind == ErrorKind::SpoolIo => spool_io += 1,
+            _ => {}
+        }
+        let _ = client.poll();
+    }
+    let ingested = server.requests().iter().filter(|r| r.ingested).count();
+    assert_eq!(ingested, 1, "sent once, not stormed");
+    assert_eq!(seqs(&server, "db", "t"), vec![0, 1, 2]);
+    assert_eq!(
+        spool_io, 1,
+        "the failed removal is reported once, by the call it happened in"
+    );
+    let s = client.stats();
+    assert!(s.spool_io_errors >= 1, "{s:?}");
+    assert_eq!(s.spool_chunks, 0, "counts as delivered in memory");
+    drop(client);
+    // After a restart on healthy flash the chunk is still there: one duplicate at most, then it is gone.
+    mem.set_read_only(false);
+    let client = Client::with_storage(&cfg, Some(Box::new(mem.clone())), None, None).unwrap();
+    drain(&client);
+    drop(client);
+    let sent = server.requests().iter().filter(|r| r.ingested).count();
+    assert_eq!(sent, 2, "at most one duplicate, after the restart");
+    assert!(mem
+        .names(Area::Pending)
+        .iter()
+        .all(|n| !n.ends_with(".chunk")));
+}
+
+#[test]
+fn a_second_client_on_the_same_spool_directory_is_refused_and_names_the_holder() {
+    let server = Server::start(ServerConfig::default()).unwrap();
+    let dir = temp_dir("owned");
+    let cfg = config(&server, &dir, &[]);
+    let first = Client::new(&cfg, None, None).unwrap();
+    let e = match Client::new(&cfg, None, None) {
+        Ok(_) => panic!("two clients own one spool"),
+        Err(e) => e,
+    };
+    assert_eq!(e.kind, ErrorKind::SpoolIo);
+    assert!(
+        e.message.contains(&std::process::id().to_string()),
+        "names the holder: {}",
+        e.message
+    );
+    drop(first);
+    let again = Client::new(&cfg, None, None).expect("the lock goes with the client");
+    drop(again);
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn a_lowered_limit_at_open_keeps_every_chunk_and_refuses_new_ones_until_it_drains() {
+    let server = Server::start(ServerConfig::default()).unwrap();
+    server.set_down(Duration::from_secs(3600));
+    let dir = temp_dir("shrunk");
+    let cfg = config(&server, &dir, &[]);
+    {
+        let client = Client::new(&cfg, None, None).unwrap();
+        let d = client.add_destination("db", "t", "json", None).unwrap();
+        for i in 0..6 {
+            client.append(d, record(i).as_bytes()).unwrap();
+            client.flush_to_spool().unwrap();
+        }
+        assert_eq!(client.stats().spool_chunks, 6);
+    }
+    let logs = Arc::new(Mutex::new(Vec::<String>::new()));
+    let sink = logs.clone();
+    let small = config(&server, &dir, &[("spool.max_chunks", "2")]);
+    let client = Client::new(
+        &small,
+        Some(Arc::new(move |_, m: &str| {
+            sink.lock().unwrap().push(m.to_owned())
+        })),
+        None,
+    )
+    .unwrap();
+    assert_eq!(client.stats().spool_chunks, 6, "nothing dropped at open");
+    assert_eq!(client.stats().chunks_dropped, 0);
+    assert!(
+        logs.lock()
+            .unwrap()
+            .iter()
+            .any(|m| m.contains("more than spool.max_chunks=2")),
+        "{:?}",
+        logs.lock().unwrap()
+    );
+    let d = client.add_destination("db", "t", "json", None).unwrap();
+    client.append(d, record(6).as_bytes()).unwrap();
+    let e = client.flush_to_spool().unwrap_err();
+    assert_eq!(e.kind, ErrorKind::SpoolFull, "{}", e.message);
+    server.set_down(Duration::ZERO);
+    drain(&client);
+    assert_eq!(seqs(&server, "db", "t"), (0..7).collect::<Vec<_>>());
+    drop(client);
+    // Trimming is there for whoever asks for it.
+    server.set_down(Duration::from_secs(3600));
+    {
+        let client = Client::new(&cfg, None, None).unwrap();
+        let d = client.add_destination("db", "t", "json", None).unwrap();
+        for i in 0..4 {
+            client.append(d, record(100 + i).as_bytes()).unwrap();
+            client.flush_to_spool().unwrap();
+        }
+    }
+    let trim = config(
+        &server,
+        &dir,
+        &[("spool.max_chunks", "2"), ("spool.trim_on_open", "true")],
+    );
+    let client = Client::new(&trim, None, None).unwrap();
+    assert_eq!(client.stats().spool_chunks, 2);
+    assert_eq!(client.stats().chunks_dropped, 2);
+    drop(client);
     let _ = std::fs::remove_dir_all(&dir);
 }

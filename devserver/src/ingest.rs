@@ -145,6 +145,8 @@ pub fn too_large(detail: impl Into<String>) -> ApiError {
 pub enum Framing {
     /// One record per non-empty line.
     Lines,
+    /// CSV records (RFC 4180): a newline inside a quoted field belongs to the record.
+    CsvRecords,
     /// One JSON object per non-empty line.
     JsonLines,
     /// JSON objects one after another.
@@ -158,11 +160,11 @@ pub enum Framing {
 /// The canonical (lowercase) format name and its framing, or `None` if the service does not know it.
 pub fn format_framing(name: &str) -> Option<(&'static str, Framing)> {
     const ALL: &[(&str, Framing)] = &[
-        ("csv", Framing::Lines),
+        ("csv", Framing::CsvRecords),
         ("tsv", Framing::Lines),
-        ("scsv", Framing::Lines),
-        ("sohsv", Framing::Lines),
-        ("psv", Framing::Lines),
+        ("scsv", Framing::CsvRecords),
+        ("sohsv", Framing::CsvRecords),
+        ("psv", Framing::CsvRecords),
         ("txt", Framing::Lines),
         ("tsve", Framing::Lines),
         ("raw", Framing::Lines),
@@ -327,6 +329,32 @@ pub fn split_records(framing: Framing, raw: &[u8]) -> Result<Vec<Vec<u8>>, ApiEr
     };
     let records: Vec<Vec<u8>> = match framing {
         Framing::Lines => lines().map(<[u8]>::to_vec).collect(),
+        Framing::CsvRecords => {
+            let mut out = Vec::new();
+            let mut start = 0;
+            let mut quoted = false;
+            for (i, &b) in raw.iter().enumerate() {
+                match b {
+                    b'"' => quoted = !quoted,
+                    b'\n' if !quoted => {
+                        out.push(&raw[start..i]);
+                        start = i + 1;
+                    }
+                    _ => {}
+                }
+            }
+            if quoted {
+                return Err(wrong_format(
+                    "csv data ends inside a quoted field.".to_owned(),
+                ));
+            }
+            out.push(&raw[start..]);
+            out.into_iter()
+                .map(|l| l.strip_suffix(b"\r").unwrap_or(l))
+                .filter(|l| !l.is_empty())
+                .map(<[u8]>::to_vec)
+                .collect()
+        }
         Framing::JsonLines => {
             let mut out = Vec::new();
             for (i, line) in lines().enumerate() {

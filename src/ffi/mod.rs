@@ -249,6 +249,12 @@ pub struct kedge_stats {
     pub spool_chunks: u64,
     /// Bytes in the spool now.
     pub spool_bytes: u64,
+    /// Spool writes, removals and moves that failed (read-only or failing flash, full disk); each is logged at
+    /// error level and returned as `KEDGE_SPOOL_IO` by the call it happened in.
+    pub spool_io_errors: u64,
+    /// Chunks found at open that the configured `spool.key_file` cannot open (another key, no key, or clear
+    /// chunks with a key): kept untouched, never sent, until the spool is opened with their key.
+    pub chunks_locked: u64,
 }
 
 /// Log callback: `message` is NUL-terminated, valid during the call, and never contains a secret.
@@ -812,6 +818,9 @@ pub unsafe extern "C" fn kedge_append(
             if record.is_null() {
                 return Err(Error::new(ErrorKind::NullParameter, "record is NULL"));
             }
+            // The length is checked before a byte is touched: a `(size_t)-1` from a failed read() must be
+            // refused, not turned into a slice that runs past the caller's buffer.
+            c.check_record_len(record_len)?;
             let rec = std::slice::from_raw_parts(record, record_len);
             c.append(destination, rec)
         })
@@ -913,6 +922,8 @@ pub unsafe extern "C" fn kedge_client_stats(
             chunks_corrupt: s.chunks_corrupt,
             spool_chunks: s.spool_chunks,
             spool_bytes: s.spool_bytes,
+            spool_io_errors: s.spool_io_errors,
+            chunks_locked: s.chunks_locked,
         };
         let n = stats_size.min(std::mem::size_of::<kedge_stats>());
         // SAFETY: the caller's buffer holds stats_size >= n bytes; the source is a local struct of at least n

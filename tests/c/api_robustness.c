@@ -555,6 +555,16 @@ static void check_client_calls(void)
            "append(json record of exactly batch.bytes: no room for its newline)");
     expect(kedge_append(client, 2, (const uint8_t *)big, sizeof big), KEDGE_RECORD_TOO_LARGE,
            "append(avro record larger than batch.bytes)");
+    /* A length from a failed read() ((size_t)-1) or plain garbage: refused from the length alone, before a
+     * byte is read (valgrind and ASan see any read past the 2-byte buffer). */
+    expect(kedge_append(client, 0, (const uint8_t *)"{}", SIZE_MAX), KEDGE_RECORD_TOO_LARGE,
+           "append(record_len SIZE_MAX)");
+    expect(kedge_append(client, 0, (const uint8_t *)"{}", SIZE_MAX / 2), KEDGE_RECORD_TOO_LARGE,
+           "append(record_len SIZE_MAX/2)");
+    expect(kedge_append(client, 2, (const uint8_t *)"{}", (size_t)-1), KEDGE_RECORD_TOO_LARGE,
+           "append(avro, record_len (size_t)-1)");
+    expect(kedge_append(client, 0, (const uint8_t *)"{}", sizeof big + 1), KEDGE_RECORD_TOO_LARGE,
+           "append(record_len one past batch.bytes)");
     expect(kedge_append(client, 0, LIT("{\"a\":\"\xff\xfe\"}")), KEDGE_INVALID_RECORD,
            "append(json not UTF-8)");
     expect(kedge_append(client, 0, LIT("{\"a\":\n1}")), KEDGE_INVALID_RECORD,

@@ -1,0 +1,332 @@
+//! A JSON syntax check for records of the `json` and `multijson` formats, run by `append` so that one bad record
+//! is refused on its own instead of making the service reject the whole chunk it would have joined.
+//!
+//! It only checks syntax (RFC 8259): no values are built, nothing is allocated, and the nesting stack is a fixed
+//! bit array, so the cost is one pass over the record and a few hundred bytes of stack. UTF-8 is checked by the
+//! caller beforehand.
+
+/// Deepest nesting of objects and arrays accepted. Deeper documents are refused rather than tracked.
+pub const MAX_DEPTH: usize = 512;
+
+/// Why a record is not JSON: the byte offset where the problem was found, and what it is.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct SyntaxError {
+    /// Byte offset in the record.
+    pub at: usize,
+    /// What was wrong there.
+    pub what: &'static str,
+}
+
+/// Open containers, one bit per level: 1 for an object, 0 for an array.
+struct Stack {
+    bits: [u64; MAX_DEPTH / 64],
+    depth: usize,
+}
+
+impl Stack {
+    fn push(&mut self, object: bool, at: usize) -> Result<(), SyntaxError> {
+        if self.depth == MAX_DEPTH {
+            return Err(SyntaxError {
+                at,
+                what: "nested deeper than 512 levels",
+            });
+        }
+        let (w, b) = (self.depth / 64, self.depth % 64);
+        if object {
+            self.bits[w] |= 1 << b;
+        } else {
+            self.bits[w] &= !(1 << b);
+        }
+        self.depth += 1;
+        Ok(())
+    }
+
+    fn top_is_object(&self) -> Option<bool> {
+        let d = self.depth.checked_sub(1)?;
+        Some(self.bits[d / 64] & (1 << (d % 64)) != 0)
+    }
+
+    fn pop(&mut self) {
+        self.depth -= 1;
+    }
+}
+
+struct Scanner<'a> {
+    s: &'a [u8],
+    i: usize,
+}
+
+impl Scanner<'_> {
+    fn err(&self, what: &'static str) -> SyntaxError {
+        SyntaxError { at: self.i, what }
+    }
+
+    fn peek(&self) -> Option<u8> {
+        self.s.get(self.i).copied()
+    }
+
+    fn skip_ws(&mut self) {
+        while let Some(b' ' | b'\t' | b'\n' | b'\r') = self.peek() {
+            self.i += 1;
+        }
+    }
+
+    fn expect(&mut self, b: u8, what: &'static str) -> Result<(), SyntaxError> {
+        if self.peek() == Some(b) {
+            self.i += 1;
+            Ok(())
+        } else {
+            Err(self.err(what))
+        }
+    }
+
+    /// A string, the opening quote at the cursor.
+    fn string(&mut self) -> Result<(), SyntaxError> {
+        self.expect(b'"', "expected a string")?;
+        loop {
+            match self.peek() {
+                None => return Err(self.err("unterminated string")),
+                Some(b'"') => {
+                    self.i += 1;
+                    return Ok(());
+                }
+                Some(b'\\') => {
+                    self.i += 1;
+                    match self.peek() {
+                        Some(b'"' | b'\\' | b'/' | b'b' | b'f' | b'n' | b'r' | b't') => self.i += 1,
+                        Some(b'u') => {
+                            self.i += 1;
+                            for _ in 0..4 {
+                                match self.peek() {
+                                    Some(h) if h.is_ascii_hexdigit() => self.i += 1,
+                                    _ => {
+                                        return Err(self.err("\\u must be followed by 4 hex digits"))
+                                    }
+                                }
+                            }
+                        }
+                        _ => return Err(self.err("invalid escape in a string")),
+                    }
+                }
+                Some(c) if c < 0x20 => {
+                    return Err(self.err("control character in a string (escape it)"))
+                }
+                Some(_) => self.i += 1,
+            }
+        }
+    }
+
+    fn digits(&mut self) -> usize {
+        let start = self.i;
+        while self.peek().is_some_and(|b| b.is_ascii_digit()) {
+            self.i += 1;
+        }
+        self.i - start
+    }
+
+    fn number(&mut self) -> Result<(), SyntaxError> {
+        if self.peek() == Some(b'-') {
+            self.i += 1;
+        }
+        match self.peek() {
+            Some(b'0') => self.i += 1,
+            Some(b'1'..=b'9') => {
+                self.digits();
+            }
+            _ => return Err(self.err("invalid number")),
+        }
+        if self.peek() == Some(b'.') {
+            self.i += 1;
+            if self.digits() == 0 {
+                return Err(self.err("a decimal point must be followed by digits"));
+            }
+        }
+        if let Some(b'e' | b'E') = self.peek() {
+            self.i += 1;
+            if let Some(b'+' | b'-') = self.peek() {
+                self.i += 1;
+            }
+            if self.digits() == 0 {
+                return Err(self.err("an exponent must have digits"));
+            }
+        }
+        Ok(())
+    }
+
+    fn literal(&mut self, word: &'static [u8]) -> Result<(), SyntaxError> {
+        if self.s[self.i..].starts_with(word) {
+            self.i += word.len();
+            Ok(())
+        } else {
+            Err(self.err("invalid literal (expected true, false or null)"))
+        }
+    }
+
+    /// An object key and its colon, the cursor at the key.
+    fn key(&mut self) -> Result<(), SyntaxError> {
+        if self.peek() != Some(b'"') {
+            return Err(self.err("expected a quoted object key"));
+        }
+        self.string()?;
+        self.skip_ws();
+        self.expect(b':', "expected ':' after an object key")?;
+        self.skip_ws();
+        Ok(())
+    }
+
+    /// One complete value, the cursor at its first byte.
+    fn value(&mut self) -> Result<(), SyntaxError> {
+        let mut stack = Stack {
+            bits: [0; MAX_DEPTH / 64],
+            depth: 0,
+        };
+        'value: loop {
+            // A value starts here.
+            match self.peek() {
+                Some(b'{') => {
+                    stack.push(true, self.i)?;
+                    self.i += 1;
+                    self.skip_ws();
+                    if self.peek() == Some(b'}') {
+                        self.i += 1;
+                        stack.pop();
+                    } else {
+                        self.key()?;
+                        continue 'value;
+                    }
+                }
+                Some(b'[') => {
+                    stack.push(false, self.i)?;
+                    self.i += 1;
+                    self.skip_ws();
+                    if self.peek() == Some(b']') {
+                        self.i += 1;
+                        stack.pop();
+                    } else {
+                        continue 'value;
+                    }
+                }
+                Some(b'"') => self.string()?,
+                Some(b'-' | b'0'..=b'9') => self.number()?,
+                Some(b't') => self.literal(b"true")?,
+                Some(b'f') => self.literal(b"false")?,
+                Some(b'n') => self.literal(b"null")?,
+                None => return Err(self.err("unexpected end: a value is missing")),
+                Some(_) => return Err(self.err("unexpected character where a value should start")),
+            }
+            // A value ended: close containers until one continues with a comma.
+            loop {
+                let Some(object) = stack.top_is_object() else {
+                    return Ok(());
+                };
+                self.skip_ws();
+                match (self.peek(), object) {
+                    (Some(b','), true) => {
+                        self.i += 1;
+                        self.skip_ws();
+                        self.key()?;
+                        continue 'value;
+                    }
+                    (Some(b','), false) => {
+                        self.i += 1;
+                        self.skip_ws();
+                        continue 'value;
+                    }
+                    (Some(b'}'), true) | (Some(b']'), false) => {
+                        self.i += 1;
+                        stack.pop();
+                    }
+                    (None, _) => {
+                        return Err(self.err("unexpected end: an object or array is not closed"))
+                    }
+                    (_, true) => return Err(self.err("expected ',' or '}' in an object")),
+                    (_, false) => return Err(self.err("expected ',' or ']' in an array")),
+                }
+            }
+        }
+    }
+}
+
+/// Checks that `text` is JSON: exactly one value (`many == false`, the `json` format: one object per line) or
+/// one or more values separated by whitespace (`many == true`, `multijson`).
+pub fn check(text: &[u8], many: bool) -> Result<(), SyntaxError> {
+    let mut sc = Scanner { s: text, i: 0 };
+    let mut values = 0usize;
+    loop {
+        sc.skip_ws();
+        if sc.peek().is_none() {
+            return if values == 0 {
+                Err(sc.err("no JSON value in the record"))
+            } else {
+                Ok(())
+            };
+        }
+        if values == 1 && !many {
+            return Err(sc.err("more than one JSON value in a json record (use multijson)"));
+        }
+        sc.value()?;
+        values += 1;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn accepts_what_rfc_8259_accepts() {
+        for ok in [
+            &b"{}"[..],
+            b"[]",
+            b" {\"a\": 1, \"b\": [true, false, null, -0.5e+3, \"x\\u00e9\\n\"], \"c\": {}} ",
+            b"\"just a string\"",
+            b"0",
+            b"-12.25E-2",
+            b"[[[[]]],{\"k\":[{}]}]",
+            "{\"ünï\":\"cödé\"}".as_bytes(),
+        ] {
+            assert_eq!(check(ok, false), Ok(()), "{}", String::from_utf8_lossy(ok));
+        }
+        assert_eq!(check(b"{\"a\":1}\n{\"a\":2}\n[1]", true), Ok(()));
+    }
+
+    #[test]
+    fn refuses_truncated_and_malformed_records_with_the_offset() {
+        for (bad, at) in [
+            (&b"{\"device\":\"gw-1\",\"temp\":21."[..], 27),
+            (b"{\"a\":1", 6),
+            (b"{\"a\" 1}", 5),
+            (b"{a:1}", 1),
+            (b"[1,]", 3),
+            (b"{\"a\":1,}", 7),
+            (b"[01]", 2),
+            (b"\"tab\there\"", 4),
+            (b"\"bad \\x escape\"", 6),
+            (b"tru", 0),
+            (b"{} {}", 3),
+            (b"", 0),
+            (b"   ", 3),
+            (b"]", 0),
+            (b"[1 2]", 3),
+            (b"1.", 2),
+            (b"1e", 2),
+            (b"\"\\u12G4\"", 5),
+        ] {
+            let e = check(bad, false).expect_err(&String::from_utf8_lossy(bad));
+            assert_eq!(e.at, at, "{}: {}", String::from_utf8_lossy(bad), e.what);
+        }
+        assert!(check(b"{} {", true).is_err());
+    }
+
+    #[test]
+    fn nesting_is_bounded_without_recursion() {
+        let mut deep = vec![b'['; MAX_DEPTH];
+        deep.extend(vec![b']'; MAX_DEPTH]);
+        assert_eq!(check(&deep, false), Ok(()));
+        let mut deeper = vec![b'['; MAX_DEPTH + 1];
+        deeper.extend(vec![b']'; MAX_DEPTH + 1]);
+        assert_eq!(check(&deeper, false).unwrap_err().at, MAX_DEPTH);
+        // A megabyte of openers is refused at the limit, not by running out of stack.
+        assert!(check(&vec![b'{'; 1 << 20], false).is_err());
+    }
+}
