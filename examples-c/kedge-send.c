@@ -125,9 +125,14 @@ struct counters {
     unsigned long long dropped; /* by a full spool (spool.policy=drop-oldest) */
     kedge_result last_failure; /* result of the last chunk that failed for now */
     int verbosity;
-    /* A message that repeats is printed once, then counted: a failing disk must not flood the log. */
-    char last_log[512];
-    unsigned long repeats;
+    /* A message that repeats (numbers aside) is printed once, then counted: a failing disk or a long outage
+     * must not flood the log. A few recent messages are remembered, since failures come in alternating pairs. */
+    struct {
+        char text[512];
+        unsigned long repeats;
+        unsigned long long used; /* for evicting the least recently seen */
+    } recent[4];
+    unsigned long long log_clock;
 };
 
 struct run {
@@ -295,25 +300,69 @@ static const char *level_name(kedge_log_level level)
     }
 }
 
+static void print_repeats(struct counters *c, size_t k)
+{
+    if (c->recent[k].repeats > 0) {
+        fprintf(stderr, "%s: (repeated %lu more times, numbers aside: %.80s...)\n", PROG, c->recent[k].repeats,
+                c->recent[k].text);
+        c->recent[k].repeats = 0;
+    }
+}
+
 static void flush_repeats(struct counters *c)
 {
-    if (c->repeats > 0) {
-        fprintf(stderr, "%s: (the last message repeated %lu more times)\n", PROG, c->repeats);
-        c->repeats = 0;
+    size_t k;
+    for (k = 0; k < sizeof c->recent / sizeof c->recent[0]; k++) {
+        print_repeats(c, k);
+    }
+}
+
+/* The same message but for its numbers ("next try in 212 ms"): a repeat, for the log's purposes. */
+static int same_but_numbers(const char *a, const char *b)
+{
+    for (;;) {
+        if (*a >= '0' && *a <= '9' && *b >= '0' && *b <= '9') {
+            while (*a >= '0' && *a <= '9') {
+                a++;
+            }
+            while (*b >= '0' && *b <= '9') {
+                b++;
+            }
+            continue;
+        }
+        if (*a != *b) {
+            return 0;
+        }
+        if (*a == '\0') {
+            return 1;
+        }
+        a++;
+        b++;
     }
 }
 
 static void on_log(void *userdata, kedge_log_level level, const char *message)
 {
     struct counters *c = userdata;
-    if (strncmp(c->last_log, message, sizeof c->last_log - 1) == 0 && strlen(message) < sizeof c->last_log) {
-        c->repeats++;
-        return;
+    size_t k, oldest = 0;
+    const size_t n = sizeof c->recent / sizeof c->recent[0];
+    c->log_clock++;
+    for (k = 0; k < n; k++) {
+        if (c->recent[k].used != 0 && strlen(message) < sizeof c->recent[k].text &&
+            same_but_numbers(c->recent[k].text, message)) {
+            c->recent[k].repeats++;
+            c->recent[k].used = c->log_clock;
+            return;
+        }
+        if (c->recent[k].used < c->recent[oldest].used) {
+            oldest = k;
+        }
     }
     end_progress();
-    flush_repeats(c);
-    strncpy(c->last_log, message, sizeof c->last_log - 1);
-    c->last_log[sizeof c->last_log - 1] = '\0';
+    print_repeats(c, oldest);
+    strncpy(c->recent[oldest].text, message, sizeof c->recent[oldest].text - 1);
+    c->recent[oldest].text[sizeof c->recent[oldest].text - 1] = '\0';
+    c->recent[oldest].used = c->log_clock;
     fprintf(stderr, "%s: %s: %s\n", PROG, level_name(level), message);
 }
 

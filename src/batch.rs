@@ -79,6 +79,25 @@ impl Batch {
         self.first_at.get_or_insert(now);
     }
 
+    /// Keeps only the given byte ranges (ascending, disjoint, each a run of whole records) holding `records`
+    /// records, moved to the front: what is left of a refused batch whose good records were delivered. The
+    /// batch is unsealed (a new chunk id when it is sent again) and keeps its age.
+    pub fn retain_ranges(&mut self, ranges: &[(usize, usize)], records: u64) {
+        let mut to = 0;
+        for &(a, b) in ranges {
+            debug_assert!(a >= to && b >= a && b <= self.buf.len());
+            self.buf.copy_within(a..b, to);
+            to += b - a;
+        }
+        self.buf.truncate(to);
+        self.records = records;
+        self.chunk_id = None;
+        self.attempts = 0;
+        if records == 0 {
+            self.first_at = None;
+        }
+    }
+
     /// Empties the batch after the service acknowledged or refused it. Keeps the allocation.
     pub fn clear(&mut self) {
         self.buf.clear();
@@ -96,6 +115,86 @@ fn needs_newline(format: Format, record: &[u8]) -> bool {
 /// Bytes a record takes in a batch: line formats end every record with a newline.
 pub fn framed_len(format: Format, record: &[u8]) -> usize {
     record.len() + needs_newline(format, record) as usize
+}
+
+/// Finds the places between records in a batch, for isolating the records the service refuses: a newline that
+/// ends a record, as the service parses the format (inside a quoted CSV field or a JSON string it does not).
+/// One pass, no allocation; a range handed to it must begin at a record boundary.
+struct Boundaries {
+    format: Format,
+    in_quotes: bool,
+    in_string: bool,
+    escaped: bool,
+    depth: u32,
+}
+
+impl Boundaries {
+    fn new(format: Format) -> Self {
+        Boundaries {
+            format,
+            in_quotes: false,
+            in_string: false,
+            escaped: false,
+            depth: 0,
+        }
+    }
+
+    /// Whether byte `b` is a newline that ends a record.
+    fn step(&mut self, b: u8) -> bool {
+        match self.format {
+            Format::Csv | Format::Scsv | Format::Sohsv | Format::Psv => {
+                if b == b'"' {
+                    self.in_quotes = !self.in_quotes;
+                }
+                b == b'\n' && !self.in_quotes
+            }
+            Format::MultiJson => {
+                if self.in_string {
+                    match (self.escaped, b) {
+                        (true, _) => self.escaped = false,
+                        (false, b'\\') => self.escaped = true,
+                        (false, b'"') => self.in_string = false,
+                        _ => {}
+                    }
+                    return false;
+                }
+                match b {
+                    b'"' => self.in_string = true,
+                    b'{' | b'[' => self.depth += 1,
+                    b'}' | b']' => self.depth = self.depth.saturating_sub(1),
+                    _ => {}
+                }
+                b == b'\n' && self.depth == 0
+            }
+            _ => b == b'\n',
+        }
+    }
+}
+
+/// Records in `raw` (a batch or a range of it that begins at a record boundary), and the record boundary
+/// nearest to its middle (an offset just after a record's newline, strictly inside `raw`), if it holds more than
+/// one record. Formats of one record per request have no boundaries.
+pub fn records_and_middle(format: Format, raw: &[u8]) -> (u64, Option<usize>) {
+    if format.one_record_per_request() {
+        return (u64::from(!raw.is_empty()), None);
+    }
+    let mut scan = Boundaries::new(format);
+    let mid = raw.len() / 2;
+    let mut records = 0u64;
+    let mut best: Option<usize> = None;
+    for (i, &b) in raw.iter().enumerate() {
+        if scan.step(b) {
+            records += 1;
+            let at = i + 1;
+            if at < raw.len() && best.is_none_or(|x| at.abs_diff(mid) < x.abs_diff(mid)) {
+                best = Some(at);
+            }
+        }
+    }
+    if raw.last().is_some_and(|&b| b != b'\n') {
+        records += 1; // a last record without its newline
+    }
+    (records, best)
 }
 
 /// Checks a record before it is buffered, so that nothing the service can never take sits in a batch.
@@ -170,6 +269,42 @@ mod tests {
         assert!(b.fits(Format::Csv, b"c,3,456")); // 8 + 8 = 16
         assert!(!b.fits(Format::Csv, b"c,3,4567"));
         assert_eq!(b.capacity(), 16);
+    }
+
+    #[test]
+    fn boundaries_follow_the_format_quotes_and_strings_included() {
+        assert_eq!(
+            records_and_middle(Format::Json, b"{}\n{}\n{}\n{}\n"),
+            (4, Some(6))
+        );
+        // A quoted CSV newline is inside its record.
+        let csv = b"1,\"a\nb\"\n2,c\n";
+        assert_eq!(records_and_middle(Format::Csv, csv), (2, Some(8)));
+        // Tab-separated text has no quoting: every newline ends a record.
+        assert_eq!(records_and_middle(Format::Tsv, b"1\t\"a\nb\"\n").0, 2);
+        // multijson: newlines inside objects and strings do not end a record.
+        let mj = b"{\"a\":\n\"x\\\"\n}\"}\n{\"b\":[\n1]}\n";
+        let (n, mid) = records_and_middle(Format::MultiJson, mj);
+        assert_eq!(n, 2);
+        assert_eq!(&mj[mid.unwrap()..], b"{\"b\":[\n1]}\n");
+        assert_eq!(records_and_middle(Format::Json, b"{}\n"), (1, None));
+        assert_eq!(records_and_middle(Format::Json, b"{}\n{}"), (2, Some(3)));
+        assert_eq!(records_and_middle(Format::Parquet, b"PAR1\n\n"), (1, None));
+    }
+
+    #[test]
+    fn retaining_ranges_keeps_whole_records_in_order() {
+        let mut b = Batch::with_capacity(64);
+        let now = Instant::now();
+        for r in [&b"{\"a\":1}"[..], b"{\"a\":2}", b"{\"a\":3}", b"{\"a\":4}"] {
+            b.push(Format::Json, r, now);
+        }
+        b.chunk_id = Some([7; 16]);
+        b.retain_ranges(&[(8, 16), (24, 32)], 2);
+        assert_eq!(b.bytes(), b"{\"a\":2}\n{\"a\":4}\n");
+        assert_eq!(b.records(), 2);
+        assert!(!b.is_sealed());
+        assert!(b.first_at().is_some());
     }
 
     #[test]

@@ -35,6 +35,15 @@ const _: () = assert!(
     compressed_bound(crate::config::MAX_REQUEST_RAW_BYTES) <= crate::spool::MAX_PAYLOAD_LEN
 );
 
+/// How many times a refused chunk is halved, at most, to find the refused records (2^20 records: more than a
+/// 4 MiB batch can hold, so in practice every bad record is found).
+const MAX_SPLIT_DEPTH: u32 = 20;
+
+/// Requests one refused chunk may cost while its refused records are looked for. Past it, refused pieces are
+/// rejected whole: a chunk whose every record is refused (a wrong mapping, say) costs this many requests, not
+/// two per record.
+const MAX_ISOLATION_SENDS: u32 = 64;
+
 /// The final word on one chunk, as passed to the delivery callback.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 #[repr(u32)]
@@ -962,6 +971,14 @@ impl Client {
                 self.settle(inner, target, &chunk, None, 200)?;
                 Ok(())
             }
+            Sent::Failed(f)
+                if f.class == FailureClass::Rejected
+                    && chunk.seq.is_none()
+                    && chunk.records > 1
+                    && !inner.destinations[i].format.one_record_per_request() =>
+            {
+                self.isolate_rejected(inner, i, target, &f, deadline)
+            }
             Sent::Failed(f) => {
                 let class = f.class;
                 let e = self.settle(inner, target, &chunk, Some(f), 0);
@@ -1008,6 +1025,172 @@ impl Client {
                 e
             }
         }
+    }
+
+    /// The service refused destination `i`'s batch of several records as bad data. Rather than drop every record
+    /// for the few that are bad, send it in halves, and the refused halves in halves again (at most
+    /// [`MAX_SPLIT_DEPTH`] levels and [`MAX_ISOLATION_SENDS`] requests), so that only the refused records are
+    /// rejected and the rest is delivered.
+    /// Each piece is a chunk of its own, with its own id and delivery report. If a piece fails for another reason
+    /// (or the call's time runs out), what is not settled yet stays as the batch, whole records in their order,
+    /// and takes the usual way of a failed batch (backoff, the spool).
+    fn isolate_rejected(
+        &self,
+        inner: &mut Inner,
+        i: usize,
+        target: usize,
+        first: &Failure,
+        deadline: Instant,
+    ) -> Result<(), Error> {
+        let format = inner.destinations[i].format;
+        let total = inner.destinations[i].batch.records();
+        let whole = inner.destinations[i].batch.bytes().len();
+        self.log(
+            LogLevel::Warn,
+            &format!(
+                "{}: the service refused a chunk of {total} records ({}): sending it in halves to find the refused records",
+                inner.targets[target].label,
+                describe(first)
+            ),
+        );
+        // Ranges still to send, the next on top; a piece splits into two, so the depth bounds the stack.
+        let mut todo: heapless::Vec<(usize, usize, u32), { MAX_SPLIT_DEPTH as usize + 2 }> =
+            heapless::Vec::new();
+        let _ = todo.push((0, whole, 0));
+        let mut settled = 0u64;
+        let mut first_err: Option<Error> = None;
+        let mut pending: Option<(usize, usize)> = None;
+        let mut sends = 0u32;
+        while let Some((a, b, depth)) = todo.pop() {
+            let (records, mid) = crate::batch::records_and_middle(
+                format,
+                &inner.destinations[i].batch.bytes()[a..b],
+            );
+            if depth == 0 {
+                // The whole batch was refused already: start with its halves.
+                if let Some(m) = mid {
+                    let _ = todo.push((a + m, b, 1));
+                    let _ = todo.push((a, a + m, 1));
+                    continue;
+                }
+            }
+            if Instant::now() >= deadline {
+                pending = Some((a, b));
+                break;
+            }
+            let sealed = wire::new_uuid(&self.rng).and_then(|id| {
+                let Inner {
+                    destinations,
+                    gzip,
+                    wire: wire_buf,
+                    ..
+                } = &mut *inner;
+                gzip.compress(&destinations[i].batch.bytes()[a..b], wire_buf)?;
+                Ok(id)
+            });
+            let id = match sealed {
+                Ok(id) => id,
+                Err(e) => {
+                    self.keep_unsettled(inner, i, (a, b), &todo, total - settled);
+                    return Err(e);
+                }
+            };
+            let piece = Chunk {
+                id,
+                records,
+                raw_len: (b - a) as u64,
+                gzip: true,
+                seq: None,
+            };
+            sends += 1;
+            let (sent, _) = self.deliver(
+                inner,
+                target,
+                &piece,
+                0,
+                self.cfg.retry_max_attempts,
+                deadline,
+            );
+            match sent {
+                Sent::Acknowledged => {
+                    self.settle(inner, target, &piece, None, 200)?;
+                    settled += records;
+                }
+                Sent::Failed(f) if f.class == FailureClass::Rejected => match mid {
+                    Some(m) if depth < MAX_SPLIT_DEPTH && sends < MAX_ISOLATION_SENDS => {
+                        let _ = todo.push((a + m, b, depth + 1));
+                        let _ = todo.push((a, a + m, depth + 1));
+                    }
+                    _ => {
+                        if let Err(e) = self.settle(inner, target, &piece, Some(f), 0) {
+                            first_err.get_or_insert(e);
+                        }
+                        settled += records;
+                    }
+                },
+                Sent::Failed(f) => {
+                    // Not the data this time: keep what is left and let the usual failure path take it.
+                    let e = self.settle(inner, target, &piece, Some(f), 0);
+                    self.keep_unsettled(inner, i, (a, b), &todo, total - settled);
+                    if inner.spool.is_some() {
+                        let spooled = self.spool_batch(inner, i, None)?;
+                        let t = &inner.targets[target];
+                        let why = e.err().map_or(String::new(), |e| e.message);
+                        let msg =
+                            format!("{why}; the rest of a refused chunk was spooled for replay");
+                        self.report_chunk(
+                            t,
+                            &spooled,
+                            Outcome::Spooled,
+                            Some(ErrorKind::Spooled),
+                            0,
+                            &msg,
+                        );
+                        return Err(Error::new(ErrorKind::Spooled, msg));
+                    }
+                    return e;
+                }
+            }
+        }
+        if let Some(range) = pending {
+            self.keep_unsettled(inner, i, range, &todo, total - settled);
+            return Err(first_err.unwrap_or_else(|| {
+                Error::new(
+                    ErrorKind::TransientFailure,
+                    format!(
+                        "{}: time ran out while finding the refused records of a chunk; the rest is kept and sent by the next poll",
+                        inner.targets[target].label
+                    ),
+                )
+            }));
+        }
+        inner.destinations[i].batch.clear();
+        self.stats.records_buffered.fetch_sub(total, Relaxed);
+        first_err.map_or(Ok(()), Err)
+    }
+
+    /// Leaves in destination `i`'s batch only the records not settled yet: `current` and the ranges in `todo`
+    /// (a stack: its bottom holds the last ranges of the batch), `left` records in all.
+    fn keep_unsettled(
+        &self,
+        inner: &mut Inner,
+        i: usize,
+        current: (usize, usize),
+        todo: &[(usize, usize, u32)],
+        left: u64,
+    ) {
+        let mut ranges: heapless::Vec<(usize, usize), { MAX_SPLIT_DEPTH as usize + 3 }> =
+            heapless::Vec::new();
+        let _ = ranges.push(current);
+        for &(a, b, _) in todo.iter().rev() {
+            let _ = ranges.push((a, b));
+        }
+        let batch = &mut inner.destinations[i].batch;
+        let before = batch.records();
+        batch.retain_ranges(&ranges, left);
+        self.stats
+            .records_buffered
+            .fetch_sub(before - left, Relaxed);
     }
 
     /// Replays spooled chunks, oldest first, skipping targets that back off, up to `max` chunks and the deadline.

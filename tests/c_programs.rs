@@ -1139,11 +1139,12 @@ fn kedge_send_with_a_full_spool_counts_what_it_lost_says_where_to_resume_and_log
     server.set_down(Duration::from_secs(3600));
     let spool = scratch.path("spool");
     let input = scratch.path("records.jsonl");
-    write_records(&input, 3000);
+    // About 5 MB raw, several times what a 64 KiB spool holds compressed.
+    write_records(&input, 40_000);
     let mut cmd = spooling_kedge_send(&server.url(), &spool, "Full");
     cmd.args([
         "--batch-bytes",
-        "16384",
+        "65536",
         "--spool-policy",
         "reject-new",
         "--spool-max-bytes",

@@ -517,3 +517,61 @@ fn a_callback_may_call_another_client() {
     other.flush().unwrap();
     assert_eq!(server.records("db", "relay"), vec![b"delivered,1".to_vec()]);
 }
+
+#[test]
+fn a_chunk_refused_for_a_few_bad_records_is_split_until_only_they_are_rejected() {
+    let server = Server::start(ServerConfig::default()).unwrap();
+    let cfg = config_for(&server, &[]);
+    let (client, reports) = client_with_reports(&cfg);
+    let d = client.add_destination("db", "t", "json", None).unwrap();
+    // Valid JSON the append check lets through, but not an object: the endpoint refuses any chunk holding one.
+    let bad = [37u64, 38, 200];
+    for seq in 0..256 {
+        if bad.contains(&seq) {
+            client.append(d, format!("[{seq}]").as_bytes()).unwrap();
+        } else {
+            client.append(d, record(seq).as_bytes()).unwrap();
+        }
+    }
+    let e = client.flush().unwrap_err();
+    assert_eq!(e.kind, ErrorKind::DataRejected, "{}", e.message);
+    let mut got = seqs(&server, "db", "t");
+    got.sort_unstable();
+    let want: Vec<u64> = (0..256).filter(|s| !bad.contains(s)).collect();
+    assert_eq!(got, want, "every good record once, none of the bad ones");
+    let s = client.stats();
+    assert_eq!(
+        s.records_rejected, 3,
+        "only the bad records are rejected: {s:?}"
+    );
+    assert_eq!(s.records_acknowledged, 253);
+    assert_eq!(s.records_buffered, 0);
+    let rejected: u64 = reports
+        .0
+        .lock()
+        .unwrap()
+        .iter()
+        .filter(|r| r.0 == Outcome::Rejected)
+        .map(|r| r.1)
+        .sum();
+    assert_eq!(rejected, 3);
+    // Bounded: a few requests per bad record, not one per record.
+    assert!(s.requests < 60, "{} requests", s.requests);
+}
+
+#[test]
+fn a_chunk_whose_every_record_is_refused_costs_a_bounded_number_of_requests() {
+    let server = Server::start(ServerConfig::default()).unwrap();
+    let cfg = config_for(&server, &[]);
+    let (client, _reports) = client_with_reports(&cfg);
+    let d = client.add_destination("db", "t", "json", None).unwrap();
+    for seq in 0..2000 {
+        client.append(d, format!("[{seq}]").as_bytes()).unwrap();
+    }
+    let e = client.flush().unwrap_err();
+    assert_eq!(e.kind, ErrorKind::DataRejected, "{}", e.message);
+    let s = client.stats();
+    assert_eq!(s.records_rejected, 2000, "{s:?}");
+    assert_eq!(s.records_buffered, 0);
+    assert!(s.requests <= 1 + 64 + 21, "{} requests", s.requests);
+}
