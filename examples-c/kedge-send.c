@@ -1263,6 +1263,13 @@ int main(int argc, char **argv)
             if (invalid > 0) {
                 fprintf(stderr, ", %llu invalid input lines", invalid);
             }
+            if (st.chunks_corrupt > 0 || st.chunks_locked > 0 || st.spool_io_errors > 0) {
+                fprintf(stderr,
+                        ", %llu corrupt spool chunks quarantined in corrupt/, %llu spool chunks locked (another "
+                        "key), %llu spool I/O errors",
+                        (unsigned long long)st.chunks_corrupt, (unsigned long long)st.chunks_locked,
+                        (unsigned long long)st.spool_io_errors);
+            }
             if (st.spool_chunks > 0 || counts.dropped > 0) {
                 fprintf(stderr, ", %llu chunks left in the spool, %llu records dropped by the full spool",
                         (unsigned long long)st.spool_chunks, counts.dropped);
@@ -1318,6 +1325,18 @@ int main(int argc, char **argv)
         if (kedge_client_stats(client, &st, sizeof st) == KEDGE_OK && all_sent(&st) &&
             counts.acknowledged >= st.records_appended) {
             status = EXIT_ALL_ACKNOWLEDGED;
+            /* Chunks the spool could not serve are not delivered either: the exit status says so. */
+            if (st.chunks_corrupt > 0) {
+                fprintf(stderr, "%s: %llu spooled chunks were corrupt and are kept in %s/corrupt, not sent\n", PROG,
+                        (unsigned long long)st.chunks_corrupt, o.spool != NULL ? o.spool : "?");
+                status = EXIT_DATA;
+            } else if (st.chunks_locked > 0) {
+                fprintf(stderr,
+                        "%s: %llu spooled chunks need another spool key: they are kept in %s and sent when the "
+                        "spool is opened with their key\n",
+                        PROG, (unsigned long long)st.chunks_locked, o.spool != NULL ? o.spool : "?");
+                status = EXIT_TEMPFAIL;
+            }
         } else {
             fprintf(stderr, "%s: not every record was acknowledged\n", PROG);
             status = EXIT_OTHER;
