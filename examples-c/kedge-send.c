@@ -139,7 +139,7 @@ struct run {
     kedge_client *client;
     uint32_t dest;
     struct counters *counts;
-    long give_up_ms;
+    long long give_up_ms; /* long is 32 bits on armv7: days of ms need more */
     int failing;                /* failures since the last progress */
     long long first_failure_ms; /* when that run of failures began */
     unsigned long long acknowledged_seen;
@@ -161,7 +161,7 @@ static const char *PROG = "kedge-send";
 static struct {
     kedge_client *client;
     int tty;
-    long stats_interval_ms;
+    long long stats_interval_ms;
     long long started_ms, last_progress_ms, last_stats_ms;
     int progress_shown;
 } ticker;
@@ -266,8 +266,8 @@ static void sleep_ms(unsigned ms)
     struct timespec ts;
     ts.tv_sec = (time_t)(ms / 1000u);
     ts.tv_nsec = (long)(ms % 1000u) * 1000000L;
-    while (nanosleep(&ts, &ts) != 0 && errno == EINTR) {
-        /* a signal: sleep the rest */
+    while (nanosleep(&ts, &ts) != 0 && errno == EINTR && !stop_signal) {
+        /* another signal: sleep the rest */
     }
 }
 
@@ -654,20 +654,20 @@ static int build_config(const struct options *o, struct counters *counts, kedge_
     {
         /* --give-up-secs bounds the run: one flush is bounded by retry.max_total_ms plus one request's timeouts,
          * so neither may be longer than half of it (the library's defaults are 30 s each; -X still overrides). */
-        long half_ms = o->give_up_secs * 500L;
+        long long half_ms = (long long)o->give_up_secs * 500;
         char v[32];
         if (half_ms < 100) {
             half_ms = 100;
         }
         if (half_ms < 30000) {
-            snprintf(v, sizeof v, "%ld", half_ms);
+            snprintf(v, sizeof v, "%lld", half_ms);
             if (set_key(config, "retry.max_total_ms", v) != 0 || set_key(config, "timeout.send_ms", v) != 0 ||
                 set_key(config, "timeout.recv_ms", v) != 0) {
                 return -1;
             }
         }
         if (half_ms < 10000) {
-            snprintf(v, sizeof v, "%ld", half_ms);
+            snprintf(v, sizeof v, "%lld", half_ms);
             if (set_key(config, "timeout.connect_ms", v) != 0) {
                 return -1;
             }
@@ -870,7 +870,8 @@ static enum wait_result wait_for_service(struct run *run, kedge_result r)
     for (;;) {
         uint32_t next_ms = 0;
         kedge_stats st;
-        if (now_ms() - run->first_failure_ms >= run->give_up_ms) {
+        /* A stop signal ends the wait at once: what is taken goes to the spool, or is counted as lost. */
+        if (stop_signal || now_ms() - run->first_failure_ms >= run->give_up_ms) {
             return WAIT_GAVE_UP;
         }
         r = kedge_poll(run->client, &next_ms);
@@ -1141,6 +1142,7 @@ int main(int argc, char **argv)
         struct sigaction sa;
         memset(&sa, 0, sizeof sa);
         sa.sa_handler = on_stop_signal;
+        sa.sa_flags = SA_RESETHAND; /* a second signal is not caught: it stops the program the default way */
         sigemptyset(&sa.sa_mask);
         sigaction(SIGTERM, &sa, NULL);
         sigaction(SIGINT, &sa, NULL);
@@ -1165,11 +1167,11 @@ int main(int argc, char **argv)
     run.counts = &counts;
     ticker.client = client;
     ticker.tty = o.verbosity > 0 && isatty(STDERR_FILENO);
-    ticker.stats_interval_ms = o.stats_interval * 1000L;
+    ticker.stats_interval_ms = (long long)o.stats_interval * 1000;
     ticker.started_ms = now_ms();
     ticker.last_progress_ms = ticker.started_ms;
     ticker.last_stats_ms = ticker.started_ms;
-    run.give_up_ms = o.give_up_secs * 1000L;
+    run.give_up_ms = (long long)o.give_up_secs * 1000;
     run.durable_every = o.durable_every;
     /* An empty database name takes the connection string's Initial Catalog. */
     r = kedge_client_add_destination(client, o.database != NULL ? o.database : "", o.table, o.format, o.mapping,
@@ -1282,6 +1284,7 @@ int main(int argc, char **argv)
         status = EXIT_OTHER;
     } else if (stopped_safe) {
         kedge_stats st;
+        memset(&st, 0, sizeof st);
         if (kedge_client_stats(client, &st, sizeof st) == KEDGE_OK && all_sent(&st) && counts.dropped == 0 &&
             counts.rejected == 0 && invalid == 0) {
             status = EXIT_ALL_ACKNOWLEDGED;
@@ -1298,7 +1301,12 @@ int main(int argc, char **argv)
         if (kedge_client_last_error(client, msg, sizeof msg, NULL) != KEDGE_OK) {
             msg[0] = '\0';
         }
-        fprintf(stderr, "%s: gave up after %ld s without progress: %s\n", PROG, o.give_up_secs, msg);
+        if (stop_signal) {
+            fprintf(stderr, "%s: stopped by signal %d while the service was failing: %s\n", PROG, (int)stop_signal,
+                    msg);
+        } else {
+            fprintf(stderr, "%s: gave up after %ld s without progress: %s\n", PROG, o.give_up_secs, msg);
+        }
         status = exit_for_give_up(&run);
         /* With a spool, what is not delivered is put on flash: a later run (--drain-only) delivers it. */
         if (o.spool != NULL && status != EXIT_NOPERM && kedge_flush_to_spool(client) == KEDGE_OK &&

@@ -615,9 +615,13 @@ impl Client {
         }
         let d = &mut inner.destinations[destination as usize];
         if !d.batch.fits(format, record) {
+            // Part of a refused batch is still waiting (its search for the refused records was cut short).
             return Err(Error::new(
-                ErrorKind::Internal,
-                "batch has no room after it was sent",
+                ErrorKind::TransientFailure,
+                format!(
+                    "{} records of this destination are still waiting to be sent; the record was not taken: call kedge_poll",
+                    d.batch.records()
+                ),
             ));
         }
         d.batch.push(format, record, Instant::now());
@@ -975,7 +979,7 @@ impl Client {
                 if f.class == FailureClass::Rejected
                     && chunk.seq.is_none()
                     && chunk.records > 1
-                    && !inner.destinations[i].format.one_record_per_request() =>
+                    && boundaries_match(&inner.destinations[i]) =>
             {
                 self.isolate_rejected(inner, i, target, &f, deadline)
             }
@@ -1091,7 +1095,7 @@ impl Client {
             let id = match sealed {
                 Ok(id) => id,
                 Err(e) => {
-                    self.keep_unsettled(inner, i, (a, b), &todo, total - settled);
+                    self.keep_unsettled(inner, i, (a, b), &todo, total.saturating_sub(settled));
                     return Err(e);
                 }
             };
@@ -1131,7 +1135,7 @@ impl Client {
                 Sent::Failed(f) => {
                     // Not the data this time: keep what is left and let the usual failure path take it.
                     let e = self.settle(inner, target, &piece, Some(f), 0);
-                    self.keep_unsettled(inner, i, (a, b), &todo, total - settled);
+                    self.keep_unsettled(inner, i, (a, b), &todo, total.saturating_sub(settled));
                     if inner.spool.is_some() {
                         let spooled = self.spool_batch(inner, i, None)?;
                         let t = &inner.targets[target];
@@ -1153,16 +1157,15 @@ impl Client {
             }
         }
         if let Some(range) = pending {
-            self.keep_unsettled(inner, i, range, &todo, total - settled);
-            return Err(first_err.unwrap_or_else(|| {
-                Error::new(
-                    ErrorKind::TransientFailure,
-                    format!(
-                        "{}: time ran out while finding the refused records of a chunk; the rest is kept and sent by the next poll",
-                        inner.targets[target].label
-                    ),
-                )
-            }));
+            self.keep_unsettled(inner, i, range, &todo, total.saturating_sub(settled));
+            // Records are still in the batch: a keep-the-data answer, whatever was rejected on the way.
+            return Err(Error::new(
+                ErrorKind::TransientFailure,
+                format!(
+                    "{}: time ran out while finding the refused records of a chunk; the rest is kept and sent by the next poll",
+                    inner.targets[target].label
+                ),
+            ));
         }
         inner.destinations[i].batch.clear();
         self.stats.records_buffered.fetch_sub(total, Relaxed);
@@ -1190,7 +1193,7 @@ impl Client {
         batch.retain_ranges(&ranges, left);
         self.stats
             .records_buffered
-            .fetch_sub(before - left, Relaxed);
+            .fetch_sub(before.saturating_sub(left), Relaxed);
     }
 
     /// Replays spooled chunks, oldest first, skipping targets that back off, up to `max` chunks and the deadline.
@@ -1641,6 +1644,15 @@ impl Drop for Client {
             );
         }
     }
+}
+
+/// Whether the batch can be cut at the places its format's parser sees between records, and each place is where
+/// one appended record ended: true unless a record holds what reads as several (a multijson record of values on
+/// separate lines, a CSV record with a bare newline or an unbalanced quote). Isolating refused records relies on
+/// it, so that the counts of every piece are exact.
+fn boundaries_match(d: &Destination) -> bool {
+    !d.format.one_record_per_request()
+        && crate::batch::records_and_middle(d.format, d.batch.bytes()).0 == d.batch.records()
 }
 
 fn invalid_destination(id: u32) -> Error {

@@ -1330,3 +1330,33 @@ fn kedge_send_with_the_wrong_spool_key_keeps_the_chunks_says_so_and_exits_75() {
     assert_eq!(out.code(), Some(0), "{}", out.describe());
     assert_each_seq_once(&server.records("db", "Keyed"), 500);
 }
+
+#[test]
+fn kedge_send_without_a_spool_stops_at_once_on_sigterm_during_an_outage_and_counts_what_it_loses() {
+    use std::io::Write as _;
+    let _g = serial();
+    let scratch = Scratch::new("term-outage");
+    let server = Server::start(ServerConfig::default()).expect("devserver");
+    server.set_down(Duration::from_secs(3600));
+    let mut cmd = kedge_send(&server.url(), None, "T");
+    cmd.args(["--allow-http", "--quiet", "--give-up-secs", "3600"]);
+    cmd.args(["-X", "retry.max_total_ms=300", "-X", "batch.max_age_ms=100"]);
+    let mut child = spawn_on_pipe(cmd, &scratch);
+    let mut pipe = child.stdin.take().unwrap();
+    for seq in 0..5 {
+        writeln!(pipe, "{{\"seq\":{seq}}}").unwrap();
+    }
+    pipe.flush().unwrap();
+    std::thread::sleep(Duration::from_millis(800));
+    let sent_at = Instant::now();
+    signal(&child, "-TERM");
+    let (code, stderr) = wait_bounded(child, &scratch, Duration::from_secs(30));
+    drop(pipe);
+    assert!(
+        sent_at.elapsed() < Duration::from_secs(10),
+        "a day of --give-up-secs does not delay a stop"
+    );
+    assert_eq!(code, Some(69), "{stderr}");
+    assert!(stderr.contains("5 records taken were lost"), "{stderr}");
+    assert!(stderr.contains("line 1"), "{stderr}");
+}

@@ -575,3 +575,22 @@ fn a_chunk_whose_every_record_is_refused_costs_a_bounded_number_of_requests() {
     assert_eq!(s.records_buffered, 0);
     assert!(s.requests <= 1 + 64 + 21, "{} requests", s.requests);
 }
+
+#[test]
+fn a_refused_batch_whose_records_do_not_match_the_format_boundaries_is_rejected_whole_not_miscounted(
+) {
+    let server = Server::start(ServerConfig::default()).unwrap();
+    let cfg = config_for(&server, &[]);
+    let (client, _reports) = client_with_reports(&cfg);
+    let d = client
+        .add_destination("db", "t", "multijson", None)
+        .unwrap();
+    // One record holding two values on two lines, then a refused one: the pieces cannot be counted exactly.
+    client.append(d, b"{\"a\":1}\n{\"a\":2}").unwrap();
+    client.append(d, b"[3]").unwrap();
+    let e = client.flush().unwrap_err();
+    assert_eq!(e.kind, ErrorKind::DataRejected, "{}", e.message);
+    let s = client.stats();
+    assert_eq!((s.records_rejected, s.records_buffered), (2, 0), "{s:?}");
+    assert_eq!(s.requests, 1);
+}

@@ -20,7 +20,8 @@ use std::path::{Path, PathBuf};
 pub struct FsStorage {
     root: PathBuf,
     /// Open for the lock's sake: the `flock` lives as long as this file description.
-    _lock: File,
+    /// `None` only on a read-only filesystem without a lock file: nobody can write there anyway.
+    _lock: Option<File>,
 }
 
 /// Name of the lock file in the spool directory (not a chunk name, so recovery ignores it).
@@ -40,11 +41,7 @@ fn refuse_symlink(path: &Path) -> io::Result<()> {
 /// `flock(2)` with `LOCK_EX | LOCK_NB`. `File::try_lock` would do, but it needs Rust 1.89 and
 /// the crate supports 1.87.
 fn try_lock_exclusive(f: &File) -> io::Result<()> {
-    extern "C" {
-        fn flock(fd: i32, operation: i32) -> i32;
-    }
-    const LOCK_EX: i32 = 2;
-    const LOCK_NB: i32 = 4;
+    use libc::{flock, LOCK_EX, LOCK_NB};
     // SAFETY: flock only takes two integers and touches no memory of ours; the descriptor is
     // owned by `f`, which is borrowed for the whole call, so it is open and valid.
     let r = unsafe { flock(f.as_raw_fd(), LOCK_EX | LOCK_NB) };
@@ -57,17 +54,37 @@ fn try_lock_exclusive(f: &File) -> io::Result<()> {
 
 /// Opens `<root>/.lock`, takes the exclusive lock and records our pid in it; if another holder
 /// has it, names that holder's pid in the error.
-fn lock_root(root: &Path) -> io::Result<File> {
+fn lock_root(root: &Path) -> io::Result<Option<File>> {
     let path = root.join(LOCK_NAME);
     refuse_symlink(&path)?;
-    // No truncate on open: the file may hold the current holder's pid, which we need to report.
-    let mut f = OpenOptions::new()
+    // No truncate on open: the file may hold the current holder's pid, which we need to report. O_NOFOLLOW
+    // closes the gap between the symlink check and the open.
+    const O_NOFOLLOW: i32 = libc::O_NOFOLLOW;
+    let opened = OpenOptions::new()
         .read(true)
         .write(true)
         .create(true)
         .truncate(false)
         .mode(0o600)
-        .open(&path)?;
+        .custom_flags(O_NOFOLLOW)
+        .open(&path);
+    let (mut f, writable) = match opened {
+        Ok(f) => (f, true),
+        // Flash the kernel remounted read-only still serves its chunks: lock through a read-only descriptor
+        // (flock does not need write access), or go on without a lock where none can be created.
+        Err(e) if e.kind() == io::ErrorKind::ReadOnlyFilesystem => {
+            match OpenOptions::new()
+                .read(true)
+                .custom_flags(O_NOFOLLOW)
+                .open(&path)
+            {
+                Ok(f) => (f, false),
+                Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
+                Err(e) => return Err(e),
+            }
+        }
+        Err(e) => return Err(e),
+    };
     if let Err(e) = try_lock_exclusive(&f) {
         if e.kind() != io::ErrorKind::WouldBlock {
             return Err(e);
@@ -84,9 +101,11 @@ fn lock_root(root: &Path) -> io::Result<File> {
             ),
         ));
     }
-    f.set_len(0)?;
-    f.write_all_at(std::process::id().to_string().as_bytes(), 0)?;
-    Ok(f)
+    if writable {
+        f.set_len(0)?;
+        f.write_all_at(std::process::id().to_string().as_bytes(), 0)?;
+    }
+    Ok(Some(f))
 }
 
 impl FsStorage {
