@@ -819,6 +819,26 @@ impl Client {
         Ok(chunk)
     }
 
+    /// Writes destination `i`'s batch to the spool and reports it spooled (`why` in the report, `msg` as its
+    /// message): the error the call then returns, `Spooled`, or why the batch could not be spooled.
+    fn spool_reported(
+        &self,
+        inner: &mut Inner,
+        i: usize,
+        sealed: Option<Chunk>,
+        why: ErrorKind,
+        msg: String,
+    ) -> Error {
+        match self.spool_batch(inner, i, sealed) {
+            Ok(chunk) => {
+                let t = &inner.targets[inner.destinations[i].target];
+                self.report_chunk(t, &chunk, Outcome::Spooled, Some(why), 0, &msg);
+                Error::new(ErrorKind::Spooled, msg)
+            }
+            Err(e) => e,
+        }
+    }
+
     /// Pushes the chunk in `wire` to the spool, accounting for what the capacity policy dropped.
     fn spool_push(
         &self,
@@ -918,18 +938,8 @@ impl Client {
         if skip {
             if has_spool {
                 // Backing off: the new batch does not wait out its own retries, it goes behind the backlog.
-                let chunk = self.spool_batch(inner, i, None)?;
-                let t = &inner.targets[target];
                 let msg = format!("{}: backing off, chunk spooled for replay", t.label);
-                self.report_chunk(
-                    t,
-                    &chunk,
-                    Outcome::Spooled,
-                    Some(ErrorKind::Spooled),
-                    0,
-                    &msg,
-                );
-                return Err(Error::new(ErrorKind::Spooled, msg));
+                return Err(self.spool_reported(inner, i, None, ErrorKind::Spooled, msg));
             }
             let wait = t
                 .not_before
@@ -1013,11 +1023,8 @@ impl Client {
                     let err = e.err().unwrap_or_else(|| {
                         Error::new(ErrorKind::TransientFailure, "not delivered")
                     });
-                    let spooled = self.spool_batch(inner, i, Some(chunk))?;
-                    let t = &inner.targets[target];
                     let msg = format!("{}; spooled for replay", err.message);
-                    self.report_chunk(t, &spooled, Outcome::Spooled, Some(err.kind), 0, &msg);
-                    return Err(Error::new(ErrorKind::Spooled, msg));
+                    return Err(self.spool_reported(inner, i, Some(chunk), err.kind, msg));
                 }
                 if class != FailureClass::Rejected && chunk.seq.is_none() {
                     let t = &inner.targets[target];
@@ -1137,20 +1144,10 @@ impl Client {
                     let e = self.settle(inner, target, &piece, Some(f), 0);
                     self.keep_unsettled(inner, i, (a, b), &todo, total.saturating_sub(settled));
                     if inner.spool.is_some() {
-                        let spooled = self.spool_batch(inner, i, None)?;
-                        let t = &inner.targets[target];
                         let why = e.err().map_or(String::new(), |e| e.message);
                         let msg =
                             format!("{why}; the rest of a refused chunk was spooled for replay");
-                        self.report_chunk(
-                            t,
-                            &spooled,
-                            Outcome::Spooled,
-                            Some(ErrorKind::Spooled),
-                            0,
-                            &msg,
-                        );
-                        return Err(Error::new(ErrorKind::Spooled, msg));
+                        return Err(self.spool_reported(inner, i, None, ErrorKind::Spooled, msg));
                     }
                     return e;
                 }
