@@ -60,6 +60,9 @@ enum kedge_result
   KEDGE_REENTRANT_CALL = 19,
   // Not delivered yet, but durable in the spool: it will be replayed by `kedge_poll`/`kedge_flush`.
   KEDGE_SPOOLED = 20,
+  // The destination's lane is full (its batch and `batch.sealed` chunks wait to be sent): the record was NOT
+  // taken. Call `kedge_poll` (which sends) and append the record again. Never returned for another reason.
+  KEDGE_QUEUE_FULL = 21,
   // An internal invariant failed (a bug: please report it).
   KEDGE_INTERNAL = 98,
   // A panic was caught at the C boundary (a bug: please report it). The client may still be used.

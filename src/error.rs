@@ -47,6 +47,9 @@ pub enum ErrorKind {
     ReentrantCall = 19,
     /// Not delivered yet, but durable in the spool: it will be replayed. Not a failure of the data.
     Spooled = 20,
+    /// The destination's lane has no room (its batch is full and `batch.sealed` chunks wait to be sent): the
+    /// record was not taken. Call `poll` (or `flush`) and append it again.
+    QueueFull = 21,
     /// A bug: an invariant did not hold.
     Internal = 98,
     /// A panic was caught at the C boundary.
@@ -65,6 +68,7 @@ impl ErrorKind {
                 | ErrorKind::Spooled
                 | ErrorKind::SpoolFull
                 | ErrorKind::SpoolIo
+                | ErrorKind::QueueFull
         )
     }
 }

@@ -9,6 +9,7 @@
 pub mod auth;
 pub mod batch;
 pub mod client;
+pub mod clock;
 pub mod config;
 pub mod crc32;
 pub mod error;

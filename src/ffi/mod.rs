@@ -61,6 +61,9 @@ pub enum kedge_result {
     KEDGE_REENTRANT_CALL = 19,
     /// Not delivered yet, but durable in the spool: it will be replayed by `kedge_poll`/`kedge_flush`.
     KEDGE_SPOOLED = 20,
+    /// The destination's lane is full (its batch and `batch.sealed` chunks wait to be sent): the record was NOT
+    /// taken. Call `kedge_poll` (which sends) and append the record again. Never returned for another reason.
+    KEDGE_QUEUE_FULL = 21,
     /// An internal invariant failed (a bug: please report it).
     KEDGE_INTERNAL = 98,
     /// A panic was caught at the C boundary (a bug: please report it). The client may still be used.
@@ -91,6 +94,7 @@ impl From<ErrorKind> for kedge_result {
             ErrorKind::SpoolIo => KEDGE_SPOOL_IO,
             ErrorKind::ReentrantCall => KEDGE_REENTRANT_CALL,
             ErrorKind::Spooled => KEDGE_SPOOLED,
+            ErrorKind::QueueFull => KEDGE_QUEUE_FULL,
             ErrorKind::Internal => KEDGE_INTERNAL,
             ErrorKind::Panic => KEDGE_PANIC,
         }
@@ -122,6 +126,10 @@ const RESULT_TEXT: &[(u32, &CStr)] = &[
     (18, c"spool storage error"),
     (19, c"client function called from its own callback"),
     (20, c"not delivered yet, durable in the spool"),
+    (
+        21,
+        c"lane full: record not taken, call kedge_poll and append it again",
+    ),
     (98, c"internal error"),
     (99, c"panic caught at the C boundary"),
 ];
