@@ -25,7 +25,7 @@ use crate::config::{Config, LogLevel, RESPONSE_BODY_BYTES};
 use crate::error::{Error, ErrorKind};
 use crate::gzip::{compressed_bound, Gzip};
 use crate::response::{classify, Failure, FailureClass, Reply};
-use crate::retry::{backoff_delay, exp_ceiling, honour_retry_after};
+use crate::retry::Backoff;
 use crate::spool::{ChunkHeader, DestKey, FsStorage, Spool, SpoolConfig, SpoolError, Storage};
 use crate::transport::Transport;
 use crate::wire::{self, ClusterUrl, Format};
@@ -1389,13 +1389,12 @@ impl Client {
                 continue;
             }
             if f.class == FailureClass::Transient && in_call < max_attempts {
-                let delay = backoff_delay(
-                    in_call - 1,
-                    self.cfg.retry_base,
-                    self.cfg.retry_max_delay,
-                    self.random_u32(),
-                );
-                let delay = honour_retry_after(delay, f.retry_after, self.cfg.backoff_max);
+                let delay = Backoff {
+                    base: self.cfg.retry_base,
+                    max: self.cfg.retry_max_delay,
+                    retry_after_cap: self.cfg.backoff_max,
+                }
+                .delay(in_call, self.random_u32(), f.retry_after);
                 if Instant::now() + delay < deadline {
                     self.log(
                         LogLevel::Warn,
@@ -1553,9 +1552,12 @@ impl Client {
             FailureClass::Transient => self.cfg.retry_base.max(Duration::from_millis(100)),
             _ => Duration::from_secs(5),
         };
-        let ceiling = exp_ceiling(t.failures, base, self.cfg.backoff_max);
-        let jittered = ceiling / 2 + backoff_delay(0, ceiling / 2, ceiling, self.random_u32());
-        let wait = honour_retry_after(jittered, failure.retry_after, self.cfg.backoff_max);
+        let wait = Backoff {
+            base: base * 2,
+            max: self.cfg.backoff_max,
+            retry_after_cap: self.cfg.backoff_max,
+        }
+        .delay(t.failures, self.random_u32(), failure.retry_after);
         t.not_before = Some(Instant::now() + wait);
         t.last_failure = Some(failure);
         let place = if chunk.seq.is_some() {

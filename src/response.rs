@@ -846,7 +846,12 @@ mod tests {
         assert_eq!(f.retry_after, Some(Duration::MAX));
         let cap = Duration::from_secs(300);
         assert_eq!(
-            crate::retry::honour_retry_after(Duration::from_secs(1), f.retry_after, cap),
+            crate::retry::Backoff {
+                base: Duration::from_secs(1),
+                max: Duration::from_secs(1),
+                retry_after_cap: cap
+            }
+            .delay(1, u32::MAX, f.retry_after),
             cap
         );
     }
