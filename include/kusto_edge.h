@@ -124,8 +124,13 @@ typedef uint32_t kedge_outcome;
 #endif // __STDC_VERSION__ >= 202311L
 #endif // __cplusplus
 
-// A client. Create with `kedge_client_new`, free with `kedge_client_free`. All functions taking a client are
-// safe to call from several threads at once (calls are serialised inside).
+// A client. Create with `kedge_client_new`, free with `kedge_client_free`. All functions taking a client may be
+// called from several threads at once. `kedge_append`, `kedge_client_add_destination`, `kedge_client_stats`
+// and `kedge_client_last_error` never wait for the network, the flash or another thread's send. `kedge_poll`,
+// `kedge_flush`, `kedge_flush_timeout` and `kedge_flush_to_spool` do the sending, one thread at a time:
+// `kedge_poll` returns at once when another thread is sending, the flushes wait for it within their bound.
+// Callbacks run on the thread that sends, inside those calls; from a callback, `kedge_append` and
+// `kedge_client_add_destination` work and the sending calls return `KEDGE_REENTRANT_CALL`.
 typedef struct kedge_client kedge_client;
 
 // A configuration under construction. Create with `kedge_config_new`, fill with `kedge_config_set*`, pass to
@@ -163,10 +168,13 @@ typedef struct kedge_delivery_report {
   kedge_outcome outcome;
   // `KEDGE_OK` when acknowledged, else the failure's code.
   kedge_result result;
-  // HTTP status of the last answer; 0 when there was none.
+  // HTTP status of the last answer for this chunk; 0 when there was none (network failure, not tried).
   uint16_t http_status;
   // What happened, NUL-terminated.
   const char *message;
+  // True for the chunk's last report: every chunk gets exactly one final report (acknowledged, rejected or
+  // dropped), after any number of intermediate ones (failed: kept in RAM; spooled: durable on flash).
+  bool is_final;
 } kedge_delivery_report;
 
 // Delivery callback: one call per chunk outcome.
@@ -232,6 +240,8 @@ typedef struct kedge_stats {
   // Chunks found at open that the configured `spool.key_file` cannot open (another key, no key, or clear
   // chunks with a key): kept untouched, never sent, until the spool is opened with their key.
   uint64_t chunks_locked;
+  // Appends refused with `KEDGE_QUEUE_FULL` (the destination's batch and sealed chunks were all waiting).
+  uint64_t appends_queue_full;
 } kedge_stats;
 
 #ifdef __cplusplus
@@ -326,11 +336,16 @@ kedge_result kedge_client_new(const struct kedge_config *config,
                               char *errbuf,
                               size_t errbuf_len);
 
-// Frees a client. NULL is allowed. Records still buffered are not sent: call `kedge_flush` first (a warning
-// is logged when records are left).
+// Frees a client. NULL is allowed. Nothing is sent: call `kedge_flush` first. With a spool (`spool.dir`),
+// every record still in RAM (filling batches and sealed chunks of every destination) is written to the spool
+// first and replayed by the next client on that directory; each such chunk gets a `KEDGE_OUTCOME_SPOOLED`
+// report. Without a spool, records still in RAM are lost and a warning with their count is logged. The log and
+// delivery callbacks may run inside this call, on the calling thread. It blocks for those spool writes only
+// (bounded by the flash); it does not wait for the network.
 //
 // # Safety
-// `client` NULL or from `kedge_client_new`, not yet freed, and no other thread is using it.
+// `client` NULL or from `kedge_client_new`, not yet freed, no other thread is using it or will, and not
+// called from inside one of this client's callbacks.
 void kedge_client_free(struct kedge_client *client);
 
 // Adds a destination (database, table, data format, optional ingestion mapping name or NULL) and allocates its
@@ -345,13 +360,15 @@ kedge_result kedge_client_add_destination(struct kedge_client *client,
                                           const char *mapping,
                                           uint32_t *out_destination);
 
-// Buffers one record (`record_len` bytes, one row; a trailing newline is optional) for a destination.
-// `KEDGE_OK`: the record is taken. When the batch is full it is sent first; if the service refuses that batch
-// permanently, or it fails and goes to the spool, the record is still taken (the earlier chunk's fate is in the
-// delivery report, the stats and the log). Any other result: the record was NOT taken; keep it and try again
-// later (`KEDGE_BACKING_OFF`, `KEDGE_TRANSIENT_FAILURE`, `KEDGE_TARGET_NOT_READY`, `KEDGE_AUTH_REFUSED` without a
-// spool; `KEDGE_SPOOL_FULL`, `KEDGE_SPOOL_IO` with one), or fix it (`KEDGE_RECORD_TOO_LARGE`,
-// `KEDGE_INVALID_RECORD`).
+// Takes one record (`record_len` bytes, one row; a trailing newline is optional) into a destination's lane.
+// Never sends, compresses, writes flash or waits for another destination's send: it checks the record (its
+// length, UTF-8, JSON syntax for json formats: time linear in the record), copies it into the batch, and when
+// the batch is full moves it aside for `kedge_poll` to send.
+//
+// Results: `KEDGE_OK`, the record is taken. `KEDGE_QUEUE_FULL`: the batch and `batch.sealed` full chunks wait
+// to be sent; the record was NOT taken: call `kedge_poll` and append it again. The record was not taken
+// either, and never will be as it is, for `KEDGE_RECORD_TOO_LARGE` and `KEDGE_INVALID_RECORD`. Argument errors:
+// `KEDGE_NULL_PARAMETER`, `KEDGE_INVALID_DESTINATION`. Nothing else is returned (`KEDGE_PANIC` aside).
 //
 // # Safety
 // `client` a live client; `record` valid for `record_len` bytes.
@@ -360,15 +377,25 @@ kedge_result kedge_append(struct kedge_client *client,
                           const uint8_t *record,
                           size_t record_len);
 
-// Sends every buffered batch now, waiting for the answers, then replays the spool (bounded by
-// `retry.max_total_ms` plus one request per destination). Destinations that are backing off after failures
-// (or a `Retry-After`) are not contacted: their batches go to the spool, or stay in RAM with
-// `KEDGE_BACKING_OFF` without one; call `kedge_poll` and flush again when it says. Returns the first failure:
-// `KEDGE_SPOOLED` means all that was not delivered is durable on flash.
+// Sends every buffered batch now, waiting for the answers, then replays the spool: `kedge_flush_timeout` with
+// `retry.max_total_ms` as the timeout.
 //
 // # Safety
 // `client` a live client.
 kedge_result kedge_flush(struct kedge_client *client);
+
+// Sends every buffered batch now, waiting for the answers, then replays the spool. Blocks at most about
+// `timeout_ms`: it waits that long at most for another thread's send, starts no request after it, and each
+// request is bounded by the `timeout.*` settings; chunks it had no time for go to the spool (or stay in RAM
+// without one). Destinations that back off after failures (or a `Retry-After`) are not contacted: their chunks
+// go to the spool, or stay in RAM with `KEDGE_BACKING_OFF` without one; call `kedge_poll` and flush again
+// when it says. Returns the first failure: `KEDGE_SPOOLED` means all that was not delivered is durable on
+// flash; `KEDGE_TRANSIENT_FAILURE` also when time ran out with chunks left in RAM.
+//
+// # Safety
+// `client` a live client.
+kedge_result kedge_flush_timeout(struct kedge_client *client,
+                                 uint32_t timeout_ms);
 
 // Writes every buffered batch to the spool without sending it (before a planned power-off, say): a durable
 // flush. `KEDGE_INVALID_ARGUMENT` without a spool (`spool.dir`).
@@ -377,11 +404,14 @@ kedge_result kedge_flush(struct kedge_client *client);
 // `client` a live client.
 kedge_result kedge_flush_to_spool(struct kedge_client *client);
 
-// Periodic work for a main loop: sends batches older than `batch.max_age_ms` and retries destinations whose
-// backoff ran out. `out_next_ms` (may be NULL) receives the milliseconds until the next poll has work.
+// Periodic work for a main loop: sends full chunks and batches older than `batch.max_age_ms`, retries
+// destinations whose backoff ran out, spools the chunks of destinations that back off, and replays up to
+// `spool.replay_per_poll` spooled chunks. Bounded by `retry.max_total_ms` plus one request's timeouts. Returns
+// at once (`KEDGE_OK`, nothing done) when another thread is sending. `*out_next_ms` (may be NULL) receives the
+// milliseconds until the next poll has work, on every return, failures included (100 when `client` is NULL).
 //
 // # Safety
-// `client` a live client; `out_next_ms` NULL or valid for a write.
+// `client` a live client or NULL; `out_next_ms` NULL or valid for a write.
 kedge_result kedge_poll(struct kedge_client *client,
                         uint32_t *out_next_ms);
 

@@ -117,6 +117,9 @@ pub struct Config {
     pub batch_bytes: usize,
     /// A batch older than this is sent by `poll`.
     pub batch_max_age: Duration,
+    /// Full batches a destination's lane holds for the sender besides the filling one; `append` returns
+    /// `QueueFull` beyond.
+    pub batch_sealed: usize,
     /// Destinations one client may have.
     pub max_destinations: usize,
     /// Attempts of one send (the first included) before the batch is handed back.
@@ -170,6 +173,7 @@ impl Default for Config {
             recv_timeout: Duration::from_secs(30),
             batch_bytes: 1024 * 1024,
             batch_max_age: Duration::from_secs(5),
+            batch_sealed: 1,
             max_destinations: 8,
             retry_max_attempts: 4,
             retry_base: Duration::from_millis(250),
@@ -253,6 +257,11 @@ pub const KEYS: &[KeyDoc] = &[
         key: "batch.max_age_ms",
         default: "5000",
         help: "poll sends a batch older than this",
+    },
+    KeyDoc {
+        key: "batch.sealed",
+        default: "1",
+        help: "full batches a destination holds for sending besides the filling one (1..16); append returns KEDGE_QUEUE_FULL beyond",
     },
     KeyDoc {
         key: "destinations.max",
@@ -453,6 +462,7 @@ impl Config {
                 )? as usize
             }
             "batch.max_age_ms" => self.batch_max_age = parse_ms(key, value, 0, DAY_MS)?,
+            "batch.sealed" => self.batch_sealed = parse_u64(key, value, 1, 16)? as usize,
             "destinations.max" => {
                 self.max_destinations = parse_u64(key, value, 1, MAX_DESTINATIONS as u64)? as usize
             }
@@ -578,10 +588,11 @@ impl Config {
     }
 
     /// Heap bytes a client built from this config holds at most, whatever the input and however long an outage:
-    /// one batch buffer per destination, one compressed-body buffer, the compressor's state, a response buffer and
+    /// `1 + batch.sealed` batch buffers per destination, one compressed-body buffer, the compressor's state, a response buffer and
     /// a fixed allowance for TLS and HTTP state.
     pub fn memory_bound(&self) -> u64 {
-        let batches = self.max_destinations as u64 * self.batch_bytes as u64;
+        let batches =
+            self.max_destinations as u64 * (1 + self.batch_sealed as u64) * self.batch_bytes as u64;
         let wire = self.wire_capacity() as u64;
         let compressor = crate::gzip::COMPRESSOR_STATE_BYTES as u64;
         batches
@@ -673,6 +684,11 @@ mod tests {
         let a = c.memory_bound();
         c.set("destinations.max", "16").unwrap();
         let b = c.memory_bound();
-        assert_eq!(b - a, 8 * 1024 * 1024);
+        // Eight more lanes of 1 + batch.sealed (1) buffers of 1 MiB.
+        assert_eq!(b - a, 2 * 8 * 1024 * 1024);
+        c.set("batch.sealed", "3").unwrap();
+        assert_eq!(c.memory_bound() - b, 2 * 16 * 1024 * 1024);
+        assert!(c.set("batch.sealed", "0").is_err());
+        assert!(c.set("batch.sealed", "17").is_err());
     }
 }

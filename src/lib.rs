@@ -18,6 +18,7 @@ pub mod gzip;
 pub mod json_check;
 pub mod response;
 pub mod retry;
+pub mod sink;
 pub mod spool;
 pub mod transport;
 pub mod wire;

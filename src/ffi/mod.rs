@@ -170,8 +170,13 @@ pub struct kedge_config {
     _private: [u8; 0],
 }
 
-/// A client. Create with `kedge_client_new`, free with `kedge_client_free`. All functions taking a client are
-/// safe to call from several threads at once (calls are serialised inside).
+/// A client. Create with `kedge_client_new`, free with `kedge_client_free`. All functions taking a client may be
+/// called from several threads at once. `kedge_append`, `kedge_client_add_destination`, `kedge_client_stats`
+/// and `kedge_client_last_error` never wait for the network, the flash or another thread's send. `kedge_poll`,
+/// `kedge_flush`, `kedge_flush_timeout` and `kedge_flush_to_spool` do the sending, one thread at a time:
+/// `kedge_poll` returns at once when another thread is sending, the flushes wait for it within their bound.
+/// Callbacks run on the thread that sends, inside those calls; from a callback, `kedge_append` and
+/// `kedge_client_add_destination` work and the sending calls return `KEDGE_REENTRANT_CALL`.
 pub struct kedge_client {
     _private: [u8; 0],
 }
@@ -195,10 +200,13 @@ pub struct kedge_delivery_report {
     pub outcome: kedge_outcome,
     /// `KEDGE_OK` when acknowledged, else the failure's code.
     pub result: kedge_result,
-    /// HTTP status of the last answer; 0 when there was none.
+    /// HTTP status of the last answer for this chunk; 0 when there was none (network failure, not tried).
     pub http_status: u16,
     /// What happened, NUL-terminated.
     pub message: *const c_char,
+    /// True for the chunk's last report: every chunk gets exactly one final report (acknowledged, rejected or
+    /// dropped), after any number of intermediate ones (failed: kept in RAM; spooled: durable on flash).
+    pub is_final: bool,
 }
 
 /// Counters of a client. Read with `kedge_client_stats` at any time, even while another thread sends.
@@ -263,6 +271,8 @@ pub struct kedge_stats {
     /// Chunks found at open that the configured `spool.key_file` cannot open (another key, no key, or clear
     /// chunks with a key): kept untouched, never sent, until the spool is opened with their key.
     pub chunks_locked: u64,
+    /// Appends refused with `KEDGE_QUEUE_FULL` (the destination's batch and sealed chunks were all waiting).
+    pub appends_queue_full: u64,
 }
 
 /// Log callback: `message` is NUL-terminated, valid during the call, and never contains a secret.
@@ -712,6 +722,7 @@ pub unsafe extern "C" fn kedge_client_new(
                     result: r.error.map_or(kedge_result::KEDGE_OK, Into::into),
                     http_status: r.http_status,
                     message: msg.as_ptr() as *const c_char,
+                    is_final: r.is_final,
                 };
                 // SAFETY: the report and its strings live on this stack frame for the whole call.
                 unsafe { f(ud.get(), &report) }
@@ -728,11 +739,16 @@ pub unsafe extern "C" fn kedge_client_new(
     })
 }
 
-/// Frees a client. NULL is allowed. Records still buffered are not sent: call `kedge_flush` first (a warning
-/// is logged when records are left).
+/// Frees a client. NULL is allowed. Nothing is sent: call `kedge_flush` first. With a spool (`spool.dir`),
+/// every record still in RAM (filling batches and sealed chunks of every destination) is written to the spool
+/// first and replayed by the next client on that directory; each such chunk gets a `KEDGE_OUTCOME_SPOOLED`
+/// report. Without a spool, records still in RAM are lost and a warning with their count is logged. The log and
+/// delivery callbacks may run inside this call, on the calling thread. It blocks for those spool writes only
+/// (bounded by the flash); it does not wait for the network.
 ///
 /// # Safety
-/// `client` NULL or from `kedge_client_new`, not yet freed, and no other thread is using it.
+/// `client` NULL or from `kedge_client_new`, not yet freed, no other thread is using it or will, and not
+/// called from inside one of this client's callbacks.
 #[no_mangle]
 pub unsafe extern "C" fn kedge_client_free(client: *mut kedge_client) {
     let _ = guard(|| {
@@ -803,13 +819,15 @@ pub unsafe extern "C" fn kedge_client_add_destination(
     }
 }
 
-/// Buffers one record (`record_len` bytes, one row; a trailing newline is optional) for a destination.
-/// `KEDGE_OK`: the record is taken. When the batch is full it is sent first; if the service refuses that batch
-/// permanently, or it fails and goes to the spool, the record is still taken (the earlier chunk's fate is in the
-/// delivery report, the stats and the log). Any other result: the record was NOT taken; keep it and try again
-/// later (`KEDGE_BACKING_OFF`, `KEDGE_TRANSIENT_FAILURE`, `KEDGE_TARGET_NOT_READY`, `KEDGE_AUTH_REFUSED` without a
-/// spool; `KEDGE_SPOOL_FULL`, `KEDGE_SPOOL_IO` with one), or fix it (`KEDGE_RECORD_TOO_LARGE`,
-/// `KEDGE_INVALID_RECORD`).
+/// Takes one record (`record_len` bytes, one row; a trailing newline is optional) into a destination's lane.
+/// Never sends, compresses, writes flash or waits for another destination's send: it checks the record (its
+/// length, UTF-8, JSON syntax for json formats: time linear in the record), copies it into the batch, and when
+/// the batch is full moves it aside for `kedge_poll` to send.
+///
+/// Results: `KEDGE_OK`, the record is taken. `KEDGE_QUEUE_FULL`: the batch and `batch.sealed` full chunks wait
+/// to be sent; the record was NOT taken: call `kedge_poll` and append it again. The record was not taken
+/// either, and never will be as it is, for `KEDGE_RECORD_TOO_LARGE` and `KEDGE_INVALID_RECORD`. Argument errors:
+/// `KEDGE_NULL_PARAMETER`, `KEDGE_INVALID_DESTINATION`. Nothing else is returned (`KEDGE_PANIC` aside).
 ///
 /// # Safety
 /// `client` a live client; `record` valid for `record_len` bytes.
@@ -835,11 +853,8 @@ pub unsafe extern "C" fn kedge_append(
     }
 }
 
-/// Sends every buffered batch now, waiting for the answers, then replays the spool (bounded by
-/// `retry.max_total_ms` plus one request per destination). Destinations that are backing off after failures
-/// (or a `Retry-After`) are not contacted: their batches go to the spool, or stay in RAM with
-/// `KEDGE_BACKING_OFF` without one; call `kedge_poll` and flush again when it says. Returns the first failure:
-/// `KEDGE_SPOOLED` means all that was not delivered is durable on flash.
+/// Sends every buffered batch now, waiting for the answers, then replays the spool: `kedge_flush_timeout` with
+/// `retry.max_total_ms` as the timeout.
 ///
 /// # Safety
 /// `client` a live client.
@@ -847,6 +862,26 @@ pub unsafe extern "C" fn kedge_append(
 pub unsafe extern "C" fn kedge_flush(client: *mut kedge_client) -> kedge_result {
     // SAFETY: per this function's contract.
     unsafe { with_client(client, |c| c.flush()) }
+}
+
+/// Sends every buffered batch now, waiting for the answers, then replays the spool. Blocks at most about
+/// `timeout_ms`: it waits that long at most for another thread's send, starts no request after it, and each
+/// request is bounded by the `timeout.*` settings; chunks it had no time for go to the spool (or stay in RAM
+/// without one). Destinations that back off after failures (or a `Retry-After`) are not contacted: their chunks
+/// go to the spool, or stay in RAM with `KEDGE_BACKING_OFF` without one; call `kedge_poll` and flush again
+/// when it says. Returns the first failure: `KEDGE_SPOOLED` means all that was not delivered is durable on
+/// flash; `KEDGE_TRANSIENT_FAILURE` also when time ran out with chunks left in RAM.
+///
+/// # Safety
+/// `client` a live client.
+#[no_mangle]
+pub unsafe extern "C" fn kedge_flush_timeout(client: *mut kedge_client, timeout_ms: u32) -> kedge_result {
+    // SAFETY: per this function's contract.
+    unsafe {
+        with_client(client, |c| {
+            c.flush_timeout(std::time::Duration::from_millis(timeout_ms as u64))
+        })
+    }
 }
 
 /// Writes every buffered batch to the spool without sending it (before a planned power-off, say): a durable
@@ -860,26 +895,34 @@ pub unsafe extern "C" fn kedge_flush_to_spool(client: *mut kedge_client) -> kedg
     unsafe { with_client(client, |c| c.flush_to_spool()) }
 }
 
-/// Periodic work for a main loop: sends batches older than `batch.max_age_ms` and retries destinations whose
-/// backoff ran out. `out_next_ms` (may be NULL) receives the milliseconds until the next poll has work.
+/// Periodic work for a main loop: sends full chunks and batches older than `batch.max_age_ms`, retries
+/// destinations whose backoff ran out, spools the chunks of destinations that back off, and replays up to
+/// `spool.replay_per_poll` spooled chunks. Bounded by `retry.max_total_ms` plus one request's timeouts. Returns
+/// at once (`KEDGE_OK`, nothing done) when another thread is sending. `*out_next_ms` (may be NULL) receives the
+/// milliseconds until the next poll has work, on every return, failures included (100 when `client` is NULL).
 ///
 /// # Safety
-/// `client` a live client; `out_next_ms` NULL or valid for a write.
+/// `client` a live client or NULL; `out_next_ms` NULL or valid for a write.
 #[no_mangle]
 pub unsafe extern "C" fn kedge_poll(
     client: *mut kedge_client,
     out_next_ms: *mut u32,
 ) -> kedge_result {
+    // Also what a NULL client or a caught panic says: a caller's loop never spins on 0.
+    let mut next = crate::client::BUSY_RETRY_MS;
     // SAFETY: per this function's contract.
-    unsafe {
+    let r = unsafe {
         with_client(client, |c| {
-            let next = c.poll()?;
-            if !out_next_ms.is_null() {
-                *out_next_ms = next;
-            }
-            Ok(())
+            let (n, r) = c.poll_next();
+            next = n;
+            r
         })
+    };
+    if !out_next_ms.is_null() {
+        // SAFETY: writable by contract.
+        unsafe { *out_next_ms = next };
     }
+    r
 }
 
 /// Copies the client's counters into `*out_stats`. Never waits for a send in progress. Pass
@@ -932,6 +975,7 @@ pub unsafe extern "C" fn kedge_client_stats(
             spool_bytes: s.spool_bytes,
             spool_io_errors: s.spool_io_errors,
             chunks_locked: s.chunks_locked,
+            appends_queue_full: s.appends_queue_full,
         };
         let n = stats_size.min(std::mem::size_of::<kedge_stats>());
         // SAFETY: the caller's buffer holds stats_size >= n bytes; the source is a local struct of at least n
