@@ -312,7 +312,11 @@ impl Client {
     ) -> Result<Client, Error> {
         let cluster = cfg.validate()?;
         let transport = Transport::new(cfg, &cluster)?;
-        let auth = cfg.auth.build(Some(&cluster.base()), cfg.retry_max_total)?;
+        let auth = cfg.auth.build(
+            Some(&cluster.base()),
+            cfg.retry_max_total,
+            crate::clock::system(),
+        )?;
         let rng = SystemRandom::new();
         let mut seed = [0u8; 4];
         let _ = rng.fill(&mut seed);
