@@ -18,6 +18,7 @@ use ring::rand::SecureRandom;
 
 use crate::clock::SharedClock;
 use crate::error::{Error, ErrorKind};
+use crate::retry::Backoff;
 
 use super::metadata::{Cloud, CloudConfig};
 use super::providers::{AccessToken, Lifetime, TokenSource};
@@ -43,7 +44,7 @@ const EXPIRY_MARGIN: Duration = Duration::from_secs(30);
 pub struct RetryPolicy {
     /// Attempts, the first included.
     pub max_attempts: u32,
-    /// Delay before the second attempt; doubles, with jitter.
+    /// Delay before the second attempt (its upper bound); doubles, with jitter ([`Backoff::delay`]).
     pub base: Duration,
     /// Cap of one delay (also caps `Retry-After`).
     pub max_delay: Duration,
@@ -317,6 +318,12 @@ impl TokenCache {
         agent: &ureq::Agent,
         started: Instant,
     ) -> Result<SecretString, Error> {
+        // Retry-After is capped by max_delay as well: a token endpoint's wait counts against one `get`.
+        let backoff = Backoff {
+            base: self.retry.base,
+            max: self.retry.max_delay,
+            retry_after_cap: self.retry.max_delay,
+        };
         let mut at = started;
         let mut failures = 0u32;
         loop {
@@ -328,8 +335,7 @@ impl TokenCache {
             if e.kind != ErrorKind::TransientFailure || failures >= self.retry.max_attempts {
                 return Err(e);
             }
-            let delay = backoff(failures - 1, self.retry.base, self.retry.max_delay)
-                .max(retry_after.unwrap_or_default().min(self.retry.max_delay));
+            let delay = backoff.delay(failures, random_u32(), retry_after);
             let spent = self.clock.now().saturating_duration_since(started);
             if spent + delay >= self.retry.max_total {
                 return Err(e);
@@ -340,18 +346,14 @@ impl TokenCache {
     }
 }
 
-/// Exponential backoff with jitter in the upper half: `[c/2, c]` with `c = min(max, base * 2^attempt)`.
-fn backoff(attempt: u32, base: Duration, max: Duration) -> Duration {
-    let ceiling = base
-        .checked_mul(1u32.checked_shl(attempt.min(20)).unwrap_or(u32::MAX))
-        .unwrap_or(max)
-        .min(max);
-    let mut r = [0u8; 2];
-    let frac = match ring::rand::SystemRandom::new().fill(&mut r) {
-        Ok(()) => u16::from_le_bytes(r) as u32,
-        Err(_) => u16::MAX as u32,
-    };
-    ceiling / 2 + (ceiling / 2) * frac / u16::MAX as u32
+/// A uniformly random draw for the backoff's jitter; the top of the range if the system has no randomness (the
+/// longest wait is the safe side).
+fn random_u32() -> u32 {
+    let mut r = [0u8; 4];
+    match ring::rand::SystemRandom::new().fill(&mut r) {
+        Ok(()) => u32::from_le_bytes(r),
+        Err(_) => u32::MAX,
+    }
 }
 
 #[cfg(test)]
@@ -698,14 +700,5 @@ mod tests {
             assert_eq!(h.join().unwrap(), "token-1");
         }
         assert_eq!(c.fetch_count(), 1);
-    }
-
-    #[test]
-    fn backoff_stays_within_its_bounds() {
-        for a in 0..40 {
-            let d = backoff(a, Duration::from_millis(100), S(5));
-            let ceiling = (Duration::from_millis(100) * 2u32.pow(a.min(20))).min(S(5));
-            assert!(d >= ceiling / 2 && d <= ceiling, "{a}: {d:?}");
-        }
     }
 }
