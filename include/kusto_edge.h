@@ -11,6 +11,12 @@
 #include <stddef.h>
 #include <stdint.h>
 
+// The version of the library this header belongs to; kedge_version() returns the same as a string.
+#define KEDGE_VERSION_MAJOR 0
+#define KEDGE_VERSION_MINOR 1
+#define KEDGE_VERSION_PATCH 0
+#define KEDGE_VERSION_STRING "0.1.0"
+
 // Result of every fallible call. Numbers are fixed and never reused.
 enum kedge_result
 #if defined(__cplusplus) || __STDC_VERSION__ >= 202311L

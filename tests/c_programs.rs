@@ -100,6 +100,7 @@ fn examples_and_c_tests_build_without_warnings_and_the_header_is_c99_and_cxx() {
         "kedge-send",
         "api_robustness",
         "config_errbuf",
+        "version",
     ] {
         assert!(b.programs.join(name).is_file(), "{name} was not built");
     }
@@ -205,6 +206,22 @@ fn ca_pem_and_spool_key_write_their_errors_into_errbuf_as_config_set_does() {
     let out = run(cmd, None, &scratch, Duration::from_secs(30));
     // 12 failing calls with 14 checks each, the key never shown by 5 of them, three successes and the file read.
     assert_c_checks_pass("config_errbuf", &out, 12 * 14 + 5 + 4);
+}
+
+#[test]
+fn the_header_version_macros_are_the_linked_library_s_version() {
+    let _g = serial();
+    let scratch = Scratch::new("version");
+    let out = run(program("version"), None, &scratch, Duration::from_secs(30));
+    assert_c_checks_pass("version", &out, 9);
+    assert!(
+        out.stdout.contains(&format!(
+            "header {v}, library {v}",
+            v = env!("CARGO_PKG_VERSION")
+        )),
+        "{}",
+        out.describe()
+    );
 }
 
 #[test]
