@@ -123,6 +123,7 @@ fn spool_push(key: Option<[u8; 32]>, payload: &[u8], chunks: u32) -> Duration {
         max_chunks: 100_000,
         policy: FullPolicy::DropOldest,
         key,
+        trim_on_open: false,
     };
     let (mut spool, _) = Spool::open(storage, cfg).unwrap();
     let header = ChunkHeader {

@@ -11,6 +11,12 @@
 #include <stddef.h>
 #include <stdint.h>
 
+// The version of the library this header belongs to; kedge_version() returns the same as a string.
+#define KEDGE_VERSION_MAJOR 0
+#define KEDGE_VERSION_MINOR 1
+#define KEDGE_VERSION_PATCH 0
+#define KEDGE_VERSION_STRING "0.1.0"
+
 // Result of every fallible call. Numbers are fixed and never reused.
 enum kedge_result
 #if defined(__cplusplus) || __STDC_VERSION__ >= 202311L
@@ -279,22 +285,28 @@ kedge_result kedge_config_set(struct kedge_config *config,
                               size_t errbuf_len);
 
 // Adds CA certificates (PEM text, `pem_len` bytes, need not be NUL-terminated) to trust, for gateways with a
-// private CA or no system store.
+// private CA or no system store. On failure, a message is written to `errbuf` (may be NULL), as by
+// `kedge_config_set`.
 //
 // # Safety
-// `config` a live config; `pem` valid for `pem_len` bytes.
+// `config` a live config; `pem` valid for `pem_len` bytes; `errbuf` NULL or valid for `errbuf_len` bytes.
 kedge_result kedge_config_set_ca_pem(struct kedge_config *config,
                                      const uint8_t *pem,
-                                     size_t pem_len);
+                                     size_t pem_len,
+                                     char *errbuf,
+                                     size_t errbuf_len);
 
 // Sets the spool's AES-256-GCM key from memory (`key_len` must be 32), for firmware that keeps it in a secure
-// element rather than a file. The key is copied, zeroed when the config is freed, and never written anywhere.
+// element rather than a file. The key is copied, zeroed when the config is freed, and never written anywhere
+// (nor into a message). On failure, a message is written to `errbuf` (may be NULL), as by `kedge_config_set`.
 //
 // # Safety
-// `config` a live config; `key` valid for `key_len` bytes.
+// `config` a live config; `key` valid for `key_len` bytes; `errbuf` NULL or valid for `errbuf_len` bytes.
 kedge_result kedge_config_set_spool_key(struct kedge_config *config,
                                         const uint8_t *key,
-                                        size_t key_len);
+                                        size_t key_len,
+                                        char *errbuf,
+                                        size_t errbuf_len);
 
 // Sets a token callback as the credential (`auth.method=callback`). NULL callback removes it.
 //

@@ -95,7 +95,13 @@ fn kedge_send(url: &str, ca: Option<&Path>, table: &str) -> Command {
 #[test]
 fn examples_and_c_tests_build_without_warnings_and_the_header_is_c99_and_cxx() {
     let b = built(); // the make step itself: -std=c99 -Wall -Wextra -Werror -pedantic
-    for name in ["sensor", "kedge-send", "api_robustness"] {
+    for name in [
+        "sensor",
+        "kedge-send",
+        "api_robustness",
+        "config_errbuf",
+        "version",
+    ] {
         assert!(b.programs.join(name).is_file(), "{name} was not built");
     }
     let scratch = Scratch::new("header");
@@ -172,6 +178,50 @@ fn api_robustness_gets_the_documented_code_for_every_null_and_garbage_argument()
     let n: u32 = n.parse().unwrap_or(0);
     assert_eq!(rest, "passed, 0 failed", "unexpected last line: {last:?}");
     assert!(n > 100, "only {n} checks ran: {}", out.describe());
+}
+
+/// A C test program's verdict: exit 0 and a last line "N passed, 0 failed" with at least `min_checks` checks.
+fn assert_c_checks_pass(name: &str, out: &Outcome, min_checks: u32) {
+    assert_eq!(out.code(), Some(0), "{name} failed: {}", out.describe());
+    let last = out.stdout.lines().last().unwrap_or("");
+    let (n, rest) = last.split_once(' ').unwrap_or(("", ""));
+    let n: u32 = n.parse().unwrap_or(0);
+    assert_eq!(
+        rest, "passed, 0 failed",
+        "{name}: unexpected last line: {last:?}"
+    );
+    assert!(
+        n >= min_checks,
+        "{name}: only {n} checks ran: {}",
+        out.describe()
+    );
+}
+
+#[test]
+fn ca_pem_and_spool_key_write_their_errors_into_errbuf_as_config_set_does() {
+    let _g = serial();
+    let scratch = Scratch::new("config-errbuf");
+    let mut cmd = program("config_errbuf");
+    cmd.arg(Path::new(MANIFEST_DIR).join("devserver/fixtures/client-cert.pem"));
+    let out = run(cmd, None, &scratch, Duration::from_secs(30));
+    // 12 failing calls with 14 checks each, the key never shown by 5 of them, three successes and the file read.
+    assert_c_checks_pass("config_errbuf", &out, 12 * 14 + 5 + 4);
+}
+
+#[test]
+fn the_header_version_macros_are_the_linked_library_s_version() {
+    let _g = serial();
+    let scratch = Scratch::new("version");
+    let out = run(program("version"), None, &scratch, Duration::from_secs(30));
+    assert_c_checks_pass("version", &out, 9);
+    assert!(
+        out.stdout.contains(&format!(
+            "header {v}, library {v}",
+            v = env!("CARGO_PKG_VERSION")
+        )),
+        "{}",
+        out.describe()
+    );
 }
 
 #[test]

@@ -16,7 +16,9 @@ use std::time::{Duration, Instant};
 
 use ring::rand::SecureRandom;
 
+use crate::clock::SharedClock;
 use crate::error::{Error, ErrorKind};
+use crate::retry::Backoff;
 
 use super::metadata::{Cloud, CloudConfig};
 use super::providers::{AccessToken, Lifetime, TokenSource};
@@ -42,7 +44,7 @@ const EXPIRY_MARGIN: Duration = Duration::from_secs(30);
 pub struct RetryPolicy {
     /// Attempts, the first included.
     pub max_attempts: u32,
-    /// Delay before the second attempt; doubles, with jitter.
+    /// Delay before the second attempt (its upper bound); doubles, with jitter ([`Backoff::delay`]).
     pub base: Duration,
     /// Cap of one delay (also caps `Retry-After`).
     pub max_delay: Duration,
@@ -144,6 +146,7 @@ pub struct TokenCache {
     source: Box<dyn TokenSource>,
     cloud_config: CloudConfig,
     retry: RetryPolicy,
+    clock: SharedClock,
     state: Mutex<State>,
 }
 
@@ -157,20 +160,22 @@ impl std::fmt::Debug for TokenCache {
 }
 
 impl TokenCache {
-    /// A cache around `source`. `cloud` says where the authority and resource come from; `retry` bounds `get`.
-    pub fn new(source: Box<dyn TokenSource>, cloud: CloudConfig, retry: RetryPolicy) -> Self {
+    /// A cache around `source`. `cloud` says where the authority and resource come from; `retry` bounds `get`;
+    /// `clock` is read for every refresh decision and slept on between attempts (the client's clock, so that
+    /// tests make time pass without waiting), and its wall time is what `expires_on` is measured against.
+    pub fn new(
+        source: Box<dyn TokenSource>,
+        cloud: CloudConfig,
+        retry: RetryPolicy,
+        clock: SharedClock,
+    ) -> Self {
         TokenCache {
             source,
             cloud_config: cloud,
             retry,
+            clock,
             state: Mutex::new(State::default()),
         }
-    }
-
-    /// The token to send now. `force_refresh` after a 401 from Kusto: a new token is fetched unless one was fetched
-    /// within the last second. Blocks for at most about `retry.max_total` plus one request when it has to fetch.
-    pub fn get(&self, agent: &ureq::Agent, force_refresh: bool) -> Result<SecretString, Error> {
-        self.get_at(agent, force_refresh, Instant::now(), &std::thread::sleep)
     }
 
     /// False when a new fetch cannot give a different token (a static token): a 401 will not heal by itself.
@@ -198,15 +203,12 @@ impl TokenCache {
         self.state.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// `get` with the clock and the sleep passed in, for tests.
-    pub(crate) fn get_at(
-        &self,
-        agent: &ureq::Agent,
-        force: bool,
-        now: Instant,
-        sleep: &dyn Fn(Duration),
-    ) -> Result<SecretString, Error> {
+    /// The token to send now. `force` after a 401 from Kusto: a new token is fetched unless one was fetched
+    /// within the last second. Blocks for at most about `retry.max_total` plus one request when it has to fetch.
+    pub fn get(&self, agent: &ureq::Agent, force: bool) -> Result<SecretString, Error> {
         let mut st = self.lock();
+        // Read after the lock: a caller that waited for another's fetch judges the token by the time it got it.
+        let now = self.clock.now();
         if let Some(c) = &st.cached {
             let fresh = force && now.saturating_duration_since(c.fetched_at) < FORCE_DEBOUNCE;
             if fresh || !self.source.can_refresh() {
@@ -249,7 +251,7 @@ impl TokenCache {
             }
         }
         st.held = None;
-        match self.fetch_with_retry(&mut st, agent, now, sleep) {
+        match self.fetch_with_retry(&mut st, agent, now) {
             Ok(t) => Ok(t),
             Err(e) => {
                 let hold = if e.kind == ErrorKind::TransientFailure {
@@ -257,7 +259,8 @@ impl TokenCache {
                 } else {
                     self.retry.hold_after_refusal
                 };
-                st.held = Some((now + hold, e.clone()));
+                // From when the retries gave up: a hold shorter than the retries would otherwise be void.
+                st.held = Some((self.clock.now() + hold, e.clone()));
                 Err(e)
             }
         }
@@ -288,7 +291,11 @@ impl TokenCache {
         }
         let cloud = st.cloud.as_ref().expect("resolved above");
         st.fetches += 1;
-        let ctx = FetchContext { agent, cloud };
+        let ctx = FetchContext {
+            agent,
+            cloud,
+            clock: &*self.clock,
+        };
         let t: AccessToken = self
             .source
             .fetch(&ctx)
@@ -309,50 +316,51 @@ impl TokenCache {
         &self,
         st: &mut State,
         agent: &ureq::Agent,
-        now: Instant,
-        sleep: &dyn Fn(Duration),
+        started: Instant,
     ) -> Result<SecretString, Error> {
-        let started = Instant::now();
-        let mut attempt = 0u32;
+        // Retry-After is capped by max_delay as well: a token endpoint's wait counts against one `get`.
+        let backoff = Backoff {
+            base: self.retry.base,
+            max: self.retry.max_delay,
+            retry_after_cap: self.retry.max_delay,
+        };
+        let mut at = started;
+        let mut failures = 0u32;
         loop {
-            // Each attempt is stamped with the caller's clock plus the real time spent so far.
-            let at = now + started.elapsed();
             let (e, retry_after) = match self.attempt(st, agent, at) {
                 Ok(t) => return Ok(t),
                 Err(x) => x,
             };
-            attempt += 1;
-            if e.kind != ErrorKind::TransientFailure || attempt >= self.retry.max_attempts {
+            failures += 1;
+            if e.kind != ErrorKind::TransientFailure || failures >= self.retry.max_attempts {
                 return Err(e);
             }
-            let delay = backoff(attempt - 1, self.retry.base, self.retry.max_delay)
-                .max(retry_after.unwrap_or_default().min(self.retry.max_delay));
-            if started.elapsed() + delay >= self.retry.max_total {
+            let delay = backoff.delay(failures, random_u32(), retry_after);
+            let spent = self.clock.now().saturating_duration_since(started);
+            if spent + delay >= self.retry.max_total {
                 return Err(e);
             }
-            sleep(delay);
+            self.clock.sleep(delay);
+            at = self.clock.now();
         }
     }
 }
 
-/// Exponential backoff with jitter in the upper half: `[c/2, c]` with `c = min(max, base * 2^attempt)`.
-fn backoff(attempt: u32, base: Duration, max: Duration) -> Duration {
-    let ceiling = base
-        .checked_mul(1u32.checked_shl(attempt.min(20)).unwrap_or(u32::MAX))
-        .unwrap_or(max)
-        .min(max);
-    let mut r = [0u8; 2];
-    let frac = match ring::rand::SystemRandom::new().fill(&mut r) {
-        Ok(()) => u16::from_le_bytes(r) as u32,
-        Err(_) => u16::MAX as u32,
-    };
-    ceiling / 2 + (ceiling / 2) * frac / u16::MAX as u32
+/// A uniformly random draw for the backoff's jitter; the top of the range if the system has no randomness (the
+/// longest wait is the safe side).
+fn random_u32() -> u32 {
+    let mut r = [0u8; 4];
+    match ring::rand::SystemRandom::new().fill(&mut r) {
+        Ok(()) => u32::from_le_bytes(r),
+        Err(_) => u32::MAX,
+    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::auth::providers::FetchError;
+    use crate::auth::providers::{CallbackSource, FetchError};
+    use crate::clock::{Clock, ManualClock};
     use std::sync::atomic::{AtomicU32, Ordering};
     use std::sync::Arc;
 
@@ -423,6 +431,8 @@ mod tests {
         lifetime: Lifetime,
         /// Fetch numbers (1-based) that fail, and how.
         fail: Vec<(u32, ErrorKind)>,
+        /// The `Retry-After` every failure comes with.
+        retry_after: Option<Duration>,
     }
 
     impl TokenSource for Scripted {
@@ -430,7 +440,10 @@ mod tests {
             assert_eq!(ctx.cloud.resource, "https://kusto.kusto.windows.net");
             let n = self.n.fetch_add(1, Ordering::SeqCst) + 1;
             if let Some((_, k)) = self.fail.iter().find(|(i, _)| *i == n) {
-                return Err(Error::new(*k, format!("scripted failure {n}")).into());
+                return Err(FetchError {
+                    error: Error::new(*k, format!("scripted failure {n}")),
+                    retry_after: self.retry_after,
+                });
             }
             Ok(AccessToken {
                 token: SecretString::new(format!("token-{n}")),
@@ -447,82 +460,73 @@ mod tests {
         }
     }
 
-    fn cache(lifetime: Lifetime, fail: Vec<(u32, ErrorKind)>) -> TokenCache {
-        let policy = RetryPolicy {
-            max_attempts: 3,
-            base: Duration::ZERO,
-            max_delay: Duration::ZERO,
-            max_total: S(5),
-            hold_after_transient: S(2),
-            hold_after_refusal: S(30),
-        };
-        TokenCache::new(
-            Box::new(Scripted {
-                n: AtomicU32::new(0),
-                lifetime,
-                fail,
-            }),
-            CloudConfig::default(),
-            policy,
-        )
+    /// The policy of these tests: the default's shape with a shorter bound.
+    const POLICY: RetryPolicy = RetryPolicy {
+        max_attempts: 3,
+        base: Duration::from_millis(500),
+        max_delay: Duration::from_secs(5),
+        max_total: Duration::from_secs(10),
+        hold_after_transient: Duration::from_secs(2),
+        hold_after_refusal: Duration::from_secs(30),
+    };
+
+    fn cache_with(
+        source: Box<dyn TokenSource>,
+        policy: RetryPolicy,
+    ) -> (TokenCache, Arc<ManualClock>) {
+        let clock = ManualClock::at_unix_ms(1_700_000_000_000);
+        let c = TokenCache::new(source, CloudConfig::default(), policy, clock.clone());
+        (c, clock)
+    }
+
+    fn scripted(lifetime: Lifetime, fail: Vec<(u32, ErrorKind)>) -> Box<Scripted> {
+        Box::new(Scripted {
+            n: AtomicU32::new(0),
+            lifetime,
+            fail,
+            retry_after: None,
+        })
+    }
+
+    fn cache(lifetime: Lifetime, fail: Vec<(u32, ErrorKind)>) -> (TokenCache, Arc<ManualClock>) {
+        cache_with(scripted(lifetime, fail), POLICY)
     }
 
     fn agent() -> ureq::Agent {
         ureq::Agent::new_with_defaults()
     }
 
-    fn no_sleep(_: Duration) {}
-
-    fn get(c: &TokenCache, a: &ureq::Agent, force: bool, at: Instant) -> Result<String, Error> {
-        c.get_at(a, force, at, &no_sleep)
-            .map(|t| t.expose().to_owned())
+    fn get(c: &TokenCache, force: bool) -> Result<String, Error> {
+        c.get(&agent(), force).map(|t| t.expose().to_owned())
     }
+
+    const MS: fn(u64) -> Duration = Duration::from_millis;
 
     #[test]
     fn a_three_second_token_is_reused_then_refreshed_ahead_of_expiry() {
-        let (c, a, t0) = (cache(Lifetime::For(S(3)), vec![]), agent(), Instant::now());
-        assert_eq!(get(&c, &a, false, t0).unwrap(), "token-1");
-        assert_eq!(
-            get(&c, &a, false, t0 + Duration::from_millis(1900)).unwrap(),
-            "token-1"
-        );
+        let (c, clock) = cache(Lifetime::For(S(3)), vec![]);
+        assert_eq!(get(&c, false).unwrap(), "token-1");
+        clock.advance(MS(1900));
+        assert_eq!(get(&c, false).unwrap(), "token-1");
         assert_eq!(c.fetch_count(), 1);
-        // Two thirds through its life (plus the moment the first fetch took), before it expires, a new one is
-        // fetched.
-        assert_eq!(
-            get(&c, &a, false, t0 + Duration::from_millis(2100)).unwrap(),
-            "token-2"
-        );
-        assert_eq!(
-            get(&c, &a, false, t0 + Duration::from_millis(2500)).unwrap(),
-            "token-2"
-        );
+        // Two thirds through its life, before it expires, a new one is fetched.
+        clock.advance(MS(200));
+        assert_eq!(get(&c, false).unwrap(), "token-2");
+        clock.advance(MS(400));
+        assert_eq!(get(&c, false).unwrap(), "token-2");
         assert_eq!(c.fetch_count(), 2);
-    }
-
-    #[test]
-    fn real_clock_three_second_token_refreshes() {
-        let c = cache(Lifetime::For(S(3)), vec![]);
-        let a = agent();
-        assert_eq!(c.get(&a, false).unwrap().expose(), "token-1");
-        assert_eq!(c.get(&a, false).unwrap().expose(), "token-1");
-        std::thread::sleep(Duration::from_millis(2100));
-        assert_eq!(c.get(&a, false).unwrap().expose(), "token-2");
+        assert_eq!(clock.elapsed(), MS(2500), "the cache never slept");
     }
 
     #[test]
     fn a_failed_refresh_keeps_the_valid_token_and_warns_once() {
-        let (c, a, t0) = (
-            cache(
-                Lifetime::For(S(3600)),
-                vec![(2, ErrorKind::TransientFailure)],
-            ),
-            agent(),
-            Instant::now(),
+        let (c, clock) = cache(
+            Lifetime::For(S(3600)),
+            vec![(2, ErrorKind::TransientFailure)],
         );
-        assert_eq!(get(&c, &a, false, t0).unwrap(), "token-1");
-        let due = t0 + S(3301);
-        assert_eq!(get(&c, &a, false, due).unwrap(), "token-1");
+        assert_eq!(get(&c, false).unwrap(), "token-1");
+        clock.advance(S(3301));
+        assert_eq!(get(&c, false).unwrap(), "token-1");
         let w = c.take_warning().unwrap();
         assert!(
             w.message.contains("still using the current one"),
@@ -530,113 +534,171 @@ mod tests {
             w.message
         );
         assert!(c.take_warning().is_none());
-        // Not retried on every call: after a pause.
-        assert_eq!(
-            get(&c, &a, false, due + Duration::from_millis(100)).unwrap(),
-            "token-1"
-        );
+        // Not retried on every call: after a pause (a tenth of the 269 s left, so 26.9 s).
+        clock.advance(MS(100));
+        assert_eq!(get(&c, false).unwrap(), "token-1");
         assert_eq!(c.fetch_count(), 2);
-        assert_eq!(get(&c, &a, false, due + S(30)).unwrap(), "token-3");
+        clock.advance(S(26));
+        assert_eq!(get(&c, false).unwrap(), "token-1");
+        assert_eq!(c.fetch_count(), 2);
+        clock.advance(S(1));
+        assert_eq!(get(&c, false).unwrap(), "token-3");
+        assert_eq!(clock.elapsed(), S(3301) + MS(100) + S(27), "no sleeping");
     }
 
     #[test]
     fn an_expired_token_is_never_returned() {
-        let (c, a, t0) = (
-            cache(Lifetime::For(S(3600)), vec![(2, ErrorKind::AuthRefused)]),
-            agent(),
-            Instant::now(),
-        );
-        assert_eq!(get(&c, &a, false, t0).unwrap(), "token-1");
-        let e = get(&c, &a, false, t0 + S(3600)).unwrap_err();
-        assert_eq!(e.kind, ErrorKind::AuthRefused);
+        let (c, clock) = cache(Lifetime::For(S(3600)), vec![(2, ErrorKind::AuthRefused)]);
+        assert_eq!(get(&c, false).unwrap(), "token-1");
+        clock.advance(S(3600));
+        assert_eq!(get(&c, false).unwrap_err().kind, ErrorKind::AuthRefused);
     }
 
     #[test]
-    fn transient_failures_are_retried_within_the_bound() {
+    fn transient_failures_are_retried_with_backoff_on_the_clock() {
         let fail = vec![
             (1, ErrorKind::TransientFailure),
             (2, ErrorKind::TransientFailure),
         ];
-        let (c, a, t0) = (cache(Lifetime::For(S(3600)), fail), agent(), Instant::now());
-        assert_eq!(get(&c, &a, false, t0).unwrap(), "token-3");
+        let (c, clock) = cache(Lifetime::For(S(3600)), fail);
+        assert_eq!(get(&c, false).unwrap(), "token-3");
+        // Slept [250, 500] ms, then [500, 1000] ms (Backoff::delay with base 500 ms), on the clock only.
+        let slept = clock.elapsed();
+        assert!(slept >= MS(750) && slept <= MS(1500), "{slept:?}");
+        // The token's life starts at the attempt that got it, after the sleeps: refreshed at 3300 s from there.
+        clock.advance(S(3300) - MS(1));
+        assert_eq!(get(&c, false).unwrap(), "token-3");
+        clock.advance(MS(1));
+        assert_eq!(get(&c, false).unwrap(), "token-4");
+
         let fail = (1..=10).map(|i| (i, ErrorKind::TransientFailure)).collect();
-        let (c, t0) = (cache(Lifetime::For(S(3600)), fail), Instant::now());
+        let (c, _) = cache(Lifetime::For(S(3600)), fail);
         assert_eq!(
-            get(&c, &a, false, t0).unwrap_err().kind,
+            get(&c, false).unwrap_err().kind,
             ErrorKind::TransientFailure
         );
         assert_eq!(c.fetch_count(), 3, "max_attempts");
     }
 
     #[test]
+    fn retry_after_lengthens_the_wait_up_to_max_delay() {
+        let fail = vec![(1, ErrorKind::TransientFailure)];
+        let mut src = scripted(Lifetime::For(S(3600)), fail.clone());
+        src.retry_after = Some(S(3));
+        let (c, clock) = cache_with(src, POLICY);
+        assert_eq!(get(&c, false).unwrap(), "token-2");
+        assert_eq!(clock.elapsed(), S(3));
+        // A day's Retry-After is capped by max_delay.
+        let mut src = scripted(Lifetime::For(S(3600)), fail);
+        src.retry_after = Some(S(86400));
+        let (c, clock) = cache_with(src, POLICY);
+        assert_eq!(get(&c, false).unwrap(), "token-2");
+        assert_eq!(clock.elapsed(), S(5));
+    }
+
+    #[test]
+    fn max_total_bounds_the_sleeps_of_one_get() {
+        let fail = (1..=10).map(|i| (i, ErrorKind::TransientFailure)).collect();
+        let mut src = scripted(Lifetime::For(S(3600)), fail);
+        src.retry_after = Some(S(4));
+        let policy = RetryPolicy {
+            max_attempts: 10,
+            max_total: S(9),
+            ..POLICY
+        };
+        let (c, clock) = cache_with(src, policy);
+        // 4 s, 4 s, and a third wait would end at 12 s, past 9 s: three attempts, 8 s slept.
+        assert_eq!(
+            get(&c, false).unwrap_err().kind,
+            ErrorKind::TransientFailure
+        );
+        assert_eq!(c.fetch_count(), 3);
+        assert_eq!(clock.elapsed(), S(8));
+        // Held for hold_after_transient from when the retries gave up (not from when the get began, which
+        // would make any hold shorter than the retries void), then asked again.
+        clock.advance(S(2) - MS(1));
+        assert_eq!(
+            get(&c, false).unwrap_err().kind,
+            ErrorKind::TransientFailure
+        );
+        assert_eq!(c.fetch_count(), 3, "held");
+        clock.advance(MS(1));
+        assert_eq!(
+            get(&c, false).unwrap_err().kind,
+            ErrorKind::TransientFailure
+        );
+        assert_eq!(c.fetch_count(), 6, "asked again, with retries");
+    }
+
+    #[test]
     fn refusals_are_not_retried_and_are_held() {
-        let (c, a, t0) = (
-            cache(Lifetime::For(S(3600)), vec![(1, ErrorKind::AuthRefused)]),
-            agent(),
-            Instant::now(),
-        );
-        assert_eq!(
-            get(&c, &a, false, t0).unwrap_err().kind,
-            ErrorKind::AuthRefused
-        );
-        assert_eq!(
-            get(&c, &a, false, t0 + S(10)).unwrap_err().kind,
-            ErrorKind::AuthRefused
-        );
+        let (c, clock) = cache(Lifetime::For(S(3600)), vec![(1, ErrorKind::AuthRefused)]);
+        assert_eq!(get(&c, false).unwrap_err().kind, ErrorKind::AuthRefused);
+        assert_eq!(clock.elapsed(), Duration::ZERO, "no backoff for a refusal");
+        clock.advance(S(10));
+        assert_eq!(get(&c, false).unwrap_err().kind, ErrorKind::AuthRefused);
         assert_eq!(c.fetch_count(), 1, "held, not asked again");
-        assert_eq!(get(&c, &a, false, t0 + S(31)).unwrap(), "token-2");
+        clock.advance(S(21));
+        assert_eq!(get(&c, false).unwrap(), "token-2");
     }
 
     #[test]
     fn force_refresh_fetches_unless_just_fetched() {
-        let (c, a, t0) = (
-            cache(Lifetime::For(S(3600)), vec![]),
-            agent(),
-            Instant::now(),
-        );
-        assert_eq!(get(&c, &a, false, t0).unwrap(), "token-1");
+        let (c, clock) = cache(Lifetime::For(S(3600)), vec![]);
+        assert_eq!(get(&c, false).unwrap(), "token-1");
         // Several requests failing with 401 together get the token fetched a moment ago.
-        assert_eq!(
-            get(&c, &a, true, t0 + Duration::from_millis(500)).unwrap(),
-            "token-1"
-        );
-        assert_eq!(get(&c, &a, true, t0 + S(2)).unwrap(), "token-2");
-        assert_eq!(
-            get(&c, &a, true, t0 + Duration::from_millis(2500)).unwrap(),
-            "token-2"
-        );
+        clock.advance(MS(999));
+        assert_eq!(get(&c, true).unwrap(), "token-1");
+        clock.advance(MS(1));
+        assert_eq!(get(&c, true).unwrap(), "token-2");
+        clock.advance(MS(500));
+        assert_eq!(get(&c, true).unwrap(), "token-2");
         assert_eq!(c.fetch_count(), 2);
     }
 
     #[test]
     fn unknown_lifetime_is_reused_for_a_minute() {
-        let (c, a, t0) = (cache(Lifetime::Unknown, vec![]), agent(), Instant::now());
-        assert_eq!(get(&c, &a, false, t0).unwrap(), "token-1");
-        assert_eq!(get(&c, &a, false, t0 + S(59)).unwrap(), "token-1");
-        assert_eq!(get(&c, &a, false, t0 + S(61)).unwrap(), "token-2");
+        let (c, clock) = cache(Lifetime::Unknown, vec![]);
+        assert_eq!(get(&c, false).unwrap(), "token-1");
+        clock.advance(S(59));
+        assert_eq!(get(&c, false).unwrap(), "token-1");
+        clock.advance(S(2));
+        assert_eq!(get(&c, false).unwrap(), "token-2");
+    }
+
+    #[test]
+    fn an_expires_on_is_read_on_the_cache_clock_wall_time() {
+        // The callback's token expires 540 s after the clock's wall time (2023, not the machine's, by which it
+        // would have expired long ago): refreshed when a third of that remains, on the same clock.
+        let clock_wall = 1_700_000_000u64;
+        let n = Arc::new(AtomicU32::new(0));
+        let n2 = n.clone();
+        let src = CallbackSource::new(Arc::new(move || {
+            let i = n2.fetch_add(1, Ordering::SeqCst) + 1;
+            Ok((format!("cb-{i}"), clock_wall + 540 * i as u64))
+        }));
+        let (c, clock) = cache_with(Box::new(src), POLICY);
+        assert_eq!(crate::clock::unix_ms(clock.wall()), clock_wall * 1000);
+        assert_eq!(get(&c, false).unwrap(), "cb-1");
+        clock.advance(S(359));
+        assert_eq!(get(&c, false).unwrap(), "cb-1");
+        clock.advance(S(1));
+        assert_eq!(get(&c, false).unwrap(), "cb-2");
     }
 
     #[test]
     fn concurrent_callers_share_one_fetch() {
-        let c = Arc::new(cache(Lifetime::For(S(3600)), vec![]));
+        let (c, _clock) = cache(Lifetime::For(S(3600)), vec![]);
+        let c = Arc::new(c);
         let hs: Vec<_> = (0..8)
             .map(|_| {
                 let c = c.clone();
-                std::thread::spawn(move || c.get(&agent(), false).unwrap().expose().to_owned())
+                std::thread::spawn(move || get(&c, false).unwrap())
             })
             .collect();
         for h in hs {
             assert_eq!(h.join().unwrap(), "token-1");
         }
         assert_eq!(c.fetch_count(), 1);
-    }
-
-    #[test]
-    fn backoff_stays_within_its_bounds() {
-        for a in 0..40 {
-            let d = backoff(a, Duration::from_millis(100), S(5));
-            let ceiling = (Duration::from_millis(100) * 2u32.pow(a.min(20))).min(S(5));
-            assert!(d >= ceiling / 2 && d <= ceiling, "{a}: {d:?}");
-        }
     }
 }

@@ -7,6 +7,7 @@ use std::fmt;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use crate::clock::SharedClock;
 use crate::error::{Error, ErrorKind};
 
 use super::arc::{self, ARC_KEY_DIR};
@@ -426,11 +427,12 @@ impl AuthConfig {
     /// Checks the settings are complete and builds the token cache; `Ok(None)` when no authentication is
     /// configured (requests go without `Authorization`, e.g. to a local test endpoint). `cluster` is the cluster
     /// URL for cloud metadata (the connection string's when `None`); `retry_max_total` bounds one fetch with its
-    /// retries.
+    /// retries; `clock` is the cache's time (the client's, so that tests can move it).
     pub fn build(
         &self,
         cluster: Option<&str>,
         retry_max_total: Duration,
+        clock: SharedClock,
     ) -> Result<Option<TokenCache>, Error> {
         let Some(method) = self.method() else {
             return Ok(None);
@@ -541,6 +543,7 @@ impl AuthConfig {
             source,
             self.cloud_config(cluster),
             retry,
+            clock,
         )))
     }
 
@@ -676,7 +679,7 @@ mod tests {
     #[test]
     fn nothing_configured_builds_no_cache() {
         assert!(AuthConfig::default()
-            .build(None, Duration::from_secs(1))
+            .build(None, Duration::from_secs(1), crate::clock::system())
             .unwrap()
             .is_none());
     }
@@ -686,7 +689,9 @@ mod tests {
         let mut c = AuthConfig::default();
         set(&mut c, "auth.method", "client_secret");
         set(&mut c, "auth.tenant", "contoso.com");
-        let e = c.build(None, Duration::from_secs(1)).unwrap_err();
+        let e = c
+            .build(None, Duration::from_secs(1), crate::clock::system())
+            .unwrap_err();
         assert_eq!(e.kind, ErrorKind::ConfigIncomplete);
         assert_eq!(e.message, "auth.method=client_secret needs auth.tenant, auth.client_id and auth.client_secret (or auth.client_secret_file)");
         for (m, needle) in [
@@ -701,7 +706,9 @@ mod tests {
                 set(&mut c, "auth.tenant", "t");
                 set(&mut c, "auth.client_id", "c");
             }
-            let e = c.build(None, Duration::from_secs(1)).unwrap_err();
+            let e = c
+                .build(None, Duration::from_secs(1), crate::clock::system())
+                .unwrap_err();
             assert_eq!(e.kind, ErrorKind::ConfigIncomplete, "{m}");
             assert!(e.message.contains(needle), "{m}: {}", e.message);
         }
@@ -736,7 +743,10 @@ mod tests {
         assert!(!e.message.contains("s3cr3t"));
         let e = c.set("proxy.url", "ftp://u:s3cr3t@x").unwrap_err();
         assert!(!e.message.contains("s3cr3t"));
-        let cache = c.build(None, Duration::from_secs(1)).unwrap().unwrap();
+        let cache = c
+            .build(None, Duration::from_secs(1), crate::clock::system())
+            .unwrap()
+            .unwrap();
         assert!(!format!("{cache:?}").contains("s3cr3t"));
     }
 
@@ -752,7 +762,10 @@ mod tests {
         set(&mut c, "auth.client_secret_file", f.to_str().unwrap());
         assert_eq!(c.method(), Some(Method::ClientSecret));
         assert_eq!(c.client_secret.as_ref().unwrap().expose(), "from-file");
-        assert!(c.build(None, Duration::from_secs(1)).unwrap().is_some());
+        assert!(c
+            .build(None, Duration::from_secs(1), crate::clock::system())
+            .unwrap()
+            .is_some());
         std::fs::remove_dir_all(&dir).unwrap();
         let e = AuthConfig::default()
             .set("auth.client_secret_file", "/nonexistent/x")
@@ -770,7 +783,10 @@ mod tests {
             c.connection_string().unwrap().database.as_deref(),
             Some("db")
         );
-        let cache = c.build(None, Duration::from_secs(1)).unwrap().unwrap();
+        let cache = c
+            .build(None, Duration::from_secs(1), crate::clock::system())
+            .unwrap()
+            .unwrap();
         assert_eq!(cache.source_name(), "client secret");
     }
 
@@ -789,7 +805,7 @@ mod tests {
             set(&mut c, "auth.key_file", fx.join(key).to_str().unwrap());
             assert_eq!(c.method(), Some(Method::Certificate));
             assert_eq!(
-                c.build(None, Duration::from_secs(1))
+                c.build(None, Duration::from_secs(1), crate::clock::system())
                     .unwrap()
                     .unwrap()
                     .source_name(),
@@ -812,7 +828,9 @@ mod tests {
             "auth.cert_file",
             fx.join("client-cert.pem").to_str().unwrap(),
         );
-        let e = c.build(None, Duration::from_secs(1)).unwrap_err();
+        let e = c
+            .build(None, Duration::from_secs(1), crate::clock::system())
+            .unwrap_err();
         assert!(e.message.contains("no auth.key_file"), "{}", e.message);
         // A thumbprint in the connection string must match the certificate.
         let mut c = AuthConfig::default();
@@ -827,7 +845,9 @@ mod tests {
             "auth.key_file",
             fx.join("client-key-pkcs8.pem").to_str().unwrap(),
         );
-        let e = c.build(None, Duration::from_secs(1)).unwrap_err();
+        let e = c
+            .build(None, Duration::from_secs(1), crate::clock::system())
+            .unwrap_err();
         assert!(
             e.message
                 .contains("F415D9DF43C75B84AF4DAB5027FDEB3A8B420813"),
@@ -842,7 +862,10 @@ mod tests {
         );
         let mut c = AuthConfig::default();
         set(&mut c, "connection_string", &format!("https://c.kusto.windows.net;AppClientId=c;TenantId=t;Application Certificate=\"{pem}\""));
-        assert!(c.build(None, Duration::from_secs(1)).unwrap().is_some());
+        assert!(c
+            .build(None, Duration::from_secs(1), crate::clock::system())
+            .unwrap()
+            .is_some());
     }
 
     #[test]
@@ -851,7 +874,7 @@ mod tests {
         set(&mut c, "auth.method", "managed_identity");
         set(&mut c, "auth.imds_endpoint", "http://127.0.0.1:9/token");
         assert_eq!(
-            c.build(None, Duration::from_secs(1))
+            c.build(None, Duration::from_secs(1), crate::clock::system())
                 .unwrap()
                 .unwrap()
                 .source_name(),
@@ -872,7 +895,7 @@ mod tests {
             "http://localhost:40342/metadata/identity/oauth2/token",
         );
         assert_eq!(
-            c.build(None, Duration::from_secs(1))
+            c.build(None, Duration::from_secs(1), crate::clock::system())
                 .unwrap()
                 .unwrap()
                 .source_name(),
@@ -880,7 +903,7 @@ mod tests {
         );
         set(&mut c, "auth.client_id", "x");
         assert!(c
-            .build(None, Duration::from_secs(1))
+            .build(None, Duration::from_secs(1), crate::clock::system())
             .unwrap_err()
             .message
             .contains("system-assigned"));
@@ -894,7 +917,10 @@ mod tests {
         let mut c = AuthConfig::default();
         c.set_callback(Arc::new(|| Ok(("t".to_owned(), 0))));
         assert_eq!(c.method(), Some(Method::Callback));
-        let cache = c.build(None, Duration::from_secs(1)).unwrap().unwrap();
+        let cache = c
+            .build(None, Duration::from_secs(1), crate::clock::system())
+            .unwrap()
+            .unwrap();
         assert_eq!(
             cache
                 .get(&ureq::Agent::new_with_defaults(), false)
@@ -904,7 +930,10 @@ mod tests {
         );
         let mut c = AuthConfig::default();
         set(&mut c, "auth.token", "abc");
-        let cache = c.build(None, Duration::from_secs(1)).unwrap().unwrap();
+        let cache = c
+            .build(None, Duration::from_secs(1), crate::clock::system())
+            .unwrap()
+            .unwrap();
         assert!(!cache.can_refresh());
         assert_eq!(
             cache

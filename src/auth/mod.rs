@@ -44,10 +44,12 @@ pub use providers::{
 };
 pub use secret::SecretString;
 
-/// What a token source gets for one fetch: the HTTP agent and the cloud it authenticates against.
+/// What a token source gets for one fetch: the HTTP agent, the cloud it authenticates against and the clock.
 pub struct FetchContext<'a> {
     /// The client's agent: proxy, TLS roots and timeouts are the client's.
     pub agent: &'a ureq::Agent,
     /// Authority host and resource, after config and cloud metadata.
     pub cloud: &'a Cloud,
+    /// The client's clock: its wall time is what `expires_on` and assertion timestamps are measured against.
+    pub clock: &'a dyn crate::clock::Clock,
 }

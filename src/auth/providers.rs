@@ -4,7 +4,7 @@
 use std::fmt;
 use std::path::PathBuf;
 use std::sync::Arc;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use crate::error::{Error, ErrorKind};
 
@@ -84,12 +84,9 @@ pub trait TokenSource: Send + Sync + fmt::Debug {
     fn name(&self) -> &'static str;
 }
 
-/// Seconds since the Unix epoch by the wall clock.
-pub(crate) fn unix_now() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_secs())
-        .unwrap_or(0)
+/// Seconds since the Unix epoch by the client's wall clock (0 before it).
+fn unix_secs(ctx: &FetchContext<'_>) -> u64 {
+    crate::clock::unix_ms(ctx.clock.wall()) / 1000
 }
 
 /// A token is sent as an HTTP header value: printable ASCII without spaces, and not absurdly long.
@@ -167,7 +164,7 @@ impl fmt::Debug for CallbackSource {
 }
 
 impl TokenSource for CallbackSource {
-    fn fetch(&self, _: &FetchContext<'_>) -> Result<AccessToken, FetchError> {
+    fn fetch(&self, ctx: &FetchContext<'_>) -> Result<AccessToken, FetchError> {
         let (token, expires_on) = (self.callback)().map_err(|m| {
             // The caller's own words, bounded: they are logged and returned to C.
             Error::new(
@@ -186,7 +183,7 @@ impl TokenSource for CallbackSource {
         let lifetime = if expires_on == 0 {
             Lifetime::Unknown
         } else {
-            let now = unix_now();
+            let now = unix_secs(ctx);
             if expires_on <= now {
                 return Err(Error::new(
                     ErrorKind::AuthRefused,
@@ -215,8 +212,13 @@ impl TokenSource for CallbackSource {
 // Token responses
 
 /// Reads a token endpoint's success body: `access_token`, `token_type`, `expires_in` (number or string, as v1 and
-/// IMDS write it) or else `expires_on` (Unix seconds), and optional `refresh_in`.
-pub fn parse_token_response(body: &[u8], managed_identity: bool) -> Result<AccessToken, Error> {
+/// IMDS write it) or else `expires_on` (Unix seconds, measured against `now_unix`, the wall clock's seconds since
+/// the epoch), and optional `refresh_in`.
+pub fn parse_token_response(
+    body: &[u8],
+    managed_identity: bool,
+    now_unix: u64,
+) -> Result<AccessToken, Error> {
     let bad = |why: &str| {
         Error::new(
             ErrorKind::TransientFailure,
@@ -247,7 +249,7 @@ pub fn parse_token_response(body: &[u8], managed_identity: bool) -> Result<Acces
     }
     let lifetime = match (expires_in, expires_on) {
         (Some(s), _) => s,
-        (None, Some(on)) => on.saturating_sub(unix_now()),
+        (None, Some(on)) => on.saturating_sub(now_unix),
         (None, None) => return Err(bad("no expires_in")),
     };
     if lifetime == 0 {
@@ -342,6 +344,7 @@ fn read_success(
     reply: &Reply,
     who: &str,
     managed_identity: bool,
+    now_unix: u64,
 ) -> Result<AccessToken, FetchError> {
     if reply.truncated {
         return Err(Error::new(
@@ -350,7 +353,7 @@ fn read_success(
         )
         .into());
     }
-    parse_token_response(&reply.body.0, managed_identity).map_err(|mut e| {
+    parse_token_response(&reply.body.0, managed_identity, now_unix).map_err(|mut e| {
         e.message = format!("{who}: {}", e.message);
         e.into()
     })
@@ -415,8 +418,8 @@ impl ClientCredentials {
     }
 
     /// The form body, exactly as `shared/kusto-protocol.md` gives it. It lives in a [`SecretString`] because
-    /// it carries the secret or assertion.
-    pub fn form(&self, token_url: &str, scope: &str) -> Result<SecretString, Error> {
+    /// it carries the secret or assertion; `now_unix` (wall clock, seconds since the epoch) dates an assertion.
+    pub fn form(&self, token_url: &str, scope: &str, now_unix: u64) -> Result<SecretString, Error> {
         let mut form = SecretString::new(String::with_capacity(1024));
         let field = |form: &mut SecretString, k: &str, v: &str| {
             // Presized for the worst case (every byte %XX) so encoding never reallocates and leaves an unzeroed
@@ -435,7 +438,7 @@ impl ClientCredentials {
         match &self.assertion {
             Assertion::Secret(s) => field(&mut form, "client_secret", s.expose()),
             Assertion::Certificate(c) => {
-                let jwt = c.assertion(token_url, &self.client_id, unix_now())?;
+                let jwt = c.assertion(token_url, &self.client_id, now_unix)?;
                 field(&mut form, "client_assertion_type", JWT_BEARER);
                 field(&mut form, "client_assertion", jwt.expose());
             }
@@ -504,10 +507,10 @@ impl TokenSource for ClientCredentials {
             .filter(|_| !ctx.cloud.authority_explicit)
             .unwrap_or(&ctx.cloud.authority_host);
         let url = self.token_url(authority);
-        let form = self.form(&url, &ctx.cloud.scope())?;
+        let form = self.form(&url, &ctx.cloud.scope(), unix_secs(ctx))?;
         let reply = http::post_form(ctx.agent, &url, &form)?;
         if reply.status == 200 {
-            return read_success(&reply, "Entra ID", false);
+            return read_success(&reply, "Entra ID", false, unix_secs(ctx));
         }
         let secret;
         let secrets: &[&str] = match &self.assertion {
@@ -581,7 +584,7 @@ impl TokenSource for ManagedIdentity {
             &[("Metadata", "true")],
         )?;
         if reply.status == 200 {
-            return read_success(&reply, "IMDS", true);
+            return read_success(&reply, "IMDS", true, unix_secs(ctx));
         }
         let hint = match (reply.status, &self.client_id) {
             (400, Some(c)) => format!("no managed identity with client_id '{c}' is assigned to this VM: check auth.client_id"),
@@ -628,7 +631,7 @@ impl TokenSource for ArcIdentity {
         let url = self.url(&ctx.cloud.resource);
         let first = http::get(ctx.agent, &url, &[("Metadata", "true")])?;
         if first.status == 200 {
-            return read_success(&first, "the Azure Arc agent", true);
+            return read_success(&first, "the Azure Arc agent", true, unix_secs(ctx));
         }
         if first.status != 401 {
             return Err(failure(
@@ -660,7 +663,7 @@ impl TokenSource for ArcIdentity {
             &[("Metadata", "true"), ("Authorization", auth.expose())],
         )?;
         if second.status == 200 {
-            return read_success(&second, "the Azure Arc agent", true);
+            return read_success(&second, "the Azure Arc agent", true, unix_secs(ctx));
         }
         Err(failure(
             &second,
@@ -679,11 +682,15 @@ impl TokenSource for ArcIdentity {
 mod tests {
     use super::*;
 
+    /// The wall clock in these tests, seconds since the epoch (2026-01-01).
+    const NOW: u64 = 1_767_225_600;
+
     #[test]
     fn token_response_with_number_fields() {
         let t = parse_token_response(
             br#"{"token_type":"Bearer","expires_in":3599,"ext_expires_in":3599,"refresh_in":1799,"access_token":"eyJ0eXAi.abc.def"}"#,
             false,
+            NOW,
         )
         .unwrap();
         assert_eq!(t.token.expose(), "eyJ0eXAi.abc.def");
@@ -693,26 +700,59 @@ mod tests {
 
     #[test]
     fn token_response_with_string_fields_like_imds() {
-        let now = unix_now();
+        let now = NOW;
         let body = format!(
             r#"{{"access_token":"tok","client_id":"c","expires_in":"86399","expires_on":"{}","ext_expires_in":"86399","not_before":"{}","resource":"https://kusto.kusto.windows.net","token_type":"Bearer"}}"#,
             now + 86399,
             now
         );
-        let t = parse_token_response(body.as_bytes(), true).unwrap();
+        let t = parse_token_response(body.as_bytes(), true, NOW).unwrap();
         assert_eq!(t.lifetime, Lifetime::For(Duration::from_secs(86399)));
         assert!(t.managed_identity);
         assert_eq!(t.refresh_in, None);
     }
 
     #[test]
-    fn expires_on_alone_is_enough() {
-        let body = format!(
-            r#"{{"access_token":"tok","expires_on":{}}}"#,
-            unix_now() + 100
+    fn expires_on_alone_is_enough_and_is_measured_against_the_given_wall_time() {
+        let body = format!(r#"{{"access_token":"tok","expires_on":{}}}"#, NOW + 100);
+        let t = parse_token_response(body.as_bytes(), true, NOW).unwrap();
+        assert_eq!(t.lifetime, Lifetime::For(Duration::from_secs(100)));
+        let t = parse_token_response(body.as_bytes(), true, NOW + 40).unwrap();
+        assert_eq!(t.lifetime, Lifetime::For(Duration::from_secs(60)));
+        let e = parse_token_response(body.as_bytes(), true, NOW + 100).unwrap_err();
+        assert!(e.message.contains("already expired"), "{}", e.message);
+    }
+
+    #[test]
+    fn a_callback_expiry_is_measured_against_the_clock_wall_time() {
+        let clock = crate::clock::ManualClock::at_unix_ms(NOW * 1000);
+        let cloud = crate::auth::metadata::Cloud {
+            authority_host: String::new(),
+            resource: String::new(),
+            authority_explicit: false,
+        };
+        let agent = ureq::Agent::new_with_defaults();
+        let src = CallbackSource::new(Arc::new(|| Ok(("t".to_owned(), NOW + 600))));
+        let fetch = |src: &CallbackSource| {
+            src.fetch(&FetchContext {
+                agent: &agent,
+                cloud: &cloud,
+                clock: &*clock,
+            })
+        };
+        assert_eq!(
+            fetch(&src).unwrap().lifetime,
+            Lifetime::For(Duration::from_secs(600))
         );
-        let t = parse_token_response(body.as_bytes(), true).unwrap();
-        assert!(matches!(t.lifetime, Lifetime::For(d) if d.as_secs() >= 98 && d.as_secs() <= 100));
+        clock.advance(Duration::from_secs(450));
+        assert_eq!(
+            fetch(&src).unwrap().lifetime,
+            Lifetime::For(Duration::from_secs(150))
+        );
+        clock.advance(Duration::from_secs(160));
+        let e = fetch(&src).unwrap_err().error;
+        assert_eq!(e.kind, ErrorKind::AuthRefused);
+        assert!(e.message.contains("expired 10 s ago"), "{}", e.message);
     }
 
     #[test]
@@ -728,7 +768,7 @@ mod tests {
             br#"{"access_token":"tok","expires_in":"soon"}"#,
             br#"{"access_token":"tok","expires_in":10"#,
         ] {
-            let e = parse_token_response(body, false).unwrap_err();
+            let e = parse_token_response(body, false, NOW).unwrap_err();
             assert_eq!(
                 e.kind,
                 ErrorKind::TransientFailure,
@@ -740,6 +780,7 @@ mod tests {
         let e = parse_token_response(
             br#"{"access_token":"tok","token_type":"pop","expires_in":10}"#,
             false,
+            NOW,
         )
         .unwrap_err();
         assert_eq!(e.kind, ErrorKind::AuthRefused);
@@ -750,6 +791,7 @@ mod tests {
         let t = parse_token_response(
             br#"{"access_token":"t","expires_in":100,"refresh_in":500}"#,
             false,
+            NOW,
         )
         .unwrap();
         assert_eq!(t.refresh_in, None);
@@ -821,7 +863,7 @@ mod tests {
             "https://login.microsoftonline.com/contoso.onmicrosoft.com/oauth2/v2.0/token"
         );
         let form = cc
-            .form(&url, "https://kusto.kusto.windows.net/.default")
+            .form(&url, "https://kusto.kusto.windows.net/.default", NOW)
             .unwrap();
         assert_eq!(
             form.expose(),
@@ -861,14 +903,17 @@ mod tests {
         let p = dir.join("token");
         let cc = ClientCredentials::new("t", "c", Assertion::FederatedTokenFile(p.clone()), None);
         std::fs::write(&p, "first.jwt.x\n").unwrap();
-        let f1 = cc.form("https://l/t/oauth2/v2.0/token", "s").unwrap();
+        let f1 = cc.form("https://l/t/oauth2/v2.0/token", "s", NOW).unwrap();
         std::fs::write(&p, "second.jwt.y").unwrap();
-        let f2 = cc.form("https://l/t/oauth2/v2.0/token", "s").unwrap();
+        let f2 = cc.form("https://l/t/oauth2/v2.0/token", "s", NOW).unwrap();
         assert!(f1.expose().contains("client_assertion=first.jwt.x&"));
         assert!(f2.expose().contains("client_assertion=second.jwt.y&"));
         assert!(f2.expose().contains("client_assertion_type=urn%3Aietf%3Aparams%3Aoauth%3Aclient-assertion-type%3Ajwt-bearer&"));
         std::fs::write(&p, "").unwrap();
-        assert_eq!(cc.form("u", "s").unwrap_err().kind, ErrorKind::AuthRefused);
+        assert_eq!(
+            cc.form("u", "s", NOW).unwrap_err().kind,
+            ErrorKind::AuthRefused
+        );
         std::fs::remove_dir_all(&dir).unwrap();
     }
 }
@@ -879,6 +924,9 @@ mod wire_tests {
     use super::*;
     use crate::auth::http::test_server::serve;
     use crate::auth::metadata::Cloud;
+
+    /// The wall clock the sources see, seconds since the epoch (2026-01-01: assertions need a set clock).
+    const NOW: u64 = 1_767_225_600;
 
     fn ctx_run<T>(
         src: &dyn TokenSource,
@@ -891,9 +939,11 @@ mod wire_tests {
             resource: "https://kusto.kusto.windows.net".to_owned(),
             authority_explicit: true,
         };
+        let clock = crate::clock::ManualClock::at_unix_ms(NOW * 1000);
         f(src.fetch(&FetchContext {
             agent: &agent,
             cloud: &cloud,
+            clock: &*clock,
         }))
     }
 
@@ -981,7 +1031,7 @@ mod wire_tests {
 
     #[test]
     fn imds_gets_with_the_metadata_header() {
-        let now = unix_now();
+        let now = NOW;
         let body = format!(
             r#"{{"access_token":"mi.tok","expires_in":"86399","expires_on":"{}","token_type":"Bearer","resource":"https://kusto.kusto.windows.net"}}"#,
             now + 86399

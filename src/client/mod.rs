@@ -185,7 +185,9 @@ impl Client {
         };
         let clock = opts.clock.unwrap_or_else(crate::clock::system);
         let transport = Transport::new(cfg, &cluster)?;
-        let auth = cfg.auth.build(Some(&cluster.base()), cfg.retry_max_total)?;
+        let auth = cfg
+            .auth
+            .build(Some(&cluster.base()), cfg.retry_max_total, clock.clone())?;
         let sink = StreamingSink::new(cfg, cluster, transport, auth);
         let sh = Shared {
             cfg: cfg.clone(),

@@ -489,65 +489,74 @@ pub unsafe extern "C" fn kedge_config_set(
 }
 
 /// Adds CA certificates (PEM text, `pem_len` bytes, need not be NUL-terminated) to trust, for gateways with a
-/// private CA or no system store.
+/// private CA or no system store. On failure, a message is written to `errbuf` (may be NULL), as by
+/// `kedge_config_set`.
 ///
 /// # Safety
-/// `config` a live config; `pem` valid for `pem_len` bytes.
+/// `config` a live config; `pem` valid for `pem_len` bytes; `errbuf` NULL or valid for `errbuf_len` bytes.
 #[no_mangle]
 pub unsafe extern "C" fn kedge_config_set_ca_pem(
     config: *mut kedge_config,
     pem: *const u8,
     pem_len: usize,
+    errbuf: *mut c_char,
+    errbuf_len: usize,
 ) -> kedge_result {
     guard(|| {
-        // SAFETY: per this function's contract.
-        let c = match unsafe { config_mut(config) } {
-            Ok(c) => c,
-            Err(e) => return e.kind.into(),
-        };
-        if pem.is_null() {
-            return kedge_result::KEDGE_NULL_PARAMETER;
-        }
-        // SAFETY: non-NULL and valid for pem_len bytes by contract.
-        let pem = unsafe { std::slice::from_raw_parts(pem, pem_len) };
-        match c.cfg.add_ca_pem(pem) {
+        let r = (|| {
+            // SAFETY: per this function's contract.
+            let c = unsafe { config_mut(config) }?;
+            if pem.is_null() {
+                return Err(Error::new(ErrorKind::NullParameter, "pem is NULL"));
+            }
+            // SAFETY: non-NULL and valid for pem_len bytes by contract.
+            let pem = unsafe { std::slice::from_raw_parts(pem, pem_len) };
+            c.cfg.add_ca_pem(pem)
+        })();
+        match r {
             Ok(()) => kedge_result::KEDGE_OK,
-            Err(e) => e.kind.into(),
+            Err(e) => fail_into(e, errbuf, errbuf_len),
         }
     })
 }
 
 /// Sets the spool's AES-256-GCM key from memory (`key_len` must be 32), for firmware that keeps it in a secure
-/// element rather than a file. The key is copied, zeroed when the config is freed, and never written anywhere.
+/// element rather than a file. The key is copied, zeroed when the config is freed, and never written anywhere
+/// (nor into a message). On failure, a message is written to `errbuf` (may be NULL), as by `kedge_config_set`.
 ///
 /// # Safety
-/// `config` a live config; `key` valid for `key_len` bytes.
+/// `config` a live config; `key` valid for `key_len` bytes; `errbuf` NULL or valid for `errbuf_len` bytes.
 #[no_mangle]
 pub unsafe extern "C" fn kedge_config_set_spool_key(
     config: *mut kedge_config,
     key: *const u8,
     key_len: usize,
+    errbuf: *mut c_char,
+    errbuf_len: usize,
 ) -> kedge_result {
     guard(|| {
-        // SAFETY: per this function's contract.
-        let c = match unsafe { config_mut(config) } {
-            Ok(c) => c,
-            Err(e) => return e.kind.into(),
-        };
-        if key.is_null() {
-            return kedge_result::KEDGE_NULL_PARAMETER;
-        }
-        if key_len != 32 {
-            return kedge_result::KEDGE_INVALID_ARGUMENT;
-        }
-        // SAFETY: non-NULL and valid for 32 bytes by contract.
-        let bytes = unsafe { std::slice::from_raw_parts(key, 32) };
-        match crate::config::parse_key(bytes) {
-            Ok(k) => {
-                c.cfg.spool_key = Some(k);
-                kedge_result::KEDGE_OK
+        let r = (|| {
+            // SAFETY: per this function's contract.
+            let c = unsafe { config_mut(config) }?;
+            if key.is_null() {
+                return Err(Error::new(ErrorKind::NullParameter, "key is NULL"));
             }
-            Err(e) => e.kind.into(),
+            if key_len != 32 {
+                return Err(Error::new(
+                    ErrorKind::InvalidArgument,
+                    format!(
+                        "a spool key is exactly 32 bytes, not {key_len}: pass the raw AES-256 key"
+                    ),
+                ));
+            }
+            // SAFETY: non-NULL and valid for 32 bytes by contract.
+            let bytes = unsafe { std::slice::from_raw_parts(key, 32) };
+            c.cfg.spool_key = Some(crate::config::parse_key(bytes)?);
+            Ok(())
+        })();
+        match r {
+            Ok(()) => kedge_result::KEDGE_OK,
+            Err(e) => fail_into(e, errbuf, errbuf_len),
         }
     })
 }
@@ -1111,19 +1120,31 @@ mod tests {
                 kedge_result::KEDGE_NULL_PARAMETER
             );
             assert_eq!(
-                kedge_config_set_ca_pem(cfg, std::ptr::null(), 5),
+                kedge_config_set_ca_pem(cfg, std::ptr::null(), 5, std::ptr::null_mut(), 0),
                 kedge_result::KEDGE_NULL_PARAMETER
             );
             assert_eq!(
-                kedge_config_set_ca_pem(cfg, b"junk".as_ptr(), 4),
+                kedge_config_set_ca_pem(cfg, b"junk".as_ptr(), 4, err.as_mut_ptr(), err.len()),
                 kedge_result::KEDGE_TLS_CONFIG
             );
             assert_eq!(
-                kedge_config_set_spool_key(cfg, [7u8; 31].as_ptr(), 31),
-                kedge_result::KEDGE_INVALID_ARGUMENT
+                CStr::from_ptr(err.as_ptr()).to_bytes().len(),
+                7,
+                "truncated to the buffer, terminated"
             );
             assert_eq!(
-                kedge_config_set_spool_key(cfg, [7u8; 32].as_ptr(), 32),
+                kedge_config_set_spool_key(cfg, [7u8; 31].as_ptr(), 31, err.as_mut_ptr(), 1),
+                kedge_result::KEDGE_INVALID_ARGUMENT
+            );
+            assert_eq!(err[0], 0, "a one-byte buffer holds just the terminator");
+            assert_eq!(
+                kedge_config_set_spool_key(
+                    cfg,
+                    [7u8; 32].as_ptr(),
+                    32,
+                    err.as_mut_ptr(),
+                    err.len()
+                ),
                 kedge_result::KEDGE_OK
             );
             let mut bound = 0u64;

@@ -256,33 +256,39 @@ static void check_config(const char *self_path)
            "kedge_config_set(errbuf_len 8)");
     check(err[7] == '\0' && strlen(err) == 7 && err[8] == 'Z', "errbuf_len 8: 7 characters and the terminator");
 
-    /* kedge_config_set_ca_pem */
-    expect(kedge_config_set_ca_pem(NULL, (const uint8_t *)not_pem, strlen(not_pem)), KEDGE_NULL_PARAMETER,
-           "kedge_config_set_ca_pem(config NULL)");
-    expect(kedge_config_set_ca_pem(cfg, NULL, 10), KEDGE_NULL_PARAMETER, "kedge_config_set_ca_pem(pem NULL)");
-    expect(kedge_config_set_ca_pem(cfg, NULL, 0), KEDGE_NULL_PARAMETER, "kedge_config_set_ca_pem(pem NULL, 0)");
-    expect(kedge_config_set_ca_pem(cfg, (const uint8_t *)not_pem, 0), KEDGE_TLS_CONFIG,
+    /* kedge_config_set_ca_pem (its messages: tests/c/config_errbuf.c) */
+    expect(kedge_config_set_ca_pem(NULL, (const uint8_t *)not_pem, strlen(not_pem), err, sizeof err),
+           KEDGE_NULL_PARAMETER, "kedge_config_set_ca_pem(config NULL)");
+    expect(kedge_config_set_ca_pem(cfg, NULL, 10, err, sizeof err), KEDGE_NULL_PARAMETER,
+           "kedge_config_set_ca_pem(pem NULL)");
+    expect(kedge_config_set_ca_pem(cfg, NULL, 0, NULL, 0), KEDGE_NULL_PARAMETER,
+           "kedge_config_set_ca_pem(pem NULL, 0, errbuf NULL)");
+    expect(kedge_config_set_ca_pem(cfg, (const uint8_t *)not_pem, 0, err, sizeof err), KEDGE_TLS_CONFIG,
            "kedge_config_set_ca_pem(length 0)");
-    expect(kedge_config_set_ca_pem(cfg, (const uint8_t *)not_pem, 1), KEDGE_TLS_CONFIG,
+    expect(kedge_config_set_ca_pem(cfg, (const uint8_t *)not_pem, 1, err, sizeof err), KEDGE_TLS_CONFIG,
            "kedge_config_set_ca_pem(length 1)");
-    expect(kedge_config_set_ca_pem(cfg, (const uint8_t *)not_pem, strlen(not_pem)), KEDGE_TLS_CONFIG,
-           "kedge_config_set_ca_pem(not PEM)");
-    expect(kedge_config_set_ca_pem(cfg, (const uint8_t *)bad_base64_pem, strlen(bad_base64_pem)), KEDGE_TLS_CONFIG,
-           "kedge_config_set_ca_pem(bad base64)");
-    expect(kedge_config_set_ca_pem(cfg, binary_junk, sizeof binary_junk), KEDGE_TLS_CONFIG,
-           "kedge_config_set_ca_pem(binary junk)");
+    expect(kedge_config_set_ca_pem(cfg, (const uint8_t *)not_pem, strlen(not_pem), err, sizeof err),
+           KEDGE_TLS_CONFIG, "kedge_config_set_ca_pem(not PEM)");
+    expect(kedge_config_set_ca_pem(cfg, (const uint8_t *)bad_base64_pem, strlen(bad_base64_pem), err, sizeof err),
+           KEDGE_TLS_CONFIG, "kedge_config_set_ca_pem(bad base64)");
+    expect(kedge_config_set_ca_pem(cfg, binary_junk, sizeof binary_junk, NULL, 0), KEDGE_TLS_CONFIG,
+           "kedge_config_set_ca_pem(binary junk, errbuf NULL)");
 
     /* kedge_config_set_spool_key: exactly 32 bytes */
-    expect(kedge_config_set_spool_key(NULL, key32, sizeof key32), KEDGE_NULL_PARAMETER,
+    expect(kedge_config_set_spool_key(NULL, key32, sizeof key32, err, sizeof err), KEDGE_NULL_PARAMETER,
            "kedge_config_set_spool_key(config NULL)");
-    expect(kedge_config_set_spool_key(cfg, NULL, 32), KEDGE_NULL_PARAMETER, "kedge_config_set_spool_key(key NULL)");
-    expect(kedge_config_set_spool_key(cfg, key32, 0), KEDGE_INVALID_ARGUMENT, "kedge_config_set_spool_key(length 0)");
-    expect(kedge_config_set_spool_key(cfg, key32, 1), KEDGE_INVALID_ARGUMENT, "kedge_config_set_spool_key(length 1)");
-    expect(kedge_config_set_spool_key(cfg, key32, 31), KEDGE_INVALID_ARGUMENT,
+    expect(kedge_config_set_spool_key(cfg, NULL, 32, err, sizeof err), KEDGE_NULL_PARAMETER,
+           "kedge_config_set_spool_key(key NULL)");
+    expect(kedge_config_set_spool_key(cfg, key32, 0, err, sizeof err), KEDGE_INVALID_ARGUMENT,
+           "kedge_config_set_spool_key(length 0)");
+    expect(kedge_config_set_spool_key(cfg, key32, 1, NULL, 0), KEDGE_INVALID_ARGUMENT,
+           "kedge_config_set_spool_key(length 1, errbuf NULL)");
+    expect(kedge_config_set_spool_key(cfg, key32, 31, err, sizeof err), KEDGE_INVALID_ARGUMENT,
            "kedge_config_set_spool_key(length 31)");
-    expect(kedge_config_set_spool_key(cfg, key33, 33), KEDGE_INVALID_ARGUMENT,
+    expect(kedge_config_set_spool_key(cfg, key33, 33, err, sizeof err), KEDGE_INVALID_ARGUMENT,
            "kedge_config_set_spool_key(length 33)");
-    expect(kedge_config_set_spool_key(cfg, key32, sizeof key32), KEDGE_OK, "kedge_config_set_spool_key(32 bytes)");
+    expect(kedge_config_set_spool_key(cfg, key32, sizeof key32, err, sizeof err), KEDGE_OK,
+           "kedge_config_set_spool_key(32 bytes)");
 
     /* callbacks */
     expect(kedge_config_set_log_callback(NULL, on_log, NULL), KEDGE_NULL_PARAMETER,
