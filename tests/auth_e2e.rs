@@ -1,6 +1,7 @@
 //! Every credential against the test endpoint's Entra ID, IMDS and Arc endpoints over loopback HTTPS: tokens are
 //! fetched, sent, refreshed before they expire, renewed after a 401, and never leak into logs, errors or flash.
 
+mod common;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -54,7 +55,7 @@ fn base_config(server: &Server, extra: &[(&str, &str)]) -> Config {
 fn send_some(client: &Client, table: &str, n: usize) {
     let d = client.add_destination("db", table, "csv", None).unwrap();
     for i in 0..n {
-        client.append(d, format!("{i},reading").as_bytes()).unwrap();
+        common::append(&client, d, format!("{i},reading").as_bytes()).unwrap();
     }
     client.flush().unwrap_or_else(|e| panic!("flush: {e}"));
 }
@@ -87,7 +88,7 @@ fn a_wrong_client_secret_is_auth_refused_and_the_data_is_kept() {
     );
     let client = Client::new(&cfg, None, None).unwrap();
     let d = client.add_destination("db", "t", "csv", None).unwrap();
-    client.append(d, b"1,a").unwrap();
+    common::append(&client, d, b"1,a").unwrap();
     let e = client.flush().unwrap_err();
     assert_eq!(e.kind, ErrorKind::AuthRefused, "{}", e.message);
     assert!(
@@ -255,7 +256,7 @@ fn managed_identity_on_azure_arc_answers_the_challenge_file() {
     );
     let client = Client::new(&cfg, None, None).unwrap();
     let d = client.add_destination("db", "arc", "csv", None).unwrap();
-    client.append(d, b"x").unwrap();
+    common::append(&client, d, b"x").unwrap();
     let e = client.flush().unwrap_err();
     assert_eq!(e.kind, ErrorKind::AuthRefused, "{}", e.message);
     let _ = std::fs::remove_dir_all(&dir);
@@ -290,7 +291,7 @@ fn tokens_are_refreshed_ahead_of_expiry_during_a_long_run() {
     let start = Instant::now();
     let mut n = 0;
     while start.elapsed() < Duration::from_secs(8) {
-        client.append(d, format!("{n},x").as_bytes()).unwrap();
+        common::append(&client, d, format!("{n},x").as_bytes()).unwrap();
         client
             .flush()
             .unwrap_or_else(|e| panic!("flush at {:?}: {e}", start.elapsed()));
@@ -321,7 +322,7 @@ fn a_401_from_the_service_fetches_a_new_token_once_and_delivers() {
     std::thread::sleep(Duration::from_millis(1100));
     server.expire_all_tokens();
     let d = 0;
-    client.append(d, b"after,revocation").unwrap();
+    common::append(&client, d, b"after,revocation").unwrap();
     client.flush().unwrap();
     assert_eq!(server.records("db", "revoked").len(), 2);
     assert_eq!(server.auth_stats().secret_requests, 2);
@@ -362,7 +363,7 @@ fn cloud_metadata_gives_the_login_endpoint_when_none_is_configured() {
 }
 
 fn send_some_more(client: &Client) {
-    client.append(0, b"1,more").unwrap();
+    common::append(&client, 0, b"1,more").unwrap();
     client.flush().unwrap();
 }
 
@@ -435,7 +436,7 @@ fn requests_go_through_a_connect_proxy_with_credentials() {
     cfg.set("proxy.url", &proxy.url()).unwrap();
     let client = Client::new(&cfg, None, None).unwrap();
     let d = client.add_destination("db", "t", "csv", None).unwrap();
-    client.append(d, b"1").unwrap();
+    common::append(&client, d, b"1").unwrap();
     assert!(client.flush().is_err(), "407 without proxy credentials");
     assert!(proxy.auth_failures() >= 1);
 }
@@ -480,7 +481,7 @@ fn no_secret_appears_in_logs_errors_reports_or_spool_files() {
         let d = client
             .add_destination("db", "secrets", "csv", None)
             .unwrap();
-        client.append(d, b"1,a").unwrap();
+        common::append(&client, d, b"1,a").unwrap();
         if let Err(e) = client.flush() {
             seen.lock().unwrap().push_str(&e.message);
         }

@@ -78,7 +78,7 @@ fn records_arrive_once_over_https_with_unique_request_ids_and_valid_gzip() {
         .add_destination("telemetry db", "Readings/1", "json", None)
         .unwrap();
     for seq in 0..5000 {
-        client.append(d, record(seq).as_bytes()).unwrap();
+        common::append(&client, d, record(seq).as_bytes()).unwrap();
     }
     client.flush().unwrap();
 
@@ -152,7 +152,7 @@ fn tls_verification_is_on_without_the_test_ca() {
     cfg.set("retry.max_attempts", "1").unwrap();
     let client = Client::new(&cfg, None, None).unwrap();
     let d = client.add_destination("db", "t", "csv", None).unwrap();
-    client.append(d, b"a,1").unwrap();
+    common::append(&client, d, b"a,1").unwrap();
     let e = client.flush().unwrap_err();
     assert_eq!(e.kind, ErrorKind::TargetNotReady, "{}", e.message);
     assert!(e.message.contains("tls.ca_file"), "{}", e.message);
@@ -170,7 +170,7 @@ fn token_is_sent_as_bearer_and_a_wrong_one_is_auth_refused_with_data_kept() {
     let cfg = config_for(&server, &[("auth.token", "wrong-token")]);
     let client = Client::new(&cfg, None, None).unwrap();
     let d = client.add_destination("db", "t", "csv", None).unwrap();
-    client.append(d, b"x,1").unwrap();
+    common::append(&client, d, b"x,1").unwrap();
     let e = client.flush().unwrap_err();
     assert_eq!(e.kind, ErrorKind::AuthRefused);
     assert!(
@@ -187,7 +187,7 @@ fn token_is_sent_as_bearer_and_a_wrong_one_is_auth_refused_with_data_kept() {
     let cfg = config_for(&server, &[("auth.token", "right-token")]);
     let client = Client::new(&cfg, None, None).unwrap();
     let d = client.add_destination("db", "t", "csv", None).unwrap();
-    client.append(d, b"y,2").unwrap();
+    common::append(&client, d, b"y,2").unwrap();
     client.flush().unwrap();
     assert_eq!(server.records("db", "t"), vec![b"y,2".to_vec()]);
 }
@@ -220,7 +220,7 @@ fn random_throttling_unavailability_and_resets_lose_nothing() {
         // A failing append leaves the record with us: try again after poll, as firmware would.
         let rec = record(seq);
         let mut tries = 0;
-        while let Err(e) = client.append(d, rec.as_bytes()) {
+        while let Err(e) = common::append(&client, d, rec.as_bytes()) {
             assert!(e.kind.keeps_data(), "{e}");
             tries += 1;
             assert!(tries < 50, "stuck: {e}");
@@ -255,7 +255,7 @@ fn retry_after_is_honoured_between_attempts() {
     let cfg = config_for(&server, &[]);
     let client = Client::new(&cfg, None, None).unwrap();
     let d = client.add_destination("db", "t", "csv", None).unwrap();
-    client.append(d, b"a,1").unwrap();
+    common::append(&client, d, b"a,1").unwrap();
     client.flush().unwrap();
     let reqs = server.requests();
     assert_eq!(reqs.len(), 2);
@@ -281,7 +281,7 @@ fn rejected_data_is_dropped_reported_and_the_next_batch_goes_through() {
     let cfg = config_for(&server, &[]);
     let (client, reports) = client_with_reports(&cfg);
     let d = client.add_destination("db", "t", "csv", None).unwrap();
-    client.append(d, b"bad,row").unwrap();
+    common::append(&client, d, b"bad,row").unwrap();
     let e = client.flush().unwrap_err();
     assert_eq!(e.kind, ErrorKind::DataRejected);
     assert!(
@@ -298,7 +298,7 @@ fn rejected_data_is_dropped_reported_and_the_next_batch_goes_through() {
     assert_eq!((s.records_rejected, s.records_buffered), (1, 0));
     assert_eq!(reports.0.lock().unwrap()[0].0, Outcome::Rejected);
 
-    client.append(d, b"good,row").unwrap();
+    common::append(&client, d, b"good,row").unwrap();
     client.flush().unwrap();
     assert_eq!(server.records("db", "t"), vec![b"good,row".to_vec()]);
 }
@@ -317,22 +317,33 @@ fn missing_table_keeps_the_data_and_backs_off_until_it_exists() {
     );
     let client = Client::new(&cfg, None, None).unwrap();
     let d = client.add_destination("db", "Later", "csv", None).unwrap();
-    client.append(d, b"1,a").unwrap();
+    common::append(&client, d, b"1,a").unwrap();
     let e = client.flush().unwrap_err();
     assert_eq!(e.kind, ErrorKind::TargetNotReady);
     assert!(e.message.contains("create the table"), "{}", e.message);
     assert_eq!(server.requests().len(), 1, "not retried inside the call");
 
-    // While backing off, a full batch does not wait out retries again: append answers at once.
+    // While backing off, append answers at once: the kept chunk holds the lane's one sealed slot, a new batch
+    // fills, and the next record finds the lane full. No request is made for any of it.
     let row = vec![b'x'; 1000];
     let t = Instant::now();
+    client.append(d, &row).unwrap();
     let e = client.append(d, &row).unwrap_err();
-    assert_eq!(e.kind, ErrorKind::BackingOff, "{}", e.message);
+    assert_eq!(e.kind, ErrorKind::QueueFull, "{}", e.message);
     assert!(t.elapsed() < Duration::from_millis(200));
     assert_eq!(server.requests().len(), 1, "no request while backing off");
-    let next = client.poll().unwrap();
+    let (next, r) = client.poll_next();
+    assert!(r.is_ok(), "{r:?}");
     assert!(next > 0, "poll says when the backoff ends");
-    assert_eq!(client.stats().records_buffered, 1);
+    assert_eq!(client.stats().records_buffered, 2);
+    assert_eq!(client.stats().appends_queue_full, 1);
+    let t = Instant::now();
+    let e = client.flush().unwrap_err();
+    assert_eq!(e.kind, ErrorKind::BackingOff, "{}", e.message);
+    assert!(e.message.contains("backing off"), "{}", e.message);
+    assert!(t.elapsed() < Duration::from_secs(2), "{:?}", t.elapsed());
+    assert_eq!(client.stats().records_buffered, 2);
+    assert_eq!(server.requests().len(), 1, "flush does not hammer a target that backs off");
 }
 
 #[test]
@@ -341,7 +352,7 @@ fn poll_sends_batches_older_than_max_age() {
     let cfg = config_for(&server, &[("batch.max_age_ms", "100")]);
     let client = Client::new(&cfg, None, None).unwrap();
     let d = client.add_destination("db", "t", "csv", None).unwrap();
-    client.append(d, b"1").unwrap();
+    common::append(&client, d, b"1").unwrap();
     let next = client.poll().unwrap();
     assert!(next <= 100 && next > 0, "next poll in {next} ms");
     assert!(server.requests().is_empty(), "too young to send");
@@ -362,7 +373,7 @@ fn a_lost_reply_is_resent_with_the_same_chunk_id_at_least_once() {
     let cfg = config_for(&server, &[]);
     let client = Client::new(&cfg, None, None).unwrap();
     let d = client.add_destination("db", "t", "csv", None).unwrap();
-    client.append(d, b"r,1").unwrap();
+    common::append(&client, d, b"r,1").unwrap();
     client.flush().unwrap();
     assert_eq!(
         server.records("db", "t").len(),
@@ -385,7 +396,7 @@ fn a_server_that_lies_with_an_empty_200_gets_the_chunk_again() {
     let cfg = config_for(&server, &[]);
     let client = Client::new(&cfg, None, None).unwrap();
     let d = client.add_destination("db", "t", "csv", None).unwrap();
-    client.append(d, b"r,1").unwrap();
+    common::append(&client, d, b"r,1").unwrap();
     client.flush().unwrap();
     assert_eq!(server.requests().len(), 3);
     assert_eq!(client.stats().records_acknowledged, 1);
@@ -401,7 +412,7 @@ fn a_slow_server_is_cut_off_by_the_receive_timeout() {
     );
     let client = Client::new(&cfg, None, None).unwrap();
     let d = client.add_destination("db", "t", "csv", None).unwrap();
-    client.append(d, b"r,1").unwrap();
+    common::append(&client, d, b"r,1").unwrap();
     let t = Instant::now();
     let e = client.flush().unwrap_err();
     assert_eq!(e.kind, ErrorKind::TransientFailure);
@@ -426,7 +437,7 @@ fn sends_are_bounded_by_the_total_retry_time_when_nothing_listens() {
     cfg.set("retry.max_attempts", "100").unwrap();
     let client = Client::new(&cfg, None, None).unwrap();
     let d = client.add_destination("db", "t", "csv", None).unwrap();
-    client.append(d, b"r,1").unwrap();
+    common::append(&client, d, b"r,1").unwrap();
     let t = Instant::now();
     assert_eq!(
         client.flush().unwrap_err().kind,
@@ -437,11 +448,11 @@ fn sends_are_bounded_by_the_total_retry_time_when_nothing_listens() {
 }
 
 #[test]
-fn a_callback_calling_back_into_the_client_gets_an_error_not_a_deadlock() {
+fn a_callback_may_append_but_not_send_from_inside() {
     let server = tls_server();
     let cfg = config_for(&server, &[]);
     let slot: Arc<Mutex<Option<Arc<Client>>>> = Arc::new(Mutex::new(None));
-    let seen = Arc::new(Mutex::new(None));
+    let seen = Arc::new(Mutex::new(Vec::new()));
     let (s2, seen2) = (slot.clone(), seen.clone());
     let client = Arc::new(
         Client::new(
@@ -449,7 +460,11 @@ fn a_callback_calling_back_into_the_client_gets_an_error_not_a_deadlock() {
             None,
             Some(Arc::new(move |_r: &kusto_edge::DeliveryReport<'_>| {
                 if let Some(c) = s2.lock().unwrap().as_ref() {
-                    *seen2.lock().unwrap() = Some(c.append(0, b"again").map_err(|e| e.kind));
+                    let mut seen = seen2.lock().unwrap();
+                    seen.push(c.append(0, b"again,1").map_err(|e| e.kind));
+                    seen.push(c.flush().map_err(|e| e.kind));
+                    seen.push(c.poll().map(|_| ()).map_err(|e| e.kind));
+                    seen.push(c.flush_to_spool().map_err(|e| e.kind));
                     let _ = c.stats();
                 }
             })),
@@ -460,8 +475,21 @@ fn a_callback_calling_back_into_the_client_gets_an_error_not_a_deadlock() {
     let d = client.add_destination("db", "t", "csv", None).unwrap();
     client.append(d, b"r,1").unwrap();
     client.flush().unwrap();
-    assert_eq!(*seen.lock().unwrap(), Some(Err(ErrorKind::ReentrantCall)));
     *slot.lock().unwrap() = None;
+    assert_eq!(
+        seen.lock().unwrap()[..4],
+        [
+            Ok(()),
+            Err(ErrorKind::ReentrantCall),
+            Err(ErrorKind::ReentrantCall),
+            Err(ErrorKind::ReentrantCall)
+        ]
+    );
+    // Records appended from the callback are sent (by the same flush or the next one).
+    client.flush().unwrap();
+    let s = client.stats();
+    assert!(s.records_appended >= 2);
+    assert_eq!(server.records("db", "t").len() as u64, s.records_appended);
 }
 
 #[test]
@@ -476,7 +504,8 @@ fn several_threads_share_one_client() {
             let c = client.clone();
             std::thread::spawn(move || {
                 for i in 0..500 {
-                    c.append(
+                    common::append(
+                        &c,
                         if t % 2 == 0 { d0 } else { d1 },
                         record(t * 1000 + i).as_bytes(),
                     )
@@ -512,7 +541,7 @@ fn a_callback_may_call_another_client() {
     )
     .unwrap();
     let d = client.add_destination("db", "t", "csv", None).unwrap();
-    client.append(d, b"r,1").unwrap();
+    common::append(&client, d, b"r,1").unwrap();
     client.flush().unwrap();
     other.flush().unwrap();
     assert_eq!(server.records("db", "relay"), vec![b"delivered,1".to_vec()]);
@@ -528,9 +557,9 @@ fn a_chunk_refused_for_a_few_bad_records_is_split_until_only_they_are_rejected()
     let bad = [37u64, 38, 200];
     for seq in 0..256 {
         if bad.contains(&seq) {
-            client.append(d, format!("[{seq}]").as_bytes()).unwrap();
+            common::append(&client, d, format!("[{seq}]").as_bytes()).unwrap();
         } else {
-            client.append(d, record(seq).as_bytes()).unwrap();
+            common::append(&client, d, record(seq).as_bytes()).unwrap();
         }
     }
     let e = client.flush().unwrap_err();
@@ -566,7 +595,7 @@ fn a_chunk_whose_every_record_is_refused_costs_a_bounded_number_of_requests() {
     let (client, _reports) = client_with_reports(&cfg);
     let d = client.add_destination("db", "t", "json", None).unwrap();
     for seq in 0..2000 {
-        client.append(d, format!("[{seq}]").as_bytes()).unwrap();
+        common::append(&client, d, format!("[{seq}]").as_bytes()).unwrap();
     }
     let e = client.flush().unwrap_err();
     assert_eq!(e.kind, ErrorKind::DataRejected, "{}", e.message);
@@ -586,8 +615,8 @@ fn a_refused_batch_whose_records_do_not_match_the_format_boundaries_is_rejected_
         .add_destination("db", "t", "multijson", None)
         .unwrap();
     // One record holding two values on two lines, then a refused one: the pieces cannot be counted exactly.
-    client.append(d, b"{\"a\":1}\n{\"a\":2}").unwrap();
-    client.append(d, b"[3]").unwrap();
+    common::append(&client, d, b"{\"a\":1}\n{\"a\":2}").unwrap();
+    common::append(&client, d, b"[3]").unwrap();
     let e = client.flush().unwrap_err();
     assert_eq!(e.kind, ErrorKind::DataRejected, "{}", e.message);
     let s = client.stats();

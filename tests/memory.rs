@@ -1,6 +1,7 @@
 //! Memory is decided when a client is created: a counting allocator measures the heap the client's thread holds
 //! while it streams 100 MB over HTTPS, and checks it against `Config::memory_bound` and against itself at 10 MB.
 
+mod common;
 use std::alloc::{GlobalAlloc, Layout, System};
 use std::cell::Cell;
 
@@ -114,8 +115,7 @@ fn heap_of_a_client_streaming_100_mb_stays_within_its_bound_and_does_not_grow() 
             seq * 7919
         )
         .unwrap();
-        client
-            .append(if seq.is_multiple_of(3) { a } else { b }, line.as_bytes())
+        common::append(&client, if seq.is_multiple_of(3) { a } else { b }, line.as_bytes())
             .unwrap();
         sent += line.len() + 1;
         seq += 1;
@@ -183,7 +183,7 @@ fn heap_stays_within_the_bound_while_a_50_mb_outage_goes_to_the_spool_and_drains
             seq * 104729
         )
         .unwrap();
-        client.append(d, line.as_bytes()).unwrap();
+        common::append(&client, d, line.as_bytes()).unwrap();
         raw += line.len() + 1;
         seq += 1;
     }
@@ -246,7 +246,7 @@ fn heap_stays_within_the_bound_with_a_credential_that_refreshes_its_token() {
     let mut seq = 0u64;
     while started.elapsed() < std::time::Duration::from_secs(5) {
         let line = format!("{seq},gw,{}.{},authenticated reading", seq % 90, seq % 10);
-        client.append(d, line.as_bytes()).unwrap();
+        common::append(&client, d, line.as_bytes()).unwrap();
         seq += 1;
         if seq.is_multiple_of(20_000) {
             client.flush().unwrap();

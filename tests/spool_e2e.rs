@@ -96,8 +96,7 @@ fn outage_is_spooled_to_flash_and_replayed_when_the_service_is_back() {
     for seq in 0..20_000 {
         let r = record(seq);
         raw += r.len() as u64 + 1;
-        client
-            .append(d, r.as_bytes())
+        common::append(&client, d, r.as_bytes())
             .expect("appends succeed during an outage: batches go to flash");
     }
     assert_eq!(client.flush_to_spool(), Ok(()));
@@ -150,7 +149,7 @@ fn buffered_batches_survive_a_restart_and_are_sent_by_the_next_client() {
         let client = Client::new(&cfg, None, None).unwrap();
         let d = client.add_destination("db", "t", "json", None).unwrap();
         for seq in 0..100 {
-            client.append(d, record(seq).as_bytes()).unwrap();
+            common::append(&client, d, record(seq).as_bytes()).unwrap();
         }
         // Dropped without a flush: the client spools what it holds.
     }
@@ -192,7 +191,7 @@ fn data_refused_on_replay_is_quarantined_with_the_service_message_and_never_rese
     let cfg = config(&server, &dir, &[]);
     let client = Client::new(&cfg, None, None).unwrap();
     let d = client.add_destination("db", "t", "json", None).unwrap();
-    client.append(d, record(1).as_bytes()).unwrap();
+    common::append(&client, d, record(1).as_bytes()).unwrap();
     client.flush_to_spool().unwrap();
     server.push_fault(Fault::RejectData);
     let e = client.poll().unwrap_err();
@@ -231,7 +230,7 @@ fn a_missing_table_keeps_chunks_in_the_spool_until_an_operator_creates_it() {
     let client = Client::new(&cfg, None, None).unwrap();
     let d = client.add_destination("db", "t", "json", None).unwrap();
     server.push_fault(Fault::TableMissing);
-    client.append(d, record(1).as_bytes()).unwrap();
+    common::append(&client, d, record(1).as_bytes()).unwrap();
     let e = client.flush().unwrap_err();
     assert_eq!(e.kind, ErrorKind::Spooled, "{}", e.message);
     assert!(e.message.contains("create the table"), "{}", e.message);
@@ -273,7 +272,7 @@ fn a_full_spool_refuses_new_data_under_reject_new_and_the_caller_keeps_the_recor
     let d = client.add_destination("db", "t", "json", None).unwrap();
     let mut taken = 0;
     let err = loop {
-        match client.append(d, record(taken).as_bytes()) {
+        match common::append(&client, d, record(taken).as_bytes()) {
             Ok(()) => taken += 1,
             Err(e) => break e,
         }
@@ -306,7 +305,7 @@ fn a_full_spool_drops_the_oldest_under_drop_oldest_and_counts_what_it_dropped() 
     let client = Client::new(&cfg, None, None).unwrap();
     let d = client.add_destination("db", "t", "json", None).unwrap();
     for seq in 0..200 {
-        client.append(d, record(seq).as_bytes()).unwrap();
+        common::append(&client, d, record(seq).as_bytes()).unwrap();
     }
     client.flush_to_spool().unwrap();
     let s = client.stats();
@@ -341,7 +340,7 @@ fn a_disk_without_space_is_a_clear_error_and_loses_nothing() {
     mem.set_space_limit(Some(3000));
     let mut taken = 0;
     let err = loop {
-        match client.append(d, record(taken).as_bytes()) {
+        match common::append(&client, d, record(taken).as_bytes()) {
             Ok(()) => taken += 1,
             Err(e) => break e,
         }
@@ -462,7 +461,7 @@ fn write_ahead_mode_puts_every_chunk_on_flash_before_sending_and_removes_it_afte
     let cfg = config(&server, &dir, &[("spool.write_ahead", "true")]);
     let client = Client::new(&cfg, None, None).unwrap();
     let d = client.add_destination("db", "t", "json", None).unwrap();
-    client.append(d, record(7).as_bytes()).unwrap();
+    common::append(&client, d, record(7).as_bytes()).unwrap();
     server.push_fault(Fault::Unavailable { retry_after: None });
     server.push_fault(Fault::Unavailable { retry_after: None });
     let e = client.flush().unwrap_err();
@@ -489,7 +488,7 @@ fn torn_and_corrupted_spool_files_are_quarantined_never_sent_and_the_rest_is_del
         let client = Client::new(&cfg, None, None).unwrap();
         let d = client.add_destination("db", "t", "json", None).unwrap();
         for seq in 0..200 {
-            client.append(d, record(seq).as_bytes()).unwrap();
+            common::append(&client, d, record(seq).as_bytes()).unwrap();
         }
         client.flush_to_spool().unwrap();
     }
@@ -551,7 +550,7 @@ fn a_delivered_chunk_that_cannot_be_removed_is_not_sent_again_and_the_failure_is
         let client = Client::with_storage(&cfg, Some(Box::new(mem.clone())), None, None).unwrap();
         let d = client.add_destination("db", "t", "json", None).unwrap();
         for i in 0..3 {
-            client.append(d, record(i).as_bytes()).unwrap();
+            common::append(&client, d, record(i).as_bytes()).unwrap();
         }
         client.flush_to_spool().unwrap();
     }
@@ -625,7 +624,7 @@ fn a_lowered_limit_at_open_keeps_every_chunk_and_refuses_new_ones_until_it_drain
         let client = Client::new(&cfg, None, None).unwrap();
         let d = client.add_destination("db", "t", "json", None).unwrap();
         for i in 0..6 {
-            client.append(d, record(i).as_bytes()).unwrap();
+            common::append(&client, d, record(i).as_bytes()).unwrap();
             client.flush_to_spool().unwrap();
         }
         assert_eq!(client.stats().spool_chunks, 6);
@@ -652,7 +651,7 @@ fn a_lowered_limit_at_open_keeps_every_chunk_and_refuses_new_ones_until_it_drain
         logs.lock().unwrap()
     );
     let d = client.add_destination("db", "t", "json", None).unwrap();
-    client.append(d, record(6).as_bytes()).unwrap();
+    common::append(&client, d, record(6).as_bytes()).unwrap();
     let e = client.flush_to_spool().unwrap_err();
     assert_eq!(e.kind, ErrorKind::SpoolFull, "{}", e.message);
     server.set_down(Duration::ZERO);
@@ -665,7 +664,7 @@ fn a_lowered_limit_at_open_keeps_every_chunk_and_refuses_new_ones_until_it_drain
         let client = Client::new(&cfg, None, None).unwrap();
         let d = client.add_destination("db", "t", "json", None).unwrap();
         for i in 0..4 {
-            client.append(d, record(100 + i).as_bytes()).unwrap();
+            common::append(&client, d, record(100 + i).as_bytes()).unwrap();
             client.flush_to_spool().unwrap();
         }
     }

@@ -62,7 +62,10 @@ impl Engine {
                 || self.targets[target].backing_off(now)
                 || now >= deadline;
             if not_now && !self.spool_writable(now) {
-                if lane.due_at(now, sh.cfg.batch_max_age).is_some_and(|d| force || d <= now) {
+                // For poll this is the normal state of a destination that backs off: next_ms says when.
+                if mode != Mode::Due
+                    && lane.due_at(now, sh.cfg.batch_max_age).is_some()
+                {
                     let e = if mode == Mode::ToSpool {
                         Error::new(
                             ErrorKind::SpoolIo,

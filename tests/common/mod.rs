@@ -26,3 +26,32 @@ pub fn seqs(server: &Server, db: &str, table: &str) -> Vec<u64> {
         })
         .collect()
 }
+
+/// Appends a record the way a firmware loop does: on `QueueFull`, poll (which sends, or spools) and append
+/// again. When the lane is still full after a poll that failed for another reason than spooling (the spool is
+/// full, the flash fails, the destination backs off without a spool), that failure is what the caller gets: the
+/// record was not taken because of it. Gives up after 10,000 polls.
+#[allow(dead_code)]
+pub fn append(
+    client: &kusto_edge::Client,
+    destination: u32,
+    record: &[u8],
+) -> Result<(), kusto_edge::Error> {
+    use kusto_edge::ErrorKind;
+    let mut last_poll: Option<kusto_edge::Error> = None;
+    for _ in 0..10_000 {
+        match client.append(destination, record) {
+            Err(e) if e.kind == ErrorKind::QueueFull => {
+                if let Some(p) = last_poll.take() {
+                    return Err(p);
+                }
+                match client.poll() {
+                    Err(p) if p.kind != ErrorKind::Spooled => last_poll = Some(p),
+                    _ => {}
+                }
+            }
+            r => return r,
+        }
+    }
+    client.append(destination, record)
+}
