@@ -122,7 +122,7 @@ int main(int argc, char **argv)
                              "{\"seq\":%" PRIu64 ",\"device\":\"sensor-%d\",\"temp\":%.1f,\"humidity\":%d}", seq,
                              sensor, 19.0 + (double)((seq * 7 + (uint64_t)sensor) % 60) / 10.0,
                              40 + (int)((seq + (uint64_t)sensor) % 20));
-            /* A keep-the-data result means the record was not taken: keep it and try again next round. */
+            /* KEDGE_QUEUE_FULL: not taken (the chunks wait for kedge_poll below); offered again next round. */
             if (kedge_append(client, telemetry, (const uint8_t *)rec, (size_t)n) == KEDGE_OK) {
                 appended++;
                 seq++;

@@ -275,7 +275,8 @@ static void sleep_ms(unsigned ms)
 static int keeps_data(kedge_result r)
 {
     return r == KEDGE_TRANSIENT_FAILURE || r == KEDGE_BACKING_OFF || r == KEDGE_TARGET_NOT_READY ||
-           r == KEDGE_AUTH_REFUSED || r == KEDGE_SPOOLED || r == KEDGE_SPOOL_FULL || r == KEDGE_SPOOL_IO;
+           r == KEDGE_AUTH_REFUSED || r == KEDGE_SPOOLED || r == KEDGE_SPOOL_FULL || r == KEDGE_SPOOL_IO ||
+           r == KEDGE_QUEUE_FULL;
 }
 
 /* Nothing left to deliver: no record in RAM, no chunk in the spool. */
@@ -904,11 +905,14 @@ static enum wait_result wait_for_service(struct run *run, kedge_result r)
 
 enum send_status { SEND_OK, SEND_GAVE_UP, SEND_FATAL };
 
-/* Offers one record until it is taken, found invalid, or we give up. */
+/* Offers one record until it is taken, found invalid, or we give up. kedge_append only ever says taken, invalid,
+ * or KEDGE_QUEUE_FULL (the destination's chunks wait for kedge_poll): then poll sends them, and when the lane is
+ * still full after that (the service is in trouble), wait for it as the library's backoff says. */
 static enum send_status send_record(struct run *run, const struct reader *rd, const char *rec, size_t len,
                                     unsigned long long *invalid)
 {
-    int rejected_in_a_row = 0;
+    int polled = 0;
+    kedge_result last_poll = KEDGE_OK;
     for (;;) {
         kedge_result r = kedge_append(run->client, run->dest, (const uint8_t *)rec, len);
         tick();
@@ -932,20 +936,23 @@ static enum send_status send_record(struct run *run, const struct reader *rd, co
             *invalid += 1;
             return SEND_OK;
         }
-        if (r == KEDGE_DATA_REJECTED) {
-            /* The full batch before this record was refused and dropped (the delivery callback counted it);
-             * this record was not taken and goes into the fresh batch. */
-            if (++rejected_in_a_row > 3) {
-                print_client_error(run, "append", r);
-                return SEND_FATAL;
-            }
-            continue;
-        }
-        if (!keeps_data(r)) {
+        if (r != KEDGE_QUEUE_FULL) {
             print_client_error(run, "append", r);
             return SEND_FATAL;
         }
-        switch (wait_for_service(run, r)) {
+        if (!polled) {
+            uint32_t next_ms = 0;
+            last_poll = kedge_poll(run->client, &next_ms);
+            tick();
+            if (last_poll != KEDGE_OK && !keeps_data(last_poll) && last_poll != KEDGE_DATA_REJECTED) {
+                print_client_error(run, "poll", last_poll);
+                return SEND_FATAL;
+            }
+            polled = 1;
+            continue;
+        }
+        polled = 0;
+        switch (wait_for_service(run, last_poll == KEDGE_OK ? KEDGE_BACKING_OFF : last_poll)) {
         case WAIT_AGAIN:
         case WAIT_NOTHING_LEFT:
             break;

@@ -59,7 +59,8 @@ static void sleep_ms(unsigned ms)
 static int keeps_data(kedge_result r)
 {
     return r == KEDGE_TRANSIENT_FAILURE || r == KEDGE_BACKING_OFF || r == KEDGE_TARGET_NOT_READY ||
-           r == KEDGE_AUTH_REFUSED || r == KEDGE_SPOOLED || r == KEDGE_SPOOL_FULL || r == KEDGE_SPOOL_IO;
+           r == KEDGE_AUTH_REFUSED || r == KEDGE_SPOOLED || r == KEDGE_SPOOL_FULL || r == KEDGE_SPOOL_IO ||
+           r == KEDGE_QUEUE_FULL;
 }
 
 static int set(kedge_config *config, const char *key, const char *value)
@@ -156,7 +157,7 @@ int main(int argc, char **argv)
         goto out;
     }
 
-    /* 3. The sensor loop. kedge_append only buffers, unless the batch is full (then it sends first). */
+    /* 3. The sensor loop. kedge_append only buffers; kedge_poll does the sending. */
     for (i = 0; i < n_records; i++) {
         char record[160];
         uint32_t next_ms = 0;
@@ -173,20 +174,20 @@ int main(int argc, char **argv)
             if (r == KEDGE_OK) {
                 break;
             }
-            if (r == KEDGE_DATA_REJECTED && tries++ < 1) {
-                continue; /* the previous batch was dropped (reported); this record goes into a fresh one */
-            }
-            if (!keeps_data(r) || tries++ > 20) {
+            /* Anything but a full lane is a record that can never be taken (or a bug): stop. */
+            if (r != KEDGE_QUEUE_FULL || tries++ > 60) {
                 print_last_error(client, "append", r);
                 goto out;
             }
-            /* Not taken: the network or the service is in trouble. Let poll retry, then offer it again. */
-            if (kedge_poll(client, &next_ms) != KEDGE_OK) {
-                /* poll's failures are the same trouble; the data stays buffered */
+            /* The lane is full: poll sends its chunks. If it could not (the service is in trouble), wait as long
+             * as it says before offering the record again. next_ms is written whatever poll returns. */
+            r = kedge_poll(client, &next_ms);
+            if (r != KEDGE_OK || tries > 1) {
+                sleep_ms(next_ms < 1000 ? next_ms : 1000);
             }
-            sleep_ms(next_ms < 1000 ? next_ms : 1000);
         }
-        /* The main loop's periodic work: sends a batch older than batch.max_age_ms. */
+        /* The main loop's periodic work: sends full batches and those older than batch.max_age_ms. Its failures
+         * keep the data (it stays buffered or spooled), except a refused chunk, which is reported and gone. */
         r = kedge_poll(client, &next_ms);
         if (r != KEDGE_OK && !keeps_data(r) && r != KEDGE_DATA_REJECTED) {
             print_last_error(client, "poll", r);

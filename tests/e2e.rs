@@ -343,7 +343,11 @@ fn missing_table_keeps_the_data_and_backs_off_until_it_exists() {
     assert!(e.message.contains("backing off"), "{}", e.message);
     assert!(t.elapsed() < Duration::from_secs(2), "{:?}", t.elapsed());
     assert_eq!(client.stats().records_buffered, 2);
-    assert_eq!(server.requests().len(), 1, "flush does not hammer a target that backs off");
+    assert_eq!(
+        server.requests().len(),
+        1,
+        "flush does not hammer a target that backs off"
+    );
 }
 
 #[test]

@@ -115,8 +115,12 @@ fn heap_of_a_client_streaming_100_mb_stays_within_its_bound_and_does_not_grow() 
             seq * 7919
         )
         .unwrap();
-        common::append(&client, if seq.is_multiple_of(3) { a } else { b }, line.as_bytes())
-            .unwrap();
+        common::append(
+            &client,
+            if seq.is_multiple_of(3) { a } else { b },
+            line.as_bytes(),
+        )
+        .unwrap();
         sent += line.len() + 1;
         seq += 1;
         if peak_at_10mb == 0 && sent >= 10 << 20 {

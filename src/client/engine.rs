@@ -102,7 +102,12 @@ impl Engine {
     }
 
     /// The target for a key, made on first use (lanes, or spooled chunks of an earlier run).
-    pub fn target_for(&mut self, sh: &Shared, lanes: &Lanes, key: &DestKey) -> Result<usize, Error> {
+    pub fn target_for(
+        &mut self,
+        sh: &Shared,
+        lanes: &Lanes,
+        key: &DestKey,
+    ) -> Result<usize, Error> {
         if let Some(i) = self.targets.iter().position(|t| *t.key == *key) {
             return Ok(i);
         }
@@ -181,10 +186,11 @@ impl Engine {
         }
     }
 
-    /// A spool write failed: no spool write for a while (doubling, up to `backoff.max_ms`), so a failing flash is
-    /// not retried on every poll. Chunks stay in RAM meanwhile, and the lanes fill up to `QueueFull`.
+    /// A spool write failed (the flash, or a full spool that refuses new chunks): no spool write for a while
+    /// (doubling, up to `backoff.max_ms`; a chunk leaving the spool ends it), so a failing flash is not retried on
+    /// every poll. Chunks stay in RAM meanwhile, and the lanes fill up to `QueueFull`.
     fn spool_failed(&mut self, sh: &Shared, e: &Error) {
-        if e.kind != ErrorKind::SpoolIo {
+        if e.kind != ErrorKind::SpoolIo && e.kind != ErrorKind::SpoolFull {
             return;
         }
         self.spool_failures = self.spool_failures.saturating_add(1);
@@ -415,6 +421,9 @@ impl Engine {
             },
             SpoolOp::Remove => {
                 if let (Some(seq), Some(sp)) = (chunk.seq, self.spool.as_mut()) {
+                    // Room again, and the flash works: spool writes may go on at once.
+                    self.spool_failures = 0;
+                    self.spool_not_before = None;
                     if let Err(e) = sp.remove(seq) {
                         // Delivered already, and forgotten by the spool whatever the flash did, so it is not
                         // sent again in this run; the worst case is one duplicate after a restart.
@@ -465,7 +474,11 @@ impl Engine {
                     max: sh.cfg.backoff_max,
                     retry_after_cap: sh.cfg.backoff_max,
                 }
-                .delay(t.failures, sh.random_u32(), failure.and_then(|f| f.retry_after));
+                .delay(
+                    t.failures,
+                    sh.random_u32(),
+                    failure.and_then(|f| f.retry_after),
+                );
                 t.not_before = Some(now + wait);
                 t.last_failure = failure.cloned();
                 let place = match (eff.spool, chunk.seq, eff.ram) {
@@ -562,10 +575,19 @@ impl Engine {
 
     /// Moves spooled chunk `seq` to `rejected/`; on failure notes it (the chunk is not sent again in this run)
     /// and says so in `message`.
-    fn quarantine(&mut self, sh: &Shared, seq: u64, text: &str, reason: &str, message: &mut String) {
+    fn quarantine(
+        &mut self,
+        sh: &Shared,
+        seq: u64,
+        text: &str,
+        reason: &str,
+        message: &mut String,
+    ) {
         if let Some(sp) = self.spool.as_mut() {
             if let Err(e) = sp.reject(seq, reason) {
-                let fate = format!("could not be moved to rejected/ ({e}); it is not sent again in this run");
+                let fate = format!(
+                    "could not be moved to rejected/ ({e}); it is not sent again in this run"
+                );
                 self.spool_fault
                     .get_or_insert(format!("chunk {text} {fate}"));
                 message.push_str("; ");

@@ -116,7 +116,10 @@ mod tests {
         let (tx, rx) = std::sync::mpsc::channel();
         let other = std::thread::spawn(move || {
             let none = g2.enter(Wait::No).unwrap().is_none();
-            let timed_out = g2.enter(Wait::For(Duration::from_millis(1))).unwrap().is_none();
+            let timed_out = g2
+                .enter(Wait::For(Duration::from_millis(1)))
+                .unwrap()
+                .is_none();
             tx.send((none, timed_out)).unwrap();
             g2.enter(Wait::Forever).unwrap().is_some()
         });

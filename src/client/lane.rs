@@ -281,7 +281,11 @@ mod tests {
         assert_eq!(l.append(b"abc", t).unwrap_err().kind, ErrorKind::QueueFull);
         l.give_back(b, Return::Free);
         assert_eq!(l.append(b"abc", t).unwrap(), Appended { sealed: true });
-        assert_eq!(l.buffers(), 3, "buffers are reused, never more than 1 + sealed");
+        assert_eq!(
+            l.buffers(),
+            3,
+            "buffers are reused, never more than 1 + sealed"
+        );
     }
 
     #[test]
@@ -315,7 +319,10 @@ mod tests {
         l.append(b"a1", t).unwrap();
         let a = l.take(t, MS(0), true).unwrap();
         l.append(b"b1", t).unwrap();
-        assert!(l.take(t, MS(0), true).is_none(), "one sealed slot, held by the sender");
+        assert!(
+            l.take(t, MS(0), true).is_none(),
+            "one sealed slot, held by the sender"
+        );
         l.give_back(a, Return::Free);
         assert_eq!(l.take(t, MS(0), true).unwrap().bytes(), b"b1\n");
         assert!(l.buffers() <= 2);
@@ -326,7 +333,10 @@ mod tests {
         let l = lane(8, 1);
         let t = Instant::now();
         assert_eq!(l.append(b"", t).unwrap_err().kind, ErrorKind::InvalidRecord);
-        assert_eq!(l.append(b"123456789", t).unwrap_err().kind, ErrorKind::RecordTooLarge);
+        assert_eq!(
+            l.append(b"123456789", t).unwrap_err().kind,
+            ErrorKind::RecordTooLarge
+        );
         assert_eq!(l.records(), 0);
     }
 

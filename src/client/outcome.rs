@@ -118,8 +118,20 @@ pub fn decide(result: SendResult, place: Place, spool_on: bool, write_ahead: boo
         caller,
     };
     match (result, place) {
-        (SendResult::Acknowledged, Place::Ram) => e(SpoolOp::None, RamOp::Free, Report::Acknowledged, Reset, None),
-        (SendResult::Acknowledged, _) => e(SpoolOp::Remove, RamOp::Free, Report::Acknowledged, Reset, None),
+        (SendResult::Acknowledged, Place::Ram) => e(
+            SpoolOp::None,
+            RamOp::Free,
+            Report::Acknowledged,
+            Reset,
+            None,
+        ),
+        (SendResult::Acknowledged, _) => e(
+            SpoolOp::Remove,
+            RamOp::Free,
+            Report::Acknowledged,
+            Reset,
+            None,
+        ),
         // Refused data says nothing against the destination: the next chunk goes at once.
         (SendResult::Rejected, Place::Ram) if spool_on => e(
             SpoolOp::PushRejected,
@@ -128,32 +140,74 @@ pub fn decide(result: SendResult, place: Place, spool_on: bool, write_ahead: boo
             Reset,
             Some(ErrorKind::DataRejected),
         ),
-        (SendResult::Rejected, Place::Ram) => {
-            e(SpoolOp::None, RamOp::Free, Report::Rejected, Reset, Some(ErrorKind::DataRejected))
-        }
-        (SendResult::Rejected, _) => {
-            e(SpoolOp::Quarantine, RamOp::Free, Report::Rejected, Reset, Some(ErrorKind::DataRejected))
-        }
-        (SendResult::Kept(_), Place::Ram) if spool_on && !write_ahead => {
-            e(SpoolOp::Push, RamOp::Free, Report::Spooled, Grow, Some(ErrorKind::Spooled))
-        }
-        (SendResult::Kept(c), Place::Ram) => e(SpoolOp::None, RamOp::Keep, Report::Failed, Grow, Some(kind_of(c))),
+        (SendResult::Rejected, Place::Ram) => e(
+            SpoolOp::None,
+            RamOp::Free,
+            Report::Rejected,
+            Reset,
+            Some(ErrorKind::DataRejected),
+        ),
+        (SendResult::Rejected, _) => e(
+            SpoolOp::Quarantine,
+            RamOp::Free,
+            Report::Rejected,
+            Reset,
+            Some(ErrorKind::DataRejected),
+        ),
+        (SendResult::Kept(_), Place::Ram) if spool_on && !write_ahead => e(
+            SpoolOp::Push,
+            RamOp::Free,
+            Report::Spooled,
+            Grow,
+            Some(ErrorKind::Spooled),
+        ),
+        (SendResult::Kept(c), Place::Ram) => e(
+            SpoolOp::None,
+            RamOp::Keep,
+            Report::Failed,
+            Grow,
+            Some(kind_of(c)),
+        ),
         // Written ahead in this call: durable already, and the caller learns just that.
-        (SendResult::Kept(_), Place::SpoolNew) => {
-            e(SpoolOp::None, RamOp::Free, Report::Spooled, Grow, Some(ErrorKind::Spooled))
-        }
+        (SendResult::Kept(_), Place::SpoolNew) => e(
+            SpoolOp::None,
+            RamOp::Free,
+            Report::Spooled,
+            Grow,
+            Some(ErrorKind::Spooled),
+        ),
         // A replay that failed again: it stays where it is, reported already when it was spooled.
-        (SendResult::Kept(c), Place::Spool) => e(SpoolOp::None, RamOp::Free, Report::None, Grow, Some(kind_of(c))),
-        (SendResult::NotTried, Place::Ram) if spool_on => {
-            e(SpoolOp::Push, RamOp::Free, Report::Spooled, Unchanged, Some(ErrorKind::Spooled))
+        (SendResult::Kept(c), Place::Spool) => e(
+            SpoolOp::None,
+            RamOp::Free,
+            Report::None,
+            Grow,
+            Some(kind_of(c)),
+        ),
+        (SendResult::NotTried, Place::Ram) if spool_on => e(
+            SpoolOp::Push,
+            RamOp::Free,
+            Report::Spooled,
+            Unchanged,
+            Some(ErrorKind::Spooled),
+        ),
+        (SendResult::NotTried, Place::Ram) => e(
+            SpoolOp::None,
+            RamOp::Keep,
+            Report::None,
+            Unchanged,
+            Some(ErrorKind::BackingOff),
+        ),
+        (SendResult::NotTried, Place::SpoolNew) => e(
+            SpoolOp::None,
+            RamOp::Free,
+            Report::Spooled,
+            Unchanged,
+            Some(ErrorKind::Spooled),
+        ),
+        (SendResult::NotTried, Place::Spool) => {
+            e(SpoolOp::None, RamOp::Free, Report::None, Unchanged, None)
         }
-        (SendResult::NotTried, Place::Ram) => {
-            e(SpoolOp::None, RamOp::Keep, Report::None, Unchanged, Some(ErrorKind::BackingOff))
-        }
-        (SendResult::NotTried, Place::SpoolNew) => {
-            e(SpoolOp::None, RamOp::Free, Report::Spooled, Unchanged, Some(ErrorKind::Spooled))
-        }
-        (SendResult::NotTried, Place::Spool) => e(SpoolOp::None, RamOp::Free, Report::None, Unchanged, None),
     }
 }
 
@@ -224,12 +278,25 @@ mod tests {
         for &(result, place, spool_on, wa, spool, ram, report, backoff, caller) in table {
             assert_eq!(
                 decide(result, place, spool_on, wa),
-                Effects { spool, ram, report, backoff, caller },
+                Effects {
+                    spool,
+                    ram,
+                    report,
+                    backoff,
+                    caller
+                },
                 "{result:?} {place:?} spool_on={spool_on} write_ahead={wa}"
             );
         }
         // Whatever the combination, data that may still be delivered is kept in RAM or made durable.
-        let results = [S::Acknowledged, S::Rejected, S::Kept(C::Transient), S::Kept(C::TargetNotReady), S::Kept(C::Auth), S::NotTried];
+        let results = [
+            S::Acknowledged,
+            S::Rejected,
+            S::Kept(C::Transient),
+            S::Kept(C::TargetNotReady),
+            S::Kept(C::Auth),
+            S::NotTried,
+        ];
         for r in results {
             for p in [Ram, SpoolNew, Spool] {
                 for on in [false, true] {
@@ -237,7 +304,10 @@ mod tests {
                         let e = decide(r, p, on, wa);
                         if matches!(r, S::Kept(_) | S::NotTried) {
                             // Data that may still be delivered is never let go without being durable.
-                            assert!(e.ram == Keep || e.spool == O::Push || p != Ram, "{r:?} {p:?} {on} {wa}");
+                            assert!(
+                                e.ram == Keep || e.spool == O::Push || p != Ram,
+                                "{r:?} {p:?} {on} {wa}"
+                            );
                             assert_ne!(e.spool, O::Remove);
                         }
                         if !on && p == Ram {
@@ -253,13 +323,32 @@ mod tests {
     fn a_failed_spool_write_keeps_the_chunk_in_ram() {
         let planned = decide(SendResult::Kept(C::Transient), Place::Ram, true, false);
         let e = push_failed(planned, K::SpoolFull);
-        assert_eq!((e.spool, e.ram, e.report, e.caller), (SpoolOp::None, RamOp::Keep, Report::Failed, Some(K::SpoolFull)));
+        assert_eq!(
+            (e.spool, e.ram, e.report, e.caller),
+            (
+                SpoolOp::None,
+                RamOp::Keep,
+                Report::Failed,
+                Some(K::SpoolFull)
+            )
+        );
         let planned = decide(SendResult::NotTried, Place::Ram, true, false);
         let e = push_failed(planned, K::SpoolIo);
-        assert_eq!((e.ram, e.backoff, e.caller), (RamOp::Keep, BackoffOp::Unchanged, Some(K::SpoolIo)));
+        assert_eq!(
+            (e.ram, e.backoff, e.caller),
+            (RamOp::Keep, BackoffOp::Unchanged, Some(K::SpoolIo))
+        );
         // Refused data cannot be kept for a resend: dropped, and still reported as refused.
         let planned = decide(SendResult::Rejected, Place::Ram, true, false);
         let e = push_failed(planned, K::SpoolIo);
-        assert_eq!((e.spool, e.ram, e.report, e.caller), (SpoolOp::None, RamOp::Free, Report::Rejected, Some(K::DataRejected)));
+        assert_eq!(
+            (e.spool, e.ram, e.report, e.caller),
+            (
+                SpoolOp::None,
+                RamOp::Free,
+                Report::Rejected,
+                Some(K::DataRejected)
+            )
+        );
     }
 }

@@ -116,7 +116,16 @@ impl Engine {
                     (r, Some(f))
                 }
             };
-            self.settle(sh, target, chunk, Place::Spool, result, failure.as_ref(), None, errs);
+            self.settle(
+                sh,
+                target,
+                chunk,
+                Place::Spool,
+                result,
+                failure.as_ref(),
+                None,
+                errs,
+            );
         }
     }
 }

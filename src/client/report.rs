@@ -65,4 +65,3 @@ pub type LogFn = Arc<dyn Fn(LogLevel, &str) + Send + Sync>;
 pub type DeliveryFn = Arc<dyn Fn(&DeliveryReport<'_>) + Send + Sync>;
 /// Where the spool keeps its files: a directory by default, anything that keeps POSIX promises in tests.
 pub type SpoolStorage = Box<dyn Storage + Send>;
-

@@ -58,14 +58,11 @@ impl Engine {
         while budget > 0 {
             budget -= 1;
             let now = sh.clock.now();
-            let not_now = mode == Mode::ToSpool
-                || self.targets[target].backing_off(now)
-                || now >= deadline;
+            let not_now =
+                mode == Mode::ToSpool || self.targets[target].backing_off(now) || now >= deadline;
             if not_now && !self.spool_writable(now) {
                 // For poll this is the normal state of a destination that backs off: next_ms says when.
-                if mode != Mode::Due
-                    && lane.due_at(now, sh.cfg.batch_max_age).is_some()
-                {
+                if mode != Mode::Due && lane.due_at(now, sh.cfg.batch_max_age).is_some() {
                     let e = if mode == Mode::ToSpool {
                         Error::new(
                             ErrorKind::SpoolIo,
@@ -162,14 +159,24 @@ impl Engine {
                 (r, Some(f))
             }
         };
-        if let (SendResult::Rejected, Some(b), Some(f)) = (result, held.as_ref(), failure.as_ref()) {
+        if let (SendResult::Rejected, Some(b), Some(f)) = (result, held.as_ref(), failure.as_ref())
+        {
             if b.records() > 1 && boundaries_match(lane.format, b) {
                 let b = held.take().expect("checked");
                 return self.isolate_rejected(sh, lane, target, b, f, deadline, errs);
             }
         }
         let batch = held.map(|b| (lane, b));
-        self.settle(sh, target, chunk, place, result, failure.as_ref(), batch, errs);
+        self.settle(
+            sh,
+            target,
+            chunk,
+            place,
+            result,
+            failure.as_ref(),
+            batch,
+            errs,
+        );
     }
 
     /// The service refused a batch of several records as bad data. Rather than drop every record for the few
@@ -240,10 +247,20 @@ impl Engine {
                 }
             };
             sends += 1;
-            let (sent, _) = self.deliver(sh, target, &piece, 0, sh.cfg.retry_max_attempts, deadline);
+            let (sent, _) =
+                self.deliver(sh, target, &piece, 0, sh.cfg.retry_max_attempts, deadline);
             match sent {
                 Attempt::Acknowledged { .. } => {
-                    self.settle(sh, target, piece, Place::Ram, SendResult::Acknowledged, None, None, errs);
+                    self.settle(
+                        sh,
+                        target,
+                        piece,
+                        Place::Ram,
+                        SendResult::Acknowledged,
+                        None,
+                        None,
+                        errs,
+                    );
                     settled += records;
                 }
                 Attempt::Failed(f) if f.class == FailureClass::Rejected => match mid {
@@ -252,7 +269,16 @@ impl Engine {
                         let _ = todo.push((a, a + m, depth + 1));
                     }
                     _ => {
-                        self.settle(sh, target, piece, Place::Ram, SendResult::Rejected, Some(&f), None, errs);
+                        self.settle(
+                            sh,
+                            target,
+                            piece,
+                            Place::Ram,
+                            SendResult::Rejected,
+                            Some(&f),
+                            None,
+                            errs,
+                        );
                         settled += records;
                     }
                 },
@@ -294,7 +320,16 @@ impl Engine {
         match failure {
             Some(f) => {
                 let r = SendResult::Kept(f.class);
-                self.settle(sh, target, chunk, Place::Ram, r, Some(&f), Some((lane, batch)), errs)
+                self.settle(
+                    sh,
+                    target,
+                    chunk,
+                    Place::Ram,
+                    r,
+                    Some(&f),
+                    Some((lane, batch)),
+                    errs,
+                )
             }
             None => {
                 errs.note(Error::new(
@@ -304,7 +339,16 @@ impl Engine {
                         self.targets[target].sink.label
                     ),
                 ));
-                self.settle(sh, target, chunk, Place::Ram, SendResult::NotTried, None, Some((lane, batch)), errs)
+                self.settle(
+                    sh,
+                    target,
+                    chunk,
+                    Place::Ram,
+                    SendResult::NotTried,
+                    None,
+                    Some((lane, batch)),
+                    errs,
+                )
             }
         }
     }

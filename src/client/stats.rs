@@ -82,4 +82,3 @@ counters! {
         appends_queue_full,
     }
 }
-

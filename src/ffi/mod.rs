@@ -884,7 +884,10 @@ pub unsafe extern "C" fn kedge_flush(client: *mut kedge_client) -> kedge_result 
 /// # Safety
 /// `client` a live client.
 #[no_mangle]
-pub unsafe extern "C" fn kedge_flush_timeout(client: *mut kedge_client, timeout_ms: u32) -> kedge_result {
+pub unsafe extern "C" fn kedge_flush_timeout(
+    client: *mut kedge_client,
+    timeout_ms: u32,
+) -> kedge_result {
     // SAFETY: per this function's contract.
     unsafe {
         with_client(client, |c| {

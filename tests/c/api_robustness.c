@@ -43,7 +43,7 @@ static void expect(kedge_result got, kedge_result want, const char *what)
 static int keeps_data(kedge_result r)
 {
     return r == KEDGE_TRANSIENT_FAILURE || r == KEDGE_BACKING_OFF || r == KEDGE_TARGET_NOT_READY ||
-           r == KEDGE_AUTH_REFUSED;
+           r == KEDGE_AUTH_REFUSED || r == KEDGE_QUEUE_FULL;
 }
 
 static int is_unknown_code_text(const char *s)
@@ -64,6 +64,8 @@ struct probe {
     kedge_result reentrant_flush;
     kedge_result reentrant_poll;
     kedge_result reentrant_add;
+    unsigned long long callback_appends;
+    int is_final_ok;
     kedge_result stats_in_callback;
     kedge_result last_error_in_callback;
 };
@@ -75,6 +77,11 @@ static void on_delivery(void *userdata, const struct kedge_delivery_report *r)
     if (r->outcome == KEDGE_OUTCOME_FAILED) {
         p->failed_reports++;
     }
+    /* Failed and spooled are intermediate; acknowledged, rejected and dropped are each chunk's last word. */
+    if (r->is_final != (r->outcome == KEDGE_OUTCOME_ACKNOWLEDGED || r->outcome == KEDGE_OUTCOME_REJECTED ||
+                        r->outcome == KEDGE_OUTCOME_DROPPED)) {
+        p->is_final_ok = 0;
+    }
     p->report_result = r->result;
     p->report_fields_ok = r->chunk_id != NULL && strlen(r->chunk_id) == 36 && r->message != NULL &&
                           r->message[0] != '\0' && r->records == 1 && r->raw_bytes > 0 && r->destination == 2;
@@ -84,6 +91,7 @@ static void on_delivery(void *userdata, const struct kedge_delivery_report *r)
         uint32_t id = 0;
         uint32_t next = 0;
         p->reentrant_append = kedge_append(p->client, 0, LIT("{}"));
+        p->callback_appends += p->reentrant_append == KEDGE_OK;
         p->reentrant_flush = kedge_flush(p->client);
         p->reentrant_poll = kedge_poll(p->client, &next);
         p->reentrant_add = kedge_client_add_destination(p->client, "db", "T2", "csv", NULL, &id);
@@ -458,6 +466,7 @@ static void check_client_calls(void)
 
     memset(&probe, 0, sizeof probe);
     probe.log_text_ok = 1;
+    probe.is_final_ok = 1;
     cfg = config_of(kv, sizeof kv / sizeof kv[0]);
     check(cfg != NULL, "loopback test config accepted");
     if (cfg == NULL) {
@@ -606,33 +615,59 @@ static void check_client_calls(void)
     check(st.records_buffered == ok_appends && st.requests == 0 && st.chunks_spooled == 0,
           "kedge_flush_to_spool without a spool leaves the batches alone");
 
-    /* An avro destination takes one record per request: the second one makes it send, to a port where nothing
-     * listens. The record must not be taken; the callbacks run, and calling back in is refused. */
-    probe.client = client;
+    /* An avro destination takes one record per request, and its lane holds batch.sealed (1) full chunk besides
+     * the filling one: the next record finds the lane full. kedge_append never sends. */
     r = kedge_append(client, 2, LIT("AVRO"));
-    expect(r, KEDGE_TRANSIENT_FAILURE, "append that must send to a dead endpoint");
-    check(keeps_data(r), "a dead endpoint gives a keep-the-data code");
+    expect(r, KEDGE_OK, "a second avro record seals the first and is taken");
+    ok_appends += r == KEDGE_OK;
+    r = kedge_append(client, 2, LIT("AVRO"));
+    expect(r, KEDGE_QUEUE_FULL, "a full lane: the record is not taken");
+    check(keeps_data(r), "QUEUE_FULL is a keep-the-data code");
+    check_last_error_truncation(client, "a full lane");
+    expect(kedge_client_stats(client, &st, sizeof st), KEDGE_OK, "kedge_client_stats after QUEUE_FULL");
+    check(st.requests == 0 && st.appends_queue_full == 1 && st.records_buffered == ok_appends,
+          "kedge_append never sends; the refused record is counted, not taken");
+
+    /* kedge_poll sends the sealed chunk to a port where nothing listens: the callbacks run; from inside them,
+     * appending works and sending is refused. next_ms is written although poll fails. */
+    probe.client = client;
+    next = 0xDEADBEEFu;
+    r = kedge_poll(client, &next);
+    expect(r, KEDGE_TRANSIENT_FAILURE, "poll that must send to a dead endpoint");
+    check(next != 0xDEADBEEFu && next > 0, "kedge_poll writes next_ms when it fails");
     check_last_error_truncation(client, "a transient failure");
     check(probe.failed_reports >= 1, "a failed send gives a delivery report with outcome FAILED");
     check(probe.report_fields_ok, "the FAILED report has a 36-char chunk id, a message, its records and bytes");
+    check(probe.is_final_ok, "is_final is set exactly on acknowledged, rejected and dropped reports");
     expect(probe.report_result, KEDGE_TRANSIENT_FAILURE, "the FAILED report's result");
     check(probe.logs >= 1 && probe.log_text_ok, "the failure was logged through the callback");
-    expect(probe.reentrant_append, KEDGE_REENTRANT_CALL, "kedge_append from the delivery callback");
+    expect(probe.reentrant_append, KEDGE_OK, "kedge_append from the delivery callback works");
     expect(probe.reentrant_flush, KEDGE_REENTRANT_CALL, "kedge_flush from the delivery callback");
     expect(probe.reentrant_poll, KEDGE_REENTRANT_CALL, "kedge_poll from the delivery callback");
-    expect(probe.reentrant_add, KEDGE_REENTRANT_CALL, "kedge_client_add_destination from the delivery callback");
+    expect(probe.reentrant_add, KEDGE_TOO_MANY_DESTINATIONS,
+           "kedge_client_add_destination from the delivery callback gets its ordinary answer");
     expect(probe.stats_in_callback, KEDGE_OK, "kedge_client_stats from the delivery callback");
     expect(probe.last_error_in_callback, KEDGE_OK, "kedge_client_last_error from the delivery callback");
     probe.client = NULL;
 
-    r = kedge_append(client, 2, LIT("AVRO"));
-    expect(r, KEDGE_BACKING_OFF, "append right after a failed send: backing off");
-    check_last_error_truncation(client, "backing off");
-    r = kedge_flush(client);
-    check(keeps_data(r), "kedge_flush to a dead endpoint gives a keep-the-data code");
-    expect(r, KEDGE_TRANSIENT_FAILURE, "kedge_flush to a dead endpoint");
+    /* Backing off now: poll does not contact the destination; its next_ms says when the backoff ends. */
+    expect(kedge_client_stats(client, &st, sizeof st), KEDGE_OK, "kedge_client_stats after the failed poll");
+    {
+        unsigned long long requests = st.requests;
+        next = 0;
+        expect(kedge_poll(client, &next), KEDGE_OK, "poll while the destination backs off");
+        check(next > 0, "poll while backing off says when to come back");
+        expect(kedge_client_stats(client, &st, sizeof st), KEDGE_OK, "kedge_client_stats after the second poll");
+        check(st.requests == requests, "no request to a destination that backs off");
+    }
+    r = kedge_flush_timeout(client, 2000);
+    check(keeps_data(r), "kedge_flush_timeout to a dead endpoint gives a keep-the-data code");
+    expect(r, KEDGE_TRANSIENT_FAILURE, "kedge_flush_timeout to a dead endpoint");
+    expect(kedge_flush_timeout(NULL, 10), KEDGE_NULL_PARAMETER, "kedge_flush_timeout(NULL)");
     expect(kedge_client_stats(client, &st, sizeof st), KEDGE_OK, "kedge_client_stats after failures");
-    check(st.records_buffered == ok_appends && st.records_appended == ok_appends, "failed sends keep the data");
+    check(st.records_buffered == ok_appends + probe.callback_appends &&
+              st.records_appended == ok_appends + probe.callback_appends,
+          "failed sends keep the data");
     check(st.requests >= 2 && st.failures >= 2 && st.records_acknowledged == 0 && st.last_http_status == 0,
           "failed sends are counted");
 
