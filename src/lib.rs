@@ -23,6 +23,6 @@ pub mod spool;
 pub mod transport;
 pub mod wire;
 
-pub use client::{Client, DeliveryReport, Outcome, StatsSnapshot};
+pub use client::{Client, ClientOptions, DeliveryReport, Outcome, StatsSnapshot};
 pub use config::{Config, LogLevel};
 pub use error::{Error, ErrorKind};

@@ -307,15 +307,17 @@ impl Engine {
                 deadline,
                 warn: &warn,
             };
+            let st = &sh.stats;
+            // Counted as the request starts, so that a request in flight shows.
+            st.requests.fetch_add(1, Relaxed);
+            if attempt > 0 {
+                st.retries.fetch_add(1, Relaxed);
+            }
             let sent = sh.sink.send(&t.sink, &cref, &mut io);
             let requests = sent.requests.max(1);
-            if attempt > 0 {
-                sh.stats.retries.fetch_add(1, Relaxed);
-            }
+            st.requests.fetch_add(requests as u64 - 1, Relaxed);
             attempt = attempt.saturating_add(requests);
             in_call += 1;
-            let st = &sh.stats;
-            st.requests.fetch_add(requests as u64, Relaxed);
             st.records_sent.fetch_add(chunk.records, Relaxed);
             st.bytes_sent_raw.fetch_add(chunk.raw_len, Relaxed);
             st.bytes_sent_wire.fetch_add(payload.len() as u64, Relaxed);
@@ -634,7 +636,8 @@ impl Engine {
                 }
             }
         }
-        next.as_millis().min(u32::MAX as u128) as u32
+        // Rounded up: sleeping the milliseconds said is always enough.
+        next.as_nanos().div_ceil(1_000_000).min(u32::MAX as u128) as u32
     }
 }
 
