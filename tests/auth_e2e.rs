@@ -315,11 +315,11 @@ fn tokens_are_refreshed_ahead_of_expiry_during_a_long_run() {
 fn a_401_from_the_service_fetches_a_new_token_once_and_delivers() {
     let server = auth_server(Duration::from_secs(3600));
     let cfg = base_config(&server, SECRET_CREDS);
-    let client = Client::new(&cfg, None, None).unwrap();
+    let (client, clock) = common::clocked(&cfg, None);
     send_some(&client, "revoked", 1);
     // The cache hands out a token fetched less than a second ago even when forced (so that threads hitting the
-    // same 401 do not each fetch one); revoke it after that.
-    std::thread::sleep(Duration::from_millis(1100));
+    // same 401 do not each fetch one); revoke it after that, a second later on the client's clock.
+    clock.advance(Duration::from_secs(1));
     server.expire_all_tokens();
     let d = 0;
     common::append(&client, d, b"after,revocation").unwrap();

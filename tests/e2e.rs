@@ -354,13 +354,16 @@ fn missing_table_keeps_the_data_and_backs_off_until_it_exists() {
 fn poll_sends_batches_older_than_max_age() {
     let server = tls_server();
     let cfg = config_for(&server, &[("batch.max_age_ms", "100")]);
-    let client = Client::new(&cfg, None, None).unwrap();
+    let (client, clock) = common::clocked(&cfg, None);
     let d = client.add_destination("db", "t", "csv", None).unwrap();
     common::append(&client, d, b"1").unwrap();
     let next = client.poll().unwrap();
-    assert!(next <= 100 && next > 0, "next poll in {next} ms");
+    assert_eq!(next, 100, "next poll when the batch is 100 ms old");
     assert!(server.requests().is_empty(), "too young to send");
-    std::thread::sleep(Duration::from_millis(next as u64 + 10));
+    clock.advance(Duration::from_millis(next as u64 - 1));
+    assert_eq!(client.poll().unwrap(), 1);
+    assert!(server.requests().is_empty(), "not a millisecond early");
+    clock.advance(Duration::from_millis(1));
     client.poll().unwrap();
     assert_eq!(server.records("db", "t").len(), 1);
     assert_eq!(

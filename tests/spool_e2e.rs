@@ -64,8 +64,9 @@ fn chunk_files(dir: &Path) -> Vec<PathBuf> {
     v
 }
 
-/// Drains the spool by polling until it is empty (bounded).
-fn drain(client: &Client) {
+/// Drains the spool by polling until it is empty (bounded). With a manual clock, the backoff between polls
+/// passes on it instead of being slept.
+fn drain(client: &Client, clock: Option<&kusto_edge::clock::ManualClock>) {
     let deadline = Instant::now() + Duration::from_secs(60);
     loop {
         let _ = client.flush();
@@ -74,8 +75,11 @@ fn drain(client: &Client) {
             return;
         }
         assert!(Instant::now() < deadline, "spool did not drain: {s:?}");
-        let next = client.poll().unwrap_or(50).min(200);
-        std::thread::sleep(Duration::from_millis(next as u64));
+        let (next, _) = client.poll_next();
+        match clock {
+            Some(c) => c.advance(Duration::from_millis(next as u64)),
+            None => std::thread::sleep(Duration::from_millis(next.min(200) as u64)),
+        }
     }
 }
 
@@ -88,7 +92,7 @@ fn outage_is_spooled_to_flash_and_replayed_when_the_service_is_back() {
     .unwrap();
     let dir = temp_dir("outage");
     let cfg = config(&server, &dir, &[("batch.bytes", "65536")]);
-    let client = Client::new(&cfg, None, None).unwrap();
+    let (client, clock) = common::clocked(&cfg, None);
     let d = client.add_destination("db", "t", "json", None).unwrap();
 
     server.set_down(Duration::from_secs(3600));
@@ -129,7 +133,7 @@ fn outage_is_spooled_to_flash_and_replayed_when_the_service_is_back() {
     );
 
     server.set_down(Duration::ZERO);
-    drain(&client);
+    drain(&client, Some(&clock));
     assert_eq!(seqs(&server, "db", "t"), (0..20_000).collect::<Vec<_>>());
     assert!(
         chunk_files(&dir).is_empty(),
@@ -146,7 +150,7 @@ fn buffered_batches_survive_a_restart_and_are_sent_by_the_next_client() {
     let dir = temp_dir("restart");
     let cfg = config(&server, &dir, &[]);
     {
-        let client = Client::new(&cfg, None, None).unwrap();
+        let (client, _clock) = common::clocked(&cfg, None);
         let d = client.add_destination("db", "t", "json", None).unwrap();
         for seq in 0..100 {
             common::append(&client, d, record(seq).as_bytes()).unwrap();
@@ -189,7 +193,7 @@ fn data_refused_on_replay_is_quarantined_with_the_service_message_and_never_rese
     let server = Server::start(ServerConfig::default()).unwrap();
     let dir = temp_dir("rejected");
     let cfg = config(&server, &dir, &[]);
-    let client = Client::new(&cfg, None, None).unwrap();
+    let (client, _clock) = common::clocked(&cfg, None);
     let d = client.add_destination("db", "t", "json", None).unwrap();
     common::append(&client, d, record(1).as_bytes()).unwrap();
     client.flush_to_spool().unwrap();
@@ -227,7 +231,7 @@ fn a_missing_table_keeps_chunks_in_the_spool_until_an_operator_creates_it() {
     let server = Server::start(ServerConfig::default()).unwrap();
     let dir = temp_dir("notready");
     let cfg = config(&server, &dir, &[("backoff.max_ms", "1500")]);
-    let client = Client::new(&cfg, None, None).unwrap();
+    let (client, clock) = common::clocked(&cfg, None);
     let d = client.add_destination("db", "t", "json", None).unwrap();
     server.push_fault(Fault::TableMissing);
     common::append(&client, d, record(1).as_bytes()).unwrap();
@@ -249,7 +253,7 @@ fn a_missing_table_keeps_chunks_in_the_spool_until_an_operator_creates_it() {
         "a target that is not ready backs off long (capped here at 1.5 s): {next} ms"
     );
     // The operator created the table: the next replay after the backoff delivers.
-    drain(&client);
+    drain(&client, Some(&clock));
     assert_eq!(seqs(&server, "db", "t"), vec![1]);
     let _ = std::fs::remove_dir_all(&dir);
 }
@@ -268,7 +272,7 @@ fn a_full_spool_refuses_new_data_under_reject_new_and_the_caller_keeps_the_recor
             ("batch.bytes", "1024"),
         ],
     );
-    let client = Client::new(&cfg, None, None).unwrap();
+    let (client, clock) = common::clocked(&cfg, None);
     let d = client.add_destination("db", "t", "json", None).unwrap();
     let mut taken = 0;
     let err = loop {
@@ -287,7 +291,7 @@ fn a_full_spool_refuses_new_data_under_reject_new_and_the_caller_keeps_the_recor
         "every taken record is on flash or in RAM"
     );
     server.set_down(Duration::ZERO);
-    drain(&client);
+    drain(&client, Some(&clock));
     assert_eq!(seqs(&server, "db", "t"), (0..taken).collect::<Vec<_>>());
     let _ = std::fs::remove_dir_all(&dir);
 }
@@ -302,7 +306,7 @@ fn a_full_spool_drops_the_oldest_under_drop_oldest_and_counts_what_it_dropped() 
         &dir,
         &[("spool.max_chunks", "3"), ("batch.bytes", "1024")],
     );
-    let client = Client::new(&cfg, None, None).unwrap();
+    let (client, clock) = common::clocked(&cfg, None);
     let d = client.add_destination("db", "t", "json", None).unwrap();
     for seq in 0..200 {
         common::append(&client, d, record(seq).as_bytes()).unwrap();
@@ -317,7 +321,7 @@ fn a_full_spool_drops_the_oldest_under_drop_oldest_and_counts_what_it_dropped() 
         "every record went to flash"
     );
     server.set_down(Duration::ZERO);
-    drain(&client);
+    drain(&client, Some(&clock));
     let got = seqs(&server, "db", "t");
     assert_eq!(
         got.len() as u64 + client.stats().records_dropped,
@@ -335,7 +339,7 @@ fn a_disk_without_space_is_a_clear_error_and_loses_nothing() {
     let mem = MemStorage::new();
     let mut cfg = config(&server, Path::new("/unused"), &[("batch.bytes", "1024")]);
     cfg.spool_dir = Some("/unused".into());
-    let client = Client::with_storage(&cfg, Some(Box::new(mem.clone())), None, None).unwrap();
+    let (client, clock) = common::clocked(&cfg, Some(Box::new(mem.clone())));
     let d = client.add_destination("db", "t", "json", None).unwrap();
     mem.set_space_limit(Some(3000));
     let mut taken = 0;
@@ -353,7 +357,7 @@ fn a_disk_without_space_is_a_clear_error_and_loses_nothing() {
     // Space comes back (logs rotated), the service too: everything taken arrives.
     mem.set_space_limit(None);
     server.set_down(Duration::ZERO);
-    drain(&client);
+    drain(&client, Some(&clock));
     assert_eq!(seqs(&server, "db", "t"), (0..taken).collect::<Vec<_>>());
     assert!(mem
         .names(Area::Pending)
@@ -379,7 +383,7 @@ fn encrypted_chunks_hide_the_data_and_a_wrong_or_missing_key_keeps_them_for_the_
     write_private(&key, right);
     let cfg = config(&server, &dir, &[("spool.key_file", key.to_str().unwrap())]);
     {
-        let client = Client::new(&cfg, None, None).unwrap();
+        let (client, _clock) = common::clocked(&cfg, None);
         let d = client
             .add_destination("db", "t", "multijson", None)
             .unwrap();
@@ -415,7 +419,7 @@ fn encrypted_chunks_hide_the_data_and_a_wrong_or_missing_key_keeps_them_for_the_
     // The right key later brings it back, and it is delivered.
     write_private(&key, right);
     server.set_down(Duration::ZERO);
-    let client = Client::new(&cfg, None, None).unwrap();
+    let (client, _clock) = common::clocked(&cfg, None);
     assert_eq!(client.stats().spool_chunks, 1);
     assert_eq!(client.stats().chunks_locked, 0);
     client.flush().unwrap();
@@ -459,7 +463,7 @@ fn write_ahead_mode_puts_every_chunk_on_flash_before_sending_and_removes_it_afte
     let server = Server::start(ServerConfig::default()).unwrap();
     let dir = temp_dir("wal");
     let cfg = config(&server, &dir, &[("spool.write_ahead", "true")]);
-    let client = Client::new(&cfg, None, None).unwrap();
+    let (client, clock) = common::clocked(&cfg, None);
     let d = client.add_destination("db", "t", "json", None).unwrap();
     common::append(&client, d, record(7).as_bytes()).unwrap();
     server.push_fault(Fault::Unavailable { retry_after: None });
@@ -467,7 +471,7 @@ fn write_ahead_mode_puts_every_chunk_on_flash_before_sending_and_removes_it_afte
     let e = client.flush().unwrap_err();
     assert_eq!(e.kind, ErrorKind::Spooled);
     assert_eq!(chunk_files(&dir).len(), 1);
-    drain(&client);
+    drain(&client, Some(&clock));
     assert_eq!(seqs(&server, "db", "t"), vec![7]);
     let s = client.stats();
     assert_eq!(
@@ -485,7 +489,7 @@ fn torn_and_corrupted_spool_files_are_quarantined_never_sent_and_the_rest_is_del
     let dir = temp_dir("torn");
     let cfg = config(&server, &dir, &[("batch.bytes", "1024")]);
     {
-        let client = Client::new(&cfg, None, None).unwrap();
+        let (client, _clock) = common::clocked(&cfg, None);
         let d = client.add_destination("db", "t", "json", None).unwrap();
         for seq in 0..200 {
             common::append(&client, d, record(seq).as_bytes()).unwrap();
@@ -508,7 +512,7 @@ fn torn_and_corrupted_spool_files_are_quarantined_never_sent_and_the_rest_is_del
     let intact: Vec<PathBuf> = files[3..].to_vec();
 
     server.set_down(Duration::ZERO);
-    let client = Client::new(&cfg, None, None).unwrap();
+    let (client, clock) = common::clocked(&cfg, None);
     assert_eq!(
         client.stats().chunks_corrupt,
         4,
@@ -520,7 +524,7 @@ fn torn_and_corrupted_spool_files_are_quarantined_never_sent_and_the_rest_is_del
         "leftovers of interrupted writes are removed"
     );
     assert_eq!(std::fs::read_dir(dir.join("corrupt")).unwrap().count(), 4);
-    drain(&client);
+    drain(&client, Some(&clock));
     let got = seqs(&server, "db", "t");
     assert!(!got.is_empty());
     let mut expected_records = 0;
@@ -547,7 +551,7 @@ fn a_delivered_chunk_that_cannot_be_removed_is_not_sent_again_and_the_failure_is
     let mut cfg = config(&server, Path::new("/unused"), &[]);
     cfg.spool_dir = Some("/unused".into());
     {
-        let client = Client::with_storage(&cfg, Some(Box::new(mem.clone())), None, None).unwrap();
+        let (client, _clock) = common::clocked(&cfg, Some(Box::new(mem.clone())));
         let d = client.add_destination("db", "t", "json", None).unwrap();
         for i in 0..3 {
             common::append(&client, d, record(i).as_bytes()).unwrap();
@@ -558,7 +562,7 @@ fn a_delivered_chunk_that_cannot_be_removed_is_not_sent_again_and_the_failure_is
     mem.set_read_only(true);
     server.set_down(Duration::ZERO);
     server.reset();
-    let client = Client::with_storage(&cfg, Some(Box::new(mem.clone())), None, None).unwrap();
+    let (client, _clock) = common::clocked(&cfg, Some(Box::new(mem.clone())));
     assert_eq!(client.stats().spool_chunks, 1);
     let mut spool_io = 0;
     for _ in 0..200 {
@@ -581,8 +585,8 @@ fn a_delivered_chunk_that_cannot_be_removed_is_not_sent_again_and_the_failure_is
     drop(client);
     // After a restart on healthy flash the chunk is still there: one duplicate at most, then it is gone.
     mem.set_read_only(false);
-    let client = Client::with_storage(&cfg, Some(Box::new(mem.clone())), None, None).unwrap();
-    drain(&client);
+    let (client, clock) = common::clocked(&cfg, Some(Box::new(mem.clone())));
+    drain(&client, Some(&clock));
     drop(client);
     let sent = server.requests().iter().filter(|r| r.ingested).count();
     assert_eq!(sent, 2, "at most one duplicate, after the restart");
@@ -621,7 +625,7 @@ fn a_lowered_limit_at_open_keeps_every_chunk_and_refuses_new_ones_until_it_drain
     let dir = temp_dir("shrunk");
     let cfg = config(&server, &dir, &[]);
     {
-        let client = Client::new(&cfg, None, None).unwrap();
+        let (client, _clock) = common::clocked(&cfg, None);
         let d = client.add_destination("db", "t", "json", None).unwrap();
         for i in 0..6 {
             common::append(&client, d, record(i).as_bytes()).unwrap();
@@ -655,13 +659,13 @@ fn a_lowered_limit_at_open_keeps_every_chunk_and_refuses_new_ones_until_it_drain
     let e = client.flush_to_spool().unwrap_err();
     assert_eq!(e.kind, ErrorKind::SpoolFull, "{}", e.message);
     server.set_down(Duration::ZERO);
-    drain(&client);
+    drain(&client, None);
     assert_eq!(seqs(&server, "db", "t"), (0..7).collect::<Vec<_>>());
     drop(client);
     // Trimming is there for whoever asks for it.
     server.set_down(Duration::from_secs(3600));
     {
-        let client = Client::new(&cfg, None, None).unwrap();
+        let (client, _clock) = common::clocked(&cfg, None);
         let d = client.add_destination("db", "t", "json", None).unwrap();
         for i in 0..4 {
             common::append(&client, d, record(100 + i).as_bytes()).unwrap();

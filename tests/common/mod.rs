@@ -3,6 +3,7 @@
 use kusto_devserver::Server;
 
 /// The `"seq":N` of a stored record.
+#[allow(dead_code)]
 pub fn seq_of(record: &[u8]) -> Option<u64> {
     let key = b"\"seq\":";
     let at = record.windows(key.len()).position(|w| w == key)? + key.len();
@@ -15,6 +16,7 @@ pub fn seq_of(record: &[u8]) -> Option<u64> {
 }
 
 /// The sequence numbers of every record stored for a table, in arrival order, duplicates included.
+#[allow(dead_code)]
 pub fn seqs(server: &Server, db: &str, table: &str) -> Vec<u64> {
     server
         .records(db, table)
@@ -54,4 +56,26 @@ pub fn append(
         }
     }
     client.append(destination, record)
+}
+
+/// A client on a manual clock (time passes when the test says so) and, when given, the spool on `storage`.
+#[allow(dead_code)]
+pub fn clocked(
+    cfg: &kusto_edge::Config,
+    storage: Option<kusto_edge::client::SpoolStorage>,
+) -> (
+    kusto_edge::Client,
+    std::sync::Arc<kusto_edge::clock::ManualClock>,
+) {
+    let clock = kusto_edge::clock::ManualClock::new();
+    let client = kusto_edge::Client::with_options(
+        cfg,
+        kusto_edge::ClientOptions {
+            storage,
+            clock: Some(clock.clone()),
+            ..Default::default()
+        },
+    )
+    .expect("client");
+    (client, clock)
 }
