@@ -225,6 +225,24 @@ fn the_header_version_macros_are_the_linked_library_s_version() {
 }
 
 #[test]
+fn every_chunk_gets_one_final_report_with_wire_bytes_and_status_and_free_spools_and_reports() {
+    let _g = serial();
+    let scratch = Scratch::new("reports");
+    let server = Server::start(ServerConfig::default()).expect("devserver");
+    server.push_fault(kusto_devserver::Fault::Unavailable { retry_after: None });
+    let mut cmd = program("reports");
+    cmd.arg(server.url()).arg(scratch.path("spool"));
+    let out = run(cmd, None, &scratch, Duration::from_secs(60));
+    assert_c_checks_pass("reports", &out, 30);
+    assert_eq!(
+        server.records("db", "Reports").len(),
+        8,
+        "{}",
+        out.describe()
+    );
+}
+
+#[test]
 fn sensor_example_delivers_every_record_over_https() {
     let _g = serial();
     let scratch = Scratch::new("sensor");
