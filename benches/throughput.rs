@@ -3,7 +3,8 @@
 //!
 //! - gzip: compression speed and ratio of telemetry JSON at the client's level, against levels 1 and 6;
 //! - end to end: records through `Client::append` + `flush` to the loopback test endpoint, plain http vs HTTPS;
-//! - spool: chunks pushed to a spool directory (fsync per chunk), in clear vs AES-256-GCM.
+//! - spool: chunks pushed to a spool directory (fsync per chunk), in clear vs AES-256-GCM;
+//! - append: the latency of `Client::append` while another thread polls (sends), json (syntax-checked) vs csv.
 
 use std::time::{Duration, Instant};
 
@@ -84,7 +85,11 @@ fn end_to_end(tls: bool, records: &[&[u8]]) -> (Duration, u64) {
     let d = client.add_destination("db", "bench", "json", None).unwrap();
     let t = Instant::now();
     for r in records {
-        client.append(d, r).unwrap();
+        // A full lane: let poll send, then offer the record again.
+        while let Err(e) = client.append(d, r) {
+            assert_eq!(e.kind, kusto_edge::ErrorKind::QueueFull, "{e}");
+            client.poll().unwrap();
+        }
     }
     client.flush().unwrap();
     let took = t.elapsed();
@@ -162,13 +167,87 @@ fn bench_spool() {
     );
 }
 
+/// Per-append latencies (ns, sorted) of `records` into one destination while another thread polls.
+fn append_latencies(format: &str, records: &[Vec<u8>]) -> (Vec<u64>, u64) {
+    let server = Server::start(ServerConfig::default()).unwrap();
+    let mut cfg = Config::default();
+    cfg.set("url", &server.url()).unwrap();
+    cfg.set("http.allow_plain", "true").unwrap();
+    cfg.set("batch.bytes", "1048576").unwrap();
+    cfg.set("batch.sealed", "2").unwrap();
+    let client = std::sync::Arc::new(Client::new(&cfg, None, None).unwrap());
+    let d = client.add_destination("db", "bench", format, None).unwrap();
+    let done = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let (c, stop) = (client.clone(), done.clone());
+    let poller = std::thread::spawn(move || {
+        while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+            let (next, _) = c.poll_next();
+            std::thread::sleep(Duration::from_millis(u64::from(next.min(2))));
+        }
+    });
+    let mut lat = Vec::with_capacity(records.len());
+    let mut full = 0u64;
+    for r in records {
+        loop {
+            let t = Instant::now();
+            let res = client.append(d, r);
+            lat.push(t.elapsed().as_nanos() as u64);
+            match res {
+                Ok(()) => break,
+                Err(_) => {
+                    full += 1;
+                    std::thread::yield_now();
+                }
+            }
+        }
+    }
+    done.store(true, std::sync::atomic::Ordering::Relaxed);
+    poller.join().unwrap();
+    client.flush().unwrap();
+    lat.sort_unstable();
+    (lat, full)
+}
+
+fn bench_append() {
+    let data = telemetry(32 << 20);
+    let json: Vec<Vec<u8>> = data
+        .split(|&b| b == b'\n')
+        .filter(|r| !r.is_empty())
+        .map(<[u8]>::to_vec)
+        .collect();
+    // The same values as CSV rows of about the same length.
+    let csv: Vec<Vec<u8>> = (0..json.len())
+        .map(|i| format!("{i},gw-{},2026-11-22T01:00:00Z,21.{},{},ok,padpadpadpadpadpadpadpadpad", i % 17, i % 10, 35 + i % 30).into_bytes())
+        .collect();
+    let pct = |l: &[u64], p: f64| l[((l.len() as f64 - 1.0) * p) as usize];
+    let (j, jfull) = append_latencies("json", &json);
+    let (c, cfull) = append_latencies("csv", &csv);
+    let avg = |l: &[u64]| l.iter().sum::<u64>() as f64 / l.len() as f64;
+    println!(
+        "append while another thread sends, {} records: json p50 {} ns, p99 {} ns, max {} us ({jfull} QUEUE_FULL); csv p50 {} ns, p99 {} ns, max {} us ({cfull} QUEUE_FULL); json = {:.2} x csv on average",
+        json.len(),
+        pct(&j, 0.5),
+        pct(&j, 0.99),
+        j[j.len() - 1] / 1000,
+        pct(&c, 0.5),
+        pct(&c, 0.99),
+        c[c.len() - 1] / 1000,
+        avg(&j) / avg(&c)
+    );
+}
+
 fn main() {
     // `cargo test --benches` runs this with --bench absent: keep that quick.
     if !std::env::args().any(|a| a == "--bench") {
         println!("throughput: run with `cargo bench --bench throughput`");
         return;
     }
+    if std::env::args().any(|a| a == "append") {
+        bench_append();
+        return;
+    }
     bench_gzip();
     bench_end_to_end();
+    bench_append();
     bench_spool();
 }
