@@ -179,8 +179,8 @@ typedef struct kedge_delivery_report {
   // What happened, NUL-terminated.
   const char *message;
   // True for the chunk's last report: every chunk gets exactly one final report (acknowledged, rejected or
-  // dropped), after any number of intermediate ones (failed: kept in RAM; spooled: durable on flash).
-  bool is_final;
+  // dropped), after any number of intermediate ones (failed: kept in RAM; spooled: durable on flash). 1 or 0.
+  uint8_t is_final;
 } kedge_delivery_report;
 
 // Delivery callback: one call per chunk outcome.

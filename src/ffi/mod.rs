@@ -205,8 +205,8 @@ pub struct kedge_delivery_report {
     /// What happened, NUL-terminated.
     pub message: *const c_char,
     /// True for the chunk's last report: every chunk gets exactly one final report (acknowledged, rejected or
-    /// dropped), after any number of intermediate ones (failed: kept in RAM; spooled: durable on flash).
-    pub is_final: bool,
+    /// dropped), after any number of intermediate ones (failed: kept in RAM; spooled: durable on flash). 1 or 0.
+    pub is_final: u8,
 }
 
 /// Counters of a client. Read with `kedge_client_stats` at any time, even while another thread sends.
@@ -731,7 +731,7 @@ pub unsafe extern "C" fn kedge_client_new(
                     result: r.error.map_or(kedge_result::KEDGE_OK, Into::into),
                     http_status: r.http_status,
                     message: msg.as_ptr() as *const c_char,
-                    is_final: r.is_final,
+                    is_final: u8::from(r.is_final),
                 };
                 // SAFETY: the report and its strings live on this stack frame for the whole call.
                 unsafe { f(ud.get(), &report) }
