@@ -80,6 +80,8 @@ pub struct Engine {
     /// hammered on every poll.
     spool_failures: u32,
     spool_not_before: Option<Instant>,
+    /// Spool writes go on whatever the backoff: the caller asked for everything to go to flash.
+    pub spool_forced: bool,
     /// Attempt numbers of replays (unique request ids across reboots: random start, far above fresh sends).
     pub replay_attempt: u32,
 }
@@ -97,6 +99,7 @@ impl Engine {
             spool_fault: None,
             spool_failures: 0,
             spool_not_before: None,
+            spool_forced: false,
             replay_attempt: replay_base,
         }
     }
@@ -140,9 +143,20 @@ impl Engine {
     }
 
     /// Whether chunks may be written to the spool now: there is one, and it is not backing off after failed
-    /// writes.
+    /// writes (or the caller asks to spool everything: a flush to the spool, closing the client).
     pub fn spool_writable(&self, now: Instant) -> bool {
-        self.spool.is_some() && !self.spool_not_before.is_some_and(|t| t > now)
+        self.spool.is_some()
+            && (self.spool_forced || !self.spool_not_before.is_some_and(|t| t > now))
+    }
+
+    /// Whether the spool takes the chunk in `wire` without dropping anything for it.
+    fn spool_has_room(&self, sh: &Shared) -> bool {
+        self.spool.as_ref().is_some_and(|sp| {
+            let s = sp.stats();
+            // Room for the payload and a generous header.
+            s.chunks < sh.cfg.spool_max_chunks
+                && s.bytes + self.wire.len() as u64 + 8192 <= sh.cfg.spool_max_bytes
+        })
     }
 
     /// Gives a batch a chunk id (once: kept across resends) and puts its request body in `wire`.
@@ -379,6 +393,11 @@ impl Engine {
         let now = sh.clock.now();
         let spool_on = self.spool_writable(now);
         let mut eff = outcome::decide(result, place, spool_on, sh.cfg.spool_write_ahead);
+        // Refused data is kept in rejected/ for an operator only where it displaces nothing that may still be
+        // delivered; otherwise it is dropped (and reported) as without a spool.
+        if eff.spool == SpoolOp::PushRejected && !self.spool_has_room(sh) {
+            eff.spool = SpoolOp::None;
+        }
         let text = wire::uuid_text(&chunk.id);
         let label = self.targets[target].sink.label.clone();
         let wire_len = self.wire.len() as u64;

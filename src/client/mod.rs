@@ -446,9 +446,11 @@ impl Client {
         let sh = &self.sh;
         let mut errs = FirstError::default();
         let now = sh.clock.now();
+        engine.spool_forced = true;
         for lane in self.lanes.iter() {
             engine.service_lane(sh, &self.lanes, lane, Mode::ToSpool, now, &mut errs);
         }
+        engine.spool_forced = false;
         // Spooled is what was asked for; only failures count.
         match errs.0 {
             Some(e) if e.kind == ErrorKind::Spooled => Ok(()),
