@@ -129,6 +129,7 @@ fn spool_push(key: Option<[u8; 32]>, payload: &[u8], chunks: u32) -> Duration {
         policy: FullPolicy::DropOldest,
         key,
         trim_on_open: false,
+        max_payload_len_queued: kusto_edge::spool::MAX_PAYLOAD_LEN,
     };
     let (mut spool, _) = Spool::open(storage, cfg).unwrap();
     let header = ChunkHeader {
@@ -143,6 +144,7 @@ fn spool_push(key: Option<[u8; 32]>, payload: &[u8], chunks: u32) -> Duration {
         raw_len: payload.len() as u32,
         records: 1000,
         gzip: true,
+        sink: kusto_edge::spool::SinkId::Streaming,
     };
     let t = Instant::now();
     for _ in 0..chunks {
@@ -217,7 +219,15 @@ fn bench_append() {
         .collect();
     // The same values as CSV rows of about the same length.
     let csv: Vec<Vec<u8>> = (0..json.len())
-        .map(|i| format!("{i},gw-{},2026-11-22T01:00:00Z,21.{},{},ok,padpadpadpadpadpadpadpadpad", i % 17, i % 10, 35 + i % 30).into_bytes())
+        .map(|i| {
+            format!(
+                "{i},gw-{},2026-11-22T01:00:00Z,21.{},{},ok,padpadpadpadpadpadpadpadpad",
+                i % 17,
+                i % 10,
+                35 + i % 30
+            )
+            .into_bytes()
+        })
         .collect();
     let pct = |l: &[u64], p: f64| l[((l.len() as f64 - 1.0) * p) as usize];
     let (j, jfull) = append_latencies("json", &json);

@@ -231,6 +231,7 @@ impl Engine {
             raw_len: chunk.raw_len as u32,
             records: chunk.records as u32,
             gzip: chunk.gzip,
+            sink: crate::spool::SinkId::Streaming,
         };
         match sp.push(&header, &self.wire) {
             Ok(dropped) => {

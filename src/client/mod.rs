@@ -502,6 +502,7 @@ fn open_spool(sh: &Shared, storage: SpoolStorage) -> Result<Spool<SpoolStorage>,
         policy: cfg.spool_policy,
         key: cfg.spool_key.as_ref().map(|k| k.0),
         trim_on_open: cfg.spool_trim_on_open,
+        max_payload_len_queued: crate::spool::MAX_PAYLOAD_LEN,
     };
     let (spool, report) = Spool::open(storage, scfg).map_err(spool_error)?;
     // Whatever open could not keep pending is data a person must hear about.

@@ -2,16 +2,20 @@
 //! header. Decoding trusts nothing: every length is bounded before it is used, so a torn or
 //! flipped file can only ever produce an error, never a panic or a huge allocation.
 
-use super::{ChunkHeader, DestKey, SpoolError};
+use super::{ChunkHeader, DestKey, SinkId, SpoolError};
 use crate::crc32::crc32;
 
 /// Identifies a spool chunk file ("Kusto Edge Spool Chunk").
 pub(crate) const MAGIC: [u8; 4] = *b"KESC";
-/// Bumped on any incompatible layout change; files of other versions are moved to `corrupt/`
-/// (not deleted) so that newer firmware can still pick them up.
-pub(crate) const VERSION: u8 = 1;
-/// Bytes of the fixed part of the header, before the destination strings.
-pub(crate) const FIXED_LEN: usize = 72;
+/// The version `push` writes; bumped on any incompatible layout change. Older versions are read
+/// (version 1: a streaming chunk). A file of a newer version cannot be verified by this firmware
+/// (its header layout is unknown), so it is neither trusted nor judged: the spool leaves it where
+/// it is, counted, for the newer firmware that wrote it (a downgrade keeps the data).
+pub(crate) const VERSION: u8 = 2;
+/// Bytes of the fixed part of a version 1 header, before the destination strings.
+pub(crate) const FIXED_LEN_V1: usize = 72;
+/// Bytes of the fixed part of the header: version 1's plus the sink byte.
+pub(crate) const FIXED_LEN: usize = FIXED_LEN_V1 + 1;
 /// Longest database, table, format or mapping name accepted, in bytes. Kusto's own names are at
 /// most 1024 characters; the bound keeps the header small enough to read into a fixed buffer.
 pub const MAX_NAME_LEN: usize = 1024;
@@ -36,6 +40,22 @@ const KNOWN_FLAGS: u8 = FLAG_GZIP | FLAG_SEALED | FLAG_MAPPING;
 pub(crate) struct Sealing {
     pub nonce: [u8; NONCE_LEN],
     pub key_id: [u8; KEY_ID_LEN],
+}
+
+/// Why a header was not decoded.
+#[derive(Debug)]
+pub(crate) enum BadHeader {
+    /// Damaged, torn or not a chunk at all.
+    Corrupt(String),
+    /// Written by newer firmware (a newer format version, or a sink this version does not know):
+    /// to be left alone, not judged.
+    Newer,
+}
+
+impl BadHeader {
+    fn corrupt(why: &str) -> Self {
+        BadHeader::Corrupt(why.to_owned())
+    }
 }
 
 /// A decoded, checksum-verified header.
@@ -75,7 +95,7 @@ pub(crate) fn file_len(header_len: usize, stored_len: u32) -> u64 {
     header_len as u64 + CRC_LEN as u64 + stored_len as u64 + CRC_LEN as u64
 }
 
-/// Header length (without CRC) that `dest` will produce.
+/// Header length (without CRC) that `dest` will produce (current version).
 pub(crate) fn header_len(dest: &DestKey) -> usize {
     FIXED_LEN
         + dest.database.len()
@@ -140,6 +160,7 @@ pub(crate) fn encode_header(
     for s in [&d.database[..], &d.table[..], &d.format[..], mapping] {
         out.extend_from_slice(&(s.len() as u16).to_le_bytes());
     }
+    out.push(h.sink as u8);
     debug_assert_eq!(out.len(), FIXED_LEN);
     for s in [&d.database[..], &d.table[..], &d.format[..], mapping] {
         out.extend_from_slice(s.as_bytes());
@@ -151,19 +172,24 @@ pub(crate) fn encode_header(
 }
 
 /// Reads the header length from the first 8 bytes, so the caller knows how much more to read.
-pub(crate) fn header_len_from_prefix(prefix: &[u8]) -> Result<usize, String> {
+pub(crate) fn header_len_from_prefix(prefix: &[u8]) -> Result<usize, BadHeader> {
     if prefix.len() < 8 {
-        return Err("file too short for a chunk header".into());
+        return Err(BadHeader::corrupt("file too short for a chunk header"));
     }
     if prefix[..4] != MAGIC {
-        return Err("not a spool chunk (bad magic)".into());
+        return Err(BadHeader::corrupt("not a spool chunk (bad magic)"));
     }
-    if prefix[4] != VERSION {
-        return Err(format!("unsupported chunk format version {}", prefix[4]));
-    }
+    let fixed = match prefix[4] {
+        1 => FIXED_LEN_V1,
+        VERSION => FIXED_LEN,
+        0 => return Err(BadHeader::corrupt("chunk format version 0")),
+        _ => return Err(BadHeader::Newer),
+    };
     let hlen = u16::from_le_bytes([prefix[6], prefix[7]]) as usize;
-    if !(FIXED_LEN..=MAX_HEADER_LEN).contains(&hlen) {
-        return Err(format!("header length {hlen} out of range"));
+    if !(fixed..=fixed + 4 * MAX_NAME_LEN).contains(&hlen) {
+        return Err(BadHeader::Corrupt(format!(
+            "header length {hlen} out of range"
+        )));
     }
     Ok(hlen)
 }
@@ -175,20 +201,34 @@ fn le_u32(b: &[u8], at: usize) -> u32 {
     u32::from_le_bytes([b[at], b[at + 1], b[at + 2], b[at + 3]])
 }
 
-/// Decodes `bytes` = header followed by its CRC, checking the CRC and every field.
-pub(crate) fn decode_header(bytes: &[u8]) -> Result<Decoded, String> {
+/// Decodes `bytes` = header followed by its CRC, checking the CRC and every field. Version 1
+/// headers (no sink byte) decode as streaming chunks.
+pub(crate) fn decode_header(bytes: &[u8]) -> Result<Decoded, BadHeader> {
     let hlen = header_len_from_prefix(bytes)?;
     if bytes.len() != hlen + CRC_LEN {
-        return Err("truncated chunk header".into());
+        return Err(BadHeader::corrupt("truncated chunk header"));
     }
     let stored_crc = le_u32(bytes, hlen);
     if crc32(&bytes[..hlen]) != stored_crc {
-        return Err("chunk header checksum mismatch".into());
+        return Err(BadHeader::corrupt("chunk header checksum mismatch"));
     }
     let flags = bytes[5];
     if flags & !KNOWN_FLAGS != 0 {
-        return Err(format!("unknown chunk flags {flags:#04x}"));
+        return Err(BadHeader::Corrupt(format!(
+            "unknown chunk flags {flags:#04x}"
+        )));
     }
+    let (fixed, sink) = if bytes[4] == 1 {
+        (FIXED_LEN_V1, SinkId::Streaming)
+    } else {
+        let sink = match bytes[FIXED_LEN_V1] {
+            1 => SinkId::Streaming,
+            2 => SinkId::Queued,
+            // The checksum held, so this is no bit flip: a sink of newer firmware.
+            _ => return Err(BadHeader::Newer),
+        };
+        (FIXED_LEN, sink)
+    };
     let mut chunk_id = [0u8; 16];
     chunk_id.copy_from_slice(&bytes[8..24]);
     let mut ms = [0u8; 8];
@@ -208,23 +248,27 @@ pub(crate) fn decode_header(bytes: &[u8]) -> Result<Decoded, String> {
         le_u16(bytes, 70),
     ];
     let total: usize = lens.iter().map(|&l| l as usize).sum();
-    if lens.iter().any(|&l| l as usize > MAX_NAME_LEN) || FIXED_LEN + total != hlen {
-        return Err("destination name lengths do not match the header length".into());
+    if lens.iter().any(|&l| l as usize > MAX_NAME_LEN) || fixed + total != hlen {
+        return Err(BadHeader::corrupt(
+            "destination name lengths do not match the header length",
+        ));
     }
     if flags & FLAG_MAPPING == 0 && lens[3] != 0 {
-        return Err("mapping name present without the mapping flag".into());
+        return Err(BadHeader::corrupt(
+            "mapping name present without the mapping flag",
+        ));
     }
-    let mut at = FIXED_LEN;
+    let mut at = fixed;
     let mut names: [String; 4] = Default::default();
     for (i, &l) in lens.iter().enumerate() {
         let s = std::str::from_utf8(&bytes[at..at + l as usize])
-            .map_err(|_| "destination name is not UTF-8".to_string())?;
+            .map_err(|_| BadHeader::corrupt("destination name is not UTF-8"))?;
         names[i] = s.to_owned();
         at += l as usize;
     }
     let sealed = flags & FLAG_SEALED != 0;
     if sealed && (stored_len as usize) < TAG_LEN {
-        return Err("sealed payload shorter than its tag".into());
+        return Err(BadHeader::corrupt("sealed payload shorter than its tag"));
     }
     let [database, table, format, mapping] = names;
     Ok(Decoded {
@@ -244,6 +288,7 @@ pub(crate) fn decode_header(bytes: &[u8]) -> Result<Decoded, String> {
             raw_len,
             records,
             gzip: flags & FLAG_GZIP != 0,
+            sink,
         },
         stored_len,
         seal: if sealed {
@@ -272,6 +317,7 @@ mod tests {
             raw_len: 4 << 20,
             records: 77,
             gzip: true,
+            sink: SinkId::Queued,
         }
     }
 

@@ -18,12 +18,12 @@
 //! checks it again on the way out; failures move the file to `corrupt/` (kept for inspection,
 //! never sent) and are counted.
 //!
-//! # File layout (little endian)
+//! # File layout (little endian, format version 2)
 //!
 //! | offset | size | field |
 //! |---|---|---|
 //! | 0 | 4 | magic `KESC` |
-//! | 4 | 1 | format version (1) |
+//! | 4 | 1 | format version (2) |
 //! | 5 | 1 | flags: 0x01 gzip, 0x02 sealed (AES-256-GCM), 0x04 has mapping |
 //! | 6 | 2 | H = header length (this table up to the end of the names, without the CRC) |
 //! | 8 | 16 | chunk id (the request id on every resend, across reboots) |
@@ -34,10 +34,25 @@
 //! | 44 | 12 | AES-GCM nonce (zero when not sealed) |
 //! | 56 | 8 | key identifier (HMAC-SHA256 of a label under the key; zero when not sealed) |
 //! | 64 | 8 | lengths (u16) of database, table, format, mapping |
-//! | 72 | .. | the four names, UTF-8, each at most [`MAX_NAME_LEN`] bytes |
+//! | 72 | 1 | sink ([`SinkId`]: 1 streaming, 2 queued) |
+//! | 73 | .. | the four names, UTF-8, each at most [`MAX_NAME_LEN`] bytes |
 //! | H | 4 | CRC-32 of bytes 0..H |
 //! | H+4 | P | payload: exactly the request body that is sent (gzip for text formats) |
 //! | H+4+P | 4 | CRC-32 of every byte before it |
+//!
+//! Version 1 (written by earlier firmware, still read) is the same without the sink byte: the
+//! names start at 72, and the chunk is a streaming one. A file of a *newer* version (or a version
+//! 2 file naming a sink this firmware does not know, its checksum intact) was written by newer
+//! firmware: its layout cannot be checked here, so it is neither sent nor judged. It stays in the
+//! spool directory untouched, unindexed and counted ([`RecoveryReport::newer`]), like a locked
+//! chunk, so that a firmware downgrade keeps the data for the next upgrade. (A bit flip that
+//! raises the version byte of a damaged file is indistinguishable from that, and is treated so.)
+//!
+//! Each sink has its own largest chunk: streaming chunks at most [`MAX_RAW_LEN`] raw and
+//! [`MAX_PAYLOAD_LEN`] stored bytes (the service's limit), queued ones up to
+//! [`SpoolConfig::max_payload_len_queued`] (the format allows up to [`MAX_STORED_PAYLOAD_LEN`]).
+//! `push` enforces them; `read` of a chunk bigger than the caller's buffer is
+//! [`SpoolError::BufferTooSmall`] and consumes nothing.
 //!
 //! The header has its own CRC so a reader can trust the lengths before it reads the payload into
 //! the caller's buffer; the trailing CRC commits the whole file. A file whose size is not exactly
@@ -92,7 +107,7 @@ pub use mem::{CutMode, MemStorage};
 pub use storage::{Area, Storage};
 
 use crate::crc32::Crc32;
-use format::{Decoded, CRC_LEN, MAX_HEADER_LEN, TAG_LEN};
+use format::{BadHeader, Decoded, CRC_LEN, MAX_HEADER_LEN, TAG_LEN};
 use seal::Sealer;
 use std::collections::BTreeMap;
 use std::fmt;
@@ -108,7 +123,11 @@ pub const MAX_RAW_LEN: u32 = 4 << 20;
 /// AES-GCM tag is kept out of the caller's buffer.
 pub const MAX_PAYLOAD_LEN: usize = MAX_RAW_LEN as usize + (MAX_RAW_LEN as usize / 1024) + 64;
 
-/// Largest file one chunk can occupy on flash (payload, tag, header, checksums); `max_bytes` below
+/// Largest payload the file format can hold (its stored length is 32 bits and includes the
+/// AES-GCM tag): the ceiling of [`SpoolConfig::max_payload_len_queued`].
+pub const MAX_STORED_PAYLOAD_LEN: usize = u32::MAX as usize - TAG_LEN;
+
+/// Largest file one streaming chunk can occupy on flash (payload, tag, header, checksums); `max_bytes` below
 /// this may refuse legitimate chunks with [`SpoolError::TooLarge`].
 pub const MAX_CHUNK_FILE_LEN: u64 =
     (MAX_HEADER_LEN + 2 * CRC_LEN + TAG_LEN + MAX_PAYLOAD_LEN) as u64;
@@ -119,6 +138,18 @@ pub const MAX_REJECT_MESSAGE_LEN: usize = 4096;
 
 /// Bytes of scratch used to stream a chunk through its checksum on `open`.
 const VERIFY_SCRATCH_LEN: usize = 64 * 1024;
+
+/// Which way a chunk is sent to the service, recorded in its header (format version 2; version 1
+/// chunks are streaming ones). Each sink has its own largest chunk: see [`SpoolConfig`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+#[repr(u8)]
+pub enum SinkId {
+    /// Streaming ingestion: one request per chunk, at most [`MAX_RAW_LEN`] raw bytes.
+    Streaming = 1,
+    /// Queued ingestion (blob upload, then a queue message): bigger chunks, bounded by
+    /// [`SpoolConfig::max_payload_len_queued`].
+    Queued = 2,
+}
 
 /// Where a chunk goes: chunks are sent per destination, so the spool keeps it with each one.
 #[derive(Clone, PartialEq, Eq, Hash, Debug)]
@@ -149,6 +180,8 @@ pub struct ChunkHeader {
     pub records: u32,
     /// Payload is gzip (text formats, sent with `Content-Encoding: gzip`) or sent as is (binary formats).
     pub gzip: bool,
+    /// The sink the chunk is for.
+    pub sink: SinkId,
 }
 
 /// What `push` does when the spool is full.
@@ -177,6 +210,12 @@ pub struct SpoolConfig {
     /// limits allow, whatever the policy. Off by default: opening never discards data silently;
     /// an over-limit spool is kept whole and `push` refuses new chunks until it drains.
     pub trim_on_open: bool,
+    /// Largest payload `push` accepts for a [`SinkId::Queued`] chunk (no raw-length bound applies
+    /// to those: the service's streaming limit does not). [`MAX_PAYLOAD_LEN`] is the usual value;
+    /// at most [`MAX_STORED_PAYLOAD_LEN`]. Streaming chunks are always bounded by
+    /// [`MAX_RAW_LEN`]/[`MAX_PAYLOAD_LEN`]. Chunks already on flash are served whatever this says
+    /// (a lowered bound does not strand them); `read` needs a buffer that holds them.
+    pub max_payload_len_queued: usize,
 }
 
 impl fmt::Debug for SpoolConfig {
@@ -187,6 +226,7 @@ impl fmt::Debug for SpoolConfig {
             .field("policy", &self.policy)
             .field("key", &self.key.map(|_| "<redacted>"))
             .field("trim_on_open", &self.trim_on_open)
+            .field("max_payload_len_queued", &self.max_payload_len_queued)
             .finish()
     }
 }
@@ -205,7 +245,9 @@ pub enum SpoolError {
     Io(io::Error),
     /// A chunk failed its checksum or authentication; it was moved to `corrupt/`.
     Corrupt(String),
-    /// The chunk can never fit: raw data over 4 MiB, payload over [`MAX_PAYLOAD_LEN`], or file over `max_bytes`.
+    /// The chunk can never fit: for a streaming chunk raw data over 4 MiB or payload over
+    /// [`MAX_PAYLOAD_LEN`], for a queued one payload over
+    /// [`SpoolConfig::max_payload_len_queued`], or file over `max_bytes`.
     TooLarge {
         /// Size of the offending quantity in bytes.
         len: u64,
@@ -321,6 +363,12 @@ pub struct RecoveryReport {
     pub locked: u32,
     /// File bytes of the locked chunks (they still occupy the flash: worth a warning).
     pub locked_bytes: u64,
+    /// Chunks written by newer firmware (a newer format version, or a sink this version does not
+    /// know). Like locked chunks they stay in the spool directory untouched and unindexed, never
+    /// moved or deleted, so a firmware downgrade keeps the data for the next upgrade.
+    pub newer: u32,
+    /// File bytes of those.
+    pub newer_bytes: u64,
 }
 
 /// Chunks deleted to make room (policy [`FullPolicy::DropOldest`]): lost telemetry the caller
@@ -369,6 +417,11 @@ pub struct SpoolStats {
     /// Chunks left untouched on `open` because they need another key (see
     /// [`RecoveryReport::locked`]).
     pub locked_chunks: u64,
+    /// Chunks left untouched on `open` because newer firmware wrote them (see
+    /// [`RecoveryReport::newer`]).
+    pub newer_chunks: u64,
+    /// File bytes of those.
+    pub newer_bytes: u64,
 }
 
 /// What the spool knows about a pending chunk without reading its file.
@@ -390,6 +443,8 @@ pub struct ChunkInfo {
     pub file_len: u64,
     /// Whether the payload is gzip.
     pub gzip: bool,
+    /// The sink the chunk is for.
+    pub sink: SinkId,
 }
 
 /// A spool of chunks on a [`Storage`]. Not thread-safe by itself (`&mut self` for every change):
@@ -400,6 +455,7 @@ pub struct Spool<S: Storage> {
     max_chunks: u32,
     policy: FullPolicy,
     trim_on_open: bool,
+    max_payload_len_queued: usize,
     sealer: Option<Sealer>,
     index: BTreeMap<u64, ChunkInfo>,
     bytes: u64,
@@ -496,11 +552,22 @@ enum Check {
     /// a key where none was used: leave it alone for an open with the right configuration.
     /// Carries the file size.
     Locked(u64),
+    /// Written by newer firmware: leave it alone. Carries the file size.
+    Newer(u64),
 }
 
 impl From<io::Error> for Check {
     fn from(e: io::Error) -> Self {
         Check::Io(e)
+    }
+}
+
+impl Check {
+    fn bad_header(b: BadHeader, file_len: u64) -> Self {
+        match b {
+            BadHeader::Corrupt(why) => Check::Corrupt(why),
+            BadHeader::Newer => Check::Newer(file_len),
+        }
     }
 }
 
@@ -521,6 +588,12 @@ impl<S: Storage> Spool<S> {
                 "max_chunks and max_bytes must be at least 1".into(),
             ));
         }
+        if cfg.max_payload_len_queued > MAX_STORED_PAYLOAD_LEN {
+            return Err(SpoolError::InvalidConfig(format!(
+                "max_payload_len_queued is {}; the chunk format holds at most {MAX_STORED_PAYLOAD_LEN}",
+                cfg.max_payload_len_queued
+            )));
+        }
         let sealer = cfg.key.as_ref().map(Sealer::new);
         let mut spool = Spool {
             storage,
@@ -528,6 +601,7 @@ impl<S: Storage> Spool<S> {
             max_chunks: cfg.max_chunks,
             policy: cfg.policy,
             trim_on_open: cfg.trim_on_open,
+            max_payload_len_queued: cfg.max_payload_len_queued,
             sealer,
             index: BTreeMap::new(),
             bytes: 0,
@@ -605,6 +679,13 @@ impl<S: Storage> Spool<S> {
                     report.locked_bytes += len;
                     self.stats.locked_chunks += 1;
                 }
+                Err(Check::Newer(len)) => {
+                    // Same: newer firmware may still send it after an upgrade.
+                    report.newer += 1;
+                    report.newer_bytes += len;
+                    self.stats.newer_chunks += 1;
+                    self.stats.newer_bytes += len;
+                }
                 Err(Check::Io(e)) => return Err(e.into()),
             }
         }
@@ -668,7 +749,8 @@ impl<S: Storage> Spool<S> {
         {
             return Err(Check::Corrupt(format!("file is only {len} bytes")));
         }
-        let hlen = format::header_len_from_prefix(&prefix).map_err(Check::Corrupt)?;
+        let hlen =
+            format::header_len_from_prefix(&prefix).map_err(|b| Check::bad_header(b, len))?;
         self.hdr.clear();
         self.hdr.resize(hlen + CRC_LEN, 0);
         if self
@@ -678,7 +760,7 @@ impl<S: Storage> Spool<S> {
         {
             return Err(Check::Corrupt("truncated inside the header".into()));
         }
-        let d = format::decode_header(&self.hdr).map_err(Check::Corrupt)?;
+        let d = format::decode_header(&self.hdr).map_err(|b| Check::bad_header(b, len))?;
         if d.file_len() != len {
             return Err(Check::Corrupt(format!(
                 "file is {len} bytes but its header describes {} (torn write)",
@@ -751,6 +833,7 @@ impl<S: Storage> Spool<S> {
             payload_len: d.payload_len(),
             file_len: d.file_len(),
             gzip: d.header.gzip,
+            sink: d.header.sink,
         };
         self.bytes += info.file_len;
         self.index.insert(seq, info);
@@ -786,16 +869,17 @@ impl<S: Storage> Spool<S> {
     /// make room. On any error the new chunk is not stored and earlier chunks are intact (chunks
     /// already dropped to make room stay dropped and are counted in [`SpoolStats`]).
     pub fn push(&mut self, header: &ChunkHeader, payload: &[u8]) -> Result<Dropped, SpoolError> {
-        if header.raw_len > MAX_RAW_LEN {
+        if header.sink == SinkId::Streaming && header.raw_len > MAX_RAW_LEN {
             return Err(SpoolError::TooLarge {
                 len: header.raw_len as u64,
                 max: MAX_RAW_LEN as u64,
             });
         }
-        if payload.len() > MAX_PAYLOAD_LEN {
+        let max_payload = self.max_payload_len_for(header.sink);
+        if payload.len() > max_payload {
             return Err(SpoolError::TooLarge {
                 len: payload.len() as u64,
-                max: MAX_PAYLOAD_LEN as u64,
+                max: max_payload as u64,
             });
         }
         let seal = match &self.sealer {
@@ -960,9 +1044,18 @@ impl<S: Storage> Spool<S> {
         self.index.is_empty()
     }
 
-    /// The largest payload `read` can return: size the read buffer with it once.
+    /// The largest payload `read` can return for a streaming chunk: size the read buffer with it
+    /// once.
     pub const fn max_payload_len() -> usize {
         MAX_PAYLOAD_LEN
+    }
+
+    /// The largest payload `push` accepts for `sink` (for queued chunks, as configured).
+    pub fn max_payload_len_for(&self, sink: SinkId) -> usize {
+        match sink {
+            SinkId::Streaming => MAX_PAYLOAD_LEN,
+            SinkId::Queued => self.max_payload_len_queued,
+        }
     }
 
     /// Reads a chunk's payload into `out` (which must hold [`ChunkInfo::payload_len`] bytes;
@@ -985,8 +1078,8 @@ impl<S: Storage> Spool<S> {
                 out[..plen].fill(0);
                 Err(self.quarantine(seq, why))
             }
-            Err(Check::Locked(_)) => {
-                // It was indexed under this key, so its key changed on flash: damage, not config.
+            Err(Check::Locked(_) | Check::Newer(_)) => {
+                // It was indexed under this key and version, so it changed on flash: damage.
                 out[..plen].fill(0);
                 Err(self.quarantine(seq, "key changed since it was indexed".into()))
             }

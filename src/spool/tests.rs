@@ -14,6 +14,7 @@ fn cfg(key: Option<[u8; 32]>) -> SpoolConfig {
         policy: FullPolicy::DropOldest,
         key,
         trim_on_open: false,
+        max_payload_len_queued: MAX_PAYLOAD_LEN,
     }
 }
 
@@ -54,6 +55,7 @@ fn chunk(id: u32, table: &str, len: usize) -> (ChunkHeader, Vec<u8>) {
         raw_len: (len * 3) as u32,
         records: id + 1,
         gzip: table != "B",
+        sink: SinkId::Streaming,
     };
     (h, bytes(id as u64, len))
 }
@@ -1438,4 +1440,263 @@ fn symlinked_subdirectories_and_lock_file_are_refused() {
             "{what}: {e}"
         );
     }
+}
+
+// ---------------------------------------------------------------- format versions and sinks
+
+/// A chunk file exactly as firmware with format version 1 wrote it, built byte by byte from the
+/// version 1 table (no sink byte: the names follow the 72-byte fixed part).
+pub(super) fn v1_file(h: &ChunkHeader, payload: &[u8], key: Option<&[u8; 32]>) -> Vec<u8> {
+    let d = &h.dest;
+    let mapping = d.mapping.as_deref().unwrap_or("");
+    let names = [&d.database[..], &d.table[..], &d.format[..], mapping];
+    let hlen = 72 + names.iter().map(|n| n.len()).sum::<usize>();
+    let sealer = key.map(seal::Sealer::new);
+    let mut f = Vec::new();
+    f.extend_from_slice(b"KESC");
+    f.push(1);
+    let mut flags = 0u8;
+    if h.gzip {
+        flags |= 0x01;
+    }
+    if key.is_some() {
+        flags |= 0x02;
+    }
+    if d.mapping.is_some() {
+        flags |= 0x04;
+    }
+    f.push(flags);
+    f.extend_from_slice(&(hlen as u16).to_le_bytes());
+    f.extend_from_slice(&h.chunk_id);
+    f.extend_from_slice(&h.created_unix_ms.to_le_bytes());
+    f.extend_from_slice(&h.raw_len.to_le_bytes());
+    f.extend_from_slice(&h.records.to_le_bytes());
+    let stored = payload.len() + if key.is_some() { 16 } else { 0 };
+    f.extend_from_slice(&(stored as u32).to_le_bytes());
+    let sealing = sealer.as_ref().map(|s| format::Sealing {
+        nonce: [5; 12],
+        key_id: s.key_id(),
+    });
+    match &sealing {
+        Some(s) => {
+            f.extend_from_slice(&s.nonce);
+            f.extend_from_slice(&s.key_id);
+        }
+        None => f.extend_from_slice(&[0; 20]),
+    }
+    for n in names {
+        f.extend_from_slice(&(n.len() as u16).to_le_bytes());
+    }
+    assert_eq!(f.len(), 72);
+    for n in names {
+        f.extend_from_slice(n.as_bytes());
+    }
+    assert_eq!(f.len(), hlen);
+    let hcrc = crate::crc32::crc32(&f);
+    f.extend_from_slice(&hcrc.to_le_bytes());
+    match (&sealer, &sealing) {
+        (Some(sealer), Some(s)) => {
+            let mut body = payload.to_vec();
+            let tag = sealer.seal(s, &f[..hlen], &mut body).unwrap();
+            f.extend_from_slice(&body);
+            f.extend_from_slice(&tag);
+        }
+        _ => f.extend_from_slice(payload),
+    }
+    let crc = crate::crc32::crc32(&f);
+    f.extend_from_slice(&crc.to_le_bytes());
+    f
+}
+
+fn put(mem: &MemStorage, area: Area, name: &str, data: &[u8]) {
+    let mut m = mem.clone();
+    m.write_file(area, name, &[data]).unwrap();
+    m.sync_area(area).unwrap();
+}
+
+#[test]
+fn version_1_chunks_are_read_as_streaming_chunks_beside_version_2_ones() {
+    for key in [None, Some(KEY)] {
+        let mem = MemStorage::new();
+        let v1: Vec<_> = (0..3)
+            .map(|i| chunk(i, if i == 1 { "B" } else { "A" }, 100 * i as usize))
+            .collect();
+        for (i, (h, p)) in v1.iter().enumerate() {
+            let name = format!("{i:016x}.chunk");
+            put(&mem, Area::Pending, &name, &v1_file(h, p, key.as_ref()));
+        }
+        let (mut sp, report) = Spool::open(mem.clone(), cfg(key)).unwrap();
+        assert_eq!(
+            (report.chunks, report.corrupt, report.locked, report.newer),
+            (3, 0, 0, 0)
+        );
+        assert!(sp.pending().all(|(_, i)| i.sink == SinkId::Streaming));
+        let (mut h, p) = chunk(3, "A", 50);
+        h.sink = SinkId::Queued;
+        sp.push(&h, &p).unwrap();
+        assert_eq!(
+            mem.contents(Area::Pending, "0000000000000003.chunk")
+                .unwrap()[4],
+            2
+        );
+        drop(sp);
+        let (mut sp, report) = Spool::open(mem.clone(), cfg(key)).unwrap();
+        assert_eq!((report.chunks, report.corrupt), (4, 0));
+        let got: Vec<_> = read_all(&mut sp)
+            .into_iter()
+            .map(|(_, h, p)| (h, p))
+            .collect();
+        let mut expect = v1.clone();
+        expect.push((h, p));
+        assert_eq!(got, expect, "key {}", key.is_some());
+        // A v1 chunk altered behind the spool's back (valid CRCs) still fails authentication.
+        if key.is_some() {
+            sp.remove(0).unwrap();
+            drop(sp);
+            tamper(&mem, "0000000000000001.chunk", |d| {
+                let n = d.len();
+                d[n - 25] ^= 4;
+            });
+            let (mut sp, _) = Spool::open(mem.clone(), cfg(key)).unwrap();
+            let mut buf = vec![0u8; 4096];
+            assert!(matches!(sp.read(1, &mut buf), Err(SpoolError::Corrupt(_))));
+        }
+    }
+}
+
+#[test]
+fn the_sink_round_trips_and_each_sink_has_its_own_size_bound() {
+    let c = SpoolConfig {
+        max_payload_len_queued: MAX_PAYLOAD_LEN + 4096,
+        ..cfg(None)
+    };
+    let (mut sp, _) = Spool::open(MemStorage::new(), c.clone()).unwrap();
+    let (mut q, _) = chunk(1, "A", 0);
+    q.sink = SinkId::Queued;
+    q.raw_len = 3 * MAX_RAW_LEN; // no raw bound for queued chunks
+    let big = bytes(3, MAX_PAYLOAD_LEN + 4096);
+    sp.push(&q, &big).unwrap();
+    assert_eq!(sp.info(0).unwrap().sink, SinkId::Queued);
+    assert_eq!(
+        sp.max_payload_len_for(SinkId::Queued),
+        MAX_PAYLOAD_LEN + 4096
+    );
+    assert!(matches!(
+        sp.push(&q, &bytes(3, MAX_PAYLOAD_LEN + 4097)),
+        Err(SpoolError::TooLarge { max, .. }) if max == (MAX_PAYLOAD_LEN + 4096) as u64
+    ));
+    // The streaming bounds are fixed.
+    let (mut s, _) = chunk(2, "A", 0);
+    assert!(matches!(
+        sp.push(&s, &big),
+        Err(SpoolError::TooLarge { max, .. }) if max == MAX_PAYLOAD_LEN as u64
+    ));
+    s.raw_len = MAX_RAW_LEN + 1;
+    assert!(matches!(
+        sp.push(&s, b"x"),
+        Err(SpoolError::TooLarge { .. })
+    ));
+    // A streaming-sized buffer is too small for the big queued chunk; nothing is consumed.
+    let mut out = vec![0u8; Spool::<MemStorage>::max_payload_len()];
+    assert!(matches!(
+        sp.read(0, &mut out),
+        Err(SpoolError::BufferTooSmall { needed }) if needed == MAX_PAYLOAD_LEN + 4096
+    ));
+    out.resize(MAX_PAYLOAD_LEN + 4096, 0);
+    let (h, n) = sp.read(0, &mut out).unwrap();
+    assert_eq!((h, &out[..n]), (q.clone(), &big[..]));
+
+    // A lowered queued bound refuses new big chunks but still serves the one on flash.
+    let small = SpoolConfig {
+        max_payload_len_queued: 100,
+        ..cfg(None)
+    };
+    let (mut sp, report) = Spool::open(sp.into_storage(), small).unwrap();
+    assert_eq!(report.chunks, 1);
+    let (mut q2, p2) = chunk(3, "A", 101);
+    q2.sink = SinkId::Queued;
+    assert!(matches!(
+        sp.push(&q2, &p2),
+        Err(SpoolError::TooLarge { max: 100, .. })
+    ));
+    q2.sink = SinkId::Streaming;
+    sp.push(&q2, &p2).unwrap();
+    assert_eq!(sp.read(0, &mut out).unwrap().1, big.len());
+
+    if usize::BITS > 32 {
+        let e = Spool::open(
+            MemStorage::new(),
+            SpoolConfig {
+                max_payload_len_queued: MAX_STORED_PAYLOAD_LEN + 1,
+                ..cfg(None)
+            },
+        )
+        .err()
+        .unwrap();
+        assert!(matches!(e, SpoolError::InvalidConfig(_)), "{e}");
+    }
+}
+
+#[test]
+fn chunks_of_newer_firmware_stay_in_place_untouched_and_counted() {
+    let mem = MemStorage::new();
+    let (mut sp, _) = Spool::open(mem.clone(), cfg(None)).unwrap();
+    for i in 0..3 {
+        let (h, p) = chunk(i, "A", 100);
+        sp.push(&h, &p).unwrap();
+    }
+    drop(sp);
+    // A format version 3 file (its layout unknown here: just the magic and version), and a
+    // version 2 file naming a sink this firmware does not know, with valid checksums.
+    let mut v3 = mem
+        .contents(Area::Pending, "0000000000000000.chunk")
+        .unwrap();
+    v3[4] = 3;
+    v3.extend_from_slice(b"fields of a future layout");
+    put(&mem, Area::Pending, "0000000000000000.chunk", &v3);
+    tamper(&mem, "0000000000000001.chunk", |d| d[72] = 9);
+    let sink9 = mem
+        .contents(Area::Pending, "0000000000000001.chunk")
+        .unwrap();
+    let newer_bytes = (v3.len() + sink9.len()) as u64;
+    // Version 0 is no version at all: damage.
+    let mut v0 = v3.clone();
+    v0[4] = 0;
+    put(&mem, Area::Pending, "0000000000000010.chunk", &v0);
+
+    for _ in 0..2 {
+        let (mut sp, report) = Spool::open(mem.clone(), cfg(None)).unwrap();
+        assert_eq!(
+            (report.chunks, report.newer, report.newer_bytes),
+            (1, 2, newer_bytes)
+        );
+        let s = sp.stats();
+        assert_eq!(
+            (s.newer_chunks, s.newer_bytes, s.chunks),
+            (2, newer_bytes, 1)
+        );
+        assert_eq!(
+            mem.contents(Area::Pending, "0000000000000000.chunk")
+                .unwrap(),
+            v3,
+            "left untouched"
+        );
+        assert_eq!(
+            mem.contents(Area::Pending, "0000000000000001.chunk")
+                .unwrap(),
+            sink9
+        );
+        assert_eq!(read_all(&mut sp).len(), 1);
+        // Their numbers stay reserved.
+        let (h, p) = chunk(7, "A", 10);
+        sp.push(&h, &p).unwrap();
+        let seq = last_seq(&sp);
+        assert!(seq > 0x10);
+        sp.remove(seq).unwrap();
+    }
+    assert_eq!(
+        mem.names(Area::Corrupt),
+        vec!["0000000000000010.chunk".to_string()],
+        "only the damaged one was moved"
+    );
 }
