@@ -130,6 +130,8 @@ fn spool_push(key: Option<[u8; 32]>, payload: &[u8], chunks: u32) -> Duration {
         key,
         trim_on_open: false,
         max_payload_len_queued: kusto_edge::spool::MAX_PAYLOAD_LEN,
+        quarantine_max_bytes: 1 << 30,
+        quarantine_max_chunks: 256,
     };
     let (mut spool, _) = Spool::open(storage, cfg).unwrap();
     let header = ChunkHeader {

@@ -28,6 +28,11 @@ pub const SPOOL_FIXED_BYTES: u64 = 96 * 1024;
 pub const AUTH_BYTES: u64 = 96 * 1024;
 /// Heap per chunk in the spool's index (entry, tree node, file name while listing).
 pub const SPOOL_BYTES_PER_CHUNK: u64 = 192;
+/// Heap per chunk in the spool's quarantine index (entry and tree node; the names of the chunk and its message,
+/// and their sort entries, while `open` lists `rejected/` and `corrupt/`).
+pub const SPOOL_BYTES_PER_QUARANTINED: u64 = 160;
+/// Default of `spool.quarantine_max_chunks`.
+pub const SPOOL_QUARANTINE_MAX_CHUNKS: u32 = 256;
 
 /// Log verbosity, numbered as the C enum.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
@@ -142,7 +147,7 @@ pub struct Config {
     pub log_level: LogLevel,
     /// Spool directory on flash; `None`: no spool (failed batches stay in RAM).
     pub spool_dir: Option<std::path::PathBuf>,
-    /// Upper bound of the spool's files, in bytes.
+    /// Upper bound of the spool's pending chunk files, in bytes.
     pub spool_max_bytes: u64,
     /// Upper bound of chunks in the spool (also bounds the RAM of its index).
     pub spool_max_chunks: u32,
@@ -157,6 +162,11 @@ pub struct Config {
     pub spool_trim_on_open: bool,
     /// Spooled chunks one `poll` replays at most.
     pub replay_per_poll: u32,
+    /// Upper bound of `rejected/` and `corrupt/` in bytes; `None`: an eighth of `spool_max_bytes`
+    /// (see [`Config::spool_quarantine_max_bytes`]).
+    pub spool_quarantine_max_bytes: Option<u64>,
+    /// Upper bound of chunks in `rejected/` and `corrupt/` (also bounds the RAM of their index).
+    pub spool_quarantine_max_chunks: u32,
 }
 
 impl Default for Config {
@@ -192,6 +202,8 @@ impl Default for Config {
             spool_write_ahead: false,
             spool_trim_on_open: false,
             replay_per_poll: 8,
+            spool_quarantine_max_bytes: None,
+            spool_quarantine_max_chunks: SPOOL_QUARANTINE_MAX_CHUNKS,
         }
     }
 }
@@ -321,7 +333,7 @@ pub const KEYS: &[KeyDoc] = &[
     KeyDoc {
         key: "spool.max_bytes",
         default: "67108864",
-        help: "upper bound of the spool's size on flash",
+        help: "upper bound of the pending chunks on flash (the quarantine has its own bound)",
     },
     KeyDoc {
         key: "spool.max_chunks",
@@ -352,6 +364,16 @@ pub const KEYS: &[KeyDoc] = &[
         key: "spool.replay_per_poll",
         default: "8",
         help: "spooled chunks one poll replays at most (1..1000)",
+    },
+    KeyDoc {
+        key: "spool.quarantine_max_bytes",
+        default: "(spool.max_bytes / 8)",
+        help: "upper bound of rejected/ and corrupt/ on flash, on top of spool.max_bytes; the oldest go first (0: keep none)",
+    },
+    KeyDoc {
+        key: "spool.quarantine_max_chunks",
+        default: "256",
+        help: "upper bound of chunks in rejected/ and corrupt/ (0..1000000, also bounds their index in RAM)",
     },
 ];
 
@@ -515,6 +537,12 @@ impl Config {
             "spool.replay_per_poll" => {
                 self.replay_per_poll = parse_u64(key, value, 1, 1000)? as u32
             }
+            "spool.quarantine_max_bytes" => {
+                self.spool_quarantine_max_bytes = Some(parse_u64(key, value, 0, 1 << 50)?)
+            }
+            "spool.quarantine_max_chunks" => {
+                self.spool_quarantine_max_chunks = parse_u64(key, value, 0, 1_000_000)? as u32
+            }
             _ => {
                 return Err(Error::new(
                     ErrorKind::ConfigUnknownKey,
@@ -582,6 +610,13 @@ impl Config {
         Ok(cluster)
     }
 
+    /// Upper bound of the spool's quarantine (`rejected/` and `corrupt/`) in bytes: as set, or an eighth of
+    /// `spool.max_bytes`.
+    pub fn spool_quarantine_max_bytes(&self) -> u64 {
+        self.spool_quarantine_max_bytes
+            .unwrap_or(self.spool_max_bytes / 8)
+    }
+
     /// Largest gzip body a batch of `batch_bytes` can become (stored blocks in the worst case, plus framing).
     pub fn wire_capacity(&self) -> usize {
         crate::gzip::compressed_bound(self.batch_bytes)
@@ -609,8 +644,8 @@ impl Config {
             }
     }
 
-    /// The spool's share: its index (one entry per chunk), the scratch that verifies chunks on open, and with
-    /// encryption one sealed copy of a chunk while it is written.
+    /// The spool's share: its index (one entry per chunk), the index of its quarantine, the scratch that verifies
+    /// chunks on open, and with encryption one sealed copy of a chunk while it is written.
     fn spool_memory(&self) -> u64 {
         if self.spool_dir.is_none() {
             return 0;
@@ -620,7 +655,10 @@ impl Config {
         } else {
             0
         };
-        SPOOL_FIXED_BYTES + self.spool_max_chunks as u64 * SPOOL_BYTES_PER_CHUNK + sealing
+        SPOOL_FIXED_BYTES
+            + self.spool_max_chunks as u64 * SPOOL_BYTES_PER_CHUNK
+            + self.spool_quarantine_max_chunks as u64 * SPOOL_BYTES_PER_QUARANTINED
+            + sealing
     }
 }
 
@@ -676,6 +714,34 @@ mod tests {
             Config::default().validate().unwrap_err().kind,
             ErrorKind::ConfigIncomplete
         );
+    }
+
+    #[test]
+    fn quarantine_limits_default_to_an_eighth_of_the_spool_and_count_in_the_memory_bound() {
+        let mut c = Config::default();
+        assert_eq!(c.spool_quarantine_max_bytes(), 8 * 1024 * 1024);
+        c.set("spool.max_bytes", "800000").unwrap();
+        assert_eq!(c.spool_quarantine_max_bytes(), 100_000);
+        c.set("spool.quarantine_max_bytes", "0").unwrap();
+        assert_eq!(c.spool_quarantine_max_bytes(), 0);
+        c.set("spool.quarantine_max_bytes", "5000").unwrap();
+        c.set("spool.max_bytes", "8000000").unwrap();
+        assert_eq!(
+            c.spool_quarantine_max_bytes(),
+            5000,
+            "set explicitly: no longer follows"
+        );
+        assert!(c.set("spool.quarantine_max_bytes", "-1").is_err());
+
+        assert_eq!(c.spool_quarantine_max_chunks, 256);
+        c.set("spool.dir", "/data/spool").unwrap();
+        let a = c.memory_bound();
+        c.set("spool.quarantine_max_chunks", "1256").unwrap();
+        assert_eq!(c.memory_bound() - a, 1000 * SPOOL_BYTES_PER_QUARANTINED);
+        c.set("spool.quarantine_max_chunks", "0").unwrap();
+        let e = c.set("spool.quarantine_max_chunks", "1000001").unwrap_err();
+        assert_eq!(e.kind, ErrorKind::ConfigInvalidValue);
+        assert!(e.message.contains("spool.quarantine_max_chunks"));
     }
 
     #[test]

@@ -503,6 +503,8 @@ fn open_spool(sh: &Shared, storage: SpoolStorage) -> Result<Spool<SpoolStorage>,
         key: cfg.spool_key.as_ref().map(|k| k.0),
         trim_on_open: cfg.spool_trim_on_open,
         max_payload_len_queued: crate::spool::MAX_PAYLOAD_LEN,
+        quarantine_max_bytes: cfg.spool_quarantine_max_bytes(),
+        quarantine_max_chunks: cfg.spool_quarantine_max_chunks,
     };
     let (spool, report) = Spool::open(storage, scfg).map_err(spool_error)?;
     // Whatever open could not keep pending is data a person must hear about.

@@ -49,6 +49,7 @@ impl Default for MemStorage {
     }
 }
 
+#[derive(Clone)]
 struct Inode {
     data: Vec<u8>,
     synced: usize,
@@ -99,6 +100,7 @@ impl DirOp {
     }
 }
 
+#[derive(Clone)]
 struct MemState {
     inodes: HashMap<u64, Inode>,
     next_ino: u64,
@@ -289,6 +291,15 @@ impl MemStorage {
     fn state(&self) -> MutexGuard<'_, MemState> {
         // A test that panicked while holding the lock leaves a consistent-enough model behind.
         self.inner.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// An independent device holding what this one holds now (files, what is synced, armed
+    /// faults): one setup, many power-cut runs.
+    #[cfg(test)]
+    pub(crate) fn fork(&self) -> MemStorage {
+        MemStorage {
+            inner: Arc::new(Mutex::new(self.state().clone())),
+        }
     }
 
     /// Mutating operations performed so far (each create, each written part, each fsync, rename,

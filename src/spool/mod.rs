@@ -95,6 +95,7 @@
 mod format;
 mod fs;
 mod mem;
+mod quarantine;
 mod seal;
 mod storage;
 
@@ -108,6 +109,7 @@ pub use storage::{Area, Storage};
 
 use crate::crc32::Crc32;
 use format::{BadHeader, Decoded, CRC_LEN, MAX_HEADER_LEN, TAG_LEN};
+use quarantine::Quarantine;
 use seal::Sealer;
 use std::collections::BTreeMap;
 use std::fmt;
@@ -216,6 +218,14 @@ pub struct SpoolConfig {
     /// [`MAX_RAW_LEN`]/[`MAX_PAYLOAD_LEN`]. Chunks already on flash are served whatever this says
     /// (a lowered bound does not strand them); `read` needs a buffer that holds them.
     pub max_payload_len_queued: usize,
+    /// Upper bound of the summed file sizes in `rejected/` and `corrupt/` (chunks and the
+    /// service's messages), on top of `max_bytes`. When a chunk is rejected or found corrupt and
+    /// would not fit, the oldest quarantined chunks are deleted first (counted); a chunk that
+    /// alone exceeds it is deleted instead of moved. 0: nothing is kept in quarantine.
+    pub quarantine_max_bytes: u64,
+    /// Upper bound of chunks in `rejected/` and `corrupt/` together; also bounds the RAM of their
+    /// index (names and sizes). 0: nothing is kept in quarantine.
+    pub quarantine_max_chunks: u32,
 }
 
 impl fmt::Debug for SpoolConfig {
@@ -227,6 +237,8 @@ impl fmt::Debug for SpoolConfig {
             .field("key", &self.key.map(|_| "<redacted>"))
             .field("trim_on_open", &self.trim_on_open)
             .field("max_payload_len_queued", &self.max_payload_len_queued)
+            .field("quarantine_max_bytes", &self.quarantine_max_bytes)
+            .field("quarantine_max_chunks", &self.quarantine_max_chunks)
             .finish()
     }
 }
@@ -369,6 +381,27 @@ pub struct RecoveryReport {
     pub newer: u32,
     /// File bytes of those.
     pub newer_bytes: u64,
+    /// Chunks in `rejected/` and `corrupt/` after recovery.
+    pub quarantine_chunks: u32,
+    /// Their bytes on flash (with the service's messages).
+    pub quarantine_bytes: u64,
+    /// Quarantined chunks deleted to bring the quarantine within its limits (lowered since the
+    /// last run, or left over from firmware without them).
+    pub quarantine_dropped: QuarantineDropped,
+}
+
+/// Quarantined chunks deleted to keep `rejected/` and `corrupt/` within
+/// [`SpoolConfig::quarantine_max_bytes`]/[`SpoolConfig::quarantine_max_chunks`], oldest (first
+/// created) first: evidence an operator will not see, worth a log line.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct QuarantineDropped {
+    /// Chunks deleted (each with its message, in `rejected/`).
+    pub chunks: u32,
+    /// Bytes freed on flash.
+    pub bytes: u64,
+    /// The chunk being quarantined was itself deleted instead of moved (it alone exceeds
+    /// `quarantine_max_bytes`, or `quarantine_max_chunks` is 0); it is included in the counts.
+    pub incoming: bool,
 }
 
 /// Chunks deleted to make room (policy [`FullPolicy::DropOldest`]): lost telemetry the caller
@@ -422,6 +455,14 @@ pub struct SpoolStats {
     pub newer_chunks: u64,
     /// File bytes of those.
     pub newer_bytes: u64,
+    /// Chunks now in `rejected/` and `corrupt/` (see [`Spool::status`] for each).
+    pub quarantine_chunks: u32,
+    /// Their bytes on flash, with the service's messages.
+    pub quarantine_bytes: u64,
+    /// Quarantined chunks deleted to keep the quarantine within its limits (on open too).
+    pub quarantine_dropped_chunks: u64,
+    /// Bytes of those.
+    pub quarantine_dropped_bytes: u64,
 }
 
 /// What the spool knows about a pending chunk without reading its file.
@@ -459,6 +500,7 @@ pub struct Spool<S: Storage> {
     sealer: Option<Sealer>,
     index: BTreeMap<u64, ChunkInfo>,
     bytes: u64,
+    quarantine: Quarantine,
     next_seq: u64,
     stats: SpoolStats,
     dests: Vec<Arc<DestKey>>,
@@ -493,7 +535,7 @@ impl Name {
     }
 }
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
 enum Kind {
     Chunk,
     Tmp,
@@ -605,6 +647,7 @@ impl<S: Storage> Spool<S> {
             sealer,
             index: BTreeMap::new(),
             bytes: 0,
+            quarantine: Quarantine::new(cfg.quarantine_max_bytes, cfg.quarantine_max_chunks),
             next_seq: 0,
             stats: SpoolStats::default(),
             dests: Vec::new(),
@@ -617,20 +660,9 @@ impl<S: Storage> Spool<S> {
     fn recover(&mut self) -> Result<RecoveryReport, SpoolError> {
         let mut report = RecoveryReport::default();
         let mut max_seq: Option<u64> = None;
-        let mut names = Vec::new();
-        for area in [Area::Corrupt, Area::Rejected] {
-            names.clear();
-            match self.storage.list(area, &mut names) {
-                Ok(()) => {}
-                Err(e) if e.kind() == io::ErrorKind::NotFound => continue,
-                Err(e) => return Err(e.into()),
-            }
-            for (seq, _) in names.iter().filter_map(|n| parse_name(n)) {
-                max_seq = max_seq.max(Some(seq));
-            }
-        }
+        self.recover_quarantine(&mut report, &mut max_seq)?;
 
-        names.clear();
+        let mut names = Vec::new();
         self.storage.list(Area::Pending, &mut names)?;
         let mut seqs = Vec::new();
         let mut dirty = false;
@@ -657,19 +689,24 @@ impl<S: Storage> Spool<S> {
         seqs.sort_unstable();
 
         let mut scratch = vec![0u8; VERIFY_SCRATCH_LEN];
-        let mut moved = false;
         for seq in seqs {
             match self.verify(seq, &mut scratch) {
                 Ok(d) => self.insert(seq, &d),
                 Err(Check::Corrupt(_why)) => {
                     // Not indexed either way; on a read-only filesystem it stays where it is.
                     let name = Name::new(seq, Kind::Chunk);
-                    let to_corrupt = (Area::Corrupt, name.as_str());
-                    moved |= repaired(
-                        &mut self.stats.io_errors,
-                        self.storage
-                            .rename((Area::Pending, name.as_str()), to_corrupt),
-                    )?;
+                    let len = self
+                        .storage
+                        .file_len(Area::Pending, name.as_str())
+                        .unwrap_or(0);
+                    let moved = self.move_to_quarantine(
+                        seq,
+                        len,
+                        Area::Corrupt,
+                        None,
+                        &mut report.quarantine_dropped,
+                    );
+                    repaired(&mut self.stats.io_errors, moved)?;
                     report.corrupt += 1;
                     self.stats.corrupt_chunks += 1;
                 }
@@ -690,13 +727,7 @@ impl<S: Storage> Spool<S> {
             }
         }
         drop(scratch);
-        if moved {
-            repaired(
-                &mut self.stats.io_errors,
-                self.storage.sync_area(Area::Corrupt),
-            )?;
-        }
-        if moved || dirty {
+        if dirty {
             repaired(
                 &mut self.stats.io_errors,
                 self.storage.sync_area(Area::Pending),
@@ -734,6 +765,8 @@ impl<S: Storage> Spool<S> {
         report.over_limit = self.over_limit();
         report.chunks = self.index.len() as u32;
         report.bytes = self.bytes;
+        report.quarantine_chunks = self.quarantine.chunks();
+        report.quarantine_bytes = self.quarantine.bytes();
         Ok(report)
     }
 
@@ -1076,12 +1109,12 @@ impl<S: Storage> Spool<S> {
             Ok(h) => Ok((h, plen)),
             Err(Check::Corrupt(why)) => {
                 out[..plen].fill(0);
-                Err(self.quarantine(seq, why))
+                Err(self.quarantine_corrupt(seq, why))
             }
             Err(Check::Locked(_) | Check::Newer(_)) => {
                 // It was indexed under this key and version, so it changed on flash: damage.
                 out[..plen].fill(0);
-                Err(self.quarantine(seq, "key changed since it was indexed".into()))
+                Err(self.quarantine_corrupt(seq, "key changed since it was indexed".into()))
             }
             Err(Check::Io(e)) if e.kind() == io::ErrorKind::NotFound => {
                 // Deleted behind our back: nothing left to send.
@@ -1137,27 +1170,42 @@ impl<S: Storage> Spool<S> {
         Ok(d.header)
     }
 
-    /// Moves a failed chunk to `corrupt/` and forgets it. Even if the move fails the chunk is
-    /// forgotten (it must not be sent); the next `open` verifies it again and moves it then.
-    fn quarantine(&mut self, seq: u64, why: String) -> SpoolError {
+    /// Moves a failed chunk to `corrupt/` (within the quarantine limits) and forgets it. Even if
+    /// the move fails the chunk is forgotten (it must not be sent); the next `open` verifies it
+    /// again and moves it then.
+    fn quarantine_corrupt(&mut self, seq: u64, why: String) -> SpoolError {
         let name = Name::new(seq, Kind::Chunk);
-        let moved = self
-            .storage
-            .rename(
-                (Area::Pending, name.as_str()),
-                (Area::Corrupt, name.as_str()),
-            )
-            .and_then(|()| self.storage.sync_area(Area::Corrupt))
-            .and_then(|()| self.storage.sync_area(Area::Pending));
+        let len = match self.storage.file_len(Area::Pending, name.as_str()) {
+            Ok(n) => n,
+            Err(_) => self.index.get(&seq).map_or(0, |i| i.file_len),
+        };
+        let mut dropped = QuarantineDropped::default();
+        let moved = self.move_to_quarantine(seq, len, Area::Corrupt, None, &mut dropped);
         self.forget(seq);
         self.stats.corrupt_chunks += 1;
         if moved.is_err() {
             self.stats.io_errors += 1;
         }
+        let trim = if dropped.incoming {
+            "; it alone exceeds the quarantine limit, so it was deleted instead".to_owned()
+        } else if dropped.chunks > 0 {
+            format!(
+                "; the {} oldest quarantined chunks ({} bytes) were deleted to stay within the quarantine limit",
+                dropped.chunks, dropped.bytes
+            )
+        } else {
+            String::new()
+        };
         match moved {
-            Ok(()) => SpoolError::Corrupt(format!("chunk {}: {why}; moved to corrupt/", name.as_str())),
+            Ok(()) if dropped.incoming => {
+                SpoolError::Corrupt(format!("chunk {}: {why}{trim}", name.as_str()))
+            }
+            Ok(()) => SpoolError::Corrupt(format!(
+                "chunk {}: {why}; moved to corrupt/{trim}",
+                name.as_str()
+            )),
             Err(e) => SpoolError::Corrupt(format!(
-                "chunk {}: {why}; moving it to corrupt/ failed ({e}), it will be moved on the next open",
+                "chunk {}: {why}; moving it to corrupt/ failed ({e}), it will be moved on the next open{trim}",
                 name.as_str()
             )),
         }
@@ -1191,46 +1239,43 @@ impl<S: Storage> Spool<S> {
 
     /// Moves a chunk the service refused permanently (bad data, wrong mapping) to `rejected/`,
     /// with `message` (the service's error, cut to [`MAX_REJECT_MESSAGE_LEN`] bytes) in a `.msg`
-    /// file beside it, so an operator can fix the cause and replay it by hand. It is never
-    /// returned by `oldest`/`pending` again. The message is best effort: if it cannot be written
-    /// (no space), the chunk is still moved.
+    /// file beside it, so an operator can fix the cause and replay it
+    /// ([`Spool::requeue_rejected`]). It is never returned by `oldest`/`pending` again. The
+    /// message is best effort: if it cannot be written (no space), the chunk is still moved.
+    ///
+    /// The quarantine is bounded: the returned [`QuarantineDropped`] says which of the oldest
+    /// quarantined chunks were deleted to make room, or that this one was deleted instead (it
+    /// alone exceeds [`SpoolConfig::quarantine_max_bytes`]).
     ///
     /// The chunk is forgotten on every outcome: if the move itself (or a directory fsync) fails,
     /// the error is returned and counted in [`SpoolStats::io_errors`], but the chunk is not sent
     /// again as is in this run (after a restart it may be pending again and be retried once).
-    pub fn reject(&mut self, seq: u64, message: &str) -> Result<(), SpoolError> {
-        let Some(records) = self.index.get(&seq).map(|i| i.records) else {
+    pub fn reject(&mut self, seq: u64, message: &str) -> Result<QuarantineDropped, SpoolError> {
+        let Some((records, len)) = self.index.get(&seq).map(|i| (i.records, i.file_len)) else {
             return Err(SpoolError::NotFound(seq));
         };
         let mut cut = message.len().min(MAX_REJECT_MESSAGE_LEN);
         while !message.is_char_boundary(cut) {
             cut -= 1;
         }
-        let msg = Name::new(seq, Kind::Msg);
-        if self
-            .storage
-            .write_file(Area::Rejected, msg.as_str(), &[&message.as_bytes()[..cut]])
-            .is_err()
-        {
-            self.stats.io_errors += 1;
-            let _ = self.storage.remove(Area::Rejected, msg.as_str());
-        }
-        let name = Name::new(seq, Kind::Chunk);
-        let result = self
-            .storage
-            .rename(
-                (Area::Pending, name.as_str()),
-                (Area::Rejected, name.as_str()),
-            )
-            .and_then(|()| self.storage.sync_area(Area::Rejected))
-            .and_then(|()| self.storage.sync_area(Area::Pending));
+        let mut dropped = QuarantineDropped::default();
+        let result = self.move_to_quarantine(
+            seq,
+            len,
+            Area::Rejected,
+            Some(&message.as_bytes()[..cut]),
+            &mut dropped,
+        );
         self.forget(seq);
         self.stats.service_rejected_chunks += 1;
         self.stats.service_rejected_records += records as u64;
-        result.map_err(|e| {
-            self.stats.io_errors += 1;
-            e.into()
-        })
+        match result {
+            Ok(()) => Ok(dropped),
+            Err(e) => {
+                self.stats.io_errors += 1;
+                Err(e.into())
+            }
+        }
     }
 
     /// Fill level and counters since `open`.
@@ -1238,6 +1283,8 @@ impl<S: Storage> Spool<S> {
         SpoolStats {
             chunks: self.index.len() as u32,
             bytes: self.bytes,
+            quarantine_chunks: self.quarantine.chunks(),
+            quarantine_bytes: self.quarantine.bytes(),
             ..self.stats
         }
     }

@@ -15,6 +15,8 @@ fn cfg(key: Option<[u8; 32]>) -> SpoolConfig {
         key,
         trim_on_open: false,
         max_payload_len_queued: MAX_PAYLOAD_LEN,
+        quarantine_max_bytes: 8 << 20,
+        quarantine_max_chunks: 256,
     }
 }
 
@@ -1700,3 +1702,5 @@ fn chunks_of_newer_firmware_stay_in_place_untouched_and_counted() {
         "only the damaged one was moved"
     );
 }
+
+mod bounded;
