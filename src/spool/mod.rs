@@ -92,6 +92,7 @@
 //! The index holds one small [`ChunkInfo`] per pending chunk (destinations are shared), bounded by
 //! `max_chunks`. No payload-sized buffer is ever allocated except the sealing copy described above.
 
+mod admin;
 mod format;
 mod fs;
 mod mem;
@@ -102,6 +103,7 @@ mod storage;
 #[cfg(test)]
 mod tests;
 
+pub use admin::{AreaCount, DestFilter, DestStatus, Purged, Requeued, SpoolStatus};
 pub use format::MAX_NAME_LEN;
 pub use fs::FsStorage;
 pub use mem::{CutMode, MemStorage};
@@ -450,6 +452,8 @@ pub struct SpoolStats {
     /// Chunks left untouched on `open` because they need another key (see
     /// [`RecoveryReport::locked`]).
     pub locked_chunks: u64,
+    /// File bytes of those.
+    pub locked_bytes: u64,
     /// Chunks left untouched on `open` because newer firmware wrote them (see
     /// [`RecoveryReport::newer`]).
     pub newer_chunks: u64,
@@ -463,6 +467,12 @@ pub struct SpoolStats {
     pub quarantine_dropped_chunks: u64,
     /// Bytes of those.
     pub quarantine_dropped_bytes: u64,
+    /// Pending chunks deleted by [`Spool::purge`] (never delivered).
+    pub purged_chunks: u64,
+    /// Records in those.
+    pub purged_records: u64,
+    /// Chunks moved back from `rejected/` to pending by [`Spool::requeue_rejected`].
+    pub requeued_chunks: u64,
 }
 
 /// What the spool knows about a pending chunk without reading its file.
@@ -715,6 +725,7 @@ impl<S: Storage> Spool<S> {
                     report.locked += 1;
                     report.locked_bytes += len;
                     self.stats.locked_chunks += 1;
+                    self.stats.locked_bytes += len;
                 }
                 Err(Check::Newer(len)) => {
                     // Same: newer firmware may still send it after an upgrade.
@@ -770,16 +781,33 @@ impl<S: Storage> Spool<S> {
         Ok(report)
     }
 
-    /// Reads the header of a chunk into `self.hdr` and checks it against the file size and the key.
+    /// Reads the header of a pending chunk into `self.hdr` and checks it against the file size
+    /// and the key.
     fn read_header(&mut self, seq: u64) -> Result<(Decoded, u64), Check> {
+        let (d, len) = self.load_header(Area::Pending, seq)?;
+        self.check_key(&d, len)?;
+        Ok((d, len))
+    }
+
+    /// Whether the configured key (or its absence) opens a chunk.
+    fn check_key(&self, d: &Decoded, len: u64) -> Result<(), Check> {
+        match (&self.sealer, &d.seal) {
+            (None, None) => Ok(()),
+            (Some(s), Some(seal)) if s.key_id() == seal.key_id => Ok(()),
+            // Sealed under another key, sealed without a key configured, or in clear with a key
+            // configured: the header is authentic (its CRC held), so this is a configuration
+            // mismatch, not damage.
+            _ => Err(Check::Locked(len)),
+        }
+    }
+
+    /// Reads the header of chunk `seq` of `area` into `self.hdr` and checks it against the file
+    /// size (not against the key).
+    fn load_header(&mut self, area: Area, seq: u64) -> Result<(Decoded, u64), Check> {
         let name = Name::new(seq, Kind::Chunk);
-        let len = self.storage.file_len(Area::Pending, name.as_str())?;
+        let len = self.storage.file_len(area, name.as_str())?;
         let mut prefix = [0u8; 8];
-        if self
-            .storage
-            .read_at(Area::Pending, name.as_str(), 0, &mut prefix)?
-            < prefix.len()
-        {
+        if self.storage.read_at(area, name.as_str(), 0, &mut prefix)? < prefix.len() {
             return Err(Check::Corrupt(format!("file is only {len} bytes")));
         }
         let hlen =
@@ -788,7 +816,7 @@ impl<S: Storage> Spool<S> {
         self.hdr.resize(hlen + CRC_LEN, 0);
         if self
             .storage
-            .read_at(Area::Pending, name.as_str(), 0, &mut self.hdr)?
+            .read_at(area, name.as_str(), 0, &mut self.hdr)?
             < self.hdr.len()
         {
             return Err(Check::Corrupt("truncated inside the header".into()));
@@ -800,20 +828,24 @@ impl<S: Storage> Spool<S> {
                 d.file_len()
             )));
         }
-        match (&self.sealer, &d.seal) {
-            (None, None) => {}
-            (Some(s), Some(seal)) if s.key_id() == seal.key_id => {}
-            // Sealed under another key, sealed without a key configured, or in clear with a key
-            // configured: the header is authentic (its CRC held), so this is a configuration
-            // mismatch, not damage.
-            _ => return Err(Check::Locked(len)),
-        }
         Ok((d, len))
     }
 
-    /// Streams a whole chunk file through its checksum.
+    /// Streams a whole pending chunk file through its checksum.
     fn verify(&mut self, seq: u64, scratch: &mut [u8]) -> Result<Decoded, Check> {
         let (d, len) = self.read_header(seq)?;
+        self.verify_body(Area::Pending, seq, len, scratch)?;
+        Ok(d)
+    }
+
+    /// Streams the rest of a chunk file whose header is in `self.hdr` through its checksum.
+    fn verify_body(
+        &mut self,
+        area: Area,
+        seq: u64,
+        len: u64,
+        scratch: &mut [u8],
+    ) -> Result<(), Check> {
         let name = Name::new(seq, Kind::Chunk);
         let mut crc = Crc32::new();
         crc.update(&self.hdr);
@@ -821,9 +853,9 @@ impl<S: Storage> Spool<S> {
         let body_end = len - CRC_LEN as u64;
         while at < body_end {
             let want = scratch.len().min((body_end - at) as usize);
-            let got =
-                self.storage
-                    .read_at(Area::Pending, name.as_str(), at, &mut scratch[..want])?;
+            let got = self
+                .storage
+                .read_at(area, name.as_str(), at, &mut scratch[..want])?;
             if got < want {
                 return Err(Check::Corrupt("file shrank while being verified".into()));
             }
@@ -833,7 +865,7 @@ impl<S: Storage> Spool<S> {
         let mut trailer = [0u8; CRC_LEN];
         if self
             .storage
-            .read_at(Area::Pending, name.as_str(), body_end, &mut trailer)?
+            .read_at(area, name.as_str(), body_end, &mut trailer)?
             < CRC_LEN
         {
             return Err(Check::Corrupt("missing trailing checksum".into()));
@@ -841,7 +873,7 @@ impl<S: Storage> Spool<S> {
         if u32::from_le_bytes(trailer) != crc.finish() {
             return Err(Check::Corrupt("checksum mismatch".into()));
         }
-        Ok(d)
+        Ok(())
     }
 
     fn intern(&mut self, dest: &DestKey) -> Arc<DestKey> {
@@ -902,18 +934,8 @@ impl<S: Storage> Spool<S> {
     /// make room. On any error the new chunk is not stored and earlier chunks are intact (chunks
     /// already dropped to make room stay dropped and are counted in [`SpoolStats`]).
     pub fn push(&mut self, header: &ChunkHeader, payload: &[u8]) -> Result<Dropped, SpoolError> {
-        if header.sink == SinkId::Streaming && header.raw_len > MAX_RAW_LEN {
-            return Err(SpoolError::TooLarge {
-                len: header.raw_len as u64,
-                max: MAX_RAW_LEN as u64,
-            });
-        }
-        let max_payload = self.max_payload_len_for(header.sink);
-        if payload.len() > max_payload {
-            return Err(SpoolError::TooLarge {
-                len: payload.len() as u64,
-                max: max_payload as u64,
-            });
+        if let Some(e) = self.size_error(header, payload.len()) {
+            return Err(e);
         }
         let seal = match &self.sealer {
             Some(s) => Some(s.new_sealing().map_err(|()| SpoolError::Crypto)?),
@@ -1043,6 +1065,21 @@ impl<S: Storage> Spool<S> {
         self.insert(seq, &d);
         self.stats.pushed_chunks += 1;
         Ok(dropped)
+    }
+
+    /// The bounds of the chunk's sink that it exceeds, if any.
+    fn size_error(&self, header: &ChunkHeader, payload_len: usize) -> Option<SpoolError> {
+        if header.sink == SinkId::Streaming && header.raw_len > MAX_RAW_LEN {
+            return Some(SpoolError::TooLarge {
+                len: header.raw_len as u64,
+                max: MAX_RAW_LEN as u64,
+            });
+        }
+        let max = self.max_payload_len_for(header.sink);
+        (payload_len > max).then_some(SpoolError::TooLarge {
+            len: payload_len as u64,
+            max: max as u64,
+        })
     }
 
     /// Sequence number of the oldest pending chunk, of `dest` if given: the next one to send.

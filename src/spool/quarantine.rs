@@ -90,6 +90,19 @@ impl Quarantine {
         self.bytes[0] + self.bytes[1]
     }
 
+    /// Chunks and bytes of one area.
+    pub fn area(&self, area: Area) -> (u32, u64) {
+        (self.chunks[slot(area)], self.bytes[slot(area)])
+    }
+
+    /// The oldest entry of `area` numbered `from` or more: (sequence number, bytes).
+    pub fn next_in(&self, area: Area, from: u64) -> Option<(u64, u64)> {
+        self.entries
+            .range((from, Area::Pending)..)
+            .find(|((_, a), _)| *a == area)
+            .map(|(&(s, _), &b)| (s, b))
+    }
+
     /// Whether an entry of `bytes` fits at all (when everything else is deleted).
     pub fn can_hold(&self, bytes: u64) -> bool {
         self.max_chunks > 0 && bytes <= self.max_bytes

@@ -1703,4 +1703,5 @@ fn chunks_of_newer_firmware_stay_in_place_untouched_and_counted() {
     );
 }
 
+mod admin;
 mod bounded;
