@@ -15,8 +15,45 @@
 //! checksum written after it is valid). They catch what the rename protocol cannot: bit rot, a
 //! filesystem that reorders data behind a rename, files damaged by hand. `open` streams every chunk
 //! through CRC-32 with a 64 KiB scratch buffer (bounded RAM whatever the chunk size), and `read`
-//! checks it again on the way out; failures move the file to `corrupt/` (kept for inspection,
-//! never sent) and are counted.
+//! checks it again on the way out; failures move the file to `corrupt/` and are counted. A file
+//! in `corrupt/` is kept for a person to inspect and is never read, sent or moved back by the
+//! spool again (only its name and size are indexed, for the quarantine bound).
+//!
+//! # Directory layout
+//!
+//! | path | what |
+//! |---|---|
+//! | `SEQ.chunk` | a pending chunk (`SEQ`: 16 hex digits), including locked and newer ones |
+//! | `SEQ.tmp` | a chunk being written; a leftover is deleted by `open` |
+//! | `.lock` | the lock file (pid of the holder) |
+//! | `rejected/SEQ.chunk`, `rejected/SEQ.msg` | refused by the service, with its message |
+//! | `corrupt/SEQ.chunk` | damaged, never read again |
+//!
+//! Other names are left alone and not counted.
+//!
+//! # The quarantine is bounded too
+//!
+//! `rejected/` and `corrupt/` together hold at most [`SpoolConfig::quarantine_max_chunks`] chunks
+//! and [`SpoolConfig::quarantine_max_bytes`] bytes (messages included), on top of the pending
+//! limits, so the spool's whole footprint on flash is bounded. When a chunk is rejected or found
+//! corrupt and would not fit, the oldest quarantined chunks (smallest sequence number: created
+//! first) are deleted, and that deletion is made durable *before* the newcomer is renamed in, so
+//! the bound holds on flash at every instant, power cuts included; a chunk that alone exceeds the
+//! byte limit is deleted instead of moved. Everything deleted is counted
+//! ([`QuarantineDropped`], [`SpoolStats::quarantine_dropped_chunks`]). `open` indexes the
+//! quarantine (names and sizes, nothing else read), trims it to the limits (lowered, or a
+//! directory from firmware without them), and deletes messages left without their chunk.
+//! (Locked and newer chunks are outside every limit: nothing adds to them while the spool runs.)
+//!
+//! # Administration
+//!
+//! [`Spool::status`] reports what is pending per destination and sink, and what is quarantined,
+//! locked or newer, from the index. [`Spool::purge`] deletes the pending (and, on request,
+//! quarantined) chunks of one table or of all. [`Spool::requeue_rejected`] moves refused chunks
+//! back to pending after their cause was fixed: one atomic rename per chunk (the sequence number
+//! lives only in the file name), durable before its message is deleted, so a power cut leaves
+//! each chunk in exactly one of `rejected/` or pending, never duplicated, never lost; the pending
+//! limits hold (it stops when pending is full and says how many it left).
 //!
 //! # File layout (little endian, format version 2)
 //!
@@ -84,13 +121,18 @@
 //! from the same sequence and overwriting the first one's files. The kernel drops the lock when the
 //! process dies, so a crash never leaves the directory locked.
 //!
-//! Sequence numbers are `u64` and only grow (`open` resumes after the largest number found in any
-//! area): at a million chunks per second they last 584,000 years, so wrap-around is not handled.
+//! Sequence numbers are `u64` and grow (`open` resumes after the largest number found in any
+//! area, so a number on flash is never reused): at a million chunks per second they last 584,000
+//! years, so wrap-around is not handled.
 //!
 //! # Memory
 //!
 //! The index holds one small [`ChunkInfo`] per pending chunk (destinations are shared), bounded by
-//! `max_chunks`. No payload-sized buffer is ever allocated except the sealing copy described above.
+//! `max_chunks`, and one entry (sequence number, area, size) per quarantined chunk, bounded by
+//! `quarantine_max_chunks`. `open` lists the directories (a transient name per file) and uses a
+//! 64 KiB scratch to verify chunks, as does `requeue_rejected`. No payload-sized buffer is ever
+//! allocated except the sealing copy described above (for a queued chunk that is up to
+//! `max_payload_len_queued`).
 
 mod admin;
 mod format;
@@ -359,9 +401,11 @@ pub struct RecoveryReport {
     pub chunks: u32,
     /// Their total file size.
     pub bytes: u64,
-    /// `*.tmp` leftovers of writes interrupted by a power cut, deleted.
+    /// Leftovers of operations interrupted by a power cut, deleted: `*.tmp` files of writes, and
+    /// messages in `rejected/` without their chunk.
     pub removed_partial: u32,
-    /// Chunks that failed verification and were moved to `corrupt/`.
+    /// Chunks that failed verification and were moved to `corrupt/` (or deleted instead, see
+    /// `quarantine_dropped`).
     pub corrupt: u32,
     /// Chunks dropped because the spool held more than the (possibly lowered) limits allow
     /// (only with [`SpoolConfig::trim_on_open`]).
@@ -388,7 +432,8 @@ pub struct RecoveryReport {
     /// Their bytes on flash (with the service's messages).
     pub quarantine_bytes: u64,
     /// Quarantined chunks deleted to bring the quarantine within its limits (lowered since the
-    /// last run, or left over from firmware without them).
+    /// last run, or left over from firmware without them), and to make room for the chunks found
+    /// corrupt; `incoming` says that at least one of those was deleted instead of moved.
     pub quarantine_dropped: QuarantineDropped,
 }
 

@@ -20,9 +20,10 @@ pub enum Area {
     /// Chunks waiting to be sent (the spool directory itself), plus `*.tmp` files being written.
     Pending,
     /// Chunks that failed their checksum or could not be decrypted: kept for a human to inspect,
-    /// never sent.
+    /// never read or sent again. Bounded together with `Rejected` (oldest deleted first).
     Corrupt,
-    /// Chunks the service refused permanently, each with a `.msg` file holding the service's reason.
+    /// Chunks the service refused permanently, each with a `.msg` file holding the service's
+    /// reason; [`super::Spool::requeue_rejected`] moves them back. Bounded together with `Corrupt`.
     Rejected,
 }
 
