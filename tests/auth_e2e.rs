@@ -55,7 +55,7 @@ fn base_config(server: &Server, extra: &[(&str, &str)]) -> Config {
 fn send_some(client: &Client, table: &str, n: usize) {
     let d = client.add_destination("db", table, "csv", None).unwrap();
     for i in 0..n {
-        common::append(&client, d, format!("{i},reading").as_bytes()).unwrap();
+        common::append(client, d, format!("{i},reading").as_bytes()).unwrap();
     }
     client.flush().unwrap_or_else(|e| panic!("flush: {e}"));
 }
@@ -363,7 +363,7 @@ fn cloud_metadata_gives_the_login_endpoint_when_none_is_configured() {
 }
 
 fn send_some_more(client: &Client) {
-    common::append(&client, 0, b"1,more").unwrap();
+    common::append(client, 0, b"1,more").unwrap();
     client.flush().unwrap();
 }
 

@@ -158,7 +158,10 @@ fn flush_timeout_bounds_the_wait_for_another_threads_send() {
     let _ = flusher.join().unwrap();
 }
 
-struct Seen(Mutex<Vec<(Outcome, bool, u64, u16, String)>>);
+/// A report as seen: outcome, is_final, wire bytes, HTTP status, chunk id.
+type Report = (Outcome, bool, u64, u16, String);
+
+struct Seen(Mutex<Vec<Report>>);
 
 fn clocked(server: &Server, extra: &[(&str, &str)]) -> (Client, Arc<ManualClock>, Arc<Seen>) {
     let clock = ManualClock::new();
@@ -227,7 +230,7 @@ fn batch_age_and_backoff_run_on_the_injected_clock() {
         "no request while backing off"
     );
     clock.advance(Duration::from_millis(wait as u64 - 1));
-    client.poll_next();
+    let _ = client.poll_next();
     assert_eq!(server.requests().len(), tried, "not a millisecond early");
     clock.advance(Duration::from_millis(1));
     client.poll().unwrap();

@@ -146,7 +146,7 @@ impl Engine {
     /// writes (or the caller asks to spool everything: a flush to the spool, closing the client).
     pub fn spool_writable(&self, now: Instant) -> bool {
         self.spool.is_some()
-            && (self.spool_forced || !self.spool_not_before.is_some_and(|t| t > now))
+            && (self.spool_forced || self.spool_not_before.is_none_or(|t| t <= now))
     }
 
     /// Whether the spool takes the chunk in `wire` without dropping anything for it.

@@ -15,15 +15,7 @@ use crate::response::Failure;
 use crate::spool::DestKey;
 use crate::wire::Format;
 
-/// Which protocol a chunk belongs to (recorded in the spool with the chunk).
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-#[repr(u8)]
-pub enum SinkId {
-    /// Streaming ingestion.
-    Streaming = 1,
-    /// Queued ingestion.
-    Queued = 2,
-}
+pub use crate::spool::SinkId;
 
 /// What a sink keeps for one destination (database, table, format, mapping): built once, when the core first
 /// sends there.
