@@ -220,9 +220,9 @@ impl Engine {
     /// Pushes the chunk in `wire` to the spool, reporting what the capacity policy dropped. Returns its sequence
     /// number.
     pub fn push(&mut self, sh: &Shared, target: usize, chunk: &Chunk) -> Result<u64, Error> {
-        let Some(sp) = self.spool.as_mut() else {
+        if self.spool.is_none() {
             return Err(Error::new(ErrorKind::Internal, "no spool"));
-        };
+        }
         let t = &self.targets[target];
         let header = ChunkHeader {
             chunk_id: chunk.id,
@@ -231,10 +231,43 @@ impl Engine {
             raw_len: chunk.raw_len as u32,
             records: chunk.records as u32,
             gzip: chunk.gzip,
-            sink: crate::spool::SinkId::Streaming,
+            sink: sh.sink.id(),
         };
-        match sp.push(&header, &self.wire) {
-            Ok(dropped) => {
+        let Engine {
+            spool,
+            wire,
+            targets,
+            ..
+        } = self;
+        let sp = spool.as_mut().expect("checked above");
+        // Each chunk the full spool deletes to make room gets its own final report.
+        let mut on_drop = |info: &crate::spool::ChunkInfo| {
+            let destination = targets
+                .iter()
+                .find(|t| *t.key == *info.dest)
+                .and_then(|t| t.destination)
+                .unwrap_or(u32::MAX);
+            let text = wire::uuid_text(&info.chunk_id);
+            let msg = format!(
+                "{}.{}: chunk {text} ({} records) dropped from the full spool to make room for a newer one (spool.policy=drop-oldest)",
+                info.dest.database, info.dest.table, info.records
+            );
+            sh.log(LogLevel::Warn, &msg);
+            sh.report(&DeliveryReport {
+                destination,
+                chunk_id: &text,
+                records: info.records as u64,
+                raw_bytes: info.raw_len as u64,
+                wire_bytes: info.payload_len as u64,
+                outcome: Outcome::Dropped,
+                is_final: true,
+                error: Some(ErrorKind::SpoolFull),
+                http_status: 0,
+                message: &msg,
+            });
+        };
+        match sp.push_with(&header, wire, &mut on_drop) {
+            Ok(_) => {
                 // Sequence numbers only grow: the chunk just pushed is the newest.
                 let seq = sp.pending().last().map_or(0, |(seq, _)| seq);
                 self.spool_failures = 0;
@@ -244,25 +277,6 @@ impl Engine {
                 sh.stats
                     .bytes_spooled
                     .fetch_add(self.wire.len() as u64, Relaxed);
-                if dropped.chunks > 0 {
-                    let msg = format!(
-                        "spool full: dropped the {} oldest chunks ({} records, {} bytes) to make room (spool.policy=drop-oldest)",
-                        dropped.chunks, dropped.records, dropped.bytes
-                    );
-                    sh.log(LogLevel::Warn, &msg);
-                    sh.report(&DeliveryReport {
-                        destination: u32::MAX,
-                        chunk_id: "",
-                        records: dropped.records,
-                        raw_bytes: 0,
-                        wire_bytes: dropped.bytes,
-                        outcome: Outcome::Dropped,
-                        is_final: true,
-                        error: Some(ErrorKind::SpoolFull),
-                        http_status: 0,
-                        message: &msg,
-                    });
-                }
                 self.sync_spool_stats(sh);
                 Ok(seq)
             }

@@ -979,6 +979,17 @@ impl<S: Storage> Spool<S> {
     /// make room. On any error the new chunk is not stored and earlier chunks are intact (chunks
     /// already dropped to make room stay dropped and are counted in [`SpoolStats`]).
     pub fn push(&mut self, header: &ChunkHeader, payload: &[u8]) -> Result<Dropped, SpoolError> {
+        self.push_with(header, payload, &mut |_| {})
+    }
+
+    /// [`Spool::push`], telling `on_drop` about each chunk deleted to make room (its destination, id and
+    /// counts), as it goes, so that every lost chunk can be reported on its own.
+    pub fn push_with(
+        &mut self,
+        header: &ChunkHeader,
+        payload: &[u8],
+        on_drop: &mut dyn FnMut(&ChunkInfo),
+    ) -> Result<Dropped, SpoolError> {
         if let Some(e) = self.size_error(header, payload.len()) {
             return Err(e);
         }
@@ -1082,6 +1093,7 @@ impl<S: Storage> Spool<S> {
             }
             let info = self.forget(old).expect("key from the index");
             self.count_drop(&mut dropped, &info);
+            on_drop(&info);
         }
 
         if let Err(e) = self

@@ -47,6 +47,8 @@ struct seen {
     unsigned spooled;
     unsigned failed_503;
     unsigned acknowledged;
+    unsigned dropped;
+    int dropped_was_spooled;
     int fields_ok;
     int in_free;
     unsigned spooled_in_free;
@@ -104,6 +106,10 @@ static void on_report(void *userdata, const kedge_delivery_report *r)
         break;
     case KEDGE_OUTCOME_FAILED:
         break;
+    case KEDGE_OUTCOME_DROPPED:
+        s->dropped++;
+        s->dropped_was_spooled = c->intermediates >= 1 && r->result == KEDGE_SPOOL_FULL;
+        break;
     case KEDGE_OUTCOME_ACKNOWLEDGED:
         s->acknowledged++;
         if (r->http_status != 200 || r->result != KEDGE_OK) {
@@ -118,7 +124,7 @@ static void on_report(void *userdata, const kedge_delivery_report *r)
     }
 }
 
-static kedge_client *client_on(const char *url, const char *spool, struct seen *seen)
+static kedge_client *client_on(const char *url, const char *spool, struct seen *seen, const char *max_chunks)
 {
     kedge_config *cfg = NULL;
     kedge_client *client = NULL;
@@ -134,6 +140,10 @@ static kedge_client *client_on(const char *url, const char *spool, struct seen *
     check(kedge_config_set(cfg, "spool.dir", spool, err, sizeof err) == KEDGE_OK, "spool.dir");
     for (i = 0; i + 1 < sizeof kv / sizeof kv[0]; i += 2) {
         check(kedge_config_set(cfg, kv[i], kv[i + 1], err, sizeof err) == KEDGE_OK, kv[i]);
+    }
+    if (max_chunks != NULL) {
+        check(kedge_config_set(cfg, "spool.max_chunks", max_chunks, err, sizeof err) == KEDGE_OK,
+              "spool.max_chunks");
     }
     check(kedge_config_set_delivery_callback(cfg, on_report, seen) == KEDGE_OK, "delivery callback");
     if (kedge_client_new(cfg, &client, err, sizeof err) != KEDGE_OK) {
@@ -163,7 +173,7 @@ int main(int argc, char **argv)
     }
     memset(&seen, 0, sizeof seen);
     seen.fields_ok = 1;
-    client = client_on(argv[1], argv[2], &seen);
+    client = client_on(argv[1], argv[2], &seen, NULL);
     if (client == NULL) {
         printf("%u passed, %u failed\n", passed, failed + 1);
         return 1;
@@ -205,7 +215,7 @@ int main(int argc, char **argv)
     check(seen.spooled_in_free == 1, "kedge_client_free reports the batch it spooled");
 
     /* 4. The next client on the spool delivers it: its final report. */
-    client = client_on(argv[1], argv[2], &seen);
+    client = client_on(argv[1], argv[2], &seen, NULL);
     check(client != NULL, "a second client on the same spool");
     if (client != NULL) {
         r = kedge_flush_timeout(client, 5000);
@@ -213,8 +223,29 @@ int main(int argc, char **argv)
         kedge_client_free(client);
     }
 
+    /* 5. A full spool (drop-oldest, 2 chunks) deletes its oldest chunk for a newer one: that chunk's own final
+     * report, DROPPED, with its destination and id. A last client delivers the two kept. */
+    client = client_on(argv[1], argv[2], &seen, "2");
+    check(client != NULL, "a client with spool.max_chunks=2");
+    if (client != NULL) {
+        unsigned k;
+        for (k = 0; k < 3; k++) {
+            int n = snprintf(rec, sizeof rec, "%u,third", k);
+            check(kedge_append(client, 0, (const uint8_t *)rec, (size_t)n) == KEDGE_OK, "append before spooling");
+            check(kedge_flush_to_spool(client) == KEDGE_OK, "kedge_flush_to_spool");
+        }
+        kedge_client_free(client);
+    }
+    check(seen.dropped == 1 && seen.dropped_was_spooled, "the dropped chunk has its own final report (SPOOL_FULL)");
+    client = client_on(argv[1], argv[2], &seen, NULL);
+    check(client != NULL, "a last client on the spool");
+    if (client != NULL) {
+        check(kedge_flush_timeout(client, 5000) == KEDGE_OK, "the last client delivers the two kept chunks");
+        kedge_client_free(client);
+    }
+
     check(seen.fields_ok, "every report has an id, records, raw and wire bytes, destination 0 and is_final right");
-    check(seen.n == 2, "two chunks in all");
+    check(seen.n == 5, "five chunks in all");
     for (i = 0; i < seen.n; i++) {
         check(seen.chunks[i].finals == 1, "exactly one final report per chunk");
         check(seen.chunks[i].intermediates >= 1, "each chunk was spooled first (an intermediate report)");
