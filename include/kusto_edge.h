@@ -130,6 +130,27 @@ typedef uint32_t kedge_outcome;
 #endif // __STDC_VERSION__ >= 202311L
 #endif // __cplusplus
 
+// What `kedge_client_spool_purge` deletes (bits, or-ed into its `what`).
+enum kedge_spool_area
+#if defined(__cplusplus) || __STDC_VERSION__ >= 202311L
+  : uint32_t
+#endif // defined(__cplusplus) || __STDC_VERSION__ >= 202311L
+ {
+  // The pending chunks (waiting to be sent).
+  KEDGE_SPOOL_PENDING = 1,
+  // The quarantined chunks (`rejected/`, `corrupt/`).
+  KEDGE_SPOOL_QUARANTINE = 2,
+  // Both.
+  KEDGE_SPOOL_ALL = 3,
+};
+#ifndef __cplusplus
+#if __STDC_VERSION__ >= 202311L
+typedef enum kedge_spool_area kedge_spool_area;
+#else
+typedef uint32_t kedge_spool_area;
+#endif // __STDC_VERSION__ >= 202311L
+#endif // __cplusplus
+
 // A client. Create with `kedge_client_new`, free with `kedge_client_free`. All functions taking a client may be
 // called from several threads at once. `kedge_append`, `kedge_client_add_destination`, `kedge_client_stats`
 // and `kedge_client_last_error` never wait for the network, the flash or another thread's send. `kedge_poll`,
@@ -249,6 +270,61 @@ typedef struct kedge_stats {
   // Appends refused with `KEDGE_QUEUE_FULL` (the destination's batch and sealed chunks were all waiting).
   uint64_t appends_queue_full;
 } kedge_stats;
+
+// What the spool holds, from `kedge_client_spool_status`.
+typedef struct kedge_spool_status {
+  // Chunks waiting to be sent, and their bytes on flash.
+  uint64_t pending_chunks;
+  // Bytes of the pending chunks.
+  uint64_t pending_bytes;
+  // Records in the pending chunks.
+  uint64_t pending_records;
+  // Chunks the service refused, kept in `rejected/` (`kedge_client_spool_requeue` sends them again).
+  uint64_t rejected_chunks;
+  // Their bytes.
+  uint64_t rejected_bytes;
+  // Damaged chunks kept in `corrupt/` for inspection, never sent.
+  uint64_t corrupt_chunks;
+  // Their bytes.
+  uint64_t corrupt_bytes;
+  // Intact chunks this configuration's `spool.key_file` cannot open, left untouched.
+  uint64_t locked_chunks;
+  // Their bytes.
+  uint64_t locked_bytes;
+  // Chunks written by newer firmware (a format this version cannot read), left untouched.
+  uint64_t newer_chunks;
+  // Their bytes.
+  uint64_t newer_bytes;
+  // Destinations (and sinks) with pending chunks: how many times the callback was called.
+  uint64_t destinations;
+} kedge_spool_status;
+
+// One destination's pending chunks, passed to the callback of `kedge_client_spool_status`. Pointers are valid
+// only during the callback.
+typedef struct kedge_spool_destination {
+  // Database, NUL-terminated.
+  const char *database;
+  // Table, NUL-terminated.
+  const char *table;
+  // Data format, NUL-terminated.
+  const char *format;
+  // Ingestion mapping, NUL-terminated; NULL without one.
+  const char *mapping;
+  // The sink the chunks were made for: 1 streaming, 2 queued.
+  uint32_t sink;
+  // Pending chunks.
+  uint32_t chunks;
+  // Records in them.
+  uint64_t records;
+  // Their bytes on flash.
+  uint64_t bytes;
+  // When the oldest of them was written, Unix milliseconds.
+  uint64_t oldest_unix_ms;
+} kedge_spool_destination;
+
+// Callback of `kedge_client_spool_status`, once per destination with pending chunks.
+typedef void (*kedge_spool_destination_callback)(void *userdata,
+                                                 const struct kedge_spool_destination *destination);
 
 #ifdef __cplusplus
 extern "C" {
@@ -447,6 +523,48 @@ kedge_result kedge_client_last_error(const struct kedge_client *client,
                                      char *buf,
                                      size_t buf_len,
                                      size_t *out_len);
+
+// What the client's spool holds: totals into `*out_status` (pass `sizeof(struct kedge_spool_status)` as
+// `status_size`: new fields are only added at the end) and, when `callback` is not NULL, one call per
+// destination with pending chunks, in no particular order. Reads the spool's index only (no file is read);
+// waits for a send in progress on another thread. `KEDGE_INVALID_ARGUMENT` without a spool.
+//
+// # Safety
+// `client` a live client; `out_status` valid for `status_size` bytes of writes.
+kedge_result kedge_client_spool_status(struct kedge_client *client,
+                                       struct kedge_spool_status *out_status,
+                                       size_t status_size,
+                                       kedge_spool_destination_callback callback,
+                                       void *userdata);
+
+// Deletes spooled chunks an operator no longer wants: those of one table (`database` and `table`, every format
+// and mapping) or, with both NULL, of every table. `what` is `KEDGE_SPOOL_PENDING`, `KEDGE_SPOOL_QUARANTINE`
+// or `KEDGE_SPOOL_ALL` (a `kedge_spool_area`). Records in RAM are not touched. `*out_chunks` (may be NULL) receives how many chunks were
+// deleted. Waits for a send in progress. `KEDGE_INVALID_ARGUMENT` without a spool, with one of database and
+// table NULL, or with `what` 0 or unknown bits.
+//
+// # Safety
+// `client` a live client; `database`, `table` NULL or NUL-terminated; `out_chunks` NULL or valid for a write.
+kedge_result kedge_client_spool_purge(struct kedge_client *client,
+                                      const char *database,
+                                      const char *table,
+                                      uint32_t what,
+                                      uint64_t *out_chunks);
+
+// Moves the chunks the service refused (kept in the spool's `rejected/`) back to the pending ones, once their
+// cause is fixed (a mapping, a table's schema): of one table (`database` and `table`) or, with both NULL, all.
+// They go behind the pending chunks, within the spool's limits, and are sent by the next poll or flush.
+// `*out_chunks` (may be NULL) receives how many were requeued, `*out_left` (may be NULL) how many stayed in
+// `rejected/` because the spool is full. Waits for a send in progress. `KEDGE_INVALID_ARGUMENT` without a
+// spool or with one of database and table NULL.
+//
+// # Safety
+// `client` a live client; `database`, `table` NULL or NUL-terminated; outputs NULL or valid for a write.
+kedge_result kedge_client_spool_requeue(struct kedge_client *client,
+                                        const char *database,
+                                        const char *table,
+                                        uint64_t *out_chunks,
+                                        uint64_t *out_left);
 
 #ifdef __cplusplus
 }  // extern "C"

@@ -459,6 +459,81 @@ impl Client {
         }
     }
 
+    /// Enters the gate for a spool administration call (waits for a send in progress) and runs `f` on the spool.
+    /// `InvalidArgument` without a spool.
+    fn with_spool<T>(
+        &self,
+        f: impl FnOnce(&mut Spool<SpoolStorage>) -> Result<T, crate::spool::SpoolError>,
+    ) -> Result<T, Error> {
+        let Some(held) = self.gate.enter(Wait::Forever)? else {
+            return Err(Error::new(ErrorKind::Internal, "gate not entered"));
+        };
+        let mut engine = self.engine();
+        let Some(sp) = engine.spool.as_mut() else {
+            return Err(Error::new(
+                ErrorKind::InvalidArgument,
+                "no spool configured: set spool.dir",
+            ));
+        };
+        let r = f(sp).map_err(spool_error);
+        engine.sync_spool_stats(&self.sh);
+        drop(engine);
+        drop(held);
+        r
+    }
+
+    /// What the spool holds: pending chunks per destination and sink, and the quarantined, locked and newer ones.
+    /// Waits for a send in progress on another thread; touches no file.
+    pub fn spool_status(&self) -> Result<crate::spool::SpoolStatus, Error> {
+        self.with_spool(|sp| Ok(sp.status()))
+    }
+
+    /// Deletes spooled chunks an operator no longer wants: those of one table (every format and mapping) or of
+    /// all, pending ones and/or those in `rejected/` and `corrupt/`. Chunks in RAM are not touched.
+    pub fn spool_purge(
+        &self,
+        filter: crate::spool::DestFilter<'_>,
+        pending: bool,
+        quarantine: bool,
+    ) -> Result<crate::spool::Purged, Error> {
+        let r = self.with_spool(|sp| {
+            let mut areas: heapless::Vec<crate::spool::Area, 3> = heapless::Vec::new();
+            if pending {
+                let _ = areas.push(crate::spool::Area::Pending);
+            }
+            if quarantine {
+                let _ = areas.push(crate::spool::Area::Rejected);
+                let _ = areas.push(crate::spool::Area::Corrupt);
+            }
+            sp.purge(filter, &areas)
+        })?;
+        self.sh.log(
+            LogLevel::Warn,
+            &format!(
+                "spool purged by request: {} pending chunks ({} records), {} rejected, {} corrupt",
+                r.pending.chunks, r.pending.records, r.rejected.chunks, r.corrupt.chunks
+            ),
+        );
+        Ok(r)
+    }
+
+    /// Moves refused chunks from `rejected/` back to the pending ones (after the cause was fixed: a mapping, a
+    /// table's schema), of one table or all, within the spool's limits. They are sent by the next poll or flush.
+    pub fn spool_requeue(
+        &self,
+        filter: crate::spool::DestFilter<'_>,
+    ) -> Result<crate::spool::Requeued, Error> {
+        let r = self.with_spool(|sp| sp.requeue_rejected(filter))?;
+        self.sh.log(
+            LogLevel::Warn,
+            &format!(
+                "spool: {} rejected chunks ({} records) requeued by request; {} left (spool full), {} skipped (damaged, other key or newer format)",
+                r.chunks, r.records, r.left, r.skipped
+            ),
+        );
+        Ok(r)
+    }
+
     /// Lane buffers allocated so far, over all destinations (for the memory bound's test).
     pub fn batch_buffers(&self) -> usize {
         self.lanes.iter().map(Lane::buffers).sum()

@@ -1035,6 +1035,263 @@ pub unsafe extern "C" fn kedge_client_last_error(
     })
 }
 
+/// What `kedge_client_spool_purge` deletes (bits, or-ed into its `what`).
+#[repr(u32)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum kedge_spool_area {
+    /// The pending chunks (waiting to be sent).
+    KEDGE_SPOOL_PENDING = 1,
+    /// The quarantined chunks (`rejected/`, `corrupt/`).
+    KEDGE_SPOOL_QUARANTINE = 2,
+    /// Both.
+    KEDGE_SPOOL_ALL = 3,
+}
+
+const KEDGE_SPOOL_PENDING: u32 = kedge_spool_area::KEDGE_SPOOL_PENDING as u32;
+const KEDGE_SPOOL_QUARANTINE: u32 = kedge_spool_area::KEDGE_SPOOL_QUARANTINE as u32;
+
+/// What the spool holds, from `kedge_client_spool_status`.
+#[repr(C)]
+#[derive(Clone, Copy, Default)]
+pub struct kedge_spool_status {
+    /// Chunks waiting to be sent, and their bytes on flash.
+    pub pending_chunks: u64,
+    /// Bytes of the pending chunks.
+    pub pending_bytes: u64,
+    /// Records in the pending chunks.
+    pub pending_records: u64,
+    /// Chunks the service refused, kept in `rejected/` (`kedge_client_spool_requeue` sends them again).
+    pub rejected_chunks: u64,
+    /// Their bytes.
+    pub rejected_bytes: u64,
+    /// Damaged chunks kept in `corrupt/` for inspection, never sent.
+    pub corrupt_chunks: u64,
+    /// Their bytes.
+    pub corrupt_bytes: u64,
+    /// Intact chunks this configuration's `spool.key_file` cannot open, left untouched.
+    pub locked_chunks: u64,
+    /// Their bytes.
+    pub locked_bytes: u64,
+    /// Chunks written by newer firmware (a format this version cannot read), left untouched.
+    pub newer_chunks: u64,
+    /// Their bytes.
+    pub newer_bytes: u64,
+    /// Destinations (and sinks) with pending chunks: how many times the callback was called.
+    pub destinations: u64,
+}
+
+/// One destination's pending chunks, passed to the callback of `kedge_client_spool_status`. Pointers are valid
+/// only during the callback.
+#[repr(C)]
+pub struct kedge_spool_destination {
+    /// Database, NUL-terminated.
+    pub database: *const c_char,
+    /// Table, NUL-terminated.
+    pub table: *const c_char,
+    /// Data format, NUL-terminated.
+    pub format: *const c_char,
+    /// Ingestion mapping, NUL-terminated; NULL without one.
+    pub mapping: *const c_char,
+    /// The sink the chunks were made for: 1 streaming, 2 queued.
+    pub sink: u32,
+    /// Pending chunks.
+    pub chunks: u32,
+    /// Records in them.
+    pub records: u64,
+    /// Their bytes on flash.
+    pub bytes: u64,
+    /// When the oldest of them was written, Unix milliseconds.
+    pub oldest_unix_ms: u64,
+}
+
+/// Callback of `kedge_client_spool_status`, once per destination with pending chunks.
+pub type kedge_spool_destination_callback = Option<
+    unsafe extern "C" fn(userdata: *mut c_void, destination: *const kedge_spool_destination),
+>;
+
+/// A table filter from two C strings: both NULL for every table, both set for one.
+///
+/// # Safety
+/// Each pointer NULL or a NUL-terminated string.
+unsafe fn table_filter<'a>(
+    database: *const c_char,
+    table: *const c_char,
+) -> Result<crate::spool::DestFilter<'a>, Error> {
+    match (database.is_null(), table.is_null()) {
+        (true, true) => Ok(crate::spool::DestFilter::All),
+        (false, false) => Ok(crate::spool::DestFilter::Table {
+            // SAFETY: non-NULL, NUL-terminated by contract.
+            database: unsafe { arg_str(database, "database") }?,
+            // SAFETY: as above.
+            table: unsafe { arg_str(table, "table") }?,
+        }),
+        _ => Err(Error::new(
+            ErrorKind::InvalidArgument,
+            "give both database and table (one table), or neither (every table)",
+        )),
+    }
+}
+
+/// What the client's spool holds: totals into `*out_status` (pass `sizeof(struct kedge_spool_status)` as
+/// `status_size`: new fields are only added at the end) and, when `callback` is not NULL, one call per
+/// destination with pending chunks, in no particular order. Reads the spool's index only (no file is read);
+/// waits for a send in progress on another thread. `KEDGE_INVALID_ARGUMENT` without a spool.
+///
+/// # Safety
+/// `client` a live client; `out_status` valid for `status_size` bytes of writes.
+#[no_mangle]
+pub unsafe extern "C" fn kedge_client_spool_status(
+    client: *mut kedge_client,
+    out_status: *mut kedge_spool_status,
+    status_size: usize,
+    callback: kedge_spool_destination_callback,
+    userdata: *mut c_void,
+) -> kedge_result {
+    // SAFETY: per this function's contract.
+    unsafe {
+        with_client(client, |c| {
+            if out_status.is_null() {
+                return Err(Error::new(ErrorKind::NullParameter, "out_status is NULL"));
+            }
+            if status_size == 0 || !status_size.is_multiple_of(8) {
+                return Err(Error::new(
+                    ErrorKind::InvalidArgument,
+                    "status_size must be sizeof(struct kedge_spool_status)",
+                ));
+            }
+            let st = c.spool_status()?;
+            let out = kedge_spool_status {
+                pending_chunks: st.pending.chunks as u64,
+                pending_bytes: st.pending.bytes,
+                pending_records: st.dests.iter().map(|d| d.records).sum(),
+                rejected_chunks: st.rejected.chunks as u64,
+                rejected_bytes: st.rejected.bytes,
+                corrupt_chunks: st.corrupt.chunks as u64,
+                corrupt_bytes: st.corrupt.bytes,
+                locked_chunks: st.locked.chunks as u64,
+                locked_bytes: st.locked.bytes,
+                newer_chunks: st.newer.chunks as u64,
+                newer_bytes: st.newer.bytes,
+                destinations: st.dests.len() as u64,
+            };
+            if let Some(f) = callback {
+                for d in &st.dests {
+                    let mut db = [0u8; crate::spool::MAX_NAME_LEN + 1];
+                    let mut table = [0u8; crate::spool::MAX_NAME_LEN + 1];
+                    let mut format = [0u8; 64];
+                    let mut mapping = [0u8; crate::spool::MAX_NAME_LEN + 1];
+                    to_c_line(&d.dest.database, &mut db);
+                    to_c_line(&d.dest.table, &mut table);
+                    to_c_line(&d.dest.format, &mut format);
+                    let has_mapping = d
+                        .dest
+                        .mapping
+                        .as_deref()
+                        .map(|m| to_c_line(m, &mut mapping));
+                    let cd = kedge_spool_destination {
+                        database: db.as_ptr() as *const c_char,
+                        table: table.as_ptr() as *const c_char,
+                        format: format.as_ptr() as *const c_char,
+                        mapping: if has_mapping.is_some() {
+                            mapping.as_ptr() as *const c_char
+                        } else {
+                            std::ptr::null()
+                        },
+                        sink: d.sink as u32,
+                        chunks: d.chunks,
+                        records: d.records,
+                        bytes: d.bytes,
+                        oldest_unix_ms: d.oldest_created_unix_ms,
+                    };
+                    // SAFETY: the caller's callback with its userdata; the struct and strings outlive the call.
+                    f(userdata, &cd);
+                }
+            }
+            let n = status_size.min(std::mem::size_of::<kedge_spool_status>());
+            // SAFETY: the caller's buffer holds status_size >= n bytes; no overlap with the local.
+            std::ptr::copy_nonoverlapping(
+                &out as *const kedge_spool_status as *const u8,
+                out_status as *mut u8,
+                n,
+            );
+            Ok(())
+        })
+    }
+}
+
+/// Deletes spooled chunks an operator no longer wants: those of one table (`database` and `table`, every format
+/// and mapping) or, with both NULL, of every table. `what` is `KEDGE_SPOOL_PENDING`, `KEDGE_SPOOL_QUARANTINE`
+/// or `KEDGE_SPOOL_ALL` (a `kedge_spool_area`). Records in RAM are not touched. `*out_chunks` (may be NULL) receives how many chunks were
+/// deleted. Waits for a send in progress. `KEDGE_INVALID_ARGUMENT` without a spool, with one of database and
+/// table NULL, or with `what` 0 or unknown bits.
+///
+/// # Safety
+/// `client` a live client; `database`, `table` NULL or NUL-terminated; `out_chunks` NULL or valid for a write.
+#[no_mangle]
+pub unsafe extern "C" fn kedge_client_spool_purge(
+    client: *mut kedge_client,
+    database: *const c_char,
+    table: *const c_char,
+    what: u32,
+    out_chunks: *mut u64,
+) -> kedge_result {
+    // SAFETY: per this function's contract.
+    unsafe {
+        with_client(client, |c| {
+            if what == 0 || what & !(KEDGE_SPOOL_PENDING | KEDGE_SPOOL_QUARANTINE) != 0 {
+                return Err(Error::new(
+                    ErrorKind::InvalidArgument,
+                    "what must be KEDGE_SPOOL_PENDING, KEDGE_SPOOL_QUARANTINE or both",
+                ));
+            }
+            let filter = table_filter(database, table)?;
+            let p = c.spool_purge(
+                filter,
+                what & KEDGE_SPOOL_PENDING != 0,
+                what & KEDGE_SPOOL_QUARANTINE != 0,
+            )?;
+            if !out_chunks.is_null() {
+                *out_chunks =
+                    p.pending.chunks as u64 + p.rejected.chunks as u64 + p.corrupt.chunks as u64;
+            }
+            Ok(())
+        })
+    }
+}
+
+/// Moves the chunks the service refused (kept in the spool's `rejected/`) back to the pending ones, once their
+/// cause is fixed (a mapping, a table's schema): of one table (`database` and `table`) or, with both NULL, all.
+/// They go behind the pending chunks, within the spool's limits, and are sent by the next poll or flush.
+/// `*out_chunks` (may be NULL) receives how many were requeued, `*out_left` (may be NULL) how many stayed in
+/// `rejected/` because the spool is full. Waits for a send in progress. `KEDGE_INVALID_ARGUMENT` without a
+/// spool or with one of database and table NULL.
+///
+/// # Safety
+/// `client` a live client; `database`, `table` NULL or NUL-terminated; outputs NULL or valid for a write.
+#[no_mangle]
+pub unsafe extern "C" fn kedge_client_spool_requeue(
+    client: *mut kedge_client,
+    database: *const c_char,
+    table: *const c_char,
+    out_chunks: *mut u64,
+    out_left: *mut u64,
+) -> kedge_result {
+    // SAFETY: per this function's contract.
+    unsafe {
+        with_client(client, |c| {
+            let filter = table_filter(database, table)?;
+            let r = c.spool_requeue(filter)?;
+            if !out_chunks.is_null() {
+                *out_chunks = r.chunks as u64;
+            }
+            if !out_left.is_null() {
+                *out_left = r.left as u64;
+            }
+            Ok(())
+        })
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
