@@ -70,6 +70,14 @@ static void usage(FILE *out)
           "  --spool-policy P     when the spool is full: drop-oldest (default) or reject-new\n"
           "  --spool-key-file F   32-byte key (raw or 64 hex digits): encrypt the spool with AES-256-GCM\n"
           "  --drain-only         send what is in the spool and read no input\n"
+          "  --spool-status       print what the spool holds (per destination, quarantined, locked) and exit;\n"
+          "                       sends nothing, needs no --url, --database or --table\n"
+          "  --spool-purge        delete the spooled chunks of --database/--table (or of every table with\n"
+          "                       --all-tables), pending and quarantined, and exit; sends nothing\n"
+          "  --spool-requeue      move the chunks the service refused (kept in the spool's rejected/) of\n"
+          "                       --database/--table (or --all-tables) back to be sent, after fixing their cause\n"
+          "                       (a mapping, the table's schema), and exit; --drain-only sends them\n"
+          "  --all-tables         with --spool-purge or --spool-requeue: every table in the spool\n"
           "  --stats-interval N   print the client's stats as one JSON line to stderr every N seconds\n"
           "  --durable-every N    after every N records, write what is buffered to the spool and print\n"
           "                       'durable N' to stdout: records up to there survive a crash (needs --spool)\n"
@@ -109,6 +117,10 @@ struct options {
     const char *spool_policy;
     const char *spool_key_file;
     int drain_only;
+    int spool_status;
+    int spool_purge;
+    int spool_requeue;
+    int all_tables;
     long durable_every;
     long stats_interval; /* seconds; 0: off */
     int verbosity; /* 0 quiet, 1 default, 2 verbose */
@@ -256,6 +268,16 @@ static long long now_ms(void)
 {
     struct timespec ts;
     if (clock_gettime(CLOCK_MONOTONIC, &ts) != 0) {
+        return 0;
+    }
+    return (long long)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+}
+
+/* Wall-clock milliseconds since the Unix epoch (the spool's timestamps). */
+static long long now_wall_ms(void)
+{
+    struct timespec ts;
+    if (clock_gettime(CLOCK_REALTIME, &ts) != 0) {
         return 0;
     }
     return (long long)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
@@ -471,6 +493,22 @@ static int parse_args(int argc, char **argv, struct options *o)
             o->drain_only = 1;
             continue;
         }
+        if (strcmp(a, "--spool-status") == 0) {
+            o->spool_status = 1;
+            continue;
+        }
+        if (strcmp(a, "--spool-purge") == 0) {
+            o->spool_purge = 1;
+            continue;
+        }
+        if (strcmp(a, "--spool-requeue") == 0) {
+            o->spool_requeue = 1;
+            continue;
+        }
+        if (strcmp(a, "--all-tables") == 0) {
+            o->all_tables = 1;
+            continue;
+        }
         if (is_flag(a, "--stats-interval")) {
             const char *v = flag_value(argc, argv, &i, "--stats-interval");
             if (v == NULL) {
@@ -548,6 +586,31 @@ static int parse_args(int argc, char **argv, struct options *o)
             return EXIT_USAGE;
         }
     }
+    if (o->spool_status + o->spool_purge + o->spool_requeue > 0) {
+        /* Spool administration: nothing is sent, so no endpoint or credential is needed. */
+        if (o->spool_status + o->spool_purge + o->spool_requeue > 1 || o->drain_only || o->n_files > 0 ||
+            o->durable_every > 0) {
+            fprintf(stderr, "%s: --spool-status, --spool-purge and --spool-requeue go alone: no other of them, "
+                            "no --drain-only, --durable-every or FILE\n",
+                    PROG);
+            return EXIT_USAGE;
+        }
+        if (o->spool == NULL) {
+            fprintf(stderr, "%s: --spool-status, --spool-purge and --spool-requeue need --spool DIR\n", PROG);
+            return EXIT_USAGE;
+        }
+        if (!o->spool_status && o->all_tables == (o->database != NULL && o->table != NULL)) {
+            fprintf(stderr, "%s: --spool-purge and --spool-requeue need --database and --table, or --all-tables "
+                            "(not both)\n",
+                    PROG);
+            return EXIT_USAGE;
+        }
+        return 0;
+    }
+    if (o->all_tables) {
+        fprintf(stderr, "%s: --all-tables goes with --spool-purge or --spool-requeue\n", PROG);
+        return EXIT_USAGE;
+    }
     if ((o->url == NULL && o->connection_string == NULL) || o->table == NULL ||
         (o->database == NULL && o->connection_string == NULL)) {
         fprintf(stderr, "%s: --url (or --connection-string), --database and --table are required (see --help)\n",
@@ -605,6 +668,11 @@ static int build_config(const struct options *o, struct counters *counts, kedge_
         return -1;
     }
     if (o->connection_string != NULL && set_key(config, "connection_string", o->connection_string) != 0) {
+        return -1;
+    }
+    /* Spool administration never contacts the service: any syntactically valid URL will do. */
+    if (o->url == NULL && o->connection_string == NULL && (o->spool_status || o->spool_purge || o->spool_requeue) &&
+        set_key(config, "url", "https://spool-admin.invalid") != 0) {
         return -1;
     }
     if (o->url != NULL && set_key(config, "url", o->url) != 0) {
@@ -1065,6 +1133,73 @@ static int exit_for_give_up(const struct run *run)
     return cause == KEDGE_SPOOL_IO ? EXIT_OTHER : EXIT_UNAVAILABLE;
 }
 
+static void print_spool_destination(void *userdata, const kedge_spool_destination *d)
+{
+    long long age_s = (now_wall_ms() - (long long)d->oldest_unix_ms) / 1000;
+    (void)userdata;
+    printf("  %s.%s %s%s%s %s: %u chunks, %llu records, %llu bytes, oldest %lld s old\n", d->database, d->table,
+           d->format, d->mapping != NULL ? " mapping=" : "", d->mapping != NULL ? d->mapping : "",
+           d->sink == 2 ? "queued" : "streaming", d->chunks, (unsigned long long)d->records,
+           (unsigned long long)d->bytes, age_s < 0 ? 0 : age_s);
+}
+
+/* --spool-status, --spool-purge, --spool-requeue: one operation on the spool, nothing sent. Returns the exit
+ * status. */
+static int spool_admin(const struct options *o, struct run *run)
+{
+    const char *db = o->all_tables ? NULL : o->database;
+    const char *table = o->all_tables ? NULL : o->table;
+    const char *which = o->all_tables ? "every table" : NULL;
+    char name[512];
+    kedge_result r;
+    if (which == NULL) {
+        snprintf(name, sizeof name, "%s.%s", o->database != NULL ? o->database : "", o->table != NULL ? o->table : "");
+        which = name;
+    }
+    if (o->spool_status) {
+        kedge_spool_status st;
+        printf("spool %s:\n", o->spool);
+        r = kedge_client_spool_status(run->client, &st, sizeof st, print_spool_destination, NULL);
+        if (r != KEDGE_OK) {
+            print_client_error(run, "spool status", r);
+            return EXIT_OTHER;
+        }
+        printf("pending %llu chunks (%llu records, %llu bytes) for %llu destinations; rejected %llu chunks (%llu "
+               "bytes); corrupt %llu (%llu bytes); locked (another key) %llu (%llu bytes); newer firmware's %llu "
+               "(%llu bytes)\n",
+               (unsigned long long)st.pending_chunks, (unsigned long long)st.pending_records,
+               (unsigned long long)st.pending_bytes, (unsigned long long)st.destinations,
+               (unsigned long long)st.rejected_chunks, (unsigned long long)st.rejected_bytes,
+               (unsigned long long)st.corrupt_chunks, (unsigned long long)st.corrupt_bytes,
+               (unsigned long long)st.locked_chunks, (unsigned long long)st.locked_bytes,
+               (unsigned long long)st.newer_chunks, (unsigned long long)st.newer_bytes);
+        return EXIT_ALL_ACKNOWLEDGED;
+    }
+    if (o->spool_purge) {
+        uint64_t n = 0;
+        r = kedge_client_spool_purge(run->client, db, table, KEDGE_SPOOL_ALL, &n);
+        if (r != KEDGE_OK) {
+            print_client_error(run, "spool purge", r);
+            return r == KEDGE_INVALID_ARGUMENT ? EXIT_USAGE : EXIT_OTHER;
+        }
+        printf("purged %llu spooled chunks of %s (pending and quarantined)\n", (unsigned long long)n, which);
+        return EXIT_ALL_ACKNOWLEDGED;
+    }
+    {
+        uint64_t n = 0;
+        uint64_t left = 0;
+        r = kedge_client_spool_requeue(run->client, db, table, &n, &left);
+        if (r != KEDGE_OK) {
+            print_client_error(run, "spool requeue", r);
+            return r == KEDGE_INVALID_ARGUMENT ? EXIT_USAGE : EXIT_OTHER;
+        }
+        printf("requeued %llu rejected chunks of %s; %llu left in rejected/ (spool full); send them with "
+               "--drain-only\n",
+               (unsigned long long)n, which, (unsigned long long)left);
+        return EXIT_ALL_ACKNOWLEDGED;
+    }
+}
+
 int main(int argc, char **argv)
 {
     struct options o;
@@ -1172,6 +1307,10 @@ int main(int argc, char **argv)
     }
     run.client = client;
     run.counts = &counts;
+    if (o.spool_status || o.spool_purge || o.spool_requeue) {
+        status = spool_admin(&o, &run);
+        goto out;
+    }
     ticker.client = client;
     ticker.tty = o.verbosity > 0 && isatty(STDERR_FILENO);
     ticker.stats_interval_ms = (long long)o.stats_interval * 1000;

@@ -708,6 +708,168 @@ fn kedge_send_exits_75_with_the_rest_safe_in_the_spool_and_drain_only_delivers_i
 /// random. Like an integrator with a checkpoint, each run resumes the input after the last record it reported
 /// durable (`--durable-every`). After the kills, `--drain-only` runs deliver the rest: every record of the input
 /// must arrive (at least once; duplicates are counted, not failures).
+/// `kedge-send --spool DIR` plus one administration flag, and nothing else: no endpoint, no credential.
+fn spool_admin(spool: &Path, args: &[&str]) -> Command {
+    let mut cmd = program("kedge-send");
+    cmd.env_remove("KEDGE_TOKEN")
+        .arg("--spool")
+        .arg(spool)
+        .args(args);
+    cmd
+}
+
+#[test]
+fn kedge_send_spool_status_requeue_and_purge_administer_the_spool_end_to_end() {
+    let _g = serial();
+    let scratch = Scratch::new("spool-admin");
+    let server = Server::start(ServerConfig::default()).expect("devserver");
+    let spool = scratch.path("spool");
+    let input = scratch.path("records.jsonl");
+    write_records(&input, 1000);
+
+    // An outage: everything goes to the spool.
+    server.set_down(Duration::from_secs(3600));
+    let mut cmd = spooling_kedge_send(&server.url(), &spool, "Admin");
+    cmd.args(["--batch-bytes", "16384", "--give-up-secs", "1"])
+        .arg(&input);
+    let out = run(cmd, None, &scratch, Duration::from_secs(60));
+    assert_eq!(out.code(), Some(75), "{}", out.describe());
+    let out = run(
+        spool_admin(&spool, &["--spool-status"]),
+        None,
+        &scratch,
+        Duration::from_secs(30),
+    );
+    assert_eq!(out.code(), Some(0), "{}", out.describe());
+    let dest_line = out
+        .stdout
+        .lines()
+        .find(|l| l.contains("db.Admin multijson streaming:"))
+        .unwrap_or_else(|| panic!("no line for db.Admin: {}", out.describe()));
+    let pending: u64 = dest_line
+        .split(": ")
+        .nth(1)
+        .and_then(|r| r.split(' ').next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("no chunk count: {dest_line}"));
+    assert!(pending >= 5, "{dest_line}");
+    assert!(dest_line.contains("1000 records"), "{dest_line}");
+    assert!(
+        out.stdout.contains("rejected 0 chunks"),
+        "{}",
+        out.describe()
+    );
+
+    // The service refuses every chunk (a broken mapping, say): they go to rejected/, not sent again.
+    server.set_down(Duration::ZERO);
+    for _ in 0..pending {
+        server.push_fault(kusto_devserver::Fault::RejectData);
+    }
+    let mut cmd = spooling_kedge_send(&server.url(), &spool, "Admin");
+    cmd.arg("--drain-only");
+    let out = run(cmd, None, &scratch, Duration::from_secs(60));
+    assert_eq!(out.code(), Some(65), "{}", out.describe());
+    assert!(server.records("db", "Admin").is_empty());
+    let out = run(
+        spool_admin(&spool, &["--spool-status"]),
+        None,
+        &scratch,
+        Duration::from_secs(30),
+    );
+    assert!(
+        out.stdout.contains("pending 0 chunks")
+            && out.stdout.contains(&format!("rejected {pending} chunks")),
+        "{}",
+        out.describe()
+    );
+
+    // Fixed: requeue them and drain. Usage errors first: a table is needed, or --all-tables.
+    let out = run(
+        spool_admin(&spool, &["--spool-requeue"]),
+        None,
+        &scratch,
+        Duration::from_secs(30),
+    );
+    assert_eq!(out.code(), Some(64), "{}", out.describe());
+    let out = run(
+        spool_admin(
+            &spool,
+            &["--spool-requeue", "--spool-purge", "--all-tables"],
+        ),
+        None,
+        &scratch,
+        Duration::from_secs(30),
+    );
+    assert_eq!(out.code(), Some(64), "{}", out.describe());
+    let out = run(
+        spool_admin(
+            &spool,
+            &["--spool-requeue", "--database", "db", "--table", "Admin"],
+        ),
+        None,
+        &scratch,
+        Duration::from_secs(30),
+    );
+    assert_eq!(out.code(), Some(0), "{}", out.describe());
+    assert!(
+        out.stdout.contains(&format!(
+            "requeued {pending} rejected chunks of db.Admin; 0 left"
+        )),
+        "{}",
+        out.describe()
+    );
+    let mut cmd = spooling_kedge_send(&server.url(), &spool, "Admin");
+    cmd.arg("--drain-only");
+    let out = run(cmd, None, &scratch, Duration::from_secs(60));
+    assert_eq!(out.code(), Some(0), "{}", out.describe());
+    assert_each_seq_once(&server.records("db", "Admin"), 1000);
+
+    // Another backlog, which an operator decides to throw away: purge leaves nothing.
+    server.set_down(Duration::from_secs(3600));
+    let mut cmd = spooling_kedge_send(&server.url(), &spool, "Other");
+    cmd.args(["--batch-bytes", "16384", "--give-up-secs", "1"])
+        .arg(&input);
+    assert_eq!(
+        run(cmd, None, &scratch, Duration::from_secs(60)).code(),
+        Some(75)
+    );
+    let out = run(
+        spool_admin(
+            &spool,
+            &["--spool-purge", "--database", "db", "--table", "Elsewhere"],
+        ),
+        None,
+        &scratch,
+        Duration::from_secs(30),
+    );
+    assert!(
+        out.stdout
+            .contains("purged 0 spooled chunks of db.Elsewhere"),
+        "{}",
+        out.describe()
+    );
+    let out = run(
+        spool_admin(&spool, &["--spool-purge", "--all-tables"]),
+        None,
+        &scratch,
+        Duration::from_secs(30),
+    );
+    assert_eq!(out.code(), Some(0), "{}", out.describe());
+    assert!(out.stdout.contains("of every table"), "{}", out.describe());
+    let out = run(
+        spool_admin(&spool, &["--spool-status"]),
+        None,
+        &scratch,
+        Duration::from_secs(30),
+    );
+    assert!(
+        out.stdout
+            .contains("pending 0 chunks (0 records, 0 bytes) for 0 destinations"),
+        "{}",
+        out.describe()
+    );
+}
+
 #[test]
 fn kedge_send_with_a_spool_survives_sigkill_at_random_moments_and_every_record_arrives() {
     let _g = serial();
