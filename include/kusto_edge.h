@@ -269,6 +269,14 @@ typedef struct kedge_stats {
   uint64_t chunks_locked;
   // Appends refused with `KEDGE_QUEUE_FULL` (the destination's batch and sealed chunks were all waiting).
   uint64_t appends_queue_full;
+  // Chunks in the spool's quarantine now (`rejected/` and `corrupt/`).
+  uint64_t quarantine_chunks;
+  // Their bytes.
+  uint64_t quarantine_bytes;
+  // Quarantined chunks deleted to keep the quarantine within `spool.quarantine_max_*` (oldest first).
+  uint64_t quarantine_dropped_chunks;
+  // Chunks of a newer firmware's format found at open: kept untouched, never read.
+  uint64_t chunks_newer;
 } kedge_stats;
 
 // What the spool holds, from `kedge_client_spool_status`.

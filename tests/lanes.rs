@@ -278,3 +278,57 @@ fn a_full_lane_refuses_the_record_until_poll_sends_and_memory_stays_within_the_l
     assert_eq!(server.records("db", "t").len(), 1006);
     assert_eq!(client.batch_buffers(), 3, "buffers are reused, never more");
 }
+
+#[test]
+fn a_failing_flash_is_not_retried_on_every_poll() {
+    let server = Server::start(ServerConfig::default()).unwrap();
+    server.set_down(Duration::from_secs(3600));
+    let mem = kusto_edge::spool::MemStorage::new();
+    let clock = ManualClock::new();
+    let cfg = plain_config(
+        &server.url(),
+        &[
+            ("retry.max_attempts", "1"),
+            ("spool.dir", "/unused-with-mem"),
+        ],
+    );
+    let client = Client::with_options(
+        &cfg,
+        ClientOptions {
+            storage: Some(Box::new(mem.clone())),
+            clock: Some(clock.clone()),
+            ..ClientOptions::default()
+        },
+    )
+    .unwrap();
+    let d = client.add_destination("db", "t", "csv", None).unwrap();
+    client.append(d, b"1,a").unwrap();
+    mem.set_read_only(true);
+    clock.advance(Duration::from_secs(5));
+    let (_, r) = client.poll_next();
+    assert_eq!(r.unwrap_err().kind, ErrorKind::SpoolIo);
+    let failed_writes = client.stats().spool_io_errors;
+    assert!(failed_writes >= 1);
+    // The next polls keep the chunk in RAM without touching the flash, while the spool's writes back off.
+    for _ in 0..20 {
+        clock.advance(Duration::from_millis(10));
+        let _ = client.poll_next();
+    }
+    assert_eq!(
+        client.stats().spool_io_errors,
+        failed_writes,
+        "no write while backing off"
+    );
+    assert_eq!(
+        client.stats().records_buffered,
+        1,
+        "the record is kept in RAM"
+    );
+    // Later the spool is tried again; once the flash works, the chunk is on it.
+    mem.set_read_only(false);
+    clock.advance(Duration::from_secs(400));
+    let (_, r) = client.poll_next();
+    assert_eq!(r.unwrap_err().kind, ErrorKind::Spooled);
+    let s = client.stats();
+    assert_eq!((s.spool_chunks, s.records_buffered), (1, 0), "{s:?}");
+}

@@ -197,6 +197,12 @@ impl Engine {
             st.bytes_dropped.store(s.dropped_bytes, Relaxed);
             st.spool_io_errors.store(s.io_errors, Relaxed);
             st.chunks_locked.store(s.locked_chunks, Relaxed);
+            st.quarantine_chunks
+                .store(s.quarantine_chunks as u64, Relaxed);
+            st.quarantine_bytes.store(s.quarantine_bytes, Relaxed);
+            st.quarantine_dropped_chunks
+                .store(s.quarantine_dropped_chunks, Relaxed);
+            st.chunks_newer.store(s.newer_chunks, Relaxed);
         }
     }
 
@@ -620,14 +626,29 @@ impl Engine {
         message: &mut String,
     ) {
         if let Some(sp) = self.spool.as_mut() {
-            if let Err(e) = sp.reject(seq, reason) {
-                let fate = format!(
-                    "could not be moved to rejected/ ({e}); it is not sent again in this run"
-                );
-                self.spool_fault
-                    .get_or_insert(format!("chunk {text} {fate}"));
-                message.push_str("; ");
-                message.push_str(&fate);
+            match sp.reject(seq, reason) {
+                Ok(q) if q.incoming => {
+                    let note = "it alone is larger than spool.quarantine_max_bytes, so it was deleted, not kept";
+                    message.push_str("; ");
+                    message.push_str(note);
+                }
+                Ok(q) if q.chunks > 0 => sh.log(
+                    LogLevel::Warn,
+                    &format!(
+                        "quarantine full: deleted the {} oldest quarantined chunks ({} bytes) to keep refused chunk {text} (spool.quarantine_max_bytes, spool.quarantine_max_chunks)",
+                        q.chunks, q.bytes
+                    ),
+                ),
+                Ok(_) => {}
+                Err(e) => {
+                    let fate = format!(
+                        "could not be moved to rejected/ ({e}); it is not sent again in this run"
+                    );
+                    self.spool_fault
+                        .get_or_insert(format!("chunk {text} {fate}"));
+                    message.push_str("; ");
+                    message.push_str(&fate);
+                }
             }
         }
         self.sync_spool_stats(sh);

@@ -612,6 +612,24 @@ fn open_spool(sh: &Shared, storage: SpoolStorage) -> Result<Spool<SpoolStorage>,
             ),
         );
     }
+    if report.newer > 0 {
+        sh.log(
+            LogLevel::Error,
+            &format!(
+                "spool: {} chunks ({} bytes) were written by newer firmware in a format this version cannot read: they are kept untouched for it",
+                report.newer, report.newer_bytes
+            ),
+        );
+    }
+    if report.quarantine_dropped.chunks > 0 {
+        sh.log(
+            LogLevel::Warn,
+            &format!(
+                "spool: deleted the {} oldest quarantined chunks ({} bytes) to fit spool.quarantine_max_bytes / spool.quarantine_max_chunks",
+                report.quarantine_dropped.chunks, report.quarantine_dropped.bytes
+            ),
+        );
+    }
     if report.over_limit {
         sh.log(
             LogLevel::Error,

@@ -80,5 +80,13 @@ counters! {
         chunks_locked,
         /// Appends refused with `QueueFull` (the lane's batch and sealed chunks were all waiting).
         appends_queue_full,
+        /// Chunks in the spool's quarantine now (`rejected/` and `corrupt/`).
+        quarantine_chunks,
+        /// Their bytes.
+        quarantine_bytes,
+        /// Quarantined chunks deleted to keep the quarantine within its limits (oldest first).
+        quarantine_dropped_chunks,
+        /// Chunks of a newer firmware's format found at open: kept untouched, never read.
+        chunks_newer,
     }
 }

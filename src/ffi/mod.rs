@@ -273,6 +273,14 @@ pub struct kedge_stats {
     pub chunks_locked: u64,
     /// Appends refused with `KEDGE_QUEUE_FULL` (the destination's batch and sealed chunks were all waiting).
     pub appends_queue_full: u64,
+    /// Chunks in the spool's quarantine now (`rejected/` and `corrupt/`).
+    pub quarantine_chunks: u64,
+    /// Their bytes.
+    pub quarantine_bytes: u64,
+    /// Quarantined chunks deleted to keep the quarantine within `spool.quarantine_max_*` (oldest first).
+    pub quarantine_dropped_chunks: u64,
+    /// Chunks of a newer firmware's format found at open: kept untouched, never read.
+    pub chunks_newer: u64,
 }
 
 /// Log callback: `message` is NUL-terminated, valid during the call, and never contains a secret.
@@ -988,6 +996,10 @@ pub unsafe extern "C" fn kedge_client_stats(
             spool_io_errors: s.spool_io_errors,
             chunks_locked: s.chunks_locked,
             appends_queue_full: s.appends_queue_full,
+            quarantine_chunks: s.quarantine_chunks,
+            quarantine_bytes: s.quarantine_bytes,
+            quarantine_dropped_chunks: s.quarantine_dropped_chunks,
+            chunks_newer: s.chunks_newer,
         };
         let n = stats_size.min(std::mem::size_of::<kedge_stats>());
         // SAFETY: the caller's buffer holds stats_size >= n bytes; the source is a local struct of at least n
