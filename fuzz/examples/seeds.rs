@@ -36,7 +36,16 @@ fn chunks() {
         .enumerate()
     {
         let storage = MemStorage::new();
-        let cfg = SpoolConfig { max_bytes: 1 << 20, max_chunks: 4, policy: FullPolicy::DropOldest, key };
+        let cfg = SpoolConfig {
+            max_bytes: 1 << 20,
+            max_chunks: 4,
+            policy: FullPolicy::DropOldest,
+            key,
+            trim_on_open: false,
+            max_payload_len_queued: kusto_edge::spool::MAX_PAYLOAD_LEN,
+            quarantine_max_bytes: 1 << 18,
+            quarantine_max_chunks: 4,
+        };
         let (mut spool, _) = Spool::open(storage.clone(), cfg).unwrap();
         let header = ChunkHeader {
             chunk_id: *b"0123456789abcdef",
@@ -50,6 +59,7 @@ fn chunks() {
             raw_len: 25,
             records: 2,
             gzip,
+            sink: kusto_edge::spool::SinkId::Streaming,
         };
         spool.push(&header, b"{\"a\":1}\n{\"a\":2,\"b\":\"x\"}\n").unwrap();
         let name = storage.names(Area::Pending).into_iter().next().unwrap();

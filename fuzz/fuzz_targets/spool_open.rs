@@ -34,6 +34,10 @@ fuzz_target!(|data: &[u8]| {
         max_chunks: 4,
         policy: if mode & 0x04 != 0 { FullPolicy::RejectNew } else { FullPolicy::DropOldest },
         key: (mode & 0x02 != 0).then_some(KEY),
+        trim_on_open: mode & 0x08 != 0,
+        max_payload_len_queued: kusto_edge::spool::MAX_PAYLOAD_LEN,
+        quarantine_max_bytes: 1 << 18,
+        quarantine_max_chunks: 4,
     };
 
     let mut storage = MemStorage::new();

@@ -15,7 +15,8 @@ fuzz_target!(|data: &[u8]| {
         return;
     };
     let managed_identity = flags & 1 == 1;
-    match parse_token_response(body, managed_identity) {
+    // A fixed "now" (2026-01-01): expiry times in the body are judged against it.
+    match parse_token_response(body, managed_identity, 1_767_225_600) {
         Ok(t) => {
             let text = t.token.expose();
             assert!(!text.is_empty() && text.bytes().all(|b| (0x21..0x7f).contains(&b)));
