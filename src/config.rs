@@ -465,7 +465,7 @@ impl Config {
                         format!("tls.ca_file '{value}' cannot be read: {e}"),
                     )
                 })?;
-                crate::transport::parse_ca_pem(&pem)?;
+                crate::certs::parse_ca_pem(&pem)?;
                 self.ca_pem.extend_from_slice(&pem);
                 self.ca_pem.push(b'\n');
             }
@@ -557,7 +557,7 @@ impl Config {
 
     /// Adds CA certificates from PEM text in memory.
     pub fn add_ca_pem(&mut self, pem: &[u8]) -> Result<(), Error> {
-        crate::transport::parse_ca_pem(pem)?;
+        crate::certs::parse_ca_pem(pem)?;
         self.ca_pem.extend_from_slice(pem);
         self.ca_pem.push(b'\n');
         Ok(())

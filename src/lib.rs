@@ -8,6 +8,7 @@
 
 pub mod auth;
 pub mod batch;
+pub mod certs;
 pub mod client;
 pub mod clock;
 pub mod config;

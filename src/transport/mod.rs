@@ -7,35 +7,11 @@ use std::io::Read;
 use std::sync::Arc;
 use std::time::Duration;
 
-use ureq::tls::{Certificate, RootCerts, TlsConfig, TlsProvider};
+use ureq::tls::{RootCerts, TlsConfig, TlsProvider};
 
 use crate::config::{Config, RESPONSE_BODY_BYTES};
-use crate::error::{Error, ErrorKind};
+use crate::error::Error;
 use crate::response::{Failure, FailureClass};
-
-/// Parses PEM text into CA certificates; fails when there is none or one is malformed.
-pub fn parse_ca_pem(pem: &[u8]) -> Result<Vec<Certificate<'static>>, Error> {
-    let mut certs = Vec::new();
-    for item in ureq::tls::parse_pem(pem) {
-        match item {
-            Ok(ureq::tls::PemItem::Certificate(c)) => certs.push(c),
-            Ok(_) => {}
-            Err(e) => {
-                return Err(Error::new(
-                    ErrorKind::TlsConfig,
-                    format!("CA PEM is malformed: {e}"),
-                ))
-            }
-        }
-    }
-    if certs.is_empty() {
-        return Err(Error::new(
-            ErrorKind::TlsConfig,
-            "no CERTIFICATE found in the CA PEM",
-        ));
-    }
-    Ok(certs)
-}
 
 /// HTTP read buffer per connection: holds the response head.
 pub const INPUT_BUFFER_BYTES: usize = 16 * 1024;
@@ -133,17 +109,7 @@ impl Transport {
             .auth
             .proxy()?
             .filter(|p| !(p.is_from_env() && cluster.is_loopback()));
-        let mut roots: Vec<Certificate<'static>> = Vec::new();
-        if cfg.bundled_roots {
-            roots.extend(
-                webpki_root_certs::TLS_SERVER_ROOT_CERTS
-                    .iter()
-                    .map(|c| Certificate::from_der(c.as_ref())),
-            );
-        }
-        if !cfg.ca_pem.is_empty() {
-            roots.extend(parse_ca_pem(&cfg.ca_pem)?);
-        }
+        let roots = crate::certs::trust_anchors(cfg.bundled_roots, &cfg.ca_pem)?;
         let tls = TlsConfig::builder()
             .provider(TlsProvider::Rustls)
             .unversioned_rustls_crypto_provider(Arc::new(rustls::crypto::ring::default_provider()))
