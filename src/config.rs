@@ -102,8 +102,10 @@ pub fn parse_key(bytes: &[u8]) -> Result<SecretKey, Error> {
 pub struct Config {
     /// Cluster (engine) URL, e.g. `https://mycluster.westeurope.kusto.windows.net`.
     pub url: Option<String>,
-    /// Credentials and proxy: `auth.*`, `proxy.*` and `connection_string` (see `crate::auth`).
+    /// Credentials: `auth.*` and `connection_string` (see `crate::auth`).
     pub auth: crate::auth::AuthConfig,
+    /// `proxy.url` and `proxy.no_proxy` (else the environment's `HTTPS_PROXY` and `NO_PROXY`).
+    pub proxy: crate::transport::ProxyConfig,
     /// PEM CA certificates added to (or, without bundled roots, replacing) the trust store.
     pub ca_pem: Vec<u8>,
     /// Trust Mozilla's root certificates compiled into the library.
@@ -174,6 +176,7 @@ impl Default for Config {
         Config {
             url: None,
             auth: crate::auth::AuthConfig::default(),
+            proxy: crate::transport::ProxyConfig::default(),
             ca_pem: Vec::new(),
             bundled_roots: true,
             allow_plain: false,
@@ -244,6 +247,16 @@ pub const KEYS: &[KeyDoc] = &[
         key: "http.allow_plain_remote",
         default: "false",
         help: "allow http:// to other hosts too (a token is never sent there)",
+    },
+    KeyDoc {
+        key: "proxy.url",
+        default: "$HTTPS_PROXY",
+        help: "http://[user:pass@]host:port, or none (password is secret)",
+    },
+    KeyDoc {
+        key: "proxy.no_proxy",
+        default: "$NO_PROXY",
+        help: "comma-separated hosts that bypass the proxy",
     },
     KeyDoc {
         key: "timeout.connect_ms",
@@ -448,8 +461,9 @@ const DAY_MS: u64 = 24 * 3600 * 1000;
 impl Config {
     /// Sets one key. Unknown keys and bad values are refused with a message naming the key.
     pub fn set(&mut self, key: &str, value: &str) -> Result<(), Error> {
-        // Credentials, proxy and connection strings are the auth module's: it knows their secrets.
-        if self.auth.set(key, value)? {
+        // Credentials and connection strings are the auth module's, the proxy the transport's: they know their
+        // secrets.
+        if self.auth.set(key, value)? || self.proxy.set(key, value)? {
             return Ok(());
         }
         match key {
@@ -690,7 +704,13 @@ mod tests {
         let e = c.set("auth.token", "sec ret").unwrap_err();
         assert!(!e.message.contains("sec ret"));
         c.set("auth.token", "s3cr3t-value").unwrap();
-        assert!(!format!("{c:?}").contains("s3cr3t-value"));
+        c.set("proxy.url", "http://gw:px-s3cr3t@proxy.local:3128")
+            .unwrap();
+        let d = format!("{c:?}");
+        assert!(!d.contains("s3cr3t"), "{d}");
+        assert!(d.contains("proxy.local:3128"), "{d}");
+        let e = c.set("proxy.url", "ftp://gw:s3cr3t@x").unwrap_err();
+        assert!(!e.message.contains("s3cr3t"), "{}", e.message);
     }
 
     #[test]

@@ -19,6 +19,7 @@ pub mod gzip;
 pub mod json_check;
 pub mod response;
 pub mod retry;
+pub mod secret;
 pub mod sink;
 pub mod spool;
 pub mod transport;

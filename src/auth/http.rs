@@ -10,7 +10,7 @@ use std::net::{IpAddr, Ipv4Addr};
 
 use crate::error::{Error, ErrorKind};
 
-use super::secret::SecretString;
+use crate::secret::SecretString;
 
 /// Most of a response body read; an answer from a token endpoint is a few KiB.
 pub const MAX_BODY_BYTES: usize = 64 * 1024;

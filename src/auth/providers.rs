@@ -13,8 +13,8 @@ use super::encoding::{percent_encode, percent_encode_into};
 use super::http::{self, Reply};
 use super::json::{self, Scalar};
 use super::jwt::CertificateCredential;
-use super::secret::SecretString;
 use super::FetchContext;
+use crate::secret::SecretString;
 
 /// Default IMDS token endpoint on Azure VMs.
 pub const IMDS_DEFAULT_ENDPOINT: &str = "http://169.254.169.254/metadata/identity/oauth2/token";

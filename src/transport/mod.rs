@@ -9,6 +9,10 @@ use std::time::Duration;
 
 use ureq::tls::{RootCerts, TlsConfig, TlsProvider};
 
+mod proxy;
+
+pub use proxy::ProxyConfig;
+
 use crate::config::{Config, RESPONSE_BODY_BYTES};
 use crate::error::Error;
 use crate::response::{Failure, FailureClass};
@@ -106,7 +110,7 @@ impl Transport {
         // A proxy from the environment is for the outside world: a loopback endpoint (tests, a local agent) is
         // reached directly. An explicit proxy.url applies to everything.
         let proxy = cfg
-            .auth
+            .proxy
             .proxy()?
             .filter(|p| !(p.is_from_env() && cluster.is_loopback()));
         let roots = crate::certs::trust_anchors(cfg.bundled_roots, &cfg.ca_pem)?;
