@@ -631,6 +631,20 @@ impl Config {
             .unwrap_or(self.spool_max_bytes / 8)
     }
 
+    /// The transport's share of the settings: timeouts, trust store, plain-http rules, proxy.
+    pub fn transport_config(&self) -> crate::transport::TransportConfig<'_> {
+        crate::transport::TransportConfig {
+            connect_timeout: self.connect_timeout,
+            send_timeout: self.send_timeout,
+            recv_timeout: self.recv_timeout,
+            ca_pem: &self.ca_pem,
+            bundled_roots: self.bundled_roots,
+            allow_plain: self.allow_plain,
+            allow_plain_remote: self.allow_plain_remote,
+            proxy: &self.proxy,
+        }
+    }
+
     /// Largest gzip body a batch of `batch_bytes` can become (stored blocks in the worst case, plus framing).
     pub fn wire_capacity(&self) -> usize {
         crate::gzip::compressed_bound(self.batch_bytes)
@@ -726,6 +740,57 @@ mod tests {
         assert!(c.validate().is_ok());
         c.set("auth.token", "abc").unwrap();
         assert_eq!(c.validate().unwrap_err().kind, ErrorKind::InsecureTransport);
+    }
+
+    #[test]
+    fn the_transport_config_carries_the_transport_keys() {
+        // A transport built without a Config has the same defaults.
+        let (d, t) = (
+            Config::default(),
+            crate::transport::TransportConfig::default(),
+        );
+        let d = d.transport_config();
+        assert_eq!(
+            (d.connect_timeout, d.send_timeout, d.recv_timeout),
+            (t.connect_timeout, t.send_timeout, t.recv_timeout)
+        );
+        assert_eq!(
+            (
+                d.bundled_roots,
+                d.allow_plain,
+                d.allow_plain_remote,
+                d.ca_pem
+            ),
+            (
+                t.bundled_roots,
+                t.allow_plain,
+                t.allow_plain_remote,
+                t.ca_pem
+            )
+        );
+        let mut c = Config::default();
+        for (k, v) in [
+            ("timeout.connect_ms", "1500"),
+            ("timeout.send_ms", "2500"),
+            ("timeout.recv_ms", "3500"),
+            ("tls.bundled_roots", "false"),
+            ("http.allow_plain", "true"),
+            ("http.allow_plain_remote", "true"),
+            ("proxy.url", "http://proxy.plant.local:3128"),
+        ] {
+            c.set(k, v).unwrap();
+        }
+        c.ca_pem = b"pem".to_vec();
+        let t = c.transport_config();
+        assert_eq!(t.connect_timeout, Duration::from_millis(1500));
+        assert_eq!(t.send_timeout, Duration::from_millis(2500));
+        assert_eq!(t.recv_timeout, Duration::from_millis(3500));
+        assert_eq!(t.ca_pem, b"pem");
+        assert!(!t.bundled_roots && t.allow_plain && t.allow_plain_remote);
+        assert_eq!(
+            t.proxy.proxy().unwrap().unwrap().host(),
+            "proxy.plant.local"
+        );
     }
 
     #[test]

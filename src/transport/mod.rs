@@ -13,7 +13,7 @@ mod proxy;
 
 pub use proxy::ProxyConfig;
 
-use crate::config::{Config, RESPONSE_BODY_BYTES};
+use crate::config::RESPONSE_BODY_BYTES;
 use crate::error::Error;
 use crate::response::{Failure, FailureClass};
 
@@ -21,6 +21,47 @@ use crate::response::{Failure, FailureClass};
 pub const INPUT_BUFFER_BYTES: usize = 16 * 1024;
 /// HTTP write buffer per connection: the request head and body pieces.
 pub const OUTPUT_BUFFER_BYTES: usize = 16 * 1024;
+
+/// What a transport is built from: timeouts, trust store, the plain-http rules and the proxy. `Config` makes one
+/// with `Config::transport_config`; it borrows the CA PEM and the proxy settings rather than copying them.
+#[derive(Clone, Copy, Debug)]
+pub struct TransportConfig<'a> {
+    /// TCP + TLS connection setup bound (proxy tunnel included).
+    pub connect_timeout: Duration,
+    /// Bound on sending the head and the body of one request.
+    pub send_timeout: Duration,
+    /// Bound on waiting for the response head, and on reading its body.
+    pub recv_timeout: Duration,
+    /// PEM CA certificates trusted besides (or, without `bundled_roots`, instead of) the bundled roots.
+    pub ca_pem: &'a [u8],
+    /// Trust Mozilla's root certificates compiled into the library.
+    pub bundled_roots: bool,
+    /// Allow `http://` to loopback hosts.
+    pub allow_plain: bool,
+    /// Allow `http://` to any host (with `allow_plain`); an `Authorization` header still never goes there.
+    pub allow_plain_remote: bool,
+    /// `proxy.url` / `proxy.no_proxy`, else the environment's.
+    pub proxy: &'a ProxyConfig,
+}
+
+/// No proxy settings: the environment's `HTTPS_PROXY` applies.
+static NO_PROXY_SETTINGS: ProxyConfig = ProxyConfig::new();
+
+impl Default for TransportConfig<'static> {
+    /// The library's defaults: 10 s to connect, 30 s each way, bundled roots, https only, the environment's proxy.
+    fn default() -> Self {
+        TransportConfig {
+            connect_timeout: Duration::from_secs(10),
+            send_timeout: Duration::from_secs(30),
+            recv_timeout: Duration::from_secs(30),
+            ca_pem: &[],
+            bundled_roots: true,
+            allow_plain: false,
+            allow_plain_remote: false,
+            proxy: &NO_PROXY_SETTINGS,
+        }
+    }
+}
 
 /// One HTTP header, borrowed.
 pub type Header<'a> = (&'static str, &'a str);
@@ -106,14 +147,17 @@ impl Transport {
     /// Builds the agent: trust store, timeouts, no redirects, the proxy from `proxy.url` or `HTTPS_PROXY`/`NO_PROXY`.
     /// DNS is left to the system resolver's own bounds (`timeout:`/`attempts:` in resolv.conf): a resolve timeout
     /// in ureq would start a thread per lookup, and this library starts no threads.
-    pub fn new(cfg: &Config, cluster: &crate::wire::ClusterUrl) -> Result<Transport, Error> {
+    pub fn new(
+        cfg: &TransportConfig<'_>,
+        cluster: &crate::wire::ClusterUrl,
+    ) -> Result<Transport, Error> {
         // A proxy from the environment is for the outside world: a loopback endpoint (tests, a local agent) is
         // reached directly. An explicit proxy.url applies to everything.
         let proxy = cfg
             .proxy
             .proxy()?
             .filter(|p| !(p.is_from_env() && cluster.is_loopback()));
-        let roots = crate::certs::trust_anchors(cfg.bundled_roots, &cfg.ca_pem)?;
+        let roots = crate::certs::trust_anchors(cfg.bundled_roots, cfg.ca_pem)?;
         let tls = TlsConfig::builder()
             .provider(TlsProvider::Rustls)
             .unversioned_rustls_crypto_provider(Arc::new(rustls::crypto::ring::default_provider()))
@@ -419,9 +463,13 @@ mod tests {
 
     /// A client transport with no proxy (whatever HTTPS_PROXY says) unless `proxy` names one.
     fn transport(url: &str, proxy: Option<&str>) -> Transport {
-        let mut cfg = Config::default();
-        cfg.set("proxy.url", proxy.unwrap_or("none")).unwrap();
-        cfg.connect_timeout = Duration::from_secs(5);
+        let mut p = ProxyConfig::default();
+        p.set("proxy.url", proxy.unwrap_or("none")).unwrap();
+        let cfg = TransportConfig {
+            connect_timeout: Duration::from_secs(5),
+            proxy: &p,
+            ..TransportConfig::default()
+        };
         Transport::new(&cfg, &ClusterUrl::parse(url).unwrap()).unwrap()
     }
 
@@ -607,10 +655,13 @@ mod tests {
 
     #[test]
     fn a_proxy_excluded_by_no_proxy_is_not_on_the_route() {
-        let mut cfg = Config::default();
-        cfg.set("proxy.url", "http://proxy.plant.local:3128")
-            .unwrap();
-        cfg.set("proxy.no_proxy", ".windows.net").unwrap();
+        let mut p = ProxyConfig::default();
+        p.set("proxy.url", "http://proxy.plant.local:3128").unwrap();
+        p.set("proxy.no_proxy", ".windows.net").unwrap();
+        let cfg = TransportConfig {
+            proxy: &p,
+            ..TransportConfig::default()
+        };
         let c = ClusterUrl::parse("https://mycluster.westeurope.kusto.windows.net").unwrap();
         assert_eq!(Transport::new(&cfg, &c).unwrap().route().proxy, None);
         let c = ClusterUrl::parse("https://mycluster.example.com:8443").unwrap();

@@ -32,6 +32,14 @@ fn invalid(key: &str, why: &str) -> Error {
 }
 
 impl ProxyConfig {
+    /// Nothing set: the environment's proxy applies.
+    pub const fn new() -> ProxyConfig {
+        ProxyConfig {
+            url: None,
+            no_proxy: None,
+        }
+    }
+
     /// Sets `proxy.url` or `proxy.no_proxy`. Returns `Ok(false)` for any other key (the caller tries its own), and
     /// an error naming the key, never the URL (it may hold a password), when the value is bad.
     pub fn set(&mut self, key: &str, value: &str) -> Result<bool, Error> {
