@@ -17,6 +17,7 @@ pub mod error;
 pub mod ffi;
 pub mod gzip;
 pub mod json_check;
+pub mod network;
 pub mod response;
 pub mod retry;
 pub mod secret;

@@ -922,8 +922,8 @@ mod tests {
 #[cfg(test)]
 mod wire_tests {
     use super::*;
-    use crate::auth::http::test_server::serve;
     use crate::auth::metadata::Cloud;
+    use crate::transport::test_server::serve;
 
     /// The wall clock the sources see, seconds since the epoch (2026-01-01: assertions need a set clock).
     const NOW: u64 = 1_767_225_600;

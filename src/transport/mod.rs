@@ -1,26 +1,36 @@
-//! HTTP over TLS: one `ureq` agent per client with keep-alive, rustls with ring, verification always on, and every
-//! phase bounded by the configured timeouts. It sends a prepared request and hands back the status, `Retry-After`
-//! and a bounded prefix of the body; what they mean is `response`'s business.
+//! HTTP over TLS, and nothing of Kusto: one `ureq` agent per client with keep-alive, rustls with ring,
+//! verification always on, every phase bounded by the configured timeouts, no redirects followed. [`Transport::send`]
+//! sends one request and hands back the status, `Retry-After`, the few response headers the caller asked for, and
+//! a prefix of the body bounded by the caller's buffer; a request that got no answer is a [`TransportError`].
+//! What an answer or an error means is the caller's business (`response` and `network` for Kusto delivery).
+//!
+//! Memory per request is fixed: the response headers are kept in a fixed-size [`KeptHeaders`], the body goes into
+//! the caller's buffer, and an error is a fixed-size value.
 
-use std::fmt::Write as _;
 use std::io::Read;
 use std::sync::Arc;
 use std::time::Duration;
 
 use ureq::tls::{RootCerts, TlsConfig, TlsProvider};
 
-mod proxy;
-
-pub use proxy::ProxyConfig;
-
-use crate::config::RESPONSE_BODY_BYTES;
 use crate::error::Error;
-use crate::response::{Failure, FailureClass};
+
+mod error;
+mod proxy;
+#[cfg(test)]
+pub(crate) mod test_server;
+
+pub use error::{CertificateProblem, TransportError, TransportErrorKind, DETAIL_BYTES};
+pub use proxy::ProxyConfig;
 
 /// HTTP read buffer per connection: holds the response head.
 pub const INPUT_BUFFER_BYTES: usize = 16 * 1024;
 /// HTTP write buffer per connection: the request head and body pieces.
 pub const OUTPUT_BUFFER_BYTES: usize = 16 * 1024;
+/// Response headers one request may ask to keep (besides `Retry-After`).
+pub const MAX_KEPT_HEADERS: usize = 4;
+/// Bytes of names and values the kept headers share.
+pub const KEPT_HEADER_BYTES: usize = 512;
 
 /// What a transport is built from: timeouts, trust store, the plain-http rules and the proxy. `Config` makes one
 /// with `Config::transport_config`; it borrows the CA PEM and the proxy settings rather than copying them.
@@ -63,10 +73,155 @@ impl Default for TransportConfig<'static> {
     }
 }
 
-/// One HTTP header, borrowed.
+/// An HTTP method: what Kusto and Azure blob, queue and table storage use.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Method {
+    /// `GET`.
+    Get,
+    /// `HEAD`: the answer has no body.
+    Head,
+    /// `POST`.
+    Post,
+    /// `PUT`.
+    Put,
+    /// `DELETE`.
+    Delete,
+}
+
+impl Method {
+    /// The method's name on the wire.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Method::Get => "GET",
+            Method::Head => "HEAD",
+            Method::Post => "POST",
+            Method::Put => "PUT",
+            Method::Delete => "DELETE",
+        }
+    }
+
+    fn http(self) -> ureq::http::Method {
+        use ureq::http::Method as M;
+        match self {
+            Method::Get => M::GET,
+            Method::Head => M::HEAD,
+            Method::Post => M::POST,
+            Method::Put => M::PUT,
+            Method::Delete => M::DELETE,
+        }
+    }
+}
+
+/// One request, borrowed whole from the caller.
+#[derive(Clone, Copy, Debug)]
+pub struct Request<'a> {
+    /// The method.
+    pub method: Method,
+    /// `https://host[:port]/path[?query]`; plain `http://` only as the transport's rules allow.
+    pub url: &'a str,
+    /// Request headers, sent in order. `Content-Length` is the transport's.
+    pub headers: &'a [(&'a str, &'a str)],
+    /// The body: sent with its length for `POST` and `PUT` even when empty, and for other methods when not
+    /// empty.
+    pub body: &'a [u8],
+    /// Response headers to keep, by name (any case), at most [`MAX_KEPT_HEADERS`]: e.g. `ETag`,
+    /// `x-ms-request-id`, `Location`. `Retry-After` is always kept.
+    pub response_headers: &'a [&'a str],
+}
+
+/// The response headers a request asked for, in a fixed-size buffer: what does not fit is left out and marked.
+#[derive(Clone)]
+pub struct KeptHeaders {
+    buf: [u8; KEPT_HEADER_BYTES],
+    used: u16,
+    /// Per kept header: where its name starts, its name's length, its value's length (the value follows the name).
+    slots: [(u16, u16, u16); MAX_KEPT_HEADERS],
+    count: u8,
+    /// A header that was asked for came back but is not kept: too long for the room left, not visible ASCII,
+    /// or asked for beyond [`MAX_KEPT_HEADERS`].
+    pub incomplete: bool,
+}
+
+impl Default for KeptHeaders {
+    fn default() -> Self {
+        KeptHeaders {
+            buf: [0; KEPT_HEADER_BYTES],
+            used: 0,
+            slots: [(0, 0, 0); MAX_KEPT_HEADERS],
+            count: 0,
+            incomplete: false,
+        }
+    }
+}
+
+impl KeptHeaders {
+    /// The value of header `name` (any case), when it was asked for, came back and was kept.
+    pub fn get(&self, name: &str) -> Option<&str> {
+        self.iter()
+            .find(|(n, _)| n.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v)
+    }
+
+    /// The kept headers, as `(name as asked for, value)`.
+    pub fn iter(&self) -> impl Iterator<Item = (&str, &str)> {
+        self.slots[..self.count as usize].iter().map(|&(at, n, v)| {
+            let (at, n, v) = (at as usize, n as usize, v as usize);
+            // Both were pushed from `&str`: the buffer holds whole UTF-8 at these bounds.
+            let text = |r: std::ops::Range<usize>| std::str::from_utf8(&self.buf[r]).unwrap_or("");
+            (text(at..at + n), text(at + n..at + n + v))
+        })
+    }
+
+    fn push(&mut self, name: &str, value: &str) {
+        let at = self.used as usize;
+        let end = at + name.len() + value.len();
+        if self.count as usize == MAX_KEPT_HEADERS || end > KEPT_HEADER_BYTES {
+            self.incomplete = true;
+            return;
+        }
+        self.buf[at..at + name.len()].copy_from_slice(name.as_bytes());
+        self.buf[at + name.len()..end].copy_from_slice(value.as_bytes());
+        // Every bound is below KEPT_HEADER_BYTES, which fits in a u16.
+        self.slots[self.count as usize] = (at as u16, name.len() as u16, value.len() as u16);
+        self.count += 1;
+        self.used = end as u16;
+    }
+}
+
+impl std::fmt::Debug for KeptHeaders {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_map().entries(self.iter()).finish()?;
+        if self.incomplete {
+            f.write_str(" (incomplete)")?;
+        }
+        Ok(())
+    }
+}
+
+/// An answer, of any status.
+#[derive(Clone, Debug)]
+pub struct Response {
+    /// HTTP status.
+    pub status: u16,
+    /// `Retry-After`, if present and short.
+    pub retry_after: Option<heapless::String<64>>,
+    /// Bytes of the body copied into the caller's buffer (the rest is discarded).
+    pub body_len: usize,
+    /// The headers [`Request::response_headers`] asked for.
+    pub headers: KeptHeaders,
+}
+
+impl Response {
+    /// A kept response header by name: `KeptHeaders::get`.
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers.get(name)
+    }
+}
+
+/// One HTTP header, borrowed, as `Transport::post` takes them.
 pub type Header<'a> = (&'static str, &'a str);
 
-/// What came back from the server.
+/// What `Transport::post` hands back: a [`Response`] without the kept headers.
 pub struct RawResponse {
     /// HTTP status.
     pub status: u16,
@@ -80,6 +235,8 @@ pub struct RawResponse {
 pub struct Transport {
     agent: ureq::Agent,
     route: Route,
+    allow_plain: bool,
+    allow_plain_remote: bool,
 }
 
 /// Which way requests to the cluster go, so that a failure names the host or proxy that failed instead of always
@@ -188,7 +345,12 @@ impl Transport {
             .build()
             .new_agent();
         let route = Route::new(cluster, agent.config().proxy());
-        Ok(Transport { agent, route })
+        Ok(Transport {
+            agent,
+            route,
+            allow_plain: cfg.allow_plain,
+            allow_plain_remote: cfg.allow_plain_remote,
+        })
     }
 
     /// Which way requests go: the cluster's host and the proxy in between, if any.
@@ -201,456 +363,159 @@ impl Transport {
         &self.agent
     }
 
-    /// POSTs `body`; on an answer of any status, copies up to `body_buf.len()` bytes of its body.
-    // A failure is a fixed-size value on purpose: handling one must not allocate.
+    /// Sends `req`; on an answer of any status, copies up to `body_out.len()` bytes of its body into `body_out`
+    /// and keeps the response headers the request asked for. The rest of a longer body is not read: the connection
+    /// is then closed rather than reused.
+    // An error is a fixed-size value on purpose: handling one must not allocate.
     #[allow(clippy::result_large_err)]
-    pub fn post(
-        &self,
-        url: &str,
-        headers: &[Header<'_>],
-        body: &[u8],
-        body_buf: &mut [u8],
-    ) -> Result<RawResponse, Failure> {
-        let mut req = self.agent.post(url);
-        for (k, v) in headers {
-            req = req.header(*k, *v);
+    pub fn send(&self, req: &Request<'_>, body_out: &mut [u8]) -> Result<Response, TransportError> {
+        self.check(req)?;
+        let mut head = ureq::http::Request::builder()
+            .method(req.method.http())
+            .uri(req.url);
+        for (k, v) in req.headers {
+            head = head.header(*k, *v);
         }
-        let mut resp = req
-            .send(body)
-            .map_err(|e| network_failure(&e, &self.route))?;
+        // A GET, HEAD or DELETE without a body goes without Content-Length; POST and PUT always carry it.
+        let sent = if matches!(req.method, Method::Post | Method::Put) || !req.body.is_empty() {
+            head.body(req.body).map(|r| self.agent.run(r))
+        } else {
+            head.body(()).map(|r| self.agent.run(r))
+        };
+        let mut resp = match sent {
+            Ok(Ok(resp)) => resp,
+            Ok(Err(e)) => return Err(TransportError::from_ureq(&e)),
+            Err(e) => return Err(TransportError::from_ureq(&ureq::Error::Http(e))),
+        };
         let status = resp.status().as_u16();
-        let retry_after = resp
-            .headers()
-            .get("retry-after")
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| heapless::String::try_from(v).ok());
+        let text = |name: &str| resp.headers().get(name).and_then(|v| v.to_str().ok());
+        let retry_after = text("retry-after").and_then(|v| heapless::String::try_from(v).ok());
+        let mut headers = KeptHeaders::default();
+        for (i, name) in req.response_headers.iter().enumerate() {
+            match (resp.headers().get(*name), i < MAX_KEPT_HEADERS) {
+                (None, _) => {}
+                (Some(v), true) => match v.to_str() {
+                    Ok(v) => headers.push(name, v),
+                    Err(_) => headers.incomplete = true,
+                },
+                (Some(_), false) => headers.incomplete = true,
+            }
+        }
         let mut reader = resp.body_mut().as_reader();
         let mut n = 0;
-        let limit = body_buf.len().min(RESPONSE_BODY_BYTES);
-        while n < limit {
-            match reader.read(&mut body_buf[n..limit]) {
+        while n < body_out.len() {
+            match reader.read(&mut body_out[n..]) {
                 Ok(0) => break,
                 Ok(k) => n += k,
                 // The status is what counts; a body cut short only loses detail.
                 Err(_) => break,
             }
         }
-        Ok(RawResponse {
+        Ok(Response {
             status,
             retry_after,
             body_len: n,
+            headers,
         })
     }
-}
 
-/// The rustls error behind a ureq error, which arrives either directly or wrapped in an I/O error.
-fn rustls_error(e: &ureq::Error) -> Option<&rustls::Error> {
-    match e {
-        ureq::Error::Rustls(r) => Some(r),
-        ureq::Error::Io(io) => io
-            .get_ref()
-            .and_then(|inner| inner.downcast_ref::<rustls::Error>()),
-        _ => None,
-    }
-}
-
-/// What a failed name lookup says about itself.
-#[derive(Debug, PartialEq, Eq)]
-enum Lookup {
-    /// The name does not exist (NXDOMAIN, no address): a configuration problem.
-    NoSuchName,
-    /// The resolver could not answer now (EAI_AGAIN): the network or the DNS server is away.
-    TryAgain,
-}
-
-/// A DNS failure behind a ureq error. ureq reports an empty answer as `HostNotFound`, but a failing `getaddrinfo`
-/// reaches it as the standard library's I/O error, whose kind is not public: its text is the only mark
-/// ("failed to lookup address information: <gai_strerror>", glibc and musl alike).
-fn lookup_failure(e: &ureq::Error) -> Option<Lookup> {
-    match e {
-        ureq::Error::HostNotFound => Some(Lookup::NoSuchName),
-        ureq::Error::Io(io) => {
-            let text = io.to_string().to_ascii_lowercase();
-            if !text.starts_with("failed to lookup address information") {
-                return None;
-            }
-            // "Temporary failure in name resolution" (EAI_AGAIN) on glibc and musl alike.
-            if text.contains("temporary failure") || text.contains("try again") {
-                Some(Lookup::TryAgain)
-            } else {
-                Some(Lookup::NoSuchName)
-            }
+    /// The rules a URL must pass before anything is sent: `http(s)://host[:port]/...` without `user:password@`;
+    /// plain http only with `allow_plain`, to loopback unless `allow_plain_remote`, and never with an
+    /// `Authorization` header beyond loopback.
+    #[allow(clippy::result_large_err)]
+    fn check(&self, req: &Request<'_>) -> Result<(), TransportError> {
+        use TransportErrorKind as K;
+        let Some((https, host)) = split_url(req.url) else {
+            return Err(TransportError::new(
+                K::BadRequest,
+                "the URL is not http(s)://host[:port]/path, or it holds user:password@",
+            ));
+        };
+        if https {
+            return Ok(());
         }
-        _ => None,
+        let loopback = crate::wire::is_loopback_host(host);
+        if !self.allow_plain || !(loopback || self.allow_plain_remote) {
+            return Err(TransportError::new(
+                K::InsecureUrl,
+                if loopback {
+                    "plain http is not allowed: use https, or allow plain http for loopback hosts (http.allow_plain)"
+                } else {
+                    "plain http to a host that is not loopback is not allowed: use https"
+                },
+            ));
+        }
+        if !loopback
+            && req
+                .headers
+                .iter()
+                .any(|(k, _)| k.eq_ignore_ascii_case("authorization"))
+        {
+            return Err(TransportError::new(
+                K::InsecureUrl,
+                "an Authorization header never travels over plain http to a host that is not loopback",
+            ));
+        }
+        Ok(())
     }
 }
 
-/// Why a certificate was refused, in words that say what to change.
-fn certificate_problem(c: &rustls::CertificateError, route: &Route) -> String {
-    use rustls::CertificateError as C;
-    let inspected = if route.proxy.is_some() {
-        " (a proxy that inspects TLS signs with its own CA: give that one)"
+/// The host of an `http(s)://host[:port]/...` URL, brackets of IPv6 literals removed, and whether it is https.
+/// `None` for another scheme, an empty host, or `user:password@` (which would be sent to whoever reads logs).
+pub fn split_url(url: &str) -> Option<(bool, &str)> {
+    let lower = url
+        .get(..8)
+        .map(|s| s.to_ascii_lowercase())
+        .unwrap_or_default();
+    let (https, rest) = if lower.starts_with("https://") {
+        (true, &url[8..])
+    } else if lower.starts_with("http://") {
+        (false, &url[7..])
     } else {
-        ""
+        return None;
     };
-    match c {
-        C::UnknownIssuer => format!(
-            "the server's TLS certificate is not trusted (unknown issuer): set tls.ca_file to the CA that signed it{inspected}"
-        ),
-        C::Expired | C::ExpiredContext { .. } => "the server's TLS certificate has expired: renew it on the server, or check this device's clock".to_owned(),
-        // Devices without a battery-backed clock boot in 1970 until NTP has run.
-        C::NotValidYet | C::NotValidYetContext { .. } => "the server's TLS certificate is not valid yet: this device's clock is probably wrong; set it (NTP) and the data goes out".to_owned(),
-        C::NotValidForName | C::NotValidForNameContext { .. } => format!(
-            "the server's TLS certificate is not for '{}': check the host name in the cluster URL",
-            route.host
-        ),
-        C::Revoked => "the server's TLS certificate is revoked: the server needs a new certificate".to_owned(),
-        other => format!(
-            "the server's TLS certificate is not accepted ({other:?}): set tls.ca_file to the CA that signed it, or fix the server's certificate{inspected}"
-        ),
+    let authority = &rest[..rest.find(['/', '?', '#']).unwrap_or(rest.len())];
+    if authority.contains('@') || authority.is_empty() {
+        return None;
     }
-}
-
-/// A proxy's answer to CONNECT, as ureq words it: "proxy server responded 403/Forbidden".
-fn proxy_status(reason: &str) -> Option<u16> {
-    let rest = reason.split("responded ").nth(1)?;
-    rest.split(|c: char| !c.is_ascii_digit())
-        .next()?
-        .parse()
-        .ok()
-}
-
-/// Turns an error without an HTTP answer into a failure that names what failed (the cluster's host, the proxy,
-/// the certificate) and how it is handled: a configuration problem (a name that does not exist, an untrusted
-/// certificate, a proxy that forbids the tunnel) is `TargetNotReady` (kept, retried slowly, an operator fixes
-/// it), a passing fault is `Transient`.
-pub fn network_failure(e: &ureq::Error, route: &Route) -> Failure {
-    let not_ready = |message: &str| {
-        let mut f = Failure::network(message);
-        f.class = FailureClass::TargetNotReady;
-        f
+    let host = if let Some(v6) = authority.strip_prefix('[') {
+        &v6[..v6.find(']')?]
+    } else {
+        authority.split(':').next()?
     };
-    match rustls_error(e) {
-        // Not a passing fault: the trust store, the clock or the server's certificate must change.
-        Some(rustls::Error::InvalidCertificate(c)) => {
-            return not_ready(&certificate_problem(c, route))
-        }
-        // Plain HTTP (or something else) where TLS was expected: a wrong scheme or port, not a bad network.
-        Some(rustls::Error::InvalidMessage(m)) => {
-            return not_ready(&format!(
-                "the server at '{}' did not answer in TLS ({m:?}): check the scheme (https) and port in the cluster URL",
-                route.target
-            ))
-        }
-        _ => {}
-    }
-    let via = route.proxy.as_ref();
-    if let Some(lookup) = lookup_failure(e) {
-        // Through a CONNECT proxy only the proxy's name is looked up here; the proxy resolves the cluster's.
-        let (what, host, fix) = match via {
-            Some(p) => (
-                "proxy host name",
-                p.host.as_str(),
-                format!("check {}", p.setting),
-            ),
-            None => (
-                "host name",
-                route.host.as_str(),
-                "check the cluster URL".to_owned(),
-            ),
-        };
-        return match lookup {
-            Lookup::NoSuchName => not_ready(&format!("{what} '{host}' does not resolve: {fix}")),
-            Lookup::TryAgain => Failure::network(&format!(
-                "{what} '{host}' could not be looked up now (temporary DNS failure): the network or the DNS server is not reachable"
-            )),
-        };
-    }
-    if let ureq::Error::ConnectProxyFailed(reason) = e {
-        let (proxy, setting) = match via {
-            Some(p) => (p.addr(), p.setting),
-            None => ("(unknown)".to_owned(), "proxy.url"),
-        };
-        let head = format!(
-            "proxy '{proxy}' refused the connection to '{}'",
-            route.target
-        );
-        return match proxy_status(reason) {
-            Some(407) => not_ready(&format!(
-                "{head}: it wants credentials (407): put user:password in {setting}"
-            )),
-            // The proxy's view of the cluster (unreachable, unresolvable, overloaded) may change.
-            Some(500..=599) => Failure::network(&format!(
-                "{head} ({reason}): the proxy could not reach the cluster; check the cluster URL and the proxy's own network"
-            )),
-            Some(_) => not_ready(&format!(
-                "{head} ({reason}): the proxy's rules must allow CONNECT to the cluster's host and port"
-            )),
-            None => Failure::network(&format!("{head} ({reason}): check {setting}")),
-        };
-    }
-    let mut f = match e {
-        ureq::Error::Io(io) => {
-            use std::io::ErrorKind as K;
-            match (io.kind(), via) {
-                (K::ConnectionRefused, Some(p)) => Failure::network(&format!(
-                    "proxy '{}' refused the connection: check {} and that the proxy runs",
-                    p.addr(),
-                    p.setting
-                )),
-                (K::ConnectionRefused, None) => {
-                    Failure::network("connection refused: nothing listens at the cluster URL")
-                }
-                (
-                    K::UnexpectedEof | K::ConnectionReset | K::ConnectionAborted | K::BrokenPipe,
-                    _,
-                ) => Failure::network("the connection was closed before the service answered"),
-                (K::TimedOut | K::WouldBlock, _) => Failure::network("timed out"),
-                _ => Failure::network(&format!("network error: {io}")),
-            }
-        }
-        ureq::Error::Timeout(t) => Failure::network(&format!("timed out ({t})")),
-        ureq::Error::ConnectionFailed => Failure::network("connection failed"),
-        other => Failure::network(&format!("{other}")),
-    };
-    if f.message.is_empty() {
-        f.message = heapless::String::try_from("network error").unwrap_or_default();
-    }
-    // Whoever reads the message must know the cluster was not reached directly.
-    if let Some(p) = via {
-        if !f.message.starts_with("proxy ") {
-            let _ = write!(f.message, " (through proxy '{}')", p.addr());
-        }
-    }
-    f
+    (!host.is_empty()).then_some((https, host))
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::wire::ClusterUrl;
-    use std::io::{self, Write};
-    use std::net::TcpListener;
+    use test_server::serve;
 
-    fn direct() -> Route {
-        Route {
-            host: "mycluster.westeurope.kusto.windows.net".into(),
-            target: "mycluster.westeurope.kusto.windows.net".into(),
-            proxy: None,
-        }
-    }
-
-    fn proxied() -> Route {
-        Route {
-            proxy: Some(ProxyRoute {
-                host: "proxy.plant.local".into(),
-                port: 3128,
-                setting: "proxy.url",
-            }),
-            ..direct()
-        }
-    }
-
-    fn gai(detail: &str) -> ureq::Error {
-        ureq::Error::Io(io::Error::other(format!(
-            "failed to lookup address information: {detail}"
-        )))
-    }
-
-    fn cert(c: rustls::CertificateError) -> ureq::Error {
-        ureq::Error::Rustls(rustls::Error::InvalidCertificate(c))
-    }
-
-    /// A client transport with no proxy (whatever HTTPS_PROXY says) unless `proxy` names one.
-    fn transport(url: &str, proxy: Option<&str>) -> Transport {
-        let mut p = ProxyConfig::default();
-        p.set("proxy.url", proxy.unwrap_or("none")).unwrap();
+    /// A transport to a loopback test server over plain http, with no proxy whatever HTTPS_PROXY says.
+    fn plain(base: &str) -> Transport {
+        static NO_PROXY: std::sync::OnceLock<ProxyConfig> = std::sync::OnceLock::new();
+        let proxy = NO_PROXY.get_or_init(|| {
+            let mut p = ProxyConfig::new();
+            p.set("proxy.url", "none").unwrap();
+            p
+        });
         let cfg = TransportConfig {
-            connect_timeout: Duration::from_secs(5),
-            proxy: &p,
+            allow_plain: true,
+            proxy,
             ..TransportConfig::default()
         };
-        Transport::new(&cfg, &ClusterUrl::parse(url).unwrap()).unwrap()
+        Transport::new(&cfg, &ClusterUrl::parse(base).unwrap()).unwrap()
     }
 
-    fn post(t: &Transport, url: &str) -> Failure {
-        let mut buf = [0u8; 256];
-        match t.post(url, &[], b"x", &mut buf) {
-            Err(f) => f,
-            Ok(r) => panic!("expected no answer, got HTTP {}", r.status),
+    fn request<'a>(method: Method, url: &'a str, body: &'a [u8]) -> Request<'a> {
+        Request {
+            method,
+            url,
+            headers: &[],
+            body,
+            response_headers: &[],
         }
-    }
-
-    #[test]
-    fn a_host_name_that_does_not_resolve_is_a_configuration_problem() {
-        let want = "host name 'mycluster.westeurope.kusto.windows.net' does not resolve: check the cluster URL";
-        for e in [
-            ureq::Error::HostNotFound,
-            gai("Name or service not known"), // glibc
-            gai("Name does not resolve"),     // musl
-            gai("No address associated with hostname"),
-        ] {
-            let f = network_failure(&e, &direct());
-            assert_eq!(f.class, FailureClass::TargetNotReady, "{e:?}");
-            assert_eq!(f.message.as_str(), want, "{e:?}");
-            assert_eq!(f.status, 0);
-            assert!(!f.advice().contains("create the table"), "{}", f.advice());
-        }
-        // A resolver that cannot answer now is the network's trouble, not the URL's.
-        let f = network_failure(&gai("Temporary failure in name resolution"), &direct());
-        assert_eq!(f.class, FailureClass::Transient);
-        assert!(f.message.contains("temporary DNS failure"), "{}", f.message);
-        // Behind a CONNECT proxy only the proxy's own name is looked up here.
-        let f = network_failure(&ureq::Error::HostNotFound, &proxied());
-        assert_eq!(f.class, FailureClass::TargetNotReady);
-        assert_eq!(
-            f.message.as_str(),
-            "proxy host name 'proxy.plant.local' does not resolve: check proxy.url"
-        );
-    }
-
-    #[test]
-    fn an_invalid_host_name_fails_fast_and_names_the_cluster_url() {
-        // RFC 6761: .invalid never resolves, and resolvers answer it without asking the network.
-        use std::net::ToSocketAddrs;
-        let host = "kusto-edge-test.invalid";
-        let t0 = std::time::Instant::now();
-        if (host, 443).to_socket_addrs().is_ok() || t0.elapsed() > Duration::from_secs(5) {
-            eprintln!(
-                "this machine's resolver answers (or hangs on) {host}: skipping the real lookup"
-            );
-            return;
-        }
-        let url = format!("https://{host}");
-        let t = transport(&url, None);
-        let f = post(&t, &format!("{url}/v1/rest/ingest/db/T?streamFormat=csv"));
-        assert_eq!(f.class, FailureClass::TargetNotReady, "{}", f.message);
-        assert_eq!(
-            f.message.as_str(),
-            format!("host name '{host}' does not resolve: check the cluster URL")
-        );
-        // Through a proxy whose own name does not resolve, the proxy's setting is what to fix.
-        let t = transport(&url, Some("http://kusto-edge-proxy.invalid:3128"));
-        let f = post(&t, &format!("{url}/v1/rest/ingest/db/T?streamFormat=csv"));
-        assert_eq!(f.class, FailureClass::TargetNotReady, "{}", f.message);
-        assert_eq!(
-            f.message.as_str(),
-            "proxy host name 'kusto-edge-proxy.invalid' does not resolve: check proxy.url"
-        );
-    }
-
-    #[test]
-    fn a_proxy_that_refuses_is_named_not_the_cluster() {
-        let f = network_failure(
-            &ureq::Error::Io(io::Error::from(io::ErrorKind::ConnectionRefused)),
-            &proxied(),
-        );
-        assert_eq!(f.class, FailureClass::Transient);
-        assert!(
-            f.message
-                .starts_with("proxy 'proxy.plant.local:3128' refused the connection"),
-            "{}",
-            f.message
-        );
-        assert!(!f.message.contains("cluster URL"), "{}", f.message);
-        // Without a proxy a refusal is the cluster's.
-        let f = network_failure(
-            &ureq::Error::Io(io::Error::from(io::ErrorKind::ConnectionRefused)),
-            &direct(),
-        );
-        assert!(f.message.contains("cluster URL"), "{}", f.message);
-
-        let refused = |reason: &str| {
-            network_failure(&ureq::Error::ConnectProxyFailed(reason.into()), &proxied())
-        };
-        let f = refused("proxy server responded 403/Forbidden");
-        assert_eq!(f.class, FailureClass::TargetNotReady);
-        assert!(
-            f.message.starts_with("proxy 'proxy.plant.local:3128' refused the connection to 'mycluster.westeurope.kusto.windows.net' (proxy server responded 403/Forbidden)"),
-            "{}",
-            f.message
-        );
-        let f = refused("proxy server responded 407/Proxy Authentication Required");
-        assert_eq!(f.class, FailureClass::TargetNotReady);
-        assert!(
-            f.message.contains("put user:password in proxy.url"),
-            "{}",
-            f.message
-        );
-        let f = refused("proxy server responded 502/Bad Gateway");
-        assert_eq!(f.class, FailureClass::Transient);
-        assert!(f
-            .message
-            .starts_with("proxy 'proxy.plant.local:3128' refused the connection"));
-        let f = refused("proxy server did not respond");
-        assert_eq!(f.class, FailureClass::Transient);
-        assert!(f
-            .message
-            .starts_with("proxy 'proxy.plant.local:3128' refused the connection"));
-        // Other failures on the way say that a proxy was in between.
-        let f = network_failure(
-            &ureq::Error::Io(io::Error::from(io::ErrorKind::ConnectionReset)),
-            &proxied(),
-        );
-        assert!(
-            f.message
-                .ends_with("(through proxy 'proxy.plant.local:3128')"),
-            "{}",
-            f.message
-        );
-    }
-
-    #[test]
-    fn a_real_proxy_that_refuses_or_forbids_connect_is_named() {
-        // Nothing listens on a port that was just freed: the proxy refuses.
-        let port = TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port();
-        let url = "https://kusto-edge-test.invalid";
-        let ingest = format!("{url}/v1/rest/ingest/db/T?streamFormat=csv");
-        let t = transport(url, Some(&format!("http://127.0.0.1:{port}")));
-        assert_eq!(
-            t.route().proxy.as_ref().map(|p| (p.addr(), p.setting)),
-            Some((format!("127.0.0.1:{port}"), "proxy.url"))
-        );
-        let f = post(&t, &ingest);
-        assert!(
-            f.message
-                .starts_with(&format!("proxy '127.0.0.1:{port}' refused the connection")),
-            "{}",
-            f.message
-        );
-        // A proxy whose rules forbid the tunnel answers CONNECT with 403.
-        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
-        let port = listener.local_addr().unwrap().port();
-        let proxy = std::thread::spawn(move || {
-            let (mut s, _) = listener.accept().unwrap();
-            let mut head = Vec::new();
-            let mut b = [0u8; 1];
-            while !head.ends_with(b"\r\n\r\n") && s.read(&mut b).unwrap_or(0) == 1 {
-                head.push(b[0]);
-            }
-            let _ = s.write_all(b"HTTP/1.1 403 Forbidden\r\nContent-Length: 0\r\n\r\n");
-            String::from_utf8_lossy(&head).into_owned()
-        });
-        let t = transport(url, Some(&format!("http://127.0.0.1:{port}")));
-        let f = post(&t, &ingest);
-        let head = proxy.join().unwrap();
-        assert!(
-            head.starts_with("CONNECT kusto-edge-test.invalid:443 "),
-            "{head}"
-        );
-        assert_eq!(f.class, FailureClass::TargetNotReady, "{}", f.message);
-        assert!(
-            f.message.starts_with(&format!(
-                "proxy '127.0.0.1:{port}' refused the connection to 'kusto-edge-test.invalid'"
-            )),
-            "{}",
-            f.message
-        );
-        assert!(f.message.contains("403"), "{}", f.message);
     }
 
     #[test]
@@ -674,74 +539,258 @@ mod tests {
     }
 
     #[test]
-    fn an_untrusted_certificate_names_the_problem_and_the_setting() {
-        use rustls::CertificateError as C;
-        let want = "the server's TLS certificate is not trusted (unknown issuer): set tls.ca_file to the CA that signed it";
-        let wrapped = ureq::Error::Io(io::Error::new(
-            io::ErrorKind::InvalidData,
-            rustls::Error::InvalidCertificate(C::UnknownIssuer),
-        ));
-        for e in [cert(C::UnknownIssuer), wrapped] {
-            let f = network_failure(&e, &direct());
-            assert_eq!(f.class, FailureClass::TargetNotReady);
-            assert_eq!(f.message.as_str(), want);
-            assert!(!f.advice().contains("create the table"), "{}", f.advice());
+    fn every_method_goes_out_as_asked_with_a_body_only_where_it_belongs() {
+        let (base, server) = serve(vec![
+            (200, vec![], "got".into()),
+            (200, vec![], String::new()),
+            (201, vec![], String::new()),
+            (202, vec![], String::new()),
+            (204, vec![], String::new()),
+            (200, vec![], String::new()),
+        ]);
+        let t = plain(&base);
+        let url = format!("{base}/c/b?comp=list");
+        let mut buf = [0u8; 64];
+        let cases: [(Method, &[u8], u16); 6] = [
+            (Method::Get, b"", 200),
+            (Method::Head, b"", 200),
+            (Method::Put, b"blob", 201),
+            (Method::Post, b"", 202),
+            (Method::Delete, b"", 204),
+            (Method::Delete, b"why", 200),
+        ];
+        for (m, body, status) in cases {
+            let r = t
+                .send(&request(m, &url, body), &mut buf)
+                .unwrap_or_else(|e| panic!("{m:?}: {e}"));
+            assert_eq!(r.status, status, "{m:?}");
+            if m == Method::Get {
+                assert_eq!(&buf[..r.body_len], b"got");
+            } else {
+                assert_eq!(r.body_len, 0, "{m:?}");
+            }
         }
-        // Behind a proxy, the likely signer is the proxy itself.
-        let f = network_failure(&cert(C::UnknownIssuer), &proxied());
-        assert!(f.message.starts_with(want) && f.message.contains("proxy that inspects TLS"));
-        let f = network_failure(&cert(C::NotValidYet), &direct());
-        assert_eq!(f.class, FailureClass::TargetNotReady);
-        assert!(f.message.contains("clock"), "{}", f.message);
-        let f = network_failure(&cert(C::Expired), &direct());
-        assert!(f.message.contains("expired"), "{}", f.message);
-        let f = network_failure(&cert(C::NotValidForName), &direct());
+        let seen = server.join().unwrap();
+        let has_length = |i: usize| seen[i].to_ascii_lowercase().contains("\r\ncontent-length:");
         assert!(
-            f.message
-                .contains("not for 'mycluster.westeurope.kusto.windows.net'"),
+            seen[0].starts_with("GET /c/b?comp=list HTTP/1.1\r\n") && !has_length(0),
             "{}",
-            f.message
+            seen[0]
         );
-        let f = network_failure(&cert(C::BadSignature), &direct());
-        assert_eq!(f.class, FailureClass::TargetNotReady);
-        assert!(f.message.contains("BadSignature"), "{}", f.message);
+        assert!(
+            seen[1].starts_with("HEAD /c/b?comp=list ") && !has_length(1),
+            "{}",
+            seen[1]
+        );
+        assert!(
+            seen[2].starts_with("PUT ") && seen[2].ends_with("\r\n\r\nblob"),
+            "{}",
+            seen[2]
+        );
+        assert!(
+            seen[2]
+                .to_ascii_lowercase()
+                .contains("\r\ncontent-length: 4\r\n"),
+            "{}",
+            seen[2]
+        );
+        // An empty POST still says so (Azure storage's Clear Messages, a zero-length blob).
+        assert!(
+            seen[3].starts_with("POST ")
+                && seen[3]
+                    .to_ascii_lowercase()
+                    .contains("\r\ncontent-length: 0\r\n"),
+            "{}",
+            seen[3]
+        );
+        assert!(
+            seen[4].starts_with("DELETE ") && !has_length(4),
+            "{}",
+            seen[4]
+        );
+        assert!(
+            seen[5].starts_with("DELETE ") && seen[5].ends_with("\r\n\r\nwhy"),
+            "{}",
+            seen[5]
+        );
     }
 
     #[test]
-    fn a_real_server_with_an_unknown_ca_is_reported_as_untrusted() {
-        let server = kusto_devserver::Server::start(kusto_devserver::ServerConfig {
-            tls: true,
-            ..Default::default()
-        })
-        .unwrap();
-        let url = server.url();
-        let t = transport(&url, None);
-        let f = post(&t, &format!("{url}/v1/rest/ingest/db/T?streamFormat=csv"));
-        assert_eq!(f.class, FailureClass::TargetNotReady, "{}", f.message);
+    fn the_headers_asked_for_are_kept_and_nothing_else() {
+        let long = "L".repeat(KEPT_HEADER_BYTES);
+        let (base, server) = serve(vec![
+            (
+                201,
+                vec![
+                    ("ETag", "\"0x8D9\"".into()),
+                    ("x-ms-request-id", "5f2a-01".into()),
+                    ("Retry-After", "12".into()),
+                    ("x-ms-other", "not asked".into()),
+                ],
+                "body".into(),
+            ),
+            (
+                200,
+                vec![("Location", long.clone()), ("ETag", "e".into())],
+                String::new(),
+            ),
+        ]);
+        let t = plain(&base);
+        let url = format!("{base}/q/messages");
+        let mut buf = [0u8; 2];
+        let req = Request {
+            headers: &[
+                ("x-ms-version", "2021-08-06"),
+                ("Content-Type", "application/xml"),
+            ],
+            response_headers: &["etag", "X-MS-Request-Id", "Location"],
+            ..request(Method::Put, &url, b"<QueueMessage/>")
+        };
+        let r = t.send(&req, &mut buf).unwrap();
+        assert_eq!(r.status, 201);
+        assert_eq!(r.retry_after.as_deref(), Some("12"));
+        assert_eq!(r.header("ETag"), Some("\"0x8D9\""));
+        assert_eq!(r.header("x-ms-request-id"), Some("5f2a-01"));
+        assert_eq!(r.header("location"), None);
+        assert_eq!(r.header("x-ms-other"), None);
+        assert!(!r.headers.incomplete);
+        // The body is bounded by the buffer.
+        assert_eq!((r.body_len, &buf), (2, b"bo"));
         assert_eq!(
-            f.message.as_str(),
-            "the server's TLS certificate is not trusted (unknown issuer): set tls.ca_file to the CA that signed it"
+            r.headers.iter().collect::<Vec<_>>(),
+            [("etag", "\"0x8D9\""), ("X-MS-Request-Id", "5f2a-01")]
         );
-        assert!(server.requests().is_empty());
+        // What does not fit is left out and marked; what fits is still kept.
+        let r = t.send(&req, &mut buf).unwrap();
+        assert_eq!(r.header("location"), None);
+        assert_eq!(r.header("etag"), Some("e"));
+        assert!(r.headers.incomplete);
+        let seen = server.join().unwrap();
+        assert!(
+            seen[0].contains("\r\nx-ms-version: 2021-08-06\r\n"),
+            "{}",
+            seen[0]
+        );
+        assert!(
+            seen[0].contains("\r\ncontent-type: application/xml\r\n"),
+            "{}",
+            seen[0]
+        );
+        drop(long);
     }
 
     #[test]
-    fn plain_http_where_tls_was_expected_points_at_the_scheme_and_port() {
-        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
-        let port = listener.local_addr().unwrap().port();
-        let server = std::thread::spawn(move || {
-            let (mut s, _) = listener.accept().unwrap();
-            let mut b = [0u8; 512];
-            let _ = s.read(&mut b);
-            let _ = s.write_all(
-                b"HTTP/1.1 400 Bad Request\r\nContent-Length: 0\r\nConnection: close\r\n\r\n",
-            );
-        });
-        let url = format!("https://localhost:{port}");
-        let t = transport(&url, None);
-        let f = post(&t, &format!("{url}/v1/rest/ingest/db/T?streamFormat=csv"));
-        server.join().unwrap();
-        assert_eq!(f.class, FailureClass::TargetNotReady, "{}", f.message);
-        assert!(f.message.contains("did not answer in TLS"), "{}", f.message);
+    fn kept_headers_are_bounded_in_count_and_bytes() {
+        let mut k = KeptHeaders::default();
+        for i in 0..MAX_KEPT_HEADERS {
+            k.push(["a", "b", "c", "d"][i], "v");
+        }
+        assert!(!k.incomplete);
+        k.push("e", "v");
+        assert!(k.incomplete && k.get("e").is_none() && k.get("D") == Some("v"));
+        let mut k = KeptHeaders::default();
+        k.push("n", &"x".repeat(KEPT_HEADER_BYTES - 1));
+        assert_eq!(k.get("n").map(str::len), Some(KEPT_HEADER_BYTES - 1));
+        k.push("m", "");
+        assert!(k.incomplete && k.get("m").is_none());
+        assert!(format!("{k:?}").ends_with("(incomplete)"));
+    }
+
+    #[test]
+    fn urls_outside_the_rules_are_refused_before_anything_is_sent() {
+        // Nothing listens: a refused URL must fail with its own kind, not with a connection error.
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let local = format!("http://127.0.0.1:{port}");
+        let mut buf = [0u8; 8];
+        let kind = |t: &Transport, url: &str, headers: &[(&str, &str)]| {
+            let mut buf = [0u8; 8];
+            let req = Request {
+                headers,
+                ..request(Method::Get, url, b"")
+            };
+            t.send(&req, &mut buf).map(|r| r.status).map_err(|e| e.kind)
+        };
+        use TransportErrorKind as K;
+        let https_only = Transport::new(
+            &TransportConfig::default(),
+            &ClusterUrl::parse("https://c.kusto.windows.net").unwrap(),
+        )
+        .unwrap();
+        assert_eq!(kind(&https_only, &local, &[]), Err(K::InsecureUrl));
+        assert_eq!(
+            kind(&https_only, "http://example.com/x", &[]),
+            Err(K::InsecureUrl)
+        );
+        for bad in [
+            "ftp://h/x",
+            "https://",
+            "https://user:pw@h/x",
+            "example.com/x",
+        ] {
+            let e = https_only
+                .send(&request(Method::Get, bad, b""), &mut buf)
+                .unwrap_err();
+            assert_eq!(e.kind, K::BadRequest, "{bad}");
+            assert!(!e.to_string().contains("pw"), "{e}");
+        }
+        let t = plain(&local);
+        assert_eq!(
+            kind(&t, &local, &[("Authorization", "Bearer x")]),
+            Err(K::ConnectionRefused)
+        );
+        assert_eq!(kind(&t, "http://example.com/x", &[]), Err(K::InsecureUrl));
+        let mut p = ProxyConfig::new();
+        p.set("proxy.url", "none").unwrap();
+        let remote = Transport::new(
+            &TransportConfig {
+                allow_plain: true,
+                allow_plain_remote: true,
+                proxy: &p,
+                ..TransportConfig::default()
+            },
+            &ClusterUrl::parse(&local).unwrap(),
+        )
+        .unwrap();
+        // A credential never travels in the clear beyond loopback, whatever the rules allow.
+        let e = remote
+            .send(
+                &Request {
+                    headers: &[("authorization", "Bearer x")],
+                    ..request(Method::Post, "http://192.0.2.1/x", b"")
+                },
+                &mut buf,
+            )
+            .unwrap_err();
+        assert_eq!(e.kind, K::InsecureUrl);
+        assert!(e.to_string().contains("Authorization"), "{e}");
+        // A malformed header is the request's fault, and says nothing of its value.
+        let e = t
+            .send(
+                &Request {
+                    headers: &[("x-ms-meta", "bad\nvalue")],
+                    ..request(Method::Get, &local, b"")
+                },
+                &mut buf,
+            )
+            .unwrap_err();
+        assert_eq!(e.kind, K::BadRequest, "{e}");
+        assert!(!e.to_string().contains("bad"), "{e}");
+    }
+
+    #[test]
+    fn split_url_finds_scheme_and_host() {
+        assert_eq!(
+            split_url("https://h.example:443/p?q"),
+            Some((true, "h.example"))
+        );
+        assert_eq!(split_url("HTTP://[::1]:8080/x"), Some((false, "::1")));
+        assert_eq!(split_url("http://h?x"), Some((false, "h")));
+        for bad in ["ftp://h", "https://", "http://u:p@h/", "http://:80/", "h/x"] {
+            assert_eq!(split_url(bad), None, "{bad}");
+        }
     }
 }
