@@ -112,8 +112,9 @@ impl Method {
     }
 }
 
-/// One request, borrowed whole from the caller.
-#[derive(Clone, Copy, Debug)]
+/// One request, borrowed whole from the caller. Its `Debug` shows no header value, no body and no query: they
+/// may hold a token or a SAS signature.
+#[derive(Clone, Copy)]
 pub struct Request<'a> {
     /// The method.
     pub method: Method,
@@ -127,6 +128,22 @@ pub struct Request<'a> {
     /// Response headers to keep, by name (any case), at most [`MAX_KEPT_HEADERS`]: e.g. `ETag`,
     /// `x-ms-request-id`, `Location`. `Retry-After` is always kept.
     pub response_headers: &'a [&'a str],
+}
+
+impl std::fmt::Debug for Request<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let url = self.url.split(['?', '#']).next().unwrap_or("");
+        f.debug_struct("Request")
+            .field("method", &self.method)
+            .field("url", &url)
+            .field(
+                "headers",
+                &self.headers.iter().map(|(k, _)| *k).collect::<Vec<_>>(),
+            )
+            .field("body_len", &self.body.len())
+            .field("response_headers", &self.response_headers)
+            .finish()
+    }
 }
 
 /// The response headers a request asked for, in a fixed-size buffer: what does not fit is left out and marked.
@@ -779,6 +796,24 @@ mod tests {
             .unwrap_err();
         assert_eq!(e.kind, K::BadRequest, "{e}");
         assert!(!e.to_string().contains("bad"), "{e}");
+    }
+
+    #[test]
+    fn a_request_shows_no_secret() {
+        let r = Request {
+            headers: &[("Authorization", "Bearer s3cr3t")],
+            ..request(
+                Method::Put,
+                "https://a.blob.core.windows.net/c/b?sig=s3cr3t",
+                b"s3cr3t",
+            )
+        };
+        let d = format!("{r:?}");
+        assert!(!d.contains("s3cr3t"), "{d}");
+        assert!(
+            d.contains("https://a.blob.core.windows.net/c/b") && d.contains("Authorization"),
+            "{d}"
+        );
     }
 
     #[test]
