@@ -102,8 +102,10 @@ pub fn parse_key(bytes: &[u8]) -> Result<SecretKey, Error> {
 pub struct Config {
     /// Cluster (engine) URL, e.g. `https://mycluster.westeurope.kusto.windows.net`.
     pub url: Option<String>,
-    /// Credentials and proxy: `auth.*`, `proxy.*` and `connection_string` (see `crate::auth`).
+    /// Credentials: `auth.*` and `connection_string` (see `crate::auth`).
     pub auth: crate::auth::AuthConfig,
+    /// `proxy.url` and `proxy.no_proxy` (else the environment's `HTTPS_PROXY` and `NO_PROXY`).
+    pub proxy: crate::transport::ProxyConfig,
     /// PEM CA certificates added to (or, without bundled roots, replacing) the trust store.
     pub ca_pem: Vec<u8>,
     /// Trust Mozilla's root certificates compiled into the library.
@@ -174,6 +176,7 @@ impl Default for Config {
         Config {
             url: None,
             auth: crate::auth::AuthConfig::default(),
+            proxy: crate::transport::ProxyConfig::default(),
             ca_pem: Vec::new(),
             bundled_roots: true,
             allow_plain: false,
@@ -244,6 +247,16 @@ pub const KEYS: &[KeyDoc] = &[
         key: "http.allow_plain_remote",
         default: "false",
         help: "allow http:// to other hosts too (a token is never sent there)",
+    },
+    KeyDoc {
+        key: "proxy.url",
+        default: "$HTTPS_PROXY",
+        help: "http://[user:pass@]host:port, or none (password is secret)",
+    },
+    KeyDoc {
+        key: "proxy.no_proxy",
+        default: "$NO_PROXY",
+        help: "comma-separated hosts that bypass the proxy",
     },
     KeyDoc {
         key: "timeout.connect_ms",
@@ -448,8 +461,9 @@ const DAY_MS: u64 = 24 * 3600 * 1000;
 impl Config {
     /// Sets one key. Unknown keys and bad values are refused with a message naming the key.
     pub fn set(&mut self, key: &str, value: &str) -> Result<(), Error> {
-        // Credentials, proxy and connection strings are the auth module's: it knows their secrets.
-        if self.auth.set(key, value)? {
+        // Credentials and connection strings are the auth module's, the proxy the transport's: they know their
+        // secrets.
+        if self.auth.set(key, value)? || self.proxy.set(key, value)? {
             return Ok(());
         }
         match key {
@@ -465,7 +479,7 @@ impl Config {
                         format!("tls.ca_file '{value}' cannot be read: {e}"),
                     )
                 })?;
-                crate::transport::parse_ca_pem(&pem)?;
+                crate::certs::parse_ca_pem(&pem)?;
                 self.ca_pem.extend_from_slice(&pem);
                 self.ca_pem.push(b'\n');
             }
@@ -557,7 +571,7 @@ impl Config {
 
     /// Adds CA certificates from PEM text in memory.
     pub fn add_ca_pem(&mut self, pem: &[u8]) -> Result<(), Error> {
-        crate::transport::parse_ca_pem(pem)?;
+        crate::certs::parse_ca_pem(pem)?;
         self.ca_pem.extend_from_slice(pem);
         self.ca_pem.push(b'\n');
         Ok(())
@@ -615,6 +629,20 @@ impl Config {
     pub fn spool_quarantine_max_bytes(&self) -> u64 {
         self.spool_quarantine_max_bytes
             .unwrap_or(self.spool_max_bytes / 8)
+    }
+
+    /// The transport's share of the settings: timeouts, trust store, plain-http rules, proxy.
+    pub fn transport_config(&self) -> crate::transport::TransportConfig<'_> {
+        crate::transport::TransportConfig {
+            connect_timeout: self.connect_timeout,
+            send_timeout: self.send_timeout,
+            recv_timeout: self.recv_timeout,
+            ca_pem: &self.ca_pem,
+            bundled_roots: self.bundled_roots,
+            allow_plain: self.allow_plain,
+            allow_plain_remote: self.allow_plain_remote,
+            proxy: &self.proxy,
+        }
     }
 
     /// Largest gzip body a batch of `batch_bytes` can become (stored blocks in the worst case, plus framing).
@@ -690,7 +718,13 @@ mod tests {
         let e = c.set("auth.token", "sec ret").unwrap_err();
         assert!(!e.message.contains("sec ret"));
         c.set("auth.token", "s3cr3t-value").unwrap();
-        assert!(!format!("{c:?}").contains("s3cr3t-value"));
+        c.set("proxy.url", "http://gw:px-s3cr3t@proxy.local:3128")
+            .unwrap();
+        let d = format!("{c:?}");
+        assert!(!d.contains("s3cr3t"), "{d}");
+        assert!(d.contains("proxy.local:3128"), "{d}");
+        let e = c.set("proxy.url", "ftp://gw:s3cr3t@x").unwrap_err();
+        assert!(!e.message.contains("s3cr3t"), "{}", e.message);
     }
 
     #[test]
@@ -706,6 +740,57 @@ mod tests {
         assert!(c.validate().is_ok());
         c.set("auth.token", "abc").unwrap();
         assert_eq!(c.validate().unwrap_err().kind, ErrorKind::InsecureTransport);
+    }
+
+    #[test]
+    fn the_transport_config_carries_the_transport_keys() {
+        // A transport built without a Config has the same defaults.
+        let (d, t) = (
+            Config::default(),
+            crate::transport::TransportConfig::default(),
+        );
+        let d = d.transport_config();
+        assert_eq!(
+            (d.connect_timeout, d.send_timeout, d.recv_timeout),
+            (t.connect_timeout, t.send_timeout, t.recv_timeout)
+        );
+        assert_eq!(
+            (
+                d.bundled_roots,
+                d.allow_plain,
+                d.allow_plain_remote,
+                d.ca_pem
+            ),
+            (
+                t.bundled_roots,
+                t.allow_plain,
+                t.allow_plain_remote,
+                t.ca_pem
+            )
+        );
+        let mut c = Config::default();
+        for (k, v) in [
+            ("timeout.connect_ms", "1500"),
+            ("timeout.send_ms", "2500"),
+            ("timeout.recv_ms", "3500"),
+            ("tls.bundled_roots", "false"),
+            ("http.allow_plain", "true"),
+            ("http.allow_plain_remote", "true"),
+            ("proxy.url", "http://proxy.plant.local:3128"),
+        ] {
+            c.set(k, v).unwrap();
+        }
+        c.ca_pem = b"pem".to_vec();
+        let t = c.transport_config();
+        assert_eq!(t.connect_timeout, Duration::from_millis(1500));
+        assert_eq!(t.send_timeout, Duration::from_millis(2500));
+        assert_eq!(t.recv_timeout, Duration::from_millis(3500));
+        assert_eq!(t.ca_pem, b"pem");
+        assert!(!t.bundled_roots && t.allow_plain && t.allow_plain_remote);
+        assert_eq!(
+            t.proxy.proxy().unwrap().unwrap().host(),
+            "proxy.plant.local"
+        );
     }
 
     #[test]

@@ -8,6 +8,7 @@
 
 pub mod auth;
 pub mod batch;
+pub mod certs;
 pub mod client;
 pub mod clock;
 pub mod config;
@@ -16,8 +17,10 @@ pub mod error;
 pub mod ffi;
 pub mod gzip;
 pub mod json_check;
+pub mod network;
 pub mod response;
 pub mod retry;
+pub mod secret;
 pub mod sink;
 pub mod spool;
 pub mod transport;

@@ -93,14 +93,7 @@ impl ClusterUrl {
 
     /// True for `localhost` and loopback addresses: the only hosts a token may reach over plain http.
     pub fn is_loopback(&self) -> bool {
-        let h = self.host.trim_start_matches('[').trim_end_matches(']');
-        if h == "localhost" || h.ends_with(".localhost") {
-            return true;
-        }
-        match h.parse::<std::net::IpAddr>() {
-            Ok(ip) => ip.is_loopback(),
-            Err(_) => false,
-        }
+        is_loopback_host(&self.host)
     }
 
     /// `scheme://host[:port]`.
@@ -112,6 +105,23 @@ impl ClusterUrl {
             let _ = write!(s, ":{p}");
         }
         s
+    }
+}
+
+/// True for `localhost`, `*.localhost` and loopback addresses (IPv6 with or without brackets): the hosts plain http
+/// may go to with `http.allow_plain`.
+pub fn is_loopback_host(host: &str) -> bool {
+    let h = host.trim_start_matches('[').trim_end_matches(']');
+    let b = h.as_bytes();
+    let suffix = b".localhost";
+    if b.eq_ignore_ascii_case(b"localhost")
+        || (b.len() > suffix.len() && b[b.len() - suffix.len()..].eq_ignore_ascii_case(suffix))
+    {
+        return true;
+    }
+    match h.parse::<std::net::IpAddr>() {
+        Ok(ip) => ip.is_loopback(),
+        Err(_) => false,
     }
 }
 
@@ -419,6 +429,26 @@ mod tests {
         assert!(!ClusterUrl::parse("http://localhost.evil.com")
             .unwrap()
             .is_loopback());
+        for h in [
+            "localhost",
+            "LocalHost",
+            "a.localhost",
+            "127.0.0.1",
+            "[::1]",
+            "::1",
+        ] {
+            assert!(is_loopback_host(h), "{h}");
+        }
+        for h in [
+            "localhost.evil.com",
+            ".localhost",
+            "evillocalhost",
+            "10.0.0.1",
+            "",
+            "[::2]",
+        ] {
+            assert!(!is_loopback_host(h), "{h}");
+        }
     }
 
     #[test]

@@ -10,7 +10,7 @@ use std::path::{Component, Path, PathBuf};
 
 use crate::error::{Error, ErrorKind};
 
-use super::secret::SecretString;
+use crate::secret::SecretString;
 
 /// Where the Arc agent writes its challenge files.
 pub const ARC_KEY_DIR: &str = "/var/opt/azcmagent/tokens/";

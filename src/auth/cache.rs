@@ -22,8 +22,8 @@ use crate::retry::Backoff;
 
 use super::metadata::{Cloud, CloudConfig};
 use super::providers::{AccessToken, Lifetime, TokenSource};
-use super::secret::SecretString;
 use super::FetchContext;
+use crate::secret::SecretString;
 
 /// Refresh when less than this remains (MSAL).
 const REFRESH_BEFORE: Duration = Duration::from_secs(5 * 60);

@@ -1,4 +1,4 @@
-//! The `auth.*`, `proxy.*` and `connection_string` config keys, and turning them into a [`TokenCache`].
+//! The `auth.*` and `connection_string` config keys, and turning them into a [`TokenCache`].
 //!
 //! Values are checked when set (files read and parsed, so a typo fails at `set` with the key's name), and
 //! completeness when built. Secret values never reach `Debug` or a message.
@@ -20,7 +20,7 @@ use super::providers::{
     ArcIdentity, Assertion, CallbackSource, ClientCredentials, ManagedIdentity, StaticToken,
     TokenCallback, TokenSource, IMDS_DEFAULT_ENDPOINT,
 };
-use super::secret::SecretString;
+use crate::secret::SecretString;
 
 /// `auth.method`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -127,23 +127,13 @@ pub const AUTH_KEYS: &[(&str, &str, &str)] = &[
         "ask the cluster for its login endpoint and resource (GET /v1/rest/auth/metadata)",
     ),
     (
-        "proxy.url",
-        "$HTTPS_PROXY",
-        "http://[user:pass@]host:port, or none (password is secret)",
-    ),
-    (
-        "proxy.no_proxy",
-        "$NO_PROXY",
-        "comma-separated hosts that bypass the proxy",
-    ),
-    (
         "connection_string",
         "(none)",
         "Kusto connection string: cluster, database and credential",
     ),
 ];
 
-/// Authentication and proxy settings. Built with [`AuthConfig::set`], turned into a cache with
+/// Authentication settings. Built with [`AuthConfig::set`], turned into a cache with
 /// [`AuthConfig::build`].
 #[derive(Clone, Default)]
 pub struct AuthConfig {
@@ -162,8 +152,6 @@ pub struct AuthConfig {
     arc_key_dir: Option<PathBuf>,
     federated_token_file: Option<PathBuf>,
     metadata: Option<bool>,
-    proxy_url: Option<SecretString>,
-    no_proxy: Option<String>,
     connection_string: Option<ConnectionString>,
     callback: Option<TokenCallback>,
 }
@@ -183,11 +171,6 @@ impl fmt::Debug for AuthConfig {
             .field("imds_endpoint", &self.imds_endpoint)
             .field("arc_endpoint", &self.arc_endpoint)
             .field("federated_token_file", &self.federated_token_file)
-            .field(
-                "proxy_url",
-                &self.proxy_url.as_ref().map(|p| redact_proxy(p.expose())),
-            )
-            .field("no_proxy", &self.no_proxy)
             .field("connection_string", &self.connection_string)
             .field("callback", &self.callback.as_ref().map(|_| "fn"))
             .finish_non_exhaustive()
@@ -251,15 +234,6 @@ fn read_file(key: &str, path: &str, max: u64) -> Result<Vec<u8>, Error> {
         ));
     }
     Ok(buf)
-}
-
-/// `scheme://user:***@host:port` for showing a proxy URL.
-fn redact_proxy(u: &str) -> String {
-    match (u.find("://"), u.rfind('@')) {
-        (Some(s), Some(at)) if at > s => format!("{}***@{}", &u[..s + 3], &u[at + 1..]),
-        (None, Some(at)) => format!("***@{}", &u[at + 1..]),
-        _ => u.to_owned(),
-    }
 }
 
 /// Largest PEM or secret file read.
@@ -344,14 +318,6 @@ impl AuthConfig {
                 self.federated_token_file = Some(value.into());
             }
             "auth.metadata" => self.metadata = Some(parse_bool(key, value)?),
-            "proxy.url" => {
-                let v = value.trim();
-                if !v.eq_ignore_ascii_case("none") {
-                    build_proxy(v, None).map_err(|why| invalid(key, why))?;
-                }
-                self.proxy_url = Some(SecretString::new(v));
-            }
-            "proxy.no_proxy" => self.no_proxy = Some(value.trim().to_owned()),
             "connection_string" => self.connection_string = Some(parse_connection_string(value)?),
             _ => return Ok(false),
         }
@@ -367,31 +333,6 @@ impl AuthConfig {
     /// The parsed `connection_string`, for the cluster URL, database and tracing names it carries.
     pub fn connection_string(&self) -> Option<&ConnectionString> {
         self.connection_string.as_ref()
-    }
-
-    /// The proxy for the client's agent: `proxy.url` (with `proxy.no_proxy`), else `HTTPS_PROXY`/`https_proxy`
-    /// (with `NO_PROXY`/`no_proxy`); `proxy.url=none` turns the environment off. IMDS and the Arc agent bypass it
-    /// per request whatever it says.
-    pub fn proxy(&self) -> Result<Option<ureq::Proxy>, Error> {
-        let env = |k: &str| std::env::var(k).ok().filter(|v| !v.trim().is_empty());
-        let (url, no_proxy, from) = match &self.proxy_url {
-            Some(u) if u.expose().eq_ignore_ascii_case("none") => return Ok(None),
-            Some(u) => (u.clone(), self.no_proxy.clone(), "proxy.url"),
-            None => match env("HTTPS_PROXY").or_else(|| env("https_proxy")) {
-                Some(u) => (
-                    SecretString::new(u),
-                    self.no_proxy
-                        .clone()
-                        .or_else(|| env("NO_PROXY"))
-                        .or_else(|| env("no_proxy")),
-                    "HTTPS_PROXY",
-                ),
-                None => return Ok(None),
-            },
-        };
-        build_proxy(url.expose(), no_proxy.as_deref())
-            .map(Some)
-            .map_err(|why| invalid(from, why))
     }
 
     fn cloud_config(&self, cluster: Option<&str>) -> CloudConfig {
@@ -621,35 +562,6 @@ impl AuthConfig {
     }
 }
 
-/// A `ureq::Proxy` from `http://[user:pass@]host:port` and a comma-separated no-proxy list. Messages never
-/// contain the URL (it may hold a password).
-fn build_proxy(url: &str, no_proxy: Option<&str>) -> Result<ureq::Proxy, String> {
-    let lower = url.to_ascii_lowercase();
-    if !(lower.starts_with("http://") || lower.starts_with("https://")) {
-        return Err("expected http://[user:pass@]host:port (or https://)".into());
-    }
-    let parsed =
-        ureq::Proxy::new(url).map_err(|_| "expected http://[user:pass@]host:port".to_owned())?;
-    let Some(no_proxy) = no_proxy.filter(|n| !n.trim().is_empty()) else {
-        return Ok(parsed);
-    };
-    // `Proxy::new` takes no exclusions: rebuild through the builder with the parsed parts.
-    let mut b = ureq::Proxy::builder(parsed.protocol())
-        .host(parsed.host())
-        .port(parsed.port());
-    if let Some(u) = parsed.username() {
-        b = b.username(u);
-    }
-    if let Some(p) = parsed.password() {
-        b = b.password(p);
-    }
-    for entry in no_proxy.split(',').map(str::trim).filter(|e| !e.is_empty()) {
-        b = b.no_proxy(entry);
-    }
-    b.build()
-        .map_err(|_| "expected http://[user:pass@]host:port".to_owned())
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -728,20 +640,12 @@ mod tests {
         set(&mut c, "auth.client_secret", "cs-s3cr3t");
         set(
             &mut c,
-            "proxy.url",
-            "http://user:px-s3cr3t@proxy.local:3128",
-        );
-        set(
-            &mut c,
             "connection_string",
             "https://c.kusto.windows.net;AppClientId=a;AppKey=ck-s3cr3t;TenantId=t",
         );
         let d = format!("{c:?}");
         assert!(!d.contains("s3cr3t"), "{d}");
-        assert!(d.contains("proxy.local"), "{d}");
         let e = c.set("auth.token", "bad s3cr3t").unwrap_err();
-        assert!(!e.message.contains("s3cr3t"));
-        let e = c.set("proxy.url", "ftp://u:s3cr3t@x").unwrap_err();
         assert!(!e.message.contains("s3cr3t"));
         let cache = c
             .build(None, Duration::from_secs(1), crate::clock::system())
@@ -942,29 +846,6 @@ mod tests {
                 .expose(),
             "abc"
         );
-    }
-
-    #[test]
-    fn proxy_settings() {
-        let mut c = AuthConfig::default();
-        set(&mut c, "proxy.url", "http://user:pw@proxy.local:3128");
-        set(&mut c, "proxy.no_proxy", "localhost, .internal.example");
-        let p = c.proxy().unwrap().unwrap();
-        assert_eq!(p.host(), "proxy.local");
-        assert_eq!(p.port(), 3128);
-        assert_eq!(p.username(), Some("user"));
-        assert_eq!(p.password(), Some("pw"));
-        assert!(p.is_no_proxy(&"http://localhost/x".parse().unwrap()));
-        assert!(p.is_no_proxy(&"https://a.internal.example/x".parse().unwrap()));
-        assert!(!p.is_no_proxy(&"https://login.microsoftonline.com/x".parse().unwrap()));
-        set(&mut c, "proxy.url", "none");
-        assert!(c.proxy().unwrap().is_none());
-        for bad in ["socks5://h:1", "not a url", "ftp://h"] {
-            assert!(
-                AuthConfig::default().set("proxy.url", bad).is_err(),
-                "{bad}"
-            );
-        }
     }
 
     #[test]

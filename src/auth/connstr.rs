@@ -15,7 +15,7 @@ use std::fmt;
 
 use crate::error::{Error, ErrorKind};
 
-use super::secret::SecretString;
+use crate::secret::SecretString;
 
 /// The credential a connection string describes. Files are named, not read: [`super::AuthConfig`] loads them.
 #[derive(Clone, Debug, PartialEq, Eq)]

@@ -1,5 +1,6 @@
 //! The little HTTP authentication needs, over the client's own `ureq::Agent`: a form POST and a GET, each with a
-//! bounded body, the two response headers we read, and the rule on plain http.
+//! bounded body, the two response headers we read, and the rule on plain http. A request without an answer is
+//! described by the transport's [`TransportError`].
 //!
 //! Plain http is refused except to loopback hosts (the Azure Arc agent, local test endpoints) and to the link-local
 //! IMDS address 169.254.169.254, which are plain http by design and never leave the machine. Those two are also
@@ -9,8 +10,11 @@ use std::io::Read;
 use std::net::{IpAddr, Ipv4Addr};
 
 use crate::error::{Error, ErrorKind};
+/// The host of a URL and whether it is https: the transport's rule, which refuses `user:password@`.
+pub use crate::transport::split_url;
+use crate::transport::TransportError;
 
-use super::secret::SecretString;
+use crate::secret::SecretString;
 
 /// Most of a response body read; an answer from a token endpoint is a few KiB.
 pub const MAX_BODY_BYTES: usize = 64 * 1024;
@@ -63,32 +67,6 @@ impl Target {
     fn is_local(self) -> bool {
         !matches!(self, Target::Https)
     }
-}
-
-/// The host of an `http(s)://host[:port]/...` URL, brackets of IPv6 literals removed, and whether it is https.
-pub fn split_url(url: &str) -> Option<(bool, &str)> {
-    let lower = url
-        .get(..8)
-        .map(|s| s.to_ascii_lowercase())
-        .unwrap_or_default();
-    let (https, rest) = if lower.starts_with("https://") {
-        (true, &url[8..])
-    } else if lower.starts_with("http://") {
-        (false, &url[7..])
-    } else {
-        return None;
-    };
-    let authority = &rest[..rest.find(['/', '?', '#']).unwrap_or(rest.len())];
-    if authority.contains('@') || authority.is_empty() {
-        // Credentials in a URL would be sent in the clear to whoever reads logs; we never need them.
-        return None;
-    }
-    let host = if let Some(v6) = authority.strip_prefix('[') {
-        &v6[..v6.find(']')?]
-    } else {
-        authority.split(':').next()?
-    };
-    (!host.is_empty()).then_some((https, host))
 }
 
 /// True for `localhost` and loopback addresses.
@@ -226,21 +204,13 @@ fn read_reply(mut resp: ureq::http::Response<ureq::Body>) -> Reply {
     }
 }
 
-/// A request that got no answer: always transient (the network, DNS, a timeout), with the host in the message.
+/// A request that got no answer: always transient (the network, DNS, a timeout, a certificate the trust store or
+/// the clock may yet accept), with the host and the transport's words for what failed in the message.
 fn network_error(url: &str, e: &ureq::Error) -> Error {
     let host = split_url(url).map(|(_, h)| h).unwrap_or("?");
-    let what = match e {
-        ureq::Error::Timeout(t) => format!("timed out ({t})"),
-        ureq::Error::HostNotFound => "host not found (DNS)".to_owned(),
-        ureq::Error::ConnectionFailed => "connection failed".to_owned(),
-        ureq::Error::Io(io) if io.kind() == std::io::ErrorKind::ConnectionRefused => {
-            "connection refused".to_owned()
-        }
-        other => other.to_string(),
-    };
     Error::new(
         ErrorKind::TransientFailure,
-        format!("no answer from '{host}': {what}"),
+        format!("no answer from '{host}': {}", TransportError::from_ureq(e)),
     )
 }
 
@@ -295,59 +265,33 @@ mod tests {
             );
         }
     }
-}
 
-/// A one-connection-per-answer HTTP server on loopback for tests: it records each request (head and body) and
-/// answers from a script, so the bytes a source puts on the wire can be checked without a network.
-#[cfg(test)]
-pub(crate) mod test_server {
-    use std::io::{BufRead, BufReader, Read, Write};
-    use std::net::TcpListener;
-    use std::thread::JoinHandle;
-
-    /// Status, extra headers, body.
-    pub type Answer = (u16, Vec<(&'static str, String)>, String);
-
-    /// Serves `answers` (full HTTP responses without `Content-Length`/`Connection`, which are added) in order;
-    /// the handle yields the requests received.
-    pub fn serve(answers: Vec<Answer>) -> (String, JoinHandle<Vec<String>>) {
-        let l = TcpListener::bind("127.0.0.1:0").unwrap();
-        let base = format!("http://{}", l.local_addr().unwrap());
-        let h = std::thread::spawn(move || {
-            let mut seen = Vec::new();
-            for (status, headers, body) in answers {
-                let (s, _) = l.accept().unwrap();
-                let mut r = BufReader::new(s.try_clone().unwrap());
-                let mut head = String::new();
-                let mut len = 0usize;
-                loop {
-                    let mut line = String::new();
-                    r.read_line(&mut line).unwrap();
-                    if let Some(v) = line.to_ascii_lowercase().strip_prefix("content-length:") {
-                        len = v.trim().parse().unwrap();
-                    }
-                    head.push_str(&line);
-                    if line == "\r\n" || line.is_empty() {
-                        break;
-                    }
-                }
-                let mut b = vec![0; len];
-                r.read_exact(&mut b).unwrap();
-                seen.push(head + &String::from_utf8(b).unwrap());
-                let mut out = format!(
-                    "HTTP/1.1 {status} X\r\nContent-Length: {}\r\nConnection: close\r\n",
-                    body.len()
-                );
-                for (k, v) in headers {
-                    out.push_str(&format!("{k}: {v}\r\n"));
-                }
-                out.push_str("\r\n");
-                out.push_str(&body);
-                let mut s = s;
-                s.write_all(out.as_bytes()).unwrap();
-            }
-            seen
-        });
-        (base, h)
+    #[test]
+    fn no_answer_names_the_host_and_what_failed() {
+        // Nothing listens on a port that was just freed.
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let url = format!(
+            "http://127.0.0.1:{port}/metadata/identity/oauth2/token?api-version=2018-02-01"
+        );
+        let e = get(&ureq::Agent::new_with_defaults(), &url, &[])
+            .err()
+            .unwrap();
+        assert_eq!(e.kind, ErrorKind::TransientFailure);
+        assert_eq!(e.message, "no answer from '127.0.0.1': connection refused");
+        let e = network_error(
+            "https://login.microsoftonline.com/t/oauth2/v2.0/token",
+            &ureq::Error::Rustls(rustls::Error::InvalidCertificate(
+                rustls::CertificateError::UnknownIssuer,
+            )),
+        );
+        assert_eq!(e.kind, ErrorKind::TransientFailure);
+        assert_eq!(
+            e.message,
+            "no answer from 'login.microsoftonline.com': the server's TLS certificate is not trusted (unknown issuer)"
+        );
     }
 }

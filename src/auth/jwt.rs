@@ -17,7 +17,7 @@ use rustls_pki_types::{CertificateDer, PrivateKeyDer};
 use crate::error::{Error, ErrorKind};
 
 use super::encoding::{base64_std, base64url, hex, json_string_into, uuid_v4};
-use super::secret::SecretString;
+use crate::secret::SecretString;
 
 /// How long an assertion is valid: the 10 minutes every SDK uses.
 pub const ASSERTION_LIFETIME_SECS: u64 = 600;

@@ -227,7 +227,7 @@ mod tests {
 #[cfg(test)]
 mod wire_tests {
     use super::*;
-    use crate::auth::http::test_server::serve;
+    use crate::transport::test_server::serve;
 
     fn cfg(cluster: &str) -> CloudConfig {
         CloudConfig {

@@ -2,7 +2,7 @@
 //!
 //! The client needs one call: [`TokenCache::get`] with its own `ureq::Agent` (so proxy, TLS roots and timeouts
 //! are shared), and `force_refresh = true` after a 401 from Kusto. Everything else is configuration:
-//! [`AuthConfig::set`] takes the `auth.*`, `proxy.*` and `connection_string` keys and [`AuthConfig::build`] turns
+//! [`AuthConfig::set`] takes the `auth.*` and `connection_string` keys and [`AuthConfig::build`] turns
 //! them into a cache around one [`TokenSource`]:
 //!
 //! | `auth.method` | source | what it sends |
@@ -27,8 +27,8 @@ mod json;
 mod jwt;
 mod metadata;
 mod providers;
-mod secret;
 
+pub use crate::secret::SecretString;
 pub use arc::{
     arc_detected, check_arc_key_path, ARC_DEFAULT_ENDPOINT, ARC_KEY_DIR, ARC_KEY_MAX_BYTES,
 };
@@ -42,7 +42,6 @@ pub use providers::{
     FetchError, Lifetime, ManagedIdentity, StaticToken, TokenCallback, TokenSource,
     IMDS_DEFAULT_ENDPOINT,
 };
-pub use secret::SecretString;
 
 /// What a token source gets for one fetch: the HTTP agent, the cloud it authenticates against and the clock.
 pub struct FetchContext<'a> {

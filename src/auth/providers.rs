@@ -13,8 +13,8 @@ use super::encoding::{percent_encode, percent_encode_into};
 use super::http::{self, Reply};
 use super::json::{self, Scalar};
 use super::jwt::CertificateCredential;
-use super::secret::SecretString;
 use super::FetchContext;
+use crate::secret::SecretString;
 
 /// Default IMDS token endpoint on Azure VMs.
 pub const IMDS_DEFAULT_ENDPOINT: &str = "http://169.254.169.254/metadata/identity/oauth2/token";
@@ -922,8 +922,8 @@ mod tests {
 #[cfg(test)]
 mod wire_tests {
     use super::*;
-    use crate::auth::http::test_server::serve;
     use crate::auth::metadata::Cloud;
+    use crate::transport::test_server::serve;
 
     /// The wall clock the sources see, seconds since the epoch (2026-01-01: assertions need a set clock).
     const NOW: u64 = 1_767_225_600;

@@ -184,7 +184,7 @@ impl Client {
             (None, None) => None,
         };
         let clock = opts.clock.unwrap_or_else(crate::clock::system);
-        let transport = Transport::new(cfg, &cluster)?;
+        let transport = Transport::new(&cfg.transport_config(), &cluster)?;
         let auth = cfg
             .auth
             .build(Some(&cluster.base()), cfg.retry_max_total, clock.clone())?;

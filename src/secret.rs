@@ -1,8 +1,8 @@
 //! A string that holds a secret (token, client secret, assertion, proxy password): zeroed when dropped and never
 //! shown by `Debug` or `Display`.
 //!
-//! The module keeps its own type rather than `config::Secret` so that it depends on nothing but `crate::error`;
-//! the two behave the same and convert through `expose()`.
+//! A leaf module (it depends on nothing in the crate), so that authentication and the transport's proxy settings
+//! share it without depending on each other.
 
 use std::fmt;
 
