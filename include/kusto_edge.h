@@ -481,9 +481,9 @@ kedge_result kedge_append(struct kedge_client *client,
 kedge_result kedge_flush(struct kedge_client *client);
 
 // Sends every buffered batch now, waiting for the answers, then replays the spool. Blocks at most about
-// `timeout_ms`: it waits that long at most for another thread's send, starts no request after it, and each
-// request is bounded by the `timeout.*` settings; chunks it had no time for go to the spool (or stay in RAM
-// without one). Destinations that back off after failures (or a `Retry-After`) are not contacted: their chunks
+// `timeout_ms`: it waits that long at most for another thread's send, starts no request after it and cuts a
+// request still running then (its chunk is kept: a timeout); chunks it had no time for go to the spool (or
+// stay in RAM without one), which takes the flash writes' time on top. Destinations that back off after failures (or a `Retry-After`) are not contacted: their chunks
 // go to the spool, or stay in RAM with `KEDGE_BACKING_OFF` without one; call `kedge_poll` and flush again
 // when it says. Returns the first failure: `KEDGE_SPOOLED` means all that was not delivered is durable on
 // flash; `KEDGE_TRANSIENT_FAILURE` also when time ran out with chunks left in RAM.

@@ -31,6 +31,7 @@ impl Transport {
             headers,
             body,
             response_headers: &[],
+            timeout: None,
         };
         match self.send(&req, &mut body_buf[..limit]) {
             Ok(r) => Ok(RawResponse {

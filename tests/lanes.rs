@@ -332,3 +332,26 @@ fn a_failing_flash_is_not_retried_on_every_poll() {
     let s = client.stats();
     assert_eq!((s.spool_chunks, s.records_buffered), (1, 0), "{s:?}");
 }
+
+#[test]
+fn flush_timeout_cuts_a_request_that_would_outlast_it() {
+    let silent = Silent::start();
+    let cfg = plain_config(
+        &silent.url,
+        &[("timeout.recv_ms", "10000"), ("retry.max_attempts", "1")],
+    );
+    let client = Client::new(&cfg, None, None).unwrap();
+    let d = client.add_destination("db", "t", "csv", None).unwrap();
+    client.append(d, b"1,a").unwrap();
+    let t = Instant::now();
+    let e = client
+        .flush_timeout(Duration::from_millis(300))
+        .unwrap_err();
+    let took = t.elapsed();
+    assert_eq!(e.kind, ErrorKind::TransientFailure, "{}", e.message);
+    assert!(
+        took >= Duration::from_millis(250) && took < Duration::from_secs(3),
+        "bounded by the flush's 300 ms, not the 10 s receive timeout: {took:?}"
+    );
+    assert_eq!(client.stats().records_buffered, 1, "the chunk is kept");
+}

@@ -82,6 +82,8 @@ pub struct Engine {
     spool_not_before: Option<Instant>,
     /// Spool writes go on whatever the backoff: the caller asked for everything to go to flash.
     pub spool_forced: bool,
+    /// The bound of the whole call, when the caller gave one (`flush_timeout`): requests are cut there.
+    pub hard_deadline: Option<Instant>,
     /// Attempt numbers of replays (unique request ids across reboots: random start, far above fresh sends).
     pub replay_attempt: u32,
 }
@@ -100,6 +102,7 @@ impl Engine {
             spool_failures: 0,
             spool_not_before: None,
             spool_forced: false,
+            hard_deadline: None,
             replay_attempt: replay_base,
         }
     }
@@ -320,6 +323,7 @@ impl Engine {
             wire: payload,
             body,
             scratch,
+            hard_deadline,
             ..
         } = self;
         let t = &targets[target];
@@ -340,6 +344,7 @@ impl Engine {
                 scratch,
                 clock: &*sh.clock,
                 deadline,
+                hard_deadline: *hard_deadline,
                 warn: &warn,
             };
             let st = &sh.stats;

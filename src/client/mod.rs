@@ -379,15 +379,20 @@ impl Client {
     /// Sends every buffered batch now and replays the spool, within `retry.max_total_ms` (plus one request's
     /// timeouts). See [`Client::flush_timeout`].
     pub fn flush(&self) -> Result<(), Error> {
-        self.flush_timeout(self.sh.cfg.retry_max_total)
+        self.flush_within(self.sh.cfg.retry_max_total, false)
     }
 
-    /// Sends every buffered batch now and replays the spool, waiting at most `timeout` for another thread's send
-    /// and starting no request after it. Destinations that back off are not contacted (a service that throttles
+    /// Sends every buffered batch now and replays the spool, waiting at most `timeout` for another thread's send,
+    /// starting no request after it and cutting a request still running then (a timeout, the chunk is kept). Destinations that back off are not contacted (a service that throttles
     /// must not be hammered by a caller looping on flush): their chunks go to the spool, or stay with
     /// `BackingOff` without one. Returns the first failure; `Spooled` means everything not delivered is durable
     /// on flash.
     pub fn flush_timeout(&self, timeout: Duration) -> Result<(), Error> {
+        self.flush_within(timeout, true)
+    }
+
+    /// `flush` and `flush_timeout`: `hard` cuts the requests themselves at the deadline too.
+    fn flush_within(&self, timeout: Duration, hard: bool) -> Result<(), Error> {
         let sh = &self.sh;
         let start = sh.clock.now();
         let held = match self.gate.enter(Wait::For(timeout))? {
@@ -401,11 +406,13 @@ impl Client {
         };
         let mut engine = self.engine();
         let deadline = start + timeout;
+        engine.hard_deadline = hard.then_some(deadline);
         let mut errs = FirstError::default();
         for lane in self.lanes.iter() {
             engine.service_lane(sh, &self.lanes, lane, Mode::All, deadline, &mut errs);
         }
         engine.replay(sh, &self.lanes, deadline, u32::MAX, &mut errs);
+        engine.hard_deadline = None;
         if let Some(msg) = engine.spool_fault.take() {
             errs.note(Error::new(ErrorKind::SpoolIo, msg));
         }

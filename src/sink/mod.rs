@@ -55,6 +55,8 @@ pub struct SendIo<'a> {
     pub clock: &'a dyn Clock,
     /// The send must not start a request after this instant.
     pub deadline: Instant,
+    /// When the caller bounded the whole call (`flush_timeout`): no request may run past this instant either.
+    pub hard_deadline: Option<Instant>,
     /// Log sink of the client (warnings such as a token refresh after a 401).
     pub warn: &'a dyn Fn(&str),
 }

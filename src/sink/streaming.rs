@@ -4,10 +4,12 @@
 
 use crate::auth::{SecretString, TokenCache};
 use crate::config::Config;
+use crate::config::RESPONSE_BODY_BYTES;
 use crate::error::{Error, ErrorKind};
+use crate::network::network_failure;
 use crate::response::{classify, Failure, FailureClass, Reply};
 use crate::spool::DestKey;
-use crate::transport::Transport;
+use crate::transport::{Method, Request, Transport};
 use crate::wire::{self, ClusterUrl, Format};
 
 use super::{Attempt, ChunkRef, SendIo, Sent, Sink, SinkId, SinkTarget};
@@ -99,10 +101,19 @@ impl StreamingSink {
         if let Some(tok) = token {
             let _ = headers.push(("Authorization", tok.expose()));
         }
-        match self
-            .transport
-            .post(&target.url, &headers, chunk.payload, io.body)
-        {
+        let timeout = io
+            .hard_deadline
+            .map(|d| d.saturating_duration_since(io.clock.now()));
+        let req = Request {
+            method: Method::Post,
+            url: &target.url,
+            headers: &headers,
+            body: chunk.payload,
+            response_headers: &[],
+            timeout,
+        };
+        let limit = io.body.len().min(RESPONSE_BODY_BYTES);
+        match self.transport.send(&req, &mut io.body[..limit]) {
             Ok(r) => classify(
                 r.status,
                 r.retry_after.as_deref(),
@@ -110,7 +121,7 @@ impl StreamingSink {
                 io.clock.wall(),
                 io.scratch,
             ),
-            Err(f) => Reply::Failed(f),
+            Err(e) => Reply::Failed(network_failure(&e, self.transport.route())),
         }
     }
 }

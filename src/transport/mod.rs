@@ -128,6 +128,9 @@ pub struct Request<'a> {
     /// Response headers to keep, by name (any case), at most [`MAX_KEPT_HEADERS`]: e.g. `ETag`,
     /// `x-ms-request-id`, `Location`. `Retry-After` is always kept.
     pub response_headers: &'a [&'a str],
+    /// A bound on the whole request (connection, sending, the answer), on top of the configured per-phase
+    /// timeouts: what a caller's own deadline leaves. `None`: the per-phase timeouts only.
+    pub timeout: Option<Duration>,
 }
 
 impl std::fmt::Debug for Request<'_> {
@@ -395,9 +398,9 @@ impl Transport {
         }
         // A GET, HEAD or DELETE without a body goes without Content-Length; POST and PUT always carry it.
         let sent = if matches!(req.method, Method::Post | Method::Put) || !req.body.is_empty() {
-            head.body(req.body).map(|r| self.agent.run(r))
+            head.body(req.body).map(|r| self.run(r, req.timeout))
         } else {
-            head.body(()).map(|r| self.agent.run(r))
+            head.body(()).map(|r| self.run(r, req.timeout))
         };
         let mut resp = match sent {
             Ok(Ok(resp)) => resp,
@@ -434,6 +437,25 @@ impl Transport {
             body_len: n,
             headers,
         })
+    }
+
+    /// Runs a request, bounded as a whole by `timeout` when given.
+    fn run<S: ureq::AsSendBody>(
+        &self,
+        r: ureq::http::Request<S>,
+        timeout: Option<Duration>,
+    ) -> Result<ureq::http::Response<ureq::Body>, ureq::Error> {
+        match timeout {
+            None => self.agent.run(r),
+            Some(t) => {
+                let r = self
+                    .agent
+                    .configure_request(r)
+                    .timeout_global(Some(t.max(Duration::from_millis(1))))
+                    .build();
+                self.agent.run(r)
+            }
+        }
     }
 
     /// The rules a URL must pass before anything is sent: `http(s)://host[:port]/...` without `user:password@`;
@@ -532,6 +554,7 @@ mod tests {
             headers: &[],
             body,
             response_headers: &[],
+            timeout: None,
         }
     }
 
