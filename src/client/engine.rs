@@ -17,7 +17,7 @@ use crate::sink::{Attempt, ChunkRef, SendIo, SinkTarget};
 use crate::spool::{ChunkHeader, DestKey, Spool, SpoolError};
 use crate::wire;
 
-use super::lane::{Lane, Lanes, Return};
+use super::lane::{Lane, Lanes, Return, Taken};
 use super::outcome::{self, BackoffOp, Place, RamOp, Report, SendResult, SpoolOp};
 use super::report::{DeliveryReport, Outcome, SpoolStorage};
 use super::Shared;
@@ -53,13 +53,25 @@ pub struct Chunk {
     pub seq: Option<u64>,
 }
 
-/// The first error of a call (the one it returns); later ones are logged and reported only.
+/// The error a call returns: the first of the gravest kind it met (later ones are logged and reported only).
+/// `Spooled` (all safe on flash) never hides a later failure that left data only in RAM, and a refusal never
+/// hides data that is still waiting: a caller that powers off on `Spooled` loses nothing.
 #[derive(Default)]
 pub struct FirstError(pub Option<Error>);
 
 impl FirstError {
     pub fn note(&mut self, e: Error) {
-        self.0.get_or_insert(e);
+        fn rank(k: ErrorKind) -> u8 {
+            match k {
+                ErrorKind::Spooled => 1,
+                ErrorKind::DataRejected => 2,
+                _ => 3,
+            }
+        }
+        match &self.0 {
+            Some(old) if rank(old.kind) >= rank(e.kind) => {}
+            _ => self.0 = Some(e),
+        }
     }
 }
 
@@ -147,6 +159,11 @@ impl Engine {
 
     /// Whether chunks may be written to the spool now: there is one, and it is not backing off after failed
     /// writes (or the caller asks to spool everything: a flush to the spool, closing the client).
+    /// Whether the spool is backing off after a failed write or read.
+    pub fn spool_backing_off(&self, now: Instant) -> bool {
+        !self.spool_forced && self.spool_not_before.is_some_and(|t| t > now)
+    }
+
     pub fn spool_writable(&self, now: Instant) -> bool {
         self.spool.is_some()
             && (self.spool_forced || self.spool_not_before.is_none_or(|t| t <= now))
@@ -212,7 +229,7 @@ impl Engine {
     /// A spool write failed (the flash, or a full spool that refuses new chunks): no spool write for a while
     /// (doubling, up to `backoff.max_ms`; a chunk leaving the spool ends it), so a failing flash is not retried on
     /// every poll. Chunks stay in RAM meanwhile, and the lanes fill up to `QueueFull`.
-    fn spool_failed(&mut self, sh: &Shared, e: &Error) {
+    pub fn spool_failed(&mut self, sh: &Shared, e: &Error) {
         if e.kind != ErrorKind::SpoolIo && e.kind != ErrorKind::SpoolFull {
             return;
         }
@@ -278,7 +295,7 @@ impl Engine {
         match sp.push_with(&header, wire, &mut on_drop) {
             Ok(_) => {
                 // Sequence numbers only grow: the chunk just pushed is the newest.
-                let seq = sp.pending().last().map_or(0, |(seq, _)| seq);
+                let seq = sp.newest().unwrap_or(0);
                 self.spool_failures = 0;
                 self.spool_not_before = None;
                 sh.stats.chunks_spooled.fetch_add(1, Relaxed);
@@ -413,7 +430,7 @@ impl Engine {
         place: Place,
         result: SendResult,
         failure: Option<&Failure>,
-        batch: Option<(&Lane, Batch)>,
+        batch: Option<Taken<'_>>,
         errs: &mut FirstError,
     ) {
         let now = sh.clock.now();
@@ -489,14 +506,14 @@ impl Engine {
             }
         }
         // The RAM buffer.
-        if let Some((lane, b)) = batch {
+        if let Some(b) = batch {
             let records = b.records();
             match eff.ram {
                 RamOp::Free => {
                     sh.stats.records_buffered.fetch_sub(records, Relaxed);
-                    lane.give_back(b, Return::Free);
+                    b.give_back(Return::Free);
                 }
-                RamOp::Keep => lane.give_back(b, Return::Keep),
+                RamOp::Keep => b.give_back(Return::Keep),
             }
         }
         // The destination's backoff: exponential per consecutive failure, longer for what an operator must fix,
@@ -682,6 +699,8 @@ impl Engine {
             next = next.min(at.saturating_duration_since(now));
         }
         if let Some(sp) = &self.spool {
+            // Replays wait for the spool's own backoff (a failing flash) as well as their destination's.
+            let spool_at = self.spool_not_before.filter(|&t| t > now).unwrap_or(now);
             for (_, info) in sp.pending() {
                 let at = self
                     .targets
@@ -689,7 +708,8 @@ impl Engine {
                     .find(|t| *t.key == *info.dest)
                     .and_then(|t| t.not_before)
                     .filter(|&t| t > now)
-                    .unwrap_or(now);
+                    .unwrap_or(now)
+                    .max(spool_at);
                 next = next.min(at.saturating_duration_since(now));
                 if next.is_zero() {
                     break;

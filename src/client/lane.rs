@@ -83,11 +83,18 @@ impl Lane {
 
     /// Takes one record: into the filling batch, or, when it does not fit, into a fresh batch after sealing the
     /// full one. `QueueFull` when all `batch.sealed` slots are taken (the record is not taken).
-    pub fn append(&self, record: &[u8], now: Instant) -> Result<Appended, Error> {
+    pub fn append(
+        &self,
+        record: &[u8],
+        now: Instant,
+        buffered: &std::sync::atomic::AtomicU64,
+    ) -> Result<Appended, Error> {
         validate_record(self.format, record, self.capacity)?;
         let mut st = self.lock();
+        // Counted with the lock held: the sender, which subtracts when it settles, can never see it first.
         if st.filling.fits(self.format, record) {
             st.filling.push(self.format, record, now);
+            buffered.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
             return Ok(Appended { sealed: false });
         }
         if st.sealed.len() + st.out >= self.sealed_max || st.filling.is_empty() {
@@ -106,6 +113,7 @@ impl Lane {
         let full = std::mem::replace(&mut st.filling, fresh);
         st.sealed.push_back(full);
         st.filling.push(self.format, record, now);
+        buffered.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         Ok(Appended { sealed: true })
     }
 
@@ -120,8 +128,16 @@ impl Lane {
     }
 
     /// Hands the sender the next chunk: the oldest sealed one, else the filling batch when `force` or when it is
-    /// older than `max_age`. The sender gives it back with [`Lane::give_back`].
-    pub fn take(&self, now: Instant, max_age: Duration, force: bool) -> Option<Batch> {
+    /// older than `max_age`. The sender gives it back through the [`Taken`] guard; if it never does (a panic
+    /// unwinds through the sender), the guard puts the chunk back at the head of the lane.
+    pub fn take(&self, now: Instant, max_age: Duration, force: bool) -> Option<Taken<'_>> {
+        self.take_batch(now, max_age, force).map(|b| Taken {
+            lane: self,
+            batch: Some(b),
+        })
+    }
+
+    fn take_batch(&self, now: Instant, max_age: Duration, force: bool) -> Option<Batch> {
         let mut st = self.lock();
         if let Some(b) = st.sealed.pop_front() {
             st.out += 1;
@@ -142,7 +158,7 @@ impl Lane {
     }
 
     /// Gives back a batch from [`Lane::take`].
-    pub fn give_back(&self, mut batch: Batch, what: Return) {
+    fn give_back(&self, mut batch: Batch, what: Return) {
         let mut st = self.lock();
         st.out = st.out.saturating_sub(1);
         match what {
@@ -172,6 +188,47 @@ impl Lane {
     /// Buffers allocated so far (for the memory bound's test).
     pub fn buffers(&self) -> usize {
         self.lock().buffers
+    }
+}
+
+/// A batch the sender took from a lane: it goes back exactly once, by [`Taken::give_back`] or, if the sender
+/// never gets there (a panic), by `Drop`, which keeps it (same chunk id) at the head of the lane.
+pub struct Taken<'l> {
+    lane: &'l Lane,
+    batch: Option<Batch>,
+}
+
+impl Taken<'_> {
+    /// Gives the batch back: freed (delivered, refused or durable) or kept for another try.
+    pub fn give_back(mut self, what: Return) {
+        if let Some(b) = self.batch.take() {
+            self.lane.give_back(b, what);
+        }
+    }
+}
+
+impl std::ops::Deref for Taken<'_> {
+    type Target = Batch;
+    fn deref(&self) -> &Batch {
+        self.batch
+            .as_ref()
+            .expect("a Taken holds its batch until given back")
+    }
+}
+
+impl std::ops::DerefMut for Taken<'_> {
+    fn deref_mut(&mut self) -> &mut Batch {
+        self.batch
+            .as_mut()
+            .expect("a Taken holds its batch until given back")
+    }
+}
+
+impl Drop for Taken<'_> {
+    fn drop(&mut self) {
+        if let Some(b) = self.batch.take() {
+            self.lane.give_back(b, Return::Keep);
+        }
     }
 }
 
@@ -246,6 +303,9 @@ impl Lanes {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::sync::atomic::AtomicU64;
+
+    static N: AtomicU64 = AtomicU64::new(0);
 
     fn lane(cap: usize, sealed: usize) -> Lane {
         let key = DestKey {
@@ -265,22 +325,29 @@ mod tests {
         let t = Instant::now();
         // "abc\n" is 4 bytes: two per batch.
         for _ in 0..2 {
-            assert_eq!(l.append(b"abc", t).unwrap(), Appended { sealed: false });
+            assert_eq!(l.append(b"abc", t, &N).unwrap(), Appended { sealed: false });
         }
-        assert_eq!(l.append(b"abc", t).unwrap(), Appended { sealed: true });
-        l.append(b"abc", t).unwrap();
-        assert_eq!(l.append(b"abc", t).unwrap(), Appended { sealed: true });
-        l.append(b"abc", t).unwrap();
-        let e = l.append(b"abc", t).unwrap_err();
+        assert_eq!(l.append(b"abc", t, &N).unwrap(), Appended { sealed: true });
+        l.append(b"abc", t, &N).unwrap();
+        assert_eq!(l.append(b"abc", t, &N).unwrap(), Appended { sealed: true });
+        l.append(b"abc", t, &N).unwrap();
+        let e = l.append(b"abc", t, &N).unwrap_err();
         assert_eq!(e.kind, ErrorKind::QueueFull);
         assert_eq!(l.records(), 6);
+        assert!(
+            N.load(std::sync::atomic::Ordering::Relaxed) >= 6,
+            "counted as taken"
+        );
         assert_eq!(l.buffers(), 3);
         // The sender takes the oldest; one slot frees only when it gives it back.
         let b = l.take(t, MS(1000), false).unwrap();
         assert_eq!(b.records(), 2);
-        assert_eq!(l.append(b"abc", t).unwrap_err().kind, ErrorKind::QueueFull);
-        l.give_back(b, Return::Free);
-        assert_eq!(l.append(b"abc", t).unwrap(), Appended { sealed: true });
+        assert_eq!(
+            l.append(b"abc", t, &N).unwrap_err().kind,
+            ErrorKind::QueueFull
+        );
+        b.give_back(Return::Free);
+        assert_eq!(l.append(b"abc", t, &N).unwrap(), Appended { sealed: true });
         assert_eq!(
             l.buffers(),
             3,
@@ -293,15 +360,17 @@ mod tests {
         let l = lane(8, 2);
         let t = Instant::now();
         for r in [&b"a1"[..], b"a2", b"b1", b"b2", b"c1"] {
-            l.append(r, t).unwrap();
+            l.append(r, t, &N).unwrap();
         }
         let first = l.take(t, MS(1000), false).unwrap();
         assert_eq!(first.bytes(), b"a1\na2\n");
-        l.give_back(first, Return::Keep);
+        first.give_back(Return::Keep);
         let again = l.take(t, MS(1000), false).unwrap();
         assert_eq!(again.bytes(), b"a1\na2\n");
-        l.give_back(again, Return::Free);
-        assert_eq!(l.take(t, MS(1000), false).unwrap().bytes(), b"b1\nb2\n");
+        again.give_back(Return::Free);
+        let b = l.take(t, MS(1000), false).unwrap();
+        assert_eq!(b.bytes(), b"b1\nb2\n");
+        b.give_back(Return::Free);
         // The filling batch goes when it is old enough or when forced, and only within the lane's buffers.
         assert!(l.take(t, MS(1000), false).is_none());
         assert!(l.take(t + MS(999), MS(1000), false).is_none());
@@ -316,14 +385,14 @@ mod tests {
     fn the_sender_holding_every_buffer_leaves_the_filling_batch_alone() {
         let l = lane(8, 1);
         let t = Instant::now();
-        l.append(b"a1", t).unwrap();
+        l.append(b"a1", t, &N).unwrap();
         let a = l.take(t, MS(0), true).unwrap();
-        l.append(b"b1", t).unwrap();
+        l.append(b"b1", t, &N).unwrap();
         assert!(
             l.take(t, MS(0), true).is_none(),
             "one sealed slot, held by the sender"
         );
-        l.give_back(a, Return::Free);
+        a.give_back(Return::Free);
         assert_eq!(l.take(t, MS(0), true).unwrap().bytes(), b"b1\n");
         assert!(l.buffers() <= 2);
     }
@@ -332,9 +401,12 @@ mod tests {
     fn bad_records_are_refused_before_the_lock() {
         let l = lane(8, 1);
         let t = Instant::now();
-        assert_eq!(l.append(b"", t).unwrap_err().kind, ErrorKind::InvalidRecord);
         assert_eq!(
-            l.append(b"123456789", t).unwrap_err().kind,
+            l.append(b"", t, &N).unwrap_err().kind,
+            ErrorKind::InvalidRecord
+        );
+        assert_eq!(
+            l.append(b"123456789", t, &N).unwrap_err().kind,
             ErrorKind::RecordTooLarge
         );
         assert_eq!(l.records(), 0);
@@ -363,5 +435,38 @@ mod tests {
         assert!(lanes.get(2).is_none());
         assert_eq!(lanes.find(&key("a")).unwrap().id, 0);
         assert_eq!(lanes.iter().count(), 2);
+    }
+}
+
+#[cfg(test)]
+mod panic_tests {
+    use super::*;
+    use std::sync::atomic::AtomicU64;
+
+    #[test]
+    fn a_batch_the_sender_drops_without_giving_back_returns_to_the_head_of_the_lane() {
+        let key = DestKey {
+            database: "db".into(),
+            table: "t".into(),
+            format: "csv".into(),
+            mapping: None,
+        };
+        let l = Lane::new(0, key, Format::Csv, 8, 1);
+        let n = AtomicU64::new(0);
+        let t = Instant::now();
+        l.append(b"a1", t, &n).unwrap();
+        let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            let mut b = l.take(t, Duration::ZERO, true).unwrap();
+            b.chunk_id = Some([7; 16]);
+            panic!("a bug in the sender");
+        }));
+        assert!(r.is_err());
+        let again = l.take(t, Duration::ZERO, true).expect("the batch is back");
+        assert_eq!(again.bytes(), b"a1\n");
+        assert_eq!(again.chunk_id, Some([7; 16]), "same chunk id");
+        again.give_back(Return::Free);
+        // The lane is not wedged: its slot is free again.
+        l.append(b"b1", t, &n).unwrap();
+        assert!(l.take(t, Duration::ZERO, true).is_some());
     }
 }

@@ -325,12 +325,11 @@ impl Client {
             .lanes
             .get(destination)
             .ok_or_else(|| invalid_destination(destination))?;
-        match lane.append(record, self.sh.clock.now()) {
+        let st = &self.sh.stats;
+        match lane.append(record, self.sh.clock.now(), &st.records_buffered) {
             Ok(_) => {
-                let st = &self.sh.stats;
                 st.records_appended.fetch_add(1, Relaxed);
                 st.bytes_appended.fetch_add(record.len() as u64, Relaxed);
-                st.records_buffered.fetch_add(1, Relaxed);
                 Ok(())
             }
             Err(e) => {
@@ -354,6 +353,9 @@ impl Client {
             Err(e) => return (BUSY_RETRY_MS, Err(e)),
         };
         let mut engine = self.engine();
+        // A panic in an earlier call may have left these set.
+        engine.spool_forced = false;
+        engine.hard_deadline = None;
         let sh = &self.sh;
         let deadline = sh.clock.now() + sh.cfg.retry_max_total;
         let mut errs = FirstError::default();
@@ -406,6 +408,7 @@ impl Client {
         };
         let mut engine = self.engine();
         let deadline = start + timeout;
+        engine.spool_forced = false;
         engine.hard_deadline = hard.then_some(deadline);
         let mut errs = FirstError::default();
         for lane in self.lanes.iter() {
@@ -458,11 +461,20 @@ impl Client {
             engine.service_lane(sh, &self.lanes, lane, Mode::ToSpool, now, &mut errs);
         }
         engine.spool_forced = false;
-        // Spooled is what was asked for; only failures count.
+        // Spooled is what was asked for; only failures count, and success means nothing is left in RAM.
         match errs.0 {
-            Some(e) if e.kind == ErrorKind::Spooled => Ok(()),
-            Some(e) => Err(e),
-            None => Ok(()),
+            Some(e) if e.kind != ErrorKind::Spooled => Err(e),
+            _ => {
+                let left: u64 = self.lanes.iter().map(Lane::records).sum();
+                if left > 0 {
+                    Err(Error::new(
+                        ErrorKind::SpoolIo,
+                        format!("{left} records could not be written to the spool and stay in RAM"),
+                    ))
+                } else {
+                    Ok(())
+                }
+            }
         }
     }
 

@@ -12,6 +12,7 @@ use crate::spool::SpoolError;
 use super::engine::{spool_error, Chunk, Engine, FirstError};
 use super::lane::Lanes;
 use super::outcome::{Place, SendResult};
+use super::report::{DeliveryReport, Outcome};
 use super::Shared;
 
 impl Engine {
@@ -27,6 +28,10 @@ impl Engine {
         let mut done = 0;
         while done < max && sh.clock.now() < deadline {
             let now = sh.clock.now();
+            if self.spool_backing_off(now) {
+                // A failing flash: no read until its backoff ends (next_ms says when).
+                return;
+            }
             let next = {
                 let Some(sp) = self.spool.as_ref() else {
                     return;
@@ -38,9 +43,10 @@ impl Engine {
                             .iter()
                             .any(|t| *t.key == *info.dest && t.backing_off(now))
                     })
-                    .map(|(seq, info)| (seq, info.dest.clone()))
+                    .map(|(seq, info)| (seq, info.clone()))
             };
-            let Some((seq, key)) = next else { break };
+            let Some((seq, info)) = next else { break };
+            let key = info.dest.clone();
             done += 1;
             let target = match self.target_for(sh, lanes, &key) {
                 Ok(t) => t,
@@ -71,27 +77,42 @@ impl Engine {
             let header = match read {
                 Ok((h, _)) => h,
                 Err(SpoolError::Corrupt(why)) => {
-                    sh.log(LogLevel::Error, &format!("spooled chunk {seq:016x} is corrupt and was quarantined in corrupt/: {why}"));
+                    // Its data is gone: the chunk's final report says so.
+                    let text = crate::wire::uuid_text(&info.chunk_id);
+                    let msg = format!("{}: spooled chunk {text} ({} records) is corrupt and was quarantined in corrupt/, it will not be sent: {why}", self.targets[target].sink.label, info.records);
+                    sh.log(LogLevel::Error, &msg);
+                    sh.report(&DeliveryReport {
+                        destination: self.targets[target].destination.unwrap_or(u32::MAX),
+                        chunk_id: &text,
+                        records: info.records as u64,
+                        raw_bytes: info.raw_len as u64,
+                        wire_bytes: info.payload_len as u64,
+                        outcome: Outcome::Dropped,
+                        is_final: true,
+                        error: Some(ErrorKind::SpoolIo),
+                        http_status: 0,
+                        message: &msg,
+                    });
                     self.sync_spool_stats(sh);
                     continue;
                 }
                 Err(SpoolError::BufferTooSmall { needed }) => {
-                    let t = &mut self.targets[target];
-                    t.not_before = Some(now + sh.cfg.backoff_max);
-                    let e = Error::new(
-                        ErrorKind::SpoolIo,
-                        format!("{}: spooled chunk needs {needed} bytes, more than this client's buffer: raise batch.bytes to what the earlier run used", t.sink.label),
-                    );
-                    sh.log(LogLevel::Error, &e.message);
-                    errs.note(e);
+                    // Only this chunk is stuck, not its destination: set it aside in rejected/, from where an
+                    // operator requeues it for a client with a larger batch.bytes.
+                    let why = format!("{}: spooled chunk needs {needed} bytes, more than this client's buffer: moved to rejected/; raise batch.bytes to what the earlier run used and requeue it", self.targets[target].sink.label);
+                    if let Some(sp) = self.spool.as_mut() {
+                        let _ = sp.reject(seq, &why);
+                    }
+                    sh.log(LogLevel::Error, &why);
+                    errs.note(Error::new(ErrorKind::SpoolIo, why));
+                    self.sync_spool_stats(sh);
                     continue;
                 }
                 Err(e) => {
                     let e = spool_error(e);
-                    sh.log(
-                        LogLevel::Error,
-                        &format!("spool read failed: {}", e.message),
-                    );
+                    let e = Error::new(e.kind, format!("spool read failed: {}", e.message));
+                    sh.log(LogLevel::Error, &e.message);
+                    self.spool_failed(sh, &e);
                     errs.note(e);
                     break;
                 }

@@ -12,7 +12,7 @@ use crate::sink::Attempt;
 use crate::wire::{self, Format};
 
 use super::engine::{describe, Chunk, Engine, FirstError};
-use super::lane::{Lane, Lanes, Return};
+use super::lane::{Lane, Lanes, Return, Taken};
 use super::outcome::{Place, SendResult};
 use super::Shared;
 
@@ -85,7 +85,7 @@ impl Engine {
             let chunk = match self.seal(sh, &mut batch, gzip) {
                 Ok(c) => c,
                 Err(e) => {
-                    lane.give_back(batch, Return::Keep);
+                    batch.give_back(Return::Keep);
                     return errs.note(e);
                 }
             };
@@ -97,7 +97,7 @@ impl Engine {
                     Place::Ram,
                     SendResult::NotTried,
                     None,
-                    Some((lane, batch)),
+                    Some(batch),
                     errs,
                 );
                 continue;
@@ -107,48 +107,38 @@ impl Engine {
     }
 
     /// Sends one chunk taken from a lane (its payload in `wire`), writing it ahead to the spool first when
-    /// configured, and settles it.
+    /// configured, and settles it. A chunk written ahead keeps its RAM copy until the first answer, so that a
+    /// refusal can still be split into its good and bad records.
     #[allow(clippy::too_many_arguments)]
     fn send_fresh(
         &mut self,
         sh: &Shared,
         lane: &Lane,
         target: usize,
-        batch: Batch,
+        mut batch: Taken<'_>,
         mut chunk: Chunk,
         deadline: Instant,
         errs: &mut FirstError,
     ) {
-        let mut held = Some(batch);
         let mut place = Place::Ram;
         if sh.cfg.spool_write_ahead && self.spool_writable(sh.clock.now()) {
             match self.push(sh, target, &chunk) {
                 Ok(seq) => {
-                    // Durable: the lane's buffer is free before the first send.
                     chunk.seq = Some(seq);
                     place = Place::SpoolNew;
-                    if let Some(b) = held.take() {
-                        sh.stats
-                            .records_buffered
-                            .fetch_sub(b.records(), std::sync::atomic::Ordering::Relaxed);
-                        lane.give_back(b, Return::Free);
-                    }
                 }
                 Err(e) => errs.note(e),
             }
         }
-        let attempts_before = held.as_ref().map_or(0, |b| b.attempts);
         let (sent, attempts) = self.deliver(
             sh,
             target,
             &chunk,
-            attempts_before,
+            batch.attempts,
             sh.cfg.retry_max_attempts,
             deadline,
         );
-        if let Some(b) = held.as_mut() {
-            b.attempts = attempts;
-        }
+        batch.attempts = attempts;
         let (result, failure) = match sent {
             Attempt::Acknowledged { .. } => (SendResult::Acknowledged, None),
             Attempt::Failed(f) => {
@@ -159,14 +149,30 @@ impl Engine {
                 (r, Some(f))
             }
         };
-        if let (SendResult::Rejected, Some(b), Some(f)) = (result, held.as_ref(), failure.as_ref())
-        {
-            if b.records() > 1 && boundaries_match(lane.format, b) {
-                let b = held.take().expect("checked");
-                return self.isolate_rejected(sh, lane, target, b, f, deadline, errs);
+        if let (SendResult::Rejected, Some(f)) = (result, failure.as_ref()) {
+            if batch.records() > 1 && boundaries_match(lane.format, &batch) {
+                // Split from RAM; the copy written ahead goes (its records are settled piece by piece).
+                if let (Some(seq), Some(sp)) = (chunk.seq, self.spool.as_mut()) {
+                    if let Err(e) = sp.remove(seq) {
+                        let msg = format!("a refused chunk written ahead could not be removed from the spool: {e}; it may be sent once more after a restart");
+                        sh.log(LogLevel::Error, &msg);
+                        self.spool_fault.get_or_insert(msg);
+                    }
+                    self.sync_spool_stats(sh);
+                }
+                return self.isolate_rejected(sh, lane, target, batch, f, deadline, errs);
             }
         }
-        let batch = held.map(|b| (lane, b));
+        let held = if place == Place::SpoolNew {
+            // Durable already: the lane's buffer is free whatever the answer.
+            sh.stats
+                .records_buffered
+                .fetch_sub(batch.records(), std::sync::atomic::Ordering::Relaxed);
+            batch.give_back(Return::Free);
+            None
+        } else {
+            Some(batch)
+        };
         self.settle(
             sh,
             target,
@@ -174,7 +180,7 @@ impl Engine {
             place,
             result,
             failure.as_ref(),
-            batch,
+            held,
             errs,
         );
     }
@@ -191,7 +197,7 @@ impl Engine {
         sh: &Shared,
         lane: &Lane,
         target: usize,
-        mut batch: Batch,
+        mut batch: Taken<'_>,
         first: &Failure,
         deadline: Instant,
         errs: &mut FirstError,
@@ -213,6 +219,9 @@ impl Engine {
         let _ = todo.push((0, whole, 0));
         let mut settled = 0u64;
         let mut sends = 0u32;
+        // The id the refused chunk had (it may have had intermediate reports already): the first piece inherits
+        // it, and a piece that is split again hands it on, so that it still gets its one final report.
+        let mut orphan = batch.chunk_id;
         // Settled pieces leave the lane's count as they go; what is left is settled at the end.
         let mut kept: Option<((usize, usize), Option<Failure>)> = None;
         while let Some((a, b, depth)) = todo.pop() {
@@ -229,7 +238,11 @@ impl Engine {
                 kept = Some(((a, b), None));
                 break;
             }
-            let piece = match wire::new_uuid(&sh.rng).and_then(|id| {
+            let id = match orphan.take() {
+                Some(id) => Ok(id),
+                None => wire::new_uuid(&sh.rng),
+            };
+            let piece = match id.and_then(|id| {
                 self.gzip.compress(&batch.bytes()[a..b], &mut self.wire)?;
                 Ok(id)
             }) {
@@ -246,6 +259,7 @@ impl Engine {
                     break;
                 }
             };
+            let piece_id = piece.id;
             sends += 1;
             let (sent, _) =
                 self.deliver(sh, target, &piece, 0, sh.cfg.retry_max_attempts, deadline);
@@ -267,6 +281,8 @@ impl Engine {
                     Some(m) if depth < MAX_SPLIT_DEPTH && sends < MAX_ISOLATION_SENDS => {
                         let _ = todo.push((a + m, b, depth + 1));
                         let _ = todo.push((a, a + m, depth + 1));
+                        // No final report for this piece: its id goes on to the next one.
+                        orphan = Some(piece_id);
                     }
                     _ => {
                         self.settle(
@@ -285,6 +301,7 @@ impl Engine {
                 Attempt::Failed(f) => {
                     // Not the data this time: keep what is left and let the usual path take it.
                     kept = Some(((a, b), Some(f)));
+                    orphan = orphan.or(Some(piece_id));
                     break;
                 }
             }
@@ -295,7 +312,7 @@ impl Engine {
             sh.stats
                 .records_buffered
                 .fetch_sub(before, std::sync::atomic::Ordering::Relaxed);
-            lane.give_back(batch, Return::Free);
+            batch.give_back(Return::Free);
             return;
         };
         let mut ranges: heapless::Vec<(usize, usize), { MAX_SPLIT_DEPTH as usize + 3 }> =
@@ -305,6 +322,8 @@ impl Engine {
             let _ = ranges.push((a, b));
         }
         batch.retain_ranges(&ranges, left);
+        // The rest carries the id still waiting for its final report, if any (else it gets a new one).
+        batch.chunk_id = orphan;
         sh.stats.records_buffered.fetch_sub(
             before.saturating_sub(left),
             std::sync::atomic::Ordering::Relaxed,
@@ -313,7 +332,7 @@ impl Engine {
         let chunk = match self.seal(sh, &mut batch, true) {
             Ok(c) => c,
             Err(e) => {
-                lane.give_back(batch, Return::Keep);
+                batch.give_back(Return::Keep);
                 return errs.note(e);
             }
         };
@@ -327,7 +346,7 @@ impl Engine {
                     Place::Ram,
                     r,
                     Some(&f),
-                    Some((lane, batch)),
+                    Some(batch),
                     errs,
                 )
             }
@@ -346,7 +365,7 @@ impl Engine {
                     Place::Ram,
                     SendResult::NotTried,
                     None,
-                    Some((lane, batch)),
+                    Some(batch),
                     errs,
                 )
             }

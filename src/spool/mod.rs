@@ -1139,6 +1139,11 @@ impl<S: Storage> Spool<S> {
         })
     }
 
+    /// Sequence number of the newest pending chunk (the one pushed last), in O(log n).
+    pub fn newest(&self) -> Option<u64> {
+        self.index.keys().next_back().copied()
+    }
+
     /// Sequence number of the oldest pending chunk, of `dest` if given: the next one to send.
     pub fn oldest(&self, dest: Option<&DestKey>) -> Option<u64> {
         match dest {

@@ -1,4 +1,6 @@
-//! Review findings: each test here shows one bug of the lanes redesign (they fail until it is fixed).
+//! The sender under faults found by review: a panic mid-send, a spool write or read that fails half way through a
+//! call, a refused chunk that already had reports or was written ahead, a chunk found corrupt on replay. Each
+//! test pins the behaviour that keeps the contract (nothing lost, one final report per chunk, no hot loop).
 
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -71,7 +73,7 @@ fn record(seq: u64) -> String {
 /// report, and the lane's `out` stays counted, so with batch.sealed=1 the lane never sends again while flush
 /// says OK.
 #[test]
-fn a_panic_mid_send_loses_the_taken_batch_and_wedges_the_lane() {
+fn a_panic_mid_send_keeps_the_batch_and_the_lane_usable() {
     let server = Server::start(ServerConfig::default()).unwrap();
     server.push_fault(Fault::InternalError);
     let cfg = plain_config(&server.url(), &[("retry.max_attempts", "2")]);
@@ -109,7 +111,7 @@ fn a_panic_mid_send_loses_the_taken_batch_and_wedges_the_lane() {
 /// flush_to_spool keeps only the FIRST error: when the first chunk is spooled (`Spooled`, mapped to OK) and a
 /// later one cannot be (spool full under reject-new, or a flash error), it returns OK with records left in RAM.
 #[test]
-fn flush_to_spool_says_ok_while_a_chunk_stays_in_ram() {
+fn flush_to_spool_is_ok_only_when_nothing_stays_in_ram() {
     let server = Server::start(ServerConfig::default()).unwrap();
     let mem = MemStorage::new();
     let cfg = plain_config(
@@ -139,7 +141,7 @@ fn flush_to_spool_says_ok_while_a_chunk_stays_in_ram() {
 /// Same first-error rule in flush: `Spooled` ("everything not delivered is durable") is returned although a
 /// later chunk could not be spooled and is only in RAM.
 #[test]
-fn flush_says_spooled_while_a_chunk_stays_in_ram() {
+fn flush_says_spooled_only_when_everything_is_on_flash() {
     let server = Server::start(ServerConfig::default()).unwrap();
     server.set_down(Duration::from_secs(3600));
     let mem = MemStorage::new();
@@ -171,7 +173,7 @@ fn flush_says_spooled_while_a_chunk_stays_in_ram() {
 /// A chunk that got an intermediate report (Failed, kept in RAM) and is later refused as bad data is split
 /// into pieces with new ids; the original id never gets its final report.
 #[test]
-fn a_chunk_split_after_an_intermediate_report_never_gets_its_final_report() {
+fn a_chunk_split_after_an_intermediate_report_still_gets_its_final_report() {
     let server = Server::start(ServerConfig::default()).unwrap();
     server.push_fault(Fault::InternalError);
     let cfg = plain_config(&server.url(), &[("retry.max_attempts", "1")]);
@@ -192,7 +194,10 @@ fn a_chunk_split_after_an_intermediate_report_never_gets_its_final_report() {
     let first = reps[0].clone();
     assert_eq!(first.outcome, Outcome::Failed);
     assert_eq!(client.stats().records_buffered, 0, "{reps:?}");
-    let finals = reps.iter().filter(|r| r.id == first.id && r.is_final).count();
+    let finals = reps
+        .iter()
+        .filter(|r| r.id == first.id && r.is_final)
+        .count();
     assert_eq!(
         finals, 1,
         "chunk {} (reported Failed, {} records) has {finals} final reports: {reps:?}",
@@ -203,7 +208,7 @@ fn a_chunk_split_after_an_intermediate_report_never_gets_its_final_report() {
 /// A spooled chunk whose read fails with EIO stays pending with no backoff: poll returns SpoolIo with
 /// next_ms = 0 every time, a hot loop on a failing flash.
 #[test]
-fn a_failing_spool_read_makes_poll_spin_with_next_ms_zero() {
+fn a_failing_spool_read_backs_off_instead_of_spinning() {
     let server = Server::start(ServerConfig::default()).unwrap();
     let mem = MemStorage::new();
     let cfg = plain_config(&server.url(), &[("spool.dir", "/unused-with-mem")]);
@@ -232,12 +237,15 @@ fn a_failing_spool_read_makes_poll_spin_with_next_ms_zero() {
 /// without write-ahead they are isolated and delivered (README: "a batch of several records is first sent in
 /// halves").
 #[test]
-fn with_write_ahead_a_refused_chunk_is_not_split_and_good_records_are_not_delivered() {
+fn with_write_ahead_a_refused_chunk_is_still_split_and_its_good_records_delivered() {
     let server = Server::start(ServerConfig::default()).unwrap();
     let mem = MemStorage::new();
     let cfg = plain_config(
         &server.url(),
-        &[("spool.dir", "/unused-with-mem"), ("spool.write_ahead", "true")],
+        &[
+            ("spool.dir", "/unused-with-mem"),
+            ("spool.write_ahead", "true"),
+        ],
     );
     let (client, _clock, _reps) = client(&cfg, Some(mem), None);
     let d = client.add_destination("db", "t", "json", None).unwrap();
@@ -250,13 +258,18 @@ fn with_write_ahead_a_refused_chunk_is_not_split_and_good_records_are_not_delive
     }
     let _ = client.flush();
     let got = common::seqs(&server, "db", "t");
-    assert_eq!(got.len(), 7, "good records delivered: {got:?}; stats {:?}", client.stats());
+    assert_eq!(
+        got.len(),
+        7,
+        "good records delivered: {got:?}; stats {:?}",
+        client.stats()
+    );
 }
 
 /// After the panic above, the wedged lane's aged filling batch makes next_due say 0 while take() refuses it
 /// (`out` still counted): poll spins at next_ms=0 doing nothing.
 #[test]
-fn after_a_panic_mid_send_poll_spins_with_next_ms_zero() {
+fn after_a_panic_mid_send_poll_does_not_spin() {
     let server = Server::start(ServerConfig::default()).unwrap();
     server.push_fault(Fault::InternalError);
     let cfg = plain_config(&server.url(), &[("retry.max_attempts", "2")]);
@@ -281,13 +294,18 @@ fn after_a_panic_mid_send_poll_spins_with_next_ms_zero() {
             zeros += 1;
         }
     }
-    assert_eq!(zeros, 0, "poll said next_ms=0 {zeros} times and sent nothing ({} requests)", server.requests().len());
+    assert_eq!(
+        zeros,
+        0,
+        "poll said next_ms=0 {zeros} times and sent nothing ({} requests)",
+        server.requests().len()
+    );
 }
 
 /// A chunk spooled in this run (intermediate Spooled report) that is found corrupt when replayed is moved to
 /// corrupt/ and never gets a final report: its records are gone and the delivery callback never says so.
 #[test]
-fn a_spooled_chunk_found_corrupt_on_replay_gets_no_final_report() {
+fn a_spooled_chunk_found_corrupt_on_replay_gets_a_final_dropped_report() {
     let server = Server::start(ServerConfig::default()).unwrap();
     let mem = MemStorage::new();
     let cfg = plain_config(&server.url(), &[("spool.dir", "/unused-with-mem")]);
@@ -301,7 +319,10 @@ fn a_spooled_chunk_found_corrupt_on_replay_gets_no_final_report() {
         .into_iter()
         .find(|n| n.ends_with(".chunk"))
         .unwrap();
-    let len = mem.contents(kusto_edge::spool::Area::Pending, &name).unwrap().len() as u64;
+    let len = mem
+        .contents(kusto_edge::spool::Area::Pending, &name)
+        .unwrap()
+        .len() as u64;
     assert!(mem.flip_bit(kusto_edge::spool::Area::Pending, &name, (len - 8) * 8));
     let _ = client.poll_next();
     assert_eq!(client.stats().chunks_corrupt, 1);
