@@ -10,13 +10,17 @@
 //! every body bounded by [`MAX_WIRE_BYTES`] and `max_raw_bytes`.
 
 pub mod auth;
+pub mod azurite;
 pub mod b64;
+pub mod client;
 pub mod faults;
 pub mod gzip;
 pub mod http;
 pub mod ingest;
 pub mod jwt;
 pub mod proxy;
+pub mod sas;
+pub mod storage;
 pub mod tls;
 
 mod control;

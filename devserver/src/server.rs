@@ -236,9 +236,17 @@ pub(crate) fn timestamp_now() -> String {
     let d = SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .unwrap_or_default();
-    let secs = d.as_secs();
-    let days = (secs / 86_400) as i64;
-    let sod = secs % 86_400;
+    format!(
+        "{}.{:07}Z",
+        utc_seconds(d.as_secs() as i64),
+        d.subsec_nanos() / 100
+    )
+}
+
+/// `YYYY-MM-DDThh:mm:ss` (no zone suffix) of a Unix time in seconds.
+pub(crate) fn utc_seconds(secs: i64) -> String {
+    let days = secs.div_euclid(86_400);
+    let sod = secs.rem_euclid(86_400);
     // Civil date from days since 1970-01-01 (Howard Hinnant's algorithm).
     let z = days + 719_468;
     let era = z.div_euclid(146_097);
@@ -250,11 +258,10 @@ pub(crate) fn timestamp_now() -> String {
     let month = if mp < 10 { mp + 3 } else { mp - 9 };
     let year = yoe + era * 400 + i64::from(month <= 2);
     format!(
-        "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}.{:07}Z",
+        "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}",
         sod / 3600,
         (sod / 60) % 60,
-        sod % 60,
-        d.subsec_nanos() / 100
+        sod % 60
     )
 }
 
