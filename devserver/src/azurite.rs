@@ -341,6 +341,11 @@ impl Azurite {
     }
 }
 
+/// SIGSTOP (`pause`) or SIGCONT a process (the Azurite of a DM, by its pid).
+pub fn signal_pid(pid: u32, pause: bool) {
+    signal(pid, if pause { SIGSTOP } else { SIGCONT });
+}
+
 const SIGSTOP: i32 = 19;
 const SIGCONT: i32 = 18;
 

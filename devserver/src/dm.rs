@@ -50,6 +50,9 @@ pub struct DmConfig {
     pub batch_window: Duration,
     /// The `AuthorizationContext` handed out; `None`: a random one.
     pub identity_token: Option<String>,
+    /// The storage server's process, for `POST /_dev/dm/storage-pause` / `-resume` (the binary's
+    /// `--azurite` sets it). `None`: those endpoints answer 404.
+    pub storage_pid: Option<u32>,
 }
 
 impl DmConfig {
@@ -62,6 +65,7 @@ impl DmConfig {
             poll_interval: Duration::from_millis(100),
             batch_window: Duration::from_secs(5),
             identity_token: None,
+            storage_pid: None,
         }
     }
 }
@@ -320,6 +324,10 @@ impl Dm {
         self.cfg.storage.ca_pem.as_deref()
     }
 
+    pub(crate) fn storage_pid(&self) -> Option<u32> {
+        self.cfg.storage_pid
+    }
+
     pub(crate) fn identity_token(&self) -> &str {
         &self.token
     }
@@ -406,6 +414,41 @@ impl Dm {
         ));
         rows
     }
+}
+
+/// Parse the body of `POST /_dev/dm/faults`: one setting per line (or comma), all others off:
+/// `throttle-mgmt=N`, `storage-unreachable`, `sas-expired`, `notification-delay-ms=N`, `ingest-delay-ms=N`,
+/// `ingestor-paused`. An empty body turns everything off.
+pub fn parse_faults(text: &str) -> Result<DmFaults, String> {
+    let mut f = DmFaults::default();
+    for item in text
+        .split(['\n', ','])
+        .map(str::trim)
+        .filter(|s| !s.is_empty())
+    {
+        let (k, v) = match item.split_once('=') {
+            Some((k, v)) => (k.trim(), Some(v.trim())),
+            None => (item, None),
+        };
+        let num = || -> Result<u64, String> {
+            v.and_then(|v| v.parse().ok())
+                .ok_or_else(|| format!("{k} needs =N, got {item:?}"))
+        };
+        let flag = || match v {
+            None => Ok(true),
+            Some(v) => Err(format!("{k} takes no value, got {v:?}")),
+        };
+        match k {
+            "throttle-mgmt" => f.throttle_mgmt = num()? as usize,
+            "storage-unreachable" => f.storage_unreachable = flag()?,
+            "sas-expired" => f.sas_expired = flag()?,
+            "notification-delay-ms" => f.notification_delay = Duration::from_millis(num()?),
+            "ingest-delay-ms" => f.ingest_delay = Duration::from_millis(num()?),
+            "ingestor-paused" => f.ingestor_paused = flag()?,
+            _ => return Err(format!("unknown DM fault {item:?}")),
+        }
+    }
+    Ok(f)
 }
 
 fn v1_table(columns: &[(&str, &str)], rows: Vec<Value>) -> String {
@@ -1101,6 +1144,18 @@ fn finish(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn faults_parse() {
+        let f = parse_faults("throttle-mgmt=3\nsas-expired, ingest-delay-ms=200").unwrap();
+        assert_eq!(f.throttle_mgmt, 3);
+        assert!(f.sas_expired && !f.storage_unreachable);
+        assert_eq!(f.ingest_delay, Duration::from_millis(200));
+        assert_eq!(parse_faults("").unwrap(), DmFaults::default());
+        assert!(parse_faults("nope").is_err());
+        assert!(parse_faults("sas-expired=1").is_err());
+        assert!(parse_faults("throttle-mgmt").is_err());
+    }
 
     #[test]
     fn helpers() {

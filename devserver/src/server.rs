@@ -175,6 +175,10 @@ impl Shared {
         st.scripted.clear();
         st.random.clear();
         st.down_until = None;
+        drop(st);
+        if let Some(dm) = &self.dm {
+            dm.reset();
+        }
     }
 
     pub(crate) fn request_shutdown(&self) {
@@ -449,9 +453,6 @@ impl Server {
     /// Forget records, requests, faults and any outage (and the DM's counters, violations and faults).
     pub fn reset(&self) {
         self.shared.reset();
-        if let Some(dm) = &self.shared.dm {
-            dm.reset();
-        }
     }
 
     /// The data-management endpoint: the same as [`Server::url`] (management commands share the listener).

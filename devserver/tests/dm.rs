@@ -580,3 +580,94 @@ fn https_end_to_end_with_one_test_ca() {
     );
     drop(server);
 }
+
+#[test]
+fn binary_with_azurite_over_https_serves_the_dm_and_its_control_endpoints() {
+    use std::io::BufRead;
+    let dir = std::env::temp_dir().join(format!("kdev-dm-bin-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let ca_file = dir.join("ca.pem");
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_kusto-devserver"))
+        .args([
+            "--azurite",
+            "--tls",
+            "--dm-queues",
+            "3",
+            "--exit-after-secs",
+            "60",
+            "--ca-out",
+        ])
+        .arg(&ca_file)
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut lines = std::io::BufReader::new(child.stdout.take().unwrap()).lines();
+    let first = lines.next().unwrap().unwrap();
+    let url = first.strip_prefix("listening on ").unwrap().to_string();
+    let storage_line = lines.next().unwrap().unwrap();
+    assert!(
+        storage_line.starts_with("storage at https://127.0.0.1:"),
+        "{storage_line}"
+    );
+    let pem = std::fs::read_to_string(&ca_file).unwrap();
+    let res = Resources::get(&url, None, Some(&pem));
+    assert_eq!(res.all("SecuredReadyForAggregationQueue").len(), 3);
+    let raw = b"{\"a\":1}\n";
+    send_blob(&res, ID1, "T", "json", raw, raw.len(), 2, 0, Some(&pem));
+    notifications(res.one("SuccessfulIngestionsQueue"), 1, Some(&pem));
+    let get = |path: &str| {
+        client::request(
+            "GET",
+            &format!("{url}{path}"),
+            &[],
+            b"",
+            Some(&pem),
+            Duration::from_secs(5),
+        )
+        .unwrap()
+    };
+    let stats: Value = serde_json::from_slice(&get("/_dev/dm/stats").body).unwrap();
+    assert_eq!(stats["records_ingested"], 1);
+    assert_eq!(stats["resources_requests"], 1);
+    assert_eq!(get("/_dev/dm/violations").text(), "[]");
+    let ing: Value = serde_json::from_slice(&get("/_dev/dm/ingestions").body).unwrap();
+    assert_eq!(ing[0]["outcome"], "Succeeded");
+    let st: Value = serde_json::from_slice(&get("/_dev/stats").body).unwrap();
+    assert_eq!(
+        (
+            st["records_queued"].as_u64(),
+            st["records_streamed"].as_u64()
+        ),
+        (Some(1), Some(0))
+    );
+    let post = |path: &str, body: &str| {
+        client::request(
+            "POST",
+            &format!("{url}{path}"),
+            &[],
+            body.as_bytes(),
+            Some(&pem),
+            Duration::from_secs(5),
+        )
+        .unwrap()
+    };
+    assert_eq!(post("/_dev/dm/faults", "throttle-mgmt=1").status, 200);
+    assert_eq!(
+        mgmt(&url, ".get ingestion resources", None, Some(&pem)).status,
+        429
+    );
+    assert_eq!(post("/_dev/dm/faults", "bogus").status, 400);
+    assert_eq!(post("/_dev/dm/storage-pause", "").status, 200);
+    assert_eq!(post("/_dev/dm/storage-resume", "").status, 200);
+    assert_eq!(post("/_dev/shutdown", "").status, 200);
+    let end = Instant::now() + Duration::from_secs(10);
+    loop {
+        if let Some(st) = child.try_wait().unwrap() {
+            assert!(st.success());
+            break;
+        }
+        assert!(Instant::now() < end, "binary did not exit");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+}
