@@ -494,11 +494,13 @@ pub(crate) fn handle_mgmt(shared: &Shared, req: &Request, activity: &str) -> Rep
     }
     let Some(dm) = shared.dm.as_ref() else {
         // The engine: management commands of the DM belong on the ingest- endpoint.
-        return send(mgmt_error(
+        return send(ApiError::new(
             400,
             "BadRequest",
-            "Kusto.Common.Svc.Exceptions.AdminCommandWrongEndpointException: this command must be sent to the \
-             data management endpoint of the cluster (the ingest- host), not to the engine.",
+            "Kusto.Common.Svc.Exceptions.AdminCommandWrongEndpointException",
+            "AdminCommandWrongEndpointException: Cannot get ingestion resources from this service endpoint. \
+             The appropriate endpoint is the data management service of the cluster (its host starts with \
+             'ingest-'); this devserver serves it only when started with a DM (--azurite).",
             false,
         ));
     };
@@ -586,25 +588,30 @@ pub(crate) fn run_ingestor(shared: Arc<Shared>) {
     let own_queues: Vec<String> = dm.names.ingestion.iter().map(|q| dm.own_queue(q)).collect();
     while !shared.stopping.load(Ordering::SeqCst) {
         let faults = dm.faults();
+        let mut taken = 0;
         if !faults.ingestor_paused {
             for q in &own_queues {
-                take_messages(dm, q, faults.ingest_delay);
+                taken += take_messages(dm, q, faults.ingest_delay);
             }
         }
         process_due(&shared, dm);
         post_due(dm);
-        shared.sleep_unless_stopping(dm.cfg.poll_interval);
+        if taken == 0 {
+            shared.sleep_unless_stopping(dm.cfg.poll_interval);
+        }
     }
 }
 
-fn take_messages(dm: &Dm, queue: &str, delay: Duration) {
+/// Dequeue (and delete) up to 32 messages; returns how many were taken.
+fn take_messages(dm: &Dm, queue: &str, delay: Duration) -> usize {
     let msgs = match storage::get_messages(queue, 32, Some(Duration::from_secs(60)), dm.ca()) {
         Ok(m) => m,
         Err(_) => {
             dm.inner().stats.storage_errors += 1;
-            return;
+            return 0;
         }
     };
+    let n = msgs.len();
     for m in msgs {
         if storage::delete_message(queue, &m, dm.ca()).is_err() {
             // Someone else took it, or storage is gone: it comes back when its visibility ends.
@@ -621,6 +628,7 @@ fn take_messages(dm: &Dm, queue: &str, delay: Duration) {
             attempts: 0,
         });
     }
+    n
 }
 
 fn process_due(shared: &Shared, dm: &Dm) {

@@ -122,6 +122,41 @@ pub fn put_blob(
     Ok(url)
 }
 
+/// `PUT {blob}?comp=block&blockid=..`: one block of a blob to be committed by [`put_block_list`] (`id` is the
+/// base64 block id, all of one blob the same length); 201.
+pub fn put_block(
+    blob_url: &str,
+    id: &str,
+    body: &[u8],
+    ca: Option<&str>,
+) -> Result<(), StorageError> {
+    let (base, sas) = split_sas(blob_url);
+    let url = format!(
+        "{base}?comp=block&blockid={}&{sas}",
+        crate::sas::query_encode(id)
+    );
+    call("PUT", &url, &[], body, ca, &[201]).map(|_| ())
+}
+
+/// `PUT {blob}?comp=blocklist`: commit the blocks, in this order; 201.
+pub fn put_block_list(blob_url: &str, ids: &[&str], ca: Option<&str>) -> Result<(), StorageError> {
+    let (base, sas) = split_sas(blob_url);
+    let mut body = String::from(r#"<?xml version="1.0" encoding="utf-8"?><BlockList>"#);
+    for id in ids {
+        body.push_str(&format!("<Latest>{id}</Latest>"));
+    }
+    body.push_str("</BlockList>");
+    call(
+        "PUT",
+        &format!("{base}?comp=blocklist&{sas}"),
+        &[("Content-Type", "application/xml")],
+        body.as_bytes(),
+        ca,
+        &[201],
+    )
+    .map(|_| ())
+}
+
 /// `GET {blob}?{sas}`: the blob's bytes.
 pub fn get_blob(blob_url: &str, ca: Option<&str>) -> Result<Vec<u8>, StorageError> {
     call("GET", blob_url, &[], b"", ca, &[200]).map(|r| r.body)

@@ -671,3 +671,30 @@ fn binary_with_azurite_over_https_serves_the_dm_and_its_control_endpoints() {
     }
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+#[test]
+fn blocks_of_gzip_members_make_one_blob() {
+    let e = env_with(None, None);
+    let res = Resources::get(&e.server.dm_url().unwrap(), None, None);
+    let (a, b) = (
+        b"{\"a\":1}\n".as_slice(),
+        b"{\"b\":2}\n{\"c\":3}\n".as_slice(),
+    );
+    let (base, sas) = storage::split_sas(res.one("TempStorage"));
+    let blob = format!("{base}/db__T__{ID3}__spool.json.gz?{sas}");
+    let ids = ["YmxvY2stMDAwMDAx", "YmxvY2stMDAwMDAy"];
+    storage::put_block(&blob, ids[0], &gzip(a), None).unwrap();
+    storage::put_block(&blob, ids[1], &gzip(b), None).unwrap();
+    storage::put_block_list(&blob, &ids, None).unwrap();
+    let msg = json!({"Id": ID3, "BlobPath": blob, "RawDataSize": a.len() + b.len(),
+        "DatabaseName": "db", "TableName": "T", "ReportLevel": 2, "ReportMethod": 0,
+        "AdditionalProperties": {"authorizationContext": res.token, "format": "json"}});
+    let text = kusto_devserver::b64::encode(msg.to_string().as_bytes());
+    storage::put_message(res.one("SecuredReadyForAggregationQueue"), &text, None).unwrap();
+    wait_until("records", 10, || e.server.records("db", "T").len() == 3);
+    assert!(
+        e.server.dm_violations().is_empty(),
+        "{:?}",
+        e.server.dm_violations()
+    );
+}
