@@ -6,6 +6,14 @@
 //! misbehaves on demand (scripted or seeded random faults). Out-of-process tests steer it through
 //! `/_dev/...` endpoints on the same port (see `control`).
 //!
+//! With [`ServerConfig::dm`] it is also the data-management ("ingest-") endpoint for queued ingestion, over a
+//! real Azure Storage server ([`azurite::Azurite`], the npm emulator run as a child process): `POST
+//! /v1/rest/mgmt` answers `.get ingestion resources` with SAS URLs into Azurite it mints itself ([`sas`]) and
+//! `.get kusto identity token`; an ingestor thread takes the messages off the ingestion queues, checks them
+//! as the service would, ingests the blobs into the same store as streaming (so [`Server::records`] shows
+//! both; [`Stats::records_queued`] / [`Stats::records_streamed`] tell them apart), posts notifications and
+//! status rows, and records every protocol deviation as a violation ([`Server::dm_violations`]). See [`dm`].
+//!
 //! One thread per connection (at most [`MAX_CONNECTIONS`]), every socket read bounded by a timeout,
 //! every body bounded by [`MAX_WIRE_BYTES`] and `max_raw_bytes`.
 
