@@ -14,7 +14,7 @@ fn now() -> i64 {
 
 #[test]
 fn azurite_accepts_minted_sas_and_refuses_tampered_or_expired() {
-    let az = Azurite::start().expect("azurite");
+    let az = shared_azurite();
     let acct = Account::new(az.endpoints());
     acct.create_container("cont1").unwrap();
     acct.create_queue("queue1").unwrap();
@@ -94,14 +94,29 @@ use serde_json::{json, Value};
 use std::time::Instant;
 
 struct Env {
-    // Field order: the server (and its ingestor) stops before Azurite does.
+    // Field order: the server (and its ingestor) stops before its own Azurite does.
     server: Server,
-    az: Azurite,
+    az: Option<Azurite>,
+}
+
+/// One Azurite for the tests that do not stop or pause it: every DM has its own queues and containers (random
+/// suffixes). Never dropped; it exits with this process (it watches its stdin).
+fn shared_azurite() -> &'static Azurite {
+    static AZ: std::sync::OnceLock<Azurite> = std::sync::OnceLock::new();
+    AZ.get_or_init(|| Azurite::start().expect("azurite"))
 }
 
 fn env_with(tables: Option<Vec<(&str, &str)>>, token: Option<&str>) -> Env {
-    let az = Azurite::start().expect("azurite");
-    let mut dm = DmConfig::new(az.endpoints());
+    env_on(shared_azurite().endpoints(), None, tables, token)
+}
+
+fn env_on(
+    storage: kusto_devserver::azurite::StorageEndpoints,
+    own: Option<Azurite>,
+    tables: Option<Vec<(&str, &str)>>,
+    token: Option<&str>,
+) -> Env {
+    let mut dm = DmConfig::new(storage);
     dm.poll_interval = Duration::from_millis(50);
     dm.batch_window = Duration::from_secs(3);
     let server = Server::start(ServerConfig {
@@ -115,7 +130,7 @@ fn env_with(tables: Option<Vec<(&str, &str)>>, token: Option<&str>) -> Env {
         ..ServerConfig::default()
     })
     .unwrap();
-    Env { server, az }
+    Env { server, az: own }
 }
 
 fn mgmt(url: &str, csl: &str, token: Option<&str>, ca: Option<&str>) -> client::ClientResponse {
@@ -319,7 +334,6 @@ fn queued_blob_arrives_with_a_success_notification_and_no_violations() {
         (log[0].outcome.as_str(), log[0].raw_size_actual),
         ("Succeeded", raw.len() as u64)
     );
-    drop(e.az);
 }
 
 #[test]
@@ -513,7 +527,8 @@ fn mgmt_checks_auth_and_misbehaves_on_demand() {
 
 #[test]
 fn delays_and_a_paused_azurite() {
-    let e = env_with(None, None);
+    let az = Azurite::start().expect("azurite");
+    let e = env_on(az.endpoints(), Some(az), None, None);
     let res = Resources::get(&e.server.dm_url().unwrap(), None, None);
     e.server.set_dm_faults(DmFaults {
         ingest_delay: Duration::from_millis(800),
@@ -528,7 +543,8 @@ fn delays_and_a_paused_azurite() {
     notifications(res.one("SuccessfulIngestionsQueue"), 1, None);
     assert!(t0.elapsed() >= Duration::from_millis(1600));
     // Frozen storage: requests hang; thawed, everything goes on.
-    e.az.pause();
+    let az = e.az.as_ref().unwrap();
+    az.pause();
     let t = std::thread::spawn({
         let q = res.one("SecuredReadyForAggregationQueue").to_string();
         move || {
@@ -546,7 +562,7 @@ fn delays_and_a_paused_azurite() {
         t.join().unwrap().is_err(),
         "a paused Azurite answers nothing"
     );
-    e.az.resume();
+    az.resume();
     send_blob(&res, ID2, "T", "json", raw, raw.len(), 0, 0, None);
     wait_until("records after resume", 10, || {
         e.server.records("db", "T").len() == 2
@@ -697,4 +713,54 @@ fn blocks_of_gzip_members_make_one_blob() {
         "{:?}",
         e.server.dm_violations()
     );
+}
+
+#[test]
+fn many_blobs_from_several_producers_all_arrive_once() {
+    let e = env_with(None, None);
+    let res = std::sync::Arc::new(Resources::get(&e.server.dm_url().unwrap(), None, None));
+    let t0 = Instant::now();
+    let producers: Vec<_> = (0..4)
+        .map(|p| {
+            let res = res.clone();
+            std::thread::spawn(move || {
+                let queues = res.all("SecuredReadyForAggregationQueue");
+                for i in 0..20 {
+                    let id = format!("00000000-0000-4000-8000-{:06x}{:06x}", p, i);
+                    let raw = format!("{{\"p\":{p},\"i\":{i}}}\n{{\"x\":1}}\n");
+                    let name = format!("db__Many__{id}__c.json.gz");
+                    let container = res.all("TempStorage")[i % 2];
+                    let blob = storage::put_blob(container, &name, &gzip(raw.as_bytes()), None).unwrap();
+                    let msg = json!({"Id": id, "BlobPath": blob, "RawDataSize": raw.len(),
+                        "DatabaseName": "db", "TableName": "Many", "ReportLevel": 1,
+                        "AdditionalProperties": {"authorizationContext": res.token, "format": "json"}});
+                    let text = kusto_devserver::b64::encode(msg.to_string().as_bytes());
+                    storage::put_message(queues[i % queues.len()], &text, None).unwrap();
+                }
+            })
+        })
+        .collect();
+    for p in producers {
+        p.join().unwrap();
+    }
+    wait_until("160 records", 20, || {
+        e.server.records("db", "Many").len() == 160
+    });
+    let took = t0.elapsed();
+    let s = e.server.dm_stats();
+    assert_eq!(
+        (s.messages_taken, s.blobs_ingested, s.duplicates_in_batch),
+        (80, 80, 0)
+    );
+    assert_eq!(
+        e.server.stats().duplicate_records,
+        79,
+        "every {{\"x\":1}} record after the first"
+    );
+    assert!(
+        e.server.dm_violations().is_empty(),
+        "{:?}",
+        e.server.dm_violations()
+    );
+    eprintln!("80 blobs from 4 producers ingested in {took:?}");
 }
