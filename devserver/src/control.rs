@@ -109,7 +109,7 @@ pub(crate) fn handle(shared: &Shared, req: &Request) -> Reply {
                             "id": i.id, "database": i.database, "table": i.table, "format": i.format,
                             "blob": i.blob, "raw_size_declared": i.raw_size_declared,
                             "raw_size_actual": i.raw_size_actual, "records": i.records,
-                            "outcome": i.outcome,
+                            "outcome": i.outcome, "message": i.message,
                         })
                     })
                     .collect();

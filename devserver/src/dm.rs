@@ -157,6 +157,9 @@ pub struct QueuedIngestion {
     pub records: usize,
     /// `Succeeded`, or the failure's error code.
     pub outcome: String,
+    /// The message as decoded (JSON), every SAS signature replaced by `REDACTED`: what the client sent, for
+    /// comparing clients field by field.
+    pub message: String,
 }
 
 /// Most violations remembered (the count goes on).
@@ -700,6 +703,23 @@ struct Msg {
     report_method: u64,
     /// (table URL with SAS, PartitionKey, RowKey).
     status_row: Option<(String, String, String)>,
+    /// The decoded JSON, signatures redacted.
+    json: String,
+}
+
+/// `sig=...` values replaced by `REDACTED`, up to the next `&`, `"` or end.
+fn redact_sig(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    let mut rest = text;
+    while let Some(i) = rest.find("sig=") {
+        out.push_str(&rest[..i + 4]);
+        out.push_str("REDACTED");
+        rest = &rest[i + 4..];
+        let end = rest.find(['&', '"']).unwrap_or(rest.len());
+        rest = &rest[end..];
+    }
+    out.push_str(rest);
+    out
 }
 
 /// A failed ingestion: error code, details, failure status.
@@ -847,6 +867,7 @@ fn parse(dm: &Dm, w: &Work) -> Option<Msg> {
         report_level,
         report_method,
         status_row,
+        json: redact_sig(&j.to_string()),
     })
 }
 
@@ -902,6 +923,7 @@ fn process(shared: &Shared, dm: &Dm, w: Work) -> Option<Work> {
         raw_size_actual: 0,
         records: 0,
         outcome: String::new(),
+        message: m.json.clone(),
     };
     // Already in this batch?
     let window = dm.cfg.batch_window;
@@ -1165,6 +1187,14 @@ mod tests {
         assert!(parse_faults("nope").is_err());
         assert!(parse_faults("sas-expired=1").is_err());
         assert!(parse_faults("throttle-mgmt").is_err());
+    }
+
+    #[test]
+    fn signatures_are_redacted() {
+        assert_eq!(
+            redact_sig(r#"{"a":"http://h/c/b?sv=1&sig=abc%2B&se=2","t":"x?sig=zz"}"#),
+            r#"{"a":"http://h/c/b?sv=1&sig=REDACTED&se=2","t":"x?sig=REDACTED"}"#
+        );
     }
 
     #[test]
