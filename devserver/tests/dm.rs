@@ -764,3 +764,39 @@ fn many_blobs_from_several_producers_all_arrive_once() {
     );
     eprintln!("80 blobs from 4 producers ingested in {took:?}");
 }
+
+/// The message exactly as azure-kusto-ingest 6.0.4 (Python) sent it through this DM in a manual run
+/// (`QueuedIngestClient.ingest_from_file`, multijson, `FailuresAndSuccesses`): accepted without a violation.
+#[test]
+fn the_python_sdk_message_shape_is_accepted() {
+    let e = env_with(None, None);
+    let res = Resources::get(&e.server.dm_url().unwrap(), None, None);
+    let id = "92504de5-d1ba-4d31-b5f9-70ce4099cbe7";
+    let raw = b"{\"i\": 0, \"s\": \"x\"}\n{\"i\": 1, \"s\": \"x\"}\n";
+    let name = format!("db__T__{id}__data.multijson.gz");
+    let blob = storage::put_blob(res.one("TempStorage"), &name, &gzip(raw), None).unwrap();
+    let msg = json!({
+        "Id": id, "BlobPath": blob, "RawDataSize": raw.len(), "DatabaseName": "db", "TableName": "T",
+        "RetainBlobOnSuccess": true, "FlushImmediately": false, "IgnoreSizeLimit": false,
+        "ReportLevel": 2, "ReportMethod": 0,
+        "SourceMessageCreationTime": "2026-12-02T02:17:32.113006",
+        "ApplicationForTracing": "ingest.py",
+        "ClientVersionForTracing": "Kusto.Python.Client:{6.0.4}|Runtime.{cpython}:{3.11.7_(main,_May_9_2026,_07:35:25)_[GCC_12.2.0]}",
+        "AdditionalProperties": {"authorizationContext": res.token, "format": "multijson"},
+    });
+    let text = kusto_devserver::b64::encode(msg.to_string().as_bytes());
+    storage::put_message(res.one("SecuredReadyForAggregationQueue"), &text, None).unwrap();
+    let n = notifications(res.one("SuccessfulIngestionsQueue"), 1, None);
+    assert_eq!(n[0]["IngestionSourceId"], id);
+    assert_eq!(e.server.records("db", "T").len(), 2);
+    assert!(
+        e.server.dm_violations().is_empty(),
+        "{:?}",
+        e.server.dm_violations()
+    );
+    let logged: Value = serde_json::from_str(&e.server.dm_ingestions()[0].message).unwrap();
+    assert!(logged["BlobPath"]
+        .as_str()
+        .unwrap()
+        .ends_with("sig=REDACTED"));
+}
