@@ -153,6 +153,7 @@ impl Azurite {
     pub fn start_with(opts: AzuriteOptions) -> Result<Azurite, String> {
         let dir = opts.dir.clone().unwrap_or_else(Azurite::install_dir);
         let script = Azurite::ensure_installed(&dir)?;
+        remove_stale_workdirs();
         static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
         let workdir = std::env::temp_dir().join(format!(
             "kdev-azurite-{}-{}",
@@ -338,6 +339,25 @@ impl Azurite {
     pub fn resume(&self) {
         signal(self.child.id(), SIGCONT);
         *self.paused.lock().unwrap_or_else(|e| e.into_inner()) = false;
+    }
+}
+
+/// Work directories of processes that are gone (an Azurite held in a `static` is never dropped).
+fn remove_stale_workdirs() {
+    let Ok(entries) = std::fs::read_dir(std::env::temp_dir()) else {
+        return;
+    };
+    for e in entries.flatten() {
+        let name = e.file_name();
+        let Some(rest) = name.to_str().and_then(|n| n.strip_prefix("kdev-azurite-")) else {
+            continue;
+        };
+        let Some(pid) = rest.split('-').next().and_then(|p| p.parse::<u32>().ok()) else {
+            continue;
+        };
+        if !Path::new(&format!("/proc/{pid}")).exists() {
+            let _ = std::fs::remove_dir_all(e.path());
+        }
     }
 }
 
