@@ -18,6 +18,17 @@ if [ ${#missing[@]} -gt 0 ]; then
   $sudo apt-get update -qq
   DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
 fi
+# Azurite (the Azure Storage emulator the devserver's data-management side stands on), pinned, needs Node.js
+# and npm; the tests find it in target/azurite (or $KEDGE_AZURITE_DIR).
+if ! command -v npm >/dev/null; then
+  echo "run-all: installing nodejs npm"
+  sudo=""; [ "$(id -u)" -eq 0 ] || sudo="sudo"
+  $sudo apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends nodejs npm >/dev/null
+fi
+azurite_dir="${KEDGE_AZURITE_DIR:-target/azurite}"
+grep -qs '"version": "3.37.0"' "$azurite_dir/node_modules/azurite/package.json" ||
+  npm install --no-save --no-audit --no-fund --prefix "$azurite_dir" azurite@3.37.0
 targets=(armv7-unknown-linux-gnueabihf aarch64-unknown-linux-gnu)
 installed=$(rustup target list --installed)
 for t in "${targets[@]}"; do
