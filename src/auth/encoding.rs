@@ -41,6 +41,11 @@ pub fn base64_std(input: &[u8]) -> String {
     s
 }
 
+/// Appends standard base64 with padding to `out` (no allocation when `out` has room): queue messages.
+pub fn base64_std_into(input: &[u8], out: &mut String) {
+    base64(input, STD, true, out);
+}
+
 /// Appends `s` percent-encoded for an `application/x-www-form-urlencoded` body or a URL query value: everything
 /// but the RFC 3986 unreserved characters is `%XX`, so a `+`, `&` or `=` in a secret can never change the form.
 pub fn percent_encode_into(s: &str, out: &mut String) {

@@ -21,7 +21,7 @@ mod arc;
 mod cache;
 mod config;
 mod connstr;
-mod encoding;
+pub(crate) mod encoding;
 mod http;
 mod json;
 mod jwt;

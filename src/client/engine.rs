@@ -389,6 +389,10 @@ impl Engine {
                     }
                     return (sent.attempt, attempt);
                 }
+                Attempt::Queued { status } => {
+                    st.last_http_status.store(status as u64, Relaxed);
+                    return (sent.attempt, attempt);
+                }
                 Attempt::Failed(f) => f,
             };
             st.last_http_status.store(f.status as u64, Relaxed);
@@ -446,11 +450,15 @@ impl Engine {
         let wire_len = self.wire.len() as u64;
         let status = match result {
             SendResult::Acknowledged => 200,
+            SendResult::Queued => 201,
             _ => failure.map_or(0, |f| f.status),
         };
         // What to say about the chunk: the failure and what to do, or why it was not tried.
         let mut message = match (result, failure) {
             (SendResult::Acknowledged, _) => "acknowledged".to_owned(),
+            (SendResult::Queued, _) => {
+                "queued: the blob is up and the DM's queue has its message".to_owned()
+            }
             (_, Some(f)) => format!("{label}: {}: {}", describe(f), f.advice()),
             (_, None) => {
                 let t = &self.targets[target];
@@ -561,7 +569,8 @@ impl Engine {
         // Stats and the log.
         let st = &sh.stats;
         match result {
-            SendResult::Acknowledged => {
+            // Queued counts with acknowledged: the service has the data (its later report is the DM's).
+            SendResult::Acknowledged | SendResult::Queued => {
                 st.records_acknowledged.fetch_add(chunk.records, Relaxed);
                 st.chunks_acknowledged.fetch_add(1, Relaxed);
                 if place == Place::Spool {
@@ -570,7 +579,7 @@ impl Engine {
                 }
                 sh.log(
                     LogLevel::Info,
-                    &format!("{label}: chunk {text} acknowledged: {} records, {} bytes raw, {wire_len} on the wire", chunk.records, chunk.raw_len),
+                    &format!("{label}: chunk {text} {}: {} records, {} bytes raw, {wire_len} on the wire", if result == SendResult::Queued { "queued" } else { "acknowledged" }, chunk.records, chunk.raw_len),
                 );
             }
             SendResult::Rejected => {
@@ -607,12 +616,13 @@ impl Engine {
             Report::Rejected => Some(Outcome::Rejected),
             Report::Failed => Some(Outcome::Failed),
             Report::Spooled => Some(Outcome::Spooled),
+            Report::Queued => Some(Outcome::Queued),
         };
         if let Some(outcome) = outcome {
             let t = &self.targets[target];
             let msg = caller.as_ref().map_or(message.as_str(), |e| &e.message);
             let error = match outcome {
-                Outcome::Acknowledged => None,
+                Outcome::Acknowledged | Outcome::Queued => None,
                 Outcome::Spooled => Some(match result {
                     SendResult::Kept(c) => outcome::kind_of(c),
                     _ => ErrorKind::BackingOff,

@@ -44,8 +44,10 @@ use std::time::Duration;
 use ring::rand::{SecureRandom, SystemRandom};
 
 use crate::clock::SharedClock;
+use crate::config::IngestMode;
 use crate::config::{Config, LogLevel};
 use crate::error::{Error, ErrorKind};
+use crate::sink::queued::QueuedSink;
 use crate::sink::streaming::StreamingSink;
 use crate::sink::Sink;
 use crate::spool::{DestKey, FsStorage, Spool, SpoolConfig};
@@ -184,15 +186,30 @@ impl Client {
             (None, None) => None,
         };
         let clock = opts.clock.unwrap_or_else(crate::clock::system);
-        let transport = Transport::new(&cfg.transport_config(), &cluster)?;
         let auth = cfg
             .auth
             .build(Some(&cluster.base()), cfg.retry_max_total, clock.clone())?;
-        let sink = StreamingSink::new(cfg, cluster, transport, auth);
+        let sink: Box<dyn Sink> = match cfg.ingest_mode {
+            IngestMode::Streaming => {
+                let transport = Transport::new(&cfg.transport_config(), &cluster)?;
+                Box::new(StreamingSink::new(cfg, cluster, transport, auth))
+            }
+            IngestMode::Queued => {
+                let dm = cfg.dm_url(&cluster)?;
+                let transport = Transport::new(&cfg.transport_config(), &dm.as_host())?;
+                Box::new(QueuedSink::new(cfg, dm, transport, auth, clock.now()))
+            }
+            IngestMode::Managed => {
+                return Err(Error::new(
+                    ErrorKind::ConfigInvalidValue,
+                    "ingest.mode=managed is not available yet: use streaming or queued",
+                ))
+            }
+        };
         let sh = Shared {
             cfg: cfg.clone(),
             clock,
-            sink: Box::new(sink),
+            sink,
             rng: SystemRandom::new(),
             stats: Stats::default(),
             log: opts.log,

@@ -8,7 +8,7 @@ use crate::spool::Storage;
 
 /// What happened to one chunk, as passed to the delivery callback. Every chunk gets exactly one final report
 /// (`Acknowledged`, `Rejected` or `Dropped`; see [`Outcome::is_final`]) and any number of intermediate ones
-/// (`Failed`, `Spooled`) before it.
+/// (`Failed`, `Spooled`, `Queued`) before it; in queued mode `Queued` may be the last report a chunk gets.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 #[repr(u32)]
 pub enum Outcome {
@@ -22,6 +22,11 @@ pub enum Outcome {
     Spooled = 3,
     /// The spool was full and dropped this chunk (policy drop-oldest).
     Dropped = 4,
+    /// Queued ingestion: the blob is uploaded and the DM's queue has the message; the DM ingests it later.
+    /// Intermediate: a later `Rejected` (the DM's failure report) may follow once status tracking reads the
+    /// reports. With `queued.report` = `none` nothing follows: it is the chunk's last report. The chunk has left
+    /// RAM and the spool.
+    Queued = 5,
 }
 
 impl Outcome {

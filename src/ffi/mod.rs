@@ -162,6 +162,11 @@ pub enum kedge_outcome {
     KEDGE_OUTCOME_SPOOLED = 3,
     /// The full spool dropped chunks to make room (spool.policy=drop-oldest); `records` says how many records.
     KEDGE_OUTCOME_DROPPED = 4,
+    /// Queued ingestion (ingest.mode=queued): the blob is uploaded and the data-management service's queue has
+    /// its message; the service ingests it within minutes. `is_final` is 0: a later report may follow when status
+    /// tracking is on, and with queued.report=none this is the chunk's last report. The chunk has left RAM and
+    /// the spool.
+    KEDGE_OUTCOME_QUEUED = 5,
 }
 
 /// A configuration under construction. Create with `kedge_config_new`, fill with `kedge_config_set*`, pass to
@@ -735,6 +740,7 @@ pub unsafe extern "C" fn kedge_client_new(
                         Outcome::Failed => kedge_outcome::KEDGE_OUTCOME_FAILED,
                         Outcome::Spooled => kedge_outcome::KEDGE_OUTCOME_SPOOLED,
                         Outcome::Dropped => kedge_outcome::KEDGE_OUTCOME_DROPPED,
+                        Outcome::Queued => kedge_outcome::KEDGE_OUTCOME_QUEUED,
                     },
                     result: r.error.map_or(kedge_result::KEDGE_OK, Into::into),
                     http_status: r.http_status,

@@ -5,6 +5,7 @@
 //! answers onto [`Failure`] classes, and says `Queued` instead of `Acknowledged` when the service took the chunk
 //! for later ingestion; nothing in lanes, the spool or the outcome table changes for it.
 
+pub mod queued;
 pub mod streaming;
 
 use std::time::Instant;
@@ -27,6 +28,8 @@ pub struct SinkTarget {
     pub label: String,
     /// The data format.
     pub format: Format,
+    /// The destination itself (a queued message names database, table and mapping).
+    pub dest: DestKey,
 }
 
 /// One chunk to send, as the core hands it over.
@@ -71,6 +74,12 @@ pub enum Attempt {
         status: u16,
         /// Records the service says it consumed, when it says.
         consumed: Option<u64>,
+    },
+    /// The service took the chunk for later ingestion (queued: the blob is up and the message posted). The data
+    /// is safe with the service; whether it lands in the table is for the DM's report.
+    Queued {
+        /// HTTP status of the enqueue answer.
+        status: u16,
     },
     /// Not taken, and why, classified.
     Failed(Failure),

@@ -147,6 +147,7 @@ impl Sink for StreamingSink {
             ),
             label: format!("{}.{}", key.database, key.table),
             format,
+            dest: key.clone(),
         })
     }
 
