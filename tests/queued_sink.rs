@@ -207,7 +207,7 @@ fn a_chunk_goes_up_as_a_blob_and_its_message_reaches_the_queue() {
             &("PUT /acct1/20261201-ingestdata-0/db__T__".to_owned()
                 + &reports.lock().unwrap()[0].0
                 + ".multijson.gz"),
-            "POST /acct1/readyforaggregation-secured/messages".into(),
+            "POST /acct1/readyforaggregation-secured/messages",
         ]
     );
     // The management commands, as the doc has them.
