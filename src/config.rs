@@ -21,6 +21,8 @@ pub const RESPONSE_BODY_BYTES: usize = 8 * 1024;
 /// agent's connection buffers, the destinations table and strings. Measured, then rounded up generously.
 pub const FIXED_OVERHEAD_BYTES: usize = 320 * 1024;
 
+/// Heap of managed mode's second HTTP agent (its input and output buffers, one pooled TLS connection).
+pub const MANAGED_AGENT_BYTES: u64 = 96 * 1024;
 /// Heap of an open spool besides its index: the 64 KiB scratch that verifies chunks, directory listings.
 pub const SPOOL_FIXED_BYTES: u64 = 96 * 1024;
 /// Heap of a credential while it fetches a token: the token endpoint's answer (read up to 64 KiB), the request
@@ -178,6 +180,8 @@ pub struct Config {
     pub queued_report: QueuedReport,
     /// Where the DM reports go (`queued.report_method`).
     pub queued_report_method: ReportMethod,
+    /// Managed mode: how long a table whose streaming policy is off goes queued before streaming is tried again.
+    pub managed_queued_for: Duration,
 }
 
 /// `ingest.mode`: which protocol the client speaks.
@@ -272,6 +276,7 @@ impl Default for Config {
             dm_url: None,
             queued_report: QueuedReport::Failures,
             queued_report_method: ReportMethod::Queue,
+            managed_queued_for: Duration::from_secs(900),
         }
     }
 }
@@ -473,6 +478,11 @@ pub const KEYS: &[KeyDoc] = &[
         default: "queue",
         help: "where the DM reports: queue (notification queues) or table (a status row per chunk)",
     },
+    KeyDoc {
+        key: "managed.queued_for_ms",
+        default: "900000",
+        help: "managed mode: after streaming answers that a table's streaming policy is off, its chunks go queued this long before streaming is tried again",
+    },
 ];
 
 /// A key that others can read protects nothing: refuse it, the way ssh refuses a private key file with loose
@@ -663,6 +673,7 @@ impl Config {
                     _ => return Err(invalid(key, value, "expected none, failures or all")),
                 }
             }
+            "managed.queued_for_ms" => self.managed_queued_for = parse_ms(key, value, 0, DAY_MS)?,
             "queued.report_method" => {
                 self.queued_report_method = match value {
                     "queue" => ReportMethod::Queue,
@@ -798,10 +809,11 @@ impl Config {
             + self.ca_pem.len() as u64 * 2
             + FIXED_OVERHEAD_BYTES as u64
             + self.spool_memory()
-            + if self.ingest_mode == IngestMode::Streaming {
-                0
-            } else {
-                crate::sink::queued::QUEUED_BYTES
+            + match self.ingest_mode {
+                IngestMode::Streaming => 0,
+                IngestMode::Queued => crate::sink::queued::QUEUED_BYTES,
+                // A second HTTP agent (engine and storage each have one) besides the queued sink's buffers.
+                IngestMode::Managed => crate::sink::queued::QUEUED_BYTES + MANAGED_AGENT_BYTES,
             }
             + if self.auth.method().is_some() {
                 AUTH_BYTES

@@ -373,7 +373,13 @@ pub fn check_entity_name(what: &str, name: &str) -> Result<(), Error> {
 /// `x-ms-client-request-id` for one attempt: the chunk id stays the same across retries (server-side tracing
 /// follows the chunk), the attempt number makes every request unique.
 pub fn request_id(chunk_id: &str, attempt: u32) -> String {
-    format!("{REQUEST_ID_PREFIX}.executeStreamingIngest;{chunk_id};{attempt}")
+    request_id_for("executeStreamingIngest", chunk_id, attempt)
+}
+
+/// `x-ms-client-request-id` of another operation on a chunk: `KEC.{operation};{chunk id};{attempt}`
+/// (`executeManagedStreamingIngest` as the SDKs' managed client, `executeQueuedIngest` for storage requests).
+pub fn request_id_for(operation: &str, chunk_id: &str, attempt: u32) -> String {
+    format!("{REQUEST_ID_PREFIX}.{operation};{chunk_id};{attempt}")
 }
 
 /// Makes a value safe for an HTTP header the way the SDKs do: non-ASCII and control characters become `?`.

@@ -86,6 +86,13 @@ fn v1(columns: &[&str], rows: &[Vec<String>]) -> String {
 fn answer(req: &Request, addr: SocketAddr, s: &mut Script) -> Response {
     s.log.push(req.clone());
     let body = String::from_utf8_lossy(&req.body).to_string();
+    if let Some(rest) = req.path.strip_prefix("/v1/rest/ingest/") {
+        // The engine's streaming endpoint (managed mode): table NoStream has no streaming policy.
+        if rest.ends_with("/NoStream") {
+            return Response::json(400, r#"{"error":{"code":"BadRequest_StreamingIngestionPolicyNotEnabled","message":"Streaming ingestion policy is not enabled for the table","@permanent":true}}"#.into());
+        }
+        return Response::json(200, v1(&["ConsumedRecordsCount"], &[]));
+    }
     if req.path == "/v1/rest/mgmt" {
         if body.contains(".get ingestion resources") {
             s.generation += 1;
@@ -135,7 +142,8 @@ type Clock = Arc<kusto_edge::clock::ManualClock>;
 
 fn client(fake: &Fake, extra: &[(&str, &str)]) -> (Client, Reports, Clock) {
     let mut cfg = Config::default();
-    cfg.set("url", "http://127.0.0.1:9").unwrap();
+    // The engine is the fake too (managed mode streams there; queued mode must never).
+    cfg.set("url", &format!("http://{}", fake.addr)).unwrap();
     cfg.set("http.allow_plain", "true").unwrap();
     cfg.set("ingest.mode", "queued").unwrap();
     cfg.set("ingest.dm_url", &format!("http://{}", fake.addr))
@@ -262,7 +270,8 @@ fn a_chunk_goes_up_as_a_blob_and_its_message_reaches_the_queue() {
     );
     assert!(json.contains("\"ApplicationForTracing\":\"queued-test\""));
     assert_eq!(id, id.to_ascii_lowercase());
-    // Nothing streamed: no request went to the engine (port 9 would have refused it anyway).
+    // Nothing streamed.
+    assert!(reqs.iter().all(|r| !r.path.starts_with("/v1/rest/ingest")));
     assert_eq!(c.stats().chunks_acknowledged, 1);
 }
 
@@ -439,4 +448,58 @@ fn walk(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
         }
     }
     out
+}
+
+#[test]
+fn managed_mode_streams_to_a_streaming_table_and_queues_for_one_without_after_one_refusal() {
+    let fake = Fake::start();
+    let (c, reports, _clock) = client(&fake, &[("ingest.mode", "managed")]);
+    let on = c.add_destination("db", "T", "csv", None).unwrap();
+    let off = c.add_destination("db", "NoStream", "csv", None).unwrap();
+    for i in 0..3 {
+        c.append(on, format!("{i},on").as_bytes()).unwrap();
+        c.flush().unwrap();
+    }
+    let reqs = fake.requests();
+    assert_eq!(reqs.len(), 3, "streamed, and nothing asked of the DM");
+    assert!(reqs.iter().all(|r| r.path == "/v1/rest/ingest/db/T"));
+    assert!(reqs[0]
+        .header("x-ms-client-request-id")
+        .unwrap()
+        .starts_with("KEC.executeManagedStreamingIngest;"));
+    for i in 0..3 {
+        c.append(off, format!("{i},off").as_bytes()).unwrap();
+        c.flush().unwrap();
+    }
+    let reqs = fake.requests();
+    let refused = reqs
+        .iter()
+        .filter(|r| r.path == "/v1/rest/ingest/db/NoStream")
+        .count();
+    assert_eq!(refused, 1, "one refused streaming request, then queued");
+    let posts: Vec<String> = reqs
+        .iter()
+        .filter(|r| r.path.ends_with("/messages"))
+        .map(message_json)
+        .collect();
+    assert_eq!(posts.len(), 3);
+    let r = reports.lock().unwrap();
+    let outcomes: Vec<Outcome> = r.iter().map(|x| x.1).collect();
+    assert_eq!(
+        outcomes,
+        [
+            Outcome::Acknowledged,
+            Outcome::Acknowledged,
+            Outcome::Acknowledged,
+            Outcome::Queued,
+            Outcome::Queued,
+            Outcome::Queued
+        ]
+    );
+    // The refused chunk kept its id as the source id of its queued message.
+    assert!(
+        posts[0].starts_with(&format!("{{\"Id\":\"{}\"", r[3].0)),
+        "{}",
+        posts[0]
+    );
 }

@@ -47,6 +47,7 @@ use crate::clock::SharedClock;
 use crate::config::IngestMode;
 use crate::config::{Config, LogLevel};
 use crate::error::{Error, ErrorKind};
+use crate::sink::managed::ManagedSink;
 use crate::sink::queued::QueuedSink;
 use crate::sink::streaming::StreamingSink;
 use crate::sink::Sink;
@@ -186,9 +187,11 @@ impl Client {
             (None, None) => None,
         };
         let clock = opts.clock.unwrap_or_else(crate::clock::system);
+        // One token cache for every sink: the DM takes the engine's token (same scope).
         let auth = cfg
             .auth
-            .build(Some(&cluster.base()), cfg.retry_max_total, clock.clone())?;
+            .build(Some(&cluster.base()), cfg.retry_max_total, clock.clone())?
+            .map(std::sync::Arc::new);
         let sink: Box<dyn Sink> = match cfg.ingest_mode {
             IngestMode::Streaming => {
                 let transport = Transport::new(&cfg.transport_config(), &cluster)?;
@@ -200,10 +203,12 @@ impl Client {
                 Box::new(QueuedSink::new(cfg, dm, transport, auth, clock.now()))
             }
             IngestMode::Managed => {
-                return Err(Error::new(
-                    ErrorKind::ConfigInvalidValue,
-                    "ingest.mode=managed is not available yet: use streaming or queued",
-                ))
+                let dm = cfg.dm_url(&cluster)?;
+                let engine = Transport::new(&cfg.transport_config(), &cluster)?;
+                let storage = Transport::new(&cfg.transport_config(), &dm.as_host())?;
+                let queued = QueuedSink::new(cfg, dm, storage, auth.clone(), clock.now());
+                let streaming = StreamingSink::new(cfg, cluster, engine, auth);
+                Box::new(ManagedSink::new(streaming, queued, cfg.managed_queued_for))
             }
         };
         let sh = Shared {

@@ -5,6 +5,7 @@
 //! answers onto [`Failure`] classes, and says `Queued` instead of `Acknowledged` when the service took the chunk
 //! for later ingestion; nothing in lanes, the spool or the outcome table changes for it.
 
+pub mod managed;
 pub mod queued;
 pub mod streaming;
 

@@ -22,7 +22,7 @@ pub mod rank;
 pub mod resources;
 pub mod storage;
 
-use std::sync::{Mutex, MutexGuard};
+use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use ring::rand::SystemRandom;
@@ -65,7 +65,7 @@ struct State {
 /// The queued-ingestion protocol: DM management commands, blob upload, queue message.
 pub struct QueuedSink {
     transport: Transport,
-    auth: Option<TokenCache>,
+    auth: Option<Arc<TokenCache>>,
     dm: DmUrl,
     mgmt_url: String,
     app: String,
@@ -100,7 +100,7 @@ impl QueuedSink {
         cfg: &Config,
         dm: DmUrl,
         transport: Transport,
-        auth: Option<TokenCache>,
+        auth: Option<Arc<TokenCache>>,
         now: Instant,
     ) -> QueuedSink {
         QueuedSink {
@@ -425,7 +425,11 @@ impl QueuedSink {
             target.format.wire_name(),
             chunk.gzip,
         );
-        let rid = wire::request_id(chunk.id, chunk.attempt.saturating_add(*requests));
+        let rid = wire::request_id_for(
+            "executeQueuedIngest",
+            chunk.id,
+            chunk.attempt.saturating_add(*requests),
+        );
         let blob_headers = [
             ("x-ms-blob-type", "BlockBlob"),
             ("x-ms-version", STORAGE_VERSION),
