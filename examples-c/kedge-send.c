@@ -412,6 +412,8 @@ static void on_delivery(void *userdata, const struct kedge_delivery_report *r)
     case KEDGE_OUTCOME_DROPPED:
         c->dropped += r->records;
         break;
+    case KEDGE_OUTCOME_INGESTED: /* counted when it was queued */
+        break;
     default:
         c->last_failure = r->result;
         break;

@@ -126,6 +126,9 @@ enum kedge_outcome
   // tracking is on, and with queued.report=none this is the chunk's last report. The chunk has left RAM and
   // the spool.
   KEDGE_OUTCOME_QUEUED = 5,
+  // Queued ingestion with queued.report=all: the data-management service reports the chunk ingested
+  // (final). A failure it reports is a final `KEDGE_OUTCOME_REJECTED` with its error code in `message`.
+  KEDGE_OUTCOME_INGESTED = 6,
 };
 #ifndef __cplusplus
 #if __STDC_VERSION__ >= 202311L

@@ -20,6 +20,10 @@ struct Script {
     storage_errors: VecDeque<(u16, &'static str)>,
     /// The signature handed out in SAS URLs: bumped by every resources fetch.
     generation: u32,
+    /// The failure notification queue: (message id, base64 text). Another producer's message is in it too.
+    failed: Vec<(String, String)>,
+    /// Delete requests that named a message (its id).
+    deleted: Vec<String>,
 }
 
 struct Fake {
@@ -122,6 +126,47 @@ fn answer(req: &Request, addr: SocketAddr, s: &mut Script) -> Response {
             );
         }
         return Response::json(400, "{}".into());
+    }
+    if req.path == "/acct1/failedingestions/messages" && req.method == "GET" {
+        let dequeue = !req.query.contains("peekonly=true");
+        let mut xml = String::from("<?xml version=\"1.0\" encoding=\"utf-8\"?><QueueMessagesList>");
+        for (id, text) in &s.failed {
+            let pop = if dequeue {
+                format!("<PopReceipt>pop+{id}</PopReceipt>")
+            } else {
+                String::new()
+            };
+            xml.push_str(&format!("<QueueMessage><MessageId>{id}</MessageId><InsertionTime>Mon, 01 Dec 2026 19:40:00 GMT</InsertionTime>{pop}<DequeueCount>1</DequeueCount><MessageText>{text}</MessageText></QueueMessage>"));
+        }
+        xml.push_str("</QueueMessagesList>");
+        return Response::new(200).body(xml.into_bytes());
+    }
+    if let Some(id) = req.path.strip_prefix("/acct1/failedingestions/messages/") {
+        if req.method == "DELETE" && req.query.contains(&format!("popreceipt=pop%2B{id}")) {
+            s.deleted.push(id.to_owned());
+            s.failed.retain(|(m, _)| m != id);
+            return Response::new(204);
+        }
+        return Response::new(404);
+    }
+    if req.path == "/acct1/readyforaggregation-secured/messages" {
+        // The DM: a message for table Missing fails permanently.
+        let xml = String::from_utf8_lossy(&req.body).to_string();
+        if let Some(b64) = xml
+            .strip_prefix("<QueueMessage><MessageText>")
+            .and_then(|x| x.strip_suffix("</MessageText></QueueMessage>"))
+        {
+            let json = String::from_utf8(kusto_devserver::b64::decode(b64).unwrap()).unwrap();
+            if json.contains("\"TableName\":\"Missing\"") {
+                let id = &json[7..43];
+                let note = format!("{{\"OperationId\":\"op\",\"Database\":\"db\",\"Table\":\"Missing\",\"IngestionSourceId\":\"{id}\",\"Details\":\"Table 'Missing' was not found\",\"ErrorCode\":\"BadRequest_TableNotFound\",\"FailureStatus\":\"Permanent\",\"ShouldRetry\":false}}");
+                let n = s.failed.len();
+                s.failed.push((
+                    format!("note{n}"),
+                    kusto_devserver::b64::encode(note.as_bytes()),
+                ));
+            }
+        }
     }
     if let Some((status, code)) = s.storage_errors.pop_front() {
         let xml = format!("<?xml version=\"1.0\" encoding=\"utf-8\"?><Error><Code>{code}</Code><Message>refused\nRequestId:x</Message></Error>");
@@ -502,4 +547,48 @@ fn managed_mode_streams_to_a_streaming_table_and_queues_for_one_without_after_on
         "{}",
         posts[0]
     );
+}
+
+#[test]
+fn a_dm_failure_report_is_a_final_rejection_and_only_our_notifications_are_deleted() {
+    let fake = Fake::start();
+    // Another producer's failure report waits in the shared queue.
+    let other = r#"{"IngestionSourceId":"11111111-2222-3333-4444-555555555555","ErrorCode":"BadRequest_EmptyBlob","FailureStatus":"Permanent"}"#;
+    fake.script.lock().unwrap().failed.push((
+        "theirs".into(),
+        kusto_devserver::b64::encode(other.as_bytes()),
+    ));
+    let (c, reports, clock) = client(&fake, &[]);
+    let good = c.add_destination("db", "T", "csv", None).unwrap();
+    let missing = c.add_destination("db", "Missing", "csv", None).unwrap();
+    c.append(good, b"1,x").unwrap();
+    c.append(missing, b"2,x").unwrap();
+    c.flush().unwrap();
+    assert_eq!(reports.lock().unwrap().len(), 2);
+    // The next poll reads the failure queue.
+    clock.advance(Duration::from_secs(6));
+    c.poll().unwrap();
+    let r = reports.lock().unwrap().clone();
+    assert_eq!(r.len(), 3, "{r:?}");
+    let missing_id = &r
+        .iter()
+        .find(|x| x.1 == Outcome::Queued && r.iter().filter(|y| y.0 == x.0).count() == 2)
+        .unwrap()
+        .0;
+    let last = r.last().unwrap();
+    assert_eq!(
+        (&last.0, last.1, last.2),
+        (missing_id, Outcome::Rejected, true)
+    );
+    let s = fake.script.lock().unwrap();
+    assert_eq!(s.deleted, ["note1"], "only our notification is deleted");
+    assert_eq!(s.failed.len(), 1);
+    assert_eq!(s.failed[0].0, "theirs");
+    drop(s);
+    assert_eq!(c.stats().chunks_rejected, 1);
+    // Nothing awaits a report about the missing table any more; the good chunk is still tracked (silence is
+    // success with failures-only reports) and the queue is read again only after a while.
+    let before = fake.requests().len();
+    c.poll().unwrap();
+    assert_eq!(fake.requests().len(), before, "not read again at once");
 }

@@ -23,7 +23,7 @@ mod config;
 mod connstr;
 pub(crate) mod encoding;
 mod http;
-mod json;
+pub(crate) mod json;
 mod jwt;
 mod metadata;
 mod providers;

@@ -686,6 +686,74 @@ impl Engine {
         self.sync_spool_stats(sh);
     }
 
+    /// Reads the service's final word on chunks a sink took for later ingestion (queued: the DM's
+    /// notifications) and reports each: `Ingested`, or `Rejected` with the DM's error code.
+    pub fn track_status(&mut self, sh: &Shared, deadline: Instant) {
+        if sh.sink.awaiting() == 0 {
+            return;
+        }
+        let Engine {
+            targets,
+            body,
+            scratch,
+            hard_deadline,
+            ..
+        } = self;
+        let warn = |m: &str| sh.log(LogLevel::Warn, m);
+        let mut io = SendIo {
+            body,
+            scratch,
+            clock: &*sh.clock,
+            deadline,
+            hard_deadline: *hard_deadline,
+            warn: &warn,
+        };
+        let requests = sh.sink.poll_status(&mut io, &mut |r| {
+            let destination = targets
+                .iter()
+                .find(|t| *t.key == *r.dest)
+                .and_then(|t| t.destination)
+                .unwrap_or(u32::MAX);
+            let (outcome, error, message) = match &r.failure {
+                None => (Outcome::Ingested, None, "ingested (the DM's report)"),
+                Some(f) => (
+                    Outcome::Rejected,
+                    Some(match f.class {
+                        crate::response::FailureClass::Rejected => ErrorKind::DataRejected,
+                        _ => ErrorKind::TransientFailure,
+                    }),
+                    f.message.as_str(),
+                ),
+            };
+            if r.failure.is_some() {
+                sh.log(LogLevel::Error, message);
+                sh.stats.records_rejected.fetch_add(r.records, Relaxed);
+                sh.stats.chunks_rejected.fetch_add(1, Relaxed);
+            } else {
+                sh.log(
+                    LogLevel::Info,
+                    &format!(
+                        "{}.{}: chunk {} ingested",
+                        r.dest.database, r.dest.table, r.chunk_id
+                    ),
+                );
+            }
+            sh.report(&DeliveryReport {
+                destination,
+                chunk_id: r.chunk_id,
+                records: r.records,
+                raw_bytes: r.raw_len,
+                wire_bytes: 0,
+                outcome,
+                is_final: true,
+                error,
+                http_status: 0,
+                message,
+            });
+        });
+        sh.stats.requests.fetch_add(requests as u64, Relaxed);
+    }
+
     /// Milliseconds until the sender has work: a sealed or aged batch, a backoff running out, a spooled chunk.
     pub fn next_due(&self, sh: &Shared, lanes: &Lanes) -> u32 {
         let now = sh.clock.now();
@@ -725,6 +793,10 @@ impl Engine {
                     break;
                 }
             }
+        }
+        // Chunks awaiting the DM's word: the next poll reads its reports.
+        if sh.sink.awaiting() > 0 {
+            next = next.min(crate::sink::queued::status::POLL_EVERY);
         }
         // Rounded up: sleeping the milliseconds said is always enough.
         next.as_nanos().div_ceil(1_000_000).min(u32::MAX as u128) as u32

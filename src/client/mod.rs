@@ -385,6 +385,7 @@ impl Client {
             engine.service_lane(sh, &self.lanes, lane, Mode::Due, deadline, &mut errs);
         }
         engine.replay(sh, &self.lanes, deadline, sh.cfg.replay_per_poll, &mut errs);
+        engine.track_status(sh, deadline);
         if let Some(msg) = engine.spool_fault.take() {
             errs.note(Error::new(ErrorKind::SpoolIo, msg));
         }

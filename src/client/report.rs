@@ -7,7 +7,7 @@ use crate::error::ErrorKind;
 use crate::spool::Storage;
 
 /// What happened to one chunk, as passed to the delivery callback. Every chunk gets exactly one final report
-/// (`Acknowledged`, `Rejected` or `Dropped`; see [`Outcome::is_final`]) and any number of intermediate ones
+/// (`Acknowledged`, `Rejected`, `Dropped` or `Ingested`; see [`Outcome::is_final`]) and any number of intermediate ones
 /// (`Failed`, `Spooled`, `Queued`) before it; in queued mode `Queued` may be the last report a chunk gets.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 #[repr(u32)]
@@ -27,6 +27,8 @@ pub enum Outcome {
     /// reports. With `queued.report` = `none` nothing follows: it is the chunk's last report. The chunk has left
     /// RAM and the spool.
     Queued = 5,
+    /// Queued ingestion with `queued.report` = `all`: the DM reports the chunk ingested (final).
+    Ingested = 6,
 }
 
 impl Outcome {
@@ -34,7 +36,7 @@ impl Outcome {
     pub fn is_final(self) -> bool {
         matches!(
             self,
-            Outcome::Acknowledged | Outcome::Rejected | Outcome::Dropped
+            Outcome::Acknowledged | Outcome::Rejected | Outcome::Dropped | Outcome::Ingested
         )
     }
 }

@@ -23,7 +23,7 @@ use crate::spool::DestKey;
 
 use super::queued::QueuedSink;
 use super::streaming::StreamingSink;
-use super::{Attempt, ChunkRef, SendIo, Sent, Sink, SinkId, SinkTarget};
+use super::{Attempt, ChunkRef, SendIo, Sent, Sink, SinkId, SinkTarget, StatusReport};
 
 /// Bodies over this go queued without a streaming try: the service refuses a streaming request over 4 MiB.
 pub const STREAMING_MAX_BODY: usize = 4 * 1024 * 1024;
@@ -161,6 +161,14 @@ impl Sink for ManagedSink {
             attempt: q.attempt,
             requests: sent.requests.saturating_add(q.requests),
         }
+    }
+
+    fn awaiting(&self) -> usize {
+        self.queued.awaiting()
+    }
+
+    fn poll_status(&self, io: &mut SendIo<'_>, report: &mut dyn FnMut(&StatusReport<'_>)) -> u32 {
+        self.queued.poll_status(io, report)
     }
 }
 

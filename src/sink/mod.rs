@@ -94,6 +94,22 @@ pub struct Sent {
     pub requests: u32,
 }
 
+/// The service's final word on a chunk a sink took earlier for later ingestion (queued ingestion's status
+/// tracking).
+pub struct StatusReport<'a> {
+    /// The chunk's id.
+    pub chunk_id: &'a str,
+    /// Its destination.
+    pub dest: &'a DestKey,
+    /// Records in the chunk.
+    pub records: u64,
+    /// Raw bytes.
+    pub raw_len: u64,
+    /// `None`: ingested. Else why not: the DM's error code, details and failure status, classified (`Rejected`
+    /// for a permanent failure, `Transient` for a transient or exhausted one).
+    pub failure: Option<Failure>,
+}
+
 /// One ingestion protocol. Implementations are used from one thread at a time (the client's sender) but must be
 /// `Send + Sync` because the client is.
 pub trait Sink: Send + Sync {
@@ -106,4 +122,13 @@ pub trait Sink: Send + Sync {
     /// One delivery attempt. Retries with backoff are the core's; a sink only repeats a request for a reason of
     /// its own protocol (a fresh token after a 401) and says how many it made.
     fn send(&self, target: &SinkTarget, chunk: &ChunkRef<'_>, io: &mut SendIo<'_>) -> Sent;
+    /// Chunks taken for later ingestion whose final word is awaited.
+    fn awaiting(&self) -> usize {
+        0
+    }
+    /// Asks the service about chunks taken earlier (at most as often as the sink sees fit) and passes each final
+    /// word to `report`. Returns the requests it made.
+    fn poll_status(&self, _io: &mut SendIo<'_>, _report: &mut dyn FnMut(&StatusReport<'_>)) -> u32 {
+        0
+    }
 }

@@ -13,13 +13,15 @@
 //! sink's memory ([`crate::secret::SecretString`]): never in a log line, an error message or the spool; a chunk
 //! replayed after a reboot takes fresh ones.
 //!
-//! Status tracking (reading the notification queues or the status table, a final `INGESTED`) is not here yet:
-//! [`QueuedSink::report_level`] is what the messages ask the DM for, and the notification queues are parsed and
-//! kept in [`resources::Resources`] for it.
+//! Status tracking ([`status`]): with `queued.report` = `failures` or `all` (and the queue method), a posted
+//! chunk is remembered (bounded) and the DM's notification queues are read on `poll`; a failure notification
+//! about one of ours is a final `Rejected`, a success notification a final `Ingested`, and only those messages
+//! are deleted. The status-table method is not implemented yet (refused by the config).
 
 pub mod message;
 pub mod rank;
 pub mod resources;
+pub mod status;
 pub mod storage;
 
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -37,7 +39,7 @@ use crate::spool::DestKey;
 use crate::transport::{Method, Request, Transport};
 use crate::wire::{self, DmUrl, Format};
 
-use super::{Attempt, ChunkRef, SendIo, Sent, Sink, SinkId, SinkTarget};
+use super::{Attempt, ChunkRef, SendIo, Sent, Sink, SinkId, SinkTarget, StatusReport};
 use resources::{Plan, Resources, Schedule};
 
 /// `x-ms-version` of blob and queue requests: the doc allows 2019-12-12 or later, Azurite 3.37 up to 2026-06-06.
@@ -60,6 +62,9 @@ struct State {
     mgmt_body: Vec<u8>,
     json: String,
     xml: String,
+    tracker: status::Tracker,
+    last_status_poll: Option<Instant>,
+    notification: Vec<u8>,
 }
 
 /// The queued-ingestion protocol: DM management commands, blob upload, queue message.
@@ -128,6 +133,9 @@ impl QueuedSink {
                 mgmt_body: vec![0; MGMT_BODY_BYTES],
                 json: String::with_capacity(4096),
                 xml: String::with_capacity(8192),
+                tracker: status::Tracker::new(),
+                last_status_poll: None,
+                notification: Vec::with_capacity(4096),
             }),
         }
     }
@@ -135,6 +143,135 @@ impl QueuedSink {
     /// The `ReportLevel` the messages carry.
     pub fn report_level(&self) -> u8 {
         self.report.level()
+    }
+
+    /// Whether posted chunks await a report (the DM sends some, to the queues).
+    fn tracks(&self) -> bool {
+        self.report != QueuedReport::None && self.method == ReportMethod::Queue
+    }
+
+    /// Reads one notification queue: a peek, and when it saw one of ours a dequeue (one second of invisibility
+    /// for the others' messages) and a delete of each of ours. Stops at the first failure: the next poll tries
+    /// again.
+    fn read_queue(
+        &self,
+        st: &mut State,
+        queue: &SecretString,
+        succeeded: bool,
+        io: &mut SendIo<'_>,
+        report: &mut dyn FnMut(&StatusReport<'_>),
+    ) -> u32 {
+        let mut requests = 0;
+        let headers = [("x-ms-version", STORAGE_VERSION)];
+        let get = |st: &mut State, query: &str, requests: &mut u32| -> Option<usize> {
+            let url = storage::with_query(queue, "messages", query);
+            let req = Request {
+                method: Method::Get,
+                url: url.expose(),
+                headers: &headers,
+                body: &[],
+                response_headers: &[],
+                timeout: Self::timeout(io),
+            };
+            *requests += 1;
+            match self.transport.send(&req, &mut st.mgmt_body) {
+                Ok(r) if r.status == 200 => Some(r.body_len),
+                _ => None,
+            }
+        };
+        let peek = format!("peekonly=true&numofmessages={}", status::PEEK_MESSAGES);
+        let Some(n) = get(st, &peek, &mut requests) else {
+            return requests;
+        };
+        let ours = {
+            let State {
+                mgmt_body,
+                tracker,
+                notification,
+                ..
+            } = &mut *st;
+            let xml = std::str::from_utf8(&mgmt_body[..n]).unwrap_or("");
+            status::parse_messages(xml).iter().any(|m| {
+                status::parse_notification(m.text, notification)
+                    .is_some_and(|x| tracker.has(&x.source_id))
+            })
+        };
+        if !ours {
+            return requests;
+        }
+        let take = format!(
+            "numofmessages={}&visibilitytimeout=1",
+            status::PEEK_MESSAGES
+        );
+        let Some(n) = get(st, &take, &mut requests) else {
+            return requests;
+        };
+        let State {
+            mgmt_body,
+            tracker,
+            notification,
+            ..
+        } = &mut *st;
+        let xml = std::str::from_utf8(&mgmt_body[..n]).unwrap_or("");
+        for m in status::parse_messages(xml) {
+            let Some(note) = status::parse_notification(m.text, notification) else {
+                continue;
+            };
+            let (Some(pop), true) = (m.pop_receipt, tracker.has(&note.source_id)) else {
+                continue;
+            };
+            let Some(entry) = tracker.take(&note.source_id) else {
+                continue;
+            };
+            let failure = (!succeeded).then(|| {
+                let mut f = Failure::network("");
+                f.class = if note.failure_status.eq_ignore_ascii_case("Permanent") {
+                    FailureClass::Rejected
+                } else {
+                    FailureClass::Transient
+                };
+                let _ = f
+                    .code
+                    .push_str(&note.error_code[..note.error_code.len().min(f.code.capacity())]);
+                let msg = format!(
+                    "{}.{}: the DM could not ingest chunk {}: {} ({}): {}",
+                    entry.dest.database,
+                    entry.dest.table,
+                    entry.id,
+                    note.error_code,
+                    note.failure_status,
+                    storage::scrub(&note.details)
+                );
+                f.message = crate::response::truncated(&msg);
+                f
+            });
+            report(&StatusReport {
+                chunk_id: &entry.id,
+                dest: &entry.dest,
+                records: entry.records,
+                raw_len: entry.raw_len,
+                failure,
+            });
+            // Ours, and read: delete it so that no one reads it again (only ours: others' are theirs).
+            let mut path = String::with_capacity(64 + pop.len());
+            path.push_str("messages/");
+            wire::percent_encode(&mut path, m.id);
+            let mut query = String::from("popreceipt=");
+            wire::percent_encode(&mut query, pop);
+            let url = storage::with_query(queue, &path, &query);
+            let req = Request {
+                method: Method::Delete,
+                url: url.expose(),
+                headers: &headers,
+                body: &[],
+                response_headers: &[],
+                timeout: Self::timeout(io),
+            };
+            requests += 1;
+            let limit = io.body.len().min(crate::config::RESPONSE_BODY_BYTES);
+            let _ = self.transport.send(&req, &mut io.body[..limit]);
+        }
+        requests
     }
 
     fn lock(&self) -> MutexGuard<'_, State> {
@@ -530,6 +667,46 @@ impl Sink for QueuedSink {
         })
     }
 
+    fn awaiting(&self) -> usize {
+        self.lock().tracker.len()
+    }
+
+    fn poll_status(&self, io: &mut SendIo<'_>, report: &mut dyn FnMut(&StatusReport<'_>)) -> u32 {
+        let mut st = self.lock();
+        let now = io.clock.now();
+        st.tracker.expire(now);
+        let recent = st
+            .last_status_poll
+            .is_some_and(|t| now.saturating_duration_since(t) < status::POLL_EVERY);
+        if st.tracker.is_empty() || recent {
+            return 0;
+        }
+        st.last_status_poll = Some(now);
+        // The URLs are copied out (a few, every few seconds) so that the answers can be read into the state.
+        let queues: Vec<(SecretString, bool)> = match &st.resources {
+            Some(r) => r
+                .failed
+                .iter()
+                .map(|q| (q.url.clone(), false))
+                .chain(
+                    r.succeeded
+                        .iter()
+                        .filter(|_| self.report == QueuedReport::All)
+                        .map(|q| (q.url.clone(), true)),
+                )
+                .collect(),
+            None => return 0,
+        };
+        let mut requests = 0;
+        for (q, succeeded) in &queues {
+            if st.tracker.is_empty() || io.clock.now() >= io.deadline {
+                break;
+            }
+            requests += self.read_queue(&mut st, q, *succeeded, io, report);
+        }
+        requests
+    }
+
     fn send(&self, target: &SinkTarget, chunk: &ChunkRef<'_>, io: &mut SendIo<'_>) -> Sent {
         let mut st = self.lock();
         let mut requests = 0u32;
@@ -540,10 +717,28 @@ impl Sink for QueuedSink {
             }
             match self.upload_and_enqueue(&mut st, target, chunk, io, &mut requests) {
                 Ok(()) => {
+                    if self.tracks() {
+                        if let Ok(id) = heapless::String::try_from(chunk.id) {
+                            let evicted = st.tracker.add(status::Inflight {
+                                id,
+                                dest: target.dest.clone(),
+                                records: chunk.records,
+                                raw_len: chunk.raw_len,
+                                until: io.clock.now() + status::TRACK_FOR,
+                            });
+                            if let Some(e) = evicted {
+                                (io.warn)(&format!(
+                                    "{} chunks await the DM's report: chunk {} is no longer tracked and stays queued",
+                                    status::MAX_INFLIGHT,
+                                    e.id
+                                ));
+                            }
+                        }
+                    }
                     return Sent {
                         attempt: Attempt::Queued { status: 201 },
                         requests,
-                    }
+                    };
                 }
                 // A 403 (expired or revoked SAS) or a 404 (a container the DM no longer hands out): fresh
                 // resources and one more round, at once.

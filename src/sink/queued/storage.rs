@@ -72,7 +72,7 @@ pub fn classify(status: u16, body: &[u8], op: &str, account: &str) -> Verdict {
 }
 
 /// Cuts anything from `sig=` on: storage messages do not quote signatures, but a message is no place to find out.
-fn scrub(s: &str) -> String {
+pub(crate) fn scrub(s: &str) -> String {
     match s.find("sig=") {
         Some(i) => format!("{}[...]", &s[..i]),
         None => s.to_owned(),
@@ -138,6 +138,25 @@ fn append_path(base: &SecretString, segment: &str) -> SecretString {
     if let Some(q) = query {
         out.push_str("?");
         out.push_str(q);
+    }
+    out
+}
+
+/// `{path}/{segment}?{query}&{sas}` from a storage URL (`segment` and `query` already encoded).
+pub fn with_query(base: &SecretString, segment: &str, query: &str) -> SecretString {
+    let u = base.expose();
+    let (path, sas) = u.split_once('?').unwrap_or((u, ""));
+    let mut out = SecretString::new(String::with_capacity(
+        u.len() + segment.len() + query.len() + 3,
+    ));
+    out.push_str(path.trim_end_matches('/'));
+    out.push_str("/");
+    out.push_str(segment);
+    out.push_str("?");
+    out.push_str(query);
+    if !sas.is_empty() {
+        out.push_str("&");
+        out.push_str(sas);
     }
     out
 }
@@ -244,5 +263,9 @@ mod tests {
             "http://127.0.0.1:10001/devstoreaccount1/q/messages?sv=1"
         );
         assert_eq!(without_query("https://a/c/b?sig=1"), "https://a/c/b");
+        assert_eq!(
+            with_query(&q, "messages/m1", "popreceipt=a%2B").expose(),
+            "http://127.0.0.1:10001/devstoreaccount1/q/messages/m1?popreceipt=a%2B&sv=1"
+        );
     }
 }
