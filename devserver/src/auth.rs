@@ -229,6 +229,26 @@ pub(crate) struct AuthState {
     owned_dir: Mutex<Option<PathBuf>>,
 }
 
+/// A random RFC 4122 version 4 uuid, lowercase.
+pub(crate) fn uuid_v4() -> String {
+    let mut b = [0u8; 16];
+    // SystemRandom only fails when the OS has no entropy source at all.
+    SystemRandom::new()
+        .fill(&mut b)
+        .expect("OS random number generator");
+    b[6] = (b[6] & 0x0f) | 0x40;
+    b[8] = (b[8] & 0x3f) | 0x80;
+    let h: String = b.iter().map(|x| format!("{x:02x}")).collect();
+    format!(
+        "{}-{}-{}-{}-{}",
+        &h[0..8],
+        &h[8..12],
+        &h[12..16],
+        &h[16..20],
+        &h[20..32]
+    )
+}
+
 /// Unix time in seconds.
 pub(crate) fn unix_now() -> i64 {
     SystemTime::now()

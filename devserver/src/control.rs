@@ -88,6 +88,66 @@ pub(crate) fn handle(shared: &Shared, req: &Request) -> Reply {
                 serde_json::Value::Array(list).to_string(),
             ))
         }
+        ("GET", "/_dev/dm/stats") => match &shared.dm {
+            Some(dm) => Reply::Send(Response::json(200, dm.stats().to_json())),
+            None => refuse(404, "no DM (start with --azurite)".into()),
+        },
+        ("GET", "/_dev/dm/violations") => match &shared.dm {
+            Some(dm) => Reply::Send(Response::json(
+                200,
+                serde_json::Value::from(dm.violations()).to_string(),
+            )),
+            None => refuse(404, "no DM (start with --azurite)".into()),
+        },
+        ("GET", "/_dev/dm/ingestions") => match &shared.dm {
+            Some(dm) => {
+                let list: Vec<_> = dm
+                    .ingestions()
+                    .iter()
+                    .map(|i| {
+                        serde_json::json!({
+                            "id": i.id, "database": i.database, "table": i.table, "format": i.format,
+                            "blob": i.blob, "raw_size_declared": i.raw_size_declared,
+                            "raw_size_actual": i.raw_size_actual, "records": i.records,
+                            "outcome": i.outcome,
+                        })
+                    })
+                    .collect();
+                Reply::Send(Response::json(
+                    200,
+                    serde_json::Value::Array(list).to_string(),
+                ))
+            }
+            None => refuse(404, "no DM (start with --azurite)".into()),
+        },
+        ("POST", "/_dev/dm/faults") => match &shared.dm {
+            Some(dm) => match crate::dm::parse_faults(&body) {
+                Ok(f) => {
+                    let text = format!("{f:?}");
+                    dm.set_faults(f);
+                    ok(&text)
+                }
+                Err(e) => refuse(400, e),
+            },
+            None => refuse(404, "no DM (start with --azurite)".into()),
+        },
+        ("POST", "/_dev/dm/storage-pause") | ("POST", "/_dev/dm/storage-resume") => {
+            match shared.dm.as_ref().and_then(|d| d.storage_pid()) {
+                Some(pid) => {
+                    let pause = req.path.ends_with("pause");
+                    crate::azurite::signal_pid(pid, pause);
+                    ok(if pause {
+                        "storage paused"
+                    } else {
+                        "storage resumed"
+                    })
+                }
+                None => refuse(
+                    404,
+                    "no storage process known (start with --azurite)".into(),
+                ),
+            }
+        }
         ("POST", "/_dev/reset") => {
             shared.reset();
             ok("reset")

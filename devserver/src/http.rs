@@ -109,7 +109,7 @@ pub fn percent_decode(s: &str, plus_is_space: bool) -> String {
 
 /// Read one line ending in LF (CRLF accepted), without the line ending, at most `MAX_LINE` bytes.
 /// Returns `None` on EOF before any byte.
-fn read_line<R: BufRead>(r: &mut R) -> Result<Option<String>, ReadError> {
+pub(crate) fn read_line<R: BufRead>(r: &mut R) -> Result<Option<String>, ReadError> {
     let mut line = Vec::new();
     loop {
         let buf = match r.fill_buf() {

@@ -10,13 +10,18 @@
 //! every body bounded by [`MAX_WIRE_BYTES`] and `max_raw_bytes`.
 
 pub mod auth;
+pub mod azurite;
 pub mod b64;
+pub mod client;
+pub mod dm;
 pub mod faults;
 pub mod gzip;
 pub mod http;
 pub mod ingest;
 pub mod jwt;
 pub mod proxy;
+pub mod sas;
+pub mod storage;
 pub mod tls;
 
 mod control;
@@ -28,6 +33,7 @@ pub use auth::{
     AuthConfig, AuthStats, GrantKind, IssuedToken, MetadataMode, TEST_CLIENT_CERT_PEM,
     TEST_CLIENT_KEY_PKCS1_PEM, TEST_CLIENT_KEY_PKCS8_PEM,
 };
+pub use dm::{DmConfig, DmFaults, DmResourceNames, DmStats, QueuedIngestion};
 pub use faults::{Fault, Faults};
 pub use proxy::{ConnectProxy, ProxyConfig};
 pub use server::{RequestLog, Server, Stats, MAX_RECORD_HASHES};
@@ -59,6 +65,12 @@ pub struct ServerConfig {
     /// Serve the Entra ID token endpoint, IMDS, Azure Arc and `/v1/rest/auth/metadata`, and
     /// accept tokens issued here on ingest (besides `token`). `None`: none of that (see `auth`).
     pub auth: Option<AuthConfig>,
+    /// Also be the data-management endpoint (`POST /v1/rest/mgmt` and an ingestor) over this storage
+    /// account (see `dm`). `None`: management commands are answered as the engine does (wrong endpoint).
+    pub dm: Option<DmConfig>,
+    /// With `tls`, sign the server certificate with this CA (e.g. the one Azurite's certificate comes
+    /// from, so one CA PEM trusts both). `None`: a fresh CA.
+    pub tls_ca: Option<tls::TestCa>,
 }
 
 impl Default for ServerConfig {
@@ -72,6 +84,8 @@ impl Default for ServerConfig {
             max_raw_bytes: 4 * 1024 * 1024,
             verbose: false,
             auth: None,
+            dm: None,
+            tls_ca: None,
         }
     }
 }

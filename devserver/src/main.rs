@@ -34,12 +34,20 @@ usage: kusto-devserver [options]
   --arc-key-dir DIR      where Arc challenge files go (default: a temporary directory)
   --proxy-port N         also run a CONNECT/forward proxy on 127.0.0.1:N (0: any free port)
   --proxy-user U --proxy-pass P  require these proxy credentials
+  --azurite              also be the data-management endpoint (POST /v1/rest/mgmt and an ingestor)
+                         over an Azurite started here (installed into target/azurite or
+                         $KEDGE_AZURITE_DIR if missing; HTTPS with the same test CA under --tls)
+  --dm-queues N          ingestion queues handed out (default 2; implies --azurite)
+  --dm-containers N      blob containers handed out (default 2; implies --azurite)
 Control (same port, no auth): POST /_dev/fault, POST /_dev/random-faults[?seed=N],
 GET /_dev/records?db=D&table=T, GET /_dev/stats, GET /_dev/requests, POST /_dev/reset,
 POST /_dev/down?secs=N, POST /_dev/shutdown; with auth: GET /_dev/auth/stats,
 POST /_dev/auth/expire-all, POST /_dev/auth/secret-client?client_id=ID&secret=S,
 POST /_dev/auth/cert-client?client_id=ID (body: PEM), POST /_dev/auth/user-identity?client_id=ID,
-POST /_dev/auth/federated-token?client_id=ID (answers the token)";
+POST /_dev/auth/federated-token?client_id=ID (answers the token); with --azurite: GET /_dev/dm/stats,
+GET /_dev/dm/violations, GET /_dev/dm/ingestions, POST /_dev/dm/faults (body: throttle-mgmt=N,
+storage-unreachable, sas-expired, notification-delay-ms=N, ingest-delay-ms=N, ingestor-paused),
+POST /_dev/dm/storage-pause, POST /_dev/dm/storage-resume";
 
 struct Args {
     cfg: ServerConfig,
@@ -54,6 +62,9 @@ struct Args {
     proxy_port: Option<u16>,
     proxy_user: Option<String>,
     proxy_pass: Option<String>,
+    azurite: bool,
+    dm_queues: usize,
+    dm_containers: usize,
 }
 
 fn parse_args() -> Result<Args, String> {
@@ -70,6 +81,9 @@ fn parse_args() -> Result<Args, String> {
         proxy_port: None,
         proxy_user: None,
         proxy_pass: None,
+        azurite: false,
+        dm_queues: 2,
+        dm_containers: 2,
     };
     let mut it = std::env::args().skip(1);
     while let Some(flag) = it.next() {
@@ -164,6 +178,21 @@ fn parse_args() -> Result<Args, String> {
                 let v = value()?;
                 a.proxy_port = Some(v.parse().map_err(|_| format!("bad --proxy-port {v:?}"))?);
             }
+            "--azurite" => a.azurite = true,
+            "--dm-queues" | "--dm-containers" => {
+                let v = value()?;
+                let n: usize = v
+                    .parse()
+                    .ok()
+                    .filter(|n| (1..=16).contains(n))
+                    .ok_or_else(|| format!("bad {flag} {v:?}: expected 1..16"))?;
+                if flag == "--dm-queues" {
+                    a.dm_queues = n;
+                } else {
+                    a.dm_containers = n;
+                }
+                a.azurite = true;
+            }
             "--proxy-user" => a.proxy_user = Some(value()?),
             "--proxy-pass" => a.proxy_pass = Some(value()?),
             "-h" | "--help" => {
@@ -209,7 +238,41 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    let server = match Server::start(args.cfg.clone()) {
+    let mut cfg = args.cfg.clone();
+    let azurite = if args.azurite {
+        let ca = if cfg.tls {
+            match kusto_devserver::tls::TestCa::generate() {
+                Ok(ca) => Some(ca),
+                Err(e) => {
+                    eprintln!("kusto-devserver: test CA: {e}");
+                    return ExitCode::from(1);
+                }
+            }
+        } else {
+            None
+        };
+        let started = match &ca {
+            Some(ca) => kusto_devserver::azurite::Azurite::start_tls(ca),
+            None => kusto_devserver::azurite::Azurite::start(),
+        };
+        let az = match started {
+            Ok(a) => a,
+            Err(e) => {
+                eprintln!("kusto-devserver: cannot start Azurite: {e}");
+                return ExitCode::from(1);
+            }
+        };
+        let mut dm = kusto_devserver::DmConfig::new(az.endpoints());
+        dm.ingestion_queues = args.dm_queues;
+        dm.containers = args.dm_containers;
+        dm.storage_pid = Some(az.pid());
+        cfg.dm = Some(dm);
+        cfg.tls_ca = ca;
+        Some(az)
+    } else {
+        None
+    };
+    let server = match Server::start(cfg) {
         Ok(s) => s,
         Err(e) => {
             eprintln!("kusto-devserver: cannot start: {e}");
@@ -265,6 +328,14 @@ fn main() -> ExitCode {
     if let Some(p) = &proxy {
         println!("proxy listening on {}", p.url());
     }
+    if let Some(az) = &azurite {
+        println!(
+            "storage at {} {} {}",
+            az.blob_url(),
+            az.queue_url(),
+            az.table_url()
+        );
+    }
     let _ = std::io::stdout().flush();
 
     let deadline = Instant::now() + args.exit_after;
@@ -282,5 +353,6 @@ fn main() -> ExitCode {
     std::thread::sleep(Duration::from_millis(50));
     drop(proxy);
     server.stop();
+    drop(azurite);
     ExitCode::SUCCESS
 }

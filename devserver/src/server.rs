@@ -62,21 +62,27 @@ pub struct Stats {
     pub duplicate_records: usize,
     /// Records stored per `"db.table"`.
     pub tables: BTreeMap<String, usize>,
+    /// Records that arrived by streaming ingestion.
+    pub records_streamed: usize,
+    /// Records that arrived through the DM's queue (blobs).
+    pub records_queued: usize,
 }
 
 impl Stats {
     /// `{"requests":N,"ingested_requests":N,"records":N,"duplicate_request_ids":N,"duplicate_chunks":N,
-    /// "duplicate_records":N,"tables":{"db.table":N}}`
+    /// "duplicate_records":N,"tables":{"db.table":N},"records_streamed":N,"records_queued":N}`
     pub fn to_json(&self) -> String {
         format!(
-            r#"{{"requests":{},"ingested_requests":{},"records":{},"duplicate_request_ids":{},"duplicate_chunks":{},"duplicate_records":{},"tables":{}}}"#,
+            r#"{{"requests":{},"ingested_requests":{},"records":{},"duplicate_request_ids":{},"duplicate_chunks":{},"duplicate_records":{},"tables":{},"records_streamed":{},"records_queued":{}}}"#,
             self.requests,
             self.ingested_requests,
             self.records,
             self.duplicate_request_ids,
             self.duplicate_chunks,
             self.duplicate_records,
-            serde_json::to_string(&self.tables).unwrap_or_else(|_| "{}".into())
+            serde_json::to_string(&self.tables).unwrap_or_else(|_| "{}".into()),
+            self.records_streamed,
+            self.records_queued
         )
     }
 }
@@ -99,6 +105,8 @@ pub(crate) struct State {
     /// Hashes of the distinct records stored since the last reset (at most `MAX_RECORD_HASHES`).
     record_hashes: HashSet<u64>,
     duplicate_records: usize,
+    records_streamed: usize,
+    records_queued: usize,
     requests: Vec<RequestLog>,
     scripted: VecDeque<Fault>,
     random: Vec<(Fault, f64)>,
@@ -110,7 +118,7 @@ pub(crate) struct State {
 pub(crate) struct Shared {
     pub(crate) cfg: ServerConfig,
     state: Mutex<State>,
-    stopping: AtomicBool,
+    pub(crate) stopping: AtomicBool,
     shutdown_requested: AtomicBool,
     conns: Mutex<HashMap<u64, TcpStream>>,
     handles: Mutex<Vec<JoinHandle<()>>>,
@@ -119,6 +127,7 @@ pub(crate) struct Shared {
     ids: Mutex<Rng>,
     tls: Option<Arc<rustls::ServerConfig>>,
     pub(crate) auth: crate::auth::AuthState,
+    pub(crate) dm: Option<crate::dm::Dm>,
 }
 
 /// Lock, and keep going if a connection thread panicked while holding the lock.
@@ -160,10 +169,16 @@ impl Shared {
         st.records.clear();
         st.record_hashes = HashSet::new();
         st.duplicate_records = 0;
+        st.records_streamed = 0;
+        st.records_queued = 0;
         st.requests.clear();
         st.scripted.clear();
         st.random.clear();
         st.down_until = None;
+        drop(st);
+        if let Some(dm) = &self.dm {
+            dm.reset();
+        }
     }
 
     pub(crate) fn request_shutdown(&self) {
@@ -183,6 +198,8 @@ impl Shared {
         let mut s = Stats {
             requests: st.requests.len(),
             duplicate_records: st.duplicate_records,
+            records_streamed: st.records_streamed,
+            records_queued: st.records_queued,
             ..Stats::default()
         };
         let mut seen = HashSet::new();
@@ -219,7 +236,30 @@ impl Shared {
         )
     }
 
-    fn sleep_unless_stopping(&self, d: Duration) {
+    /// Store accepted records of `db`.`table` (streamed, or through the queue when `queued`).
+    pub(crate) fn store_records(&self, db: &str, table: &str, records: Vec<Vec<u8>>, queued: bool) {
+        let mut st = self.state();
+        let st = &mut *st;
+        for r in &records {
+            let h = record_hash(db, table, r);
+            if st.record_hashes.contains(&h) {
+                st.duplicate_records += 1;
+            } else if st.record_hashes.len() < MAX_RECORD_HASHES {
+                st.record_hashes.insert(h);
+            }
+        }
+        if queued {
+            st.records_queued += records.len();
+        } else {
+            st.records_streamed += records.len();
+        }
+        st.records
+            .entry((db.to_string(), table.to_string()))
+            .or_default()
+            .extend(records);
+    }
+
+    pub(crate) fn sleep_unless_stopping(&self, d: Duration) {
         let end = Instant::now() + d;
         while !self.stopping.load(Ordering::SeqCst) {
             let now = Instant::now();
@@ -236,9 +276,17 @@ pub(crate) fn timestamp_now() -> String {
     let d = SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .unwrap_or_default();
-    let secs = d.as_secs();
-    let days = (secs / 86_400) as i64;
-    let sod = secs % 86_400;
+    format!(
+        "{}.{:07}Z",
+        utc_seconds(d.as_secs() as i64),
+        d.subsec_nanos() / 100
+    )
+}
+
+/// `YYYY-MM-DDThh:mm:ss` (no zone suffix) of a Unix time in seconds.
+pub(crate) fn utc_seconds(secs: i64) -> String {
+    let days = secs.div_euclid(86_400);
+    let sod = secs.rem_euclid(86_400);
     // Civil date from days since 1970-01-01 (Howard Hinnant's algorithm).
     let z = days + 719_468;
     let era = z.div_euclid(146_097);
@@ -250,11 +298,10 @@ pub(crate) fn timestamp_now() -> String {
     let month = if mp < 10 { mp + 3 } else { mp - 9 };
     let year = yoe + era * 400 + i64::from(month <= 2);
     format!(
-        "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}.{:07}Z",
+        "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}",
         sod / 3600,
         (sod / 60) % 60,
-        sod % 60,
-        d.subsec_nanos() / 100
+        sod % 60
     )
 }
 
@@ -278,6 +325,7 @@ pub struct Server {
     addr: SocketAddr,
     ca_pem: Option<String>,
     accept: Option<JoinHandle<()>>,
+    ingestor: Option<JoinHandle<()>>,
 }
 
 impl Server {
@@ -286,7 +334,10 @@ impl Server {
         let listener = TcpListener::bind(cfg.bind)?;
         let addr = listener.local_addr()?;
         let (tls, ca_pem) = if cfg.tls {
-            let m = crate::tls::generate()?;
+            let m = match &cfg.tls_ca {
+                Some(ca) => ca.material()?,
+                None => crate::tls::generate()?,
+            };
             (Some(m.config), Some(m.ca_pem))
         } else {
             (None, None)
@@ -298,12 +349,21 @@ impl Server {
             ^ (u64::from(addr.port()) << 48);
         let auth =
             crate::auth::AuthState::new(cfg.auth.clone(), url_of(addr, cfg.tls), cfg.verbose);
+        let dm = match &cfg.dm {
+            Some(d) => Some(
+                crate::dm::Dm::setup(d.clone(), &auth.random_bytes(32))
+                    .map_err(io::Error::other)?,
+            ),
+            None => None,
+        };
         let shared = Arc::new(Shared {
             cfg,
             state: Mutex::new(State {
                 records: HashMap::new(),
                 record_hashes: HashSet::new(),
                 duplicate_records: 0,
+                records_streamed: 0,
+                records_queued: 0,
                 requests: Vec::new(),
                 scripted: VecDeque::new(),
                 random: Vec::new(),
@@ -320,16 +380,28 @@ impl Server {
             ids: Mutex::new(Rng::new(seed)),
             tls,
             auth,
+            dm,
         });
         let s2 = shared.clone();
         let accept = thread::Builder::new()
             .name("devserver-accept".into())
             .spawn(move || accept_loop(s2, listener))?;
+        let ingestor = if shared.dm.is_some() {
+            let s3 = shared.clone();
+            Some(
+                thread::Builder::new()
+                    .name("devserver-dm-ingestor".into())
+                    .spawn(move || crate::dm::run_ingestor(s3))?,
+            )
+        } else {
+            None
+        };
         Ok(Server {
             shared,
             addr,
             ca_pem,
             accept: Some(accept),
+            ingestor,
         })
     }
 
@@ -378,9 +450,72 @@ impl Server {
         self.shared.stats()
     }
 
-    /// Forget records, requests, faults and any outage.
+    /// Forget records, requests, faults and any outage (and the DM's counters, violations and faults).
     pub fn reset(&self) {
         self.shared.reset();
+    }
+
+    /// The data-management endpoint: the same as [`Server::url`] (management commands share the listener).
+    /// `None` without [`crate::ServerConfig::dm`].
+    pub fn dm_url(&self) -> Option<String> {
+        self.shared.dm.as_ref().map(|_| self.url())
+    }
+
+    /// The DM's counters (all zero without a DM).
+    pub fn dm_stats(&self) -> crate::dm::DmStats {
+        self.shared
+            .dm
+            .as_ref()
+            .map(|d| d.stats())
+            .unwrap_or_default()
+    }
+
+    /// Every protocol violation the DM saw (at most [`crate::dm::MAX_VIOLATIONS`]; `dm_stats().violations`
+    /// counts them all).
+    pub fn dm_violations(&self) -> Vec<String> {
+        self.shared
+            .dm
+            .as_ref()
+            .map(|d| d.violations())
+            .unwrap_or_default()
+    }
+
+    /// Every message the ingestor processed, in order.
+    pub fn dm_ingestions(&self) -> Vec<crate::dm::QueuedIngestion> {
+        self.shared
+            .dm
+            .as_ref()
+            .map(|d| d.ingestions())
+            .unwrap_or_default()
+    }
+
+    /// The `AuthorizationContext` the DM hands out.
+    pub fn dm_identity_token(&self) -> Option<String> {
+        self.shared
+            .dm
+            .as_ref()
+            .map(|d| d.identity_token().to_string())
+    }
+
+    /// The names of the DM's queues, containers and table.
+    pub fn dm_resource_names(&self) -> Option<crate::dm::DmResourceNames> {
+        self.shared.dm.as_ref().map(|d| d.names.clone())
+    }
+
+    /// The DM's misbehaviour now.
+    pub fn dm_faults(&self) -> crate::dm::DmFaults {
+        self.shared
+            .dm
+            .as_ref()
+            .map(|d| d.faults())
+            .unwrap_or_default()
+    }
+
+    /// Replace the DM's misbehaviour (no effect without a DM).
+    pub fn set_dm_faults(&self, f: crate::dm::DmFaults) {
+        if let Some(d) = &self.shared.dm {
+            d.set_faults(f);
+        }
     }
 
     /// Whether `POST /_dev/shutdown` was received.
@@ -398,6 +533,9 @@ impl Server {
         self.shared.stopping.store(true, Ordering::SeqCst);
         crate::http::wake_accept(self.addr);
         let _ = accept.join();
+        if let Some(i) = self.ingestor.take() {
+            let _ = i.join();
+        }
         for s in lock(&self.shared.conns).values() {
             let _ = s.shutdown(Shutdown::Both);
         }
@@ -666,6 +804,9 @@ fn route(shared: &Shared, req: &Request) -> Reply {
     }
     let crid = req.header("x-ms-client-request-id").unwrap_or("");
     let activity = shared.new_activity_id();
+    if req.path == "/v1/rest/mgmt" {
+        return crate::dm::handle_mgmt(shared, req, &activity);
+    }
     match ingest::parse_target(req) {
         None => {
             let e = ApiError::new(
@@ -818,22 +959,7 @@ fn handle_ingest(shared: &Shared, req: &Request, target: Target, activity: Strin
     let resp = match check_and_split(shared, req, &target, &mut log) {
         Ok(records) => {
             let n = records.len();
-            {
-                let mut st = shared.state();
-                let st = &mut *st;
-                for r in &records {
-                    let h = record_hash(&target.database, &target.table, r);
-                    if st.record_hashes.contains(&h) {
-                        st.duplicate_records += 1;
-                    } else if st.record_hashes.len() < MAX_RECORD_HASHES {
-                        st.record_hashes.insert(h);
-                    }
-                }
-                st.records
-                    .entry((target.database.clone(), target.table.clone()))
-                    .or_default()
-                    .extend(records);
-            }
+            shared.store_records(&target.database, &target.table, records, false);
             log.ingested = true;
             Response::json(200, ingest::success_body(n))
                 .header("x-ms-activity-id", activity.clone())
