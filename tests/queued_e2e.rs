@@ -1,0 +1,181 @@
+//! Queued ingestion end to end: the client, the test endpoint as a DM, and a real Azure Storage server (Azurite).
+//! What the client uploads and posts is what the DM checks and ingests; the assertion that matters is zero
+//! protocol violations.
+
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use kusto_devserver::azurite::Azurite;
+use kusto_devserver::{DmConfig, Server, ServerConfig};
+use kusto_edge::client::{DeliveryReport, Outcome};
+use kusto_edge::{Client, ClientOptions, Config};
+
+struct Env {
+    // Field order: the server (and its ingestor) stops before Azurite does.
+    server: Server,
+    _az: Azurite,
+}
+
+fn env(tables: Option<Vec<(&str, &str)>>) -> Env {
+    let az = Azurite::start().expect("azurite");
+    let mut dm = DmConfig::new(az.endpoints());
+    dm.poll_interval = Duration::from_millis(50);
+    let server = Server::start(ServerConfig {
+        dm: Some(dm),
+        tables: tables.map(|t| {
+            t.into_iter()
+                .map(|(d, t)| (d.to_string(), t.to_string()))
+                .collect()
+        }),
+        ..ServerConfig::default()
+    })
+    .unwrap();
+    Env { server, _az: az }
+}
+
+type Reports = Arc<Mutex<Vec<(String, Outcome, bool, String)>>>;
+
+fn client(env: &Env, extra: &[(&str, &str)]) -> (Client, Reports) {
+    let mut cfg = Config::default();
+    cfg.set("url", &env.server.url()).unwrap();
+    cfg.set("http.allow_plain", "true").unwrap();
+    cfg.set("ingest.mode", "queued").unwrap();
+    cfg.set("ingest.dm_url", &env.server.dm_url().unwrap())
+        .unwrap();
+    cfg.set("client.app", "queued-e2e").unwrap();
+    cfg.set("batch.bytes", "65536").unwrap();
+    for (k, v) in extra {
+        cfg.set(k, v).unwrap();
+    }
+    let reports: Reports = Arc::default();
+    let r = reports.clone();
+    let c = Client::with_options(
+        &cfg,
+        ClientOptions {
+            delivery: Some(Arc::new(move |d: &DeliveryReport<'_>| {
+                r.lock().unwrap().push((
+                    d.chunk_id.to_owned(),
+                    d.outcome,
+                    d.is_final,
+                    d.message.to_owned(),
+                ))
+            })),
+            log: Some(Arc::new(|_, line: &str| {
+                assert!(!line.contains("sig="), "a SAS in a log line: {line}");
+            })),
+            ..Default::default()
+        },
+    )
+    .unwrap();
+    (c, reports)
+}
+
+/// Waits until the DM has ingested `records` records into the table, or `limit` passes.
+fn wait_for(env: &Env, db: &str, table: &str, records: usize, limit: Duration) -> usize {
+    let start = Instant::now();
+    loop {
+        let n = env.server.records(db, table).len();
+        if n >= records || start.elapsed() > limit {
+            return n;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+#[test]
+fn records_appended_in_queued_mode_arrive_through_the_queue_once() {
+    let env = env(None);
+    let (c, reports) = client(&env, &[]);
+    let d = c.add_destination("db", "T", "multijson", None).unwrap();
+    let n = 3000;
+    for i in 0..n {
+        let rec = format!("{{\"seq\":{i},\"payload\":\"{}\"}}", "x".repeat(40));
+        loop {
+            match c.append(d, rec.as_bytes()) {
+                Err(e) if e.kind == kusto_edge::ErrorKind::QueueFull => {
+                    c.poll().unwrap();
+                }
+                r => break r.unwrap(),
+            }
+        }
+    }
+    c.flush().unwrap();
+    assert_eq!(wait_for(&env, "db", "T", n, Duration::from_secs(30)), n);
+    let violations = env.server.dm_violations();
+    assert!(violations.is_empty(), "DM violations: {violations:#?}");
+    let dm = env.server.dm_stats();
+    assert_eq!(dm.resources_requests, 1, "resources fetched once: {dm:?}");
+    assert_eq!(
+        dm.identity_token_requests, 1,
+        "identity fetched once: {dm:?}"
+    );
+    assert_eq!(dm.duplicates_ingested, 0, "{dm:?}");
+    let st = env.server.stats();
+    assert_eq!(st.ingested_requests, 0, "nothing streamed");
+    // Every record once.
+    let mut seqs: Vec<u64> = env
+        .server
+        .records("db", "T")
+        .iter()
+        .map(|r| {
+            let s = String::from_utf8_lossy(r);
+            let at = s.find("\"seq\":").unwrap() + 6;
+            s[at..]
+                .chars()
+                .take_while(char::is_ascii_digit)
+                .collect::<String>()
+                .parse()
+                .unwrap()
+        })
+        .collect();
+    seqs.sort_unstable();
+    assert_eq!(seqs, (0..n as u64).collect::<Vec<_>>());
+    // Every chunk reported queued, none final yet (failures-only reports), and the DM saw our ids.
+    let r = reports.lock().unwrap();
+    assert!(!r.is_empty());
+    assert!(r.iter().all(|x| x.1 == Outcome::Queued && !x.2), "{r:?}");
+    let ids: std::collections::HashSet<String> = env
+        .server
+        .dm_ingestions()
+        .into_iter()
+        .map(|i| i.id)
+        .collect();
+    for x in r.iter() {
+        assert!(ids.contains(&x.0), "chunk {} not seen by the DM", x.0);
+    }
+}
+
+#[test]
+fn with_reports_on_a_missing_table_is_a_final_rejection_and_a_good_one_is_ingested() {
+    let env = env(Some(vec![("db", "T")]));
+    let (c, reports) = client(&env, &[("queued.report", "all")]);
+    let good = c.add_destination("db", "T", "csv", None).unwrap();
+    let missing = c.add_destination("db", "Missing", "csv", None).unwrap();
+    c.append(good, b"1,a").unwrap();
+    c.append(missing, b"2,b").unwrap();
+    c.flush().unwrap();
+    let start = Instant::now();
+    loop {
+        let finals = reports.lock().unwrap().iter().filter(|x| x.2).count();
+        if finals == 2 || start.elapsed() > Duration::from_secs(40) {
+            break;
+        }
+        let wait = c.poll().unwrap().clamp(10, 500);
+        std::thread::sleep(Duration::from_millis(wait as u64));
+    }
+    let r = reports.lock().unwrap().clone();
+    let finals: Vec<_> = r.iter().filter(|x| x.2).collect();
+    assert_eq!(finals.len(), 2, "{r:#?}");
+    let ingested = finals.iter().filter(|x| x.1 == Outcome::Ingested).count();
+    let rejected: Vec<_> = finals.iter().filter(|x| x.1 == Outcome::Rejected).collect();
+    assert_eq!(ingested, 1, "{r:#?}");
+    assert_eq!(rejected.len(), 1, "{r:#?}");
+    assert!(
+        rejected[0].3.contains("Missing") && rejected[0].3.contains("BadRequest_Table"),
+        "the DM's error code in the report: {}",
+        rejected[0].3
+    );
+    let violations = env.server.dm_violations();
+    assert!(violations.is_empty(), "DM violations: {violations:#?}");
+    assert_eq!(env.server.records("db", "T").len(), 1);
+}
