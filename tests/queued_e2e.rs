@@ -179,3 +179,39 @@ fn with_reports_on_a_missing_table_is_a_final_rejection_and_a_good_one_is_ingest
     assert!(violations.is_empty(), "DM violations: {violations:#?}");
     assert_eq!(env.server.records("db", "T").len(), 1);
 }
+
+#[test]
+fn managed_mode_streams_where_it_can_and_queues_a_table_without_streaming_after_one_refusal() {
+    let env = env(None);
+    let (c, reports) = client(&env, &[("ingest.mode", "managed")]);
+    let d = c.add_destination("db", "T", "csv", None).unwrap();
+    // Streaming on: everything streamed, the DM never asked.
+    for i in 0..3 {
+        c.append(d, format!("{i},streamed").as_bytes()).unwrap();
+        c.flush().unwrap();
+    }
+    assert_eq!(env.server.stats().ingested_requests, 3);
+    assert_eq!(env.server.dm_stats().resources_requests, 0);
+    // Streaming off for the table (every streaming request refused from now on).
+    env.server.set_faults(kusto_devserver::Faults {
+        seed: 1,
+        random: vec![(kusto_devserver::Fault::StreamingDisabled, 1.0)],
+    });
+    let before = env.server.stats().requests;
+    for i in 3..8 {
+        c.append(d, format!("{i},queued").as_bytes()).unwrap();
+        c.flush().unwrap();
+    }
+    let streaming_tries = env.server.stats().requests - before;
+    assert!(
+        streaming_tries <= 2,
+        "at most two refused streaming requests, saw {streaming_tries} requests"
+    );
+    assert_eq!(wait_for(&env, "db", "T", 8, Duration::from_secs(30)), 8);
+    let violations = env.server.dm_violations();
+    assert!(violations.is_empty(), "DM violations: {violations:#?}");
+    let r = reports.lock().unwrap();
+    let outcomes: Vec<Outcome> = r.iter().map(|x| x.1).collect();
+    assert_eq!(outcomes[..3], [Outcome::Acknowledged; 3]);
+    assert_eq!(outcomes[3..], [Outcome::Queued; 5]);
+}
