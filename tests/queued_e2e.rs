@@ -215,3 +215,56 @@ fn managed_mode_streams_where_it_can_and_queues_a_table_without_streaming_after_
     assert_eq!(outcomes[..3], [Outcome::Acknowledged; 3]);
     assert_eq!(outcomes[3..], [Outcome::Queued; 5]);
 }
+
+#[test]
+fn an_expired_sas_keeps_the_chunk_on_flash_without_its_sas_and_fresh_resources_deliver_it() {
+    let env = env(None);
+    let dir = std::env::temp_dir().join(format!("kedge-queued-e2e-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    let dir_s = dir.to_str().unwrap().to_owned();
+    env.server.set_dm_faults(kusto_devserver::DmFaults {
+        sas_expired: true,
+        ..Default::default()
+    });
+    let (c, reports) = client(&env, &[("spool.dir", &dir_s), ("retry.max_attempts", "1")]);
+    let d = c.add_destination("db", "T", "csv", None).unwrap();
+    c.append(d, b"1,a").unwrap();
+    let e = c.flush().unwrap_err();
+    assert_eq!(e.kind, kusto_edge::ErrorKind::Spooled, "{}", e.message);
+    assert!(e.message.contains("403"), "{}", e.message);
+    assert!(!e.message.contains("sig="), "{}", e.message);
+    assert_eq!(c.stats().spool_chunks, 1);
+    let files = walk(&dir);
+    assert!(!files.is_empty());
+    for f in files {
+        let bytes = std::fs::read(&f).unwrap();
+        assert!(!String::from_utf8_lossy(&bytes).contains("sig="), "{f:?}");
+    }
+    // The DM hands out good SAS again: the replay takes fresh resources and the chunk arrives.
+    env.server.set_dm_faults(Default::default());
+    let start = Instant::now();
+    while env.server.records("db", "T").is_empty() && start.elapsed() < Duration::from_secs(40) {
+        let wait = c.poll().map_or(200, |w| w.clamp(10, 500));
+        std::thread::sleep(Duration::from_millis(wait as u64));
+    }
+    assert_eq!(wait_for(&env, "db", "T", 1, Duration::from_secs(20)), 1);
+    assert_eq!(c.stats().spool_chunks, 0);
+    let r = reports.lock().unwrap();
+    assert_eq!(r.last().unwrap().1, Outcome::Queued, "{r:?}");
+    drop(r);
+    drop(c);
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+fn walk(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
+    let mut out = Vec::new();
+    for e in std::fs::read_dir(dir).unwrap() {
+        let p = e.unwrap().path();
+        if p.is_dir() {
+            out.extend(walk(&p));
+        } else {
+            out.push(p);
+        }
+    }
+    out
+}

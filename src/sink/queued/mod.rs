@@ -52,7 +52,7 @@ pub const QUEUED_BYTES: u64 = (MGMT_BODY_BYTES + 3 * message::MAX_JSON_BYTES + 3
 
 /// A refresh forced by a storage 403 is skipped when the resources are younger than this: they are as fresh as
 /// the DM makes them.
-const FORCE_DEBOUNCE: Duration = Duration::from_secs(10);
+const FORCE_DEBOUNCE: Duration = Duration::from_secs(2);
 
 struct State {
     schedule: Schedule,
