@@ -680,6 +680,11 @@ static int build_config(const struct options *o, struct counters *counts, kedge_
         set_key(config, "client.app", "kedge-send") != 0 || set_key(config, "destinations.max", "1") != 0) {
         return -1;
     }
+    /* One thread reads and sends in turn, so a second batch buffer would only cost memory: a full batch waits in
+     * its one buffer for the poll that sends it (-X batch.sealed=1 restores double buffering). */
+    if (set_key(config, "batch.sealed", "0") != 0) {
+        return -1;
+    }
     if (o->connection_string != NULL && set_key(config, "connection_string", o->connection_string) != 0) {
         return -1;
     }

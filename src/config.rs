@@ -356,7 +356,7 @@ pub const KEYS: &[KeyDoc] = &[
     KeyDoc {
         key: "batch.sealed",
         default: "1",
-        help: "full batches a destination holds for sending besides the filling one (1..16); append returns KEDGE_QUEUE_FULL beyond",
+        help: "full batches a destination holds for sending besides the filling one (0..16; 0: one buffer, append waits for poll to send a full batch); append returns KEDGE_QUEUE_FULL beyond",
     },
     KeyDoc {
         key: "destinations.max",
@@ -593,7 +593,7 @@ impl Config {
                 )? as usize
             }
             "batch.max_age_ms" => self.batch_max_age = parse_ms(key, value, 0, DAY_MS)?,
-            "batch.sealed" => self.batch_sealed = parse_u64(key, value, 1, 16)? as usize,
+            "batch.sealed" => self.batch_sealed = parse_u64(key, value, 0, 16)? as usize,
             "destinations.max" => {
                 self.max_destinations = parse_u64(key, value, 1, MAX_DESTINATIONS as u64)? as usize
             }
@@ -1035,7 +1035,12 @@ mod tests {
         assert_eq!(b - a, 2 * 8 * 1024 * 1024);
         c.set("batch.sealed", "3").unwrap();
         assert_eq!(c.memory_bound() - b, 2 * 16 * 1024 * 1024);
-        assert!(c.set("batch.sealed", "0").is_err());
+        c.set("batch.sealed", "0").unwrap();
+        assert_eq!(
+            c.memory_bound(),
+            a,
+            "16 lanes of one buffer hold what 8 lanes of two do"
+        );
         assert!(c.set("batch.sealed", "17").is_err());
     }
 }

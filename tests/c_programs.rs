@@ -390,6 +390,56 @@ fn kedge_send_rides_out_throttling_outages_and_resets_and_honours_retry_after() 
     }
 }
 
+/// Runs `cmd` to its end and returns its exit code and peak resident set (KiB), from the kernel's own account
+/// (`wait4`'s `ru_maxrss`).
+fn run_for_peak_rss(mut cmd: Command, scratch: &Scratch) -> (Option<i32>, i64) {
+    cmd.stdout(Stdio::null())
+        .stderr(File::create(scratch.path("rss-stderr.txt")).unwrap())
+        .stdin(Stdio::null());
+    let child = cmd.spawn().expect("spawn");
+    let pid = child.id() as libc::pid_t;
+    let mut status = 0;
+    // SAFETY: a zeroed rusage is a valid out-parameter; pid is our own child, reaped exactly once here.
+    let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
+    let r = unsafe { libc::wait4(pid, &mut status, 0, &mut usage) };
+    assert_eq!(r, pid, "wait4");
+    std::mem::forget(child);
+    let code = libc::WIFEXITED(status).then(|| libc::WEXITSTATUS(status));
+    (code, usage.ru_maxrss)
+}
+
+#[test]
+fn kedge_send_peak_rss_for_57_mb_is_within_1_15_times_its_rss_for_1_mb() {
+    let _g = serial();
+    let scratch = Scratch::new("rss");
+    let server = Server::start(ServerConfig::default()).expect("devserver");
+    let mut peaks = Vec::new();
+    for (name, records) in [("small", 9_000u64), ("large", 570_000)] {
+        let input = scratch.path(&format!("{name}.jsonl"));
+        write_records(&input, records);
+        let mb = fs::metadata(&input).unwrap().len() as f64 / 1e6;
+        let mut cmd = kedge_send(&server.url(), None, name);
+        cmd.args(["--allow-http", "--quiet"]).arg(&input);
+        let (code, peak_kib) = run_for_peak_rss(cmd, &scratch);
+        assert_eq!(code, Some(0), "kedge-send {name}");
+        println!("kedge-send {mb:.1} MB: peak RSS {peak_kib} KiB");
+        peaks.push((mb, peak_kib));
+    }
+    let (small, large) = (peaks[0], peaks[1]);
+    assert!(
+        small.0 < 1.5 && large.0 > 50.0,
+        "inputs of about 1 and 57 MB: {peaks:?}"
+    );
+    assert!(
+        large.1 as f64 <= 1.15 * small.1 as f64,
+        "peak RSS grows with the input: {} KiB for {:.1} MB against {} KiB for {:.1} MB",
+        large.1,
+        large.0,
+        small.1,
+        small.0
+    );
+}
+
 #[test]
 fn kedge_send_exits_64_on_usage_errors_and_0_for_help() {
     let _g = serial();

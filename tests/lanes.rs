@@ -270,7 +270,11 @@ fn a_full_lane_refuses_the_record_until_poll_sends_and_memory_stays_within_the_l
     assert!(server.requests().is_empty(), "append never sends");
     assert_eq!(client.batch_buffers(), 3, "1 + batch.sealed buffers");
     client.poll().unwrap();
-    assert_eq!(server.requests().len(), 2, "poll sends the sealed chunks");
+    assert_eq!(
+        server.requests().len(),
+        3,
+        "poll sends the sealed chunks and the full batch the refused record found"
+    );
     for _ in 0..1000 {
         common::append(&client, d, &row).unwrap();
     }

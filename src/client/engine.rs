@@ -475,6 +475,7 @@ impl Engine {
                 }
             }
         };
+        let mut push_error: Option<Error> = None;
         // The spool operation first: its failure changes what follows.
         match eff.spool {
             SpoolOp::None => {}
@@ -488,7 +489,8 @@ impl Engine {
                 }
                 Err(e) => {
                     eff = outcome::push_failed(eff, e.kind);
-                    message = format!("{message}; {}", e.message);
+                    // Logged by push already: only the caller's error and the report carry it on.
+                    push_error = Some(e);
                 }
             },
             SpoolOp::Remove => {
@@ -556,6 +558,9 @@ impl Engine {
                 let place = match (eff.spool, chunk.seq, eff.ram) {
                     (SpoolOp::Push, Some(_), _) => "spooled for replay",
                     (_, Some(_), _) => "kept in the spool",
+                    (_, None, RamOp::Keep) if push_error.is_some() => {
+                        "kept in RAM (the spool did not take it)"
+                    }
                     (_, None, RamOp::Keep) => "kept in RAM",
                     _ => "kept",
                 };
@@ -606,7 +611,10 @@ impl Engine {
                     "{message}; its chunk of {} records is kept in RAM",
                     chunk.records
                 ),
-                _ => message.clone(),
+                _ => match &push_error {
+                    Some(p) => format!("{message}; {}", p.message),
+                    None => message.clone(),
+                },
             };
             Error::new(kind, msg)
         });

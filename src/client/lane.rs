@@ -33,6 +33,8 @@ struct State {
     out: usize,
     /// Buffers allocated so far, the filling one included.
     buffers: usize,
+    /// An append found the filling batch full and no buffer to seal it into: it is due now.
+    full: bool,
 }
 
 /// One destination's slot in the client.
@@ -56,10 +58,10 @@ pub struct Appended {
 }
 
 impl Lane {
-    /// A lane for batches of `capacity` bytes with up to `sealed_max` (at least 1) sealed chunks. Allocates the
-    /// filling batch now; the others on first need.
+    /// A lane for batches of `capacity` bytes with up to `sealed_max` sealed chunks (0: a single buffer, and a
+    /// full batch refuses records until the sender has sent it). Allocates the filling batch now; the others on
+    /// first need.
     pub fn new(id: u32, key: DestKey, format: Format, capacity: usize, sealed_max: usize) -> Lane {
-        let sealed_max = sealed_max.max(1);
         Lane {
             id,
             key: Arc::new(key),
@@ -68,10 +70,11 @@ impl Lane {
             sealed_max,
             state: Mutex::new(State {
                 filling: Batch::with_capacity(capacity),
-                sealed: VecDeque::with_capacity(sealed_max),
-                spare: Vec::with_capacity(sealed_max),
+                sealed: VecDeque::with_capacity(sealed_max + 1),
+                spare: Vec::with_capacity(sealed_max + 1),
                 out: 0,
                 buffers: 1,
+                full: false,
             }),
         }
     }
@@ -91,40 +94,51 @@ impl Lane {
     ) -> Result<Appended, Error> {
         validate_record(self.format, record, self.capacity)?;
         let mut st = self.lock();
-        // Counted with the lock held: the sender, which subtracts when it settles, can never see it first.
-        if st.filling.fits(self.format, record) {
-            st.filling.push(self.format, record, now);
-            buffered.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-            return Ok(Appended { sealed: false });
-        }
-        if st.sealed.len() + st.out >= self.sealed_max || st.filling.is_empty() {
-            return Err(Error::new(
-                ErrorKind::QueueFull,
-                format!(
-                    "{}.{}: the batch is full and {} sealed chunks wait to be sent (batch.sealed={}); the record was not taken: call kedge_poll and append it again",
-                    self.key.database,
-                    self.key.table,
-                    st.sealed.len() + st.out,
-                    self.sealed_max
-                ),
-            ));
-        }
-        let fresh = Self::buffer(&mut st, self.capacity);
-        let full = std::mem::replace(&mut st.filling, fresh);
-        st.sealed.push_back(full);
-        st.filling.push(self.format, record, now);
-        buffered.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        Ok(Appended { sealed: true })
-    }
-
-    fn buffer(st: &mut State, capacity: usize) -> Batch {
-        match st.spare.pop() {
-            Some(b) => b,
-            None => {
-                st.buffers += 1;
-                Batch::with_capacity(capacity)
+        let mut sealed = false;
+        if !st.filling.fits(self.format, record) {
+            // A buffer for the record: the filling one is full (seal it) or with the sender (a placeholder).
+            let placeholder = st.filling.capacity() == 0;
+            match (placeholder || !st.filling.is_empty())
+                .then(|| self.acquire(&mut st))
+                .flatten()
+            {
+                Some(fresh) => {
+                    let full = std::mem::replace(&mut st.filling, fresh);
+                    if !placeholder {
+                        st.sealed.push_back(full);
+                        sealed = true;
+                    }
+                }
+                None => {
+                    st.full = true;
+                    return Err(Error::new(
+                        ErrorKind::QueueFull,
+                        format!(
+                            "{}.{}: the batch is full and {} sealed chunks wait to be sent (batch.sealed={}); the record was not taken: call kedge_poll and append it again",
+                            self.key.database,
+                            self.key.table,
+                            st.sealed.len() + st.out,
+                            self.sealed_max
+                        ),
+                    ));
+                }
             }
         }
+        st.filling.push(self.format, record, now);
+        // Counted with the lock held: the sender, which subtracts when it settles, can never see it first.
+        buffered.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        Ok(Appended { sealed })
+    }
+
+    /// A free buffer within the lane's bound of `1 + batch.sealed`: a spare one, or a new one while fewer exist.
+    fn acquire(&self, st: &mut State) -> Option<Batch> {
+        if let Some(b) = st.spare.pop() {
+            return Some(b);
+        }
+        (st.buffers < 1 + self.sealed_max).then(|| {
+            st.buffers += 1;
+            Batch::with_capacity(self.capacity)
+        })
     }
 
     /// Hands the sender the next chunk: the oldest sealed one, else the filling batch when `force` or when it is
@@ -143,17 +157,20 @@ impl Lane {
             st.out += 1;
             return Some(b);
         }
-        let due = st
-            .filling
-            .first_at()
-            .is_some_and(|first| force || now.saturating_duration_since(first) >= max_age);
-        // The filling batch needs a replacement buffer, within the lane's bound.
-        if !due || st.out >= self.sealed_max {
+        let due = st.filling.first_at().is_some_and(|first| {
+            force || st.full || now.saturating_duration_since(first) >= max_age
+        });
+        if !due {
             return None;
         }
-        let fresh = Self::buffer(&mut st, self.capacity);
+        // Its place is taken by a free buffer, or by a placeholder (no memory) that refuses records until a
+        // buffer comes back: with batch.sealed=0 a lane never holds more than one.
+        let fresh = self
+            .acquire(&mut st)
+            .unwrap_or_else(|| Batch::with_capacity(0));
         let b = std::mem::replace(&mut st.filling, fresh);
         st.out += 1;
+        st.full = false;
         Some(b)
     }
 
@@ -165,15 +182,20 @@ impl Lane {
             Return::Keep if !batch.is_empty() => st.sealed.push_front(batch),
             _ => {
                 batch.clear();
-                st.spare.push(batch);
+                if st.filling.capacity() == 0 {
+                    st.filling = batch;
+                } else {
+                    st.spare.push(batch);
+                }
             }
         }
     }
 
-    /// When the sender has work here next: now for a sealed chunk, else when the filling batch comes of age.
+    /// When the sender has work here next: now for a sealed chunk or a full batch, else when the filling batch
+    /// comes of age.
     pub fn due_at(&self, now: Instant, max_age: Duration) -> Option<Instant> {
         let st = self.lock();
-        if !st.sealed.is_empty() {
+        if !st.sealed.is_empty() || (st.full && !st.filling.is_empty()) {
             return Some(now);
         }
         st.filling.first_at().map(|first| first + max_age)
@@ -382,19 +404,63 @@ mod tests {
     }
 
     #[test]
-    fn the_sender_holding_every_buffer_leaves_the_filling_batch_alone() {
+    fn the_sender_holding_every_buffer_leaves_a_placeholder_that_refuses_records() {
         let l = lane(8, 1);
         let t = Instant::now();
         l.append(b"a1", t, &N).unwrap();
         let a = l.take(t, MS(0), true).unwrap();
         l.append(b"b1", t, &N).unwrap();
-        assert!(
-            l.take(t, MS(0), true).is_none(),
-            "one sealed slot, held by the sender"
+        let b = l.take(t, MS(0), true).expect("the filling batch goes too");
+        assert_eq!(b.bytes(), b"b1\n");
+        assert_eq!(l.buffers(), 2, "no third buffer");
+        assert_eq!(
+            l.append(b"c1", t, &N).unwrap_err().kind,
+            ErrorKind::QueueFull
         );
         a.give_back(Return::Free);
-        assert_eq!(l.take(t, MS(0), true).unwrap().bytes(), b"b1\n");
-        assert!(l.buffers() <= 2);
+        l.append(b"c1", t, &N).unwrap();
+        b.give_back(Return::Free);
+        assert_eq!(l.take(t, MS(0), true).unwrap().bytes(), b"c1\n");
+        assert_eq!(l.buffers(), 2);
+    }
+
+    #[test]
+    fn with_no_sealed_slot_a_full_batch_waits_for_the_sender_in_its_single_buffer() {
+        let l = lane(8, 0);
+        let t = Instant::now();
+        l.append(b"abc", t, &N).unwrap();
+        l.append(b"abc", t, &N).unwrap();
+        assert_eq!(l.due_at(t, MS(1000)), Some(t + MS(1000)));
+        assert_eq!(
+            l.append(b"abc", t, &N).unwrap_err().kind,
+            ErrorKind::QueueFull
+        );
+        assert_eq!(
+            l.due_at(t, MS(1000)),
+            Some(t),
+            "a full batch is due at once"
+        );
+        let b = l.take(t, MS(1000), false).expect("due because full");
+        assert_eq!(
+            l.append(b"abc", t, &N).unwrap_err().kind,
+            ErrorKind::QueueFull,
+            "its buffer is out"
+        );
+        b.give_back(Return::Free);
+        l.append(b"abc", t, &N).unwrap();
+        assert_eq!(l.buffers(), 1, "one buffer, ever");
+        // Kept (a failed send): it is sent again before anything new is taken.
+        let b = l.take(t, MS(0), true).unwrap();
+        b.give_back(Return::Keep);
+        assert_eq!(
+            l.append(b"abc", t, &N).unwrap_err().kind,
+            ErrorKind::QueueFull
+        );
+        let again = l.take(t, MS(1000), false).unwrap();
+        assert_eq!(again.bytes(), b"abc\n");
+        again.give_back(Return::Free);
+        l.append(b"abc", t, &N).unwrap();
+        assert_eq!(l.buffers(), 1);
     }
 
     #[test]

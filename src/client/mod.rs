@@ -6,6 +6,7 @@
 //! - [`replay`]: spooled chunks, oldest first.
 //! - [`outcome`]: what follows a send, as a pure table; [`engine`] carries it out (spool, backoff, reports).
 //! - [`gate`]: one sending thread per client at a time.
+//! - [`recovery`]: opening the spool at start and saying what it found; [`admin`]: spool administration.
 //! - The protocol itself is a [`crate::sink::Sink`]; streaming ingestion is the first.
 //!
 //! # Thread rules
@@ -28,10 +29,12 @@
 //! among ingested chunks anyway; records carry their own timestamps). While a destination backs off, its new
 //! chunks go straight to the spool behind the older ones.
 
+pub(crate) mod admin;
 pub(crate) mod engine;
 pub(crate) mod gate;
 pub(crate) mod lane;
 pub(crate) mod outcome;
+pub(crate) mod recovery;
 pub(crate) mod replay;
 pub mod report;
 pub(crate) mod send;
@@ -51,14 +54,14 @@ use crate::sink::managed::ManagedSink;
 use crate::sink::queued::QueuedSink;
 use crate::sink::streaming::StreamingSink;
 use crate::sink::Sink;
-use crate::spool::{DestKey, FsStorage, Spool, SpoolConfig};
+use crate::spool::{DestKey, FsStorage};
 use crate::transport::Transport;
 use crate::wire::{self, Format};
 
 pub use report::{DeliveryFn, DeliveryReport, LogFn, Outcome, SpoolStorage};
 pub use stats::{Stats, StatsSnapshot};
 
-use engine::{spool_error, Engine, FirstError};
+use engine::{Engine, FirstError};
 use gate::{Gate, Wait};
 use lane::{Lane, Lanes};
 use send::Mode;
@@ -225,7 +228,7 @@ impl Client {
         let replay_base = 1000 + (sh.random_u32() >> 12);
         let mut engine = Engine::new(&sh, replay_base);
         if let Some(storage) = storage {
-            engine.spool = Some(open_spool(&sh, storage)?);
+            engine.spool = Some(recovery::open_spool(&sh, storage)?);
             engine.sync_spool_stats(&sh);
         }
         Ok(Client {
@@ -501,81 +504,6 @@ impl Client {
         }
     }
 
-    /// Enters the gate for a spool administration call (waits for a send in progress) and runs `f` on the spool.
-    /// `InvalidArgument` without a spool.
-    fn with_spool<T>(
-        &self,
-        f: impl FnOnce(&mut Spool<SpoolStorage>) -> Result<T, crate::spool::SpoolError>,
-    ) -> Result<T, Error> {
-        let Some(held) = self.gate.enter(Wait::Forever)? else {
-            return Err(Error::new(ErrorKind::Internal, "gate not entered"));
-        };
-        let mut engine = self.engine();
-        let Some(sp) = engine.spool.as_mut() else {
-            return Err(Error::new(
-                ErrorKind::InvalidArgument,
-                "no spool configured: set spool.dir",
-            ));
-        };
-        let r = f(sp).map_err(spool_error);
-        engine.sync_spool_stats(&self.sh);
-        drop(engine);
-        drop(held);
-        r
-    }
-
-    /// What the spool holds: pending chunks per destination and sink, and the quarantined, locked and newer ones.
-    /// Waits for a send in progress on another thread; touches no file.
-    pub fn spool_status(&self) -> Result<crate::spool::SpoolStatus, Error> {
-        self.with_spool(|sp| Ok(sp.status()))
-    }
-
-    /// Deletes spooled chunks an operator no longer wants: those of one table (every format and mapping) or of
-    /// all, pending ones and/or those in `rejected/` and `corrupt/`. Chunks in RAM are not touched.
-    pub fn spool_purge(
-        &self,
-        filter: crate::spool::DestFilter<'_>,
-        pending: bool,
-        quarantine: bool,
-    ) -> Result<crate::spool::Purged, Error> {
-        let r = self.with_spool(|sp| {
-            let mut areas: heapless::Vec<crate::spool::Area, 3> = heapless::Vec::new();
-            if pending {
-                let _ = areas.push(crate::spool::Area::Pending);
-            }
-            if quarantine {
-                let _ = areas.push(crate::spool::Area::Rejected);
-                let _ = areas.push(crate::spool::Area::Corrupt);
-            }
-            sp.purge(filter, &areas)
-        })?;
-        self.sh.log(
-            LogLevel::Warn,
-            &format!(
-                "spool purged by request: {} pending chunks ({} records), {} rejected, {} corrupt",
-                r.pending.chunks, r.pending.records, r.rejected.chunks, r.corrupt.chunks
-            ),
-        );
-        Ok(r)
-    }
-
-    /// Moves refused chunks from `rejected/` back to the pending ones (after the cause was fixed: a mapping, a
-    /// table's schema), of one table or all, within the spool's limits. They are sent by the next poll or flush.
-    pub fn spool_requeue(
-        &self,
-        filter: crate::spool::DestFilter<'_>,
-    ) -> Result<crate::spool::Requeued, Error> {
-        let r = self.with_spool(|sp| sp.requeue_rejected(filter))?;
-        self.sh.log(
-            LogLevel::Warn,
-            &format!(
-                "spool: {} rejected chunks ({} records) requeued by request; {} left (spool full), {} skipped (damaged, other key or newer format)",
-                r.chunks, r.records, r.left, r.skipped
-            ),
-        );
-        Ok(r)
-    }
-
     /// Lane buffers allocated so far, over all destinations (for the memory bound's test).
     pub fn batch_buffers(&self) -> usize {
         self.lanes.iter().map(Lane::buffers).sum()
@@ -608,98 +536,6 @@ impl Drop for Client {
             );
         }
     }
-}
-
-/// Opens the spool and says what recovery found.
-fn open_spool(sh: &Shared, storage: SpoolStorage) -> Result<Spool<SpoolStorage>, Error> {
-    let cfg = &sh.cfg;
-    let scfg = SpoolConfig {
-        max_bytes: cfg.spool_max_bytes,
-        max_chunks: cfg.spool_max_chunks,
-        policy: cfg.spool_policy,
-        key: cfg.spool_key.as_ref().map(|k| k.0),
-        trim_on_open: cfg.spool_trim_on_open,
-        max_payload_len_queued: crate::spool::MAX_PAYLOAD_LEN,
-        quarantine_max_bytes: cfg.spool_quarantine_max_bytes(),
-        quarantine_max_chunks: cfg.spool_quarantine_max_chunks,
-    };
-    let (spool, report) = Spool::open(storage, scfg).map_err(spool_error)?;
-    // Whatever open could not keep pending is data a person must hear about.
-    if report.corrupt > 0 {
-        sh.log(
-            LogLevel::Error,
-            &format!("spool: {} corrupt chunks (failed checksum or torn) moved to corrupt/, they will not be sent", report.corrupt),
-        );
-    }
-    if report.dropped.chunks > 0 {
-        sh.log(
-            LogLevel::Error,
-            &format!(
-                "spool: dropped the {} oldest chunks ({} records, {} bytes) to fit the lowered limits (spool.trim_on_open=true)",
-                report.dropped.chunks, report.dropped.records, report.dropped.bytes
-            ),
-        );
-    }
-    if report.locked > 0 {
-        let wanted = if cfg.spool_key.is_some() {
-            "sealed under another key, or stored in clear while spool.key_file is set"
-        } else {
-            "sealed, and no spool.key_file is set"
-        };
-        sh.log(
-            LogLevel::Error,
-            &format!(
-                "spool: {} chunks ({} bytes) cannot be opened with this configuration ({wanted}): they are kept untouched and will be sent when the spool is opened with their key",
-                report.locked, report.locked_bytes
-            ),
-        );
-    }
-    if report.newer > 0 {
-        sh.log(
-            LogLevel::Error,
-            &format!(
-                "spool: {} chunks ({} bytes) were written by newer firmware in a format this version cannot read: they are kept untouched for it",
-                report.newer, report.newer_bytes
-            ),
-        );
-    }
-    if report.quarantine_dropped.chunks > 0 {
-        sh.log(
-            LogLevel::Warn,
-            &format!(
-                "spool: deleted the {} oldest quarantined chunks ({} bytes) to fit spool.quarantine_max_bytes / spool.quarantine_max_chunks",
-                report.quarantine_dropped.chunks, report.quarantine_dropped.bytes
-            ),
-        );
-    }
-    if report.over_limit {
-        sh.log(
-            LogLevel::Error,
-            &format!(
-                "spool holds {} chunks ({} bytes), more than spool.max_chunks={} / spool.max_bytes={}: all are kept and replayed; new chunks are refused until it drains below the limits (set spool.trim_on_open=true to drop the oldest instead)",
-                report.chunks, report.bytes, cfg.spool_max_chunks, cfg.spool_max_bytes
-            ),
-        );
-    }
-    if report.removed_partial > 0 {
-        sh.log(
-            LogLevel::Warn,
-            &format!(
-                "spool recovered: {} interrupted writes removed (never acknowledged as durable)",
-                report.removed_partial
-            ),
-        );
-    }
-    if report.chunks > 0 {
-        sh.log(
-            LogLevel::Info,
-            &format!(
-                "spool holds {} chunks ({} bytes) to replay",
-                report.chunks, report.bytes
-            ),
-        );
-    }
-    Ok(spool)
 }
 
 fn invalid_destination(id: u32) -> Error {
