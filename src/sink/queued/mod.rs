@@ -24,6 +24,7 @@ pub mod resources;
 pub mod status;
 pub mod storage;
 
+use std::sync::atomic::{AtomicUsize, Ordering::Relaxed};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
@@ -81,6 +82,8 @@ pub struct QueuedSink {
     rng: SystemRandom,
     epoch: Instant,
     state: Mutex<State>,
+    /// `state.tracker.len()`, readable without the lock (which a send holds through its requests).
+    awaiting: AtomicUsize,
 }
 
 /// Zeroes a buffer that held a secret, keeping its capacity (zero bytes are valid UTF-8).
@@ -137,6 +140,7 @@ impl QueuedSink {
                 last_status_poll: None,
                 notification: Vec::with_capacity(4096),
             }),
+            awaiting: AtomicUsize::new(0),
         }
     }
 
@@ -668,13 +672,14 @@ impl Sink for QueuedSink {
     }
 
     fn awaiting(&self) -> usize {
-        self.lock().tracker.len()
+        self.awaiting.load(Relaxed)
     }
 
     fn poll_status(&self, io: &mut SendIo<'_>, report: &mut dyn FnMut(&StatusReport<'_>)) -> u32 {
         let mut st = self.lock();
         let now = io.clock.now();
         st.tracker.expire(now);
+        self.awaiting.store(st.tracker.len(), Relaxed);
         let recent = st
             .last_status_poll
             .is_some_and(|t| now.saturating_duration_since(t) < status::POLL_EVERY);
@@ -704,6 +709,7 @@ impl Sink for QueuedSink {
             }
             requests += self.read_queue(&mut st, q, *succeeded, io, report);
         }
+        self.awaiting.store(st.tracker.len(), Relaxed);
         requests
     }
 
@@ -726,6 +732,7 @@ impl Sink for QueuedSink {
                                 raw_len: chunk.raw_len,
                                 until: io.clock.now() + status::TRACK_FOR,
                             });
+                            self.awaiting.store(st.tracker.len(), Relaxed);
                             if let Some(e) = evicted {
                                 (io.warn)(&format!(
                                     "{} chunks await the DM's report: chunk {} is no longer tracked and stays queued",
