@@ -47,9 +47,11 @@ use resources::{Plan, Resources, Schedule};
 pub const STORAGE_VERSION: &str = "2024-11-04";
 /// Bytes of a management answer read at most (the resources' data set with a dozen SAS URLs is about 4 KiB).
 pub const MGMT_BODY_BYTES: usize = 32 * 1024;
-/// Heap the queued sink holds besides what streaming does: the management answer buffer, the resources (SAS
-/// URLs) and identity token, the message and its base64, the account statistics.
-pub const QUEUED_BYTES: u64 = (MGMT_BODY_BYTES + 3 * message::MAX_JSON_BYTES + 32 * 1024) as u64;
+/// Heap the queued sink holds besides what streaming does, at most: the management (and notification) answer
+/// buffer, the message JSON (48 KiB) and its base64 in XML (64 KiB), a decoded notification (32 KiB), the
+/// resources with their SAS URLs and the identity token (64 KiB: at most 32 rows per type), the table of chunks
+/// awaiting a report (64 KiB: 256 entries). Computed, not measured.
+pub const QUEUED_BYTES: u64 = (MGMT_BODY_BYTES + (48 + 64 + 32 + 64 + 64) * 1024) as u64;
 
 /// A refresh forced by a storage 403 is skipped when the resources are younger than this: they are as fresh as
 /// the DM makes them.
