@@ -268,3 +268,36 @@ fn walk(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
     }
     out
 }
+
+#[test]
+fn queued_over_https_to_the_dm_and_azurite_with_one_test_ca() {
+    let ca = kusto_devserver::tls::TestCa::generate().unwrap();
+    let az = Azurite::start_tls(&ca).expect("azurite over https");
+    let mut dm = DmConfig::new(az.endpoints());
+    dm.poll_interval = Duration::from_millis(50);
+    let server = Server::start(ServerConfig {
+        tls: true,
+        tls_ca: Some(ca.clone()),
+        dm: Some(dm),
+        ..ServerConfig::default()
+    })
+    .unwrap();
+    let env = Env { server, _az: az };
+    let mut cfg = Config::default();
+    cfg.set("url", &env.server.url()).unwrap();
+    cfg.set("ingest.mode", "queued").unwrap();
+    cfg.set("ingest.dm_url", &env.server.dm_url().unwrap())
+        .unwrap();
+    cfg.set("tls.bundled_roots", "false").unwrap();
+    cfg.add_ca_pem(ca.ca_pem.as_bytes()).unwrap();
+    let c = Client::new(&cfg, None, None).unwrap();
+    let d = c.add_destination("db", "T", "json", None).unwrap();
+    for i in 0..100 {
+        c.append(d, format!("{{\"seq\":{i}}}").as_bytes()).unwrap();
+    }
+    c.flush().unwrap();
+    assert_eq!(wait_for(&env, "db", "T", 100, Duration::from_secs(30)), 100);
+    let violations = env.server.dm_violations();
+    assert!(violations.is_empty(), "DM violations: {violations:#?}");
+    assert_eq!(env.server.stats().ingested_requests, 0, "nothing streamed");
+}
