@@ -121,6 +121,14 @@ enum kedge_outcome
   KEDGE_OUTCOME_SPOOLED = 3,
   // The full spool dropped chunks to make room (spool.policy=drop-oldest); `records` says how many records.
   KEDGE_OUTCOME_DROPPED = 4,
+  // Queued ingestion (ingest.mode=queued): the blob is uploaded and the data-management service's queue has
+  // its message; the service ingests it within minutes. `is_final` is 0: a later report may follow when status
+  // tracking is on, and with queued.report=none this is the chunk's last report. The chunk has left RAM and
+  // the spool.
+  KEDGE_OUTCOME_QUEUED = 5,
+  // Queued ingestion with queued.report=all: the data-management service reports the chunk ingested
+  // (final). A failure it reports is a final `KEDGE_OUTCOME_REJECTED` with its error code in `message`.
+  KEDGE_OUTCOME_INGESTED = 6,
 };
 #ifndef __cplusplus
 #if __STDC_VERSION__ >= 202311L

@@ -21,6 +21,8 @@ pub const RESPONSE_BODY_BYTES: usize = 8 * 1024;
 /// agent's connection buffers, the destinations table and strings. Measured, then rounded up generously.
 pub const FIXED_OVERHEAD_BYTES: usize = 320 * 1024;
 
+/// Heap of managed mode's second HTTP agent (its input and output buffers, one pooled TLS connection).
+pub const MANAGED_AGENT_BYTES: u64 = 96 * 1024;
 /// Heap of an open spool besides its index: the 64 KiB scratch that verifies chunks, directory listings.
 pub const SPOOL_FIXED_BYTES: u64 = 96 * 1024;
 /// Heap of a credential while it fetches a token: the token endpoint's answer (read up to 64 KiB), the request
@@ -169,6 +171,69 @@ pub struct Config {
     pub spool_quarantine_max_bytes: Option<u64>,
     /// Upper bound of chunks in `rejected/` and `corrupt/` (also bounds the RAM of their index).
     pub spool_quarantine_max_chunks: u32,
+    /// How chunks go in: streaming (the default), queued (blob + queue message) or managed.
+    pub ingest_mode: IngestMode,
+    /// The data-management endpoint as given (`ingest.dm_url`); `None`: derived from `url` (see
+    /// [`Config::dm_url`]).
+    pub dm_url: Option<String>,
+    /// Which DM reports a queued chunk asks for (`queued.report`).
+    pub queued_report: QueuedReport,
+    /// Where the DM reports go (`queued.report_method`).
+    pub queued_report_method: ReportMethod,
+    /// Managed mode: how long a table whose streaming policy is off goes queued before streaming is tried again.
+    pub managed_queued_for: Duration,
+}
+
+/// `ingest.mode`: which protocol the client speaks.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum IngestMode {
+    /// `POST /v1/rest/ingest`: one request per chunk, to the engine.
+    Streaming,
+    /// Blob upload plus a message to the DM's queue.
+    Queued,
+    /// Streaming first, queued for what streaming cannot take.
+    Managed,
+}
+
+/// `queued.report`: the `ReportLevel` of the queue message.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum QueuedReport {
+    /// No reports (`ReportLevel` 1).
+    None,
+    /// Failures only (`ReportLevel` 0), the default: what a fleet can afford.
+    Failures,
+    /// Failures and successes (`ReportLevel` 2).
+    All,
+}
+
+impl QueuedReport {
+    /// The message's `ReportLevel` number.
+    pub fn level(self) -> u8 {
+        match self {
+            QueuedReport::Failures => 0,
+            QueuedReport::None => 1,
+            QueuedReport::All => 2,
+        }
+    }
+}
+
+/// `queued.report_method`: the message's `ReportMethod`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ReportMethod {
+    /// The DM's notification queues (`ReportMethod` 0).
+    Queue,
+    /// A row of the status table (`ReportMethod` 1).
+    Table,
+}
+
+impl ReportMethod {
+    /// The message's `ReportMethod` number.
+    pub fn number(self) -> u8 {
+        match self {
+            ReportMethod::Queue => 0,
+            ReportMethod::Table => 1,
+        }
+    }
 }
 
 impl Default for Config {
@@ -207,6 +272,11 @@ impl Default for Config {
             replay_per_poll: 8,
             spool_quarantine_max_bytes: None,
             spool_quarantine_max_chunks: SPOOL_QUARANTINE_MAX_CHUNKS,
+            ingest_mode: IngestMode::Streaming,
+            dm_url: None,
+            queued_report: QueuedReport::Failures,
+            queued_report_method: ReportMethod::Queue,
+            managed_queued_for: Duration::from_secs(900),
         }
     }
 }
@@ -388,6 +458,31 @@ pub const KEYS: &[KeyDoc] = &[
         default: "256",
         help: "upper bound of chunks in rejected/ and corrupt/ (0..1000000, also bounds their index in RAM)",
     },
+    KeyDoc {
+        key: "ingest.mode",
+        default: "streaming",
+        help: "streaming (POST to the engine), queued (blob upload + DM queue message) or managed (streaming, queued when streaming cannot take it)",
+    },
+    KeyDoc {
+        key: "ingest.dm_url",
+        default: "(url with ingest-)",
+        help: "data-management endpoint for queued and managed; derived from url by inserting ingest-, except for IP literals and localhost, where it must be set",
+    },
+    KeyDoc {
+        key: "queued.report",
+        default: "failures",
+        help: "DM reports a queued chunk asks for: none, failures or all (successes too: for tests and low volume)",
+    },
+    KeyDoc {
+        key: "queued.report_method",
+        default: "queue",
+        help: "where the DM reports: queue (its notification queues; table, a status row per chunk, is not available yet)",
+    },
+    KeyDoc {
+        key: "managed.queued_for_ms",
+        default: "900000",
+        help: "managed mode: after streaming answers that a table's streaming policy is off, its chunks go queued this long before streaming is tried again",
+    },
 ];
 
 /// A key that others can read protects nothing: refuse it, the way ssh refuses a private key file with loose
@@ -557,6 +652,41 @@ impl Config {
             "spool.quarantine_max_chunks" => {
                 self.spool_quarantine_max_chunks = parse_u64(key, value, 0, 1_000_000)? as u32
             }
+            "ingest.mode" => {
+                self.ingest_mode = match value {
+                    "streaming" => IngestMode::Streaming,
+                    "queued" => IngestMode::Queued,
+                    "managed" => IngestMode::Managed,
+                    _ => return Err(invalid(key, value, "expected streaming, queued or managed")),
+                }
+            }
+            "ingest.dm_url" => {
+                let v = value.trim().trim_end_matches('/');
+                crate::wire::DmUrl::parse(v)?;
+                self.dm_url = Some(v.to_owned());
+            }
+            "queued.report" => {
+                self.queued_report = match value {
+                    "none" => QueuedReport::None,
+                    "failures" => QueuedReport::Failures,
+                    "all" => QueuedReport::All,
+                    _ => return Err(invalid(key, value, "expected none, failures or all")),
+                }
+            }
+            "managed.queued_for_ms" => self.managed_queued_for = parse_ms(key, value, 0, DAY_MS)?,
+            "queued.report_method" => {
+                self.queued_report_method = match value {
+                    "queue" => ReportMethod::Queue,
+                    "table" => {
+                        return Err(invalid(
+                            key,
+                            value,
+                            "the status-table method is not available yet: use queue",
+                        ))
+                    }
+                    _ => return Err(invalid(key, value, "expected queue or table")),
+                }
+            }
             _ => {
                 return Err(Error::new(
                     ErrorKind::ConfigUnknownKey,
@@ -621,7 +751,27 @@ impl Config {
                 "retry.max_delay_ms must not be smaller than retry.base_ms",
             ));
         }
+        if self.ingest_mode != IngestMode::Streaming {
+            self.dm_url(&cluster)?;
+        }
         Ok(cluster)
+    }
+
+    /// The data-management endpoint: `ingest.dm_url` as given, else `url` with `ingest-` inserted. An IP literal
+    /// or localhost cluster has no derivable DM: then `ingest.dm_url` is required.
+    pub fn dm_url(&self, cluster: &crate::wire::ClusterUrl) -> Result<crate::wire::DmUrl, Error> {
+        if let Some(u) = &self.dm_url {
+            return crate::wire::DmUrl::parse(u);
+        }
+        crate::wire::DmUrl::derive(cluster).ok_or_else(|| {
+            Error::new(
+                ErrorKind::ConfigIncomplete,
+                format!(
+                    "ingest.mode needs the data-management endpoint, which cannot be derived from '{}' (an IP address or localhost): set ingest.dm_url",
+                    cluster.base()
+                ),
+            )
+        })
     }
 
     /// Upper bound of the spool's quarantine (`rejected/` and `corrupt/`) in bytes: as set, or an eighth of
@@ -665,6 +815,12 @@ impl Config {
             + self.ca_pem.len() as u64 * 2
             + FIXED_OVERHEAD_BYTES as u64
             + self.spool_memory()
+            + match self.ingest_mode {
+                IngestMode::Streaming => 0,
+                IngestMode::Queued => crate::sink::queued::QUEUED_BYTES,
+                // A second HTTP agent (engine and storage each have one) besides the queued sink's buffers.
+                IngestMode::Managed => crate::sink::queued::QUEUED_BYTES + MANAGED_AGENT_BYTES,
+            }
             + if self.auth.method().is_some() {
                 AUTH_BYTES
             } else {
@@ -693,6 +849,46 @@ impl Config {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn queued_mode_needs_a_dm_it_can_find() {
+        let mut c = Config::default();
+        c.set("url", "http://127.0.0.1:8080").unwrap();
+        c.set("http.allow_plain", "true").unwrap();
+        assert_eq!(c.ingest_mode, IngestMode::Streaming);
+        c.validate().unwrap();
+        c.set("ingest.mode", "queued").unwrap();
+        let e = c.validate().unwrap_err();
+        assert_eq!(e.kind, ErrorKind::ConfigIncomplete);
+        assert!(e.message.contains("ingest.dm_url"), "{}", e.message);
+        c.set("ingest.dm_url", "http://127.0.0.1:9090/").unwrap();
+        let cluster = c.validate().unwrap();
+        assert_eq!(c.dm_url(&cluster).unwrap().base, "http://127.0.0.1:9090");
+        let mut c = Config::default();
+        c.set("url", "https://c.westeurope.kusto.windows.net")
+            .unwrap();
+        c.set("ingest.mode", "queued").unwrap();
+        let cluster = c.validate().unwrap();
+        assert_eq!(
+            c.dm_url(&cluster).unwrap().base,
+            "https://ingest-c.westeurope.kusto.windows.net"
+        );
+        assert!(c.set("ingest.mode", "batch").is_err());
+        assert!(c.set("ingest.dm_url", "nope").is_err());
+        assert_eq!(c.queued_report.level(), 0);
+        c.set("queued.report", "none").unwrap();
+        assert_eq!(c.queued_report.level(), 1);
+        c.set("queued.report", "all").unwrap();
+        assert_eq!(c.queued_report.level(), 2);
+        assert!(c.set("queued.report", "some").is_err());
+        assert!(c.set("queued.report_method", "table").is_err());
+        c.set("queued.report_method", "queue").unwrap();
+        assert_eq!(c.queued_report_method.number(), 0);
+        assert!(c.set("queued.report_method", "both").is_err());
+        // The queued sink's buffers are part of the bound.
+        let streaming = Config::default().memory_bound();
+        assert!(c.memory_bound() > streaming);
+    }
 
     #[test]
     fn unknown_key_is_refused_with_its_name() {

@@ -95,7 +95,7 @@ pub enum Reply {
     Failed(Failure),
 }
 
-fn truncated<const N: usize>(s: &str) -> heapless::String<N> {
+pub(crate) fn truncated<const N: usize>(s: &str) -> heapless::String<N> {
     let mut out = heapless::String::new();
     for c in s.chars() {
         if c.is_control() && c != ' ' {
@@ -454,7 +454,7 @@ pub fn parse_consumed(body: &[u8]) -> Option<Option<u64>> {
 
 /// A minimal JSON reader over a byte slice: enough to walk a data set without building it in memory. Depth and
 /// input are bounded; any malformation answers `None`.
-mod json {
+pub(crate) mod json {
     pub struct Parser<'a> {
         b: &'a [u8],
         i: usize,
@@ -486,6 +486,10 @@ mod json {
         fn peek(&mut self) -> Option<u8> {
             self.ws();
             self.b.get(self.i).copied()
+        }
+        /// The next byte after whitespace, not consumed.
+        pub fn peek_byte(&mut self) -> Option<u8> {
+            self.peek()
         }
         /// Consumes `c` (after whitespace), or answers `None`.
         pub fn eat(&mut self, c: u8) -> Option<()> {

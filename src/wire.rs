@@ -108,6 +108,80 @@ impl ClusterUrl {
     }
 }
 
+/// The data-management ("ingest") endpoint: where `.get ingestion resources` goes.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct DmUrl {
+    /// `scheme://host[:port]`, host in lower case.
+    pub base: String,
+    /// The host alone (brackets kept for IPv6), for the transport's route.
+    pub host: String,
+    /// `https` (true) or `http`.
+    pub https: bool,
+    /// Explicit port, if any.
+    pub port: Option<u16>,
+}
+
+impl DmUrl {
+    /// An explicit `ingest.dm_url`, taken as it is (no `ingest-` added or removed): `https://host[:port][/]`.
+    pub fn parse(url: &str) -> Result<DmUrl, Error> {
+        let c = ClusterUrl::parse(url)
+            .map_err(|e| Error::new(e.kind, e.message.replacen("url '", "ingest.dm_url '", 1)))?;
+        let rest = url.split_once("://").map_or("", |(_, r)| r);
+        let had_ingest = rest.len() >= 7 && rest.as_bytes()[..7].eq_ignore_ascii_case(b"ingest-");
+        let host = if had_ingest {
+            format!("ingest-{}", c.host)
+        } else {
+            c.host
+        };
+        Ok(DmUrl::from_parts(c.https, host, c.port))
+    }
+
+    /// The SDKs' rule: `ingest-` goes in front of the engine's host, compared without the port. An IP literal or
+    /// localhost has no DM name to derive (`None`: the caller must give one); the onebox host is its own DM.
+    pub fn derive(engine: &ClusterUrl) -> Option<DmUrl> {
+        let h = engine.host.as_str();
+        let is_ip = h.starts_with('[') || h.parse::<std::net::IpAddr>().is_ok();
+        if is_ip || is_loopback_host(h) {
+            return None;
+        }
+        let host = if h == "onebox.dev.kusto.windows.net" || h.starts_with("ingest-") {
+            h.to_owned()
+        } else {
+            format!("ingest-{h}")
+        };
+        Some(DmUrl::from_parts(engine.https, host, engine.port))
+    }
+
+    fn from_parts(https: bool, host: String, port: Option<u16>) -> DmUrl {
+        let mut base = String::with_capacity(host.len() + 16);
+        base.push_str(if https { "https://" } else { "http://" });
+        base.push_str(&host);
+        if let Some(p) = port {
+            let _ = write!(base, ":{p}");
+        }
+        DmUrl {
+            base,
+            host,
+            https,
+            port,
+        }
+    }
+
+    /// The DM as a host to route to (the transport's proxy rules and messages), without removing `ingest-`.
+    pub fn as_host(&self) -> ClusterUrl {
+        ClusterUrl {
+            https: self.https,
+            host: self.host.clone(),
+            port: self.port,
+        }
+    }
+
+    /// `{dm}/v1/rest/mgmt`.
+    pub fn mgmt_url(&self) -> String {
+        format!("{}/v1/rest/mgmt", self.base)
+    }
+}
+
 /// True for `localhost`, `*.localhost` and loopback addresses (IPv6 with or without brackets): the hosts plain http
 /// may go to with `http.allow_plain`.
 pub fn is_loopback_host(host: &str) -> bool {
@@ -299,7 +373,13 @@ pub fn check_entity_name(what: &str, name: &str) -> Result<(), Error> {
 /// `x-ms-client-request-id` for one attempt: the chunk id stays the same across retries (server-side tracing
 /// follows the chunk), the attempt number makes every request unique.
 pub fn request_id(chunk_id: &str, attempt: u32) -> String {
-    format!("{REQUEST_ID_PREFIX}.executeStreamingIngest;{chunk_id};{attempt}")
+    request_id_for("executeStreamingIngest", chunk_id, attempt)
+}
+
+/// `x-ms-client-request-id` of another operation on a chunk: `KEC.{operation};{chunk id};{attempt}`
+/// (`executeManagedStreamingIngest` as the SDKs' managed client, `executeQueuedIngest` for storage requests).
+pub fn request_id_for(operation: &str, chunk_id: &str, attempt: u32) -> String {
+    format!("{REQUEST_ID_PREFIX}.{operation};{chunk_id};{attempt}")
 }
 
 /// Makes a value safe for an HTTP header the way the SDKs do: non-ASCII and control characters become `?`.
@@ -370,6 +450,57 @@ pub fn uuid_text(b: &[u8; 16]) -> heapless::String<36> {
 
 #[cfg(test)]
 mod tests {
+
+    #[test]
+    fn dm_url_is_derived_as_the_sdks_do() {
+        let d = |u: &str| DmUrl::derive(&ClusterUrl::parse(u).unwrap()).map(|d| d.base);
+        // (engine url, derived DM)
+        let table: &[(&str, Option<&str>)] = &[
+            (
+                "https://c.westeurope.kusto.windows.net",
+                Some("https://ingest-c.westeurope.kusto.windows.net"),
+            ),
+            (
+                "https://C.WestEurope.kusto.windows.net/",
+                Some("https://ingest-c.westeurope.kusto.windows.net"),
+            ),
+            // A DM url given as url is first turned into the engine's, then back: never ingest-ingest-.
+            (
+                "https://ingest-c.kusto.windows.net",
+                Some("https://ingest-c.kusto.windows.net"),
+            ),
+            // The port is kept and not part of the host comparison.
+            (
+                "https://c.kusto.windows.net:8443",
+                Some("https://ingest-c.kusto.windows.net:8443"),
+            ),
+            ("http://localhost:8080", None),
+            ("http://dev.localhost:8080", None),
+            ("http://127.0.0.1:8080", None),
+            ("https://10.0.0.5", None),
+            ("http://[::1]:8080", None),
+            ("https://[2001:db8::1]", None),
+            (
+                "https://onebox.dev.kusto.windows.net",
+                Some("https://onebox.dev.kusto.windows.net"),
+            ),
+        ];
+        for (url, want) in table {
+            assert_eq!(d(url).as_deref(), *want, "{url}");
+        }
+    }
+
+    #[test]
+    fn an_explicit_dm_url_is_taken_as_it_is() {
+        let d = DmUrl::parse("http://127.0.0.1:9000/").unwrap();
+        assert_eq!(d.base, "http://127.0.0.1:9000");
+        assert_eq!(d.mgmt_url(), "http://127.0.0.1:9000/v1/rest/mgmt");
+        let d = DmUrl::parse("https://Ingest-C.kusto.windows.net").unwrap();
+        assert_eq!(d.base, "https://ingest-c.kusto.windows.net");
+        let e = DmUrl::parse("ftp://x").unwrap_err();
+        assert!(e.message.contains("ingest.dm_url"), "{}", e.message);
+    }
+
     use super::*;
 
     #[test]

@@ -41,6 +41,35 @@ pub fn base64_std(input: &[u8]) -> String {
     s
 }
 
+/// Appends standard base64 with padding to `out` (no allocation when `out` has room): queue messages.
+pub fn base64_std_into(input: &[u8], out: &mut String) {
+    base64(input, STD, true, out);
+}
+
+/// Decodes standard base64 (padding optional, no whitespace) into `out` (cleared first): queue notifications.
+/// `false` for anything else.
+pub fn base64_std_decode(text: &str, out: &mut Vec<u8>) -> bool {
+    out.clear();
+    let t = text.trim_end_matches('=');
+    if text.len() - t.len() > 2 || t.len() % 4 == 1 {
+        return false;
+    }
+    let (mut acc, mut bits) = (0u32, 0u32);
+    for &c in t.as_bytes() {
+        let v = match STD.iter().position(|&a| a == c) {
+            Some(v) => v as u32,
+            None => return false,
+        };
+        acc = (acc << 6 | v) & 0xff_ffff;
+        bits += 6;
+        if bits >= 8 {
+            bits -= 8;
+            out.push((acc >> bits) as u8);
+        }
+    }
+    true
+}
+
 /// Appends `s` percent-encoded for an `application/x-www-form-urlencoded` body or a URL query value: everything
 /// but the RFC 3986 unreserved characters is `%XX`, so a `+`, `&` or `=` in a secret can never change the form.
 pub fn percent_encode_into(s: &str, out: &mut String) {
@@ -109,6 +138,19 @@ pub fn uuid_v4(rng: &dyn SecureRandom) -> Result<String, ring::error::Unspecifie
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn base64_decodes_what_it_encodes() {
+        let mut out = Vec::new();
+        for n in 0..40u8 {
+            let data: Vec<u8> = (0..n).map(|i| i.wrapping_mul(37)).collect();
+            assert!(base64_std_decode(&base64_std(&data), &mut out));
+            assert_eq!(out, data);
+        }
+        assert!(!base64_std_decode("ab$c", &mut out));
+        assert!(!base64_std_decode("a", &mut out));
+        assert!(!base64_std_decode("QQ===", &mut out));
+    }
 
     #[test]
     fn base64url_has_no_padding_and_url_alphabet() {

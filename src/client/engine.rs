@@ -389,6 +389,10 @@ impl Engine {
                     }
                     return (sent.attempt, attempt);
                 }
+                Attempt::Queued { status } => {
+                    st.last_http_status.store(status as u64, Relaxed);
+                    return (sent.attempt, attempt);
+                }
                 Attempt::Failed(f) => f,
             };
             st.last_http_status.store(f.status as u64, Relaxed);
@@ -446,11 +450,15 @@ impl Engine {
         let wire_len = self.wire.len() as u64;
         let status = match result {
             SendResult::Acknowledged => 200,
+            SendResult::Queued => 201,
             _ => failure.map_or(0, |f| f.status),
         };
         // What to say about the chunk: the failure and what to do, or why it was not tried.
         let mut message = match (result, failure) {
             (SendResult::Acknowledged, _) => "acknowledged".to_owned(),
+            (SendResult::Queued, _) => {
+                "queued: the blob is up and the DM's queue has its message".to_owned()
+            }
             (_, Some(f)) => format!("{label}: {}: {}", describe(f), f.advice()),
             (_, None) => {
                 let t = &self.targets[target];
@@ -566,7 +574,8 @@ impl Engine {
         // Stats and the log.
         let st = &sh.stats;
         match result {
-            SendResult::Acknowledged => {
+            // Queued counts with acknowledged: the service has the data (its later report is the DM's).
+            SendResult::Acknowledged | SendResult::Queued => {
                 st.records_acknowledged.fetch_add(chunk.records, Relaxed);
                 st.chunks_acknowledged.fetch_add(1, Relaxed);
                 if place == Place::Spool {
@@ -575,7 +584,7 @@ impl Engine {
                 }
                 sh.log(
                     LogLevel::Info,
-                    &format!("{label}: chunk {text} acknowledged: {} records, {} bytes raw, {wire_len} on the wire", chunk.records, chunk.raw_len),
+                    &format!("{label}: chunk {text} {}: {} records, {} bytes raw, {wire_len} on the wire", if result == SendResult::Queued { "queued" } else { "acknowledged" }, chunk.records, chunk.raw_len),
                 );
             }
             SendResult::Rejected => {
@@ -615,12 +624,13 @@ impl Engine {
             Report::Rejected => Some(Outcome::Rejected),
             Report::Failed => Some(Outcome::Failed),
             Report::Spooled => Some(Outcome::Spooled),
+            Report::Queued => Some(Outcome::Queued),
         };
         if let Some(outcome) = outcome {
             let t = &self.targets[target];
             let msg = caller.as_ref().map_or(message.as_str(), |e| &e.message);
             let error = match outcome {
-                Outcome::Acknowledged => None,
+                Outcome::Acknowledged | Outcome::Queued => None,
                 Outcome::Spooled => Some(match result {
                     SendResult::Kept(c) => outcome::kind_of(c),
                     _ => ErrorKind::BackingOff,
@@ -684,6 +694,74 @@ impl Engine {
         self.sync_spool_stats(sh);
     }
 
+    /// Reads the service's final word on chunks a sink took for later ingestion (queued: the DM's
+    /// notifications) and reports each: `Ingested`, or `Rejected` with the DM's error code.
+    pub fn track_status(&mut self, sh: &Shared, deadline: Instant) {
+        if sh.sink.awaiting() == 0 {
+            return;
+        }
+        let Engine {
+            targets,
+            body,
+            scratch,
+            hard_deadline,
+            ..
+        } = self;
+        let warn = |m: &str| sh.log(LogLevel::Warn, m);
+        let mut io = SendIo {
+            body,
+            scratch,
+            clock: &*sh.clock,
+            deadline,
+            hard_deadline: *hard_deadline,
+            warn: &warn,
+        };
+        let requests = sh.sink.poll_status(&mut io, &mut |r| {
+            let destination = targets
+                .iter()
+                .find(|t| *t.key == *r.dest)
+                .and_then(|t| t.destination)
+                .unwrap_or(u32::MAX);
+            let (outcome, error, message) = match &r.failure {
+                None => (Outcome::Ingested, None, "ingested (the DM's report)"),
+                Some(f) => (
+                    Outcome::Rejected,
+                    Some(match f.class {
+                        crate::response::FailureClass::Rejected => ErrorKind::DataRejected,
+                        _ => ErrorKind::TransientFailure,
+                    }),
+                    f.message.as_str(),
+                ),
+            };
+            if r.failure.is_some() {
+                sh.log(LogLevel::Error, message);
+                sh.stats.records_rejected.fetch_add(r.records, Relaxed);
+                sh.stats.chunks_rejected.fetch_add(1, Relaxed);
+            } else {
+                sh.log(
+                    LogLevel::Info,
+                    &format!(
+                        "{}.{}: chunk {} ingested",
+                        r.dest.database, r.dest.table, r.chunk_id
+                    ),
+                );
+            }
+            sh.report(&DeliveryReport {
+                destination,
+                chunk_id: r.chunk_id,
+                records: r.records,
+                raw_bytes: r.raw_len,
+                wire_bytes: 0,
+                outcome,
+                is_final: true,
+                error,
+                http_status: 0,
+                message,
+            });
+        });
+        sh.stats.requests.fetch_add(requests as u64, Relaxed);
+    }
+
     /// Milliseconds until the sender has work: a sealed or aged batch, a backoff running out, a spooled chunk.
     pub fn next_due(&self, sh: &Shared, lanes: &Lanes) -> u32 {
         let now = sh.clock.now();
@@ -723,6 +801,10 @@ impl Engine {
                     break;
                 }
             }
+        }
+        // Chunks awaiting the DM's word: the next poll reads its reports.
+        if sh.sink.awaiting() > 0 {
+            next = next.min(crate::sink::queued::status::POLL_EVERY);
         }
         // Rounded up: sleeping the milliseconds said is always enough.
         next.as_nanos().div_ceil(1_000_000).min(u32::MAX as u128) as u32

@@ -47,8 +47,11 @@ use std::time::Duration;
 use ring::rand::{SecureRandom, SystemRandom};
 
 use crate::clock::SharedClock;
+use crate::config::IngestMode;
 use crate::config::{Config, LogLevel};
 use crate::error::{Error, ErrorKind};
+use crate::sink::managed::ManagedSink;
+use crate::sink::queued::QueuedSink;
 use crate::sink::streaming::StreamingSink;
 use crate::sink::Sink;
 use crate::spool::{DestKey, FsStorage};
@@ -187,15 +190,34 @@ impl Client {
             (None, None) => None,
         };
         let clock = opts.clock.unwrap_or_else(crate::clock::system);
-        let transport = Transport::new(&cfg.transport_config(), &cluster)?;
+        // One token cache for every sink: the DM takes the engine's token (same scope).
         let auth = cfg
             .auth
-            .build(Some(&cluster.base()), cfg.retry_max_total, clock.clone())?;
-        let sink = StreamingSink::new(cfg, cluster, transport, auth);
+            .build(Some(&cluster.base()), cfg.retry_max_total, clock.clone())?
+            .map(std::sync::Arc::new);
+        let sink: Box<dyn Sink> = match cfg.ingest_mode {
+            IngestMode::Streaming => {
+                let transport = Transport::new(&cfg.transport_config(), &cluster)?;
+                Box::new(StreamingSink::new(cfg, cluster, transport, auth))
+            }
+            IngestMode::Queued => {
+                let dm = cfg.dm_url(&cluster)?;
+                let transport = Transport::new(&cfg.transport_config(), &dm.as_host())?;
+                Box::new(QueuedSink::new(cfg, dm, transport, auth, clock.now()))
+            }
+            IngestMode::Managed => {
+                let dm = cfg.dm_url(&cluster)?;
+                let engine = Transport::new(&cfg.transport_config(), &cluster)?;
+                let storage = Transport::new(&cfg.transport_config(), &dm.as_host())?;
+                let queued = QueuedSink::new(cfg, dm, storage, auth.clone(), clock.now());
+                let streaming = StreamingSink::new(cfg, cluster, engine, auth);
+                Box::new(ManagedSink::new(streaming, queued, cfg.managed_queued_for))
+            }
+        };
         let sh = Shared {
             cfg: cfg.clone(),
             clock,
-            sink: Box::new(sink),
+            sink,
             rng: SystemRandom::new(),
             stats: Stats::default(),
             log: opts.log,
@@ -366,6 +388,7 @@ impl Client {
             engine.service_lane(sh, &self.lanes, lane, Mode::Due, deadline, &mut errs);
         }
         engine.replay(sh, &self.lanes, deadline, sh.cfg.replay_per_poll, &mut errs);
+        engine.track_status(sh, deadline);
         if let Some(msg) = engine.spool_fault.take() {
             errs.note(Error::new(ErrorKind::SpoolIo, msg));
         }

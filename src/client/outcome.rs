@@ -10,6 +10,8 @@ use crate::response::FailureClass;
 pub enum SendResult {
     /// The service took it for good.
     Acknowledged,
+    /// The DM's queue took it (queued ingestion): the data is the service's now.
+    Queued,
     /// The service refused the data itself.
     Rejected,
     /// Not taken, for a reason that may pass (its class: transient, target not ready, auth).
@@ -78,6 +80,8 @@ pub enum Report {
     Failed,
     /// Durable in the spool, to be replayed (intermediate).
     Spooled,
+    /// Posted to the DM's queue (intermediate; final when reports are off).
+    Queued,
 }
 
 /// Everything that follows one send.
@@ -132,6 +136,13 @@ pub fn decide(result: SendResult, place: Place, spool_on: bool, write_ahead: boo
             Reset,
             None,
         ),
+        // Queued: the blob and its message are the service's; the chunk leaves RAM and the spool at once, whatever
+        // `queued.report` says. (With `all`, keeping it until the DM confirms needs the status tracker, which
+        // would then remove it; until then a resend could only duplicate what the DM already has.)
+        (SendResult::Queued, Place::Ram) => {
+            e(SpoolOp::None, RamOp::Free, Report::Queued, Reset, None)
+        }
+        (SendResult::Queued, _) => e(SpoolOp::Remove, RamOp::Free, Report::Queued, Reset, None),
         // Refused data says nothing against the destination: the next chunk goes at once.
         (SendResult::Rejected, Place::Ram) if spool_on => e(
             SpoolOp::PushRejected,
@@ -248,6 +259,72 @@ mod tests {
         #[rustfmt::skip]
         type Row = (S, Place, bool, bool, O, RamOp, R, BackoffOp, Option<K>);
         let table: &[Row] = &[
+            (
+                S::Queued,
+                Ram,
+                false,
+                false,
+                O::None,
+                Free,
+                R::Queued,
+                Reset,
+                None,
+            ),
+            (
+                S::Queued,
+                Ram,
+                true,
+                false,
+                O::None,
+                Free,
+                R::Queued,
+                Reset,
+                None,
+            ),
+            (
+                S::Queued,
+                Ram,
+                true,
+                true,
+                O::None,
+                Free,
+                R::Queued,
+                Reset,
+                None,
+            ),
+            (
+                S::Queued,
+                SpoolNew,
+                true,
+                true,
+                O::Remove,
+                Free,
+                R::Queued,
+                Reset,
+                None,
+            ),
+            (
+                S::Queued,
+                Spool,
+                true,
+                false,
+                O::Remove,
+                Free,
+                R::Queued,
+                Reset,
+                None,
+            ),
+            (
+                S::Queued,
+                Spool,
+                false,
+                false,
+                O::Remove,
+                Free,
+                R::Queued,
+                Reset,
+                None,
+            ),
             (
                 S::Acknowledged,
                 Ram,
@@ -562,6 +639,7 @@ mod tests {
         // Whatever the combination, data that may still be delivered is kept in RAM or made durable.
         let results = [
             S::Acknowledged,
+            S::Queued,
             S::Rejected,
             S::Kept(C::Transient),
             S::Kept(C::TargetNotReady),

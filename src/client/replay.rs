@@ -129,6 +129,7 @@ impl Engine {
             let (sent, _) = self.deliver(sh, target, &chunk, attempt, 1, deadline);
             let (result, failure) = match sent {
                 Attempt::Acknowledged { .. } => (SendResult::Acknowledged, None),
+                Attempt::Queued { .. } => (SendResult::Queued, None),
                 Attempt::Failed(f) => {
                     let r = match f.class {
                         FailureClass::Rejected => SendResult::Rejected,

@@ -7,8 +7,8 @@ use crate::error::ErrorKind;
 use crate::spool::Storage;
 
 /// What happened to one chunk, as passed to the delivery callback. Every chunk gets exactly one final report
-/// (`Acknowledged`, `Rejected` or `Dropped`; see [`Outcome::is_final`]) and any number of intermediate ones
-/// (`Failed`, `Spooled`) before it.
+/// (`Acknowledged`, `Rejected`, `Dropped` or `Ingested`; see [`Outcome::is_final`]) and any number of intermediate ones
+/// (`Failed`, `Spooled`, `Queued`) before it; in queued mode `Queued` may be the last report a chunk gets.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 #[repr(u32)]
 pub enum Outcome {
@@ -22,6 +22,13 @@ pub enum Outcome {
     Spooled = 3,
     /// The spool was full and dropped this chunk (policy drop-oldest).
     Dropped = 4,
+    /// Queued ingestion: the blob is uploaded and the DM's queue has the message; the DM ingests it later.
+    /// Intermediate: a later `Rejected` (the DM's failure report) may follow once status tracking reads the
+    /// reports. With `queued.report` = `none` nothing follows: it is the chunk's last report. The chunk has left
+    /// RAM and the spool.
+    Queued = 5,
+    /// Queued ingestion with `queued.report` = `all`: the DM reports the chunk ingested (final).
+    Ingested = 6,
 }
 
 impl Outcome {
@@ -29,7 +36,7 @@ impl Outcome {
     pub fn is_final(self) -> bool {
         matches!(
             self,
-            Outcome::Acknowledged | Outcome::Rejected | Outcome::Dropped
+            Outcome::Acknowledged | Outcome::Rejected | Outcome::Dropped | Outcome::Ingested
         )
     }
 }

@@ -141,6 +141,7 @@ impl Engine {
         batch.attempts = attempts;
         let (result, failure) = match sent {
             Attempt::Acknowledged { .. } => (SendResult::Acknowledged, None),
+            Attempt::Queued { .. } => (SendResult::Queued, None),
             Attempt::Failed(f) => {
                 let r = match f.class {
                     FailureClass::Rejected => SendResult::Rejected,
@@ -264,17 +265,12 @@ impl Engine {
             let (sent, _) =
                 self.deliver(sh, target, &piece, 0, sh.cfg.retry_max_attempts, deadline);
             match sent {
-                Attempt::Acknowledged { .. } => {
-                    self.settle(
-                        sh,
-                        target,
-                        piece,
-                        Place::Ram,
-                        SendResult::Acknowledged,
-                        None,
-                        None,
-                        errs,
-                    );
+                Attempt::Acknowledged { .. } | Attempt::Queued { .. } => {
+                    let r = match sent {
+                        Attempt::Queued { .. } => SendResult::Queued,
+                        _ => SendResult::Acknowledged,
+                    };
+                    self.settle(sh, target, piece, Place::Ram, r, None, None, errs);
                     settled += records;
                 }
                 Attempt::Failed(f) if f.class == FailureClass::Rejected => match mid {

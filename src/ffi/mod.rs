@@ -162,6 +162,14 @@ pub enum kedge_outcome {
     KEDGE_OUTCOME_SPOOLED = 3,
     /// The full spool dropped chunks to make room (spool.policy=drop-oldest); `records` says how many records.
     KEDGE_OUTCOME_DROPPED = 4,
+    /// Queued ingestion (ingest.mode=queued): the blob is uploaded and the data-management service's queue has
+    /// its message; the service ingests it within minutes. `is_final` is 0: a later report may follow when status
+    /// tracking is on, and with queued.report=none this is the chunk's last report. The chunk has left RAM and
+    /// the spool.
+    KEDGE_OUTCOME_QUEUED = 5,
+    /// Queued ingestion with queued.report=all: the data-management service reports the chunk ingested
+    /// (final). A failure it reports is a final `KEDGE_OUTCOME_REJECTED` with its error code in `message`.
+    KEDGE_OUTCOME_INGESTED = 6,
 }
 
 /// A configuration under construction. Create with `kedge_config_new`, fill with `kedge_config_set*`, pass to
@@ -735,6 +743,8 @@ pub unsafe extern "C" fn kedge_client_new(
                         Outcome::Failed => kedge_outcome::KEDGE_OUTCOME_FAILED,
                         Outcome::Spooled => kedge_outcome::KEDGE_OUTCOME_SPOOLED,
                         Outcome::Dropped => kedge_outcome::KEDGE_OUTCOME_DROPPED,
+                        Outcome::Queued => kedge_outcome::KEDGE_OUTCOME_QUEUED,
+                        Outcome::Ingested => kedge_outcome::KEDGE_OUTCOME_INGESTED,
                     },
                     result: r.error.map_or(kedge_result::KEDGE_OK, Into::into),
                     http_status: r.http_status,

@@ -5,6 +5,8 @@
 //! answers onto [`Failure`] classes, and says `Queued` instead of `Acknowledged` when the service took the chunk
 //! for later ingestion; nothing in lanes, the spool or the outcome table changes for it.
 
+pub mod managed;
+pub mod queued;
 pub mod streaming;
 
 use std::time::Instant;
@@ -27,6 +29,8 @@ pub struct SinkTarget {
     pub label: String,
     /// The data format.
     pub format: Format,
+    /// The destination itself (a queued message names database, table and mapping).
+    pub dest: DestKey,
 }
 
 /// One chunk to send, as the core hands it over.
@@ -72,6 +76,12 @@ pub enum Attempt {
         /// Records the service says it consumed, when it says.
         consumed: Option<u64>,
     },
+    /// The service took the chunk for later ingestion (queued: the blob is up and the message posted). The data
+    /// is safe with the service; whether it lands in the table is for the DM's report.
+    Queued {
+        /// HTTP status of the enqueue answer.
+        status: u16,
+    },
     /// Not taken, and why, classified.
     Failed(Failure),
 }
@@ -82,6 +92,22 @@ pub struct Sent {
     pub attempt: Attempt,
     /// HTTP requests made (a sink may retry once by itself, say with a fresh token after a 401).
     pub requests: u32,
+}
+
+/// The service's final word on a chunk a sink took earlier for later ingestion (queued ingestion's status
+/// tracking).
+pub struct StatusReport<'a> {
+    /// The chunk's id.
+    pub chunk_id: &'a str,
+    /// Its destination.
+    pub dest: &'a DestKey,
+    /// Records in the chunk.
+    pub records: u64,
+    /// Raw bytes.
+    pub raw_len: u64,
+    /// `None`: ingested. Else why not: the DM's error code, details and failure status, classified (`Rejected`
+    /// for a permanent failure, `Transient` for a transient or exhausted one).
+    pub failure: Option<Failure>,
 }
 
 /// One ingestion protocol. Implementations are used from one thread at a time (the client's sender) but must be
@@ -96,4 +122,13 @@ pub trait Sink: Send + Sync {
     /// One delivery attempt. Retries with backoff are the core's; a sink only repeats a request for a reason of
     /// its own protocol (a fresh token after a 401) and says how many it made.
     fn send(&self, target: &SinkTarget, chunk: &ChunkRef<'_>, io: &mut SendIo<'_>) -> Sent;
+    /// Chunks taken for later ingestion whose final word is awaited.
+    fn awaiting(&self) -> usize {
+        0
+    }
+    /// Asks the service about chunks taken earlier (at most as often as the sink sees fit) and passes each final
+    /// word to `report`. Returns the requests it made.
+    fn poll_status(&self, _io: &mut SendIo<'_>, _report: &mut dyn FnMut(&StatusReport<'_>)) -> u32 {
+        0
+    }
 }

@@ -2,6 +2,8 @@
 //! the answer classified by [`crate::response::classify`]. A 401 with a refreshable token source gets one fresh
 //! token and one more request, at once; every other retry is the core's.
 
+use std::sync::Arc;
+
 use crate::auth::{SecretString, TokenCache};
 use crate::config::Config;
 use crate::config::RESPONSE_BODY_BYTES;
@@ -18,7 +20,8 @@ use super::{Attempt, ChunkRef, SendIo, Sent, Sink, SinkId, SinkTarget};
 pub struct StreamingSink {
     cluster: ClusterUrl,
     transport: Transport,
-    auth: Option<TokenCache>,
+    auth: Option<Arc<TokenCache>>,
+    operation: &'static str,
     app: String,
     user: String,
     client_version: String,
@@ -30,16 +33,23 @@ impl StreamingSink {
         cfg: &Config,
         cluster: ClusterUrl,
         transport: Transport,
-        auth: Option<TokenCache>,
+        auth: Option<Arc<TokenCache>>,
     ) -> StreamingSink {
         StreamingSink {
             cluster,
             transport,
             auth,
+            operation: "executeStreamingIngest",
             app: cfg.app.clone(),
             user: cfg.user.clone(),
             client_version: wire::client_version(&cfg.app, cfg.app_version.as_deref()),
         }
+    }
+
+    /// Request ids as the SDKs' managed client names its streaming attempts.
+    pub fn managed(mut self) -> StreamingSink {
+        self.operation = "executeManagedStreamingIngest";
+        self
     }
 
     /// The `Authorization` value for the next request, from the token cache (refreshed ahead of expiry, or now
@@ -87,7 +97,7 @@ impl StreamingSink {
         token: Option<&SecretString>,
         io: &mut SendIo<'_>,
     ) -> Reply {
-        let request_id = wire::request_id(chunk.id, attempt);
+        let request_id = wire::request_id_for(self.operation, chunk.id, attempt);
         let mut headers: heapless::Vec<(&'static str, &str), 10> = heapless::Vec::new();
         let _ = headers.push(("x-ms-client-request-id", &request_id));
         let _ = headers.push(("x-ms-version", wire::API_VERSION));
@@ -147,6 +157,7 @@ impl Sink for StreamingSink {
             ),
             label: format!("{}.{}", key.database, key.table),
             format,
+            dest: key.clone(),
         })
     }
 

@@ -1,0 +1,303 @@
+//! Queued ingestion end to end: the client, the test endpoint as a DM, and a real Azure Storage server (Azurite).
+//! What the client uploads and posts is what the DM checks and ingests; the assertion that matters is zero
+//! protocol violations.
+
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use kusto_devserver::azurite::Azurite;
+use kusto_devserver::{DmConfig, Server, ServerConfig};
+use kusto_edge::client::{DeliveryReport, Outcome};
+use kusto_edge::{Client, ClientOptions, Config};
+
+struct Env {
+    // Field order: the server (and its ingestor) stops before Azurite does.
+    server: Server,
+    _az: Azurite,
+}
+
+fn env(tables: Option<Vec<(&str, &str)>>) -> Env {
+    let az = Azurite::start().expect("azurite");
+    let mut dm = DmConfig::new(az.endpoints());
+    dm.poll_interval = Duration::from_millis(50);
+    let server = Server::start(ServerConfig {
+        dm: Some(dm),
+        tables: tables.map(|t| {
+            t.into_iter()
+                .map(|(d, t)| (d.to_string(), t.to_string()))
+                .collect()
+        }),
+        ..ServerConfig::default()
+    })
+    .unwrap();
+    Env { server, _az: az }
+}
+
+type Reports = Arc<Mutex<Vec<(String, Outcome, bool, String)>>>;
+
+fn client(env: &Env, extra: &[(&str, &str)]) -> (Client, Reports) {
+    let mut cfg = Config::default();
+    cfg.set("url", &env.server.url()).unwrap();
+    cfg.set("http.allow_plain", "true").unwrap();
+    cfg.set("ingest.mode", "queued").unwrap();
+    cfg.set("ingest.dm_url", &env.server.dm_url().unwrap())
+        .unwrap();
+    cfg.set("client.app", "queued-e2e").unwrap();
+    cfg.set("batch.bytes", "65536").unwrap();
+    for (k, v) in extra {
+        cfg.set(k, v).unwrap();
+    }
+    let reports: Reports = Arc::default();
+    let r = reports.clone();
+    let c = Client::with_options(
+        &cfg,
+        ClientOptions {
+            delivery: Some(Arc::new(move |d: &DeliveryReport<'_>| {
+                r.lock().unwrap().push((
+                    d.chunk_id.to_owned(),
+                    d.outcome,
+                    d.is_final,
+                    d.message.to_owned(),
+                ))
+            })),
+            log: Some(Arc::new(|_, line: &str| {
+                assert!(!line.contains("sig="), "a SAS in a log line: {line}");
+            })),
+            ..Default::default()
+        },
+    )
+    .unwrap();
+    (c, reports)
+}
+
+/// Waits until the DM has ingested `records` records into the table, or `limit` passes.
+fn wait_for(env: &Env, db: &str, table: &str, records: usize, limit: Duration) -> usize {
+    let start = Instant::now();
+    loop {
+        let n = env.server.records(db, table).len();
+        if n >= records || start.elapsed() > limit {
+            return n;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+#[test]
+fn records_appended_in_queued_mode_arrive_through_the_queue_once() {
+    let env = env(None);
+    let (c, reports) = client(&env, &[]);
+    let d = c.add_destination("db", "T", "multijson", None).unwrap();
+    let n = 3000;
+    for i in 0..n {
+        let rec = format!("{{\"seq\":{i},\"payload\":\"{}\"}}", "x".repeat(40));
+        loop {
+            match c.append(d, rec.as_bytes()) {
+                Err(e) if e.kind == kusto_edge::ErrorKind::QueueFull => {
+                    c.poll().unwrap();
+                }
+                r => break r.unwrap(),
+            }
+        }
+    }
+    c.flush().unwrap();
+    assert_eq!(wait_for(&env, "db", "T", n, Duration::from_secs(30)), n);
+    let violations = env.server.dm_violations();
+    assert!(violations.is_empty(), "DM violations: {violations:#?}");
+    let dm = env.server.dm_stats();
+    assert_eq!(dm.resources_requests, 1, "resources fetched once: {dm:?}");
+    assert_eq!(
+        dm.identity_token_requests, 1,
+        "identity fetched once: {dm:?}"
+    );
+    assert_eq!(dm.duplicates_ingested, 0, "{dm:?}");
+    let st = env.server.stats();
+    assert_eq!(st.ingested_requests, 0, "nothing streamed");
+    // Every record once.
+    let mut seqs: Vec<u64> = env
+        .server
+        .records("db", "T")
+        .iter()
+        .map(|r| {
+            let s = String::from_utf8_lossy(r);
+            let at = s.find("\"seq\":").unwrap() + 6;
+            s[at..]
+                .chars()
+                .take_while(char::is_ascii_digit)
+                .collect::<String>()
+                .parse()
+                .unwrap()
+        })
+        .collect();
+    seqs.sort_unstable();
+    assert_eq!(seqs, (0..n as u64).collect::<Vec<_>>());
+    // Every chunk reported queued, none final yet (failures-only reports), and the DM saw our ids.
+    let r = reports.lock().unwrap();
+    assert!(!r.is_empty());
+    assert!(r.iter().all(|x| x.1 == Outcome::Queued && !x.2), "{r:?}");
+    let ids: std::collections::HashSet<String> = env
+        .server
+        .dm_ingestions()
+        .into_iter()
+        .map(|i| i.id)
+        .collect();
+    for x in r.iter() {
+        assert!(ids.contains(&x.0), "chunk {} not seen by the DM", x.0);
+    }
+}
+
+#[test]
+fn with_reports_on_a_missing_table_is_a_final_rejection_and_a_good_one_is_ingested() {
+    let env = env(Some(vec![("db", "T")]));
+    let (c, reports) = client(&env, &[("queued.report", "all")]);
+    let good = c.add_destination("db", "T", "csv", None).unwrap();
+    let missing = c.add_destination("db", "Missing", "csv", None).unwrap();
+    c.append(good, b"1,a").unwrap();
+    c.append(missing, b"2,b").unwrap();
+    c.flush().unwrap();
+    let start = Instant::now();
+    loop {
+        let finals = reports.lock().unwrap().iter().filter(|x| x.2).count();
+        if finals == 2 || start.elapsed() > Duration::from_secs(40) {
+            break;
+        }
+        let wait = c.poll().unwrap().clamp(10, 500);
+        std::thread::sleep(Duration::from_millis(wait as u64));
+    }
+    let r = reports.lock().unwrap().clone();
+    let finals: Vec<_> = r.iter().filter(|x| x.2).collect();
+    assert_eq!(finals.len(), 2, "{r:#?}");
+    let ingested = finals.iter().filter(|x| x.1 == Outcome::Ingested).count();
+    let rejected: Vec<_> = finals.iter().filter(|x| x.1 == Outcome::Rejected).collect();
+    assert_eq!(ingested, 1, "{r:#?}");
+    assert_eq!(rejected.len(), 1, "{r:#?}");
+    assert!(
+        rejected[0].3.contains("Missing") && rejected[0].3.contains("BadRequest_Table"),
+        "the DM's error code in the report: {}",
+        rejected[0].3
+    );
+    let violations = env.server.dm_violations();
+    assert!(violations.is_empty(), "DM violations: {violations:#?}");
+    assert_eq!(env.server.records("db", "T").len(), 1);
+}
+
+#[test]
+fn managed_mode_streams_where_it_can_and_queues_a_table_without_streaming_after_one_refusal() {
+    let env = env(None);
+    let (c, reports) = client(&env, &[("ingest.mode", "managed")]);
+    let d = c.add_destination("db", "T", "csv", None).unwrap();
+    // Streaming on: everything streamed, the DM never asked.
+    for i in 0..3 {
+        c.append(d, format!("{i},streamed").as_bytes()).unwrap();
+        c.flush().unwrap();
+    }
+    assert_eq!(env.server.stats().ingested_requests, 3);
+    assert_eq!(env.server.dm_stats().resources_requests, 0);
+    // Streaming off for the table (every streaming request refused from now on).
+    env.server.set_faults(kusto_devserver::Faults {
+        seed: 1,
+        random: vec![(kusto_devserver::Fault::StreamingDisabled, 1.0)],
+    });
+    let before = env.server.stats().requests;
+    for i in 3..8 {
+        c.append(d, format!("{i},queued").as_bytes()).unwrap();
+        c.flush().unwrap();
+    }
+    let streaming_tries = env.server.stats().requests - before;
+    assert!(
+        streaming_tries <= 2,
+        "at most two refused streaming requests, saw {streaming_tries} requests"
+    );
+    assert_eq!(wait_for(&env, "db", "T", 8, Duration::from_secs(30)), 8);
+    let violations = env.server.dm_violations();
+    assert!(violations.is_empty(), "DM violations: {violations:#?}");
+    let r = reports.lock().unwrap();
+    let outcomes: Vec<Outcome> = r.iter().map(|x| x.1).collect();
+    assert_eq!(outcomes[..3], [Outcome::Acknowledged; 3]);
+    assert_eq!(outcomes[3..], [Outcome::Queued; 5]);
+}
+
+#[test]
+fn an_expired_sas_keeps_the_chunk_on_flash_without_its_sas_and_fresh_resources_deliver_it() {
+    let env = env(None);
+    let dir = std::env::temp_dir().join(format!("kedge-queued-e2e-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    let dir_s = dir.to_str().unwrap().to_owned();
+    env.server.set_dm_faults(kusto_devserver::DmFaults {
+        sas_expired: true,
+        ..Default::default()
+    });
+    let (c, reports) = client(&env, &[("spool.dir", &dir_s), ("retry.max_attempts", "1")]);
+    let d = c.add_destination("db", "T", "csv", None).unwrap();
+    c.append(d, b"1,a").unwrap();
+    let e = c.flush().unwrap_err();
+    assert_eq!(e.kind, kusto_edge::ErrorKind::Spooled, "{}", e.message);
+    assert!(e.message.contains("403"), "{}", e.message);
+    assert!(!e.message.contains("sig="), "{}", e.message);
+    assert_eq!(c.stats().spool_chunks, 1);
+    let files = walk(&dir);
+    assert!(!files.is_empty());
+    for f in files {
+        let bytes = std::fs::read(&f).unwrap();
+        assert!(!String::from_utf8_lossy(&bytes).contains("sig="), "{f:?}");
+    }
+    // The DM hands out good SAS again: the replay takes fresh resources and the chunk arrives.
+    env.server.set_dm_faults(Default::default());
+    let start = Instant::now();
+    while env.server.records("db", "T").is_empty() && start.elapsed() < Duration::from_secs(40) {
+        let wait = c.poll().map_or(200, |w| w.clamp(10, 500));
+        std::thread::sleep(Duration::from_millis(wait as u64));
+    }
+    assert_eq!(wait_for(&env, "db", "T", 1, Duration::from_secs(20)), 1);
+    assert_eq!(c.stats().spool_chunks, 0);
+    let r = reports.lock().unwrap();
+    assert_eq!(r.last().unwrap().1, Outcome::Queued, "{r:?}");
+    drop(r);
+    drop(c);
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+fn walk(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
+    let mut out = Vec::new();
+    for e in std::fs::read_dir(dir).unwrap() {
+        let p = e.unwrap().path();
+        if p.is_dir() {
+            out.extend(walk(&p));
+        } else {
+            out.push(p);
+        }
+    }
+    out
+}
+
+#[test]
+fn queued_over_https_to_the_dm_and_azurite_with_one_test_ca() {
+    let ca = kusto_devserver::tls::TestCa::generate().unwrap();
+    let az = Azurite::start_tls(&ca).expect("azurite over https");
+    let mut dm = DmConfig::new(az.endpoints());
+    dm.poll_interval = Duration::from_millis(50);
+    let server = Server::start(ServerConfig {
+        tls: true,
+        tls_ca: Some(ca.clone()),
+        dm: Some(dm),
+        ..ServerConfig::default()
+    })
+    .unwrap();
+    let env = Env { server, _az: az };
+    let mut cfg = Config::default();
+    cfg.set("url", &env.server.url()).unwrap();
+    cfg.set("ingest.mode", "queued").unwrap();
+    cfg.set("ingest.dm_url", &env.server.dm_url().unwrap())
+        .unwrap();
+    cfg.set("tls.bundled_roots", "false").unwrap();
+    cfg.add_ca_pem(ca.ca_pem.as_bytes()).unwrap();
+    let c = Client::new(&cfg, None, None).unwrap();
+    let d = c.add_destination("db", "T", "json", None).unwrap();
+    for i in 0..100 {
+        c.append(d, format!("{{\"seq\":{i}}}").as_bytes()).unwrap();
+    }
+    c.flush().unwrap();
+    assert_eq!(wait_for(&env, "db", "T", 100, Duration::from_secs(30)), 100);
+    let violations = env.server.dm_violations();
+    assert!(violations.is_empty(), "DM violations: {violations:#?}");
+    assert_eq!(env.server.stats().ingested_requests, 0, "nothing streamed");
+}
