@@ -1,8 +1,8 @@
 //! CRC-32 (IEEE 802.3, reflected, polynomial 0xEDB88320): the checksum of the gzip trailer and of spool chunks.
 //!
 //! Slice-by-8: eight tables built at compile time (8 KiB of read-only data) let each step fold 8 input bytes with 8
-//! independent lookups instead of 8 dependent ones, about 5 times the speed of the byte-at-a-time table on the same
-//! machine (`cargo run --release --example crc32_speed` prints both). Allocation-free.
+//! independent lookups instead of 8 dependent ones, about 4 times the speed of the byte-at-a-time table (2.25 -> 0.54 ms/MB
+//! on the x86 development machine; `cargo bench --bench throughput -- gzip` prints it). Allocation-free.
 
 const TABLES: [[u32; 256]; 8] = build_tables();
 
