@@ -62,6 +62,7 @@ static void usage(FILE *out)
           "  --proxy URL          HTTP CONNECT proxy, http://[user:pass@]host:port (default: $HTTPS_PROXY)\n"
           "  --allow-http         allow http:// to a loopback endpoint (http.allow_plain=true)\n"
           "  --batch-bytes N      raw bytes per request, 1024..4194304 (default 1048576); also the longest line\n"
+          "  --gzip-level N       gzip level of request bodies, 1 (fastest) .. 9 (smallest) (default 3)\n"
           "  -X key=value         any library configuration key, e.g. -X retry.max_attempts=8 (repeatable)\n"
           "  --give-up-secs N     give up after N seconds of failures without progress (default 60)\n"
           "  --spool DIR          keep undelivered records in a flash spool directory across runs and reboots;\n"
@@ -110,6 +111,7 @@ struct options {
     int managed_identity;
     const char *managed_identity_id;
     const char *batch_bytes;
+    const char *gzip_level;
     int allow_http;
     long give_up_secs;
     const char *spool;
@@ -459,6 +461,7 @@ static int parse_args(int argc, char **argv, struct options *o)
         {"--url", &o->url},         {"--database", &o->database}, {"--table", &o->table},
         {"--format", &o->format},   {"--mapping", &o->mapping},   {"--token", &o->token},
         {"--ca-file", &o->ca_file}, {"--batch-bytes", &o->batch_bytes},
+        {"--gzip-level", &o->gzip_level},
         {"--connection-string", &o->connection_string}, {"--tenant", &o->tenant},
         {"--client-id", &o->client_id}, {"--client-secret-file", &o->client_secret_file},
         {"--cert-file", &o->cert_file}, {"--key-file", &o->key_file},
@@ -752,6 +755,9 @@ static int build_config(const struct options *o, struct counters *counts, kedge_
             return -1;
         }
         *batch_bytes = strtoul(o->batch_bytes, NULL, 10); /* the library checked it: 1024..4194304 */
+    }
+    if (o->gzip_level != NULL && set_key(config, "gzip.level", o->gzip_level) != 0) {
+        return -1; /* the library checks it: 1..9 */
     }
     for (k = 0; k < o->n_x_opts; k++) {
         char key[MAX_KEY_LEN];

@@ -105,7 +105,7 @@ impl Engine {
         Engine {
             targets: Vec::with_capacity(sh.cfg.max_destinations),
             lane_targets: vec![usize::MAX; sh.cfg.max_destinations],
-            gzip: Gzip::new(3),
+            gzip: Gzip::new(sh.cfg.gzip_level),
             wire: Vec::with_capacity(sh.cfg.wire_capacity()),
             body: vec![0u8; RESPONSE_BODY_BYTES].into_boxed_slice(),
             scratch: vec![0u8; RESPONSE_BODY_BYTES].into_boxed_slice(),
