@@ -4,6 +4,8 @@
 //! - gzip: CPU per MB and wire bytes of telemetry JSON at levels 1 to 9, against level 3 (the default); CRC-32;
 //! - pipeline: the whole client's CPU per MB on one thread against the compressor alone on the same bytes (bound
 //!   1.3x);
+//! - latency: append to acknowledgement, one record at a time over loopback HTTPS, p50/p99/max (bound p99 0.5 ms),
+//!   with the client's own CPU beside it;
 //! - end to end: records through `Client::append` + `flush` to the loopback test endpoint, plain http vs HTTPS;
 //! - spool: chunks pushed to a spool directory (fsync per chunk), in clear vs AES-256-GCM;
 //! - append: the latency of `Client::append` while another thread polls (sends), json (syntax-checked) vs csv.
@@ -13,7 +15,7 @@ use std::time::{Duration, Instant};
 use kusto_devserver::{Server, ServerConfig};
 use kusto_edge::gzip::{compressed_bound, Gzip};
 use kusto_edge::spool::{ChunkHeader, DestKey, FsStorage, FullPolicy, Spool, SpoolConfig};
-use kusto_edge::{Client, Config};
+use kusto_edge::{Client, Config, DeliveryReport};
 
 fn telemetry(bytes: usize) -> Vec<u8> {
     let mut out = Vec::with_capacity(bytes + 200);
@@ -202,6 +204,75 @@ fn bench_end_to_end() {
     );
 }
 
+/// Append to acknowledgement for one record at a time (batch.max_age_ms=0, batch.sealed=0), over loopback HTTPS
+/// with keep-alive, all on this thread: append, then poll until the delivery callback reports it. Returns the
+/// latencies (ns, sorted) and this thread's CPU per record (ns): the client's share; the rest of each latency
+/// is waiting for the endpoint (its TLS, inflate, JSON parse and store, on the other core) and the loopback.
+fn ack_latencies(records: &[Vec<u8>]) -> (Vec<u64>, u64) {
+    use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+    let server = Server::start(ServerConfig {
+        tls: true,
+        ..Default::default()
+    })
+    .unwrap();
+    let mut cfg = Config::default();
+    cfg.set("url", &server.url()).unwrap();
+    cfg.add_ca_pem(server.ca_pem().unwrap().as_bytes()).unwrap();
+    cfg.set("batch.max_age_ms", "0").unwrap();
+    cfg.set("batch.sealed", "0").unwrap();
+    let acked = std::sync::Arc::new(AtomicU64::new(0));
+    let a = acked.clone();
+    let delivery: kusto_edge::client::DeliveryFn =
+        std::sync::Arc::new(move |r: &DeliveryReport<'_>| {
+            if r.outcome == kusto_edge::Outcome::Acknowledged {
+                a.fetch_add(r.records, Relaxed);
+            }
+        });
+    let client = Client::new(&cfg, None, Some(delivery)).unwrap();
+    let d = client.add_destination("db", "bench", "json", None).unwrap();
+    // The first request opens the connection (TCP + TLS handshake): not counted.
+    client.append(d, &records[0]).unwrap();
+    client.flush().unwrap();
+    let mut lat = Vec::with_capacity(records.len());
+    let cpu = thread_cpu();
+    for (i, r) in records.iter().enumerate() {
+        let t = Instant::now();
+        client.append(d, r).unwrap();
+        while acked.load(Relaxed) < i as u64 + 2 {
+            client.poll().unwrap();
+        }
+        lat.push(t.elapsed().as_nanos() as u64);
+    }
+    let cpu = (thread_cpu() - cpu).as_nanos() as u64 / records.len() as u64;
+    assert_eq!(client.stats().requests, records.len() as u64 + 1);
+    lat.sort_unstable();
+    (lat, cpu)
+}
+
+fn bench_latency() {
+    let data = telemetry(400_000);
+    let records: Vec<Vec<u8>> = data
+        .split(|&b| b == b'\n')
+        .filter(|r| !r.is_empty())
+        .take(3000)
+        .map(<[u8]>::to_vec)
+        .collect();
+    let (lat, cpu) = ack_latencies(&records);
+    let pct = |p: f64| lat[((lat.len() as f64 - 1.0) * p) as usize] as f64 / 1e3;
+    let p50 = pct(0.5);
+    println!(
+        "append to acknowledgement, {} records one at a time (max_age 0, HTTPS keep-alive, loopback): p50 {p50:.0} us, \
+         p99 {:.0} us (bound 500 us), max {:.0} us; the client's own CPU {:.0} us per record ({:.0} % of p50), the \
+         endpoint and loopback the rest ({:.0} us at p50)",
+        records.len(),
+        pct(0.99),
+        lat[lat.len() - 1] as f64 / 1e3,
+        cpu as f64 / 1e3,
+        cpu as f64 / 1e3 * 100.0 / p50,
+        p50 - cpu as f64 / 1e3
+    );
+}
+
 fn spool_push(key: Option<[u8; 32]>, payload: &[u8], chunks: u32) -> Duration {
     let dir = std::env::temp_dir().join(format!(
         "kedge-bench-spool-{}-{}",
@@ -348,10 +419,11 @@ fn main() {
         .filter(|a| !a.starts_with('-'))
         .map(String::as_str)
         .collect();
-    let benches: [(&str, fn()); 5] = [
+    let benches: [(&str, fn()); 6] = [
         ("gzip", bench_gzip),
         ("pipeline", bench_pipeline),
         ("end_to_end", bench_end_to_end),
+        ("latency", bench_latency),
         ("append", bench_append),
         ("spool", bench_spool),
     ];
