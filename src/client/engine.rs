@@ -108,7 +108,8 @@ impl Engine {
             gzip: Gzip::new(sh.cfg.gzip_level),
             wire: {
                 // Written once here, so the client's memory is resident from its creation (the compressor grows its
-                // output only as far as a chunk needs).
+                // output only as far as a chunk needs). Not `vec![0; n]`: calloc would leave the pages untouched.
+                #[allow(clippy::slow_vector_initialization)]
                 let mut w = Vec::with_capacity(sh.cfg.wire_capacity());
                 w.resize(w.capacity(), 0);
                 w.clear();
