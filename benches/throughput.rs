@@ -1,7 +1,11 @@
 //! Throughput benchmarks, rerunnable with `cargo bench --bench throughput`. Every figure comes with a ratio
 //! measured in the same run, because this kind of machine is noisy: compare ratios across runs, not MB/s.
 //!
-//! - gzip: compression speed and ratio of telemetry JSON at the client's level, against levels 1 and 6;
+//! - gzip: CPU per MB and wire bytes of telemetry JSON at levels 1 to 9, against level 3 (the default); CRC-32;
+//! - pipeline: the whole client's CPU per MB on one thread against the compressor alone on the same bytes (bound
+//!   1.3x);
+//! - latency: append to acknowledgement, one record at a time over loopback HTTPS, p50/p99/max (bound p99 0.5 ms),
+//!   with the client's own CPU beside it;
 //! - end to end: records through `Client::append` + `flush` to the loopback test endpoint, plain http vs HTTPS;
 //! - spool: chunks pushed to a spool directory (fsync per chunk), in clear vs AES-256-GCM;
 //! - append: the latency of `Client::append` while another thread polls (sends), json (syntax-checked) vs csv.
@@ -10,8 +14,10 @@ use std::time::{Duration, Instant};
 
 use kusto_devserver::{Server, ServerConfig};
 use kusto_edge::gzip::{compressed_bound, Gzip};
-use kusto_edge::spool::{ChunkHeader, DestKey, FsStorage, FullPolicy, Spool, SpoolConfig};
-use kusto_edge::{Client, Config};
+use kusto_edge::spool::{
+    Area, ChunkHeader, DestKey, FsStorage, FullPolicy, Spool, SpoolConfig, Storage,
+};
+use kusto_edge::{Client, Config, DeliveryReport};
 
 fn telemetry(bytes: usize) -> Vec<u8> {
     let mut out = Vec::with_capacity(bytes + 200);
@@ -38,33 +44,118 @@ fn mb_per_s(bytes: usize, d: Duration) -> f64 {
     bytes as f64 / 1e6 / d.as_secs_f64()
 }
 
-fn gzip_speed(level: u8, data: &[u8]) -> (f64, usize) {
+/// CPU time of this thread: what the client spends, whatever else the 2 cores are doing.
+fn thread_cpu() -> Duration {
+    let mut t = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: a valid out-parameter; CLOCK_THREAD_CPUTIME_ID always exists on Linux.
+    unsafe { libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &mut t) };
+    Duration::new(t.tv_sec as u64, t.tv_nsec as u32)
+}
+
+/// CPU per MB (best of 3 passes) and wire bytes of `data` compressed in 1 MiB pieces, as the client sends it.
+fn gzip_cpu(level: u8, data: &[u8]) -> (f64, usize) {
     let mut g = Gzip::new(level);
-    let mut out = Vec::with_capacity(compressed_bound(data.len()));
-    let t = Instant::now();
-    let mut rounds = 0;
-    while t.elapsed() < Duration::from_secs(1) {
-        g.compress(data, &mut out).unwrap();
-        rounds += 1;
+    let mut out = Vec::with_capacity(compressed_bound(1 << 20));
+    let mut best = Duration::MAX;
+    let mut wire = 0;
+    for _ in 0..3 {
+        let t = thread_cpu();
+        wire = 0;
+        for piece in data.chunks(1 << 20) {
+            wire += g.compress(piece, &mut out).unwrap();
+        }
+        best = best.min(thread_cpu() - t);
     }
-    (mb_per_s(data.len() * rounds, t.elapsed()), out.len())
+    (best.as_secs_f64() * 1e3 / (data.len() as f64 / 1e6), wire)
 }
 
 fn bench_gzip() {
-    let data = telemetry(4 << 20);
-    let (l3, size3) = gzip_speed(3, &data);
-    for level in [1u8, 6] {
-        let (speed, size) = gzip_speed(level, &data);
+    let data = telemetry(32 << 20);
+    let (cpu3, wire3) = gzip_cpu(3, &data);
+    println!(
+        "gzip of {} MB of telemetry in 1 MiB pieces, CPU per MB (best of 3) and wire bytes, against level 3:",
+        data.len() >> 20
+    );
+    println!("| level | CPU ms/MB | MB/s | wire % of raw | CPU vs 3 | wire vs 3 |");
+    println!("|---|---|---|---|---|---|");
+    for level in 1u8..=9 {
+        let (cpu, wire) = if level == 3 {
+            (cpu3, wire3)
+        } else {
+            gzip_cpu(level, &data)
+        };
         println!(
-            "gzip level {level}: {speed:.0} MB/s, output {:.1} % of input (speed = {:.2} x level 3, size = {:.2} x level 3)",
-            size as f64 * 100.0 / data.len() as f64,
-            speed / l3,
-            size as f64 / size3 as f64
+            "| {level} | {cpu:.2} | {:.0} | {:.2} | {:.2}x | {:.3}x |",
+            1e3 / cpu,
+            wire as f64 * 100.0 / data.len() as f64,
+            cpu / cpu3,
+            wire as f64 / wire3 as f64
         );
     }
+    let mut c = kusto_edge::crc32::Crc32::new();
+    let t = thread_cpu();
+    c.update(&data);
+    let crc = thread_cpu() - t;
     println!(
-        "gzip level 3 (the client's): {l3:.0} MB/s, output {:.1} % of input",
-        size3 as f64 * 100.0 / data.len() as f64
+        "crc32 (slice-by-8): {:.2} ms/MB = {:.0} MB/s, {:.1} % of level 3's CPU (checksum {:08x})",
+        crc.as_secs_f64() * 1e3 / (data.len() as f64 / 1e6),
+        data.len() as f64 / 1e6 / crc.as_secs_f64(),
+        crc.as_secs_f64() * 1e3 / (data.len() as f64 / 1e6) * 100.0 / cpu3,
+        c.finish()
+    );
+}
+
+/// Whole-client CPU per MB: records appended and sent by this one thread (batch.sealed=0, as kedge-send does), to
+/// the in-process endpoint over plain http, whose threads' CPU is not counted; and the wire bytes.
+fn pipeline_cpu(records: &[&[u8]], raw: usize) -> (f64, u64) {
+    let server = Server::start(ServerConfig::default()).unwrap();
+    let mut cfg = Config::default();
+    cfg.set("url", &server.url()).unwrap();
+    cfg.set("http.allow_plain", "true").unwrap();
+    cfg.set("batch.sealed", "0").unwrap();
+    let client = Client::new(&cfg, None, None).unwrap();
+    let d = client.add_destination("db", "bench", "json", None).unwrap();
+    let t = thread_cpu();
+    for r in records {
+        while let Err(e) = client.append(d, r) {
+            assert_eq!(e.kind, kusto_edge::ErrorKind::QueueFull, "{e}");
+            client.poll().unwrap();
+        }
+    }
+    client.flush().unwrap();
+    let cpu = thread_cpu() - t;
+    (
+        cpu.as_secs_f64() * 1e3 / (raw as f64 / 1e6),
+        client.stats().bytes_sent_wire,
+    )
+}
+
+fn bench_pipeline() {
+    let data = telemetry(32 << 20);
+    let records: Vec<&[u8]> = data
+        .split(|&b| b == b'\n')
+        .filter(|r| !r.is_empty())
+        .collect();
+    let mut best = f64::MAX;
+    let mut wire = 0;
+    for _ in 0..3 {
+        let (cpu, w) = pipeline_cpu(&records, data.len());
+        best = best.min(cpu);
+        wire = w;
+    }
+    let (alone, alone_wire) = gzip_cpu(3, &data);
+    println!(
+        "pipeline, {} records ({} MB) through append + poll on one thread (batch.sealed=0, level 3, plain http): \
+         {best:.2} ms CPU per MB (best of 3), the compressor alone on the same bytes in 1 MiB pieces {alone:.2}: \
+         {:.2}x (bound 1.3x); wire {:.2} % vs {:.2} %",
+        records.len(),
+        data.len() >> 20,
+        best / alone,
+        wire as f64 * 100.0 / data.len() as f64,
+        alone_wire as f64 * 100.0 / data.len() as f64
     );
 }
 
@@ -115,14 +206,135 @@ fn bench_end_to_end() {
     );
 }
 
-fn spool_push(key: Option<[u8; 32]>, payload: &[u8], chunks: u32) -> Duration {
+/// Append to acknowledgement for one record at a time (batch.max_age_ms=0, batch.sealed=0), over loopback HTTPS
+/// with keep-alive, all on this thread: append, then poll until the delivery callback reports it. Returns the
+/// latencies (ns, sorted) and this thread's CPU per record (ns): the client's share; the rest of each latency
+/// is waiting for the endpoint (its TLS, inflate, JSON parse and store, on the other core) and the loopback.
+fn ack_latencies(records: &[Vec<u8>]) -> (Vec<u64>, u64) {
+    use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+    let server = Server::start(ServerConfig {
+        tls: true,
+        ..Default::default()
+    })
+    .unwrap();
+    let mut cfg = Config::default();
+    cfg.set("url", &server.url()).unwrap();
+    cfg.add_ca_pem(server.ca_pem().unwrap().as_bytes()).unwrap();
+    cfg.set("batch.max_age_ms", "0").unwrap();
+    cfg.set("batch.sealed", "0").unwrap();
+    let acked = std::sync::Arc::new(AtomicU64::new(0));
+    let a = acked.clone();
+    let delivery: kusto_edge::client::DeliveryFn =
+        std::sync::Arc::new(move |r: &DeliveryReport<'_>| {
+            if r.outcome == kusto_edge::Outcome::Acknowledged {
+                a.fetch_add(r.records, Relaxed);
+            }
+        });
+    let client = Client::new(&cfg, None, Some(delivery)).unwrap();
+    let d = client.add_destination("db", "bench", "json", None).unwrap();
+    // The first request opens the connection (TCP + TLS handshake): not counted.
+    client.append(d, &records[0]).unwrap();
+    client.flush().unwrap();
+    let mut lat = Vec::with_capacity(records.len());
+    let cpu = thread_cpu();
+    for (i, r) in records.iter().enumerate() {
+        let t = Instant::now();
+        client.append(d, r).unwrap();
+        while acked.load(Relaxed) < i as u64 + 2 {
+            client.poll().unwrap();
+        }
+        lat.push(t.elapsed().as_nanos() as u64);
+    }
+    let cpu = (thread_cpu() - cpu).as_nanos() as u64 / records.len() as u64;
+    assert_eq!(client.stats().requests, records.len() as u64 + 1);
+    lat.sort_unstable();
+    (lat, cpu)
+}
+
+fn bench_latency() {
+    let data = telemetry(400_000);
+    let records: Vec<Vec<u8>> = data
+        .split(|&b| b == b'\n')
+        .filter(|r| !r.is_empty())
+        .take(3000)
+        .map(<[u8]>::to_vec)
+        .collect();
+    let (lat, cpu) = ack_latencies(&records);
+    let pct = |p: f64| lat[((lat.len() as f64 - 1.0) * p) as usize] as f64 / 1e3;
+    let p50 = pct(0.5);
+    println!(
+        "append to acknowledgement, {} records one at a time (max_age 0, HTTPS keep-alive, loopback): p50 {p50:.0} us, \
+         p99 {:.0} us (bound 500 us), max {:.0} us; the client's own CPU {:.0} us per record ({:.0} % of p50), the \
+         endpoint and loopback the rest ({:.0} us at p50)",
+        records.len(),
+        pct(0.99),
+        lat[lat.len() - 1] as f64 / 1e3,
+        cpu as f64 / 1e3,
+        cpu as f64 / 1e3 * 100.0 / p50,
+        p50 - cpu as f64 / 1e3
+    );
+}
+
+/// A spool directory that counts what reaches the flash: fsyncs (each file written, each directory sync) and the
+/// bytes of the files written.
+struct Counting {
+    inner: FsStorage,
+    fsyncs: u64,
+    bytes: u64,
+}
+
+impl Storage for Counting {
+    fn list(&mut self, area: Area, out: &mut Vec<String>) -> std::io::Result<()> {
+        self.inner.list(area, out)
+    }
+    fn write_file(&mut self, area: Area, name: &str, parts: &[&[u8]]) -> std::io::Result<()> {
+        self.fsyncs += 1;
+        self.bytes += parts.iter().map(|p| p.len() as u64).sum::<u64>();
+        self.inner.write_file(area, name, parts)
+    }
+    fn rename(&mut self, from: (Area, &str), to: (Area, &str)) -> std::io::Result<()> {
+        self.inner.rename(from, to)
+    }
+    fn remove(&mut self, area: Area, name: &str) -> std::io::Result<()> {
+        self.inner.remove(area, name)
+    }
+    fn sync_area(&mut self, area: Area) -> std::io::Result<()> {
+        self.fsyncs += 1;
+        self.inner.sync_area(area)
+    }
+    fn file_len(&mut self, area: Area, name: &str) -> std::io::Result<u64> {
+        self.inner.file_len(area, name)
+    }
+    fn read_at(
+        &mut self,
+        area: Area,
+        name: &str,
+        offset: u64,
+        buf: &mut [u8],
+    ) -> std::io::Result<usize> {
+        self.inner.read_at(area, name, offset, buf)
+    }
+}
+
+/// Pushes `chunks` copies of `payload` (the gzip of `raw_len` raw bytes) as an outage would; returns the time,
+/// the fsyncs and the bytes written to flash.
+fn spool_push(
+    key: Option<[u8; 32]>,
+    payload: &[u8],
+    raw_len: usize,
+    chunks: u32,
+) -> (Duration, u64, u64) {
     let dir = std::env::temp_dir().join(format!(
         "kedge-bench-spool-{}-{}",
         std::process::id(),
         key.is_some()
     ));
     let _ = std::fs::remove_dir_all(&dir);
-    let storage = FsStorage::new(&dir).unwrap();
+    let storage = Counting {
+        inner: FsStorage::new(&dir).unwrap(),
+        fsyncs: 0,
+        bytes: 0,
+    };
     let cfg = SpoolConfig {
         max_bytes: 1 << 40,
         max_chunks: 100_000,
@@ -143,31 +355,44 @@ fn spool_push(key: Option<[u8; 32]>, payload: &[u8], chunks: u32) -> Duration {
             mapping: None,
         },
         created_unix_ms: 0,
-        raw_len: payload.len() as u32,
+        raw_len: raw_len as u32,
         records: 1000,
         gzip: true,
         sink: kusto_edge::spool::SinkId::Streaming,
     };
+    let (f0, b0) = (spool.storage().fsyncs, spool.storage().bytes);
     let t = Instant::now();
     for _ in 0..chunks {
         spool.push(&header, payload).unwrap();
     }
     let took = t.elapsed();
+    let (fsyncs, bytes) = (spool.storage().fsyncs - f0, spool.storage().bytes - b0);
     let _ = std::fs::remove_dir_all(&dir);
-    took
+    (took, fsyncs, bytes)
 }
 
 fn bench_spool() {
-    let payload = telemetry(64 << 10);
-    let n = 200;
-    let clear = spool_push(None, &payload, n);
-    let sealed = spool_push(Some([9; 32]), &payload, n);
+    // An outage: the client's 1 MiB batches, gzip level 3, each pushed as one chunk.
+    let raw = telemetry(1 << 20);
+    let mut g = Gzip::new(3);
+    let mut payload = Vec::with_capacity(compressed_bound(raw.len()));
+    g.compress(&raw, &mut payload).unwrap();
+    let n = 100;
+    let (clear, fsyncs, bytes) = spool_push(None, &payload, raw.len(), n);
+    let (sealed, _, sealed_bytes) = spool_push(Some([9; 32]), &payload, raw.len(), n);
+    let raw_total = (raw.len() * n as usize) as f64;
     println!(
-        "spool: {n} chunks of 64 KiB, each fsynced and renamed: clear {:.1} MB/s ({:.1} ms per chunk), AES-256-GCM {:.1} MB/s (sealed = {:.2} x clear)",
-        mb_per_s(payload.len() * n as usize, clear),
+        "spool, an outage of {n} chunks of 1 MiB raw ({} KiB gzip): clear {:.0} chunks/s ({:.1} ms each), {:.1} fsyncs \
+         per chunk, {:.3} flash bytes per raw byte; AES-256-GCM {:.0} chunks/s (sealed = {:.2} x clear), {:.3} flash \
+         bytes per raw byte",
+        payload.len() >> 10,
+        n as f64 / clear.as_secs_f64(),
         clear.as_secs_f64() * 1e3 / n as f64,
-        mb_per_s(payload.len() * n as usize, sealed),
-        clear.as_secs_f64() / sealed.as_secs_f64()
+        fsyncs as f64 / n as f64,
+        bytes as f64 / raw_total,
+        n as f64 / sealed.as_secs_f64(),
+        clear.as_secs_f64() / sealed.as_secs_f64(),
+        sealed_bytes as f64 / raw_total
     );
 }
 
@@ -250,16 +475,28 @@ fn bench_append() {
 
 fn main() {
     // `cargo test --benches` runs this with --bench absent: keep that quick.
-    if !std::env::args().any(|a| a == "--bench") {
-        println!("throughput: run with `cargo bench --bench throughput`");
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    if !args.iter().any(|a| a == "--bench") {
+        println!("throughput: run with `cargo bench --bench throughput [-- NAME...]`");
         return;
     }
-    if std::env::args().any(|a| a == "append") {
-        bench_append();
-        return;
+    // Names after `--` pick benchmarks (a substring of the name); none: all of them.
+    let filters: Vec<&str> = args
+        .iter()
+        .filter(|a| !a.starts_with('-'))
+        .map(String::as_str)
+        .collect();
+    let benches: [(&str, fn()); 6] = [
+        ("gzip", bench_gzip),
+        ("pipeline", bench_pipeline),
+        ("end_to_end", bench_end_to_end),
+        ("latency", bench_latency),
+        ("append", bench_append),
+        ("spool", bench_spool),
+    ];
+    for (name, run) in benches {
+        if filters.is_empty() || filters.iter().any(|f| name.contains(f)) {
+            run();
+        }
     }
-    bench_gzip();
-    bench_end_to_end();
-    bench_append();
-    bench_spool();
 }

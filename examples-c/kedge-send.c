@@ -61,7 +61,8 @@ static void usage(FILE *out)
           "  --authority-host URL Entra ID login host (sovereign clouds, tests)\n"
           "  --proxy URL          HTTP CONNECT proxy, http://[user:pass@]host:port (default: $HTTPS_PROXY)\n"
           "  --allow-http         allow http:// to a loopback endpoint (http.allow_plain=true)\n"
-          "  --batch-bytes N      raw bytes per request, 1024..4194304 (default 1048576); also the longest line\n",
+          "  --batch-bytes N      raw bytes per request, 1024..4194304 (default 1048576); also the longest line\n"
+          "  --gzip-level N       gzip level of request bodies, 1 (fastest) .. 9 (smallest) (default 3)\n",
           out);
     /* Split: C99 guarantees string literals of 4095 characters only. */
     fputs("  --mode M             streaming (default), queued (blob upload + the DM's queue) or managed\n"
@@ -116,6 +117,7 @@ struct options {
     int managed_identity;
     const char *managed_identity_id;
     const char *batch_bytes;
+    const char *gzip_level;
     int allow_http;
     long give_up_secs;
     const char *spool;
@@ -471,6 +473,7 @@ static int parse_args(int argc, char **argv, struct options *o)
         {"--url", &o->url},         {"--database", &o->database}, {"--table", &o->table},
         {"--format", &o->format},   {"--mapping", &o->mapping},   {"--token", &o->token},
         {"--ca-file", &o->ca_file}, {"--batch-bytes", &o->batch_bytes},
+        {"--gzip-level", &o->gzip_level},
         {"--connection-string", &o->connection_string}, {"--tenant", &o->tenant},
         {"--client-id", &o->client_id}, {"--client-secret-file", &o->client_secret_file},
         {"--cert-file", &o->cert_file}, {"--key-file", &o->key_file},
@@ -774,6 +777,9 @@ static int build_config(const struct options *o, struct counters *counts, kedge_
             return -1;
         }
         *batch_bytes = strtoul(o->batch_bytes, NULL, 10); /* the library checked it: 1024..4194304 */
+    }
+    if (o->gzip_level != NULL && set_key(config, "gzip.level", o->gzip_level) != 0) {
+        return -1; /* the library checks it: 1..9 */
     }
     for (k = 0; k < o->n_x_opts; k++) {
         char key[MAX_KEY_LEN];

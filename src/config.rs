@@ -129,6 +129,8 @@ pub struct Config {
     /// Full batches a destination's lane holds for the sender besides the filling one; `append` returns
     /// `QueueFull` beyond.
     pub batch_sealed: usize,
+    /// gzip level of request bodies: 1 (fastest) to 9 (smallest).
+    pub gzip_level: u8,
     /// Destinations one client may have.
     pub max_destinations: usize,
     /// Attempts of one send (the first included) before the batch is handed back.
@@ -252,6 +254,7 @@ impl Default for Config {
             batch_bytes: 1024 * 1024,
             batch_max_age: Duration::from_secs(5),
             batch_sealed: 1,
+            gzip_level: 3,
             max_destinations: 8,
             retry_max_attempts: 4,
             retry_base: Duration::from_millis(250),
@@ -357,6 +360,11 @@ pub const KEYS: &[KeyDoc] = &[
         key: "batch.sealed",
         default: "1",
         help: "full batches a destination holds for sending besides the filling one (0..16; 0: one buffer, append waits for poll to send a full batch); append returns KEDGE_QUEUE_FULL beyond",
+    },
+    KeyDoc {
+        key: "gzip.level",
+        default: "3",
+        help: "gzip level of request bodies, 1 (fastest) .. 9 (smallest)",
     },
     KeyDoc {
         key: "destinations.max",
@@ -594,6 +602,7 @@ impl Config {
             }
             "batch.max_age_ms" => self.batch_max_age = parse_ms(key, value, 0, DAY_MS)?,
             "batch.sealed" => self.batch_sealed = parse_u64(key, value, 0, 16)? as usize,
+            "gzip.level" => self.gzip_level = parse_u64(key, value, 1, 9)? as u8,
             "destinations.max" => {
                 self.max_destinations = parse_u64(key, value, 1, MAX_DESTINATIONS as u64)? as usize
             }
@@ -1042,5 +1051,17 @@ mod tests {
             "16 lanes of one buffer hold what 8 lanes of two do"
         );
         assert!(c.set("batch.sealed", "17").is_err());
+    }
+
+    #[test]
+    fn gzip_level_is_1_to_9_and_3_by_default() {
+        let mut c = Config::default();
+        assert_eq!(c.gzip_level, 3);
+        c.set("gzip.level", "9").unwrap();
+        assert_eq!(c.gzip_level, 9);
+        for bad in ["0", "10", "x", ""] {
+            assert!(c.set("gzip.level", bad).is_err(), "{bad}");
+        }
+        assert_eq!(c.gzip_level, 9);
     }
 }

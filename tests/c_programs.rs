@@ -444,8 +444,18 @@ fn kedge_send_peak_rss_for_57_mb_is_within_1_15_times_its_rss_for_1_mb() {
 fn kedge_send_exits_64_on_usage_errors_and_0_for_help() {
     let _g = serial();
     let scratch = Scratch::new("usage");
-    let cases: [&[&str]; 5] = [
+    let cases: [&[&str]; 6] = [
         &["--database", "db", "--table", "T"],
+        &[
+            "--url",
+            "https://localhost:1",
+            "--database",
+            "db",
+            "--table",
+            "T",
+            "--gzip-level",
+            "10",
+        ],
         &[
             "--url",
             "https://localhost:1",

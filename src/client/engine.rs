@@ -105,8 +105,16 @@ impl Engine {
         Engine {
             targets: Vec::with_capacity(sh.cfg.max_destinations),
             lane_targets: vec![usize::MAX; sh.cfg.max_destinations],
-            gzip: Gzip::new(3),
-            wire: Vec::with_capacity(sh.cfg.wire_capacity()),
+            gzip: Gzip::new(sh.cfg.gzip_level),
+            wire: {
+                // Written once here, so the client's memory is resident from its creation (the compressor grows its
+                // output only as far as a chunk needs). Not `vec![0; n]`: calloc would leave the pages untouched.
+                #[allow(clippy::slow_vector_initialization)]
+                let mut w = Vec::with_capacity(sh.cfg.wire_capacity());
+                w.resize(w.capacity(), 0);
+                w.clear();
+                w
+            },
             body: vec![0u8; RESPONSE_BODY_BYTES].into_boxed_slice(),
             scratch: vec![0u8; RESPONSE_BODY_BYTES].into_boxed_slice(),
             spool: None,
