@@ -7,7 +7,8 @@ cd "$(dirname "$0")/.."
 packages=(gcc g++ make cmake pkg-config
           gcc-arm-linux-gnueabihf gcc-aarch64-linux-gnu libc6-dev-armhf-cross libc6-dev-arm64-cross
           g++-arm-linux-gnueabihf g++-aarch64-linux-gnu
-          qemu-user-static)
+          qemu-user-static
+          python3 python3-venv python3-pip)
 missing=()
 for p in "${packages[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
@@ -29,6 +30,14 @@ fi
 azurite_dir="${KEDGE_AZURITE_DIR:-target/azurite}"
 grep -qs '"version": "3.37.0"' "$azurite_dir/node_modules/azurite/package.json" ||
   npm install --no-save --no-audit --no-fund --prefix "$azurite_dir" azurite@3.37.0
+# The official Python SDK (tests/sdk_fidelity.rs compares our queued ingestion with it), pinned, in a venv; the
+# copy of the requirements inside marks a finished install, so the test itself then downloads nothing.
+sdk_venv="${KEDGE_SDK_VENV:-target/sdk-venv}"
+if ! cmp -s tests/sdk/requirements.txt "$sdk_venv/kedge-requirements.txt"; then
+  [ -x "$sdk_venv/bin/python" ] || python3 -m venv "$sdk_venv"
+  "$sdk_venv/bin/python" -m pip install --quiet --disable-pip-version-check -r tests/sdk/requirements.txt
+  cp tests/sdk/requirements.txt "$sdk_venv/kedge-requirements.txt"
+fi
 targets=(armv7-unknown-linux-gnueabihf aarch64-unknown-linux-gnu)
 installed=$(rustup target list --installed)
 for t in "${targets[@]}"; do
