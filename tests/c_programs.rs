@@ -1857,3 +1857,68 @@ fn kedge_send_queued_with_storage_unreachable_exits_75_and_drain_only_delivers_i
     assert_eq!(left, 0, "the spool is empty");
     assert_no_dm_violations(&env.server);
 }
+
+#[test]
+fn kedge_send_managed_streams_to_a_table_with_streaming_and_queues_one_without_after_at_most_two_refusals(
+) {
+    let _g = serial();
+    let scratch = Scratch::new("managed");
+    let env = dm_env(None);
+    let input = scratch.path("records.jsonl");
+    let n = 20_000;
+    write_records(&input, n);
+    let managed = |table: &str| {
+        let mut cmd = queued_kedge_send(&env, table);
+        cmd.args(["--mode", "managed", "--batch-bytes", "65536", "--quiet"])
+            .arg(&input);
+        cmd
+    };
+
+    // Streaming on: everything streamed, the DM never asked.
+    let out = run(managed("On"), None, &scratch, Duration::from_secs(60));
+    assert_eq!(out.code(), Some(0), "kedge-send: {}", out.describe());
+    assert_each_seq_once(&env.server.records("db", "On"), n);
+    let st = env.server.stats();
+    assert_eq!(st.records_streamed, n as usize, "{st:?}");
+    assert_eq!(st.records_queued, 0, "{st:?}");
+    assert_eq!(env.server.dm_stats().resources_requests, 0);
+    let streamed_chunks = env
+        .server
+        .requests()
+        .iter()
+        .filter(|r| r.table == "On")
+        .count();
+    assert!(streamed_chunks > 10, "many chunks: {streamed_chunks}");
+
+    // Streaming off (every streaming request refused): through the queue after at most two refusals.
+    env.server.set_faults(Faults {
+        seed: 1,
+        random: vec![(Fault::StreamingDisabled, 1.0)],
+    });
+    let out = run(managed("Off"), None, &scratch, Duration::from_secs(60));
+    assert_eq!(out.code(), Some(0), "kedge-send: {}", out.describe());
+    let got = wait_for_queued_records(&env.server, "Off", n as usize, Duration::from_secs(30));
+    assert_eq!(got, n as usize);
+    assert_each_seq_once(&env.server.records("db", "Off"), n);
+    let refused = env
+        .server
+        .requests()
+        .iter()
+        .filter(|r| r.table == "Off")
+        .count();
+    assert!(
+        (1..=2).contains(&refused),
+        "at most two refused streaming requests, saw {refused}"
+    );
+    let st = env.server.stats();
+    assert_eq!(
+        st.records_streamed, n as usize,
+        "only the first table's: {st:?}"
+    );
+    assert_eq!(st.records_queued, n as usize, "{st:?}");
+    assert_no_dm_violations(&env.server);
+    eprintln!(
+        "managed: {streamed_chunks} chunks streamed; {refused} refused, then queued in {:?}",
+        out.took
+    );
+}
