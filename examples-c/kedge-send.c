@@ -69,6 +69,9 @@ static void usage(FILE *out)
           "                       (streaming first, queued when streaming cannot take it)\n"
           "  --dm-url URL         data-management endpoint for queued/managed (default: the url with ingest-)\n"
           "  --report R           DM reports queued chunks ask for: none, failures (default) or all\n"
+          "  --wait SECONDS       after sending, wait up to SECONDS for the DM's reports on the queued chunks:\n"
+          "                       ends early when every chunk has its report (with --report all: ingested or\n"
+          "                       failed; with failures, silence is success, so only when every chunk failed)\n"
           "  -X key=value         any library configuration key, e.g. -X retry.max_attempts=8 (repeatable)\n"
           "  --give-up-secs N     give up after N seconds of failures without progress (default 60)\n"
           "  --spool DIR          keep undelivered records in a flash spool directory across runs and reboots;\n"
@@ -92,9 +95,11 @@ static void usage(FILE *out)
           "  --verbose            print the library's debug log and every delivery report\n"
           "  --help               print this and exit\n"
           "\n"
-          "Exit status: 0 every record acknowledged (or queued); 64 usage error; 65 records rejected by the service or\n"
-          "invalid in the input; 69 service unavailable after retries; 75 not all delivered yet, but the rest\n"
-          "is safe in the spool; 77 authentication refused; 1 other.\n",
+          "Exit status: 0 every record acknowledged (or queued; with --report all --wait, confirmed ingested by\n"
+          "the DM); 64 usage error; 65 records rejected by the service or by the DM (its error code on stderr),\n"
+          "or invalid in the input; 69 service unavailable after retries, a transient failure the DM reported,\n"
+          "or (--report all --wait) chunks not confirmed in time; 75 not all delivered (or queued) yet, but the\n"
+          "rest is safe in the spool; 77 authentication refused; 1 other.\n",
           out);
 }
 
@@ -127,6 +132,7 @@ struct options {
     const char *mode;
     const char *dm_url;
     const char *report;
+    long wait_secs; /* --wait: 0, off */
     int drain_only;
     int spool_status;
     int spool_purge;
@@ -147,6 +153,15 @@ struct counters {
     unsigned long long rejected;
     unsigned long long dropped; /* by a full spool (spool.policy=drop-oldest) */
     kedge_result last_failure; /* result of the last chunk that failed for now */
+    /* Queued ingestion: chunks posted to the DM's queue, and the DM's final reports on them (which carry no HTTP
+     * status and no wire bytes: they come from its notification queues, not from an answer to a send). */
+    unsigned long long queued_chunks;
+    unsigned long long dm_ingested_chunks;
+    unsigned long long dm_rejected_chunks; /* a permanent failure: the data will never go in */
+    unsigned long long dm_rejected_records;
+    unsigned long long dm_transient_chunks; /* a transient failure the DM gave up on */
+    unsigned long long dm_transient_records;
+    char dm_error[512]; /* the first failure the DM reported, with its error code */
     int verbosity;
     /* A message that repeats (numbers aside) is printed once, then counted: a failing disk or a long outage
      * must not flood the log. A few recent messages are remembered, since failures come in alternating pairs. */
@@ -400,21 +415,46 @@ static void on_log(void *userdata, kedge_log_level level, const char *message)
     fprintf(stderr, "%s: %s: %s\n", PROG, level_name(level), message);
 }
 
+/* A final report that came from the DM's notifications (about a chunk queued earlier), not from a send. */
+static int from_dm(const struct kedge_delivery_report *r)
+{
+    return r->is_final && r->http_status == 0 && r->wire_bytes == 0 &&
+           (r->outcome == KEDGE_OUTCOME_INGESTED || r->outcome == KEDGE_OUTCOME_REJECTED);
+}
+
 static void on_delivery(void *userdata, const struct kedge_delivery_report *r)
 {
     struct counters *c = userdata;
+    if (from_dm(r) && r->outcome == KEDGE_OUTCOME_REJECTED && c->dm_error[0] == '\0') {
+        strncpy(c->dm_error, r->message, sizeof c->dm_error - 1);
+        c->dm_error[sizeof c->dm_error - 1] = '\0';
+    }
     switch (r->outcome) {
     case KEDGE_OUTCOME_ACKNOWLEDGED:
-    case KEDGE_OUTCOME_QUEUED: /* the DM's queue has it: delivered, as far as this run can tell */
         c->acknowledged += r->records;
         break;
+    case KEDGE_OUTCOME_QUEUED: /* the DM's queue has it: delivered, as far as this run can tell */
+        c->acknowledged += r->records;
+        c->queued_chunks++;
+        break;
     case KEDGE_OUTCOME_REJECTED:
+        if (from_dm(r) && r->result != KEDGE_DATA_REJECTED) {
+            /* The DM gave up for now (a transient failure status): not the data's fault, but it is not in. */
+            c->dm_transient_chunks++;
+            c->dm_transient_records += r->records;
+            break;
+        }
+        if (from_dm(r)) {
+            c->dm_rejected_chunks++;
+            c->dm_rejected_records += r->records;
+        }
         c->rejected += r->records; /* the library logs why, at error level */
         break;
     case KEDGE_OUTCOME_DROPPED:
         c->dropped += r->records;
         break;
-    case KEDGE_OUTCOME_INGESTED: /* counted when it was queued */
+    case KEDGE_OUTCOME_INGESTED: /* its records were counted when it was queued */
+        c->dm_ingested_chunks++;
         break;
     default:
         c->last_failure = r->result;
@@ -532,6 +572,17 @@ static int parse_args(int argc, char **argv, struct options *o)
             }
             if (parse_whole(v, 1, 31L * 24 * 3600, &o->stats_interval) != 0) {
                 fprintf(stderr, "%s: --stats-interval '%s': expected a whole number of seconds\n", PROG, v);
+                return EXIT_USAGE;
+            }
+            continue;
+        }
+        if (is_flag(a, "--wait")) {
+            const char *v = flag_value(argc, argv, &i, "--wait");
+            if (v == NULL) {
+                return EXIT_USAGE;
+            }
+            if (parse_whole(v, 0, 31L * 24 * 3600, &o->wait_secs) != 0) {
+                fprintf(stderr, "%s: --wait '%s': expected a whole number of seconds\n", PROG, v);
                 return EXIT_USAGE;
             }
             continue;
@@ -1154,6 +1205,58 @@ static enum send_status send_input(struct run *run, struct reader *rd, char *lin
     }
 }
 
+/* The queued.report in effect: --report, then any -X queued.report=... after it (the library's default is failures). */
+static const char *report_level(const struct options *o)
+{
+    const char *level = o->report != NULL ? o->report : "failures";
+    size_t k;
+    for (k = 0; k < o->n_x_opts; k++) {
+        if (strncmp(o->x_opts[k], "queued.report=", 14) == 0) {
+            level = o->x_opts[k] + 14;
+        }
+    }
+    return level;
+}
+
+/* DM reports still to come for the chunks queued in this run (the tool cannot tell which will never come). */
+static unsigned long long unsettled(const struct counters *c)
+{
+    unsigned long long settled = c->dm_ingested_chunks + c->dm_rejected_chunks + c->dm_transient_chunks;
+    return c->queued_chunks > settled ? c->queued_chunks - settled : 0;
+}
+
+/*
+ * --wait: polls (which reads the DM's notification queues) until every chunk queued in this run has its final
+ * report, a stop signal, or `secs` have passed. With --report failures, a chunk that went in gets no report, so
+ * only an all-failed run ends early; with none, nothing comes, so there is nothing to wait for.
+ */
+static void wait_for_reports(kedge_client *client, const struct counters *c, long secs, const char *level)
+{
+    long long deadline = now_ms() + (long long)secs * 1000;
+    if (strcmp(level, "none") == 0) {
+        return;
+    }
+    while (unsettled(c) > 0 && !stop_signal) {
+        uint32_t next_ms = MAX_SLEEP_MS;
+        long long left = deadline - now_ms();
+        if (left <= 0) {
+            break;
+        }
+        (void)kedge_poll(client, &next_ms); /* failures here are the DM's reports' own, in the callback */
+        tick();
+        if (unsettled(c) == 0) {
+            break;
+        }
+        if (next_ms > MAX_SLEEP_MS) {
+            next_ms = MAX_SLEEP_MS;
+        }
+        if ((long long)next_ms > left) {
+            next_ms = (uint32_t)left;
+        }
+        sleep_ms(next_ms == 0 ? 1 : next_ms);
+    }
+}
+
 static int exit_for_give_up(const struct run *run)
 {
     kedge_result cause = run->cause;
@@ -1424,6 +1527,9 @@ int main(int argc, char **argv)
     } else if (sent == SEND_OK) {
         sent = flush_all(&run);
     }
+    if (sent == SEND_OK && !interrupted && o.wait_secs > 0 && counts.queued_chunks > 0) {
+        wait_for_reports(client, &counts, o.wait_secs, report_level(&o));
+    }
 
     end_progress();
     if (o.stats_interval > 0) {
@@ -1441,6 +1547,11 @@ int main(int argc, char **argv)
                     PROG, (unsigned long long)st.records_appended, counts.acknowledged, counts.rejected,
                     (double)st.bytes_sent_raw / 1e6, (double)st.bytes_sent_wire / 1e6,
                     (unsigned long long)st.requests, (unsigned long long)st.retries);
+            if (counts.queued_chunks > 0) {
+                fprintf(stderr, ", %llu chunks queued (the DM reported %llu ingested, %llu failed)",
+                        counts.queued_chunks, counts.dm_ingested_chunks,
+                        counts.dm_rejected_chunks + counts.dm_transient_chunks);
+            }
             if (invalid > 0) {
                 fprintf(stderr, ", %llu invalid input lines", invalid);
             }
@@ -1501,6 +1612,11 @@ int main(int argc, char **argv)
         fprintf(stderr, "%s: %llu records were dropped by the full spool while the service was unreachable\n", PROG,
                 counts.dropped);
         status = EXIT_UNAVAILABLE;
+    } else if (counts.dm_rejected_chunks > 0) {
+        /* The DM's error code on stderr whatever the verbosity: the final error. */
+        fprintf(stderr, "%s: the DM could not ingest %llu chunks (%llu records): %s\n", PROG, counts.dm_rejected_chunks,
+                counts.dm_rejected_records, counts.dm_error);
+        status = EXIT_DATA;
     } else if (counts.rejected > 0 || invalid > 0) {
         if (o.verbosity == 0) {
             fprintf(stderr, "%s: %llu records rejected by the service, %llu invalid input lines\n", PROG,
@@ -1509,8 +1625,16 @@ int main(int argc, char **argv)
         status = EXIT_DATA;
     } else {
         kedge_stats st;
-        if (kedge_client_stats(client, &st, sizeof st) == KEDGE_OK && all_sent(&st) &&
-            counts.acknowledged >= st.records_appended) {
+        if (counts.dm_transient_chunks > 0) {
+            fprintf(stderr, "%s: the DM gave up on %llu chunks (%llu records) for now: %s\n", PROG,
+                    counts.dm_transient_chunks, counts.dm_transient_records, counts.dm_error);
+            status = EXIT_UNAVAILABLE;
+        } else if (o.wait_secs > 0 && strcmp(report_level(&o), "all") == 0 && unsettled(&counts) > 0) {
+            fprintf(stderr, "%s: %llu of %llu queued chunks were not confirmed ingested within %ld s\n", PROG,
+                    unsettled(&counts), counts.queued_chunks, o.wait_secs);
+            status = EXIT_UNAVAILABLE;
+        } else if (kedge_client_stats(client, &st, sizeof st) == KEDGE_OK && all_sent(&st) &&
+                   counts.acknowledged >= st.records_appended) {
             status = EXIT_ALL_ACKNOWLEDGED;
             /* Chunks the spool could not serve are not delivered either: the exit status says so. */
             if (st.chunks_corrupt > 0) {

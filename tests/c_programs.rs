@@ -444,7 +444,7 @@ fn kedge_send_peak_rss_for_57_mb_is_within_1_15_times_its_rss_for_1_mb() {
 fn kedge_send_exits_64_on_usage_errors_and_0_for_help() {
     let _g = serial();
     let scratch = Scratch::new("usage");
-    let cases: [&[&str]; 6] = [
+    let cases: [&[&str]; 7] = [
         &["--database", "db", "--table", "T"],
         &[
             "--url",
@@ -493,6 +493,16 @@ fn kedge_send_exits_64_on_usage_errors_and_0_for_help() {
             "--table",
             "T",
             "/nonexistent/input.jsonl",
+        ],
+        &[
+            "--url",
+            "https://localhost:1",
+            "--database",
+            "db",
+            "--table",
+            "T",
+            "--wait",
+            "soon",
         ],
     ];
     for args in cases {
@@ -1650,4 +1660,265 @@ fn kedge_send_without_a_spool_stops_at_once_on_sigterm_during_an_outage_and_coun
     assert_eq!(code, Some(69), "{stderr}");
     assert!(stderr.contains("5 records taken were lost"), "{stderr}");
     assert!(stderr.contains("line 1"), "{stderr}");
+}
+
+// ---- Queued ingestion through kedge-send: the test endpoint as the DM, over a real Azurite ----
+
+/// The endpoint with its DM over a fresh Azurite. Field order: the server (and its ingestor) stops first.
+struct DmEnv {
+    server: Server,
+    _az: kusto_devserver::azurite::Azurite,
+}
+
+fn dm_env(tables: Option<&[&str]>) -> DmEnv {
+    let az = kusto_devserver::azurite::Azurite::start().expect("azurite");
+    let mut dm = kusto_devserver::DmConfig::new(az.endpoints());
+    dm.poll_interval = Duration::from_millis(50);
+    let server = Server::start(ServerConfig {
+        dm: Some(dm),
+        tables: tables.map(|t| t.iter().map(|t| ("db".to_owned(), t.to_string())).collect()),
+        ..ServerConfig::default()
+    })
+    .expect("devserver with a DM");
+    DmEnv { server, _az: az }
+}
+
+fn queued_kedge_send(env: &DmEnv, table: &str) -> Command {
+    let mut cmd = kedge_send(&env.server.url(), None, table);
+    cmd.args(["--allow-http", "--mode", "queued", "--dm-url"])
+        .arg(env.server.dm_url().expect("DM url"));
+    cmd
+}
+
+fn wait_for_queued_records(server: &Server, table: &str, n: usize, limit: Duration) -> usize {
+    let start = Instant::now();
+    loop {
+        let got = server.records("db", table).len();
+        if got >= n || start.elapsed() > limit {
+            return got;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+fn assert_no_dm_violations(server: &Server) {
+    let v = server.dm_violations();
+    assert!(v.is_empty(), "DM protocol violations: {v:#?}");
+}
+
+#[test]
+fn kedge_send_queued_puts_100000_lines_through_azurite_and_the_dm_once_with_no_violations() {
+    let _g = serial();
+    let scratch = Scratch::new("queued-100k");
+    let env = dm_env(None);
+    let input = scratch.path("records.jsonl");
+    let n = 100_000;
+    write_records(&input, n);
+    let mut cmd = queued_kedge_send(&env, "Q");
+    cmd.arg(&input);
+    let out = run(cmd, None, &scratch, Duration::from_secs(60));
+    assert_eq!(out.code(), Some(0), "kedge-send: {}", out.describe());
+    let got = wait_for_queued_records(&env.server, "Q", n as usize, Duration::from_secs(30));
+    assert_eq!(got, n as usize, "{}", out.describe());
+    assert_each_seq_once(&env.server.records("db", "Q"), n);
+    let st = env.server.stats();
+    assert_eq!(st.records_streamed, 0, "nothing streamed: {st:?}");
+    assert_eq!(st.records_queued, n as usize, "{st:?}");
+    assert_no_dm_violations(&env.server);
+    let dm = env.server.dm_stats();
+    assert_eq!(dm.resources_requests, 1, "resources fetched once: {dm:?}");
+    assert_eq!(
+        dm.identity_token_requests, 1,
+        "identity token fetched once: {dm:?}"
+    );
+    assert!(dm.blobs_ingested >= 10, "many blobs, one fetch: {dm:?}");
+    assert_eq!(dm.duplicates_ingested, 0, "{dm:?}");
+    eprintln!("100000 lines queued in {:?}", out.took);
+}
+
+#[test]
+fn kedge_send_queued_to_a_missing_table_waits_for_the_dm_and_exits_65_with_its_error_code() {
+    let _g = serial();
+    let scratch = Scratch::new("queued-missing");
+    let env = dm_env(Some(&["T"]));
+    let input = scratch.path("records.jsonl");
+    write_records(&input, 200);
+    let mut cmd = queued_kedge_send(&env, "Missing");
+    cmd.args(["--report", "failures", "--wait", "30", "--quiet"])
+        .arg(&input);
+    let out = run(cmd, None, &scratch, Duration::from_secs(60));
+    assert_eq!(out.code(), Some(65), "kedge-send: {}", out.describe());
+    assert!(
+        out.stderr.contains("BadRequest_Table"),
+        "the DM's error code on stderr: {}",
+        out.describe()
+    );
+    assert!(
+        out.took < Duration::from_secs(25),
+        "ends when every chunk has its report, not at the end of --wait: {:?}",
+        out.took
+    );
+    assert!(env.server.records("db", "Missing").is_empty());
+    eprintln!("missing table: exit 65 after {:?}", out.took);
+    assert_no_dm_violations(&env.server);
+}
+
+#[test]
+fn kedge_send_queued_with_report_all_and_wait_exits_0_once_every_chunk_is_confirmed() {
+    let _g = serial();
+    let scratch = Scratch::new("queued-all");
+    let env = dm_env(Some(&["T"]));
+    let input = scratch.path("records.jsonl");
+    write_records(&input, 2000);
+    let mut cmd = queued_kedge_send(&env, "T");
+    cmd.args(["--report", "all", "--wait", "30", "--batch-bytes", "65536"])
+        .arg(&input);
+    let out = run(cmd, None, &scratch, Duration::from_secs(60));
+    assert_eq!(out.code(), Some(0), "kedge-send: {}", out.describe());
+    // Confirmed before the exit: the records are in the table already.
+    assert_each_seq_once(&env.server.records("db", "T"), 2000);
+    // The summary: "N chunks queued (the DM reported N ingested, 0 failed)".
+    let (queued, rest) = out
+        .stderr
+        .split_once(" chunks queued (the DM reported ")
+        .unwrap_or_else(|| panic!("no queued summary: {}", out.describe()));
+    let queued = queued.rsplit(' ').next().unwrap();
+    let ingested = rest.split(' ').next().unwrap();
+    assert_eq!(
+        queued,
+        ingested,
+        "every chunk confirmed: {}",
+        out.describe()
+    );
+    assert!(rest.starts_with(&format!("{ingested} ingested, 0 failed)")));
+    assert!(queued.parse::<u32>().unwrap() > 1, "{}", out.describe());
+    eprintln!("report all: {queued} chunks confirmed in {:?}", out.took);
+    assert_no_dm_violations(&env.server);
+}
+
+#[test]
+fn kedge_send_queued_with_storage_unreachable_exits_75_and_drain_only_delivers_it_all_later() {
+    let _g = serial();
+    let scratch = Scratch::new("queued-75");
+    let env = dm_env(None);
+    let spool = scratch.path("spool");
+    let input = scratch.path("records.jsonl");
+    let n = 3000;
+    write_records(&input, n);
+    env.server.set_dm_faults(kusto_devserver::DmFaults {
+        storage_unreachable: true,
+        ..Default::default()
+    });
+    let mut cmd = queued_kedge_send(&env, "S");
+    cmd.args(["--quiet", "--spool"]).arg(&spool);
+    cmd.args(["--batch-bytes", "16384", "--give-up-secs", "2"]);
+    cmd.args(["-X", "retry.max_attempts=2", "-X", "retry.base_ms=5"]);
+    cmd.args(["-X", "backoff.max_ms=300", "-X", "timeout.connect_ms=300"]);
+    cmd.arg(&input);
+    let out = run(cmd, None, &scratch, Duration::from_secs(60));
+    assert_eq!(out.code(), Some(75), "kedge-send: {}", out.describe());
+    assert!(env.server.records("db", "S").is_empty());
+    let spooled = fs::read_dir(&spool)
+        .unwrap()
+        .filter(|e| {
+            e.as_ref()
+                .unwrap()
+                .path()
+                .extension()
+                .is_some_and(|x| x == "chunk")
+        })
+        .count();
+    assert!(spooled >= 10, "the input is on flash in chunks: {spooled}");
+
+    env.server.set_dm_faults(Default::default());
+    let mut cmd = queued_kedge_send(&env, "S");
+    cmd.args(["--quiet", "--drain-only", "--spool"]).arg(&spool);
+    let out = run(cmd, None, &scratch, Duration::from_secs(60));
+    assert_eq!(
+        out.code(),
+        Some(0),
+        "kedge-send --drain-only: {}",
+        out.describe()
+    );
+    let got = wait_for_queued_records(&env.server, "S", n as usize, Duration::from_secs(30));
+    assert_eq!(got, n as usize);
+    assert_each_seq_once(&env.server.records("db", "S"), n);
+    assert_eq!(env.server.stats().records_streamed, 0);
+    let left = fs::read_dir(&spool)
+        .unwrap()
+        .filter(|e| {
+            e.as_ref()
+                .unwrap()
+                .path()
+                .extension()
+                .is_some_and(|x| x == "chunk")
+        })
+        .count();
+    assert_eq!(left, 0, "the spool is empty");
+    assert_no_dm_violations(&env.server);
+}
+
+#[test]
+fn kedge_send_managed_streams_to_a_table_with_streaming_and_queues_one_without_after_at_most_two_refusals(
+) {
+    let _g = serial();
+    let scratch = Scratch::new("managed");
+    let env = dm_env(None);
+    let input = scratch.path("records.jsonl");
+    let n = 20_000;
+    write_records(&input, n);
+    let managed = |table: &str| {
+        let mut cmd = queued_kedge_send(&env, table);
+        cmd.args(["--mode", "managed", "--batch-bytes", "65536", "--quiet"])
+            .arg(&input);
+        cmd
+    };
+
+    // Streaming on: everything streamed, the DM never asked.
+    let out = run(managed("On"), None, &scratch, Duration::from_secs(60));
+    assert_eq!(out.code(), Some(0), "kedge-send: {}", out.describe());
+    assert_each_seq_once(&env.server.records("db", "On"), n);
+    let st = env.server.stats();
+    assert_eq!(st.records_streamed, n as usize, "{st:?}");
+    assert_eq!(st.records_queued, 0, "{st:?}");
+    assert_eq!(env.server.dm_stats().resources_requests, 0);
+    let streamed_chunks = env
+        .server
+        .requests()
+        .iter()
+        .filter(|r| r.table == "On")
+        .count();
+    assert!(streamed_chunks > 10, "many chunks: {streamed_chunks}");
+
+    // Streaming off (every streaming request refused): through the queue after at most two refusals.
+    env.server.set_faults(Faults {
+        seed: 1,
+        random: vec![(Fault::StreamingDisabled, 1.0)],
+    });
+    let out = run(managed("Off"), None, &scratch, Duration::from_secs(60));
+    assert_eq!(out.code(), Some(0), "kedge-send: {}", out.describe());
+    let got = wait_for_queued_records(&env.server, "Off", n as usize, Duration::from_secs(30));
+    assert_eq!(got, n as usize);
+    assert_each_seq_once(&env.server.records("db", "Off"), n);
+    let refused = env
+        .server
+        .requests()
+        .iter()
+        .filter(|r| r.table == "Off")
+        .count();
+    assert!(
+        (1..=2).contains(&refused),
+        "at most two refused streaming requests, saw {refused}"
+    );
+    let st = env.server.stats();
+    assert_eq!(
+        st.records_streamed, n as usize,
+        "only the first table's: {st:?}"
+    );
+    assert_eq!(st.records_queued, n as usize, "{st:?}");
+    assert_no_dm_violations(&env.server);
+    eprintln!(
+        "managed: {streamed_chunks} chunks streamed; {refused} refused, then queued in {:?}",
+        out.took
+    );
 }
