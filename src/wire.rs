@@ -297,6 +297,22 @@ impl Format {
             .unwrap_or("csv")
     }
 
+    /// The kind of ingestion mapping this format takes, as the SDKs name it beside a mapping reference in a
+    /// queued message (`ingestionMappingType`): the delimited and text formats take CSV mappings, the JSON ones
+    /// JSON mappings, the rest their own kind.
+    pub fn mapping_kind(self) -> &'static str {
+        match self {
+            Format::Json | Format::SingleJson | Format::MultiJson => "Json",
+            Format::Avro => "Avro",
+            Format::ApacheAvro => "ApacheAvro",
+            Format::Parquet => "Parquet",
+            Format::Orc => "Orc",
+            Format::SStream => "SStream",
+            Format::W3cLogFile => "W3CLogFile",
+            _ => "Csv",
+        }
+    }
+
     /// Formats that are compressed already: the SDKs do not gzip them again, and a record is a whole file.
     pub fn is_binary(self) -> bool {
         matches!(
@@ -588,6 +604,20 @@ mod tests {
         assert_eq!(Format::parse("CSV").unwrap().wire_name(), "csv");
         assert!(Format::parse("Parquet").unwrap().is_binary());
         assert!(!Format::Json.is_binary());
+        // The mapping kinds the SDKs put beside a mapping reference.
+        for (name, kind) in [
+            ("csv", "Csv"),
+            ("psv", "Csv"),
+            ("txt", "Csv"),
+            ("json", "Json"),
+            ("multijson", "Json"),
+            ("singlejson", "Json"),
+            ("avro", "Avro"),
+            ("parquet", "Parquet"),
+            ("w3clogfile", "W3CLogFile"),
+        ] {
+            assert_eq!(Format::parse(name).unwrap().mapping_kind(), kind, "{name}");
+        }
         assert_eq!(
             Format::parse("xml").unwrap_err().kind,
             ErrorKind::InvalidArgument

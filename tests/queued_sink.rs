@@ -310,7 +310,7 @@ fn a_chunk_goes_up_as_a_blob_and_its_message_reaches_the_queue() {
     );
     assert!(json.starts_with(&want_head), "{json}");
     assert!(
-        json.ends_with(",\"AdditionalProperties\":{\"authorizationContext\":\"opaque-identity\",\"format\":\"multijson\",\"ingestionMappingReference\":\"map1\"}}"),
+        json.ends_with(",\"AdditionalProperties\":{\"authorizationContext\":\"opaque-identity\",\"format\":\"multijson\",\"ingestionMappingReference\":\"map1\",\"ingestionMappingType\":\"Json\"}}"),
         "{json}"
     );
     assert!(json.contains("\"ApplicationForTracing\":\"queued-test\""));

@@ -73,6 +73,10 @@ pub fn write_json(m: &Message<'_>, out: &mut String) -> bool {
     if let Some(map) = m.mapping {
         out.push_str(",\"ingestionMappingReference\":");
         json_string_into(map, out);
+        // The official SDK names the mapping's kind beside the reference.
+        let kind = crate::wire::Format::parse(m.format).map_or("Csv", |f| f.mapping_kind());
+        out.push_str(",\"ingestionMappingType\":");
+        json_string_into(kind, out);
     }
     out.push_str("}}");
     out.len() < MAX_JSON_BYTES
@@ -154,7 +158,7 @@ mod tests {
             r#""SourceMessageCreationTime":"2026-12-01T19:35:12.1234567Z","#,
             r#""ApplicationForTracing":"gw","ClientVersionForTracing":"Kusto.Edge.Client:0.1.0","#,
             r#""AdditionalProperties":{"authorizationContext":"tok\"en","format":"multijson","#,
-            r#""ingestionMappingReference":"m1"}}"#
+            r#""ingestionMappingReference":"m1","ingestionMappingType":"Json"}}"#
         );
         assert_eq!(out, want);
         // Without a mapping the key is left out, not sent empty.
