@@ -382,42 +382,41 @@ impl Account {
         start: i64,
         expiry: i64,
     ) -> String {
-        let sas = Sas {
-            resource: SasResource::Container(container.into()),
-            permissions: permissions.into(),
-            start: Some(start),
+        let resource = SasResource::Container(container.into());
+        self.service_url(
+            &self.ep.blob,
+            container,
+            resource,
+            permissions,
+            start,
             expiry,
-            protocol: String::new(),
-            version: SAS_VERSION.into(),
-        };
-        format!(
-            "{}/{container}?{}",
-            self.ep.blob,
-            sas.query(&self.ep.account, &self.ep.key)
         )
     }
 
     /// `{queue}/{queue name}?{queue SAS}`.
     pub fn queue_url(&self, queue: &str, permissions: &str, start: i64, expiry: i64) -> String {
-        let sas = Sas {
-            resource: SasResource::Queue(queue.into()),
-            permissions: permissions.into(),
-            start: Some(start),
-            expiry,
-            protocol: String::new(),
-            version: SAS_VERSION.into(),
-        };
-        format!(
-            "{}/{queue}?{}",
-            self.ep.queue,
-            sas.query(&self.ep.account, &self.ep.key)
-        )
+        let resource = SasResource::Queue(queue.into());
+        self.service_url(&self.ep.queue, queue, resource, permissions, start, expiry)
     }
 
     /// `{table}/{table name}?{table SAS}`.
     pub fn table_url(&self, table: &str, permissions: &str, start: i64, expiry: i64) -> String {
+        let resource = SasResource::Table(table.into());
+        self.service_url(&self.ep.table, table, resource, permissions, start, expiry)
+    }
+
+    /// `{base}/{name}?{service SAS for resource}`: the URL shape the DM hands out for each service.
+    fn service_url(
+        &self,
+        base: &str,
+        name: &str,
+        resource: SasResource,
+        permissions: &str,
+        start: i64,
+        expiry: i64,
+    ) -> String {
         let sas = Sas {
-            resource: SasResource::Table(table.into()),
+            resource,
             permissions: permissions.into(),
             start: Some(start),
             expiry,
@@ -425,8 +424,7 @@ impl Account {
             version: SAS_VERSION.into(),
         };
         format!(
-            "{}/{table}?{}",
-            self.ep.table,
+            "{base}/{name}?{}",
             sas.query(&self.ep.account, &self.ep.key)
         )
     }
