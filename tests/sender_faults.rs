@@ -68,22 +68,25 @@ fn record(seq: u64) -> String {
     format!(r#"{{"seq":{seq},"device":"gw-7","ok":true}}"#)
 }
 
+/// A log callback that panics on the first in-call retry warning: a bug inside the sender, mid-send.
+fn panics_once_on_retry() -> kusto_edge::client::LogFn {
+    let armed = AtomicBool::new(true);
+    Arc::new(move |_, msg: &str| {
+        if msg.contains("retrying in") && armed.swap(false, Ordering::SeqCst) {
+            panic!("injected panic inside the sender");
+        }
+    })
+}
+
 /// A panic while the sender holds a batch taken out of a lane (here raised by the log callback on the retry
-/// warning, standing for any bug in seal/deliver/sink/spool code) drops the batch: its records are gone with no
-/// report, and the lane's `out` stays counted, so with batch.sealed=1 the lane never sends again while flush
-/// says OK.
+/// warning, standing for any bug in seal/deliver/sink/spool code) puts the batch back at the head of its lane:
+/// its records are delivered by the next flush and the lane is not wedged.
 #[test]
 fn a_panic_mid_send_keeps_the_batch_and_the_lane_usable() {
     let server = Server::start(ServerConfig::default()).unwrap();
     server.push_fault(Fault::InternalError);
     let cfg = plain_config(&server.url(), &[("retry.max_attempts", "2")]);
-    let armed = Arc::new(AtomicBool::new(true));
-    let a = armed.clone();
-    let log: kusto_edge::client::LogFn = Arc::new(move |_, msg: &str| {
-        if msg.contains("retrying in") && a.swap(false, Ordering::SeqCst) {
-            panic!("injected panic inside the sender");
-        }
-    });
+    let log = panics_once_on_retry();
     let (client, _clock, reps) = client(&cfg, None, Some(log));
     let d = client.add_destination("db", "t", "csv", None).unwrap();
     client.append(d, b"1,a").unwrap();
@@ -108,8 +111,8 @@ fn a_panic_mid_send_keeps_the_batch_and_the_lane_usable() {
     );
 }
 
-/// flush_to_spool keeps only the FIRST error: when the first chunk is spooled (`Spooled`, mapped to OK) and a
-/// later one cannot be (spool full under reject-new, or a flash error), it returns OK with records left in RAM.
+/// flush_to_spool is OK only when nothing is left in RAM: a later chunk the spool refuses (spool full under
+/// reject-new, or a flash error) is not hidden behind an earlier one that was spooled.
 #[test]
 fn flush_to_spool_is_ok_only_when_nothing_stays_in_ram() {
     let server = Server::start(ServerConfig::default()).unwrap();
@@ -138,8 +141,8 @@ fn flush_to_spool_is_ok_only_when_nothing_stays_in_ram() {
     );
 }
 
-/// Same first-error rule in flush: `Spooled` ("everything not delivered is durable") is returned although a
-/// later chunk could not be spooled and is only in RAM.
+/// Likewise flush: `Spooled` ("everything not delivered is durable") never hides a later chunk that could not be
+/// spooled and is only in RAM.
 #[test]
 fn flush_says_spooled_only_when_everything_is_on_flash() {
     let server = Server::start(ServerConfig::default()).unwrap();
@@ -171,7 +174,7 @@ fn flush_says_spooled_only_when_everything_is_on_flash() {
 }
 
 /// A chunk that got an intermediate report (Failed, kept in RAM) and is later refused as bad data is split
-/// into pieces with new ids; the original id never gets its final report.
+/// into pieces; its id goes on to a piece, so it still gets its one final report.
 #[test]
 fn a_chunk_split_after_an_intermediate_report_still_gets_its_final_report() {
     let server = Server::start(ServerConfig::default()).unwrap();
@@ -205,8 +208,8 @@ fn a_chunk_split_after_an_intermediate_report_still_gets_its_final_report() {
     );
 }
 
-/// A spooled chunk whose read fails with EIO stays pending with no backoff: poll returns SpoolIo with
-/// next_ms = 0 every time, a hot loop on a failing flash.
+/// A spooled chunk whose read fails with EIO stays pending, and the spool backs off: poll says SpoolIo with a
+/// next_ms that is not 0, no hot loop on a failing flash.
 #[test]
 fn a_failing_spool_read_backs_off_instead_of_spinning() {
     let server = Server::start(ServerConfig::default()).unwrap();
@@ -233,9 +236,8 @@ fn a_failing_spool_read_backs_off_instead_of_spinning() {
     );
 }
 
-/// With spool.write_ahead=true a refused chunk is quarantined whole: its good records are never sent, while
-/// without write-ahead they are isolated and delivered (README: "a batch of several records is first sent in
-/// halves").
+/// With spool.write_ahead=true a refused chunk is still split from its RAM copy, as without write-ahead: its good
+/// records are delivered (README: "a batch of several records is first sent in halves").
 #[test]
 fn with_write_ahead_a_refused_chunk_is_still_split_and_its_good_records_delivered() {
     let server = Server::start(ServerConfig::default()).unwrap();
@@ -266,20 +268,13 @@ fn with_write_ahead_a_refused_chunk_is_still_split_and_its_good_records_delivere
     );
 }
 
-/// After the panic above, the wedged lane's aged filling batch makes next_due say 0 while take() refuses it
-/// (`out` still counted): poll spins at next_ms=0 doing nothing.
+/// After a panic mid-send, poll does not spin at next_ms=0: the batch is back in its lane and is sent.
 #[test]
 fn after_a_panic_mid_send_poll_does_not_spin() {
     let server = Server::start(ServerConfig::default()).unwrap();
     server.push_fault(Fault::InternalError);
     let cfg = plain_config(&server.url(), &[("retry.max_attempts", "2")]);
-    let armed = Arc::new(AtomicBool::new(true));
-    let a = armed.clone();
-    let log: kusto_edge::client::LogFn = Arc::new(move |_, msg: &str| {
-        if msg.contains("retrying in") && a.swap(false, Ordering::SeqCst) {
-            panic!("injected panic inside the sender");
-        }
-    });
+    let log = panics_once_on_retry();
     let (client, clock, _reps) = client(&cfg, None, Some(log));
     let d = client.add_destination("db", "t", "csv", None).unwrap();
     client.append(d, b"1,a").unwrap();
@@ -303,7 +298,7 @@ fn after_a_panic_mid_send_poll_does_not_spin() {
 }
 
 /// A chunk spooled in this run (intermediate Spooled report) that is found corrupt when replayed is moved to
-/// corrupt/ and never gets a final report: its records are gone and the delivery callback never says so.
+/// corrupt/ and gets its final report, Dropped: the delivery callback says its records are gone.
 #[test]
 fn a_spooled_chunk_found_corrupt_on_replay_gets_a_final_dropped_report() {
     let server = Server::start(ServerConfig::default()).unwrap();
