@@ -85,6 +85,9 @@ pub struct DmFaults {
     pub ingest_delay: Duration,
     /// Stop taking messages off the queues (they wait there).
     pub ingestor_paused: bool,
+    /// Fail this many next ingestions as the service does when its own retries ran out
+    /// (`General_RetryAttemptsExceeded`, `FailureStatus` `Exhausted`): the data is not ingested, a resend may be.
+    pub exhaust_ingestions: usize,
 }
 
 /// Counters of the DM side.
@@ -421,7 +424,7 @@ impl Dm {
 
 /// Parse the body of `POST /_dev/dm/faults`: one setting per line (or comma), all others off:
 /// `throttle-mgmt=N`, `storage-unreachable`, `sas-expired`, `notification-delay-ms=N`, `ingest-delay-ms=N`,
-/// `ingestor-paused`. An empty body turns everything off.
+/// `ingestor-paused`, `exhaust-ingestions=N`. An empty body turns everything off.
 pub fn parse_faults(text: &str) -> Result<DmFaults, String> {
     let mut f = DmFaults::default();
     for item in text
@@ -448,6 +451,7 @@ pub fn parse_faults(text: &str) -> Result<DmFaults, String> {
             "notification-delay-ms" => f.notification_delay = Duration::from_millis(num()?),
             "ingest-delay-ms" => f.ingest_delay = Duration::from_millis(num()?),
             "ingestor-paused" => f.ingestor_paused = flag()?,
+            "exhaust-ingestions" => f.exhaust_ingestions = num()? as usize,
             _ => return Err(format!("unknown DM fault {item:?}")),
         }
     }
@@ -912,6 +916,17 @@ fn check_blob_path(dm: &Dm, m: &Msg) {
 fn process(shared: &Shared, dm: &Dm, w: Work) -> Option<Work> {
     let m = parse(dm, &w)?;
     check_blob_path(dm, &m);
+    if let (Some((_, pk, rk)), 0) = (&m.status_row, w.attempts) {
+        // The client inserts the row (Pending) before it posts the message; the DM only updates it.
+        if let Err(e) = storage::get_entity(&dm.own_table(), pk, rk, dm.ca()) {
+            if e.status == 404 {
+                dm.violation(format!(
+                    "message {}: IngestionStatusInTable names row ({pk}, {rk}), which was not inserted before the message was posted",
+                    m.id
+                ));
+            }
+        }
+    }
     let blob = storage::split_sas(&m.blob_path).0.to_string();
     let mut log = QueuedIngestion {
         id: m.id.clone(),
@@ -942,6 +957,23 @@ fn process(shared: &Shared, dm: &Dm, w: Work) -> Option<Work> {
             format!("Blob '{blob}' was already received in this batch."),
         );
         finish(dm, &m, &mut log, Err(f), false);
+        return None;
+    }
+    let exhausted = {
+        let mut i = dm.inner();
+        let n = i.faults.exhaust_ingestions;
+        i.faults.exhaust_ingestions = n.saturating_sub(1);
+        n > 0
+    };
+    if exhausted {
+        let f = Failure {
+            code: "General_RetryAttemptsExceeded",
+            details: format!(
+                "Ingesting blob '{blob}' failed: retry attempts exceeded (an injected fault)."
+            ),
+            status: "Exhausted",
+        };
+        finish(dm, &m, &mut log, Err(f), true);
         return None;
     }
     let outcome = ingest_blob(shared, dm, &m, &mut log);

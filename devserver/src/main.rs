@@ -46,7 +46,7 @@ POST /_dev/auth/expire-all, POST /_dev/auth/secret-client?client_id=ID&secret=S,
 POST /_dev/auth/cert-client?client_id=ID (body: PEM), POST /_dev/auth/user-identity?client_id=ID,
 POST /_dev/auth/federated-token?client_id=ID (answers the token); with --azurite: GET /_dev/dm/stats,
 GET /_dev/dm/violations, GET /_dev/dm/ingestions, POST /_dev/dm/faults (body: throttle-mgmt=N,
-storage-unreachable, sas-expired, notification-delay-ms=N, ingest-delay-ms=N, ingestor-paused),
+storage-unreachable, sas-expired, notification-delay-ms=N, ingest-delay-ms=N, ingestor-paused, exhaust-ingestions=N),
 POST /_dev/dm/storage-pause, POST /_dev/dm/storage-resume";
 
 struct Args {

@@ -428,6 +428,35 @@ fn status_table_rows_are_updated() {
 }
 
 #[test]
+fn a_message_naming_a_status_row_nobody_inserted_is_a_violation() {
+    let e = env_with(Some(vec![("db", "T")]), None);
+    let res = Resources::get(&e.server.dm_url().unwrap(), None, None);
+    let raw = b"x,1\n";
+    let name = format!("db__T__{ID1}__chunk.csv.gz");
+    let blob = storage::put_blob(res.one("TempStorage"), &name, &gzip(raw), None).unwrap();
+    let table_url = res.one("IngestionsStatusTable");
+    let msg = json!({
+        "Id": ID1, "BlobPath": blob, "RawDataSize": raw.len(),
+        "DatabaseName": "db", "TableName": "T",
+        "RetainBlobOnSuccess": true, "FlushImmediately": false, "IgnoreSizeLimit": false,
+        "ReportLevel": 2, "ReportMethod": 1,
+        "SourceMessageCreationTime": "2026-12-01T19:35:12.1234567Z",
+        "ApplicationForTracing": "dm-test", "ClientVersionForTracing": "Kusto.Edge:{0.1.0}",
+        "AdditionalProperties": {"authorizationContext": res.token, "format": "csv"},
+        "IngestionStatusInTable": {"TableConnectionString": table_url, "PartitionKey": ID1, "RowKey": ID1},
+    });
+    let text = kusto_devserver::b64::encode(msg.to_string().as_bytes());
+    storage::put_message(res.one("SecuredReadyForAggregationQueue"), &text, None).unwrap();
+    wait_until("the violation", 10, || !e.server.dm_violations().is_empty());
+    let v = e.server.dm_violations();
+    assert!(
+        v.iter()
+            .any(|x| x.contains("was not inserted before the message")),
+        "{v:?}"
+    );
+}
+
+#[test]
 fn broken_messages_are_violations() {
     let e = env_with(None, None);
     let res = Resources::get(&e.server.dm_url().unwrap(), None, None);
