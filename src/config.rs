@@ -686,13 +686,7 @@ impl Config {
             "queued.report_method" => {
                 self.queued_report_method = match value {
                     "queue" => ReportMethod::Queue,
-                    "table" => {
-                        return Err(invalid(
-                            key,
-                            value,
-                            "the status-table method is not available yet: use queue",
-                        ))
-                    }
+                    "table" => ReportMethod::Table,
                     _ => return Err(invalid(key, value, "expected queue or table")),
                 }
             }
@@ -890,7 +884,9 @@ mod tests {
         c.set("queued.report", "all").unwrap();
         assert_eq!(c.queued_report.level(), 2);
         assert!(c.set("queued.report", "some").is_err());
-        assert!(c.set("queued.report_method", "table").is_err());
+        c.set("queued.report_method", "table").unwrap();
+        assert_eq!(c.queued_report_method.number(), 1);
+        assert!(c.set("queued.report_method", "both").is_err());
         c.set("queued.report_method", "queue").unwrap();
         assert_eq!(c.queued_report_method.number(), 0);
         assert!(c.set("queued.report_method", "both").is_err());

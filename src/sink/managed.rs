@@ -163,6 +163,10 @@ impl Sink for ManagedSink {
         }
     }
 
+    fn holds_until_reported(&self) -> bool {
+        self.queued.holds_until_reported()
+    }
+
     fn awaiting(&self) -> usize {
         self.queued.awaiting()
     }

@@ -122,6 +122,11 @@ pub trait Sink: Send + Sync {
     /// One delivery attempt. Retries with backoff are the core's; a sink only repeats a request for a reason of
     /// its own protocol (a fresh token after a 401) and says how many it made.
     fn send(&self, target: &SinkTarget, chunk: &ChunkRef<'_>, io: &mut SendIo<'_>) -> Sent;
+    /// Whether a chunk taken for later ingestion stays in the spool until its final word (queued ingestion with
+    /// `queued.report=all`), so that a transient failure of the ingestion can be sent again.
+    fn holds_until_reported(&self) -> bool {
+        false
+    }
     /// Chunks taken for later ingestion whose final word is awaited.
     fn awaiting(&self) -> usize {
         0

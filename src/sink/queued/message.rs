@@ -38,6 +38,9 @@ pub struct Message<'a> {
     pub format: &'a str,
     /// The mapping reference, if any.
     pub mapping: Option<&'a str>,
+    /// With `ReportMethod` 1: the status table's URL with its SAS (secret), whose row `(Id, Id)` the client
+    /// inserted as `Pending` before posting.
+    pub status_table: Option<&'a str>,
 }
 
 /// Writes the JSON of `m` into `out` (cleared first). `false` when it would exceed [`MAX_JSON_BYTES`].
@@ -66,6 +69,15 @@ pub fn write_json(m: &Message<'_>, out: &mut String) -> bool {
     json_string_into(m.app, out);
     out.push_str(",\"ClientVersionForTracing\":");
     json_string_into(m.client_version, out);
+    if let Some(table) = m.status_table {
+        out.push_str(",\"IngestionStatusInTable\":{\"TableConnectionString\":");
+        json_string_into(table, out);
+        out.push_str(",\"PartitionKey\":");
+        json_string_into(m.id, out);
+        out.push_str(",\"RowKey\":");
+        json_string_into(m.id, out);
+        out.push('}');
+    }
     out.push_str(",\"AdditionalProperties\":{\"authorizationContext\":");
     json_string_into(m.authorization_context, out);
     out.push_str(",\"format\":");
@@ -80,6 +92,34 @@ pub fn write_json(m: &Message<'_>, out: &mut String) -> bool {
     }
     out.push_str("}}");
     out.len() < MAX_JSON_BYTES
+}
+
+/// The status table's `Pending` row for a chunk (`kusto-queued.md` §5), into `out` (cleared first): partition
+/// and row key are the chunk id, the path is the blob's URL without its SAS.
+pub fn write_status_row(
+    id: &str,
+    blob_path: &str,
+    database: &str,
+    table: &str,
+    now: SystemTime,
+    out: &mut String,
+) {
+    out.clear();
+    out.push_str("{\"PartitionKey\":");
+    json_string_into(id, out);
+    out.push_str(",\"RowKey\":");
+    json_string_into(id, out);
+    out.push_str(",\"Status\":\"Pending\",\"IngestionSourceId\":");
+    json_string_into(id, out);
+    out.push_str(",\"IngestionSourcePath\":");
+    json_string_into(super::storage::without_query(blob_path), out);
+    out.push_str(",\"Database\":");
+    json_string_into(database, out);
+    out.push_str(",\"Table\":");
+    json_string_into(table, out);
+    out.push_str(",\"UpdatedOn\":\"");
+    write_time(now, out);
+    out.push_str("\"}");
 }
 
 /// The Put Message body for `json`, into `out` (cleared first): standard base64 of the UTF-8 JSON, so that the
@@ -142,6 +182,7 @@ mod tests {
             authorization_context: "tok\"en",
             format: "multijson",
             mapping: Some("m1"),
+            status_table: None,
         }
     }
 
@@ -166,6 +207,33 @@ mod tests {
         m.mapping = None;
         write_json(&m, &mut out);
         assert!(out.ends_with(r#""format":"multijson"}}"#), "{out}");
+    }
+
+    #[test]
+    fn table_reporting_names_the_row_the_client_inserted() {
+        let mut m = example();
+        m.report_method = 1;
+        m.status_table =
+            Some("http://127.0.0.1:10002/devstoreaccount1/ingestionsstatus?sv=1&sig=s");
+        let mut out = String::new();
+        assert!(write_json(&m, &mut out));
+        assert!(out.contains(concat!(
+            r#""ClientVersionForTracing":"Kusto.Edge.Client:0.1.0","#,
+            r#""IngestionStatusInTable":{"TableConnectionString":"http://127.0.0.1:10002/devstoreaccount1/ingestionsstatus?sv=1&sig=s","#,
+            r#""PartitionKey":"0b2f6c1e-8a3d-4e5f-9a1b-2c3d4e5f6a7b","RowKey":"0b2f6c1e-8a3d-4e5f-9a1b-2c3d4e5f6a7b"},"#,
+            r#""AdditionalProperties""#
+        )), "{out}");
+        write_status_row(m.id, m.blob_path, "db", "T", m.created, &mut out);
+        assert_eq!(
+            out,
+            concat!(
+                r#"{"PartitionKey":"0b2f6c1e-8a3d-4e5f-9a1b-2c3d4e5f6a7b","RowKey":"0b2f6c1e-8a3d-4e5f-9a1b-2c3d4e5f6a7b","#,
+                r#""Status":"Pending","IngestionSourceId":"0b2f6c1e-8a3d-4e5f-9a1b-2c3d4e5f6a7b","#,
+                r#""IngestionSourcePath":"https://acct2.blob.core.windows.net/c/db__T__0b2f6c1e-8a3d-4e5f-9a1b-2c3d4e5f6a7b.multijson.gz","#,
+                r#""Database":"db","Table":"T","UpdatedOn":"2026-12-01T19:35:12.1234567Z"}"#
+            )
+        );
+        assert!(!out.contains("sig="));
     }
 
     #[test]

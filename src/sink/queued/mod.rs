@@ -16,7 +16,9 @@
 //! Status tracking ([`status`]): with `queued.report` = `failures` or `all` (and the queue method), a posted
 //! chunk is remembered (bounded) and the DM's notification queues are read on `poll`; a failure notification
 //! about one of ours is a final `Rejected`, a success notification a final `Ingested`, and only those messages
-//! are deleted. The status-table method is not implemented yet (refused by the config).
+//! are deleted. With the table method (`queued.report_method` = `table`) the sink inserts the chunk's `Pending` row
+//! in the DM's status table before it posts the message, names the row in the message, and reads the rows of the
+//! chunks it tracks back on `poll` (at most [`status::ROWS_PER_POLL`] a round) until the DM has written an outcome.
 
 pub mod message;
 pub mod rank;
@@ -53,6 +55,9 @@ pub const MGMT_BODY_BYTES: usize = 32 * 1024;
 /// awaiting a report (64 KiB: 256 entries). Computed, not measured.
 pub const QUEUED_BYTES: u64 = (MGMT_BODY_BYTES + (48 + 64 + 32 + 64 + 64) * 1024) as u64;
 
+/// The storage operation that inserts a chunk's status row.
+const STATUS_ROW: &str = "status row";
+
 /// A refresh forced by a storage 403 is skipped when the resources are younger than this: they are as fresh as
 /// the DM makes them.
 const FORCE_DEBOUNCE: Duration = Duration::from_secs(2);
@@ -68,6 +73,8 @@ struct State {
     tracker: status::Tracker,
     last_status_poll: Option<Instant>,
     notification: Vec<u8>,
+    /// Where the next round of status-row reads starts.
+    row_cursor: usize,
 }
 
 /// The queued-ingestion protocol: DM management commands, blob upload, queue message.
@@ -141,6 +148,7 @@ impl QueuedSink {
                 tracker: status::Tracker::new(),
                 last_status_poll: None,
                 notification: Vec::with_capacity(4096),
+                row_cursor: 0,
             }),
             awaiting: AtomicUsize::new(0),
         }
@@ -151,9 +159,120 @@ impl QueuedSink {
         self.report.level()
     }
 
-    /// Whether posted chunks await a report (the DM sends some, to the queues).
+    /// Whether posted chunks await a report (the DM writes some, to the queues or the status table).
     fn tracks(&self) -> bool {
-        self.report != QueuedReport::None && self.method == ReportMethod::Queue
+        self.report != QueuedReport::None
+    }
+
+    /// The final word on a tracked chunk, from a notification or a status row: `None` ingested, else the DM's
+    /// error code, failure status and details, classified.
+    fn dm_failure(entry: &status::Inflight, note: &status::Notification) -> Option<Failure> {
+        // A resend of a blob the DM has already received (after a crash or a lost answer): its data is in.
+        if note.error_code.starts_with("BlobAlreadyReceived") {
+            return None;
+        }
+        let mut f = Failure::network("");
+        f.class = if note.failure_status.eq_ignore_ascii_case("Permanent") {
+            FailureClass::Rejected
+        } else {
+            FailureClass::Transient
+        };
+        let _ = f
+            .code
+            .push_str(&note.error_code[..note.error_code.len().min(f.code.capacity())]);
+        let msg = format!(
+            "{}.{}: the DM could not ingest chunk {}: {} ({}): {}",
+            entry.dest.database,
+            entry.dest.table,
+            entry.id,
+            note.error_code,
+            note.failure_status,
+            storage::scrub(&note.details)
+        );
+        f.message = crate::response::truncated(&msg);
+        Some(f)
+    }
+
+    /// Reads the status rows of up to [`status::ROWS_PER_POLL`] tracked chunks, in turn, and reports each one the
+    /// DM has finished with. A row that cannot be read is tried again at the next round.
+    fn read_rows(
+        &self,
+        st: &mut State,
+        io: &mut SendIo<'_>,
+        report: &mut dyn FnMut(&StatusReport<'_>),
+    ) -> u32 {
+        let mut requests = 0;
+        let headers = [
+            ("Accept", "application/json;odata=nometadata"),
+            ("DataServiceVersion", "3.0"),
+            ("x-ms-version", STORAGE_VERSION),
+        ];
+        let round = {
+            let State {
+                tracker,
+                row_cursor,
+                ..
+            } = &mut *st;
+            tracker.round(row_cursor, status::ROWS_PER_POLL)
+        };
+        for (id, table) in round {
+            if io.clock.now() >= io.deadline {
+                break;
+            }
+            let url = match st.resources.as_ref().and_then(|r| {
+                r.status_tables
+                    .get(table as usize)
+                    .or(r.status_tables.first())
+            }) {
+                Some(t) => storage::entity_url(&t.url, &id),
+                None => break,
+            };
+            let req = Request {
+                method: Method::Get,
+                url: url.expose(),
+                headers: &headers,
+                body: &[],
+                response_headers: &[],
+                timeout: Self::timeout(io),
+            };
+            requests += 1;
+            let n = match self.transport.send(&req, &mut st.mgmt_body) {
+                Ok(r) if r.status == 200 => r.body_len,
+                // Not found (a status table the DM no longer names), refused, or no answer: the entry waits
+                // for the next round or its time.
+                _ => continue,
+            };
+            let Some(row) = status::parse_row(&st.mgmt_body[..n]) else {
+                continue;
+            };
+            let Some(ingested) = status::row_done(&row.status) else {
+                continue;
+            };
+            let Some(entry) = st.tracker.take(&id) else {
+                continue;
+            };
+            let failure = (!ingested)
+                .then(|| {
+                    let mut note = row.note;
+                    if note.error_code.is_empty() {
+                        // `Skipped`, or a status without a code: not ingested, and sending it again will not help.
+                        note.error_code = format!("Status_{}", row.status);
+                        if note.failure_status.is_empty() {
+                            note.failure_status = "Permanent".into();
+                        }
+                    }
+                    Self::dm_failure(&entry, &note)
+                })
+                .flatten();
+            report(&StatusReport {
+                chunk_id: &entry.id,
+                dest: &entry.dest,
+                records: entry.records,
+                raw_len: entry.raw_len,
+                failure,
+            });
+        }
+        requests
     }
 
     /// Reads one notification queue: a peek, and when it saw one of ours a dequeue (one second of invisibility
@@ -229,28 +348,9 @@ impl QueuedSink {
             let Some(entry) = tracker.take(&note.source_id) else {
                 continue;
             };
-            let failure = (!succeeded).then(|| {
-                let mut f = Failure::network("");
-                f.class = if note.failure_status.eq_ignore_ascii_case("Permanent") {
-                    FailureClass::Rejected
-                } else {
-                    FailureClass::Transient
-                };
-                let _ = f
-                    .code
-                    .push_str(&note.error_code[..note.error_code.len().min(f.code.capacity())]);
-                let msg = format!(
-                    "{}.{}: the DM could not ingest chunk {}: {} ({}): {}",
-                    entry.dest.database,
-                    entry.dest.table,
-                    entry.id,
-                    note.error_code,
-                    note.failure_status,
-                    storage::scrub(&note.details)
-                );
-                f.message = crate::response::truncated(&msg);
-                f
-            });
+            let failure = (!succeeded)
+                .then(|| Self::dm_failure(&entry, &note))
+                .flatten();
             report(&StatusReport {
                 chunk_id: &entry.id,
                 dest: &entry.dest,
@@ -518,7 +618,10 @@ impl QueuedSink {
             *requests += 1;
             let limit = io.body.len().min(crate::config::RESPONSE_BODY_BYTES);
             let v = match self.transport.send(&req, &mut io.body[..limit]) {
-                Ok(r) if (200..300).contains(&r.status) => {
+                // A status row that is already there: an earlier attempt of this chunk inserted it.
+                Ok(r)
+                    if (200..300).contains(&r.status) || (op == STATUS_ROW && r.status == 409) =>
+                {
                     st.stats.record(&account, true, secs);
                     return Ok(i);
                 }
@@ -550,7 +653,8 @@ impl QueuedSink {
         }))
     }
 
-    /// Upload, then enqueue; the verdict of the first operation that failed.
+    /// Upload, (with the table method) insert the status row, then enqueue; the verdict of the first operation
+    /// that failed. Returns which status table holds the row.
     #[allow(clippy::result_large_err)]
     fn upload_and_enqueue(
         &self,
@@ -559,7 +663,7 @@ impl QueuedSink {
         chunk: &ChunkRef<'_>,
         io: &mut SendIo<'_>,
         requests: &mut u32,
-    ) -> Result<(), storage::Verdict> {
+    ) -> Result<u8, storage::Verdict> {
         let key = &target.dest;
         let name = storage::blob_name(
             &key.database,
@@ -592,6 +696,43 @@ impl QueuedSink {
             let res = st.resources.as_ref().expect("ensured");
             storage::blob_url(&res.containers[container].url, &name)
         };
+        let table = if self.method == ReportMethod::Table && self.tracks() {
+            let mut row = std::mem::take(&mut st.json);
+            message::write_status_row(
+                chunk.id,
+                blob.expose(),
+                &key.database,
+                &key.table,
+                io.clock.wall(),
+                &mut row,
+            );
+            let row_headers = [
+                ("Content-Type", "application/json"),
+                ("Accept", "application/json;odata=nometadata"),
+                ("Prefer", "return-no-content"),
+                ("DataServiceVersion", "3.0"),
+                ("x-ms-version", STORAGE_VERSION),
+                ("x-ms-client-request-id", rid.as_str()),
+            ];
+            let r = self.storage_op(
+                st,
+                |r| &r.status_tables,
+                STATUS_ROW,
+                &|t| t.clone(),
+                &row_headers,
+                row.as_bytes(),
+                io,
+                requests,
+            );
+            st.json = row;
+            Some(r?)
+        } else {
+            None
+        };
+        let table_url = table.map(|i| {
+            let res = st.resources.as_ref().expect("ensured");
+            res.status_tables[i].url.clone()
+        });
         let ok = {
             let m = message::Message {
                 id: chunk.id,
@@ -607,6 +748,7 @@ impl QueuedSink {
                 authorization_context: st.identity.as_ref().map_or("", |t| t.expose()),
                 format: target.format.wire_name(),
                 mapping: key.mapping.as_deref(),
+                status_table: table_url.as_ref().map(|t| t.expose()),
             };
             let mut json = std::mem::take(&mut st.json);
             let ok = message::write_json(&m, &mut json);
@@ -650,7 +792,7 @@ impl QueuedSink {
         let mut xml = xml;
         wipe(&mut xml);
         st.xml = xml;
-        r.map(|_| ())
+        r.map(|_| table.map_or(0, |i| i.min(u8::MAX as usize) as u8))
     }
 }
 
@@ -673,6 +815,10 @@ impl Sink for QueuedSink {
         })
     }
 
+    fn holds_until_reported(&self) -> bool {
+        self.report == QueuedReport::All
+    }
+
     fn awaiting(&self) -> usize {
         self.awaiting.load(Relaxed)
     }
@@ -689,6 +835,11 @@ impl Sink for QueuedSink {
             return 0;
         }
         st.last_status_poll = Some(now);
+        if self.method == ReportMethod::Table {
+            let requests = self.read_rows(&mut st, io, report);
+            self.awaiting.store(st.tracker.len(), Relaxed);
+            return requests;
+        }
         // The URLs are copied out (a few, every few seconds) so that the answers can be read into the state.
         let queues: Vec<(SecretString, bool)> = match &st.resources {
             Some(r) => r
@@ -724,7 +875,7 @@ impl Sink for QueuedSink {
                 return failed(f, requests);
             }
             match self.upload_and_enqueue(&mut st, target, chunk, io, &mut requests) {
-                Ok(()) => {
+                Ok(table) => {
                     if self.tracks() {
                         if let Ok(id) = heapless::String::try_from(chunk.id) {
                             let evicted = st.tracker.add(status::Inflight {
@@ -733,6 +884,7 @@ impl Sink for QueuedSink {
                                 records: chunk.records,
                                 raw_len: chunk.raw_len,
                                 until: io.clock.now() + status::TRACK_FOR,
+                                table,
                             });
                             self.awaiting.store(st.tracker.len(), Relaxed);
                             if let Some(e) = evicted {

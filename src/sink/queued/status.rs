@@ -3,6 +3,9 @@
 //! The queues are shared by every producer of the cluster: a message is deleted only when its
 //! `IngestionSourceId` is one of ours, and others' messages are left alone (read with a peek, which hides
 //! nothing from anyone; a dequeue, which hides messages for a second, only when a peek saw one of ours).
+//! With the status-table method the client inserts a `Pending` row before it posts the message and reads it back
+//! ([`parse_row`]) until the DM has written its outcome.
+//!
 //! The table is bounded ([`MAX_INFLIGHT`]); an entry no word came for within [`TRACK_FOR`] is let go (with
 //! failures-only reports, silence is success).
 
@@ -18,6 +21,8 @@ pub const MAX_INFLIGHT: usize = 256;
 pub const TRACK_FOR: Duration = Duration::from_secs(30 * 60);
 /// Notification queues are read at most this often.
 pub const POLL_EVERY: Duration = Duration::from_secs(5);
+/// Status rows read at most in one round (the table method): one GET each.
+pub const ROWS_PER_POLL: usize = 32;
 /// Messages one peek or dequeue asks for (the answer must fit the sink's 32 KiB buffer).
 pub const PEEK_MESSAGES: u32 = 16;
 
@@ -34,6 +39,8 @@ pub struct Inflight {
     pub raw_len: u64,
     /// Let go after this.
     pub until: Instant,
+    /// With the status-table method: which of the resources' status tables holds its row.
+    pub table: u8,
 }
 
 /// The bounded table of chunks awaiting a word.
@@ -80,6 +87,20 @@ impl Tracker {
     /// Lets go of entries past their time.
     pub fn expire(&mut self, now: Instant) {
         self.entries.retain(|e| e.until > now);
+    }
+
+    /// Up to `n` entries, in turn from `*cursor` (which moves on), for reading their status rows.
+    pub fn round(&self, cursor: &mut usize, n: usize) -> Vec<(heapless::String<36>, u8)> {
+        let len = self.entries.len();
+        let n = n.min(len);
+        let start = if len == 0 { 0 } else { *cursor % len };
+        *cursor = start + n;
+        (0..n)
+            .map(|k| {
+                let e = &self.entries[(start + k) % len];
+                (e.id.clone(), e.table)
+            })
+            .collect()
     }
 
     /// Chunks awaiting a word.
@@ -168,6 +189,47 @@ pub fn parse_notification(text: &str, scratch: &mut Vec<u8>) -> Option<Notificat
     (!n.source_id.is_empty()).then_some(n)
 }
 
+/// A status row's `Status` and, for a failure, why (read leniently, like a notification).
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct Row {
+    /// `Pending`, `Succeeded`, `PartiallySucceeded`, `Failed` or `Skipped`.
+    pub status: String,
+    /// `ErrorCode`, `Details`, `FailureStatus` (failures).
+    pub note: Notification,
+}
+
+/// Reads a Query Entity answer (`application/json;odata=nometadata`). `None` when it is not a JSON object with a
+/// `Status`.
+pub fn parse_row(json: &[u8]) -> Option<Row> {
+    let mut r = Row::default();
+    walk(json, |path, v| {
+        let Scalar::Str(s) = v else { return };
+        let slot = match path {
+            "Status" => &mut r.status,
+            "IngestionSourceId" => &mut r.note.source_id,
+            "ErrorCode" => &mut r.note.error_code,
+            "Details" => &mut r.note.details,
+            "FailureStatus" => &mut r.note.failure_status,
+            _ => return,
+        };
+        *slot = s.chars().take(512).collect();
+    })
+    .ok()?;
+    (!r.status.is_empty()).then_some(r)
+}
+
+/// What a row's `Status` means for the chunk: `None` while the DM has not finished with it, `Some(true)`
+/// ingested (`PartiallySucceeded` too: what was ingested must not be sent again), `Some(false)` not ingested
+/// (`Failed`, `Skipped`, or a status this version does not know, which is not success).
+pub fn row_done(status: &str) -> Option<bool> {
+    let is = |s: &str| status.eq_ignore_ascii_case(s);
+    if is("Pending") {
+        None
+    } else {
+        Some(is("Succeeded") || is("PartiallySucceeded"))
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -230,6 +292,7 @@ mod tests {
             records: 1,
             raw_len: 1,
             until: now + Duration::from_secs(n as u64 + 1),
+            table: 0,
         };
         let mut t = Tracker::new();
         for n in 0..MAX_INFLIGHT {
@@ -244,5 +307,32 @@ mod tests {
         // Entries 1..=MAX_INFLIGHT are left; those due by 100 s (n + 1 <= 100) go.
         t.expire(now + Duration::from_secs(100));
         assert_eq!(t.len(), MAX_INFLIGHT + 1 - 100);
+        // Rounds visit every entry in turn, wrapping.
+        let mut cursor = 0;
+        let left = t.len();
+        let mut seen = std::collections::HashSet::new();
+        for _ in 0..left.div_ceil(32) {
+            for (id, _) in t.round(&mut cursor, 32) {
+                seen.insert(id);
+            }
+        }
+        assert_eq!(seen.len(), left);
+        assert_eq!(Tracker::new().round(&mut cursor, 32).len(), 0);
+    }
+
+    #[test]
+    fn status_rows_are_read_leniently() {
+        let r = parse_row(br#"{"PartitionKey":"a","RowKey":"a","Timestamp":"2026-12-01T19:40:00Z","Status":"Failed","ErrorCode":"BadRequest_TableNotExist","FailureStatus":"Permanent","Details":"no table","OriginatesFromUpdatePolicy":false}"#).unwrap();
+        assert_eq!(r.status, "Failed");
+        assert_eq!(r.note.error_code, "BadRequest_TableNotExist");
+        assert_eq!(r.note.failure_status, "Permanent");
+        assert_eq!(row_done(&r.status), Some(false));
+        assert_eq!(row_done("Pending"), None);
+        assert_eq!(row_done("Succeeded"), Some(true));
+        assert_eq!(row_done("PartiallySucceeded"), Some(true));
+        assert_eq!(row_done("Skipped"), Some(false));
+        assert_eq!(row_done("Whatever"), Some(false));
+        assert!(parse_row(b"{}").is_none());
+        assert!(parse_row(b"not json").is_none());
     }
 }

@@ -32,8 +32,13 @@ pub struct Verdict {
 /// `<Message>` are read: `<AuthenticationErrorDetail>` may quote the request's signature.
 pub fn classify(status: u16, body: &[u8], op: &str, account: &str) -> Verdict {
     let text = std::str::from_utf8(body).unwrap_or("");
-    let code = between(text, "<Code>", "</Code>").unwrap_or("");
+    // Blob and queue answer XML; the table service answers JSON (`{"odata.error":{"code":"..",
+    // "message":{"lang":"en-US","value":".."}}}`).
+    let code = between(text, "<Code>", "</Code>")
+        .or_else(|| between(text, "\"code\":\"", "\""))
+        .unwrap_or("");
     let detail = between(text, "<Message>", "</Message>")
+        .or_else(|| between(text, "\"value\":\"", "\""))
         .map(|m| m.split(['\n', '\r']).next().unwrap_or(""))
         .unwrap_or("");
     let is = |c: &str| code.eq_ignore_ascii_case(c);
@@ -142,6 +147,25 @@ fn append_path(base: &SecretString, segment: &str) -> SecretString {
     out
 }
 
+/// `{table path}(PartitionKey='{id}',RowKey='{id}')?{sas}`: the status row of a chunk (its id is a uuid: no
+/// quote to double, nothing to encode).
+pub fn entity_url(table: &SecretString, id: &str) -> SecretString {
+    let u = table.expose();
+    let (path, sas) = u.split_once('?').unwrap_or((u, ""));
+    let mut out = SecretString::new(String::with_capacity(u.len() + 2 * id.len() + 32));
+    out.push_str(path.trim_end_matches('/'));
+    out.push_str("(PartitionKey='");
+    out.push_str(id);
+    out.push_str("',RowKey='");
+    out.push_str(id);
+    out.push_str("')");
+    if !sas.is_empty() {
+        out.push_str("?");
+        out.push_str(sas);
+    }
+    out
+}
+
 /// `{path}/{segment}?{query}&{sas}` from a storage URL (`segment` and `query` already encoded).
 pub fn with_query(base: &SecretString, segment: &str, query: &str) -> SecretString {
     let u = base.expose();
@@ -228,6 +252,22 @@ mod tests {
             "a",
         );
         assert!(!v.failure.message.contains("abc"), "{}", v.failure.message);
+        // The table service's JSON error.
+        let v = classify(
+            403,
+            br#"{"odata.error":{"code":"AuthorizationFailure","message":{"lang":"en-US","value":"This request is not authorized."}}}"#,
+            "status row",
+            "a",
+        );
+        assert_eq!(v.failure.code.as_str(), "AuthorizationFailure");
+        assert!(v.refresh);
+        assert!(
+            v.failure
+                .message
+                .ends_with("AuthorizationFailure: This request is not authorized."),
+            "{}",
+            v.failure.message
+        );
         // Not XML at all: the status still decides.
         let v = classify(503, b"gateway", "enqueue", "a");
         assert_eq!(v.failure.class, FailureClass::Transient);
@@ -263,6 +303,11 @@ mod tests {
             "http://127.0.0.1:10001/devstoreaccount1/q/messages?sv=1"
         );
         assert_eq!(without_query("https://a/c/b?sig=1"), "https://a/c/b");
+        let t = SecretString::new("http://127.0.0.1:10002/devstoreaccount1/ingestionsstatus?sv=1");
+        assert_eq!(
+            entity_url(&t, "id-1").expose(),
+            "http://127.0.0.1:10002/devstoreaccount1/ingestionsstatus(PartitionKey='id-1',RowKey='id-1')?sv=1"
+        );
         assert_eq!(
             with_query(&q, "messages/m1", "popreceipt=a%2B").expose(),
             "http://127.0.0.1:10001/devstoreaccount1/q/messages/m1?popreceipt=a%2B&sv=1"
