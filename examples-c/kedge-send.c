@@ -415,11 +415,10 @@ static void on_log(void *userdata, kedge_log_level level, const char *message)
     fprintf(stderr, "%s: %s: %s\n", PROG, level_name(level), message);
 }
 
-/* A final report that came from the DM's notifications (about a chunk queued earlier), not from a send. */
+/* A final report that came from the DM (its notification or status row about a chunk queued earlier). */
 static int from_dm(const struct kedge_delivery_report *r)
 {
-    return r->is_final && r->http_status == 0 && r->wire_bytes == 0 &&
-           (r->outcome == KEDGE_OUTCOME_INGESTED || r->outcome == KEDGE_OUTCOME_REJECTED);
+    return r->from_dm && r->is_final;
 }
 
 static void on_delivery(void *userdata, const struct kedge_delivery_report *r)

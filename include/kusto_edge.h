@@ -210,6 +210,10 @@ typedef struct kedge_delivery_report {
   // True for the chunk's last report: every chunk gets exactly one final report (acknowledged, rejected or
   // dropped), after any number of intermediate ones (failed: kept in RAM; spooled: durable on flash). 1 or 0.
   uint8_t is_final;
+  // 1 when the report is the data-management service's word on a chunk queued earlier (its failure or success
+  // notification, or its status row: `KEDGE_OUTCOME_INGESTED`, `KEDGE_OUTCOME_REJECTED`, or
+  // `KEDGE_OUTCOME_SPOOLED` when it failed transiently and is sent again), 0 when it is about a send.
+  uint8_t from_dm;
 } kedge_delivery_report;
 
 // Delivery callback: one call per chunk outcome.
@@ -285,6 +289,14 @@ typedef struct kedge_stats {
   uint64_t quarantine_dropped_chunks;
   // Chunks of a newer firmware's format found at open: kept untouched, never read.
   uint64_t chunks_newer;
+  // Records posted to the DM's queue (queued and managed mode; also counted in `records_acknowledged`).
+  uint64_t records_queued;
+  // Chunks posted to the DM's queue.
+  uint64_t chunks_queued;
+  // Records of queued chunks the DM reported ingested (with `queued.report=all`).
+  uint64_t records_ingested;
+  // Queued chunks the DM reported ingested.
+  uint64_t chunks_ingested;
 } kedge_stats;
 
 // What the spool holds, from `kedge_client_spool_status`.

@@ -98,6 +98,30 @@ pub struct Engine {
     pub hard_deadline: Option<Instant>,
     /// Attempt numbers of replays (unique request ids across reboots: random start, far above fresh sends).
     pub replay_attempt: u32,
+    /// Queued chunks kept in the spool until the DM's word (`queued.report=all`): not replayed meanwhile.
+    pub held: Vec<Held>,
+}
+
+/// A queued chunk kept in the spool until the DM reports on it (at most [`MAX_HELD`], each for at most
+/// [`HELD_FOR`]: then it is sent again, under the same id).
+#[derive(Clone, Copy, Debug)]
+pub struct Held {
+    pub id: [u8; 16],
+    pub until: Instant,
+}
+
+/// Chunks held at most: as many as the queued sink tracks.
+pub const MAX_HELD: usize = crate::sink::queued::status::MAX_INFLIGHT;
+/// How long a held chunk waits for the DM's word before it is sent again: as long as the sink tracks it.
+pub const HELD_FOR: Duration = crate::sink::queued::status::TRACK_FOR;
+
+/// A final word from the service, collected while the sink reads it and carried out afterwards.
+struct Word {
+    id: heapless::String<36>,
+    dest: DestKey,
+    records: u64,
+    raw_len: u64,
+    failure: Option<Failure>,
 }
 
 impl Engine {
@@ -124,6 +148,11 @@ impl Engine {
             spool_forced: false,
             hard_deadline: None,
             replay_attempt: replay_base,
+            held: Vec::with_capacity(if sh.sink.holds_until_reported() {
+                MAX_HELD
+            } else {
+                0
+            }),
         }
     }
 
@@ -298,6 +327,7 @@ impl Engine {
                 error: Some(ErrorKind::SpoolFull),
                 http_status: 0,
                 message: &msg,
+                from_dm: false,
             });
         };
         match sp.push_with(&header, wire, &mut on_drop) {
@@ -453,6 +483,19 @@ impl Engine {
         if eff.spool == SpoolOp::PushRejected && !self.spool_has_room(sh) {
             eff.spool = SpoolOp::None;
         }
+        // Queued with every report asked for: the chunk stays on flash (written there now if it was only in RAM)
+        // until the DM's word, so that a transient failure of the ingestion can be sent again.
+        let hold = result == SendResult::Queued
+            && sh.sink.holds_until_reported()
+            && self.spool.is_some()
+            && self.held.len() < MAX_HELD;
+        if hold {
+            eff.spool = match place {
+                Place::Ram if spool_on => SpoolOp::Push,
+                Place::Ram => SpoolOp::None,
+                Place::SpoolNew | Place::Spool => SpoolOp::None,
+            };
+        }
         let text = wire::uuid_text(&chunk.id);
         let label = self.targets[target].sink.label.clone();
         let wire_len = self.wire.len() as u64;
@@ -495,6 +538,14 @@ impl Engine {
                         self.quarantine(sh, seq, &text, &reason, &mut message);
                     }
                 }
+                // The DM has the chunk already: without a copy on flash it is simply not held.
+                Err(e) if hold => {
+                    eff.spool = SpoolOp::None;
+                    sh.log(
+                        LogLevel::Warn,
+                        &format!("queued chunk {text} could not be kept in the spool until the DM's report ({}); a transient ingestion failure will not be retried", e.message),
+                    );
+                }
                 Err(e) => {
                     eff = outcome::push_failed(eff, e.kind);
                     // Logged by push already: only the caller's error and the report carry it on.
@@ -522,6 +573,13 @@ impl Engine {
                     self.quarantine(sh, seq, &text, &reason, &mut message);
                 }
             }
+        }
+        if hold && chunk.seq.is_some() {
+            self.held.push(Held {
+                id: chunk.id,
+                until: now + HELD_FOR,
+            });
+            message.push_str("; kept in the spool until the DM reports");
         }
         // The RAM buffer.
         if let Some(b) = batch {
@@ -586,6 +644,10 @@ impl Engine {
             SendResult::Acknowledged | SendResult::Queued => {
                 st.records_acknowledged.fetch_add(chunk.records, Relaxed);
                 st.chunks_acknowledged.fetch_add(1, Relaxed);
+                if result == SendResult::Queued {
+                    st.records_queued.fetch_add(chunk.records, Relaxed);
+                    st.chunks_queued.fetch_add(1, Relaxed);
+                }
                 if place == Place::Spool {
                     st.chunks_replayed.fetch_add(1, Relaxed);
                     st.records_replayed.fetch_add(chunk.records, Relaxed);
@@ -656,6 +718,7 @@ impl Engine {
                 error,
                 http_status: status,
                 message: msg,
+                from_dm: false,
             });
         }
         if let Some(e) = caller {
@@ -703,71 +766,135 @@ impl Engine {
     }
 
     /// Reads the service's final word on chunks a sink took for later ingestion (queued: the DM's
-    /// notifications) and reports each: `Ingested`, or `Rejected` with the DM's error code.
+    /// notifications or status rows) and reports each: `Ingested`, or `Rejected` with the DM's error code. A
+    /// chunk held in the spool leaves it when ingested, goes to `rejected/` when refused for good, and is sent
+    /// again (same id) after a transient or exhausted failure.
     pub fn track_status(&mut self, sh: &Shared, deadline: Instant) {
+        let now = sh.clock.now();
+        // Held chunks whose word never came are sent again.
+        self.held.retain(|h| h.until > now);
         if sh.sink.awaiting() == 0 {
             return;
         }
-        let Engine {
-            targets,
-            body,
-            scratch,
-            hard_deadline,
-            ..
-        } = self;
-        let warn = |m: &str| sh.log(LogLevel::Warn, m);
-        let mut io = SendIo {
-            body,
-            scratch,
-            clock: &*sh.clock,
-            deadline,
-            hard_deadline: *hard_deadline,
-            warn: &warn,
-        };
-        let requests = sh.sink.poll_status(&mut io, &mut |r| {
-            let destination = targets
-                .iter()
-                .find(|t| *t.key == *r.dest)
-                .and_then(|t| t.destination)
-                .unwrap_or(u32::MAX);
-            let (outcome, error, message) = match &r.failure {
-                None => (Outcome::Ingested, None, "ingested (the DM's report)"),
-                Some(f) => (
-                    Outcome::Rejected,
-                    Some(match f.class {
-                        crate::response::FailureClass::Rejected => ErrorKind::DataRejected,
-                        _ => ErrorKind::TransientFailure,
-                    }),
-                    f.message.as_str(),
-                ),
+        let mut words: Vec<Word> = Vec::new();
+        let requests = {
+            let Engine {
+                body,
+                scratch,
+                hard_deadline,
+                ..
+            } = self;
+            let warn = |m: &str| sh.log(LogLevel::Warn, m);
+            let mut io = SendIo {
+                body,
+                scratch,
+                clock: &*sh.clock,
+                deadline,
+                hard_deadline: *hard_deadline,
+                warn: &warn,
             };
-            if r.failure.is_some() {
-                sh.log(LogLevel::Error, message);
-                sh.stats.records_rejected.fetch_add(r.records, Relaxed);
-                sh.stats.chunks_rejected.fetch_add(1, Relaxed);
-            } else {
-                sh.log(
-                    LogLevel::Info,
-                    &format!(
-                        "{}.{}: chunk {} ingested",
-                        r.dest.database, r.dest.table, r.chunk_id
-                    ),
-                );
-            }
-            sh.report(&DeliveryReport {
-                destination,
-                chunk_id: r.chunk_id,
-                records: r.records,
-                raw_bytes: r.raw_len,
-                wire_bytes: 0,
-                outcome,
-                is_final: true,
-                error,
-                http_status: 0,
-                message,
-            });
-        });
+            sh.sink.poll_status(&mut io, &mut |r| {
+                words.push(Word {
+                    id: heapless::String::try_from(r.chunk_id).unwrap_or_default(),
+                    dest: r.dest.clone(),
+                    records: r.records,
+                    raw_len: r.raw_len,
+                    failure: r.failure.clone(),
+                })
+            })
+        };
         sh.stats.requests.fetch_add(requests as u64, Relaxed);
+        for w in words {
+            self.word(sh, w);
+        }
+    }
+
+    /// Carries out one final word from the DM.
+    fn word(&mut self, sh: &Shared, w: Word) {
+        let destination = self
+            .targets
+            .iter()
+            .find(|t| *t.key == w.dest)
+            .and_then(|t| t.destination)
+            .unwrap_or(u32::MAX);
+        let held = self
+            .held
+            .iter()
+            .position(|h| wire::uuid_text(&h.id).eq_ignore_ascii_case(&w.id));
+        let held_id = held.map(|i| self.held.swap_remove(i).id);
+        let seq = held_id.and_then(|id| {
+            self.spool
+                .as_ref()
+                .and_then(|sp| sp.pending().find(|(_, info)| info.chunk_id == id))
+                .map(|(seq, _)| seq)
+        });
+        let label = format!("{}.{}", w.dest.database, w.dest.table);
+        let (outcome, is_final, error, message) = match &w.failure {
+            None => {
+                sh.stats.records_ingested.fetch_add(w.records, Relaxed);
+                sh.stats.chunks_ingested.fetch_add(1, Relaxed);
+                if let (Some(seq), Some(sp)) = (seq, self.spool.as_mut()) {
+                    if let Err(e) = sp.remove(seq) {
+                        let msg = format!("ingested chunk {} could not be removed from the spool: {e}; it may be sent once more after a restart", w.id);
+                        sh.log(LogLevel::Error, &msg);
+                        self.spool_fault.get_or_insert(msg);
+                    }
+                    self.sync_spool_stats(sh);
+                }
+                sh.log(LogLevel::Info, &format!("{label}: chunk {} ingested", w.id));
+                (
+                    Outcome::Ingested,
+                    true,
+                    None,
+                    "ingested (the DM's report)".to_owned(),
+                )
+            }
+            Some(f) if f.class != crate::response::FailureClass::Rejected && seq.is_some() => {
+                // Ours still: sent again, under the same id, by the next replay.
+                let msg = format!("{}; kept in the spool and sent again (same id)", f.message);
+                sh.log(LogLevel::Warn, &msg);
+                (
+                    Outcome::Spooled,
+                    false,
+                    Some(ErrorKind::TransientFailure),
+                    msg,
+                )
+            }
+            Some(f) => {
+                let mut msg = f.message.to_string();
+                sh.stats.records_rejected.fetch_add(w.records, Relaxed);
+                sh.stats.chunks_rejected.fetch_add(1, Relaxed);
+                if let Some(seq) = seq {
+                    let reason = msg.clone();
+                    msg.push_str("; moved to the spool's rejected/");
+                    self.quarantine(sh, seq, &w.id, &reason, &mut msg);
+                }
+                sh.log(LogLevel::Error, &msg);
+                let kind = match f.class {
+                    crate::response::FailureClass::Rejected => ErrorKind::DataRejected,
+                    _ => ErrorKind::TransientFailure,
+                };
+                (Outcome::Rejected, true, Some(kind), msg)
+            }
+        };
+        sh.report(&DeliveryReport {
+            destination,
+            chunk_id: &w.id,
+            records: w.records,
+            raw_bytes: w.raw_len,
+            wire_bytes: 0,
+            outcome,
+            is_final,
+            error,
+            http_status: 0,
+            message: &message,
+            from_dm: true,
+        });
+    }
+
+    /// Whether spooled chunk `id` is held until the DM's word (not to be replayed meanwhile).
+    pub fn is_held(&self, id: &[u8; 16]) -> bool {
+        self.held.iter().any(|h| h.id == *id)
     }
 
     /// Milliseconds until the sender has work: a sealed or aged batch, a backoff running out, a spooled chunk.
@@ -795,7 +922,10 @@ impl Engine {
         if let Some(sp) = &self.spool {
             // Replays wait for the spool's own backoff (a failing flash) as well as their destination's.
             let spool_at = self.spool_not_before.filter(|&t| t > now).unwrap_or(now);
-            for (_, info) in sp.pending() {
+            for (_, info) in sp
+                .pending()
+                .filter(|(_, info)| !self.is_held(&info.chunk_id))
+            {
                 let at = self
                     .targets
                     .iter()
@@ -813,6 +943,10 @@ impl Engine {
         // Chunks awaiting the DM's word: the next poll reads its reports.
         if sh.sink.awaiting() > 0 {
             next = next.min(crate::sink::queued::status::POLL_EVERY);
+        }
+        // A held chunk whose word never came is sent again when its time is up.
+        if let Some(until) = self.held.iter().map(|h| h.until).min() {
+            next = next.min(until.saturating_duration_since(now));
         }
         // Rounded up: sleeping the milliseconds said is always enough.
         next.as_nanos().div_ceil(1_000_000).min(u32::MAX as u128) as u32

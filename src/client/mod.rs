@@ -447,10 +447,16 @@ impl Client {
         }
         if errs.0.is_none() {
             // Chunks of destinations that back off were not tried: not delivered, but durable.
-            if let Some(sp) = engine.spool.as_ref().filter(|sp| !sp.is_empty()) {
+            // Queued chunks held until the DM's word are delivered as far as this call goes.
+            let waiting = engine.spool.as_ref().map_or(0, |sp| {
+                sp.pending()
+                    .filter(|(_, info)| !engine.is_held(&info.chunk_id))
+                    .count()
+            });
+            if waiting > 0 {
                 errs.note(Error::new(
                     ErrorKind::Spooled,
-                    format!("{} chunks wait in the spool for destinations that are backing off; poll replays them", sp.len()),
+                    format!("{waiting} chunks wait in the spool for destinations that are backing off; poll replays them"),
                 ));
             }
         }

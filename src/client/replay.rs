@@ -37,11 +37,13 @@ impl Engine {
                     return;
                 };
                 let targets = &self.targets;
+                let held = &self.held;
                 sp.pending()
                     .find(|(_, info)| {
-                        !targets
-                            .iter()
-                            .any(|t| *t.key == *info.dest && t.backing_off(now))
+                        !held.iter().any(|h| h.id == info.chunk_id)
+                            && !targets
+                                .iter()
+                                .any(|t| *t.key == *info.dest && t.backing_off(now))
                     })
                     .map(|(seq, info)| (seq, info.clone()))
             };
@@ -92,6 +94,7 @@ impl Engine {
                         error: Some(ErrorKind::SpoolIo),
                         http_status: 0,
                         message: &msg,
+                        from_dm: false,
                     });
                     self.sync_spool_stats(sh);
                     continue;

@@ -64,6 +64,9 @@ pub struct DeliveryReport<'a> {
     pub http_status: u16,
     /// The service's or our message.
     pub message: &'a str,
+    /// The report is the DM's word on a chunk queued earlier (its notification or status row), not the answer to
+    /// a send.
+    pub from_dm: bool,
 }
 
 /// Log sink: level and a line of text that never contains a secret.

@@ -88,5 +88,13 @@ counters! {
         quarantine_dropped_chunks,
         /// Chunks of a newer firmware's format found at open: kept untouched, never read.
         chunks_newer,
+        /// Records posted to the DM's queue (queued ingestion; also counted in `records_acknowledged`).
+        records_queued,
+        /// Chunks posted to the DM's queue.
+        chunks_queued,
+        /// Records of queued chunks the DM reported ingested (`queued.report` = `all`).
+        records_ingested,
+        /// Queued chunks the DM reported ingested.
+        chunks_ingested,
     }
 }

@@ -215,6 +215,10 @@ pub struct kedge_delivery_report {
     /// True for the chunk's last report: every chunk gets exactly one final report (acknowledged, rejected or
     /// dropped), after any number of intermediate ones (failed: kept in RAM; spooled: durable on flash). 1 or 0.
     pub is_final: u8,
+    /// 1 when the report is the data-management service's word on a chunk queued earlier (its failure or success
+    /// notification, or its status row: `KEDGE_OUTCOME_INGESTED`, `KEDGE_OUTCOME_REJECTED`, or
+    /// `KEDGE_OUTCOME_SPOOLED` when it failed transiently and is sent again), 0 when it is about a send.
+    pub from_dm: u8,
 }
 
 /// Counters of a client. Read with `kedge_client_stats` at any time, even while another thread sends.
@@ -289,6 +293,14 @@ pub struct kedge_stats {
     pub quarantine_dropped_chunks: u64,
     /// Chunks of a newer firmware's format found at open: kept untouched, never read.
     pub chunks_newer: u64,
+    /// Records posted to the DM's queue (queued and managed mode; also counted in `records_acknowledged`).
+    pub records_queued: u64,
+    /// Chunks posted to the DM's queue.
+    pub chunks_queued: u64,
+    /// Records of queued chunks the DM reported ingested (with `queued.report=all`).
+    pub records_ingested: u64,
+    /// Queued chunks the DM reported ingested.
+    pub chunks_ingested: u64,
 }
 
 /// Log callback: `message` is NUL-terminated, valid during the call, and never contains a secret.
@@ -750,6 +762,7 @@ pub unsafe extern "C" fn kedge_client_new(
                     http_status: r.http_status,
                     message: msg.as_ptr() as *const c_char,
                     is_final: u8::from(r.is_final),
+                    from_dm: u8::from(r.from_dm),
                 };
                 // SAFETY: the report and its strings live on this stack frame for the whole call.
                 unsafe { f(ud.get(), &report) }
@@ -1010,6 +1023,10 @@ pub unsafe extern "C" fn kedge_client_stats(
             quarantine_bytes: s.quarantine_bytes,
             quarantine_dropped_chunks: s.quarantine_dropped_chunks,
             chunks_newer: s.chunks_newer,
+            records_queued: s.records_queued,
+            chunks_queued: s.chunks_queued,
+            records_ingested: s.records_ingested,
+            chunks_ingested: s.chunks_ingested,
         };
         let n = stats_size.min(std::mem::size_of::<kedge_stats>());
         // SAFETY: the caller's buffer holds stats_size >= n bytes; the source is a local struct of at least n

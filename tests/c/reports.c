@@ -79,7 +79,8 @@ static void on_report(void *userdata, const kedge_delivery_report *r)
                            r->outcome == KEDGE_OUTCOME_DROPPED;
     s->reports++;
     if (r->chunk_id == NULL || strlen(r->chunk_id) != 36 || r->message == NULL || r->records == 0 ||
-        r->raw_bytes == 0 || r->wire_bytes == 0 || r->destination != 0 || r->is_final != is_final_outcome) {
+        r->raw_bytes == 0 || r->wire_bytes == 0 || r->destination != 0 || r->is_final != is_final_outcome ||
+        r->from_dm != 0) {
         s->fields_ok = 0;
         printf("bad report: outcome %d final %d id %s records %llu raw %llu wire %llu dest %u\n", (int)r->outcome,
                (int)r->is_final, r->chunk_id ? r->chunk_id : "(null)", (unsigned long long)r->records,
