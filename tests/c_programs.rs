@@ -1858,6 +1858,161 @@ fn kedge_send_queued_with_storage_unreachable_exits_75_and_drain_only_delivers_i
     assert_no_dm_violations(&env.server);
 }
 
+/// SIGKILL at random moments of queued runs (mid-upload, mid-enqueue, mid-spool-write), with the storage and
+/// the DM misbehaving between runs: every record the runs made durable arrives, by the queue only.
+#[test]
+fn kedge_send_queued_with_a_spool_survives_sigkill_during_uploads_and_enqueues_and_every_record_arrives(
+) {
+    let _g = serial();
+    let scratch = Scratch::new("queued-crash");
+    let env = dm_env(None);
+    const N: u64 = 20_000;
+    const KILLS: u32 = 20;
+    let all = scratch.path("all.jsonl");
+    write_records(&all, N);
+    let lines: Vec<String> = fs::read_to_string(&all)
+        .unwrap()
+        .lines()
+        .map(str::to_owned)
+        .collect();
+    let spool = scratch.path("spool");
+    let mut rng = 0x2545_F491_4F6C_DD1Du64;
+    let mut next = move |lo: u64, hi: u64| {
+        rng ^= rng << 13;
+        rng ^= rng >> 7;
+        rng ^= rng << 17;
+        lo + rng % (hi - lo)
+    };
+    let queued = |extra: &[&str]| {
+        let mut cmd = queued_kedge_send(&env, "QCrash");
+        cmd.args(["--quiet", "--spool"]).arg(&spool);
+        cmd.args(["--batch-bytes", "8192", "--give-up-secs", "1"]);
+        cmd.args(["-X", "retry.max_attempts=2", "-X", "retry.base_ms=5"]);
+        cmd.args(["-X", "backoff.max_ms=300", "-X", "timeout.connect_ms=300"]);
+        cmd.args(extra);
+        cmd
+    };
+    let (mut offset, mut kills, mut runs, mut faulty) = (0usize, 0u32, 0u32, 0u32);
+    let started = Instant::now();
+    while offset < lines.len() || kills < KILLS {
+        runs += 1;
+        assert!(
+            runs < 300 && started.elapsed() < Duration::from_secs(300),
+            "no progress: {runs} runs, offset {offset}"
+        );
+        // One run in four meets trouble: an expired SAS (403 from Azurite, then fresh resources) or a DM that
+        // throttles its management commands.
+        let faults = match next(0, 8) {
+            0 => kusto_devserver::DmFaults {
+                sas_expired: true,
+                ..Default::default()
+            },
+            1 => kusto_devserver::DmFaults {
+                throttle_mgmt: 2,
+                ..Default::default()
+            },
+            _ => Default::default(),
+        };
+        if faults != kusto_devserver::DmFaults::default() {
+            faulty += 1;
+        }
+        env.server.set_dm_faults(faults);
+        let input = scratch.path("rest.jsonl");
+        let mut cmd = if offset < lines.len() {
+            fs::write(&input, lines[offset..].join("\n") + "\n").unwrap();
+            let mut c = queued(&["--durable-every", "100"]);
+            c.arg(&input);
+            c
+        } else {
+            queued(&["--drain-only"])
+        };
+        let out_path = scratch.path("run.out");
+        cmd.stdout(File::create(&out_path).unwrap())
+            .stderr(Stdio::null())
+            .stdin(Stdio::null());
+        let mut child = cmd.spawn().expect("spawn kedge-send");
+        let kill_at = Instant::now() + Duration::from_millis(next(5, 200));
+        let status = loop {
+            if let Some(s) = child.try_wait().unwrap() {
+                break Some(s);
+            }
+            if kills < KILLS && Instant::now() >= kill_at {
+                child.kill().expect("SIGKILL");
+                child.wait().unwrap();
+                kills += 1;
+                break None;
+            }
+            assert!(
+                Instant::now() < kill_at + Duration::from_secs(60),
+                "a run hangs"
+            );
+            std::thread::sleep(Duration::from_millis(2));
+        };
+        let durable = fs::read_to_string(&out_path)
+            .unwrap_or_default()
+            .lines()
+            .filter_map(|l| {
+                l.strip_prefix("durable ")
+                    .and_then(|n| n.parse::<usize>().ok())
+            })
+            .max()
+            .unwrap_or(0);
+        match status.map(|s| s.code()) {
+            None => offset += durable.min(lines.len() - offset),
+            Some(Some(0)) | Some(Some(75)) => offset = lines.len(),
+            Some(code) => panic!("kedge-send run {runs} exited {code:?}"),
+        }
+    }
+    env.server.set_dm_faults(Default::default());
+    let mut drained = false;
+    for _ in 0..10 {
+        let out = run(
+            queued(&["--drain-only", "--give-up-secs", "5"]),
+            None,
+            &scratch,
+            Duration::from_secs(60),
+        );
+        if out.code() == Some(0) {
+            drained = true;
+            break;
+        }
+        assert_eq!(out.code(), Some(75), "drain: {}", out.describe());
+    }
+    assert!(drained, "the spool never drained");
+    wait_for_queued_records(&env.server, "QCrash", N as usize, Duration::from_secs(30));
+    // Let the ingestor finish what is still on the queue (resends after a kill) before counting duplicates.
+    std::thread::sleep(Duration::from_millis(500));
+    let seen = seqs_arrived(&env.server, "QCrash");
+    let missing: Vec<u64> = (0..N).filter(|s| !seen.contains_key(s)).collect();
+    let duplicates: usize = seen.values().map(|&c| c - 1).sum();
+    let dm = env.server.dm_stats();
+    eprintln!(
+        "queued crash test: {runs} runs ({faulty} with DM faults), {kills} SIGKILLs, {} records arrived, {duplicates} duplicates, {:?}; {dm:?}",
+        seen.len(),
+        started.elapsed()
+    );
+    assert!(kills >= KILLS);
+    assert!(
+        missing.is_empty(),
+        "{} records never arrived, first {:?}",
+        missing.len(),
+        &missing[..missing.len().min(10)]
+    );
+    assert!(seen.keys().all(|&s| s < N));
+    assert!(
+        duplicates < N as usize / 4,
+        "{duplicates} duplicate records of {N}"
+    );
+    assert_eq!(env.server.stats().records_streamed, 0, "nothing streamed");
+    let leftovers: Vec<_> = fs::read_dir(&spool)
+        .unwrap()
+        .map(|e| e.unwrap().file_name())
+        .filter(|n| n.to_string_lossy().ends_with(".chunk"))
+        .collect();
+    assert!(leftovers.is_empty(), "spool not empty: {leftovers:?}");
+    assert_no_dm_violations(&env.server);
+}
+
 #[test]
 fn kedge_send_managed_streams_to_a_table_with_streaming_and_queues_one_without_after_at_most_two_refusals(
 ) {

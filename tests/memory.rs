@@ -269,3 +269,121 @@ fn heap_stays_within_the_bound_with_a_credential_that_refreshes_its_token() {
     );
     drop(client);
 }
+
+/// Queued (with every DM report asked for, so the table of chunks awaiting a word fills) and managed (streaming,
+/// then a table whose streaming is off so that chunks fall back to the queue) hold no more than the bound says,
+/// and no more at the end of the run than early on (a tenth of the way in; managed: once both sinks have worked).
+fn queued_heap(mode: &str) {
+    let az = kusto_devserver::azurite::Azurite::start().expect("azurite");
+    let mut dm = kusto_devserver::DmConfig::new(az.endpoints());
+    dm.poll_interval = std::time::Duration::from_millis(50);
+    let server = Server::start(ServerConfig {
+        dm: Some(dm),
+        ..Default::default()
+    })
+    .unwrap();
+    let mut cfg = Config::default();
+    for (k, v) in [
+        ("url", server.url().as_str()),
+        ("http.allow_plain", "true"),
+        ("ingest.mode", mode),
+        ("ingest.dm_url", &server.dm_url().unwrap()),
+        ("queued.report", "all"),
+        ("destinations.max", "2"),
+        ("batch.bytes", "262144"),
+    ] {
+        cfg.set(k, v).unwrap();
+    }
+    let bound = cfg.memory_bound() as usize;
+    start_tracking();
+    let client = Client::new(&cfg, None, None).unwrap();
+    let a = client.add_destination("db", "a", "csv", None).unwrap();
+    let b = client.add_destination("db", "b", "csv", None).unwrap();
+    const TOTAL: usize = 24 << 20;
+    let (mut sent, mut seq, mut peak_early) = (0usize, 0u64, 0usize);
+    let mut line = String::with_capacity(256);
+    while sent < TOTAL {
+        use std::fmt::Write;
+        line.clear();
+        write!(
+            line,
+            "{seq},gw-{},{}.{},queued reading {}",
+            seq % 13,
+            seq % 90,
+            seq % 10,
+            seq * 7919
+        )
+        .unwrap();
+        common::append(&client, if seq % 3 == 0 { a } else { b }, line.as_bytes()).unwrap();
+        sent += line.len() + 1;
+        seq += 1;
+        // Managed: once both sinks have worked (the fallback starts half-way).
+        let early = if mode == "managed" {
+            TOTAL * 6 / 10
+        } else {
+            TOTAL / 10
+        };
+        if peak_early == 0 && sent >= early {
+            peak_early = peak();
+        }
+        if mode == "managed" && sent >= TOTAL / 2 && sent - line.len() - 1 < TOTAL / 2 {
+            // The second half: streaming refused, so chunks fall back to the queue.
+            server.set_faults(kusto_devserver::Faults {
+                seed: 7,
+                random: vec![(kusto_devserver::Fault::StreamingDisabled, 1.0)],
+            });
+        }
+    }
+    client.flush().unwrap();
+    // Wait for the DM's reports so that the tracking table empties through its normal path.
+    let until = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    while client.stats().records_ingested < client.stats().records_queued
+        && std::time::Instant::now() < until
+    {
+        client.poll().unwrap();
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    let peak_end = peak();
+    TRACK.with(|t| t.set(false));
+    let st = client.stats();
+    eprintln!(
+        "{mode}: bound {bound} B, peak early {peak_early} B, at the end {peak_end} B; {seq} records, {} streamed, {} queued, {} ingested",
+        st.records_acknowledged - st.records_queued, st.records_queued, st.records_ingested
+    );
+    assert_eq!(
+        st.records_acknowledged, seq,
+        "queued counts as acknowledged"
+    );
+    assert!(st.records_queued > 0);
+    assert_eq!(
+        st.records_ingested, st.records_queued,
+        "every queued chunk confirmed"
+    );
+    if mode == "managed" {
+        assert!(
+            st.records_acknowledged > st.records_queued,
+            "the first half streamed"
+        );
+    } else {
+        assert_eq!(st.records_queued, seq);
+    }
+    assert!(
+        peak_end <= bound,
+        "peak {peak_end} exceeds the computed bound {bound}"
+    );
+    assert!(
+        peak_end <= peak_early + 128 * 1024,
+        "heap grew with input: {peak_early} early, {peak_end} at the end"
+    );
+    drop(client);
+}
+
+#[test]
+fn heap_in_queued_mode_stays_within_the_bound_and_does_not_grow() {
+    queued_heap("queued");
+}
+
+#[test]
+fn heap_in_managed_mode_stays_within_the_bound_and_does_not_grow() {
+    queued_heap("managed");
+}

@@ -147,8 +147,22 @@ fn records_appended_in_queued_mode_arrive_through_the_queue_once() {
 
 #[test]
 fn with_reports_on_a_missing_table_is_a_final_rejection_and_a_good_one_is_ingested() {
+    reports_on_a_missing_table_and_a_good_one("queue");
+}
+
+/// The status-table method: the client inserts each chunk's `Pending` row before it posts the message (the DM
+/// counts a message naming a row that is not there as a violation) and reads the rows back.
+#[test]
+fn with_table_reports_a_missing_table_is_a_final_rejection_and_a_good_one_is_ingested() {
+    reports_on_a_missing_table_and_a_good_one("table");
+}
+
+fn reports_on_a_missing_table_and_a_good_one(method: &str) {
     let env = env(Some(vec![("db", "T")]));
-    let (c, reports) = client(&env, &[("queued.report", "all")]);
+    let (c, reports) = client(
+        &env,
+        &[("queued.report", "all"), ("queued.report_method", method)],
+    );
     let good = c.add_destination("db", "T", "csv", None).unwrap();
     let missing = c.add_destination("db", "Missing", "csv", None).unwrap();
     c.append(good, b"1,a").unwrap();
@@ -178,6 +192,27 @@ fn with_reports_on_a_missing_table_is_a_final_rejection_and_a_good_one_is_ingest
     let violations = env.server.dm_violations();
     assert!(violations.is_empty(), "DM violations: {violations:#?}");
     assert_eq!(env.server.records("db", "T").len(), 1);
+    let dm = env.server.dm_stats();
+    if method == "table" {
+        assert_eq!(dm.status_rows_updated, 2, "{dm:?}");
+        assert_eq!(
+            dm.success_notifications + dm.failure_notifications,
+            0,
+            "{dm:?}"
+        );
+    } else {
+        assert_eq!(dm.status_rows_updated, 0, "{dm:?}");
+        assert_eq!(dm.success_notifications, 1, "{dm:?}");
+    }
+    let ingestions = env.server.dm_ingestions();
+    assert_eq!(
+        ingestions
+            .iter()
+            .filter(|i| i.message.contains("IngestionStatusInTable"))
+            .count(),
+        if method == "table" { 2 } else { 0 },
+        "{ingestions:#?}"
+    );
 }
 
 #[test]
@@ -300,4 +335,113 @@ fn queued_over_https_to_the_dm_and_azurite_with_one_test_ca() {
     let violations = env.server.dm_violations();
     assert!(violations.is_empty(), "DM violations: {violations:#?}");
     assert_eq!(env.server.stats().ingested_requests, 0, "nothing streamed");
+}
+
+/// `queued.report=all` with a spool: a queued chunk stays on flash until the DM's word. Ingested: it leaves the
+/// spool; refused for good: it goes to `rejected/`; an exhausted (transient) failure: it is sent again under the
+/// same id and then ingested, once.
+fn held_until_the_dms_word(method: &str) {
+    let env = env(Some(vec![("db", "T")]));
+    let dir =
+        std::env::temp_dir().join(format!("kedge-queued-held-{method}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    let dir_s = dir.to_str().unwrap().to_owned();
+    env.server.set_dm_faults(kusto_devserver::DmFaults {
+        exhaust_ingestions: 1,
+        ..Default::default()
+    });
+    let (c, reports) = client(
+        &env,
+        &[
+            ("spool.dir", &dir_s),
+            ("queued.report", "all"),
+            ("queued.report_method", method),
+        ],
+    );
+    let good = c.add_destination("db", "T", "csv", None).unwrap();
+    let missing = c.add_destination("db", "Missing", "csv", None).unwrap();
+    for i in 0..3 {
+        c.append(good, format!("{i},held").as_bytes()).unwrap();
+        c.flush().unwrap();
+    }
+    c.append(missing, b"9,nowhere").unwrap();
+    c.flush().unwrap();
+    // Posted, and every one of them still on flash.
+    assert_eq!(c.stats().chunks_queued, 4);
+    assert_eq!(
+        c.stats().spool_chunks,
+        4,
+        "held in the spool until the DM's word"
+    );
+    let start = Instant::now();
+    loop {
+        let finals = reports.lock().unwrap().iter().filter(|x| x.2).count();
+        if finals == 4 || start.elapsed() > Duration::from_secs(60) {
+            break;
+        }
+        let wait = c.poll().unwrap().clamp(10, 200);
+        std::thread::sleep(Duration::from_millis(wait as u64));
+    }
+    let r = reports.lock().unwrap().clone();
+    let finals: Vec<_> = r.iter().filter(|x| x.2).collect();
+    assert_eq!(finals.len(), 4, "{r:#?}");
+    assert_eq!(
+        finals.iter().filter(|x| x.1 == Outcome::Ingested).count(),
+        3,
+        "{r:#?}"
+    );
+    let rejected: Vec<_> = finals.iter().filter(|x| x.1 == Outcome::Rejected).collect();
+    assert_eq!(rejected.len(), 1, "{r:#?}");
+    assert!(rejected[0].3.contains("rejected/"), "{}", rejected[0].3);
+    // The exhausted one: a word that it goes again, then its ingestion, under one id.
+    let again: Vec<_> = r
+        .iter()
+        .filter(|x| x.1 == Outcome::Spooled && !x.2 && x.3.contains("sent again"))
+        .collect();
+    assert_eq!(again.len(), 1, "{r:#?}");
+    assert!(
+        finals
+            .iter()
+            .any(|x| x.0 == again[0].0 && x.1 == Outcome::Ingested),
+        "{r:#?}"
+    );
+    let ids: Vec<String> = env
+        .server
+        .dm_ingestions()
+        .into_iter()
+        .map(|i| i.id)
+        .collect();
+    assert_eq!(
+        ids.iter().filter(|i| **i == again[0].0).count(),
+        2,
+        "{ids:?}"
+    );
+    // Each record once; the spool empty but for the refused chunk, which waits in rejected/.
+    let mut got: Vec<String> = env
+        .server
+        .records("db", "T")
+        .iter()
+        .map(|r| String::from_utf8_lossy(r).into_owned())
+        .collect();
+    got.sort();
+    assert_eq!(got, ["0,held", "1,held", "2,held"]);
+    let st = c.stats();
+    assert_eq!(st.spool_chunks, 0, "{st:?}");
+    assert_eq!(st.quarantine_chunks, 1, "{st:?}");
+    assert_eq!(st.chunks_ingested, 3, "{st:?}");
+    let violations = env.server.dm_violations();
+    assert!(violations.is_empty(), "DM violations: {violations:#?}");
+    drop(c);
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn with_every_report_a_queued_chunk_stays_on_flash_until_the_dm_confirms_and_is_resent_after_an_exhausted_failure(
+) {
+    held_until_the_dms_word("queue");
+}
+
+#[test]
+fn with_every_report_in_the_status_table_a_queued_chunk_stays_on_flash_until_confirmed() {
+    held_until_the_dms_word("table");
 }
