@@ -184,6 +184,9 @@ pub struct Config {
     pub queued_report_method: ReportMethod,
     /// Managed mode: how long a table whose streaming policy is off goes queued before streaming is tried again.
     pub managed_queued_for: Duration,
+    /// Spooled chunks of one destination that go up together as the blocks of one blob (`queued.merge_chunks`;
+    /// 1: each alone).
+    pub queued_merge_chunks: usize,
 }
 
 /// `ingest.mode`: which protocol the client speaks.
@@ -280,6 +283,7 @@ impl Default for Config {
             queued_report: QueuedReport::Failures,
             queued_report_method: ReportMethod::Queue,
             managed_queued_for: Duration::from_secs(900),
+            queued_merge_chunks: 16,
         }
     }
 }
@@ -487,6 +491,11 @@ pub const KEYS: &[KeyDoc] = &[
         help: "where the DM reports: queue (its notification queues; table, a status row per chunk, is not available yet)",
     },
     KeyDoc {
+        key: "queued.merge_chunks",
+        default: "16",
+        help: "queued (and managed, for a table that goes queued): spooled chunks of one destination replayed together as the blocks of one blob, one queue message (1..64; 1: each alone)",
+    },
+    KeyDoc {
         key: "managed.queued_for_ms",
         default: "900000",
         help: "managed mode: after streaming answers that a table's streaming policy is off, its chunks go queued this long before streaming is tried again",
@@ -683,6 +692,12 @@ impl Config {
                 }
             }
             "managed.queued_for_ms" => self.managed_queued_for = parse_ms(key, value, 0, DAY_MS)?,
+            "queued.merge_chunks" => {
+                self.queued_merge_chunks = match value.parse::<usize>() {
+                    Ok(n) if (1..=64).contains(&n) => n,
+                    _ => return Err(invalid(key, value, "expected 1..64")),
+                }
+            }
             "queued.report_method" => {
                 self.queued_report_method = match value {
                     "queue" => ReportMethod::Queue,
@@ -884,6 +899,12 @@ mod tests {
         c.set("queued.report", "all").unwrap();
         assert_eq!(c.queued_report.level(), 2);
         assert!(c.set("queued.report", "some").is_err());
+        assert_eq!(c.queued_merge_chunks, 16);
+        c.set("queued.merge_chunks", "1").unwrap();
+        assert_eq!(c.queued_merge_chunks, 1);
+        for bad in ["0", "65", "x"] {
+            assert!(c.set("queued.merge_chunks", bad).is_err(), "{bad}");
+        }
         c.set("queued.report_method", "table").unwrap();
         assert_eq!(c.queued_report_method.number(), 1);
         assert!(c.set("queued.report_method", "both").is_err());

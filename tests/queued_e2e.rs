@@ -445,3 +445,87 @@ fn with_every_report_a_queued_chunk_stays_on_flash_until_the_dm_confirms_and_is_
 fn with_every_report_in_the_status_table_a_queued_chunk_stays_on_flash_until_confirmed() {
     held_until_the_dms_word("table");
 }
+
+/// After an outage, the spooled chunks of a destination go up together: `queued.merge_chunks` of them as the
+/// blocks (each a complete gzip member) of one blob with one message, and each chunk still gets its own reports.
+#[test]
+fn spooled_chunks_are_replayed_as_the_blocks_of_merged_blobs_and_each_is_reported() {
+    let env = env(Some(vec![("db", "T")]));
+    let dir = std::env::temp_dir().join(format!("kedge-queued-merge-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    let dir_s = dir.to_str().unwrap().to_owned();
+    env.server.set_dm_faults(kusto_devserver::DmFaults {
+        sas_expired: true,
+        ..Default::default()
+    });
+    let (c, reports) = client(
+        &env,
+        &[
+            ("spool.dir", &dir_s),
+            ("retry.max_attempts", "1"),
+            ("queued.report", "all"),
+            ("queued.merge_chunks", "4"),
+        ],
+    );
+    let d = c.add_destination("db", "T", "csv", None).unwrap();
+    const N: usize = 10;
+    for i in 0..N {
+        c.append(d, format!("{i},merged").as_bytes()).unwrap();
+        // Each flush makes a chunk; storage refuses it (403), so it goes to the spool.
+        let _ = c.flush();
+    }
+    assert_eq!(c.stats().spool_chunks, N as u64);
+    let spooled: Vec<String> = reports
+        .lock()
+        .unwrap()
+        .iter()
+        .filter(|x| x.1 == Outcome::Spooled)
+        .map(|x| x.0.clone())
+        .collect();
+    assert_eq!(spooled.len(), N);
+    env.server.set_dm_faults(Default::default());
+    let start = Instant::now();
+    loop {
+        let finals = reports.lock().unwrap().iter().filter(|x| x.2).count();
+        if finals >= N || start.elapsed() > Duration::from_secs(60) {
+            break;
+        }
+        let wait = c.poll().map_or(200, |w| w.clamp(10, 200));
+        std::thread::sleep(Duration::from_millis(wait as u64));
+    }
+    let r = reports.lock().unwrap().clone();
+    // Every chunk: queued, then ingested, under its own id.
+    for id in &spooled {
+        assert!(
+            r.iter().any(|x| x.0 == *id && x.1 == Outcome::Queued),
+            "{id}: {r:#?}"
+        );
+        assert!(
+            r.iter()
+                .any(|x| x.0 == *id && x.1 == Outcome::Ingested && x.2),
+            "{id}: {r:#?}"
+        );
+    }
+    // 10 chunks, 4 to a blob: three blobs, three messages, none of them named after a chunk.
+    let ingestions = env.server.dm_ingestions();
+    assert_eq!(ingestions.len(), 3, "{ingestions:#?}");
+    assert!(ingestions.iter().all(|i| !spooled.contains(&i.id)));
+    let mut sizes: Vec<usize> = ingestions.iter().map(|i| i.records).collect();
+    sizes.sort_unstable();
+    assert_eq!(sizes, [2, 4, 4]);
+    let mut got: Vec<String> = env
+        .server
+        .records("db", "T")
+        .iter()
+        .map(|r| String::from_utf8_lossy(r).into_owned())
+        .collect();
+    got.sort();
+    let mut want: Vec<String> = (0..N).map(|i| format!("{i},merged")).collect();
+    want.sort();
+    assert_eq!(got, want);
+    assert_eq!(c.stats().spool_chunks, 0);
+    let violations = env.server.dm_violations();
+    assert!(violations.is_empty(), "DM violations: {violations:#?}");
+    drop(c);
+    let _ = std::fs::remove_dir_all(&dir);
+}

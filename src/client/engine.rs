@@ -34,6 +34,8 @@ pub struct Target {
     /// No send before this instant (backing off).
     pub not_before: Option<Instant>,
     pub last_failure: Option<Failure>,
+    /// Spooled chunks go one by one (not merged into one blob) until then: a merged blob was refused.
+    pub merge_off_until: Option<Instant>,
 }
 
 impl Target {
@@ -51,6 +53,8 @@ pub struct Chunk {
     pub gzip: bool,
     /// Its spool sequence number, when it is in the spool.
     pub seq: Option<u64>,
+    /// Its body's length, when the body is not what `wire` holds (a member of a merged blob).
+    pub wire_len: Option<u64>,
 }
 
 /// The error a call returns: the first of the gravest kind it met (later ones are logged and reported only).
@@ -175,6 +179,7 @@ impl Engine {
             failures: 0,
             not_before: None,
             last_failure: None,
+            merge_off_until: None,
         });
         Ok(self.targets.len() - 1)
     }
@@ -239,6 +244,7 @@ impl Engine {
             raw_len: batch.bytes().len() as u64,
             gzip,
             seq: None,
+            wire_len: None,
         })
     }
 
@@ -498,7 +504,7 @@ impl Engine {
         }
         let text = wire::uuid_text(&chunk.id);
         let label = self.targets[target].sink.label.clone();
-        let wire_len = self.wire.len() as u64;
+        let wire_len = chunk.wire_len.unwrap_or(self.wire.len() as u64);
         let status = match result {
             SendResult::Acknowledged => 200,
             SendResult::Queued => 201,

@@ -253,6 +253,7 @@ impl Engine {
                     raw_len: (b - a) as u64,
                     gzip: true,
                     seq: None,
+                    wire_len: None,
                 },
                 Err(e) => {
                     errs.note(e);

@@ -23,7 +23,7 @@ use crate::spool::DestKey;
 
 use super::queued::QueuedSink;
 use super::streaming::StreamingSink;
-use super::{Attempt, ChunkRef, SendIo, Sent, Sink, SinkId, SinkTarget, StatusReport};
+use super::{Attempt, Blocks, ChunkRef, SendIo, Sent, Sink, SinkId, SinkTarget, StatusReport};
 
 /// Bodies over this go queued without a streaming try: the service refuses a streaming request over 4 MiB.
 pub const STREAMING_MAX_BODY: usize = 4 * 1024 * 1024;
@@ -161,6 +161,24 @@ impl Sink for ManagedSink {
             attempt: q.attempt,
             requests: sent.requests.saturating_add(q.requests),
         }
+    }
+
+    /// A merged spool blob is for the queue only: merged when the table goes to the queue anyway (its streaming
+    /// is off, or throttled, for a while).
+    fn merges(&self, target: &SinkTarget, now: Instant) -> bool {
+        self.held(&target.label, now)
+    }
+
+    fn send_merged(
+        &self,
+        target: &SinkTarget,
+        group_id: &str,
+        attempt: u32,
+        blocks: &mut dyn Blocks,
+        io: &mut SendIo<'_>,
+    ) -> Sent {
+        self.queued
+            .send_merged(target, group_id, attempt, blocks, io)
     }
 
     fn holds_until_reported(&self) -> bool {

@@ -49,6 +49,29 @@ pub struct ChunkRef<'a> {
     pub payload: &'a [u8],
 }
 
+/// One block of a merged blob: a spooled chunk, as the core describes it.
+pub struct BlockInfo<'a> {
+    /// The chunk's id.
+    pub id: &'a str,
+    /// Records in it.
+    pub records: u64,
+    /// Raw bytes.
+    pub raw_len: u64,
+}
+
+/// The chunks of one merged blob, read one at a time into the core's buffer (each payload a complete gzip
+/// member: one after another they are one gzip stream).
+pub trait Blocks {
+    /// How many.
+    fn count(&self) -> usize;
+    /// Block `i`'s chunk.
+    fn info(&self, i: usize) -> BlockInfo<'_>;
+    /// Reads block `i`'s payload; valid until the next call.
+    // A failure is a fixed-size value on purpose: handling one must not allocate.
+    #[allow(clippy::result_large_err)]
+    fn read(&mut self, i: usize) -> Result<&[u8], Failure>;
+}
+
 /// Buffers and bounds one send may use: nothing is allocated per request.
 pub struct SendIo<'a> {
     /// Holds the answer's body (bounded).
@@ -122,6 +145,25 @@ pub trait Sink: Send + Sync {
     /// One delivery attempt. Retries with backoff are the core's; a sink only repeats a request for a reason of
     /// its own protocol (a fresh token after a 401) and says how many it made.
     fn send(&self, target: &SinkTarget, chunk: &ChunkRef<'_>, io: &mut SendIo<'_>) -> Sent;
+    /// Whether spooled chunks of `target` may go up together, as the blocks of one blob ([`Sink::send_merged`]).
+    fn merges(&self, _target: &SinkTarget, _now: Instant) -> bool {
+        false
+    }
+    /// One delivery attempt of several spooled chunks as one blob under `group_id` (the message's id); each
+    /// chunk is reported on by its own id. Only called when [`Sink::merges`] says so.
+    fn send_merged(
+        &self,
+        _target: &SinkTarget,
+        _group_id: &str,
+        _attempt: u32,
+        _blocks: &mut dyn Blocks,
+        _io: &mut SendIo<'_>,
+    ) -> Sent {
+        Sent {
+            attempt: Attempt::Failed(Failure::network("this sink does not merge chunks")),
+            requests: 0,
+        }
+    }
     /// Whether a chunk taken for later ingestion stays in the spool until its final word (queued ingestion with
     /// `queued.report=all`), so that a transient failure of the ingestion can be sent again.
     fn holds_until_reported(&self) -> bool {

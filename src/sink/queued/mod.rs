@@ -42,7 +42,7 @@ use crate::spool::DestKey;
 use crate::transport::{Method, Request, Transport};
 use crate::wire::{self, DmUrl, Format};
 
-use super::{Attempt, ChunkRef, SendIo, Sent, Sink, SinkId, SinkTarget, StatusReport};
+use super::{Attempt, Blocks, ChunkRef, SendIo, Sent, Sink, SinkId, SinkTarget, StatusReport};
 use resources::{Plan, Resources, Schedule};
 
 /// `x-ms-version` of blob and queue requests: the doc allows 2019-12-12 or later, Azurite 3.37 up to 2026-06-06.
@@ -56,8 +56,26 @@ pub const MGMT_BODY_BYTES: usize = 32 * 1024;
 /// with the words of one status round (16 KiB). Checked by `tests/memory.rs` (queued and managed).
 pub const QUEUED_BYTES: u64 = (MGMT_BODY_BYTES + (48 + 64 + 32 + 64 + 64 + 16) * 1024) as u64;
 
-/// The storage operation that inserts a chunk's status row.
-const STATUS_ROW: &str = "status row";
+/// A storage operation, for its method and messages.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Op {
+    /// Put Blob, Put Block, Put Block List.
+    Upload,
+    /// Put Message.
+    Enqueue,
+    /// Insert Entity (the chunk's status row).
+    StatusRow,
+}
+
+impl Op {
+    fn name(self) -> &'static str {
+        match self {
+            Op::Upload => "upload",
+            Op::Enqueue => "enqueue",
+            Op::StatusRow => "status row",
+        }
+    }
+}
 
 /// A refresh forced by a storage 403 is skipped when the resources are younger than this: they are as fresh as
 /// the DM makes them.
@@ -249,29 +267,26 @@ impl QueuedSink {
             let Some(ingested) = status::row_done(&row.status) else {
                 continue;
             };
-            let Some(entry) = st.tracker.take(&id) else {
-                continue;
-            };
-            let failure = (!ingested)
-                .then(|| {
-                    let mut note = row.note;
-                    if note.error_code.is_empty() {
-                        // `Skipped`, or a status without a code: not ingested, and sending it again will not help.
-                        note.error_code = format!("Status_{}", row.status);
-                        if note.failure_status.is_empty() {
-                            note.failure_status = "Permanent".into();
-                        }
-                    }
-                    Self::dm_failure(&entry, &note)
-                })
-                .flatten();
-            report(&StatusReport {
-                chunk_id: &entry.id,
-                dest: &entry.dest,
-                records: entry.records,
-                raw_len: entry.raw_len,
-                failure,
-            });
+            let mut note = row.note;
+            if !ingested && note.error_code.is_empty() {
+                // `Skipped`, or a status without a code: not ingested, and sending it again will not help.
+                note.error_code = format!("Status_{}", row.status);
+                if note.failure_status.is_empty() {
+                    note.failure_status = "Permanent".into();
+                }
+            }
+            for entry in st.tracker.take_source(&id) {
+                let failure = (!ingested)
+                    .then(|| Self::dm_failure(&entry, &note))
+                    .flatten();
+                report(&StatusReport {
+                    chunk_id: &entry.id,
+                    dest: &entry.dest,
+                    records: entry.records,
+                    raw_len: entry.raw_len,
+                    failure,
+                });
+            }
         }
         requests
     }
@@ -346,19 +361,19 @@ impl QueuedSink {
             let (Some(pop), true) = (m.pop_receipt, tracker.has(&note.source_id)) else {
                 continue;
             };
-            let Some(entry) = tracker.take(&note.source_id) else {
-                continue;
-            };
-            let failure = (!succeeded)
-                .then(|| Self::dm_failure(&entry, &note))
-                .flatten();
-            report(&StatusReport {
-                chunk_id: &entry.id,
-                dest: &entry.dest,
-                records: entry.records,
-                raw_len: entry.raw_len,
-                failure,
-            });
+            // Every chunk the message carried (several when they went up as the blocks of one blob).
+            for entry in tracker.take_source(&note.source_id) {
+                let failure = (!succeeded)
+                    .then(|| Self::dm_failure(&entry, &note))
+                    .flatten();
+                report(&StatusReport {
+                    chunk_id: &entry.id,
+                    dest: &entry.dest,
+                    records: entry.records,
+                    raw_len: entry.raw_len,
+                    failure,
+                });
+            }
             // Ours, and read: delete it so that no one reads it again (only ours: others' are theirs).
             let mut path = String::with_capacity(64 + pop.len());
             path.push_str("messages/");
@@ -583,7 +598,8 @@ impl QueuedSink {
         &self,
         st: &mut State,
         pick: fn(&Resources) -> &[resources::StorageUrl],
-        op: &str,
+        op: Op,
+        fixed: Option<usize>,
         url_of: &dyn Fn(&SecretString) -> SecretString,
         headers: &[(&str, &str)],
         body: &[u8],
@@ -591,10 +607,19 @@ impl QueuedSink {
         requests: &mut u32,
     ) -> Result<usize, storage::Verdict> {
         let secs = self.secs(io.clock.now());
-        let order = {
-            let res = st.resources.as_ref().expect("ensured");
-            rank::choose(pick(res), &st.stats, secs, self.random())
+        let order = match fixed {
+            // The later blocks of a blob go where its first one went.
+            Some(i) => {
+                let mut one = heapless::Vec::new();
+                let _ = one.push(i);
+                one
+            }
+            None => {
+                let res = st.resources.as_ref().expect("ensured");
+                rank::choose(pick(res), &st.stats, secs, self.random())
+            }
         };
+        let op_name = op.name();
         let mut last = None;
         for i in order {
             if last.is_some() && io.clock.now() >= io.deadline {
@@ -605,10 +630,9 @@ impl QueuedSink {
                 (url_of(&r.url), r.account.clone())
             };
             let req = Request {
-                method: if op == "upload" {
-                    Method::Put
-                } else {
-                    Method::Post
+                method: match op {
+                    Op::Upload => Method::Put,
+                    Op::Enqueue | Op::StatusRow => Method::Post,
                 },
                 url: url.expose(),
                 headers,
@@ -621,15 +645,16 @@ impl QueuedSink {
             let v = match self.transport.send(&req, &mut io.body[..limit]) {
                 // A status row that is already there: an earlier attempt of this chunk inserted it.
                 Ok(r)
-                    if (200..300).contains(&r.status) || (op == STATUS_ROW && r.status == 409) =>
+                    if (200..300).contains(&r.status)
+                        || (op == Op::StatusRow && r.status == 409) =>
                 {
                     st.stats.record(&account, true, secs);
                     return Ok(i);
                 }
-                Ok(r) => storage::classify(r.status, &io.body[..r.body_len], op, &account),
+                Ok(r) => storage::classify(r.status, &io.body[..r.body_len], op_name, &account),
                 Err(e) => {
                     let mut f = network_failure(&e, self.transport.route());
-                    let msg = format!("storage {op} on account '{account}': {}", f.message);
+                    let msg = format!("storage {op_name} on account '{account}': {}", f.message);
                     f.message = crate::response::truncated(&msg);
                     // Another account may be reachable when this one is not; a proxy or trust problem of
                     // ours (not transient) is the same for all.
@@ -648,7 +673,7 @@ impl QueuedSink {
             last = Some(v);
         }
         Err(last.unwrap_or_else(|| storage::Verdict {
-            failure: Failure::network(&format!("no storage resource to {op} to")),
+            failure: Failure::network(&format!("no storage resource to {op_name} to")),
             refresh: true,
             next: false,
         }))
@@ -686,7 +711,8 @@ impl QueuedSink {
         let container = self.storage_op(
             st,
             |r| &r.containers,
-            "upload",
+            Op::Upload,
+            None,
             &|c| storage::blob_url(c, &name),
             &blob_headers,
             chunk.payload,
@@ -697,10 +723,106 @@ impl QueuedSink {
             let res = st.resources.as_ref().expect("ensured");
             storage::blob_url(&res.containers[container].url, &name)
         };
+        self.post(
+            st,
+            target,
+            chunk.id,
+            chunk.raw_len,
+            &blob,
+            &rid,
+            io,
+            requests,
+        )
+    }
+
+    /// Uploads the blocks of a merged blob (Put Block each, all to one container, then Put Block List) and
+    /// returns the blob's URL.
+    #[allow(clippy::result_large_err, clippy::too_many_arguments)]
+    fn upload_blocks(
+        &self,
+        st: &mut State,
+        target: &SinkTarget,
+        group_id: &str,
+        blocks: &mut dyn Blocks,
+        rid: &str,
+        io: &mut SendIo<'_>,
+        requests: &mut u32,
+    ) -> Result<SecretString, storage::Verdict> {
+        let key = &target.dest;
+        let name = storage::blob_name(
+            &key.database,
+            &key.table,
+            group_id,
+            target.format.wire_name(),
+            true,
+        );
+        let headers = [
+            ("x-ms-version", STORAGE_VERSION),
+            ("x-ms-client-request-id", rid),
+        ];
+        let mut container = None;
+        let mut list = String::with_capacity(64 + blocks.count() * 48);
+        list.push_str("<?xml version=\"1.0\" encoding=\"utf-8\"?><BlockList>");
+        for i in 0..blocks.count() {
+            let id = storage::block_id(i);
+            let payload = blocks.read(i).map_err(|f| storage::Verdict {
+                failure: f,
+                refresh: false,
+                next: false,
+            })?;
+            let mut query = String::from("comp=block&blockid=");
+            wire::percent_encode(&mut query, &id);
+            let c = self.storage_op(
+                st,
+                |r| &r.containers,
+                Op::Upload,
+                container,
+                &|c| storage::with_query(c, &name, &query),
+                &headers,
+                payload,
+                io,
+                requests,
+            )?;
+            container = Some(c);
+            list.push_str("<Latest>");
+            list.push_str(&id);
+            list.push_str("</Latest>");
+        }
+        list.push_str("</BlockList>");
+        let c = self.storage_op(
+            st,
+            |r| &r.containers,
+            Op::Upload,
+            container,
+            &|c| storage::with_query(c, &name, "comp=blocklist"),
+            &headers,
+            list.as_bytes(),
+            io,
+            requests,
+        )?;
+        let res = st.resources.as_ref().expect("ensured");
+        Ok(storage::blob_url(&res.containers[c].url, &name))
+    }
+
+    /// With the blob up: (with the table method) the status row, then the message. Returns which status table
+    /// holds the row.
+    #[allow(clippy::result_large_err, clippy::too_many_arguments)]
+    fn post(
+        &self,
+        st: &mut State,
+        target: &SinkTarget,
+        id: &str,
+        raw_size: u64,
+        blob: &SecretString,
+        rid: &str,
+        io: &mut SendIo<'_>,
+        requests: &mut u32,
+    ) -> Result<u8, storage::Verdict> {
+        let key = &target.dest;
         let table = if self.method == ReportMethod::Table && self.tracks() {
             let mut row = std::mem::take(&mut st.json);
             message::write_status_row(
-                chunk.id,
+                id,
                 blob.expose(),
                 &key.database,
                 &key.table,
@@ -713,12 +835,13 @@ impl QueuedSink {
                 ("Prefer", "return-no-content"),
                 ("DataServiceVersion", "3.0"),
                 ("x-ms-version", STORAGE_VERSION),
-                ("x-ms-client-request-id", rid.as_str()),
+                ("x-ms-client-request-id", rid),
             ];
             let r = self.storage_op(
                 st,
                 |r| &r.status_tables,
-                STATUS_ROW,
+                Op::StatusRow,
+                None,
                 &|t| t.clone(),
                 &row_headers,
                 row.as_bytes(),
@@ -736,9 +859,9 @@ impl QueuedSink {
         });
         let ok = {
             let m = message::Message {
-                id: chunk.id,
+                id,
                 blob_path: blob.expose(),
-                raw_size: chunk.raw_len,
+                raw_size,
                 database: &key.database,
                 table: &key.table,
                 report_level: self.report.level(),
@@ -763,8 +886,7 @@ impl QueuedSink {
         if !ok {
             wipe(&mut st.xml);
             let mut f = Failure::network(&format!(
-                "the queue message for chunk {} would exceed {} bytes of JSON",
-                chunk.id,
+                "the queue message for chunk {id} would exceed {} bytes of JSON",
                 message::MAX_JSON_BYTES
             ));
             f.class = FailureClass::Rejected;
@@ -778,12 +900,13 @@ impl QueuedSink {
         let queue_headers = [
             ("Content-Type", "application/xml"),
             ("x-ms-version", STORAGE_VERSION),
-            ("x-ms-client-request-id", rid.as_str()),
+            ("x-ms-client-request-id", rid),
         ];
         let r = self.storage_op(
             st,
             |r| &r.queues,
-            "enqueue",
+            Op::Enqueue,
+            None,
             &storage::messages_url,
             &queue_headers,
             xml.as_bytes(),
@@ -794,6 +917,49 @@ impl QueuedSink {
         wipe(&mut xml);
         st.xml = xml;
         r.map(|_| table.map_or(0, |i| i.min(u8::MAX as usize) as u8))
+    }
+
+    /// Remembers posted chunks whose report is awaited: each member under the message's id.
+    fn track(
+        &self,
+        st: &mut State,
+        target: &SinkTarget,
+        source: &str,
+        members: &[(&str, u64, u64)],
+        table: u8,
+        io: &SendIo<'_>,
+    ) {
+        if !self.tracks() {
+            return;
+        }
+        let (Ok(source), until) = (
+            heapless::String::try_from(source),
+            io.clock.now() + status::TRACK_FOR,
+        ) else {
+            return;
+        };
+        for &(id, records, raw_len) in members {
+            let Ok(id) = heapless::String::try_from(id) else {
+                continue;
+            };
+            let evicted = st.tracker.add(status::Inflight {
+                id,
+                source: source.clone(),
+                dest: target.dest.clone(),
+                records,
+                raw_len,
+                until,
+                table,
+            });
+            if let Some(e) = evicted {
+                (io.warn)(&format!(
+                    "{} chunks await the DM's report: chunk {} is no longer tracked and stays queued",
+                    status::MAX_INFLIGHT,
+                    e.id
+                ));
+            }
+        }
+        self.awaiting.store(st.tracker.len(), Relaxed);
     }
 }
 
@@ -818,6 +984,73 @@ impl Sink for QueuedSink {
 
     fn holds_until_reported(&self) -> bool {
         self.report == QueuedReport::All
+    }
+
+    fn merges(&self, _target: &SinkTarget, _now: Instant) -> bool {
+        true
+    }
+
+    #[allow(clippy::result_large_err)]
+    fn send_merged(
+        &self,
+        target: &SinkTarget,
+        group_id: &str,
+        attempt: u32,
+        blocks: &mut dyn Blocks,
+        io: &mut SendIo<'_>,
+    ) -> Sent {
+        let mut st = self.lock();
+        let mut requests = 0u32;
+        let mut refreshed = false;
+        let raw: u64 = (0..blocks.count()).map(|i| blocks.info(i).raw_len).sum();
+        loop {
+            if let Err(f) = self.ensure(&mut st, io, &mut requests) {
+                return failed(f, requests);
+            }
+            let rid = wire::request_id_for(
+                "executeQueuedIngest",
+                group_id,
+                attempt.saturating_add(requests),
+            );
+            let r = self
+                .upload_blocks(&mut st, target, group_id, blocks, &rid, io, &mut requests)
+                .and_then(|blob| {
+                    self.post(
+                        &mut st,
+                        target,
+                        group_id,
+                        raw,
+                        &blob,
+                        &rid,
+                        io,
+                        &mut requests,
+                    )
+                });
+            match r {
+                Ok(table) => {
+                    let members: Vec<(&str, u64, u64)> = (0..blocks.count())
+                        .map(|i| {
+                            let b = blocks.info(i);
+                            (b.id, b.records, b.raw_len)
+                        })
+                        .collect();
+                    self.track(&mut st, target, group_id, &members, table, io);
+                    return Sent {
+                        attempt: Attempt::Queued { status: 201 },
+                        requests,
+                    };
+                }
+                Err(v) if v.refresh && !refreshed && io.clock.now() < io.deadline => {
+                    refreshed = true;
+                    st.schedule.forced = true;
+                    (io.warn)(&format!(
+                        "{}: {}; fetching new ingestion resources",
+                        target.label, v.failure.message
+                    ));
+                }
+                Err(v) => return failed(v.failure, requests),
+            }
+        }
     }
 
     fn awaiting(&self) -> usize {
@@ -877,26 +1110,14 @@ impl Sink for QueuedSink {
             }
             match self.upload_and_enqueue(&mut st, target, chunk, io, &mut requests) {
                 Ok(table) => {
-                    if self.tracks() {
-                        if let Ok(id) = heapless::String::try_from(chunk.id) {
-                            let evicted = st.tracker.add(status::Inflight {
-                                id,
-                                dest: target.dest.clone(),
-                                records: chunk.records,
-                                raw_len: chunk.raw_len,
-                                until: io.clock.now() + status::TRACK_FOR,
-                                table,
-                            });
-                            self.awaiting.store(st.tracker.len(), Relaxed);
-                            if let Some(e) = evicted {
-                                (io.warn)(&format!(
-                                    "{} chunks await the DM's report: chunk {} is no longer tracked and stays queued",
-                                    status::MAX_INFLIGHT,
-                                    e.id
-                                ));
-                            }
-                        }
-                    }
+                    self.track(
+                        &mut st,
+                        target,
+                        chunk.id,
+                        &[(chunk.id, chunk.records, chunk.raw_len)],
+                        table,
+                        io,
+                    );
                     return Sent {
                         attempt: Attempt::Queued { status: 201 },
                         requests,

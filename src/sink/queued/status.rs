@@ -29,8 +29,10 @@ pub const PEEK_MESSAGES: u32 = 16;
 /// A chunk posted and awaiting the DM's word.
 #[derive(Clone, Debug)]
 pub struct Inflight {
-    /// The chunk id (the message's `Id`, lowercase).
+    /// The chunk id, lowercase.
     pub id: heapless::String<36>,
+    /// The id of the message that carried it: its own id, or a merged blob's.
+    pub source: heapless::String<36>,
     /// Its destination.
     pub dest: DestKey,
     /// Records.
@@ -68,20 +70,24 @@ impl Tracker {
         evicted
     }
 
-    /// Takes the entry of `id` (case-insensitive), if it is ours.
-    pub fn take(&mut self, id: &str) -> Option<Inflight> {
-        let i = self
-            .entries
-            .iter()
-            .position(|x| x.id.as_str().eq_ignore_ascii_case(id))?;
-        Some(self.entries.remove(i))
+    /// Takes the entries that message `source` carried (case-insensitive): none when it is not ours.
+    pub fn take_source(&mut self, source: &str) -> Vec<Inflight> {
+        let mut out = Vec::new();
+        self.entries.retain(|x| {
+            let ours = x.source.as_str().eq_ignore_ascii_case(source);
+            if ours {
+                out.push(x.clone());
+            }
+            !ours
+        });
+        out
     }
 
-    /// Whether `id` is ours.
-    pub fn has(&self, id: &str) -> bool {
+    /// Whether message `source` is ours.
+    pub fn has(&self, source: &str) -> bool {
         self.entries
             .iter()
-            .any(|x| x.id.as_str().eq_ignore_ascii_case(id))
+            .any(|x| x.source.as_str().eq_ignore_ascii_case(source))
     }
 
     /// Lets go of entries past their time.
@@ -89,18 +95,21 @@ impl Tracker {
         self.entries.retain(|e| e.until > now);
     }
 
-    /// Up to `n` entries, in turn from `*cursor` (which moves on), for reading their status rows.
+    /// The messages (sources) of up to `n` entries, in turn from `*cursor` (which moves on), each once, for
+    /// reading their status rows.
     pub fn round(&self, cursor: &mut usize, n: usize) -> Vec<(heapless::String<36>, u8)> {
         let len = self.entries.len();
         let n = n.min(len);
         let start = if len == 0 { 0 } else { *cursor % len };
         *cursor = start + n;
-        (0..n)
-            .map(|k| {
-                let e = &self.entries[(start + k) % len];
-                (e.id.clone(), e.table)
-            })
-            .collect()
+        let mut out: Vec<(heapless::String<36>, u8)> = Vec::with_capacity(n);
+        for k in 0..n {
+            let e = &self.entries[(start + k) % len];
+            if !out.iter().any(|(s, _)| *s == e.source) {
+                out.push((e.source.clone(), e.table));
+            }
+        }
+        out
     }
 
     /// Chunks awaiting a word.
@@ -288,6 +297,7 @@ mod tests {
         };
         let entry = |n: usize| Inflight {
             id: heapless::String::try_from(format!("{n:036}").as_str()).unwrap(),
+            source: heapless::String::try_from(format!("{n:036}").as_str()).unwrap(),
             dest: dest.clone(),
             records: 1,
             raw_len: 1,
@@ -302,8 +312,9 @@ mod tests {
         assert_eq!(evicted.id, entry(0).id);
         assert_eq!(t.len(), MAX_INFLIGHT);
         assert!(t.has(&entry(5).id.to_uppercase()));
-        assert!(t.take(&entry(5).id).is_some());
+        assert_eq!(t.take_source(&entry(5).id).len(), 1);
         assert!(!t.has(&entry(5).id));
+        assert!(t.take_source(&entry(5).id).is_empty());
         // Entries 1..=MAX_INFLIGHT are left; those due by 100 s (n + 1 <= 100) go.
         t.expire(now + Duration::from_secs(100));
         assert_eq!(t.len(), MAX_INFLIGHT + 1 - 100);
@@ -318,6 +329,21 @@ mod tests {
         }
         assert_eq!(seen.len(), left);
         assert_eq!(Tracker::new().round(&mut cursor, 32).len(), 0);
+        // The chunks of one merged blob: tracked apiece, reported together, read once a round.
+        let mut t = Tracker::new();
+        let group = heapless::String::<36>::try_from("g".repeat(36).as_str()).unwrap();
+        for n in 0..3 {
+            let mut e = entry(n);
+            e.source = group.clone();
+            t.add(e);
+        }
+        t.add(entry(7));
+        assert_eq!(t.len(), 4);
+        assert_eq!(t.round(&mut 0, 32).len(), 2);
+        assert!(!t.has(&entry(1).id) && t.has(&group));
+        let taken: Vec<_> = t.take_source(&group).into_iter().map(|e| e.id).collect();
+        assert_eq!(taken, [entry(0).id, entry(1).id, entry(2).id]);
+        assert_eq!(t.len(), 1);
     }
 
     #[test]

@@ -147,6 +147,12 @@ fn append_path(base: &SecretString, segment: &str) -> SecretString {
     out
 }
 
+/// The id of block `i` of a merged blob: base64 of a fixed-length name (a blob's block ids must all have the same
+/// length), to be percent-encoded in the query.
+pub fn block_id(i: usize) -> String {
+    crate::auth::encoding::base64_std(format!("kedge-block-{i:06}").as_bytes())
+}
+
 /// `{table path}(PartitionKey='{id}',RowKey='{id}')?{sas}`: the status row of a chunk (its id is a uuid: no
 /// quote to double, nothing to encode).
 pub fn entity_url(table: &SecretString, id: &str) -> SecretString {
@@ -303,6 +309,8 @@ mod tests {
             "http://127.0.0.1:10001/devstoreaccount1/q/messages?sv=1"
         );
         assert_eq!(without_query("https://a/c/b?sig=1"), "https://a/c/b");
+        assert_eq!(block_id(0), "a2VkZ2UtYmxvY2stMDAwMDAw");
+        assert_eq!(block_id(0).len(), block_id(999_999).len());
         let t = SecretString::new("http://127.0.0.1:10002/devstoreaccount1/ingestionsstatus?sv=1");
         assert_eq!(
             entity_url(&t, "id-1").expose(),
