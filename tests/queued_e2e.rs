@@ -13,7 +13,7 @@ use kusto_edge::{Client, ClientOptions, Config};
 struct Env {
     // Field order: the server (and its ingestor) stops before Azurite does.
     server: Server,
-    _az: Azurite,
+    az: Azurite,
 }
 
 fn env(tables: Option<Vec<(&str, &str)>>) -> Env {
@@ -30,7 +30,7 @@ fn env(tables: Option<Vec<(&str, &str)>>) -> Env {
         ..ServerConfig::default()
     })
     .unwrap();
-    Env { server, _az: az }
+    Env { server, az }
 }
 
 type Reports = Arc<Mutex<Vec<(String, Outcome, bool, String)>>>;
@@ -317,7 +317,7 @@ fn queued_over_https_to_the_dm_and_azurite_with_one_test_ca() {
         ..ServerConfig::default()
     })
     .unwrap();
-    let env = Env { server, _az: az };
+    let env = Env { server, az };
     let mut cfg = Config::default();
     cfg.set("url", &env.server.url()).unwrap();
     cfg.set("ingest.mode", "queued").unwrap();
@@ -528,4 +528,55 @@ fn spooled_chunks_are_replayed_as_the_blocks_of_merged_blobs_and_each_is_reporte
     assert!(violations.is_empty(), "DM violations: {violations:#?}");
     drop(c);
     let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// The failure queue is shared by every producer of the cluster: with 40 others' notifications in front of ours
+/// (more than one page), ours is still found, and every one of the others' is left where it was.
+#[test]
+fn our_failure_notification_is_found_behind_a_crowd_of_others_and_theirs_are_left_alone() {
+    use kusto_devserver::storage;
+    let env = env(Some(vec![("db", "T")]));
+    let names = env.server.dm_resource_names().unwrap();
+    let account = storage::Account::new(env.az.endpoints());
+    let failed = account.url_with_account_sas(&env.az.endpoints().queue, &names.failed);
+    for i in 0..40 {
+        let json = format!(
+            r#"{{"OperationId":"op{i}","Database":"db","Table":"Other","FailedOn":"2026-12-01T19:40:00Z","IngestionSourceId":"00000000-0000-4000-8000-{i:012}","IngestionSourcePath":"https://elsewhere/b{i}","Details":"not ours","ErrorCode":"BadRequest_EmptyBlob","FailureStatus":"Permanent","RootActivityId":"r","OriginatesFromUpdatePolicy":false,"ShouldRetry":false}}"#
+        );
+        storage::put_message(
+            &failed,
+            &kusto_devserver::b64::encode(json.as_bytes()),
+            None,
+        )
+        .unwrap();
+    }
+    let (c, reports) = client(&env, &[]);
+    let d = c.add_destination("db", "Missing", "csv", None).unwrap();
+    c.append(d, b"1,lost?").unwrap();
+    c.flush().unwrap();
+    let start = Instant::now();
+    while !reports.lock().unwrap().iter().any(|x| x.2) && start.elapsed() < Duration::from_secs(60)
+    {
+        let wait = c.poll().map_or(200, |w| w.clamp(10, 200));
+        std::thread::sleep(Duration::from_millis(wait as u64));
+    }
+    let r = reports.lock().unwrap().clone();
+    let finals: Vec<_> = r.iter().filter(|x| x.2).collect();
+    assert_eq!(finals.len(), 1, "{r:#?}");
+    assert_eq!(finals[0].1, Outcome::Rejected);
+    assert!(finals[0].3.contains("BadRequest_Table"), "{}", finals[0].3);
+    // Once the pages we looked through are visible again, all 40 of theirs are still there, and ours is gone.
+    std::thread::sleep(Duration::from_secs(6));
+    let mut left = Vec::new();
+    for _ in 0..3 {
+        left.extend(
+            storage::get_messages(&failed, 32, Some(Duration::from_secs(60)), None).unwrap(),
+        );
+    }
+    assert_eq!(left.len(), 40, "others' notifications must stay");
+    let texts: Vec<String> = left
+        .iter()
+        .map(|m| String::from_utf8(kusto_devserver::b64::decode(&m.text).unwrap()).unwrap())
+        .collect();
+    assert!(texts.iter().all(|t| t.contains("not ours")), "{texts:?}");
 }

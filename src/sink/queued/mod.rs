@@ -304,7 +304,11 @@ impl QueuedSink {
     ) -> u32 {
         let mut requests = 0;
         let headers = [("x-ms-version", STORAGE_VERSION)];
-        let get = |st: &mut State, query: &str, requests: &mut u32| -> Option<usize> {
+        let get = |st: &mut State,
+                   query: &str,
+                   requests: &mut u32,
+                   timeout: Option<Duration>|
+         -> Option<usize> {
             let url = storage::with_query(queue, "messages", query);
             let req = Request {
                 method: Method::Get,
@@ -312,7 +316,7 @@ impl QueuedSink {
                 headers: &headers,
                 body: &[],
                 response_headers: &[],
-                timeout: Self::timeout(io),
+                timeout,
             };
             *requests += 1;
             match self.transport.send(&req, &mut st.mgmt_body) {
@@ -321,32 +325,59 @@ impl QueuedSink {
             }
         };
         let peek = format!("peekonly=true&numofmessages={}", status::PEEK_MESSAGES);
-        let Some(n) = get(st, &peek, &mut requests) else {
-            return requests;
-        };
-        let ours = {
-            let State {
-                mgmt_body,
-                tracker,
-                notification,
-                ..
-            } = &mut *st;
-            let xml = std::str::from_utf8(&mgmt_body[..n]).unwrap_or("");
-            status::parse_messages(xml).iter().any(|m| {
-                status::parse_notification(m.text, notification)
-                    .is_some_and(|x| tracker.has(&x.source_id))
-            })
-        };
-        if !ours {
-            return requests;
-        }
         let take = format!(
-            "numofmessages={}&visibilitytimeout=1",
-            status::PEEK_MESSAGES
+            "numofmessages={}&visibilitytimeout={}",
+            status::PEEK_MESSAGES,
+            status::PAGE_HIDE_SECS
         );
-        let Some(n) = get(st, &take, &mut requests) else {
-            return requests;
-        };
+        for page in 0..status::MAX_PAGES {
+            if page > 0 && (io.clock.now() >= io.deadline || st.tracker.is_empty()) {
+                break;
+            }
+            let Some(n) = get(st, &peek, &mut requests, Self::timeout(io)) else {
+                break;
+            };
+            let (ours, seen) = {
+                let State {
+                    mgmt_body,
+                    tracker,
+                    notification,
+                    ..
+                } = &mut *st;
+                let xml = std::str::from_utf8(&mgmt_body[..n]).unwrap_or("");
+                let list = status::parse_messages(xml);
+                let ours = list.iter().any(|m| {
+                    status::parse_notification(m.text, notification)
+                        .is_some_and(|x| tracker.has(&x.source_id))
+                });
+                (ours, list.len())
+            };
+            // Nothing of ours in a page that is not full: nothing of ours on the queue now.
+            if !ours && seen < status::PEEK_MESSAGES as usize {
+                break;
+            }
+            // Ours in the page, or a full page of others' standing in front of what may be ours: dequeue it (the
+            // others' messages are hidden for a few seconds, never deleted) and delete only ours.
+            let Some(n) = get(st, &take, &mut requests, Self::timeout(io)) else {
+                break;
+            };
+            requests += self.take_ours(st, queue, n, succeeded, io, report);
+        }
+        requests
+    }
+
+    /// Reports and deletes our notifications in a dequeued page (in `st.mgmt_body[..n]`); others' are left.
+    fn take_ours(
+        &self,
+        st: &mut State,
+        queue: &SecretString,
+        n: usize,
+        succeeded: bool,
+        io: &mut SendIo<'_>,
+        report: &mut dyn FnMut(&StatusReport<'_>),
+    ) -> u32 {
+        let mut requests = 0;
+        let headers = [("x-ms-version", STORAGE_VERSION)];
         let State {
             mgmt_body,
             tracker,

@@ -2,7 +2,8 @@
 //!
 //! The queues are shared by every producer of the cluster: a message is deleted only when its
 //! `IngestionSourceId` is one of ours, and others' messages are left alone (read with a peek, which hides
-//! nothing from anyone; a dequeue, which hides messages for a second, only when a peek saw one of ours).
+//! nothing from anyone; a dequeue, which hides a page of messages for [`PAGE_HIDE_SECS`], only when a peek saw
+//! one of ours or a full page of others' that may stand in front of ours; at most [`MAX_PAGES`] a poll).
 //! With the status-table method the client inserts a `Pending` row before it posts the message and reads it back
 //! ([`parse_row`]) until the DM has written its outcome.
 //!
@@ -23,6 +24,10 @@ pub const TRACK_FOR: Duration = Duration::from_secs(30 * 60);
 pub const POLL_EVERY: Duration = Duration::from_secs(5);
 /// Status rows read at most in one round (the table method): one GET each.
 pub const ROWS_PER_POLL: usize = 32;
+/// Pages of a notification queue read at most in one poll: others' messages can stand in front of ours.
+pub const MAX_PAGES: u32 = 8;
+/// Seconds a dequeued page of others' messages stays hidden (from everyone) so that the next peek sees past it.
+pub const PAGE_HIDE_SECS: u32 = 5;
 /// Messages one peek or dequeue asks for (the answer must fit the sink's 32 KiB buffer).
 pub const PEEK_MESSAGES: u32 = 16;
 
