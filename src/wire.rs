@@ -182,15 +182,13 @@ impl DmUrl {
     }
 }
 
-/// True for `localhost`, `*.localhost` and loopback addresses (IPv6 with or without brackets): the hosts plain http
-/// may go to with `http.allow_plain`.
+/// The one loopback rule, for everything that decides whether plain http may go somewhere (the transport, the
+/// credential URLs, the DM derivation): a literal loopback address (`127.0.0.0/8`, `::1`, IPv6 with or without
+/// brackets) or the name `localhost` itself. Not `*.localhost`: glibc hands those names to DNS, and whatever DNS
+/// answers for `evil.localhost` would get a token in clear text.
 pub fn is_loopback_host(host: &str) -> bool {
     let h = host.trim_start_matches('[').trim_end_matches(']');
-    let b = h.as_bytes();
-    let suffix = b".localhost";
-    if b.eq_ignore_ascii_case(b"localhost")
-        || (b.len() > suffix.len() && b[b.len() - suffix.len()..].eq_ignore_ascii_case(suffix))
-    {
+    if h.eq_ignore_ascii_case("localhost") {
         return true;
     }
     match h.parse::<std::net::IpAddr>() {
@@ -491,7 +489,11 @@ mod tests {
                 Some("https://ingest-c.kusto.windows.net:8443"),
             ),
             ("http://localhost:8080", None),
-            ("http://dev.localhost:8080", None),
+            // Not loopback (DNS decides where it goes): a name like any other.
+            (
+                "http://dev.localhost:8080",
+                Some("http://ingest-dev.localhost:8080"),
+            ),
             ("http://127.0.0.1:8080", None),
             ("https://10.0.0.5", None),
             ("http://[::1]:8080", None),
@@ -576,18 +578,13 @@ mod tests {
         assert!(!ClusterUrl::parse("http://localhost.evil.com")
             .unwrap()
             .is_loopback());
-        for h in [
-            "localhost",
-            "LocalHost",
-            "a.localhost",
-            "127.0.0.1",
-            "[::1]",
-            "::1",
-        ] {
+        for h in ["localhost", "LocalHost", "127.0.0.1", "[::1]", "::1"] {
             assert!(is_loopback_host(h), "{h}");
         }
         for h in [
             "localhost.evil.com",
+            "a.localhost",
+            "evil.localhost",
             ".localhost",
             "evillocalhost",
             "10.0.0.1",

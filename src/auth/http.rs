@@ -69,14 +69,7 @@ impl Target {
     }
 }
 
-/// True for `localhost` and loopback addresses.
-pub fn is_loopback_host(host: &str) -> bool {
-    host.eq_ignore_ascii_case("localhost")
-        || host
-            .parse::<IpAddr>()
-            .map(|ip| ip.is_loopback())
-            .unwrap_or(false)
-}
+pub use crate::wire::is_loopback_host;
 
 /// Checks a URL a token or a credential will travel over. `what` names the config key for the message.
 pub fn check_url(url: &str, what: &str) -> Result<Target, Error> {
@@ -244,6 +237,7 @@ mod tests {
             "http://login.microsoftonline.com/t",
             "http://169.254.169.253/x",
             "http://localhost.evil.com/x",
+            "http://x.localhost:8080/token",
         ] {
             assert_eq!(
                 check_url(bad, "x").unwrap_err().kind,

@@ -5,6 +5,8 @@
 //! only on success; every `_new` has a `_free` that accepts NULL; messages copied into the caller's buffers,
 //! truncated and always NUL-terminated.
 #![allow(non_camel_case_types)]
+#![deny(unsafe_op_in_unsafe_fn)]
+#![warn(clippy::undocumented_unsafe_blocks)]
 
 use std::ffi::{c_char, c_void, CStr};
 use std::panic::{catch_unwind, AssertUnwindSafe};
@@ -334,6 +336,7 @@ struct UserData(*mut c_void);
 // SAFETY: the pointer is only handed back to the caller's own callback; the README's "Callbacks" section makes
 // its thread-safety the caller's promise, as librdkafka and rustls-ffi do.
 unsafe impl Send for UserData {}
+// SAFETY: as for Send: the pointer is never dereferenced here, only passed back to the caller's callback.
 unsafe impl Sync for UserData {}
 
 impl UserData {
@@ -503,9 +506,12 @@ pub unsafe extern "C" fn kedge_config_set(
 ) -> kedge_result {
     guard(|| {
         let r = (|| {
-            // SAFETY: per this function's contract.
+            // SAFETY: `config` is NULL or a live config and `key`, `value` NULL or NUL-terminated strings (this
+            // function's `# Safety`); config_mut and arg_str check NULL and UTF-8 before any use.
             let c = unsafe { config_mut(config) }?;
+            // SAFETY: as above (arg_str checks NULL and UTF-8).
             let key = unsafe { arg_str(key, "key") }?;
+            // SAFETY: as above.
             let value = unsafe { arg_str(value, "value") }?;
             c.cfg.set(key, value)
         })();
@@ -532,7 +538,7 @@ pub unsafe extern "C" fn kedge_config_set_ca_pem(
 ) -> kedge_result {
     guard(|| {
         let r = (|| {
-            // SAFETY: per this function's contract.
+            // SAFETY: `config` is NULL or a live config (this function's `# Safety`), which config_mut checks.
             let c = unsafe { config_mut(config) }?;
             if pem.is_null() {
                 return Err(Error::new(ErrorKind::NullParameter, "pem is NULL"));
@@ -564,7 +570,7 @@ pub unsafe extern "C" fn kedge_config_set_spool_key(
 ) -> kedge_result {
     guard(|| {
         let r = (|| {
-            // SAFETY: per this function's contract.
+            // SAFETY: `config` is NULL or a live config (this function's `# Safety`), which config_mut checks.
             let c = unsafe { config_mut(config) }?;
             if key.is_null() {
                 return Err(Error::new(ErrorKind::NullParameter, "key is NULL"));
@@ -600,7 +606,7 @@ pub unsafe extern "C" fn kedge_config_set_token_callback(
     userdata: *mut c_void,
 ) -> kedge_result {
     guard(|| {
-        // SAFETY: per this function's contract.
+        // SAFETY: `config` is NULL or a live config (this function's `# Safety`), which config_mut checks.
         let c = match unsafe { config_mut(config) } {
             Ok(c) => c,
             Err(e) => return e.kind.into(),
@@ -653,6 +659,7 @@ pub unsafe extern "C" fn kedge_config_set_log_callback(
     callback: kedge_log_callback,
     userdata: *mut c_void,
 ) -> kedge_result {
+    // SAFETY: `config` is NULL or a live config (this function's `# Safety`), which config_mut checks.
     guard(|| match unsafe { config_mut(config) } {
         Ok(c) => {
             c.log = callback.map(|f| (f, UserData(userdata)));
@@ -672,6 +679,7 @@ pub unsafe extern "C" fn kedge_config_set_delivery_callback(
     callback: kedge_delivery_callback,
     userdata: *mut c_void,
 ) -> kedge_result {
+    // SAFETY: `config` is NULL or a live config (this function's `# Safety`), which config_mut checks.
     guard(|| match unsafe { config_mut(config) } {
         Ok(c) => {
             c.delivery = callback.map(|f| (f, UserData(userdata)));
@@ -835,7 +843,8 @@ pub unsafe extern "C" fn kedge_client_add_destination(
     mapping: *const c_char,
     out_destination: *mut u32,
 ) -> kedge_result {
-    // SAFETY: per this function's contract.
+    // SAFETY: `client` is NULL or a live client, as with_client requires; the strings are NULL or NUL-terminated and
+    // `out_destination` NULL or writable (this function's `# Safety`), each checked for NULL before use.
     unsafe {
         with_client(client, |c| {
             if out_destination.is_null() {
@@ -878,7 +887,8 @@ pub unsafe extern "C" fn kedge_append(
     record: *const u8,
     record_len: usize,
 ) -> kedge_result {
-    // SAFETY: per this function's contract.
+    // SAFETY: `client` is NULL or a live client, as with_client requires; `record` is NULL or valid for
+    // `record_len` bytes of reads for the call (this function's `# Safety`), and is read only after its NULL check.
     unsafe {
         with_client(client, |c| {
             if record.is_null() {
@@ -900,7 +910,7 @@ pub unsafe extern "C" fn kedge_append(
 /// `client` a live client.
 #[no_mangle]
 pub unsafe extern "C" fn kedge_flush(client: *mut kedge_client) -> kedge_result {
-    // SAFETY: per this function's contract.
+    // SAFETY: `client` is NULL or a live client (this function's `# Safety`), as with_client requires.
     unsafe { with_client(client, |c| c.flush()) }
 }
 
@@ -919,7 +929,7 @@ pub unsafe extern "C" fn kedge_flush_timeout(
     client: *mut kedge_client,
     timeout_ms: u32,
 ) -> kedge_result {
-    // SAFETY: per this function's contract.
+    // SAFETY: `client` is NULL or a live client (this function's `# Safety`), as with_client requires.
     unsafe {
         with_client(client, |c| {
             c.flush_timeout(std::time::Duration::from_millis(timeout_ms as u64))
@@ -934,7 +944,7 @@ pub unsafe extern "C" fn kedge_flush_timeout(
 /// `client` a live client.
 #[no_mangle]
 pub unsafe extern "C" fn kedge_flush_to_spool(client: *mut kedge_client) -> kedge_result {
-    // SAFETY: per this function's contract.
+    // SAFETY: `client` is NULL or a live client (this function's `# Safety`), as with_client requires.
     unsafe { with_client(client, |c| c.flush_to_spool()) }
 }
 
@@ -953,7 +963,8 @@ pub unsafe extern "C" fn kedge_poll(
 ) -> kedge_result {
     // Also what a NULL client or a caught panic says: a caller's loop never spins on 0.
     let mut next = crate::client::BUSY_RETRY_MS;
-    // SAFETY: per this function's contract.
+    // SAFETY: `client` is NULL or a live client, as with_client requires; `out_next_ms` is NULL or writable
+    // (this function's `# Safety`) and written only after its NULL check.
     let r = unsafe {
         with_client(client, |c| {
             let (n, r) = c.poll_next();
@@ -1064,6 +1075,8 @@ pub unsafe extern "C" fn kedge_client_last_error(
         }
         // SAFETY: a live client; buffers per contract.
         let msg = unsafe { &*(client as *const Client) }.last_error();
+        // SAFETY: `buf` is non-NULL (checked) and valid for `buf_len` bytes, `out_len` NULL or writable (this
+        // function's `# Safety`); write_message stays within `buf_len`.
         unsafe {
             write_message(buf, buf_len, &msg);
             if !out_len.is_null() {
@@ -1186,7 +1199,8 @@ pub unsafe extern "C" fn kedge_client_spool_status(
     callback: kedge_spool_destination_callback,
     userdata: *mut c_void,
 ) -> kedge_result {
-    // SAFETY: per this function's contract.
+    // SAFETY: `client` is NULL or a live client, as with_client requires; `out_status` is NULL or valid for
+    // `status_size` bytes of writes (this function's `# Safety`), written only after its NULL check.
     unsafe {
         with_client(client, |c| {
             if out_status.is_null() {
@@ -1274,7 +1288,8 @@ pub unsafe extern "C" fn kedge_client_spool_purge(
     what: u32,
     out_chunks: *mut u64,
 ) -> kedge_result {
-    // SAFETY: per this function's contract.
+    // SAFETY: `client` is NULL or a live client, as with_client requires; the strings are NULL or NUL-terminated
+    // and the outputs NULL or writable (this function's `# Safety`), each checked for NULL before use.
     unsafe {
         with_client(client, |c| {
             if what == 0 || what & !(KEDGE_SPOOL_PENDING | KEDGE_SPOOL_QUARANTINE) != 0 {
@@ -1315,7 +1330,8 @@ pub unsafe extern "C" fn kedge_client_spool_requeue(
     out_chunks: *mut u64,
     out_left: *mut u64,
 ) -> kedge_result {
-    // SAFETY: per this function's contract.
+    // SAFETY: `client` is NULL or a live client, as with_client requires; the strings are NULL or NUL-terminated
+    // and the outputs NULL or writable (this function's `# Safety`), each checked for NULL before use.
     unsafe {
         with_client(client, |c| {
             let filter = table_filter(database, table)?;
@@ -1339,11 +1355,13 @@ mod tests {
     fn every_result_code_has_text_and_error_kinds_map_to_their_own_numbers() {
         for (code, _) in RESULT_TEXT {
             assert_ne!(
+                // SAFETY: kedge_result_str returns a static NUL-terminated string for any code.
                 unsafe { CStr::from_ptr(kedge_result_str(*code)) },
                 c"unknown result code"
             );
         }
         assert_eq!(
+            // SAFETY: as above, also for an unknown code.
             unsafe { CStr::from_ptr(kedge_result_str(12345)) },
             c"unknown result code"
         );
@@ -1360,8 +1378,10 @@ mod tests {
     #[test]
     fn messages_are_truncated_on_char_boundaries_and_terminated() {
         let mut buf = [0x55 as c_char; 6];
+        // SAFETY: `buf` is a local array valid for its whole length.
         unsafe { write_message(buf.as_mut_ptr(), buf.len(), "abcdé") };
         // "abcd" + 'é' (2 bytes) does not fit in 5: the 'é' is left out whole.
+        // SAFETY: write_message NUL-terminated `buf` within its length.
         assert_eq!(unsafe { CStr::from_ptr(buf.as_ptr()) }.to_bytes(), b"abcd");
     }
 
@@ -1369,6 +1389,8 @@ mod tests {
     /// undefined behaviour (the client half needs ring's C code, which Miri cannot run).
     #[test]
     fn config_functions_handle_null_garbage_and_short_buffers() {
+        // SAFETY: every pointer passed is NULL, a live config from kedge_config_new, a C string literal or a local
+        // buffer with its true length: what each function's `# Safety` allows.
         unsafe {
             assert_eq!(
                 kedge_config_new(std::ptr::null_mut()),

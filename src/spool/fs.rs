@@ -3,7 +3,6 @@
 use super::storage::{Area, Storage};
 use std::fs::{self, DirBuilder, File, OpenOptions};
 use std::io::{self, Read, Write};
-use std::os::fd::AsRawFd;
 use std::os::unix::fs::{DirBuilderExt, FileExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 
@@ -38,17 +37,13 @@ fn refuse_symlink(path: &Path) -> io::Result<()> {
     }
 }
 
-/// `flock(2)` with `LOCK_EX | LOCK_NB`. `File::try_lock` would do, but it needs Rust 1.89 and
-/// the crate supports 1.87.
+/// The exclusive advisory lock (`flock(2)` with `LOCK_EX | LOCK_NB` on Linux), through std: `WouldBlock` when
+/// another holder has it.
 fn try_lock_exclusive(f: &File) -> io::Result<()> {
-    use libc::{flock, LOCK_EX, LOCK_NB};
-    // SAFETY: flock only takes two integers and touches no memory of ours; the descriptor is
-    // owned by `f`, which is borrowed for the whole call, so it is open and valid.
-    let r = unsafe { flock(f.as_raw_fd(), LOCK_EX | LOCK_NB) };
-    if r == 0 {
-        Ok(())
-    } else {
-        Err(io::Error::last_os_error())
+    match f.try_lock() {
+        Ok(()) => Ok(()),
+        Err(fs::TryLockError::WouldBlock) => Err(io::Error::from(io::ErrorKind::WouldBlock)),
+        Err(fs::TryLockError::Error(e)) => Err(e),
     }
 }
 

@@ -807,6 +807,24 @@ mod tests {
             .unwrap_err();
         assert_eq!(e.kind, K::InsecureUrl);
         assert!(e.to_string().contains("Authorization"), "{e}");
+        // `x.localhost` is a DNS name, not loopback: no token goes there in clear text, whatever the rules allow,
+        // and with plain http for loopback only nothing goes there at all.
+        for t in [&remote, &t] {
+            let e = t
+                .send(
+                    &Request {
+                        headers: &[("Authorization", "Bearer x")],
+                        ..request(
+                            Method::Post,
+                            "http://x.localhost:8080/v1/rest/ingest/db/t",
+                            b"",
+                        )
+                    },
+                    &mut buf,
+                )
+                .unwrap_err();
+            assert_eq!(e.kind, K::InsecureUrl, "{e}");
+        }
         // A malformed header is the request's fault, and says nothing of its value.
         let e = t
             .send(
