@@ -153,7 +153,9 @@ impl Client {
         )
     }
 
-    /// Like [`Client::new`], with the spool on the given storage (tests use a fault-injecting one).
+    /// Like [`Client::new`], with the spool on the given storage (tests use a fault-injecting one). Test machinery:
+    /// only with the `testing` feature.
+    #[cfg(any(test, feature = "testing"))]
     pub fn with_storage(
         cfg: &Config,
         storage: Option<SpoolStorage>,

@@ -137,6 +137,7 @@
 mod admin;
 mod format;
 mod fs;
+#[cfg(any(test, feature = "testing"))]
 mod mem;
 mod quarantine;
 mod seal;
@@ -148,6 +149,7 @@ mod tests;
 pub use admin::{AreaCount, DestFilter, DestStatus, Purged, Requeued, SpoolStatus};
 pub use format::MAX_NAME_LEN;
 pub use fs::FsStorage;
+#[cfg(any(test, feature = "testing"))]
 pub use mem::{CutMode, MemStorage};
 pub use storage::{Area, Storage};
 

@@ -40,6 +40,7 @@ impl Area {
         }
     }
 
+    #[cfg(any(test, feature = "testing"))]
     pub(crate) const fn index(self) -> usize {
         match self {
             Area::Pending => 0,
