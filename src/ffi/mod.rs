@@ -72,69 +72,111 @@ pub enum kedge_result {
     KEDGE_PANIC = 99,
 }
 
-impl From<ErrorKind> for kedge_result {
-    fn from(k: ErrorKind) -> Self {
-        use kedge_result::*;
-        match k {
-            ErrorKind::NullParameter => KEDGE_NULL_PARAMETER,
-            ErrorKind::InvalidArgument => KEDGE_INVALID_ARGUMENT,
-            ErrorKind::ConfigUnknownKey => KEDGE_CONFIG_UNKNOWN_KEY,
-            ErrorKind::ConfigInvalidValue => KEDGE_CONFIG_INVALID_VALUE,
-            ErrorKind::ConfigIncomplete => KEDGE_CONFIG_INCOMPLETE,
-            ErrorKind::InsecureTransport => KEDGE_INSECURE_TRANSPORT,
-            ErrorKind::TlsConfig => KEDGE_TLS_CONFIG,
-            ErrorKind::InvalidDestination => KEDGE_INVALID_DESTINATION,
-            ErrorKind::TooManyDestinations => KEDGE_TOO_MANY_DESTINATIONS,
-            ErrorKind::RecordTooLarge => KEDGE_RECORD_TOO_LARGE,
-            ErrorKind::InvalidRecord => KEDGE_INVALID_RECORD,
-            ErrorKind::TransientFailure => KEDGE_TRANSIENT_FAILURE,
-            ErrorKind::BackingOff => KEDGE_BACKING_OFF,
-            ErrorKind::DataRejected => KEDGE_DATA_REJECTED,
-            ErrorKind::TargetNotReady => KEDGE_TARGET_NOT_READY,
-            ErrorKind::AuthRefused => KEDGE_AUTH_REFUSED,
-            ErrorKind::SpoolFull => KEDGE_SPOOL_FULL,
-            ErrorKind::SpoolIo => KEDGE_SPOOL_IO,
-            ErrorKind::ReentrantCall => KEDGE_REENTRANT_CALL,
-            ErrorKind::Spooled => KEDGE_SPOOLED,
-            ErrorKind::QueueFull => KEDGE_QUEUE_FULL,
-            ErrorKind::Internal => KEDGE_INTERNAL,
-            ErrorKind::Panic => KEDGE_PANIC,
+/// The one table of result codes: each `ErrorKind`, its C code and its text. The C enum above is written out
+/// because cbindgen reads it; everything else comes from this table, and the table is checked against both enums
+/// when the crate compiles: each pair's numbers must be equal, and the conversions it generates are exhaustive
+/// matches both ways, so a code added to `ErrorKind` or to `kedge_result` without a row here does not build.
+macro_rules! result_codes {
+    ($( $kind:ident => $code:ident, $text:literal; )*) => {
+        $( const _: () = assert!(ErrorKind::$kind as u32 == kedge_result::$code as u32); )*
+
+        impl From<ErrorKind> for kedge_result {
+            fn from(k: ErrorKind) -> Self {
+                match k {
+                    $( ErrorKind::$kind => kedge_result::$code, )*
+                }
+            }
         }
-    }
+
+        impl kedge_result {
+            /// Every code, `KEDGE_OK` first, in the table's order.
+            pub const ALL: &'static [kedge_result] = &[kedge_result::KEDGE_OK, $( kedge_result::$code, )*];
+
+            /// The class of a failure code; `None` for `KEDGE_OK`.
+            pub fn kind(self) -> Option<ErrorKind> {
+                match self {
+                    kedge_result::KEDGE_OK => None,
+                    $( kedge_result::$code => Some(ErrorKind::$kind), )*
+                }
+            }
+
+            /// What `kedge_result_str` says about it.
+            pub fn text(self) -> &'static CStr {
+                match self {
+                    kedge_result::KEDGE_OK => c"ok",
+                    $( kedge_result::$code => $text, )*
+                }
+            }
+        }
+    };
 }
 
-const RESULT_TEXT: &[(u32, &CStr)] = &[
-    (0, c"ok"),
-    (1, c"a required pointer argument was NULL"),
-    (2, c"invalid argument"),
-    (3, c"unknown configuration key"),
-    (4, c"invalid configuration value"),
-    (5, c"configuration incomplete"),
-    (6, c"insecure transport refused"),
-    (7, c"TLS configuration error"),
-    (8, c"no such destination"),
-    (9, c"too many destinations"),
-    (10, c"record too large"),
-    (11, c"invalid record"),
-    (12, c"transient failure: data kept, try again later"),
-    (13, c"destination backing off: data kept, try again later"),
-    (14, c"data rejected permanently by the service"),
-    (
-        15,
-        c"target not ready: table, database, mapping or streaming policy missing",
-    ),
-    (16, c"authentication refused"),
-    (17, c"spool full"),
-    (18, c"spool storage error"),
-    (19, c"client function called from its own callback"),
-    (20, c"not delivered yet, durable in the spool"),
-    (
-        21,
-        c"lane full: record not taken, call kedge_poll and append it again",
-    ),
-    (98, c"internal error"),
-    (99, c"panic caught at the C boundary"),
-];
+/// The C mirror of a core enum, checked as [`result_codes`] checks the results: equal numbers, exhaustive
+/// conversions both ways.
+macro_rules! mirrored {
+    ($core:ident => $c:ident { $( $v:ident => $cv:ident, )* }) => {
+        $( const _: () = assert!($core::$v as u32 == $c::$cv as u32); )*
+
+        impl From<$core> for $c {
+            fn from(v: $core) -> Self {
+                match v {
+                    $( $core::$v => $c::$cv, )*
+                }
+            }
+        }
+
+        impl From<$c> for $core {
+            fn from(v: $c) -> Self {
+                match v {
+                    $( $c::$cv => $core::$v, )*
+                }
+            }
+        }
+    };
+}
+
+mirrored!(Outcome => kedge_outcome {
+    Acknowledged => KEDGE_OUTCOME_ACKNOWLEDGED,
+    Rejected => KEDGE_OUTCOME_REJECTED,
+    Failed => KEDGE_OUTCOME_FAILED,
+    Spooled => KEDGE_OUTCOME_SPOOLED,
+    Dropped => KEDGE_OUTCOME_DROPPED,
+    Queued => KEDGE_OUTCOME_QUEUED,
+    Ingested => KEDGE_OUTCOME_INGESTED,
+});
+
+mirrored!(LogLevel => kedge_log_level {
+    Error => KEDGE_LOG_ERROR,
+    Warn => KEDGE_LOG_WARN,
+    Info => KEDGE_LOG_INFO,
+    Debug => KEDGE_LOG_DEBUG,
+});
+
+result_codes! {
+    NullParameter => KEDGE_NULL_PARAMETER, c"a required pointer argument was NULL";
+    InvalidArgument => KEDGE_INVALID_ARGUMENT, c"invalid argument";
+    ConfigUnknownKey => KEDGE_CONFIG_UNKNOWN_KEY, c"unknown configuration key";
+    ConfigInvalidValue => KEDGE_CONFIG_INVALID_VALUE, c"invalid configuration value";
+    ConfigIncomplete => KEDGE_CONFIG_INCOMPLETE, c"configuration incomplete";
+    InsecureTransport => KEDGE_INSECURE_TRANSPORT, c"insecure transport refused";
+    TlsConfig => KEDGE_TLS_CONFIG, c"TLS configuration error";
+    InvalidDestination => KEDGE_INVALID_DESTINATION, c"no such destination";
+    TooManyDestinations => KEDGE_TOO_MANY_DESTINATIONS, c"too many destinations";
+    RecordTooLarge => KEDGE_RECORD_TOO_LARGE, c"record too large";
+    InvalidRecord => KEDGE_INVALID_RECORD, c"invalid record";
+    TransientFailure => KEDGE_TRANSIENT_FAILURE, c"transient failure: data kept, try again later";
+    BackingOff => KEDGE_BACKING_OFF, c"destination backing off: data kept, try again later";
+    DataRejected => KEDGE_DATA_REJECTED, c"data rejected permanently by the service";
+    TargetNotReady => KEDGE_TARGET_NOT_READY, c"target not ready: table, database, mapping or streaming policy missing";
+    AuthRefused => KEDGE_AUTH_REFUSED, c"authentication refused";
+    SpoolFull => KEDGE_SPOOL_FULL, c"spool full";
+    SpoolIo => KEDGE_SPOOL_IO, c"spool storage error";
+    ReentrantCall => KEDGE_REENTRANT_CALL, c"client function called from its own callback";
+    Spooled => KEDGE_SPOOLED, c"not delivered yet, durable in the spool";
+    QueueFull => KEDGE_QUEUE_FULL, c"lane full: record not taken, call kedge_poll and append it again";
+    Internal => KEDGE_INTERNAL, c"internal error";
+    Panic => KEDGE_PANIC, c"panic caught at the C boundary";
+}
 
 /// Log levels passed to the log callback.
 #[repr(u32)]
@@ -438,10 +480,10 @@ pub extern "C" fn kedge_version() -> *const c_char {
 /// Takes the code as an integer so that any value is safe to pass.
 #[no_mangle]
 pub extern "C" fn kedge_result_str(result: u32) -> *const c_char {
-    RESULT_TEXT
+    kedge_result::ALL
         .iter()
-        .find(|(c, _)| *c == result)
-        .map_or(c"unknown result code", |(_, t)| *t)
+        .find(|r| **r as u32 == result)
+        .map_or(c"unknown result code", |r| r.text())
         .as_ptr()
 }
 
@@ -734,12 +776,7 @@ pub unsafe extern "C" fn kedge_client_new(
             Arc::new(move |level: LogLevel, msg: &str| {
                 let mut line = [0u8; 1024];
                 to_c_line(msg, &mut line);
-                let level = match level {
-                    LogLevel::Error => kedge_log_level::KEDGE_LOG_ERROR,
-                    LogLevel::Warn => kedge_log_level::KEDGE_LOG_WARN,
-                    LogLevel::Info => kedge_log_level::KEDGE_LOG_INFO,
-                    LogLevel::Debug => kedge_log_level::KEDGE_LOG_DEBUG,
-                };
+                let level = kedge_log_level::from(level);
                 // SAFETY: the caller registered this function for this userdata; the line is NUL-terminated and
                 // outlives the call.
                 unsafe { f(ud.get(), level, line.as_ptr() as *const c_char) }
@@ -757,15 +794,7 @@ pub unsafe extern "C" fn kedge_client_new(
                     records: r.records,
                     raw_bytes: r.raw_bytes,
                     wire_bytes: r.wire_bytes,
-                    outcome: match r.outcome {
-                        Outcome::Acknowledged => kedge_outcome::KEDGE_OUTCOME_ACKNOWLEDGED,
-                        Outcome::Rejected => kedge_outcome::KEDGE_OUTCOME_REJECTED,
-                        Outcome::Failed => kedge_outcome::KEDGE_OUTCOME_FAILED,
-                        Outcome::Spooled => kedge_outcome::KEDGE_OUTCOME_SPOOLED,
-                        Outcome::Dropped => kedge_outcome::KEDGE_OUTCOME_DROPPED,
-                        Outcome::Queued => kedge_outcome::KEDGE_OUTCOME_QUEUED,
-                        Outcome::Ingested => kedge_outcome::KEDGE_OUTCOME_INGESTED,
-                    },
+                    outcome: r.outcome.into(),
                     result: r.error.map_or(kedge_result::KEDGE_OK, Into::into),
                     http_status: r.http_status,
                     message: msg.as_ptr() as *const c_char,
@@ -1353,13 +1382,25 @@ mod tests {
 
     #[test]
     fn every_result_code_has_text_and_error_kinds_map_to_their_own_numbers() {
-        for (code, _) in RESULT_TEXT {
+        for r in kedge_result::ALL {
             assert_ne!(
                 // SAFETY: kedge_result_str returns a static NUL-terminated string for any code.
-                unsafe { CStr::from_ptr(kedge_result_str(*code)) },
+                unsafe { CStr::from_ptr(kedge_result_str(*r as u32)) },
                 c"unknown result code"
             );
+            // The conversions are each other's inverse, and keep the number.
+            if let Some(k) = r.kind() {
+                assert_eq!(kedge_result::from(k), *r);
+                assert_eq!(k as u32, *r as u32);
+            }
         }
+        let mut numbers: Vec<u32> = kedge_result::ALL.iter().map(|r| *r as u32).collect();
+        numbers.dedup();
+        assert_eq!(
+            numbers.len(),
+            kedge_result::ALL.len(),
+            "codes are unique and in order"
+        );
         assert_eq!(
             // SAFETY: as above, also for an unknown code.
             unsafe { CStr::from_ptr(kedge_result_str(12345)) },
