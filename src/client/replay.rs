@@ -303,18 +303,10 @@ impl Engine {
                     ),
                 );
                 for m in members {
-                    let chunk = Chunk {
-                        id: m.id,
-                        records: m.records,
-                        raw_len: m.raw_len,
-                        gzip: true,
-                        seq: Some(m.seq),
-                        wire_len: Some(m.payload_len),
-                    };
                     self.settle(
                         sh,
                         target,
-                        chunk,
+                        m.chunk(),
                         Place::Spool,
                         SendResult::Queued,
                         None,
@@ -341,19 +333,10 @@ impl Engine {
                     return true;
                 }
                 // The first settles for all (one backoff step, one report); the others stay as they were.
-                let m = &members[0];
-                let chunk = Chunk {
-                    id: m.id,
-                    records: m.records,
-                    raw_len: m.raw_len,
-                    gzip: true,
-                    seq: Some(m.seq),
-                    wire_len: Some(m.payload_len),
-                };
                 self.settle(
                     sh,
                     target,
-                    chunk,
+                    members[0].chunk(),
                     Place::Spool,
                     SendResult::Kept(f.class),
                     Some(&f),
@@ -379,6 +362,20 @@ pub struct Member {
     payload_len: u64,
     /// What the index said (a corrupt chunk is forgotten as it is found: its report needs this).
     info: ChunkInfo,
+}
+
+impl Member {
+    /// The member as a chunk to settle: in the spool, its body not in the wire buffer.
+    fn chunk(&self) -> Chunk {
+        Chunk {
+            id: self.id,
+            records: self.records,
+            raw_len: self.raw_len,
+            gzip: true,
+            seq: Some(self.seq),
+            wire_len: Some(self.payload_len),
+        }
+    }
 }
 
 /// The merged blob's id (its name and its message's `Id`): derived from its members, so the same chunks always

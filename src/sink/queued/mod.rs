@@ -56,6 +56,10 @@ pub const MGMT_BODY_BYTES: usize = 32 * 1024;
 /// with the words of one status round (16 KiB). Checked by `tests/memory.rs` (queued and managed).
 pub const QUEUED_BYTES: u64 = (MGMT_BODY_BYTES + (48 + 64 + 32 + 64 + 64 + 16) * 1024) as u64;
 
+/// What one attempt does once the resources are in hand: the uploads and the message.
+type StorageOps<'a> = dyn FnMut(&QueuedSink, &mut State, &mut SendIo<'_>, &mut u32) -> Result<(), storage::Verdict>
+    + 'a;
+
 /// A storage operation, for its method and messages.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Op {
@@ -950,6 +954,38 @@ impl QueuedSink {
         r.map(|_| table.map_or(0, |i| i.min(u8::MAX as usize) as u8))
     }
 
+    /// One delivery attempt: resources in hand, then `op` (uploads and the message). A 403 (expired or revoked
+    /// SAS) or a 404 (a container the DM no longer hands out) fetches fresh resources and runs `op` once more, at
+    /// once.
+    #[allow(clippy::result_large_err)]
+    fn attempt(&self, target: &SinkTarget, io: &mut SendIo<'_>, op: &mut StorageOps<'_>) -> Sent {
+        let mut st = self.lock();
+        let mut requests = 0u32;
+        let mut refreshed = false;
+        loop {
+            if let Err(f) = self.ensure(&mut st, io, &mut requests) {
+                return failed(f, requests);
+            }
+            match op(self, &mut st, io, &mut requests) {
+                Ok(()) => {
+                    return Sent {
+                        attempt: Attempt::Queued { status: 201 },
+                        requests,
+                    }
+                }
+                Err(v) if v.refresh && !refreshed && io.clock.now() < io.deadline => {
+                    refreshed = true;
+                    st.schedule.forced = true;
+                    (io.warn)(&format!(
+                        "{}: {}; fetching new ingestion resources",
+                        target.label, v.failure.message
+                    ));
+                }
+                Err(v) => return failed(v.failure, requests),
+            }
+        }
+    }
+
     /// Remembers posted chunks whose report is awaited: each member under the message's id.
     fn track(
         &self,
@@ -1030,58 +1066,24 @@ impl Sink for QueuedSink {
         blocks: &mut dyn Blocks,
         io: &mut SendIo<'_>,
     ) -> Sent {
-        let mut st = self.lock();
-        let mut requests = 0u32;
-        let mut refreshed = false;
         let raw: u64 = (0..blocks.count()).map(|i| blocks.info(i).raw_len).sum();
-        loop {
-            if let Err(f) = self.ensure(&mut st, io, &mut requests) {
-                return failed(f, requests);
-            }
+        self.attempt(target, io, &mut |sink, st, io, requests| {
             let rid = wire::request_id_for(
                 "executeQueuedIngest",
                 group_id,
-                attempt.saturating_add(requests),
+                attempt.saturating_add(*requests),
             );
-            let r = self
-                .upload_blocks(&mut st, target, group_id, blocks, &rid, io, &mut requests)
-                .and_then(|blob| {
-                    self.post(
-                        &mut st,
-                        target,
-                        group_id,
-                        raw,
-                        &blob,
-                        &rid,
-                        io,
-                        &mut requests,
-                    )
-                });
-            match r {
-                Ok(table) => {
-                    let members: Vec<(&str, u64, u64)> = (0..blocks.count())
-                        .map(|i| {
-                            let b = blocks.info(i);
-                            (b.id, b.records, b.raw_len)
-                        })
-                        .collect();
-                    self.track(&mut st, target, group_id, &members, table, io);
-                    return Sent {
-                        attempt: Attempt::Queued { status: 201 },
-                        requests,
-                    };
-                }
-                Err(v) if v.refresh && !refreshed && io.clock.now() < io.deadline => {
-                    refreshed = true;
-                    st.schedule.forced = true;
-                    (io.warn)(&format!(
-                        "{}: {}; fetching new ingestion resources",
-                        target.label, v.failure.message
-                    ));
-                }
-                Err(v) => return failed(v.failure, requests),
-            }
-        }
+            let blob = sink.upload_blocks(st, target, group_id, blocks, &rid, io, requests)?;
+            let table = sink.post(st, target, group_id, raw, &blob, &rid, io, requests)?;
+            let members: Vec<(&str, u64, u64)> = (0..blocks.count())
+                .map(|i| {
+                    let b = blocks.info(i);
+                    (b.id, b.records, b.raw_len)
+                })
+                .collect();
+            sink.track(st, target, group_id, &members, table, io);
+            Ok(())
+        })
     }
 
     fn awaiting(&self) -> usize {
@@ -1131,41 +1133,19 @@ impl Sink for QueuedSink {
         requests
     }
 
+    #[allow(clippy::result_large_err)]
     fn send(&self, target: &SinkTarget, chunk: &ChunkRef<'_>, io: &mut SendIo<'_>) -> Sent {
-        let mut st = self.lock();
-        let mut requests = 0u32;
-        let mut refreshed = false;
-        loop {
-            if let Err(f) = self.ensure(&mut st, io, &mut requests) {
-                return failed(f, requests);
-            }
-            match self.upload_and_enqueue(&mut st, target, chunk, io, &mut requests) {
-                Ok(table) => {
-                    self.track(
-                        &mut st,
-                        target,
-                        chunk.id,
-                        &[(chunk.id, chunk.records, chunk.raw_len)],
-                        table,
-                        io,
-                    );
-                    return Sent {
-                        attempt: Attempt::Queued { status: 201 },
-                        requests,
-                    };
-                }
-                // A 403 (expired or revoked SAS) or a 404 (a container the DM no longer hands out): fresh
-                // resources and one more round, at once.
-                Err(v) if v.refresh && !refreshed && io.clock.now() < io.deadline => {
-                    refreshed = true;
-                    st.schedule.forced = true;
-                    (io.warn)(&format!(
-                        "{}: {}; fetching new ingestion resources",
-                        target.label, v.failure.message
-                    ));
-                }
-                Err(v) => return failed(v.failure, requests),
-            }
-        }
+        self.attempt(target, io, &mut |sink, st, io, requests| {
+            let table = sink.upload_and_enqueue(st, target, chunk, io, requests)?;
+            sink.track(
+                st,
+                target,
+                chunk.id,
+                &[(chunk.id, chunk.records, chunk.raw_len)],
+                table,
+                io,
+            );
+            Ok(())
+        })
     }
 }
