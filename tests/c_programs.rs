@@ -940,6 +940,90 @@ fn kedge_send_spool_status_requeue_and_purge_administer_the_spool_end_to_end() {
     );
 }
 
+/// What a run of SIGKILLed kedge-send invocations came to.
+struct Killed {
+    runs: u32,
+    kills: u32,
+}
+
+/// Runs kedge-send (`make(rest)`: `Some(input)` with the records not yet durable, `None` for a drain-only run)
+/// again and again, each run SIGKILLed at a random moment, resuming after what it reported durable, until the
+/// input is all durable and `kills` kills were made. `before` runs before each run with a random number (to
+/// change faults).
+fn sigkill_runs(
+    scratch: &Scratch,
+    lines: &[String],
+    kills: u32,
+    max_kill_ms: u64,
+    seed: u64,
+    before: &mut dyn FnMut(u64),
+    make: &mut dyn FnMut(Option<&Path>) -> Command,
+) -> Killed {
+    let mut rng = seed;
+    let mut next = move |lo: u64, hi: u64| {
+        rng ^= rng << 13;
+        rng ^= rng >> 7;
+        rng ^= rng << 17;
+        lo + rng % (hi - lo)
+    };
+    let (mut offset, mut made, mut runs) = (0usize, 0u32, 0u32);
+    let started = Instant::now();
+    while offset < lines.len() || made < kills {
+        runs += 1;
+        assert!(
+            runs < 400 && started.elapsed() < Duration::from_secs(300),
+            "no progress: {runs} runs, offset {offset}"
+        );
+        before(next(0, 1 << 16));
+        let input = scratch.path("rest.jsonl");
+        let mut cmd = if offset < lines.len() {
+            fs::write(&input, lines[offset..].join("\n") + "\n").unwrap();
+            make(Some(&input))
+        } else {
+            make(None)
+        };
+        let out_path = scratch.path("run.out");
+        cmd.stdout(File::create(&out_path).unwrap())
+            .stderr(Stdio::null())
+            .stdin(Stdio::null());
+        let mut child = cmd.spawn().expect("spawn kedge-send");
+        let kill_at = Instant::now() + Duration::from_millis(next(5, max_kill_ms));
+        let status = loop {
+            if let Some(s) = child.try_wait().unwrap() {
+                break Some(s);
+            }
+            if made < kills && Instant::now() >= kill_at {
+                child.kill().expect("SIGKILL");
+                child.wait().unwrap();
+                made += 1;
+                break None;
+            }
+            assert!(
+                Instant::now() < kill_at + Duration::from_secs(60),
+                "a run hangs"
+            );
+            std::thread::sleep(Duration::from_millis(2));
+        };
+        let durable = fs::read_to_string(&out_path)
+            .unwrap_or_default()
+            .lines()
+            .filter_map(|l| {
+                l.strip_prefix("durable ")
+                    .and_then(|n| n.parse::<usize>().ok())
+            })
+            .max()
+            .unwrap_or(0);
+        match status.map(|s| s.code()) {
+            // Killed: resume after what it reported durable.
+            None => offset += durable.min(lines.len() - offset),
+            // Finished: everything it read is delivered (0) or safe in the spool (75).
+            Some(Some(0)) | Some(Some(75)) => offset = lines.len(),
+            Some(code) => panic!("kedge-send run {runs} exited {code:?}"),
+        }
+    }
+    Killed { runs, kills: made }
+}
+
 #[test]
 fn kedge_send_with_a_spool_survives_sigkill_at_random_moments_and_every_record_arrives() {
     let _g = serial();
@@ -964,72 +1048,25 @@ fn kedge_send_with_a_spool_survives_sigkill_at_random_moments_and_every_record_a
         .map(str::to_owned)
         .collect();
     let spool = scratch.path("spool");
-    let mut rng = 0x9E37_79B9_7F4A_7C15u64;
-    let mut next = move |lo: u64, hi: u64| {
-        rng ^= rng << 13;
-        rng ^= rng >> 7;
-        rng ^= rng << 17;
-        lo + rng % (hi - lo)
-    };
-    let mut offset = 0usize;
-    let mut kills = 0u32;
-    let mut runs = 0u32;
     let started = Instant::now();
     // Input runs (killed, until the input is durable), then drain-only runs killed too until there were enough kills.
-    while offset < lines.len() || kills < KILLS {
-        runs += 1;
-        assert!(
-            runs < 400 && started.elapsed() < Duration::from_secs(240),
-            "no progress: {runs} runs, offset {offset}"
-        );
-        let input = scratch.path("rest.jsonl");
-        let mut cmd = spooling_kedge_send(&server.url(), &spool, "Crash");
-        cmd.args(["--batch-bytes", "8192", "--give-up-secs", "1"]);
-        if offset < lines.len() {
-            fs::write(&input, lines[offset..].join("\n") + "\n").unwrap();
-            cmd.args(["--durable-every", "100"]).arg(&input);
-        } else {
-            cmd.arg("--drain-only");
-        }
-        let out_path = scratch.path("run.out");
-        cmd.stdout(File::create(&out_path).unwrap())
-            .stderr(Stdio::null())
-            .stdin(Stdio::null());
-        let mut child = cmd.spawn().expect("spawn kedge-send");
-        let kill_at = Instant::now() + Duration::from_millis(next(5, 120));
-        let status = loop {
-            if let Some(s) = child.try_wait().unwrap() {
-                break Some(s);
-            }
-            if kills < KILLS && Instant::now() >= kill_at {
-                child.kill().expect("SIGKILL");
-                child.wait().unwrap();
-                kills += 1;
-                break None;
-            }
-            assert!(
-                Instant::now() < kill_at + Duration::from_secs(60),
-                "a run hangs"
-            );
-            std::thread::sleep(Duration::from_millis(2));
-        };
-        let durable = fs::read_to_string(&out_path)
-            .unwrap_or_default()
-            .lines()
-            .filter_map(|l| {
-                l.strip_prefix("durable ")
-                    .and_then(|n| n.parse::<usize>().ok())
-            })
-            .max()
-            .unwrap_or(0);
-        match status.map(|s| s.code()) {
-            // Killed: resume after what it reported durable.
-            None => offset += durable.min(lines.len() - offset),
-            // Finished: everything it read is acknowledged (0) or safe in the spool (75).
-            Some(Some(0)) | Some(Some(75)) => offset = lines.len(),
-            Some(code) => panic!("kedge-send run {runs} exited {code:?}"),
-        }
-    }
+    let Killed { runs, kills } = sigkill_runs(
+        &scratch,
+        &lines,
+        KILLS,
+        120,
+        0x9E37_79B9_7F4A_7C15,
+        &mut |_| {},
+        &mut |input| {
+            let mut cmd = spooling_kedge_send(&server.url(), &spool, "Crash");
+            cmd.args(["--batch-bytes", "8192", "--give-up-secs", "1"]);
+            match input {
+                Some(i) => cmd.args(["--durable-every", "100"]).arg(i),
+                None => cmd.arg("--drain-only"),
+            };
+            cmd
+        },
+    );
     server.set_faults(Faults::default());
     let mut drained = false;
     for _ in 0..20 {
@@ -1876,13 +1913,6 @@ fn kedge_send_queued_with_a_spool_survives_sigkill_during_uploads_and_enqueues_a
         .map(str::to_owned)
         .collect();
     let spool = scratch.path("spool");
-    let mut rng = 0x2545_F491_4F6C_DD1Du64;
-    let mut next = move |lo: u64, hi: u64| {
-        rng ^= rng << 13;
-        rng ^= rng >> 7;
-        rng ^= rng << 17;
-        lo + rng % (hi - lo)
-    };
     let queued = |extra: &[&str]| {
         let mut cmd = queued_kedge_send(&env, "QCrash");
         cmd.args(["--quiet", "--spool"]).arg(&spool);
@@ -1892,77 +1922,42 @@ fn kedge_send_queued_with_a_spool_survives_sigkill_during_uploads_and_enqueues_a
         cmd.args(extra);
         cmd
     };
-    let (mut offset, mut kills, mut runs, mut faulty) = (0usize, 0u32, 0u32, 0u32);
+    let mut faulty = 0u32;
     let started = Instant::now();
-    while offset < lines.len() || kills < KILLS {
-        runs += 1;
-        assert!(
-            runs < 300 && started.elapsed() < Duration::from_secs(300),
-            "no progress: {runs} runs, offset {offset}"
-        );
+    let Killed { runs, kills } = sigkill_runs(
+        &scratch,
+        &lines,
+        KILLS,
+        200,
+        0x2545_F491_4F6C_DD1D,
         // One run in four meets trouble: an expired SAS (403 from Azurite, then fresh resources) or a DM that
         // throttles its management commands.
-        let faults = match next(0, 8) {
-            0 => kusto_devserver::DmFaults {
-                sas_expired: true,
-                ..Default::default()
-            },
-            1 => kusto_devserver::DmFaults {
-                throttle_mgmt: 2,
-                ..Default::default()
-            },
-            _ => Default::default(),
-        };
-        if faults != kusto_devserver::DmFaults::default() {
-            faulty += 1;
-        }
-        env.server.set_dm_faults(faults);
-        let input = scratch.path("rest.jsonl");
-        let mut cmd = if offset < lines.len() {
-            fs::write(&input, lines[offset..].join("\n") + "\n").unwrap();
-            let mut c = queued(&["--durable-every", "100"]);
-            c.arg(&input);
-            c
-        } else {
-            queued(&["--drain-only"])
-        };
-        let out_path = scratch.path("run.out");
-        cmd.stdout(File::create(&out_path).unwrap())
-            .stderr(Stdio::null())
-            .stdin(Stdio::null());
-        let mut child = cmd.spawn().expect("spawn kedge-send");
-        let kill_at = Instant::now() + Duration::from_millis(next(5, 200));
-        let status = loop {
-            if let Some(s) = child.try_wait().unwrap() {
-                break Some(s);
+        &mut |r| {
+            let faults = match r % 8 {
+                0 => kusto_devserver::DmFaults {
+                    sas_expired: true,
+                    ..Default::default()
+                },
+                1 => kusto_devserver::DmFaults {
+                    throttle_mgmt: 2,
+                    ..Default::default()
+                },
+                _ => Default::default(),
+            };
+            if faults != kusto_devserver::DmFaults::default() {
+                faulty += 1;
             }
-            if kills < KILLS && Instant::now() >= kill_at {
-                child.kill().expect("SIGKILL");
-                child.wait().unwrap();
-                kills += 1;
-                break None;
+            env.server.set_dm_faults(faults);
+        },
+        &mut |input| match input {
+            Some(i) => {
+                let mut c = queued(&["--durable-every", "100"]);
+                c.arg(i);
+                c
             }
-            assert!(
-                Instant::now() < kill_at + Duration::from_secs(60),
-                "a run hangs"
-            );
-            std::thread::sleep(Duration::from_millis(2));
-        };
-        let durable = fs::read_to_string(&out_path)
-            .unwrap_or_default()
-            .lines()
-            .filter_map(|l| {
-                l.strip_prefix("durable ")
-                    .and_then(|n| n.parse::<usize>().ok())
-            })
-            .max()
-            .unwrap_or(0);
-        match status.map(|s| s.code()) {
-            None => offset += durable.min(lines.len() - offset),
-            Some(Some(0)) | Some(Some(75)) => offset = lines.len(),
-            Some(code) => panic!("kedge-send run {runs} exited {code:?}"),
-        }
-    }
+            None => queued(&["--drain-only"]),
+        },
+    );
     env.server.set_dm_faults(Default::default());
     let mut drained = false;
     for _ in 0..10 {
