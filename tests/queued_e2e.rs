@@ -6,6 +6,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use kusto_devserver::azurite::Azurite;
+use kusto_devserver::tools;
 use kusto_devserver::{DmConfig, Server, ServerConfig};
 use kusto_edge::client::{DeliveryReport, Outcome};
 use kusto_edge::{Client, ClientOptions, Config};
@@ -84,6 +85,9 @@ fn wait_for(env: &Env, db: &str, table: &str, records: usize, limit: Duration) -
 
 #[test]
 fn records_appended_in_queued_mode_arrive_through_the_queue_once() {
+    if !tools::azurite_or_skip() {
+        return;
+    }
     let env = env(None);
     let (c, reports) = client(&env, &[]);
     let d = c.add_destination("db", "T", "multijson", None).unwrap();
@@ -147,6 +151,9 @@ fn records_appended_in_queued_mode_arrive_through_the_queue_once() {
 
 #[test]
 fn with_reports_on_a_missing_table_is_a_final_rejection_and_a_good_one_is_ingested() {
+    if !tools::azurite_or_skip() {
+        return;
+    }
     let env = env(Some(vec![("db", "T")]));
     let (c, reports) = client(&env, &[("queued.report", "all")]);
     let good = c.add_destination("db", "T", "csv", None).unwrap();
@@ -182,6 +189,9 @@ fn with_reports_on_a_missing_table_is_a_final_rejection_and_a_good_one_is_ingest
 
 #[test]
 fn managed_mode_streams_where_it_can_and_queues_a_table_without_streaming_after_one_refusal() {
+    if !tools::azurite_or_skip() {
+        return;
+    }
     let env = env(None);
     let (c, reports) = client(&env, &[("ingest.mode", "managed")]);
     let d = c.add_destination("db", "T", "csv", None).unwrap();
@@ -218,6 +228,9 @@ fn managed_mode_streams_where_it_can_and_queues_a_table_without_streaming_after_
 
 #[test]
 fn an_expired_sas_keeps_the_chunk_on_flash_without_its_sas_and_fresh_resources_deliver_it() {
+    if !tools::azurite_or_skip() {
+        return;
+    }
     let env = env(None);
     let dir = std::env::temp_dir().join(format!("kedge-queued-e2e-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
@@ -271,6 +284,9 @@ fn walk(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
 
 #[test]
 fn queued_over_https_to_the_dm_and_azurite_with_one_test_ca() {
+    if !tools::azurite_or_skip() {
+        return;
+    }
     let ca = kusto_devserver::tls::TestCa::generate().unwrap();
     let az = Azurite::start_tls(&ca).expect("azurite over https");
     let mut dm = DmConfig::new(az.endpoints());
