@@ -10,14 +10,17 @@
 //! builds the rlib too, and then cargo does not run LTO: a 1.75 times larger program on armv7), and rustc prints
 //! the system libraries the archive needs, which are what the programs are linked with and what the Makefile,
 //! `kusto_edge.pc.in`, the CMake example and the README must say.
-//! Missing cross tools fail the tests with the package to install (`bash tests/run-all.sh` installs them all).
+//! Missing cross tools or Rust targets skip a test with a `skipped:` line naming what to install, or fail it when
+//! `KEDGE_REQUIRE_TOOLS=1` (`bash tests/run-all.sh` installs them all and sets it).
 
 use std::collections::{HashMap, HashSet};
 use std::fs::{self};
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output, Stdio};
+use std::process::{Command, Output};
 use std::sync::OnceLock;
 use std::time::{Duration, Instant};
+
+use kusto_devserver::tools;
 
 mod programs;
 use programs::*;
@@ -80,39 +83,59 @@ impl Cross {
     fn sysroot(&self) -> PathBuf {
         PathBuf::from("/usr").join(self.gnu)
     }
-    /// Fails with what to install when the cross toolchain, the target's glibc or the emulator is missing.
-    fn require_tools(&self) {
+    /// What is missing to build and run this target's programs here, if anything: the cross toolchain, the
+    /// target's glibc, the emulator, make and the Rust target (rustup's standard library for it).
+    fn requirements(&self) -> Result<(), String> {
         for tool in ["gcc", "ar", "strip", "nm", "size"] {
-            require(&self.tool(tool), self.gcc_packages);
+            tools::need(&self.tool(tool), self.gcc_packages)?;
         }
-        let Some(qemu) = self.qemu else { return };
-        require(qemu, "qemu-user-static");
-        let loader = match self.gnu {
-            "arm-linux-gnueabihf" => "lib/ld-linux-armhf.so.3",
-            _ => "lib/ld-linux-aarch64.so.1",
-        };
-        assert!(
-            self.sysroot().join(loader).exists(),
-            "{} has no {loader}: install the Debian packages {} ({INSTALL_HINT})",
-            self.sysroot().display(),
-            self.gcc_packages
-        );
+        tools::need("make", "make")?;
+        if let Some(qemu) = self.qemu {
+            tools::need(qemu, "qemu-user-static")?;
+            let loader = match self.gnu {
+                "arm-linux-gnueabihf" => "lib/ld-linux-armhf.so.3",
+                _ => "lib/ld-linux-aarch64.so.1",
+            };
+            if !self.sysroot().join(loader).exists() {
+                return Err(format!(
+                    "{} has no {loader}: install the Debian packages {}",
+                    self.sysroot().display(),
+                    self.gcc_packages
+                ));
+            }
+        }
+        rust_target_installed(self.triple)
+    }
+
+    /// Whether the calling test may go on: skips it (plain `cargo test`) or fails it (`KEDGE_REQUIRE_TOOLS=1`, as
+    /// `bash tests/run-all.sh` sets) when something is missing.
+    fn available(&self) -> bool {
+        tools::available_or_skip(self.requirements())
     }
 }
 
-/// Fails (never skips) when `tool` is not installed, naming the Debian package that has it.
-fn require(tool: &str, package: &str) {
-    let found = Command::new(tool)
-        .arg("--version")
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .status()
-        .map(|s| s.success())
-        .unwrap_or(false);
-    assert!(
-        found,
-        "{tool} not found: install the Debian package {package} ({INSTALL_HINT})"
-    );
+/// rustup's standard library for `triple` is where rustc looks for it.
+fn rust_target_installed(triple: &str) -> Result<(), String> {
+    let out = Command::new(std::env::var("RUSTC").unwrap_or_else(|_| "rustc".into()))
+        .args(["--print", "target-libdir", "--target", triple])
+        .output()
+        .map_err(|e| format!("cannot run rustc: {e}"))?;
+    let dir = PathBuf::from(String::from_utf8_lossy(&out.stdout).trim());
+    let has_std = out.status.success()
+        && fs::read_dir(&dir).is_ok_and(|entries| {
+            entries.flatten().any(|e| {
+                e.file_name()
+                    .to_str()
+                    .is_some_and(|n| n.starts_with("libstd-"))
+            })
+        });
+    if has_std {
+        Ok(())
+    } else {
+        Err(format!(
+            "the Rust target {triple} is not installed: run rustup target add {triple}"
+        ))
+    }
 }
 
 fn output_of(cmd: &mut Command, what: &str) -> Output {
@@ -232,8 +255,9 @@ fn built(c: &Cross) -> &'static Built {
         _ => &X86_64_BUILT,
     };
     match cell.get_or_init(|| {
-        c.require_tools();
-        require("make", "make");
+        if let Err(missing) = c.requirements() {
+            return Err(format!("{missing} ({INSTALL_HINT})"));
+        }
         let started = Instant::now();
         let b = build_cross(c);
         eprintln!(
@@ -422,22 +446,34 @@ macro_rules! on_target {
 
             #[test]
             fn api_robustness_gets_the_documented_code_for_every_argument_under_qemu() {
+                if !$cross.available() {
+                    return;
+                }
                 api_robustness_passes(&$cross);
             }
 
             #[test]
             fn sensor_example_delivers_every_record_over_https_under_qemu() {
+                if !$cross.available() {
+                    return;
+                }
                 let b = built(&$cross);
                 sensor_delivers_every_record(&$cross, &b.programs.join("sensor"));
             }
 
             #[test]
             fn kedge_send_streams_20k_records_exactly_once_over_https_under_qemu() {
+                if !$cross.available() {
+                    return;
+                }
                 kedge_send_streams_every_record_exactly_once(&$cross);
             }
 
             #[test]
             fn native_libs_rustc_prints_are_the_ones_documented() {
+                if !$cross.available() {
+                    return;
+                }
                 native_libs_are_documented(&$cross);
             }
         }
@@ -569,9 +605,17 @@ fn header_uses_fixed_width_types_only_and_compiles_as_c99_and_cxx_for_arm() {
     let mut layouts = Vec::new();
     let include = Path::new(MANIFEST_DIR).join("include");
     let warn: &[&str] = &["-pedantic", "-Wall", "-Wextra", "-Werror", "-fsyntax-only"];
+    let gxx = |c: &Cross| tools::need(&c.tool("g++"), c.gxx_package);
+    if !tools::available_or_skip(
+        ARMV7
+            .requirements()
+            .and_then(|()| gxx(&ARMV7))
+            .and_then(|()| AARCH64.requirements())
+            .and_then(|()| gxx(&AARCH64)),
+    ) {
+        return;
+    }
     for c in [&ARMV7, &AARCH64] {
-        c.require_tools();
-        require(&c.tool("g++"), c.gxx_package);
         for (compiler, lang) in [
             (c.tool("gcc"), ["-std=c99", "-x", "c"]),
             (c.tool("g++"), ["-std=c++11", "-x", "c++"]),
@@ -749,6 +793,14 @@ fn origin_of(symbol: &str) -> String {
 /// for armv7, where the bytes go.
 #[test]
 fn kedge_send_for_armv7_stripped_fits_the_size_budget() {
+    if !tools::available_or_skip(
+        ARMV7
+            .requirements()
+            .and_then(|()| AARCH64.requirements())
+            .and_then(|()| X86_64.requirements()),
+    ) {
+        return;
+    }
     let scratch = Scratch::new("size");
     let mut rows = Vec::new();
     let mut armv7_size = 0;
@@ -822,7 +874,11 @@ fn write_pc(dir: &Path, lib_dir: &Path) {
 /// armv7, the way a Yocto or Buildroot recipe would use it), and the program delivers.
 #[test]
 fn pkg_config_file_links_sensor_for_the_host_and_for_armv7() {
-    require("pkg-config", "pkg-config");
+    if !tools::available_or_skip(
+        tools::need("pkg-config", "pkg-config").and_then(|()| ARMV7.requirements()),
+    ) {
+        return;
+    }
     let scratch = Scratch::new("pkg-config");
     let sensor_c = Path::new(MANIFEST_DIR).join("examples-c/sensor.c");
     let host = ("host", host_lib_dir(), "cc".to_owned());
@@ -910,7 +966,10 @@ fn cmake(args: &[&std::ffi::OsStr], what: &str) {
 /// armv7 with the toolchain file; both sensors deliver every record.
 #[test]
 fn cmake_example_builds_sensor_natively_and_for_armv7_with_the_toolchain_file() {
-    require("cmake", "cmake");
+    if !tools::available_or_skip(tools::need("cmake", "cmake").and_then(|()| ARMV7.requirements()))
+    {
+        return;
+    }
     let examples = Path::new(MANIFEST_DIR).join("examples-c");
     let toolchain = examples.join("cmake/armv7-linux-gnueabihf.cmake");
     let host = ("x86_64", host_lib_dir(), None);

@@ -6,6 +6,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use kusto_devserver::azurite::Azurite;
+use kusto_devserver::tools;
 use kusto_devserver::{DmConfig, Server, ServerConfig};
 use kusto_edge::client::{DeliveryReport, Outcome};
 use kusto_edge::{Client, ClientOptions, Config};
@@ -84,6 +85,9 @@ fn wait_for(env: &Env, db: &str, table: &str, records: usize, limit: Duration) -
 
 #[test]
 fn records_appended_in_queued_mode_arrive_through_the_queue_once() {
+    if !tools::azurite_or_skip() {
+        return;
+    }
     let env = env(None);
     let (c, reports) = client(&env, &[]);
     let d = c.add_destination("db", "T", "multijson", None).unwrap();
@@ -158,6 +162,9 @@ fn with_table_reports_a_missing_table_is_a_final_rejection_and_a_good_one_is_ing
 }
 
 fn reports_on_a_missing_table_and_a_good_one(method: &str) {
+    if !tools::azurite_or_skip() {
+        return;
+    }
     let env = env(Some(vec![("db", "T")]));
     let (c, reports) = client(
         &env,
@@ -217,6 +224,9 @@ fn reports_on_a_missing_table_and_a_good_one(method: &str) {
 
 #[test]
 fn managed_mode_streams_where_it_can_and_queues_a_table_without_streaming_after_one_refusal() {
+    if !tools::azurite_or_skip() {
+        return;
+    }
     let env = env(None);
     let (c, reports) = client(&env, &[("ingest.mode", "managed")]);
     let d = c.add_destination("db", "T", "csv", None).unwrap();
@@ -253,6 +263,9 @@ fn managed_mode_streams_where_it_can_and_queues_a_table_without_streaming_after_
 
 #[test]
 fn an_expired_sas_keeps_the_chunk_on_flash_without_its_sas_and_fresh_resources_deliver_it() {
+    if !tools::azurite_or_skip() {
+        return;
+    }
     let env = env(None);
     let dir = std::env::temp_dir().join(format!("kedge-queued-e2e-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
@@ -306,6 +319,9 @@ fn walk(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
 
 #[test]
 fn queued_over_https_to_the_dm_and_azurite_with_one_test_ca() {
+    if !tools::azurite_or_skip() {
+        return;
+    }
     let ca = kusto_devserver::tls::TestCa::generate().unwrap();
     let az = Azurite::start_tls(&ca).expect("azurite over https");
     let mut dm = DmConfig::new(az.endpoints());
@@ -341,6 +357,9 @@ fn queued_over_https_to_the_dm_and_azurite_with_one_test_ca() {
 /// spool; refused for good: it goes to `rejected/`; an exhausted (transient) failure: it is sent again under the
 /// same id and then ingested, once.
 fn held_until_the_dms_word(method: &str) {
+    if !tools::azurite_or_skip() {
+        return;
+    }
     let env = env(Some(vec![("db", "T")]));
     let dir =
         std::env::temp_dir().join(format!("kedge-queued-held-{method}-{}", std::process::id()));
@@ -450,6 +469,9 @@ fn with_every_report_in_the_status_table_a_queued_chunk_stays_on_flash_until_con
 /// blocks (each a complete gzip member) of one blob with one message, and each chunk still gets its own reports.
 #[test]
 fn spooled_chunks_are_replayed_as_the_blocks_of_merged_blobs_and_each_is_reported() {
+    if !tools::azurite_or_skip() {
+        return;
+    }
     let env = env(Some(vec![("db", "T")]));
     let dir = std::env::temp_dir().join(format!("kedge-queued-merge-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
@@ -534,6 +556,9 @@ fn spooled_chunks_are_replayed_as_the_blocks_of_merged_blobs_and_each_is_reporte
 /// (more than one page), ours is still found, and every one of the others' is left where it was.
 #[test]
 fn our_failure_notification_is_found_behind_a_crowd_of_others_and_theirs_are_left_alone() {
+    if !tools::azurite_or_skip() {
+        return;
+    }
     use kusto_devserver::storage;
     let env = env(Some(vec![("db", "T")]));
     let names = env.server.dm_resource_names().unwrap();

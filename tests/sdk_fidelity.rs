@@ -14,6 +14,7 @@ use std::time::{Duration, Instant};
 
 use kusto_devserver::azurite::Azurite;
 use kusto_devserver::dm::QueuedIngestion;
+use kusto_devserver::tools;
 use kusto_devserver::{DmConfig, Server, ServerConfig};
 use kusto_edge::{Client, Config};
 use serde_json::Value;
@@ -31,6 +32,20 @@ fn venv_dir() -> PathBuf {
     match std::env::var_os("KEDGE_SDK_VENV") {
         Some(d) if !d.is_empty() => PathBuf::from(d),
         _ => Path::new(env!("CARGO_MANIFEST_DIR")).join("target/sdk-venv"),
+    }
+}
+
+/// The venv is there already, or python3 can make one (venv and ensurepip, which Debian splits off into
+/// python3-venv).
+fn python_requirements() -> Result<(), String> {
+    let marker = venv_dir().join("kedge-requirements.txt");
+    if venv_dir().join("bin/python").exists() && marker.exists() {
+        return Ok(());
+    }
+    if tools::runs("python3", &["-c", "import venv, ensurepip"]) {
+        Ok(())
+    } else {
+        Err(format!("python3 cannot make a venv: {INSTALL_HINT}"))
     }
 }
 
@@ -120,6 +135,10 @@ fn keys(ingestion: &QueuedIngestion) -> BTreeSet<String> {
 
 #[test]
 fn the_official_sdk_is_accepted_and_our_message_carries_every_key_it_sends() {
+    if !tools::available_or_skip(tools::azurite_requirements().and_then(|()| python_requirements()))
+    {
+        return;
+    }
     let python = venv_python();
     let az = Azurite::start().expect("azurite");
     let mut dm = DmConfig::new(az.endpoints());

@@ -31,6 +31,7 @@ pub mod proxy;
 pub mod sas;
 pub mod storage;
 pub mod tls;
+pub mod tools;
 
 mod control;
 mod entra;

@@ -4,6 +4,7 @@ use std::time::Duration;
 
 use kusto_devserver::azurite::Azurite;
 use kusto_devserver::storage::{self, Account};
+use kusto_devserver::tools;
 
 fn now() -> i64 {
     std::time::SystemTime::now()
@@ -14,6 +15,9 @@ fn now() -> i64 {
 
 #[test]
 fn azurite_accepts_minted_sas_and_refuses_tampered_or_expired() {
+    if !tools::azurite_or_skip() {
+        return;
+    }
     let az = shared_azurite();
     let acct = Account::new(az.endpoints());
     acct.create_container("cont1").unwrap();
@@ -283,6 +287,9 @@ const ID3: &str = "2d1f8d30-9e75-4d20-9c5b-4b8e3f8c2b33";
 
 #[test]
 fn queued_blob_arrives_with_a_success_notification_and_no_violations() {
+    if !tools::azurite_or_skip() {
+        return;
+    }
     let e = env_with(None, None);
     let url = e.server.dm_url().unwrap();
     let res = Resources::get(&url, None, None);
@@ -338,6 +345,9 @@ fn queued_blob_arrives_with_a_success_notification_and_no_violations() {
 
 #[test]
 fn wrong_raw_size_is_a_violation_and_a_missing_table_a_failure_notification() {
+    if !tools::azurite_or_skip() {
+        return;
+    }
     let e = env_with(Some(vec![("db", "Events")]), None);
     let url = e.server.dm_url().unwrap();
     let res = Resources::get(&url, None, None);
@@ -374,6 +384,9 @@ fn wrong_raw_size_is_a_violation_and_a_missing_table_a_failure_notification() {
 
 #[test]
 fn the_same_blob_twice_in_a_batch_is_ingested_once() {
+    if !tools::azurite_or_skip() {
+        return;
+    }
     let e = env_with(None, None);
     let res = Resources::get(&e.server.dm_url().unwrap(), None, None);
     let raw = b"{\"a\":1}\n";
@@ -396,6 +409,9 @@ fn the_same_blob_twice_in_a_batch_is_ingested_once() {
 
 #[test]
 fn status_table_rows_are_updated() {
+    if !tools::azurite_or_skip() {
+        return;
+    }
     let e = env_with(Some(vec![("db", "T")]), None);
     let res = Resources::get(&e.server.dm_url().unwrap(), None, None);
     let raw = b"x,1\n";
@@ -429,6 +445,9 @@ fn status_table_rows_are_updated() {
 
 #[test]
 fn a_message_naming_a_status_row_nobody_inserted_is_a_violation() {
+    if !tools::azurite_or_skip() {
+        return;
+    }
     let e = env_with(Some(vec![("db", "T")]), None);
     let res = Resources::get(&e.server.dm_url().unwrap(), None, None);
     let raw = b"x,1\n";
@@ -458,6 +477,9 @@ fn a_message_naming_a_status_row_nobody_inserted_is_a_violation() {
 
 #[test]
 fn broken_messages_are_violations() {
+    if !tools::azurite_or_skip() {
+        return;
+    }
     let e = env_with(None, None);
     let res = Resources::get(&e.server.dm_url().unwrap(), None, None);
     let q = res.one("SecuredReadyForAggregationQueue");
@@ -500,6 +522,9 @@ fn broken_messages_are_violations() {
 
 #[test]
 fn mgmt_checks_auth_and_misbehaves_on_demand() {
+    if !tools::azurite_or_skip() {
+        return;
+    }
     let e = env_with(None, Some("T0KEN"));
     let url = e.server.dm_url().unwrap();
     assert_eq!(
@@ -556,6 +581,9 @@ fn mgmt_checks_auth_and_misbehaves_on_demand() {
 
 #[test]
 fn delays_and_a_paused_azurite() {
+    if !tools::azurite_or_skip() {
+        return;
+    }
     let az = Azurite::start().expect("azurite");
     let e = env_on(az.endpoints(), Some(az), None, None);
     let res = Resources::get(&e.server.dm_url().unwrap(), None, None);
@@ -600,6 +628,9 @@ fn delays_and_a_paused_azurite() {
 
 #[test]
 fn https_end_to_end_with_one_test_ca() {
+    if !tools::azurite_or_skip() {
+        return;
+    }
     let ca = kusto_devserver::tls::TestCa::generate().unwrap();
     let az = Azurite::start_tls(&ca).expect("azurite over https");
     assert!(az.blob_url().starts_with("https://"));
@@ -628,6 +659,9 @@ fn https_end_to_end_with_one_test_ca() {
 
 #[test]
 fn binary_with_azurite_over_https_serves_the_dm_and_its_control_endpoints() {
+    if !tools::azurite_or_skip() {
+        return;
+    }
     use std::io::BufRead;
     let dir = std::env::temp_dir().join(format!("kdev-dm-bin-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
@@ -719,6 +753,9 @@ fn binary_with_azurite_over_https_serves_the_dm_and_its_control_endpoints() {
 
 #[test]
 fn blocks_of_gzip_members_make_one_blob() {
+    if !tools::azurite_or_skip() {
+        return;
+    }
     let e = env_with(None, None);
     let res = Resources::get(&e.server.dm_url().unwrap(), None, None);
     let (a, b) = (
@@ -746,6 +783,9 @@ fn blocks_of_gzip_members_make_one_blob() {
 
 #[test]
 fn many_blobs_from_several_producers_all_arrive_once() {
+    if !tools::azurite_or_skip() {
+        return;
+    }
     let e = env_with(None, None);
     let res = std::sync::Arc::new(Resources::get(&e.server.dm_url().unwrap(), None, None));
     let t0 = Instant::now();
@@ -798,6 +838,9 @@ fn many_blobs_from_several_producers_all_arrive_once() {
 /// (`QueuedIngestClient.ingest_from_file`, multijson, `FailuresAndSuccesses`): accepted without a violation.
 #[test]
 fn the_python_sdk_message_shape_is_accepted() {
+    if !tools::azurite_or_skip() {
+        return;
+    }
     let e = env_with(None, None);
     let res = Resources::get(&e.server.dm_url().unwrap(), None, None);
     let id = "92504de5-d1ba-4d31-b5f9-70ce4099cbe7";

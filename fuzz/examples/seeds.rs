@@ -116,5 +116,25 @@ fn main() {
     write("gzip_roundtrip", "text", b"\x06{\"a\":1}\n{\"a\":2}\n{\"a\":3}\n{\"a\":3}\n");
     write("gzip_roundtrip", "stored", b"\x00\x01\x02\x03\xff\xfe");
 
+    // ffi_append: format byte (index into the target's FORMATS), batch.bytes byte, batch.sealed byte, then
+    // records as u16 LE length + bytes (top bit: a destination that does not exist; 0x7FFF: usize::MAX).
+    let records = |format: u8, batch: u8, list: &[&[u8]]| {
+        let mut v = vec![format, batch, 0];
+        for r in list {
+            v.extend_from_slice(&(r.len() as u16).to_le_bytes());
+            v.extend_from_slice(r);
+        }
+        v
+    };
+    let json: &[&[u8]] = &[b"{\"device\":\"gw-1\",\"temp\":21.5}", b"{\"seq\":1}\n", b"[1,2", b"", b"{\"a\":\"\xff\"}"];
+    write("ffi_append", "json", &records(0, 4, json));
+    write("ffi_append", "multijson", &records(1, 0, &[b"{\n  \"a\": 1\n}", b"{\"b\":[true,null]}"]));
+    write("ffi_append", "csv", &records(3, 0, &[b"gw-1,21.5,2026-01-01T00:00:00Z", b"a,\"b,c\"\n"]));
+    let mut odd = records(0, 0, &[b"{\"x\":1}"]);
+    odd.extend_from_slice(&0x7FFFu16.to_le_bytes()); // claims usize::MAX bytes
+    odd.extend_from_slice(&0x8005u16.to_le_bytes()); // a destination that does not exist
+    odd.extend_from_slice(b"{\"y\"}");
+    write("ffi_append", "lengths", &odd);
+
     chunks();
 }
