@@ -49,3 +49,6 @@ cargo fmt --all -- --check
 cargo test --workspace --locked
 # The library's unit tests on 32-bit ARM, under qemu (the runner in .cargo/config.toml).
 cargo test --locked --lib --target armv7-unknown-linux-gnueabihf
+# The soak, 3 minutes of it: kedge-send streaming and queued under random faults, SIGKILLs, full spools and
+# expiring tokens; fails on a lost record, growth or a spool left non-empty (the long run: --minutes 60).
+bash tests/soak.sh --minutes 3
