@@ -894,7 +894,7 @@ fn soak() {
     .unwrap();
     let mut header = format!("{:>7}", "t (s)");
     for l in &lanes {
-        write!(header, " | {:^30}", l.name).unwrap();
+        write!(header, " | {:^27}", l.name).unwrap();
     }
     writeln!(w, "{header}").unwrap();
     for s in &samples {
