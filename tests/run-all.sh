@@ -76,6 +76,9 @@ step "cargo test --lib (armv7, qemu)" cargo test --locked --lib --target armv7-u
 step "spool power-loss sweeps" cargo test --locked --lib -- --ignored \
   spooled_chunks_survive_power_cuts_exhaustive recovery_itself_survives_a_second_power_cut
 step "fuzz replay (seeds + artifacts)" bash tests/fuzz.sh
+# The soak, 3 minutes of it: kedge-send streaming and queued under random faults, SIGKILLs, full spools and
+# expiring tokens; fails on a lost record, growth or a spool left non-empty (the long run: --minutes 60).
+step "soak (3 minutes)" bash tests/soak.sh --minutes 3
 
 echo "run-all: passed; time per step:"
 printf '%s\n' "${timings[@]}"

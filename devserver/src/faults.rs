@@ -36,6 +36,29 @@ pub enum Fault {
     GarbageOk,
 }
 
+impl Fault {
+    /// The fault's name as [`parse_fault`] reads it (without arguments): what [`crate::Stats::faults_injected`]
+    /// counts by.
+    pub fn name(&self) -> &'static str {
+        match self {
+            Fault::Throttle { .. } => "429",
+            Fault::Unavailable { .. } => "503",
+            Fault::InternalError => "500",
+            Fault::TransientError => "transient",
+            Fault::Reset => "reset",
+            Fault::Slow(_) => "slow",
+            Fault::LoseReply => "lose-reply",
+            Fault::RejectData => "reject",
+            Fault::TableMissing => "table-missing",
+            Fault::StreamingDisabled => "streaming-off",
+            Fault::Unauthorized => "401",
+            Fault::Forbidden => "403",
+            Fault::EmptyOk => "empty-ok",
+            Fault::GarbageOk => "garbage-ok",
+        }
+    }
+}
+
 /// Random faults: for each ingest request every `(fault, probability)` is drawn in order from a
 /// PRNG seeded with `seed`; the first hit applies. Same seed, same request order: same faults.
 #[derive(Clone, Debug, Default)]

@@ -66,14 +66,18 @@ pub struct Stats {
     pub records_streamed: usize,
     /// Records that arrived through the DM's queue (blobs).
     pub records_queued: usize,
+    /// Ingest requests that met a fault (scripted or random), by [`crate::Fault::name`], and `"outage"` for those
+    /// closed unanswered by [`Server::set_down`].
+    pub faults_injected: BTreeMap<String, usize>,
 }
 
 impl Stats {
     /// `{"requests":N,"ingested_requests":N,"records":N,"duplicate_request_ids":N,"duplicate_chunks":N,
-    /// "duplicate_records":N,"tables":{"db.table":N},"records_streamed":N,"records_queued":N}`
+    /// "duplicate_records":N,"tables":{"db.table":N},"records_streamed":N,"records_queued":N,
+    /// "faults_injected":{"name":N}}`
     pub fn to_json(&self) -> String {
         format!(
-            r#"{{"requests":{},"ingested_requests":{},"records":{},"duplicate_request_ids":{},"duplicate_chunks":{},"duplicate_records":{},"tables":{},"records_streamed":{},"records_queued":{}}}"#,
+            r#"{{"requests":{},"ingested_requests":{},"records":{},"duplicate_request_ids":{},"duplicate_chunks":{},"duplicate_records":{},"tables":{},"records_streamed":{},"records_queued":{},"faults_injected":{}}}"#,
             self.requests,
             self.ingested_requests,
             self.records,
@@ -82,7 +86,8 @@ impl Stats {
             self.duplicate_records,
             serde_json::to_string(&self.tables).unwrap_or_else(|_| "{}".into()),
             self.records_streamed,
-            self.records_queued
+            self.records_queued,
+            serde_json::to_string(&self.faults_injected).unwrap_or_else(|_| "{}".into())
         )
     }
 }
@@ -113,6 +118,7 @@ pub(crate) struct State {
     rng: Rng,
     seed: u64,
     down_until: Option<Instant>,
+    faults_injected: BTreeMap<String, usize>,
 }
 
 pub(crate) struct Shared {
@@ -175,6 +181,7 @@ impl Shared {
         st.scripted.clear();
         st.random.clear();
         st.down_until = None;
+        st.faults_injected.clear();
         drop(st);
         if let Some(dm) = &self.dm {
             dm.reset();
@@ -200,6 +207,7 @@ impl Shared {
             duplicate_records: st.duplicate_records,
             records_streamed: st.records_streamed,
             records_queued: st.records_queued,
+            faults_injected: st.faults_injected.clone(),
             ..Stats::default()
         };
         let mut seen = HashSet::new();
@@ -370,6 +378,7 @@ impl Server {
                 rng: Rng::new(0),
                 seed: 0,
                 down_until: None,
+                faults_injected: BTreeMap::new(),
             }),
             stopping: AtomicBool::new(false),
             shutdown_requested: AtomicBool::new(false),
@@ -921,16 +930,25 @@ fn handle_ingest(shared: &Shared, req: &Request, target: Target, activity: Strin
     let mut log = new_log(req, &target, &crid);
     let (down, fault) = {
         let mut st = shared.state();
-        if st.down_until.is_some_and(|t| Instant::now() < t) {
+        let st = &mut *st;
+        let (down, f) = if st.down_until.is_some_and(|t| Instant::now() < t) {
             (true, None)
         } else {
-            let st = &mut *st;
             let f = st
                 .scripted
                 .pop_front()
                 .or_else(|| faults::draw(&mut st.rng, &st.random));
             (false, f)
+        };
+        let name = if down {
+            Some("outage")
+        } else {
+            f.as_ref().map(Fault::name)
+        };
+        if let Some(name) = name {
+            *st.faults_injected.entry(name.to_string()).or_default() += 1;
         }
+        (down, f)
     };
     if down {
         finish(shared, log, "closed (outage)", 0);
