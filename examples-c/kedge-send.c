@@ -1155,6 +1155,46 @@ static enum send_status flush_all(struct run *run)
     }
 }
 
+/*
+ * --durable-every: makes everything taken so far acknowledged or on flash, then says so ("durable N") for a caller
+ * that checkpoints. A poll first sends what is due and replays some of the spool, so that checkpoints smaller
+ * than a batch do not leave everything on flash; a full spool (reject-new) is waited out like any keep-the-data
+ * result, the replay making room, until --give-up-secs pass without progress.
+ */
+static enum send_status checkpoint(struct run *run)
+{
+    for (;;) {
+        uint32_t next_ms = 0;
+        kedge_result r = kedge_poll(run->client, &next_ms);
+        if (r != KEDGE_OK && !keeps_data(r) && r != KEDGE_DATA_REJECTED) {
+            print_client_error(run, "poll", r);
+            return SEND_FATAL;
+        }
+        r = kedge_flush_to_spool(run->client);
+        if (r == KEDGE_OK) {
+            break;
+        }
+        if (!keeps_data(r)) {
+            print_client_error(run, "flush to spool", r);
+            return SEND_FATAL;
+        }
+        switch (wait_for_service(run, r)) {
+        case WAIT_AGAIN:
+        case WAIT_NOTHING_LEFT:
+            continue;
+        case WAIT_GAVE_UP:
+            print_client_error(run, "flush to spool", r);
+            return SEND_GAVE_UP;
+        case WAIT_FATAL:
+            return SEND_FATAL;
+        }
+    }
+    note_progress(run);
+    printf("durable %llu\n", run->taken);
+    fflush(stdout);
+    return SEND_OK;
+}
+
 /* Streams one input. Returns SEND_OK at its end, or why it stopped; *io_error is set on a read error. */
 static enum send_status send_input(struct run *run, struct reader *rd, char *line, size_t cap,
                                    unsigned long long *invalid, int *io_error)
@@ -1192,14 +1232,10 @@ static enum send_status send_input(struct run *run, struct reader *rd, char *lin
         }
         run->taken++;
         if (run->durable_every > 0 && run->taken % (unsigned long long)run->durable_every == 0) {
-            /* Everything taken so far is now acknowledged or on flash: say so, for a caller that checkpoints. */
-            kedge_result r = kedge_flush_to_spool(run->client);
-            if (r != KEDGE_OK) {
-                print_client_error(run, "flush to spool", r);
-                return keeps_data(r) ? SEND_GAVE_UP : SEND_FATAL;
+            s = checkpoint(run);
+            if (s != SEND_OK) {
+                return s;
             }
-            printf("durable %llu\n", run->taken);
-            fflush(stdout);
         }
     }
 }

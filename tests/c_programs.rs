@@ -1143,6 +1143,50 @@ fn kedge_send_spool_status_requeue_and_purge_administer_the_spool_end_to_end() {
     );
 }
 
+/// Checkpoints smaller than a batch, with a small spool that refuses new chunks when full: each checkpoint also
+/// sends (a poll), and a full spool is waited out while the replay makes room, so everything goes out and the run
+/// ends 0 (it used to put every record on flash, then give up at the first full spool without sending any).
+#[test]
+fn kedge_send_with_small_checkpoints_and_a_reject_new_spool_sends_everything() {
+    let _g = serial();
+    let scratch = Scratch::new("durable-small");
+    let server = Server::start(ServerConfig::default()).expect("devserver");
+    let input = scratch.path("records.jsonl");
+    write_records(&input, 5000);
+    let spool = scratch.path("spool");
+    let mut cmd = spooling_kedge_send(&server.url(), &spool, "Small");
+    cmd.args(["--spool-policy", "reject-new", "-X", "spool.max_chunks=16"]);
+    cmd.args([
+        "--batch-bytes",
+        "8192",
+        "--durable-every",
+        "25",
+        "--give-up-secs",
+        "30",
+    ]);
+    cmd.arg(&input);
+    let out = run(cmd, None, &scratch, Duration::from_secs(90));
+    assert_eq!(out.code(), Some(0), "{}", out.describe());
+    assert_each_seq_once(&server.records("db", "Small"), 5000);
+    let durable = out
+        .stdout
+        .lines()
+        .filter(|l| l.starts_with("durable "))
+        .count();
+    assert_eq!(durable, 200, "a checkpoint every 25 records");
+    let left = fs::read_dir(&spool)
+        .unwrap()
+        .filter(|e| {
+            e.as_ref()
+                .unwrap()
+                .file_name()
+                .to_string_lossy()
+                .ends_with(".chunk")
+        })
+        .count();
+    assert_eq!(left, 0);
+}
+
 /// What a run of SIGKILLed kedge-send invocations came to.
 struct Killed {
     runs: u32,
