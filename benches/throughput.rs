@@ -40,6 +40,14 @@ fn telemetry(bytes: usize) -> Vec<u8> {
     out
 }
 
+/// Megabytes of telemetry a benchmark uses: `KEDGE_BENCH_MB` overrides the default (a small run under valgrind).
+fn bench_mb(default: usize) -> usize {
+    std::env::var("KEDGE_BENCH_MB")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
+}
+
 fn mb_per_s(bytes: usize, d: Duration) -> f64 {
     bytes as f64 / 1e6 / d.as_secs_f64()
 }
@@ -134,7 +142,7 @@ fn pipeline_cpu(records: &[&[u8]], raw: usize) -> (f64, u64) {
 }
 
 fn bench_pipeline() {
-    let data = telemetry(32 << 20);
+    let data = telemetry(bench_mb(32) << 20);
     let records: Vec<&[u8]> = data
         .split(|&b| b == b'\n')
         .filter(|r| !r.is_empty())
