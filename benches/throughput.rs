@@ -8,6 +8,7 @@
 //!   with the client's own CPU beside it;
 //! - end to end: records through `Client::append` + `flush` to the loopback test endpoint, plain http vs HTTPS;
 //! - spool: chunks pushed to a spool directory (fsync per chunk), in clear vs AES-256-GCM;
+//! - queued: client CPU per MB and requests per MB in queued mode (blob + message, Azurite) against streaming;
 //! - append: the latency of `Client::append` while another thread polls (sends), json (syntax-checked) vs csv.
 
 use std::time::{Duration, Instant};
@@ -316,6 +317,78 @@ fn bench_latency() {
     );
 }
 
+/// Client-thread CPU per MB and HTTP requests of `records` appended and sent (batch.sealed=0, 1 MiB batches) in
+/// `mode` (streaming or queued) to the test endpoint, which is also the DM over Azurite.
+fn mode_cpu(server: &Server, records: &[&[u8]], raw: usize, mode: &str) -> (f64, u64) {
+    let mut cfg = Config::default();
+    cfg.set("url", &server.url()).unwrap();
+    cfg.set("http.allow_plain", "true").unwrap();
+    cfg.set("batch.sealed", "0").unwrap();
+    cfg.set("ingest.mode", mode).unwrap();
+    cfg.set("ingest.dm_url", &server.dm_url().unwrap()).unwrap();
+    let client = Client::new(&cfg, None, None).unwrap();
+    let d = client.add_destination("db", "bench", "json", None).unwrap();
+    let t = thread_cpu();
+    for r in records {
+        while let Err(e) = client.append(d, r) {
+            assert_eq!(e.kind, kusto_edge::ErrorKind::QueueFull, "{e}");
+            client.poll().unwrap();
+        }
+    }
+    client.flush().unwrap();
+    let cpu = thread_cpu() - t;
+    assert_eq!(client.stats().records_acknowledged, records.len() as u64);
+    (
+        cpu.as_secs_f64() * 1e3 / (raw as f64 / 1e6),
+        client.stats().requests,
+    )
+}
+
+fn bench_queued() {
+    let az = match kusto_devserver::azurite::Azurite::start() {
+        Ok(az) => az,
+        Err(e) => {
+            println!("queued: skipped, Azurite does not start ({e}); tests/run-all.sh installs it");
+            return;
+        }
+    };
+    let mut dm = kusto_devserver::DmConfig::new(az.endpoints());
+    dm.poll_interval = Duration::from_millis(50);
+    let server = Server::start(ServerConfig {
+        dm: Some(dm),
+        ..ServerConfig::default()
+    })
+    .unwrap();
+    let data = telemetry(bench_mb(16) << 20);
+    let records: Vec<&[u8]> = data
+        .split(|&b| b == b'\n')
+        .filter(|r| !r.is_empty())
+        .collect();
+    let mb = data.len() as f64 / 1e6;
+    let (mut q_cpu, mut s_cpu) = (f64::MAX, f64::MAX);
+    let (mut q_req, mut s_req) = (0, 0);
+    for _ in 0..2 {
+        let (c, r) = mode_cpu(&server, &records, data.len(), "queued");
+        (q_cpu, q_req) = (q_cpu.min(c), r);
+        let (c, r) = mode_cpu(&server, &records, data.len(), "streaming");
+        (s_cpu, s_req) = (s_cpu.min(c), r);
+        server.reset();
+    }
+    println!(
+        "queued vs streaming, {} MB of telemetry in 1 MiB batches (batch.sealed=0, plain http; the test endpoint as \
+         engine and DM, Azurite as storage): client CPU queued {q_cpu:.2} ms per MB, streaming {s_cpu:.2} (queued = \
+         {:.2}x streaming, best of 2); requests per MB queued {:.2} (blob, queue message, DM resources and \
+         notifications), streaming {:.2} ({:.2}x)",
+        data.len() >> 20,
+        q_cpu / s_cpu,
+        q_req as f64 / mb,
+        s_req as f64 / mb,
+        q_req as f64 / s_req as f64
+    );
+    drop(server);
+    drop(az);
+}
+
 /// A spool directory that counts what reaches the flash: fsyncs (each file written, each directory sync) and the
 /// bytes of the files written.
 struct Counting {
@@ -527,13 +600,14 @@ fn main() {
         .filter(|a| !a.starts_with('-'))
         .map(String::as_str)
         .collect();
-    let benches: [(&str, fn()); 6] = [
+    let benches: [(&str, fn()); 7] = [
         ("gzip", bench_gzip),
         ("pipeline", bench_pipeline),
         ("end_to_end", bench_end_to_end),
         ("latency", bench_latency),
         ("append", bench_append),
         ("spool", bench_spool),
+        ("queued", bench_queued),
     ];
     for (name, run) in benches {
         if filters.is_empty() || filters.iter().any(|f| name.contains(f)) {
