@@ -90,7 +90,7 @@ impl Gzip {
         let mut consumed = 0;
         // Through a pointer the optimiser cannot see through: LTO would otherwise inline the compressor into this
         // function, which is built for size (opt-level "z"), and lose the opt-level 3 its crate is built with
-        // (Cargo.toml). Measured in README "Performance".
+        // (Cargo.toml). Measured in README "Benchmarks" (where the pipeline's CPU goes).
         let compress: CompressFn = std::hint::black_box(compress as CompressFn);
         loop {
             let body_end = out.len() - TRAILER_LEN;
