@@ -108,11 +108,13 @@ impl Batch {
     }
 }
 
+#[inline(always)]
 fn needs_newline(format: Format, record: &[u8]) -> bool {
     !format.one_record_per_request() && record.last() != Some(&b'\n')
 }
 
 /// Bytes a record takes in a batch: line formats end every record with a newline.
+#[inline(always)]
 pub fn framed_len(format: Format, record: &[u8]) -> usize {
     record.len() + needs_newline(format, record) as usize
 }
@@ -197,6 +199,56 @@ pub fn records_and_middle(format: Format, raw: &[u8]) -> (u64, Option<usize>) {
     (records, best)
 }
 
+const ONES: u64 = 0x0101_0101_0101_0101;
+const HIGHS: u64 = 0x8080_8080_8080_8080;
+
+/// What [`scan_text`] found: whether the bytes are UTF-8 (else how many lead a valid prefix), and the offset of
+/// the first newline, if asked for.
+struct TextScan {
+    utf8: Result<(), usize>,
+    newline: Option<usize>,
+}
+
+/// UTF-8 validity and the first `\n` (when `newline`) in one pass, 8 bytes a step while the bytes are ASCII (as
+/// telemetry is): a word is ASCII when no high bit is set, and holds a newline when `w ^ 0x0a..0a` has a zero byte.
+/// From the first non-ASCII word on, the standard library's validator checks the rest.
+fn scan_text(record: &[u8], newline: bool) -> TextScan {
+    let mut found = None;
+    let mut words = record.chunks_exact(8);
+    let mut ascii = 0;
+    for w in &mut words {
+        let w = u64::from_le_bytes([w[0], w[1], w[2], w[3], w[4], w[5], w[6], w[7]]);
+        if w & HIGHS != 0 {
+            break;
+        }
+        if newline && found.is_none() {
+            let x = w ^ (ONES * u64::from(b'\n'));
+            // Exact for ASCII bytes (no high bit set), so the lowest flagged byte is the first newline.
+            let z = x.wrapping_sub(ONES) & !x & HIGHS;
+            if z != 0 {
+                found = Some(ascii + (z.trailing_zeros() / 8) as usize);
+            }
+        }
+        ascii += 8;
+    }
+    // The tail, or everything from the first word with a non-ASCII byte (it starts on a character boundary).
+    let rest = &record[ascii..];
+    if newline && found.is_none() {
+        found = rest.iter().position(|&b| b == b'\n').map(|i| ascii + i);
+    }
+    let utf8 = if rest.is_ascii() {
+        Ok(())
+    } else {
+        std::str::from_utf8(rest)
+            .map(|_| ())
+            .map_err(|e| ascii + e.valid_up_to())
+    };
+    TextScan {
+        utf8,
+        newline: found,
+    }
+}
+
 /// Checks a record before it is buffered, so that nothing the service can never take sits in a batch.
 pub fn validate_record(format: Format, record: &[u8], capacity: usize) -> Result<(), Error> {
     if record.is_empty() {
@@ -218,19 +270,22 @@ pub fn validate_record(format: Format, record: &[u8], capacity: usize) -> Result
     if format.is_binary() {
         return Ok(());
     }
-    if let Err(e) = std::str::from_utf8(record) {
+    // One pass for UTF-8 and (json) the first newline: the two separate scans, one of them byte at a time at
+    // opt-level "z", were a tenth of the pipeline's CPU outside the compressor.
+    let scan = scan_text(record, format == Format::Json);
+    if let Err(valid_up_to) = scan.utf8 {
         return Err(Error::new(
             ErrorKind::InvalidRecord,
             format!(
-                "record is not valid UTF-8 (at byte {}): text formats must be UTF-8",
-                e.valid_up_to()
+                "record is not valid UTF-8 (at byte {valid_up_to}): text formats must be UTF-8"
             ),
         ));
     }
-    if format == Format::Json {
+    if let Some(at) = scan.newline {
+        // A json record may end with "\n" or "\r\n"; a line break before that is a second line.
         let body = record.strip_suffix(b"\n").unwrap_or(record);
         let body = body.strip_suffix(b"\r").unwrap_or(body);
-        if let Some(at) = body.iter().position(|&b| b == b'\n') {
+        if at < body.len() {
             return Err(Error::new(
                 ErrorKind::InvalidRecord,
                 format!("json record has a line break at byte {at}: the json format is one object per line (use multijson for multi-line objects)"),
@@ -324,6 +379,36 @@ mod tests {
         b.push(Format::Parquet, b"PAR1...", Instant::now());
         assert_eq!(b.bytes(), b"PAR1...");
         assert!(!b.fits(Format::Parquet, b"x"));
+    }
+
+    #[test]
+    fn the_one_pass_text_scan_agrees_with_the_standard_checks_at_every_offset() {
+        let base: Vec<u8> = b"{\"device\":\"gw-1\",\"temp\":21.5,\"note\":\"ok\"}".to_vec();
+        let inserts: [&[u8]; 6] = [
+            b"\n",
+            "\u{e9}".as_bytes(),
+            "\u{1f600}".as_bytes(),
+            b"\xff",
+            b"\xe2\x82",
+            b"\r\n",
+        ];
+        for cut in 0..=base.len() {
+            for ins in inserts {
+                for tail in [&b""[..], b"\n", b"\r\n", "x\u{e9}\n".as_bytes()] {
+                    let mut r = base[..cut].to_vec();
+                    r.extend_from_slice(ins);
+                    r.extend_from_slice(&base[cut..]);
+                    r.extend_from_slice(tail);
+                    let s = scan_text(&r, true);
+                    let want_utf8 = std::str::from_utf8(&r)
+                        .map(|_| ())
+                        .map_err(|e| e.valid_up_to());
+                    assert_eq!(s.utf8, want_utf8, "{r:?}");
+                    assert_eq!(s.newline, r.iter().position(|&b| b == b'\n'), "{r:?}");
+                    assert_eq!(scan_text(&r, false).newline, None);
+                }
+            }
+        }
     }
 
     #[test]

@@ -390,3 +390,101 @@ fn heap_in_queued_mode_stays_within_the_bound_and_does_not_grow() {
 fn heap_in_managed_mode_stays_within_the_bound_and_does_not_grow() {
     queued_heap("managed");
 }
+
+/// Streams `mb` MB of telemetry-like CSV over HTTPS through one destination of `batch_bytes` with `batch.sealed`
+/// `sealed`, and returns (bound, heap peak, requests per MB, MB/s of wall time, this thread's CPU ms per MB).
+fn small_gateway_run(batch_bytes: usize, sealed: u32, mb: usize) -> (usize, usize, f64, f64, f64) {
+    let server = Server::start(ServerConfig {
+        tls: true,
+        ..Default::default()
+    })
+    .unwrap();
+    let mut cfg = Config::default();
+    cfg.set("url", &server.url()).unwrap();
+    cfg.add_ca_pem(server.ca_pem().unwrap().as_bytes()).unwrap();
+    cfg.set("tls.bundled_roots", "false").unwrap();
+    cfg.set("destinations.max", "1").unwrap();
+    cfg.set("batch.bytes", &batch_bytes.to_string()).unwrap();
+    cfg.set("batch.sealed", &sealed.to_string()).unwrap();
+    let bound = cfg.memory_bound() as usize;
+
+    start_tracking();
+    let cpu = thread_cpu_ms();
+    let t = std::time::Instant::now();
+    let client = Client::new(&cfg, None, None).unwrap();
+    let d = client.add_destination("db", "t", "csv", None).unwrap();
+    let mut line = String::with_capacity(256);
+    let (mut sent, mut seq) = (0usize, 0u64);
+    while sent < mb << 20 {
+        line.clear();
+        use std::fmt::Write;
+        write!(
+            line,
+            "{seq},gw-{},2026-11-22T01:{:02}:{:02}Z,{}.{},{},ok",
+            seq % 17,
+            seq / 60 % 60,
+            seq % 60,
+            18 + seq % 9,
+            seq % 10,
+            35 + seq % 30
+        )
+        .unwrap();
+        common::append(&client, d, line.as_bytes()).unwrap();
+        sent += line.len() + 1;
+        seq += 1;
+        if seq.is_multiple_of(100_000) {
+            server.reset();
+        }
+    }
+    client.flush().unwrap();
+    let (wall, cpu) = (t.elapsed(), thread_cpu_ms() - cpu);
+    let peak = peak();
+    TRACK.with(|t| t.set(false));
+    let stats = client.stats();
+    assert_eq!(stats.records_acknowledged, seq);
+    let mbs = sent as f64 / 1e6;
+    drop(client);
+    (
+        bound,
+        peak,
+        stats.requests as f64 / mbs,
+        mbs / wall.as_secs_f64(),
+        cpu / mbs,
+    )
+}
+
+fn thread_cpu_ms() -> f64 {
+    let mut t = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: a valid out-parameter; CLOCK_THREAD_CPUTIME_ID always exists on Linux.
+    unsafe { libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &mut t) };
+    t.tv_sec as f64 * 1e3 + t.tv_nsec as f64 / 1e6
+}
+
+/// The README's small-gateway profile (destinations.max=1, batch.bytes=131072, batch.sealed=0): its heap peak is
+/// within its computed bound and within 1 MiB. Prints the table of batch sizes the profile was chosen from.
+#[test]
+fn small_gateway_profile_heap_peaks_under_1_mib() {
+    eprintln!("| batch.bytes | batch.sealed | bound | heap peak | requests per MB | MB/s (wall) | client CPU ms/MB |");
+    eprintln!("|---|---|---|---|---|---|---|");
+    for (kib, sealed) in [(64, 0), (64, 1), (128, 0), (128, 1), (256, 0), (256, 1)] {
+        let (bound, peak, rpm, mbs, cpu) = small_gateway_run(kib << 10, sealed, 16);
+        eprintln!(
+            "| {kib} KiB | {sealed} | {:.0} KiB | {:.0} KiB | {rpm:.1} | {mbs:.1} | {cpu:.2} |",
+            bound as f64 / 1024.0,
+            peak as f64 / 1024.0
+        );
+        assert!(
+            peak <= bound,
+            "{kib} KiB, sealed {sealed}: peak {peak} > bound {bound}"
+        );
+        if (kib, sealed) == (128, 0) {
+            assert!(
+                bound <= 1 << 20 && peak <= 1 << 20,
+                "the small-gateway profile: bound {bound}, peak {peak}, over 1 MiB"
+            );
+        }
+    }
+}
