@@ -216,6 +216,29 @@ impl QueuedSink {
         Some(f)
     }
 
+    /// Reports the DM's word on message `source` for every chunk it carried (several when they went up as the
+    /// blocks of one blob), and stops tracking them.
+    fn report_source(
+        tracker: &mut status::Tracker,
+        source: &str,
+        ingested: bool,
+        note: &status::Notification,
+        report: &mut dyn FnMut(&StatusReport<'_>),
+    ) {
+        for entry in tracker.take_source(source) {
+            let failure = (!ingested)
+                .then(|| Self::dm_failure(&entry, note))
+                .flatten();
+            report(&StatusReport {
+                chunk_id: &entry.id,
+                dest: &entry.dest,
+                records: entry.records,
+                raw_len: entry.raw_len,
+                failure,
+            });
+        }
+    }
+
     /// Reads the status rows of up to [`status::ROWS_PER_POLL`] tracked chunks, in turn, and reports each one the
     /// DM has finished with. A row that cannot be read is tried again at the next round.
     fn read_rows(
@@ -279,18 +302,7 @@ impl QueuedSink {
                     note.failure_status = "Permanent".into();
                 }
             }
-            for entry in st.tracker.take_source(&id) {
-                let failure = (!ingested)
-                    .then(|| Self::dm_failure(&entry, &note))
-                    .flatten();
-                report(&StatusReport {
-                    chunk_id: &entry.id,
-                    dest: &entry.dest,
-                    records: entry.records,
-                    raw_len: entry.raw_len,
-                    failure,
-                });
-            }
+            Self::report_source(&mut st.tracker, &id, ingested, &note, report);
         }
         requests
     }
@@ -396,19 +408,7 @@ impl QueuedSink {
             let (Some(pop), true) = (m.pop_receipt, tracker.has(&note.source_id)) else {
                 continue;
             };
-            // Every chunk the message carried (several when they went up as the blocks of one blob).
-            for entry in tracker.take_source(&note.source_id) {
-                let failure = (!succeeded)
-                    .then(|| Self::dm_failure(&entry, &note))
-                    .flatten();
-                report(&StatusReport {
-                    chunk_id: &entry.id,
-                    dest: &entry.dest,
-                    records: entry.records,
-                    raw_len: entry.raw_len,
-                    failure,
-                });
-            }
+            Self::report_source(tracker, &note.source_id, succeeded, &note, report);
             // Ours, and read: delete it so that no one reads it again (only ours: others' are theirs).
             let mut path = String::with_capacity(64 + pop.len());
             path.push_str("messages/");
