@@ -1187,6 +1187,17 @@ fn kedge_send_with_small_checkpoints_and_a_reject_new_spool_sends_everything() {
     assert_eq!(left, 0);
 }
 
+/// `n` numbered JSON records, one per line, as the SIGKILL tests feed them to kedge-send piece by piece.
+fn record_lines(scratch: &Scratch, n: u64) -> Vec<String> {
+    let all = scratch.path("all.jsonl");
+    write_records(&all, n);
+    fs::read_to_string(&all)
+        .unwrap()
+        .lines()
+        .map(str::to_owned)
+        .collect()
+}
+
 /// What a run of SIGKILLed kedge-send invocations came to.
 struct Killed {
     runs: u32,
@@ -1287,13 +1298,7 @@ fn kedge_send_with_a_spool_survives_sigkill_at_random_moments_and_every_record_a
     });
     const N: u64 = 40_000;
     const KILLS: u32 = 24;
-    let all = scratch.path("all.jsonl");
-    write_records(&all, N);
-    let lines: Vec<String> = fs::read_to_string(&all)
-        .unwrap()
-        .lines()
-        .map(str::to_owned)
-        .collect();
+    let lines = record_lines(&scratch, N);
     let spool = scratch.path("spool");
     let started = Instant::now();
     // Input runs (killed, until the input is durable), then drain-only runs killed too until there were enough kills.
@@ -2167,13 +2172,7 @@ fn kedge_send_queued_with_a_spool_survives_sigkill_during_uploads_and_enqueues_a
     let env = dm_env(None);
     const N: u64 = 20_000;
     const KILLS: u32 = 20;
-    let all = scratch.path("all.jsonl");
-    write_records(&all, N);
-    let lines: Vec<String> = fs::read_to_string(&all)
-        .unwrap()
-        .lines()
-        .map(str::to_owned)
-        .collect();
+    let lines = record_lines(&scratch, N);
     let spool = scratch.path("spool");
     let queued = |extra: &[&str]| {
         let mut cmd = queued_kedge_send(&env, "QCrash");
