@@ -14,11 +14,11 @@
 use std::time::{Duration, Instant};
 
 use kusto_devserver::{Server, ServerConfig};
-use kusto_edge::gzip::{compressed_bound, Gzip};
-use kusto_edge::spool::{
+use kusto_edge_core::gzip::{compressed_bound, Gzip};
+use kusto_edge_core::spool::{
     Area, ChunkHeader, DestKey, FsStorage, FullPolicy, Spool, SpoolConfig, Storage,
 };
-use kusto_edge::{Client, Config, DeliveryReport};
+use kusto_edge_core::{Client, Config, DeliveryReport};
 
 fn telemetry(bytes: usize) -> Vec<u8> {
     let mut out = Vec::with_capacity(bytes + 200);
@@ -104,7 +104,7 @@ fn bench_gzip() {
             wire as f64 / wire3 as f64
         );
     }
-    let mut c = kusto_edge::crc32::Crc32::new();
+    let mut c = kusto_edge_core::crc32::Crc32::new();
     let t = thread_cpu();
     c.update(&data);
     let crc = thread_cpu() - t;
@@ -130,7 +130,7 @@ fn pipeline_cpu(records: &[&[u8]], raw: usize, format: &str) -> (f64, u64) {
     let t = thread_cpu();
     for r in records {
         while let Err(e) = client.append(d, r) {
-            assert_eq!(e.kind, kusto_edge::ErrorKind::QueueFull, "{e}");
+            assert_eq!(e.kind, kusto_edge_core::ErrorKind::QueueFull, "{e}");
             client.poll().unwrap();
         }
     }
@@ -191,7 +191,7 @@ fn end_to_end(tls: bool, records: &[&[u8]]) -> (Duration, u64) {
     for r in records {
         // A full lane: let poll send, then offer the record again.
         while let Err(e) = client.append(d, r) {
-            assert_eq!(e.kind, kusto_edge::ErrorKind::QueueFull, "{e}");
+            assert_eq!(e.kind, kusto_edge_core::ErrorKind::QueueFull, "{e}");
             client.poll().unwrap();
         }
     }
@@ -262,9 +262,9 @@ fn ack_latencies(records: &[Vec<u8>]) -> (Vec<u64>, u64, u64) {
     cfg.set("batch.sealed", "0").unwrap();
     let acked = std::sync::Arc::new(AtomicU64::new(0));
     let a = acked.clone();
-    let delivery: kusto_edge::client::DeliveryFn =
+    let delivery: kusto_edge_core::client::DeliveryFn =
         std::sync::Arc::new(move |r: &DeliveryReport<'_>| {
-            if r.outcome == kusto_edge::Outcome::Acknowledged {
+            if r.outcome == kusto_edge_core::Outcome::Acknowledged {
                 a.fetch_add(r.records, Relaxed);
             }
         });
@@ -331,7 +331,7 @@ fn mode_cpu(server: &Server, records: &[&[u8]], raw: usize, mode: &str) -> (f64,
     let t = thread_cpu();
     for r in records {
         while let Err(e) = client.append(d, r) {
-            assert_eq!(e.kind, kusto_edge::ErrorKind::QueueFull, "{e}");
+            assert_eq!(e.kind, kusto_edge_core::ErrorKind::QueueFull, "{e}");
             client.poll().unwrap();
         }
     }
@@ -455,7 +455,7 @@ fn spool_push(
         policy: FullPolicy::DropOldest,
         key,
         trim_on_open: false,
-        max_payload_len_queued: kusto_edge::spool::MAX_PAYLOAD_LEN,
+        max_payload_len_queued: kusto_edge_core::spool::MAX_PAYLOAD_LEN,
         quarantine_max_bytes: 1 << 30,
         quarantine_max_chunks: 256,
     };
@@ -472,7 +472,7 @@ fn spool_push(
         raw_len: raw_len as u32,
         records: 1000,
         gzip: true,
-        sink: kusto_edge::spool::SinkId::Streaming,
+        sink: kusto_edge_core::spool::SinkId::Streaming,
     };
     let (f0, b0) = (spool.storage().fsyncs, spool.storage().bytes);
     let t = Instant::now();

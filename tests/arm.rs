@@ -4,12 +4,11 @@
 //! budget, the header on ARM, and the firmware build integration (pkg-config file, CMake example).
 //!
 //! Each target's library is built once per test process with
-//! `cargo rustc --release --lib --target T --crate-type staticlib -- --print native-static-libs`
-//! into the usual target directory (`CARGO_TARGET_DIR` if set, else `<crate>/target`). That is the firmware build
-//! the README gives: with the staticlib alone, the release profile's LTO applies (`cargo build --release --lib`
-//! builds the rlib too, and then cargo does not run LTO: a 1.75 times larger program on armv7), and rustc prints
-//! the system libraries the archive needs, which are what the programs are linked with and what the Makefile,
-//! `kusto_edge.pc.in`, the CMake example and the README must say.
+//! `cargo rustc --release --lib --target T -- --print native-static-libs`
+//! into the usual target directory (`CARGO_TARGET_DIR` if set, else `<crate>/target`): the firmware build the
+//! README gives (`cargo build --release --target T`; the root crate is a staticlib only, so the release profile's
+//! LTO applies), plus rustc printing the system libraries the archive needs, which are what the programs are
+//! linked with and what the Makefile, `kusto_edge.pc.in`, the CMake example and the README must say.
 //! Missing cross tools or Rust targets skip a test with a `skipped:` line naming what to install, or fail it when
 //! `KEDGE_REQUIRE_TOOLS=1` (`bash tests/run-all.sh` installs them all and sets it).
 
@@ -189,13 +188,7 @@ fn build_cross(c: &Cross) -> Result<Built, String> {
     let target = target_dir();
     let cargo = Command::new(env!("CARGO"))
         .args(["rustc", "--release", "--lib", "--target", c.triple])
-        .args([
-            "--crate-type",
-            "staticlib",
-            "--",
-            "--print",
-            "native-static-libs",
-        ])
+        .args(["--", "--print", "native-static-libs"])
         .current_dir(MANIFEST_DIR)
         .env("CARGO_TARGET_DIR", &target)
         .output()

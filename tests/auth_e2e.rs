@@ -10,7 +10,7 @@ use kusto_devserver::{
     AuthConfig, ConnectProxy, GrantKind, MetadataMode, ProxyConfig, Server, ServerConfig,
     TEST_CLIENT_CERT_PEM,
 };
-use kusto_edge::{Client, Config, ErrorKind, LogLevel};
+use kusto_edge_core::{Client, Config, ErrorKind, LogLevel};
 
 const SECRET: &str = "s3cret-Value-7731";
 /// The registered app and its secret, as config keys.
@@ -451,10 +451,12 @@ fn no_secret_appears_in_logs_errors_reports_or_spool_files() {
     let _ = std::fs::remove_dir_all(&spool);
     let seen = Arc::new(Mutex::new(String::new()));
     let (s1, s2) = (seen.clone(), seen.clone());
-    let log: kusto_edge::client::LogFn =
+    let log: kusto_edge_core::client::LogFn =
         Arc::new(move |_l: LogLevel, m: &str| s1.lock().unwrap().push_str(m));
-    let delivery: kusto_edge::client::DeliveryFn =
-        Arc::new(move |r: &kusto_edge::DeliveryReport<'_>| s2.lock().unwrap().push_str(r.message));
+    let delivery: kusto_edge_core::client::DeliveryFn =
+        Arc::new(move |r: &kusto_edge_core::DeliveryReport<'_>| {
+            s2.lock().unwrap().push_str(r.message)
+        });
     let secrets = [
         SECRET,
         "wrong-secret-value",

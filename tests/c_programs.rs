@@ -1225,6 +1225,10 @@ fn sigkill_runs(
         lo + rng % (hi - lo)
     };
     let (mut offset, mut made, mut runs) = (0usize, 0u32, 0u32);
+    // The kill window shrinks when a fast machine would make the whole input durable before all the kills were
+    // made (a drain-only run on an empty spool ends too soon to be killed): whatever the speed, the kills land
+    // while there is input left, and a run killed before it made anything durable still counts.
+    let mut window = max_kill_ms;
     let started = Instant::now();
     while offset < lines.len() || made < kills {
         runs += 1;
@@ -1245,7 +1249,7 @@ fn sigkill_runs(
             .stderr(Stdio::null())
             .stdin(Stdio::null());
         let mut child = cmd.spawn().expect("spawn kedge-send");
-        let kill_at = Instant::now() + Duration::from_millis(next(5, max_kill_ms));
+        let kill_at = Instant::now() + Duration::from_millis(next(1, window.max(2)));
         let status = loop {
             if let Some(s) = child.try_wait().unwrap() {
                 break Some(s);
@@ -1273,7 +1277,14 @@ fn sigkill_runs(
             .unwrap_or(0);
         match status.map(|s| s.code()) {
             // Killed: resume after what it reported durable.
-            None => offset += durable.min(lines.len() - offset),
+            None => {
+                let step = durable.min(lines.len() - offset);
+                offset += step;
+                let left = (lines.len() - offset) as u64;
+                if made < kills && left < step as u64 * u64::from(kills - made) {
+                    window = (window / 2).max(2);
+                }
+            }
             // Finished: everything it read is delivered (0) or safe in the spool (75).
             Some(Some(0)) | Some(Some(75)) => offset = lines.len(),
             Some(code) => panic!("kedge-send run {runs} exited {code:?}"),

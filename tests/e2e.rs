@@ -6,7 +6,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use kusto_devserver::{Fault, Faults, Server, ServerConfig};
-use kusto_edge::{Client, Config, ErrorKind, Outcome};
+use kusto_edge_core::{Client, Config, ErrorKind, Outcome};
 
 mod common;
 use common::seqs;
@@ -44,11 +44,13 @@ fn client_with_reports(cfg: &Config) -> (Client, Arc<Reports>) {
     let client = Client::new(
         cfg,
         None,
-        Some(Arc::new(move |rep: &kusto_edge::DeliveryReport<'_>| {
-            r.0.lock()
-                .unwrap()
-                .push((rep.outcome, rep.records, rep.message.to_owned()));
-        })),
+        Some(Arc::new(
+            move |rep: &kusto_edge_core::DeliveryReport<'_>| {
+                r.0.lock()
+                    .unwrap()
+                    .push((rep.outcome, rep.records, rep.message.to_owned()));
+            },
+        )),
     )
     .expect("client");
     (client, reports)
@@ -465,7 +467,7 @@ fn a_callback_may_append_but_not_send_from_inside() {
         Client::new(
             &cfg,
             None,
-            Some(Arc::new(move |_r: &kusto_edge::DeliveryReport<'_>| {
+            Some(Arc::new(move |_r: &kusto_edge_core::DeliveryReport<'_>| {
                 if let Some(c) = s2.lock().unwrap().as_ref() {
                     let mut seen = seen2.lock().unwrap();
                     seen.push(c.append(0, b"again,1").map_err(|e| e.kind));
@@ -541,7 +543,7 @@ fn a_callback_may_call_another_client() {
     let client = Client::new(
         &cfg,
         None,
-        Some(Arc::new(move |r: &kusto_edge::DeliveryReport<'_>| {
+        Some(Arc::new(move |r: &kusto_edge_core::DeliveryReport<'_>| {
             o2.append(od, format!("delivered,{}", r.records).as_bytes())
                 .expect("another client is not locked");
         })),

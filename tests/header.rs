@@ -1,10 +1,10 @@
-//! The committed C header is exactly what cbindgen makes of src/ffi, plus the version macros made from Cargo's
+//! The committed C header is exactly what cbindgen makes of src/lib.rs, plus the version macros made from Cargo's
 //! version: a stale header (or a version bump without regenerating it) fails here.
 
 use std::path::Path;
 
 /// `KEDGE_VERSION_*`, from the package version, so that the header's macros and `kedge_version()` (which
-/// returns `CARGO_PKG_VERSION`) cannot disagree. cbindgen cannot compute them from src/ffi (it does not expand
+/// returns `CARGO_PKG_VERSION`) cannot disagree. cbindgen cannot compute them from src/lib.rs (it does not expand
 /// `env!`), so they go in as `after_includes`.
 fn version_macros() -> String {
     format!(
@@ -34,7 +34,7 @@ fn generate() -> String {
         .with_crate(root)
         .with_config(config)
         .generate()
-        .expect("cbindgen could not read src/ffi")
+        .expect("cbindgen could not read src/lib.rs")
         .write(&mut out);
     String::from_utf8(out).expect("header is UTF-8")
 }

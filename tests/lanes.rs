@@ -6,8 +6,8 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use kusto_devserver::{Server, ServerConfig};
-use kusto_edge::clock::ManualClock;
-use kusto_edge::{Client, ClientOptions, Config, DeliveryReport, ErrorKind, Outcome};
+use kusto_edge_core::clock::ManualClock;
+use kusto_edge_core::{Client, ClientOptions, Config, DeliveryReport, ErrorKind, Outcome};
 
 mod common;
 
@@ -287,7 +287,7 @@ fn a_full_lane_refuses_the_record_until_poll_sends_and_memory_stays_within_the_l
 fn a_failing_flash_is_not_retried_on_every_poll() {
     let server = Server::start(ServerConfig::default()).unwrap();
     server.set_down(Duration::from_secs(3600));
-    let mem = kusto_edge::spool::MemStorage::new();
+    let mem = kusto_edge_core::spool::MemStorage::new();
     let clock = ManualClock::new();
     let cfg = plain_config(
         &server.url(),

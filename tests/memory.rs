@@ -6,7 +6,7 @@ use std::alloc::{GlobalAlloc, Layout, System};
 use std::cell::Cell;
 
 use kusto_devserver::{Server, ServerConfig};
-use kusto_edge::{Client, Config};
+use kusto_edge_core::{Client, Config};
 
 /// Counts the bytes held by allocations made on threads that opted in (the client's), so the in-process test
 /// endpoint's own storage does not count.
@@ -66,16 +66,16 @@ fn current() -> isize {
 #[test]
 fn compressor_state_fits_its_documented_allowance() {
     start_tracking();
-    let g = kusto_edge::gzip::Gzip::new(3);
+    let g = kusto_edge_core::gzip::Gzip::new(3);
     let held = current() as usize;
     drop(g);
     eprintln!("compressor holds {held} bytes");
     assert!(
-        held <= kusto_edge::gzip::COMPRESSOR_STATE_BYTES,
+        held <= kusto_edge_core::gzip::COMPRESSOR_STATE_BYTES,
         "compressor holds {held} bytes"
     );
     assert!(
-        held > kusto_edge::gzip::COMPRESSOR_STATE_BYTES / 2,
+        held > kusto_edge_core::gzip::COMPRESSOR_STATE_BYTES / 2,
         "allowance far too generous: {held}"
     );
 }

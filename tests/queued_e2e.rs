@@ -8,8 +8,8 @@ use std::time::{Duration, Instant};
 use kusto_devserver::azurite::Azurite;
 use kusto_devserver::tools;
 use kusto_devserver::{DmConfig, Server, ServerConfig};
-use kusto_edge::client::{DeliveryReport, Outcome};
-use kusto_edge::{Client, ClientOptions, Config};
+use kusto_edge_core::client::{DeliveryReport, Outcome};
+use kusto_edge_core::{Client, ClientOptions, Config};
 
 struct Env {
     // Field order: the server (and its ingestor) stops before Azurite does.
@@ -96,7 +96,7 @@ fn records_appended_in_queued_mode_arrive_through_the_queue_once() {
         let rec = format!("{{\"seq\":{i},\"payload\":\"{}\"}}", "x".repeat(40));
         loop {
             match c.append(d, rec.as_bytes()) {
-                Err(e) if e.kind == kusto_edge::ErrorKind::QueueFull => {
+                Err(e) if e.kind == kusto_edge_core::ErrorKind::QueueFull => {
                     c.poll().unwrap();
                 }
                 r => break r.unwrap(),
@@ -278,7 +278,7 @@ fn an_expired_sas_keeps_the_chunk_on_flash_without_its_sas_and_fresh_resources_d
     let d = c.add_destination("db", "T", "csv", None).unwrap();
     c.append(d, b"1,a").unwrap();
     let e = c.flush().unwrap_err();
-    assert_eq!(e.kind, kusto_edge::ErrorKind::Spooled, "{}", e.message);
+    assert_eq!(e.kind, kusto_edge_core::ErrorKind::Spooled, "{}", e.message);
     assert!(e.message.contains("403"), "{}", e.message);
     assert!(!e.message.contains("sig="), "{}", e.message);
     assert_eq!(c.stats().spool_chunks, 1);

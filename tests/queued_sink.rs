@@ -9,8 +9,8 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use kusto_devserver::http::{framing, read_body, read_head, write_response, Request, Response};
-use kusto_edge::client::{DeliveryReport, Outcome};
-use kusto_edge::{Client, ClientOptions, Config};
+use kusto_edge_core::client::{DeliveryReport, Outcome};
+use kusto_edge_core::{Client, ClientOptions, Config};
 
 #[derive(Default)]
 struct Script {
@@ -183,7 +183,7 @@ fn answer(req: &Request, addr: SocketAddr, s: &mut Script) -> Response {
 
 type Reports = Arc<Mutex<Vec<(String, Outcome, bool, u64)>>>;
 
-type Clock = Arc<kusto_edge::clock::ManualClock>;
+type Clock = Arc<kusto_edge_core::clock::ManualClock>;
 
 fn client(fake: &Fake, extra: &[(&str, &str)]) -> (Client, Reports, Clock) {
     let mut cfg = Config::default();
@@ -202,7 +202,7 @@ fn client(fake: &Fake, extra: &[(&str, &str)]) -> (Client, Reports, Clock) {
     let reports: Reports = Arc::default();
     let r = reports.clone();
     cfg.set("log.level", "debug").unwrap();
-    let clock = kusto_edge::clock::ManualClock::new();
+    let clock = kusto_edge_core::clock::ManualClock::new();
     let c = Client::with_options(
         &cfg,
         ClientOptions {
@@ -402,7 +402,7 @@ fn storage_trouble_keeps_the_chunk_and_a_rejection_drops_it() {
     let e = c.flush().unwrap_err();
     assert_eq!(
         e.kind,
-        kusto_edge::ErrorKind::TransientFailure,
+        kusto_edge_core::ErrorKind::TransientFailure,
         "{}",
         e.message
     );
@@ -434,7 +434,12 @@ fn storage_trouble_keeps_the_chunk_and_a_rejection_drops_it() {
         .extend([(413, "RequestBodyTooLarge")]);
     c.append(d, b"2,x").unwrap();
     let e = c.flush().unwrap_err();
-    assert_eq!(e.kind, kusto_edge::ErrorKind::DataRejected, "{}", e.message);
+    assert_eq!(
+        e.kind,
+        kusto_edge_core::ErrorKind::DataRejected,
+        "{}",
+        e.message
+    );
     assert_eq!(reports.lock().unwrap().last().unwrap().1, Outcome::Rejected);
 }
 
@@ -456,7 +461,7 @@ fn a_spooled_queued_chunk_carries_no_sas_and_leaves_the_spool_once_queued() {
         .extend([(500, "InternalError")]);
     c.append(d, b"1,x").unwrap();
     let e = c.flush().unwrap_err();
-    assert_eq!(e.kind, kusto_edge::ErrorKind::Spooled, "{}", e.message);
+    assert_eq!(e.kind, kusto_edge_core::ErrorKind::Spooled, "{}", e.message);
     assert_eq!(c.stats().spool_chunks, 1);
     let mut files = 0;
     for entry in walk(&dir) {

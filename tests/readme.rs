@@ -2,8 +2,10 @@
 //! default, and it lists no key the library does not take.
 
 fn all_keys() -> Vec<(&'static str, &'static str)> {
-    let core = kusto_edge::config::KEYS.iter().map(|k| (k.key, k.default));
-    let auth = kusto_edge::auth::AUTH_KEYS
+    let core = kusto_edge_core::config::KEYS
+        .iter()
+        .map(|k| (k.key, k.default));
+    let auth = kusto_edge_core::auth::AUTH_KEYS
         .iter()
         .map(|&(key, default, _)| (key, default));
     core.chain(auth).collect()
@@ -47,7 +49,7 @@ fn every_documented_key_is_accepted_with_its_default_value() {
         if default.starts_with('(') || default.starts_with('$') || key == "url" {
             continue;
         }
-        let mut c = kusto_edge::Config::default();
+        let mut c = kusto_edge_core::Config::default();
         c.set(key, default)
             .unwrap_or_else(|e| panic!("{key} = {default}: {e}"));
     }

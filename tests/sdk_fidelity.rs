@@ -16,7 +16,7 @@ use kusto_devserver::azurite::Azurite;
 use kusto_devserver::dm::QueuedIngestion;
 use kusto_devserver::tools;
 use kusto_devserver::{DmConfig, Server, ServerConfig};
-use kusto_edge::{Client, Config};
+use kusto_edge_core::{Client, Config};
 use serde_json::Value;
 
 const TOKEN: &str = "sdk-fidelity-static-token";

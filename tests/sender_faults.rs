@@ -8,9 +8,9 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use kusto_devserver::{Fault, Server, ServerConfig};
-use kusto_edge::clock::ManualClock;
-use kusto_edge::spool::MemStorage;
-use kusto_edge::{Client, ClientOptions, Config, DeliveryReport, ErrorKind, Outcome};
+use kusto_edge_core::clock::ManualClock;
+use kusto_edge_core::spool::MemStorage;
+use kusto_edge_core::{Client, ClientOptions, Config, DeliveryReport, ErrorKind, Outcome};
 
 mod common;
 
@@ -39,7 +39,7 @@ type Reps = Arc<Mutex<Vec<Rep>>>;
 fn client(
     cfg: &Config,
     storage: Option<MemStorage>,
-    log: Option<kusto_edge::client::LogFn>,
+    log: Option<kusto_edge_core::client::LogFn>,
 ) -> (Client, Arc<ManualClock>, Reps) {
     let clock = ManualClock::new();
     let reps: Reps = Arc::new(Mutex::new(Vec::new()));
@@ -47,7 +47,7 @@ fn client(
     let c = Client::with_options(
         cfg,
         ClientOptions {
-            storage: storage.map(|m| Box::new(m) as kusto_edge::client::SpoolStorage),
+            storage: storage.map(|m| Box::new(m) as kusto_edge_core::client::SpoolStorage),
             clock: Some(clock.clone()),
             log,
             delivery: Some(Arc::new(move |d: &DeliveryReport<'_>| {
@@ -69,7 +69,7 @@ fn record(seq: u64) -> String {
 }
 
 /// A log callback that panics on the first in-call retry warning: a bug inside the sender, mid-send.
-fn panics_once_on_retry() -> kusto_edge::client::LogFn {
+fn panics_once_on_retry() -> kusto_edge_core::client::LogFn {
     let armed = AtomicBool::new(true);
     Arc::new(move |_, msg: &str| {
         if msg.contains("retrying in") && armed.swap(false, Ordering::SeqCst) {
@@ -310,15 +310,15 @@ fn a_spooled_chunk_found_corrupt_on_replay_gets_a_final_dropped_report() {
     client.flush_to_spool().unwrap();
     let id = reps.lock().unwrap()[0].id.clone();
     let name = mem
-        .names(kusto_edge::spool::Area::Pending)
+        .names(kusto_edge_core::spool::Area::Pending)
         .into_iter()
         .find(|n| n.ends_with(".chunk"))
         .unwrap();
     let len = mem
-        .contents(kusto_edge::spool::Area::Pending, &name)
+        .contents(kusto_edge_core::spool::Area::Pending, &name)
         .unwrap()
         .len() as u64;
-    assert!(mem.flip_bit(kusto_edge::spool::Area::Pending, &name, (len - 8) * 8));
+    assert!(mem.flip_bit(kusto_edge_core::spool::Area::Pending, &name, (len - 8) * 8));
     let _ = client.poll_next();
     assert_eq!(client.stats().chunks_corrupt, 1);
     let reps = reps.lock().unwrap().clone();

@@ -7,8 +7,8 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use kusto_devserver::{Fault, Server, ServerConfig};
-use kusto_edge::spool::{Area, MemStorage};
-use kusto_edge::{Client, Config, ErrorKind, Outcome};
+use kusto_edge_core::spool::{Area, MemStorage};
+use kusto_edge_core::{Client, Config, ErrorKind, Outcome};
 
 mod common;
 
@@ -66,7 +66,7 @@ fn chunk_files(dir: &Path) -> Vec<PathBuf> {
 
 /// Drains the spool by polling until it is empty (bounded). With a manual clock, the backoff between polls
 /// passes on it instead of being slept.
-fn drain(client: &Client, clock: Option<&kusto_edge::clock::ManualClock>) {
+fn drain(client: &Client, clock: Option<&kusto_edge_core::clock::ManualClock>) {
     let deadline = Instant::now() + Duration::from_secs(60);
     loop {
         let _ = client.flush();
@@ -165,7 +165,7 @@ fn buffered_batches_survive_a_restart_and_are_sent_by_the_next_client() {
     let client = Client::new(
         &cfg,
         None,
-        Some(Arc::new(move |r: &kusto_edge::DeliveryReport<'_>| {
+        Some(Arc::new(move |r: &kusto_edge_core::DeliveryReport<'_>| {
             r2.lock()
                 .unwrap()
                 .push((r.outcome, r.destination, r.records, r.chunk_id.to_owned()))
@@ -452,7 +452,7 @@ fn contains_plaintext(bytes: &[u8]) -> bool {
     (0..bytes.len().saturating_sub(2)).any(|i| {
         bytes[i] == 0x1f
             && bytes[i + 1] == 0x8b
-            && kusto_edge::gzip::decompress(&bytes[i..bytes.len() - 4], 1 << 20)
+            && kusto_edge_core::gzip::decompress(&bytes[i..bytes.len() - 4], 1 << 20)
                 .map(|raw| raw.windows(16).any(|w| w == b"plaintext-marker"))
                 .unwrap_or(false)
     }) || bytes.windows(16).any(|w| w == b"plaintext-marker")

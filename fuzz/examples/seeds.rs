@@ -7,7 +7,7 @@
 use std::fs;
 use std::path::Path;
 
-use kusto_edge::spool::{Area, ChunkHeader, DestKey, FullPolicy, MemStorage, Spool, SpoolConfig};
+use kusto_edge_core::spool::{Area, ChunkHeader, DestKey, FullPolicy, MemStorage, Spool, SpoolConfig};
 
 const KEY: [u8; 32] = *b"kusto-edge fuzz spool key 32 B!!";
 
@@ -42,7 +42,7 @@ fn chunks() {
             policy: FullPolicy::DropOldest,
             key,
             trim_on_open: false,
-            max_payload_len_queued: kusto_edge::spool::MAX_PAYLOAD_LEN,
+            max_payload_len_queued: kusto_edge_core::spool::MAX_PAYLOAD_LEN,
             quarantine_max_bytes: 1 << 18,
             quarantine_max_chunks: 4,
         };
@@ -59,7 +59,7 @@ fn chunks() {
             raw_len: 25,
             records: 2,
             gzip,
-            sink: kusto_edge::spool::SinkId::Streaming,
+            sink: kusto_edge_core::spool::SinkId::Streaming,
         };
         spool.push(&header, b"{\"a\":1}\n{\"a\":2,\"b\":\"x\"}\n").unwrap();
         let name = storage.names(Area::Pending).into_iter().next().unwrap();

@@ -6,7 +6,7 @@
 
 use std::time::{Duration, UNIX_EPOCH};
 
-use kusto_edge::response::{classify, parse_consumed, parse_retry_after, Reply};
+use kusto_edge_core::response::{classify, parse_consumed, parse_retry_after, Reply};
 use libfuzzer_sys::fuzz_target;
 
 /// A fixed "now" keeps runs reproducible: 2023-11-14T22:13:20Z.

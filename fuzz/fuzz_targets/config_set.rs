@@ -6,9 +6,9 @@
 //! the value. Keys that name a file to read are skipped, so the fuzzer never touches the file system.
 #![no_main]
 
-use kusto_edge::auth::AUTH_KEYS;
-use kusto_edge::config::KEYS;
-use kusto_edge::Config;
+use kusto_edge_core::auth::AUTH_KEYS;
+use kusto_edge_core::config::KEYS;
+use kusto_edge_core::Config;
 use libfuzzer_sys::fuzz_target;
 
 /// Keys whose value is a path that `set` reads at once.

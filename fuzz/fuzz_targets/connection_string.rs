@@ -8,7 +8,7 @@
 //! the message may contain the value more often in the first parse than in the second only if it was copied into it.
 #![no_main]
 
-use kusto_edge::auth::parse_connection_string;
+use kusto_edge_core::auth::parse_connection_string;
 use libfuzzer_sys::fuzz_target;
 
 /// Shortest value checked: shorter ones occur in messages by chance ("true", "https").

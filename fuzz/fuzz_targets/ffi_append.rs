@@ -20,8 +20,14 @@
 use std::ffi::{c_char, CString};
 use std::ptr;
 
-use kusto_edge::ffi::*;
 use libfuzzer_sys::fuzz_target;
+
+// The C library's crate is a staticlib only (no rlib to depend on), so its one source file is compiled into this
+// target as a module: the very `extern "C"` functions firmware links, with libFuzzer's coverage on them.
+#[path = "../../src/lib.rs"]
+#[allow(dead_code)]
+mod kedge;
+use kedge::*;
 
 const FORMATS: &[&str] = &[
     "json",

@@ -7,7 +7,7 @@
 
 use std::sync::Mutex;
 
-use kusto_edge::gzip::{compressed_bound, decompress, Gzip};
+use kusto_edge_core::gzip::{compressed_bound, decompress, Gzip};
 use libfuzzer_sys::fuzz_target;
 
 static COMPRESSORS: Mutex<Vec<Gzip>> = Mutex::new(Vec::new());

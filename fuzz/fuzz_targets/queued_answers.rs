@@ -5,8 +5,8 @@
 //! Input: one selector byte, then the answer.
 #![no_main]
 
-use kusto_edge::response::FailureClass;
-use kusto_edge::sink::queued::{resources, status, storage};
+use kusto_edge_core::response::FailureClass;
+use kusto_edge_core::sink::queued::{resources, status, storage};
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {

@@ -11,8 +11,8 @@
 
 use std::sync::Mutex;
 
-use kusto_edge::crc32::crc32;
-use kusto_edge::spool::{Area, FullPolicy, MemStorage, Spool, SpoolConfig, SpoolError, Storage};
+use kusto_edge_core::crc32::crc32;
+use kusto_edge_core::spool::{Area, FullPolicy, MemStorage, Spool, SpoolConfig, SpoolError, Storage};
 use libfuzzer_sys::fuzz_target;
 
 /// The key of the sealed variant; `fuzz/seeds/spool_open` holds chunks sealed under it.
@@ -35,7 +35,7 @@ fuzz_target!(|data: &[u8]| {
         policy: if mode & 0x04 != 0 { FullPolicy::RejectNew } else { FullPolicy::DropOldest },
         key: (mode & 0x02 != 0).then_some(KEY),
         trim_on_open: mode & 0x08 != 0,
-        max_payload_len_queued: kusto_edge::spool::MAX_PAYLOAD_LEN,
+        max_payload_len_queued: kusto_edge_core::spool::MAX_PAYLOAD_LEN,
         quarantine_max_bytes: 1 << 18,
         quarantine_max_chunks: 4,
     };

@@ -7,7 +7,7 @@
 
 use std::time::Duration;
 
-use kusto_edge::auth::{parse_token_response, Lifetime};
+use kusto_edge_core::auth::{parse_token_response, Lifetime};
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {

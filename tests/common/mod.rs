@@ -35,12 +35,12 @@ pub fn seqs(server: &Server, db: &str, table: &str) -> Vec<u64> {
 /// record was not taken because of it. Gives up after 10,000 polls.
 #[allow(dead_code)]
 pub fn append(
-    client: &kusto_edge::Client,
+    client: &kusto_edge_core::Client,
     destination: u32,
     record: &[u8],
-) -> Result<(), kusto_edge::Error> {
-    use kusto_edge::ErrorKind;
-    let mut last_poll: Option<kusto_edge::Error> = None;
+) -> Result<(), kusto_edge_core::Error> {
+    use kusto_edge_core::ErrorKind;
+    let mut last_poll: Option<kusto_edge_core::Error> = None;
     for _ in 0..10_000 {
         match client.append(destination, record) {
             Err(e) if e.kind == ErrorKind::QueueFull => {
@@ -61,16 +61,16 @@ pub fn append(
 /// A client on a manual clock (time passes when the test says so) and, when given, the spool on `storage`.
 #[allow(dead_code)]
 pub fn clocked(
-    cfg: &kusto_edge::Config,
-    storage: Option<kusto_edge::client::SpoolStorage>,
+    cfg: &kusto_edge_core::Config,
+    storage: Option<kusto_edge_core::client::SpoolStorage>,
 ) -> (
-    kusto_edge::Client,
-    std::sync::Arc<kusto_edge::clock::ManualClock>,
+    kusto_edge_core::Client,
+    std::sync::Arc<kusto_edge_core::clock::ManualClock>,
 ) {
-    let clock = kusto_edge::clock::ManualClock::new();
-    let client = kusto_edge::Client::with_options(
+    let clock = kusto_edge_core::clock::ManualClock::new();
+    let client = kusto_edge_core::Client::with_options(
         cfg,
-        kusto_edge::ClientOptions {
+        kusto_edge_core::ClientOptions {
             storage,
             clock: Some(clock.clone()),
             ..Default::default()

@@ -567,13 +567,9 @@ mod tests {
     use super::*;
     use std::sync::Arc;
 
-    /// The test fixtures, found from this source file (tests run from the package root, and `file!()` is
-    /// relative to it, or absolute when the file is included by path).
+    /// The test endpoint's fixtures, beside this crate in the workspace.
     fn fixtures() -> PathBuf {
-        Path::new(file!())
-            .parent()
-            .unwrap()
-            .join("../../devserver/fixtures")
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("../devserver/fixtures")
     }
 
     fn set(c: &mut AuthConfig, k: &str, v: &str) {

@@ -52,8 +52,10 @@ mod tests {
     use super::*;
 
     fn fixture(name: &str) -> Vec<u8> {
-        std::fs::read(concat!(env!("CARGO_MANIFEST_DIR"), "/devserver/fixtures/").to_owned() + name)
-            .unwrap()
+        std::fs::read(
+            concat!(env!("CARGO_MANIFEST_DIR"), "/../devserver/fixtures/").to_owned() + name,
+        )
+        .unwrap()
     }
 
     #[test]

@@ -1011,8 +1011,8 @@ mod wire_tests {
 
     #[test]
     fn certificate_posts_a_jwt_assertion() {
-        let cert = include_str!("../../devserver/fixtures/client-cert.pem");
-        let key = include_str!("../../devserver/fixtures/client-key-pkcs8.pem");
+        let cert = include_str!("../../../devserver/fixtures/client-cert.pem");
+        let key = include_str!("../../../devserver/fixtures/client-key-pkcs8.pem");
         let c = CertificateCredential::from_pem(cert.as_bytes(), "c", key.as_bytes(), "k", false)
             .unwrap();
         let (base, h) = serve(vec![(200, vec![], OK.into())]);

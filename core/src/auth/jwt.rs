@@ -248,9 +248,9 @@ mod tests {
     use super::*;
     use ring::signature::{UnparsedPublicKey, RSA_PKCS1_2048_8192_SHA256};
 
-    const CERT: &str = include_str!("../../devserver/fixtures/client-cert.pem");
-    const KEY8: &str = include_str!("../../devserver/fixtures/client-key-pkcs8.pem");
-    const KEY1: &str = include_str!("../../devserver/fixtures/client-key-pkcs1.pem");
+    const CERT: &str = include_str!("../../../devserver/fixtures/client-cert.pem");
+    const KEY8: &str = include_str!("../../../devserver/fixtures/client-key-pkcs8.pem");
+    const KEY1: &str = include_str!("../../../devserver/fixtures/client-key-pkcs1.pem");
     /// `openssl x509 -in client-cert.pem -noout -fingerprint -sha1`
     const OPENSSL_SHA1: &str = "F4:15:D9:DF:43:C7:5B:84:AF:4D:AB:50:27:FD:EB:3A:8B:42:08:13";
     const NOW: u64 = 1_767_225_600; // 2026-01-01

@@ -1,0 +1,31 @@
+//! kusto-edge's safe core: bounded-memory streaming and queued ingestion into Azure Data Explorer (Kusto).
+//!
+//! Protocol, batching, spool, auth and sinks, in safe Rust that knows nothing of C. The C library (the
+//! `extern "C"` functions, the header) is the crate at the repository root, the only one allowed `unsafe`;
+//! here `unsafe` does not compile.
+
+#![warn(missing_docs)]
+#![forbid(unsafe_code)]
+
+pub mod auth;
+pub mod batch;
+pub mod certs;
+pub mod client;
+pub mod clock;
+pub mod config;
+pub mod crc32;
+pub mod error;
+pub mod gzip;
+pub mod json_check;
+pub mod network;
+pub mod response;
+pub mod retry;
+pub mod secret;
+pub mod sink;
+pub mod spool;
+pub mod transport;
+pub mod wire;
+
+pub use client::{Client, ClientOptions, DeliveryReport, Outcome, StatsSnapshot};
+pub use config::{Config, LogLevel};
+pub use error::{Error, ErrorKind};
