@@ -70,10 +70,11 @@ step "cargo fmt --check" cargo fmt --all -- --check
 step "cargo clippy" cargo clippy --workspace --all-targets --locked -- -D warnings
 step "cargo test --workspace" cargo test --workspace --locked
 # The library's unit tests on 32-bit ARM, under qemu (the runner in .cargo/config.toml).
-step "cargo test --lib (armv7, qemu)" cargo test --locked --lib --target armv7-unknown-linux-gnueabihf
+step "cargo test --lib (armv7, qemu)" cargo test --locked --lib --target armv7-unknown-linux-gnueabihf \
+  -p kusto-edge-core -p kusto-edge
 # The exhaustive power-loss sweeps of the spool (#[ignore] in plain cargo test): ~25 s in the debug build that
 # cargo test just made, with overflow checks on (a release build of them would cost a 3-minute build for 4 s).
-step "spool power-loss sweeps" cargo test --locked --lib -- --ignored \
+step "spool power-loss sweeps" cargo test --locked --lib -p kusto-edge-core -- --ignored \
   spooled_chunks_survive_power_cuts_exhaustive recovery_itself_survives_a_second_power_cut
 step "fuzz replay (seeds + artifacts)" bash tests/fuzz.sh
 # The soak, 3 minutes of it: kedge-send streaming and queued under random faults, SIGKILLs, full spools and
