@@ -8,23 +8,23 @@
 #![forbid(unsafe_code)]
 
 pub mod auth;
-pub mod batch;
-pub mod certs;
+mod batch;
+mod certs;
 pub mod client;
 pub mod clock;
 pub mod config;
 pub mod crc32;
 pub mod error;
 pub mod gzip;
-pub mod json_check;
-pub mod network;
+mod json_check;
+mod network;
 pub mod response;
-pub mod retry;
-pub mod secret;
+mod retry;
+mod secret;
 pub mod sink;
 pub mod spool;
-pub mod transport;
-pub mod wire;
+mod transport;
+mod wire;
 
 pub use client::{Client, ClientOptions, DeliveryReport, Outcome, StatsSnapshot};
 pub use config::{Config, LogLevel};

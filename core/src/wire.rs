@@ -384,14 +384,10 @@ pub fn check_entity_name(what: &str, name: &str) -> Result<(), Error> {
     Ok(())
 }
 
-/// `x-ms-client-request-id` for one attempt: the chunk id stays the same across retries (server-side tracing
-/// follows the chunk), the attempt number makes every request unique.
-pub fn request_id(chunk_id: &str, attempt: u32) -> String {
-    request_id_for("executeStreamingIngest", chunk_id, attempt)
-}
-
-/// `x-ms-client-request-id` of another operation on a chunk: `KEC.{operation};{chunk id};{attempt}`
-/// (`executeManagedStreamingIngest` as the SDKs' managed client, `executeQueuedIngest` for storage requests).
+/// `x-ms-client-request-id` of an operation on a chunk: `KEC.{operation};{chunk id};{attempt}`
+/// (`executeStreamingIngest`, `executeManagedStreamingIngest` as the SDKs' managed client, `executeQueuedIngest`
+/// for storage requests). The chunk id stays the same across retries (server-side tracing follows the chunk),
+/// the attempt number makes every request unique.
 pub fn request_id_for(operation: &str, chunk_id: &str, attempt: u32) -> String {
     format!("{REQUEST_ID_PREFIX}.{operation};{chunk_id};{attempt}")
 }
@@ -661,7 +657,7 @@ mod tests {
         assert_eq!(t.len(), 36);
         assert_eq!(&t[14..15], "4");
         assert_eq!(
-            request_id(&t, 2),
+            request_id_for("executeStreamingIngest", &t, 2),
             format!("KEC.executeStreamingIngest;{t};2")
         );
     }

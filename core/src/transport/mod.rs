@@ -20,7 +20,7 @@ mod proxy;
 #[cfg(test)]
 pub(crate) mod test_server;
 
-pub use error::{CertificateProblem, TransportError, TransportErrorKind, DETAIL_BYTES};
+pub use error::{CertificateProblem, TransportError, TransportErrorKind};
 pub use proxy::ProxyConfig;
 
 /// HTTP read buffer per connection: holds the response head.
