@@ -17,6 +17,8 @@ use std::ffi::{c_char, c_void, CStr};
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::Arc;
 
+use zeroize::Zeroize;
+
 use kusto_edge_core::client::{Client, DeliveryReport, Outcome};
 use kusto_edge_core::config::{Config, LogLevel};
 use kusto_edge_core::error::{Error, ErrorKind};
@@ -470,6 +472,30 @@ fn fail_into(err: Error, errbuf: *mut c_char, errlen: usize) -> kedge_result {
     err.kind.into()
 }
 
+/// Runs `f` behind the panic boundary; its error's message goes to the caller's `errbuf` (NULL or valid for
+/// `errlen` bytes, as every function taking one documents).
+fn guard_reporting(
+    errbuf: *mut c_char,
+    errlen: usize,
+    f: impl FnOnce() -> Result<(), Error>,
+) -> kedge_result {
+    guard(|| match f() {
+        Ok(()) => kedge_result::KEDGE_OK,
+        Err(e) => fail_into(e, errbuf, errlen),
+    })
+}
+
+/// Runs `f` behind the panic boundary on the config that [`config_mut`] found, or answers its error.
+fn with_config(
+    config: Result<&mut ConfigBox, Error>,
+    f: impl FnOnce(&mut ConfigBox) -> kedge_result,
+) -> kedge_result {
+    guard(|| match config {
+        Ok(c) => f(c),
+        Err(e) => e.kind.into(),
+    })
+}
+
 /// The library's version, e.g. "0.1.0". Never NULL; static.
 #[no_mangle]
 pub extern "C" fn kedge_version() -> *const c_char {
@@ -551,21 +577,15 @@ pub unsafe extern "C" fn kedge_config_set(
     errbuf: *mut c_char,
     errbuf_len: usize,
 ) -> kedge_result {
-    guard(|| {
-        let r = (|| {
-            // SAFETY: `config` is NULL or a live config and `key`, `value` NULL or NUL-terminated strings (this
-            // function's `# Safety`); config_mut and arg_str check NULL and UTF-8 before any use.
-            let c = unsafe { config_mut(config) }?;
-            // SAFETY: as above (arg_str checks NULL and UTF-8).
-            let key = unsafe { arg_str(key, "key") }?;
-            // SAFETY: as above.
-            let value = unsafe { arg_str(value, "value") }?;
-            c.cfg.set(key, value)
-        })();
-        match r {
-            Ok(()) => kedge_result::KEDGE_OK,
-            Err(e) => fail_into(e, errbuf, errbuf_len),
-        }
+    guard_reporting(errbuf, errbuf_len, || {
+        // SAFETY: `config` is NULL or a live config and `key`, `value` NULL or NUL-terminated strings (this
+        // function's `# Safety`); config_mut and arg_str check NULL and UTF-8 before any use.
+        let c = unsafe { config_mut(config) }?;
+        // SAFETY: as above (arg_str checks NULL and UTF-8).
+        let key = unsafe { arg_str(key, "key") }?;
+        // SAFETY: as above.
+        let value = unsafe { arg_str(value, "value") }?;
+        c.cfg.set(key, value)
     })
 }
 
@@ -583,21 +603,15 @@ pub unsafe extern "C" fn kedge_config_set_ca_pem(
     errbuf: *mut c_char,
     errbuf_len: usize,
 ) -> kedge_result {
-    guard(|| {
-        let r = (|| {
-            // SAFETY: `config` is NULL or a live config (this function's `# Safety`), which config_mut checks.
-            let c = unsafe { config_mut(config) }?;
-            if pem.is_null() {
-                return Err(Error::new(ErrorKind::NullParameter, "pem is NULL"));
-            }
-            // SAFETY: non-NULL and valid for pem_len bytes by contract.
-            let pem = unsafe { std::slice::from_raw_parts(pem, pem_len) };
-            c.cfg.add_ca_pem(pem)
-        })();
-        match r {
-            Ok(()) => kedge_result::KEDGE_OK,
-            Err(e) => fail_into(e, errbuf, errbuf_len),
+    guard_reporting(errbuf, errbuf_len, || {
+        // SAFETY: `config` is NULL or a live config (this function's `# Safety`), which config_mut checks.
+        let c = unsafe { config_mut(config) }?;
+        if pem.is_null() {
+            return Err(Error::new(ErrorKind::NullParameter, "pem is NULL"));
         }
+        // SAFETY: non-NULL and valid for pem_len bytes by contract.
+        let pem = unsafe { std::slice::from_raw_parts(pem, pem_len) };
+        c.cfg.add_ca_pem(pem)
     })
 }
 
@@ -615,30 +629,22 @@ pub unsafe extern "C" fn kedge_config_set_spool_key(
     errbuf: *mut c_char,
     errbuf_len: usize,
 ) -> kedge_result {
-    guard(|| {
-        let r = (|| {
-            // SAFETY: `config` is NULL or a live config (this function's `# Safety`), which config_mut checks.
-            let c = unsafe { config_mut(config) }?;
-            if key.is_null() {
-                return Err(Error::new(ErrorKind::NullParameter, "key is NULL"));
-            }
-            if key_len != 32 {
-                return Err(Error::new(
-                    ErrorKind::InvalidArgument,
-                    format!(
-                        "a spool key is exactly 32 bytes, not {key_len}: pass the raw AES-256 key"
-                    ),
-                ));
-            }
-            // SAFETY: non-NULL and valid for 32 bytes by contract.
-            let bytes = unsafe { std::slice::from_raw_parts(key, 32) };
-            c.cfg.spool_key = Some(kusto_edge_core::config::parse_key(bytes)?);
-            Ok(())
-        })();
-        match r {
-            Ok(()) => kedge_result::KEDGE_OK,
-            Err(e) => fail_into(e, errbuf, errbuf_len),
+    guard_reporting(errbuf, errbuf_len, || {
+        // SAFETY: `config` is NULL or a live config (this function's `# Safety`), which config_mut checks.
+        let c = unsafe { config_mut(config) }?;
+        if key.is_null() {
+            return Err(Error::new(ErrorKind::NullParameter, "key is NULL"));
         }
+        if key_len != 32 {
+            return Err(Error::new(
+                ErrorKind::InvalidArgument,
+                format!("a spool key is exactly 32 bytes, not {key_len}: pass the raw AES-256 key"),
+            ));
+        }
+        // SAFETY: non-NULL and valid for 32 bytes by contract.
+        let bytes = unsafe { std::slice::from_raw_parts(key, 32) };
+        c.cfg.spool_key = Some(kusto_edge_core::config::parse_key(bytes)?);
+        Ok(())
     })
 }
 
@@ -652,48 +658,44 @@ pub unsafe extern "C" fn kedge_config_set_token_callback(
     callback: kedge_token_callback,
     userdata: *mut c_void,
 ) -> kedge_result {
-    guard(|| {
+    with_config(
         // SAFETY: `config` is NULL or a live config (this function's `# Safety`), which config_mut checks.
-        let c = match unsafe { config_mut(config) } {
-            Ok(c) => c,
-            Err(e) => return e.kind.into(),
-        };
-        let Some(f) = callback else {
-            return kedge_result::KEDGE_NULL_PARAMETER;
-        };
-        let ud = UserData(userdata);
-        c.cfg.auth.set_callback(Arc::new(move || {
-            let mut buf = vec![0u8; TOKEN_CALLBACK_BUF];
-            let mut expires = 0u64;
-            // SAFETY: the caller registered this function for this userdata; the buffer and the expiry slot live
-            // for the whole call and their sizes are passed along.
-            let rc = unsafe {
-                f(
-                    ud.get(),
-                    buf.as_mut_ptr() as *mut c_char,
-                    buf.len(),
-                    &mut expires,
-                )
+        unsafe { config_mut(config) },
+        |c| {
+            let Some(f) = callback else {
+                return kedge_result::KEDGE_NULL_PARAMETER;
             };
-            // Whatever the callback wrote is read up to the first NUL, within the buffer.
-            let end = buf.iter().position(|&b| b == 0).unwrap_or(buf.len());
-            let text = std::str::from_utf8(&buf[..end]).map(str::to_owned);
-            for b in buf.iter_mut() {
-                *b = 0;
-            }
-            std::hint::black_box(&buf);
-            match (rc, text) {
-                (0, Ok(t)) if !t.is_empty() => Ok((t, expires)),
-                (0, _) => Err("the token callback returned 0 but no valid token".to_owned()),
-                (_, Ok(msg)) => Err(format!(
-                    "the token callback failed ({rc}): {}",
-                    msg.escape_debug()
-                )),
-                (_, Err(_)) => Err(format!("the token callback failed ({rc})")),
-            }
-        }));
-        kedge_result::KEDGE_OK
-    })
+            let ud = UserData(userdata);
+            c.cfg.auth.set_callback(Arc::new(move || {
+                let mut buf = vec![0u8; TOKEN_CALLBACK_BUF];
+                let mut expires = 0u64;
+                // SAFETY: the caller registered this function for this userdata; the buffer and the expiry slot live
+                // for the whole call and their sizes are passed along.
+                let rc = unsafe {
+                    f(
+                        ud.get(),
+                        buf.as_mut_ptr() as *mut c_char,
+                        buf.len(),
+                        &mut expires,
+                    )
+                };
+                // Whatever the callback wrote is read up to the first NUL, within the buffer.
+                let end = buf.iter().position(|&b| b == 0).unwrap_or(buf.len());
+                let text = std::str::from_utf8(&buf[..end]).map(str::to_owned);
+                buf.zeroize();
+                match (rc, text) {
+                    (0, Ok(t)) if !t.is_empty() => Ok((t, expires)),
+                    (0, _) => Err("the token callback returned 0 but no valid token".to_owned()),
+                    (_, Ok(msg)) => Err(format!(
+                        "the token callback failed ({rc}): {}",
+                        msg.escape_debug()
+                    )),
+                    (_, Err(_)) => Err(format!("the token callback failed ({rc})")),
+                }
+            }));
+            kedge_result::KEDGE_OK
+        },
+    )
 }
 
 /// Sets the log callback (NULL callback: no logging). Lines at or above `log.level` are passed on.
@@ -706,14 +708,14 @@ pub unsafe extern "C" fn kedge_config_set_log_callback(
     callback: kedge_log_callback,
     userdata: *mut c_void,
 ) -> kedge_result {
-    // SAFETY: `config` is NULL or a live config (this function's `# Safety`), which config_mut checks.
-    guard(|| match unsafe { config_mut(config) } {
-        Ok(c) => {
+    with_config(
+        // SAFETY: `config` is NULL or a live config (this function's `# Safety`), which config_mut checks.
+        unsafe { config_mut(config) },
+        |c| {
             c.log = callback.map(|f| (f, UserData(userdata)));
             kedge_result::KEDGE_OK
-        }
-        Err(e) => e.kind.into(),
-    })
+        },
+    )
 }
 
 /// Sets the delivery callback: called once per chunk outcome (acknowledged, rejected, failed for now).
@@ -726,14 +728,14 @@ pub unsafe extern "C" fn kedge_config_set_delivery_callback(
     callback: kedge_delivery_callback,
     userdata: *mut c_void,
 ) -> kedge_result {
-    // SAFETY: `config` is NULL or a live config (this function's `# Safety`), which config_mut checks.
-    guard(|| match unsafe { config_mut(config) } {
-        Ok(c) => {
+    with_config(
+        // SAFETY: `config` is NULL or a live config (this function's `# Safety`), which config_mut checks.
+        unsafe { config_mut(config) },
+        |c| {
             c.delivery = callback.map(|f| (f, UserData(userdata)));
             kedge_result::KEDGE_OK
-        }
-        Err(e) => e.kind.into(),
-    })
+        },
+    )
 }
 
 /// The most heap a client built from this configuration will ever hold, in bytes.
