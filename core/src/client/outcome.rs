@@ -3,7 +3,8 @@
 //! is told). The sender only carries the effects out, so every combination is pinned by one table test.
 
 use crate::error::ErrorKind;
-use crate::response::FailureClass;
+use crate::response::{Failure, FailureClass};
+use crate::sink::Attempt;
 
 /// What happened to one chunk's send.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -18,6 +19,23 @@ pub enum SendResult {
     Kept(FailureClass),
     /// Not tried: the destination backs off, or the call's time ran out.
     NotTried,
+}
+
+impl SendResult {
+    /// What a sink's answer on one chunk comes to, with the failure (for its message and status) when it failed.
+    pub fn of(sent: Attempt) -> (SendResult, Option<Failure>) {
+        match sent {
+            Attempt::Acknowledged { .. } => (SendResult::Acknowledged, None),
+            Attempt::Queued { .. } => (SendResult::Queued, None),
+            Attempt::Failed(f) => {
+                let r = match f.class {
+                    FailureClass::Rejected => SendResult::Rejected,
+                    c => SendResult::Kept(c),
+                };
+                (r, Some(f))
+            }
+        }
+    }
 }
 
 /// Where the chunk is.

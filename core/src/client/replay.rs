@@ -104,17 +104,7 @@ impl Engine {
             let attempt = self.replay_attempt;
             self.replay_attempt = self.replay_attempt.wrapping_add(1);
             let (sent, _) = self.deliver(sh, target, &chunk, attempt, 1, deadline);
-            let (result, failure) = match sent {
-                Attempt::Acknowledged { .. } => (SendResult::Acknowledged, None),
-                Attempt::Queued { .. } => (SendResult::Queued, None),
-                Attempt::Failed(f) => {
-                    let r = match f.class {
-                        FailureClass::Rejected => SendResult::Rejected,
-                        c => SendResult::Kept(c),
-                    };
-                    (r, Some(f))
-                }
-            };
+            let (result, failure) = SendResult::of(sent);
             self.settle(
                 sh,
                 target,

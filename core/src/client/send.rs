@@ -139,17 +139,7 @@ impl Engine {
             deadline,
         );
         batch.attempts = attempts;
-        let (result, failure) = match sent {
-            Attempt::Acknowledged { .. } => (SendResult::Acknowledged, None),
-            Attempt::Queued { .. } => (SendResult::Queued, None),
-            Attempt::Failed(f) => {
-                let r = match f.class {
-                    FailureClass::Rejected => SendResult::Rejected,
-                    c => SendResult::Kept(c),
-                };
-                (r, Some(f))
-            }
-        };
+        let (result, failure) = SendResult::of(sent);
         if let (SendResult::Rejected, Some(f)) = (result, failure.as_ref()) {
             if batch.records() > 1 && boundaries_match(lane.format, &batch) {
                 // Split from RAM; the copy written ahead goes (its records are settled piece by piece).
