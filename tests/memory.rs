@@ -31,17 +31,22 @@ fn note(delta: isize) {
     });
 }
 
+// SAFETY: every method passes its arguments on to the system allocator unchanged, so this allocator keeps the
+// system allocator's contract; counting touches only thread-local cells and does not allocate.
 unsafe impl GlobalAlloc for Counting {
     unsafe fn alloc(&self, l: Layout) -> *mut u8 {
         note(l.size() as isize);
+        // SAFETY: the caller's layout, as GlobalAlloc::alloc requires it.
         unsafe { System.alloc(l) }
     }
     unsafe fn dealloc(&self, p: *mut u8, l: Layout) {
         note(-(l.size() as isize));
+        // SAFETY: `p` came from this allocator, i.e. from System, with layout `l`.
         unsafe { System.dealloc(p, l) }
     }
     unsafe fn realloc(&self, p: *mut u8, l: Layout, new: usize) -> *mut u8 {
         note(new as isize - l.size() as isize);
+        // SAFETY: as dealloc, and `new` is the caller's valid new size.
         unsafe { System.realloc(p, l, new) }
     }
 }
