@@ -229,24 +229,9 @@ pub(crate) struct AuthState {
     owned_dir: Mutex<Option<PathBuf>>,
 }
 
-/// A random RFC 4122 version 4 uuid, lowercase.
+/// A random RFC 4122 version 4 uuid, lowercase (by the `uuid` crate).
 pub(crate) fn uuid_v4() -> String {
-    let mut b = [0u8; 16];
-    // SystemRandom only fails when the OS has no entropy source at all.
-    SystemRandom::new()
-        .fill(&mut b)
-        .expect("OS random number generator");
-    b[6] = (b[6] & 0x0f) | 0x40;
-    b[8] = (b[8] & 0x3f) | 0x80;
-    let h: String = b.iter().map(|x| format!("{x:02x}")).collect();
-    format!(
-        "{}-{}-{}-{}-{}",
-        &h[0..8],
-        &h[8..12],
-        &h[12..16],
-        &h[16..20],
-        &h[20..32]
-    )
+    uuid::Uuid::new_v4().hyphenated().to_string()
 }
 
 /// Unix time in seconds.
@@ -282,17 +267,7 @@ impl AuthState {
     }
 
     pub(crate) fn uuid(&self) -> String {
-        let b = self.random_bytes(16);
-        let h: String = b.iter().map(|x| format!("{x:02x}")).collect();
-        format!(
-            "{}-{}-4{}-{:x}{}-{}",
-            &h[0..8],
-            &h[8..12],
-            &h[13..16],
-            8 | (b[8] & 3),
-            &h[17..20],
-            &h[20..32]
-        )
+        uuid_v4()
     }
 
     pub(crate) fn lifetime_secs(&self) -> u64 {

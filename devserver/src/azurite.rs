@@ -14,6 +14,8 @@ use std::sync::mpsc;
 use std::sync::Mutex;
 use std::time::{Duration, Instant, SystemTime};
 
+use rustix::process::{Pid, Signal};
+
 use crate::sas::{DEV_ACCOUNT, DEV_KEY};
 use crate::tls::TestCa;
 
@@ -332,12 +334,12 @@ impl Azurite {
     /// storage account hangs.
     pub fn pause(&self) {
         *self.paused.lock().unwrap_or_else(|e| e.into_inner()) = true;
-        signal(self.child.id(), SIGSTOP);
+        signal(self.child.id(), Signal::STOP);
     }
 
     /// Undo [`Azurite::pause`] (SIGCONT).
     pub fn resume(&self) {
-        signal(self.child.id(), SIGCONT);
+        signal(self.child.id(), Signal::CONT);
         *self.paused.lock().unwrap_or_else(|e| e.into_inner()) = false;
     }
 }
@@ -363,19 +365,13 @@ fn remove_stale_workdirs() {
 
 /// SIGSTOP (`pause`) or SIGCONT a process (the Azurite of a DM, by its pid).
 pub fn signal_pid(pid: u32, pause: bool) {
-    signal(pid, if pause { SIGSTOP } else { SIGCONT });
+    signal(pid, if pause { Signal::STOP } else { Signal::CONT });
 }
 
-const SIGSTOP: i32 = 19;
-const SIGCONT: i32 = 18;
-
-fn signal(pid: u32, sig: i32) {
-    extern "C" {
-        fn kill(pid: i32, sig: i32) -> i32;
-    }
-    // SAFETY: kill(2) has no memory effects; the pid is our own child, which we have not reaped yet.
-    unsafe {
-        kill(pid as i32, sig);
+fn signal(pid: u32, sig: Signal) {
+    // A pid that does not fit is no process of ours; an error means it is already gone.
+    if let Some(pid) = i32::try_from(pid).ok().and_then(Pid::from_raw) {
+        let _ = rustix::process::kill_process(pid, sig);
     }
 }
 

@@ -163,34 +163,13 @@ fn read_response<R: io::BufRead>(r: &mut R, head_only: bool) -> io::Result<Clien
     let bad = |m: String| io::Error::new(io::ErrorKind::InvalidData, m);
     let conv = |e: ReadError| match e {
         ReadError::Io(e) => e,
+        ReadError::Closed => io::Error::new(io::ErrorKind::UnexpectedEof, "connection closed"),
         other => bad(format!("{other:?}")),
     };
     loop {
-        let line = http::read_line(r)
+        let (status, headers) = http::read_response_head(r)
             .map_err(conv)?
             .ok_or_else(|| io::Error::new(io::ErrorKind::UnexpectedEof, "no answer"))?;
-        let mut parts = line.splitn(3, ' ');
-        let (Some(v), Some(code)) = (parts.next(), parts.next()) else {
-            return Err(bad(format!("bad status line {line:?}")));
-        };
-        if !v.starts_with("HTTP/1.") {
-            return Err(bad(format!("bad status line {line:?}")));
-        }
-        let status: u16 = code
-            .parse()
-            .map_err(|_| bad(format!("bad status line {line:?}")))?;
-        let mut headers = Vec::new();
-        loop {
-            let l = http::read_line(r)
-                .map_err(conv)?
-                .ok_or_else(|| bad("closed in headers".into()))?;
-            if l.is_empty() {
-                break;
-            }
-            if let Some((k, v)) = l.split_once(':') {
-                headers.push((k.trim().to_string(), v.trim().to_string()));
-            }
-        }
         if (100..200).contains(&status) {
             continue;
         }

@@ -1,11 +1,15 @@
-//! gzip (RFC 1952) decoding with a hard output cap, and a small encoder for tests.
+//! gzip (RFC 1952) decoding with a hard output cap, and an encoder for tests.
 //!
 //! The service refuses a body whose gzip framing is wrong, so we check everything a strict
-//! decoder would: magic, method, reserved flags, header fields, CRC32 and ISIZE of every member.
-//! Inflation is streamed into a capped buffer so a "zip bomb" costs at most `cap + 64 KiB`.
+//! decoder would: magic, method, reserved flags, header fields, CRC32 and ISIZE of every member,
+//! nothing after the last member. The member framing is read here; the deflate data is inflated
+//! by `flate2` (zlib-rs backend) and the checksums come from `crc32fast`, so this endpoint shares
+//! no compression code with the library it tests. Inflation is streamed into a capped buffer so a
+//! "zip bomb" costs at most `cap + 64 KiB`.
 
-use miniz_oxide::inflate::stream::{inflate, InflateState};
-use miniz_oxide::{DataFormat, MZError, MZFlush, MZStatus};
+use std::io::Write;
+
+use flate2::{Compression, Decompress, FlushDecompress, Status};
 
 /// Why a gzip body was refused.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -26,37 +30,9 @@ fn bad(msg: impl Into<String>) -> GzipError {
     GzipError::Bad(msg.into())
 }
 
-/// CRC-32 (IEEE 802.3, reflected, as gzip uses it).
+/// CRC-32 (IEEE 802.3, as gzip uses it), by `crc32fast`.
 pub fn crc32(data: &[u8]) -> u32 {
-    crc32_update(0, data)
-}
-
-fn crc32_table() -> &'static [u32; 256] {
-    static TABLE: std::sync::OnceLock<[u32; 256]> = std::sync::OnceLock::new();
-    TABLE.get_or_init(|| {
-        let mut t = [0u32; 256];
-        for (i, slot) in t.iter_mut().enumerate() {
-            let mut c = i as u32;
-            for _ in 0..8 {
-                c = if c & 1 != 0 {
-                    0xEDB8_8320 ^ (c >> 1)
-                } else {
-                    c >> 1
-                };
-            }
-            *slot = c;
-        }
-        t
-    })
-}
-
-fn crc32_update(crc: u32, data: &[u8]) -> u32 {
-    let t = crc32_table();
-    let mut c = !crc;
-    for &b in data {
-        c = t[((c ^ b as u32) & 0xff) as usize] ^ (c >> 8);
-    }
-    !c
+    crc32fast::hash(data)
 }
 
 /// Length of the member header starting at `data[0]`.
@@ -117,39 +93,41 @@ pub fn gunzip(data: &[u8], cap: usize) -> Result<Vec<u8>, GzipError> {
     loop {
         pos += header_len(&data[pos..])?;
         let member_start = out.len();
-        let mut state = InflateState::new_boxed(DataFormat::Raw);
+        // Raw deflate: the gzip framing around it is ours to check.
+        let mut inflater = Decompress::new(false);
         loop {
-            let res = inflate(&mut state, &data[pos..], &mut chunk, MZFlush::None);
-            pos += res.bytes_consumed;
-            if out.len() + res.bytes_written > cap {
+            let (in_before, out_before) = (inflater.total_in(), inflater.total_out());
+            let status = inflater
+                .decompress(&data[pos..], &mut chunk, FlushDecompress::None)
+                .map_err(|e| bad(format!("gzip deflate data corrupt ({e})")))?;
+            let consumed = (inflater.total_in() - in_before) as usize;
+            let written = (inflater.total_out() - out_before) as usize;
+            pos += consumed;
+            if out.len().saturating_add(written) > cap {
                 return Err(GzipError::TooLarge);
             }
-            out.extend_from_slice(&chunk[..res.bytes_written]);
-            match res.status {
-                Ok(MZStatus::StreamEnd) => break,
-                Ok(_) => {
-                    if res.bytes_consumed == 0 && res.bytes_written == 0 {
+            out.extend_from_slice(&chunk[..written]);
+            match status {
+                Status::StreamEnd => break,
+                Status::Ok | Status::BufError => {
+                    if consumed == 0 && written == 0 {
                         return Err(bad("gzip deflate stream truncated"));
                     }
                 }
-                Err(MZError::Buf) => {
-                    if pos >= data.len() || res.bytes_consumed == 0 && res.bytes_written == 0 {
-                        return Err(bad("gzip deflate stream truncated"));
-                    }
-                }
-                Err(e) => return Err(bad(format!("gzip deflate data corrupt ({e:?})"))),
             }
         }
         if data.len() < pos + 8 {
             return Err(bad("gzip trailer truncated"));
         }
-        let crc = u32::from_le_bytes(data[pos..pos + 4].try_into().unwrap());
-        let isize = u32::from_le_bytes(data[pos + 4..pos + 8].try_into().unwrap());
+        let crc = u32::from_le_bytes([data[pos], data[pos + 1], data[pos + 2], data[pos + 3]]);
+        let isize =
+            u32::from_le_bytes([data[pos + 4], data[pos + 5], data[pos + 6], data[pos + 7]]);
         pos += 8;
         let member = &out[member_start..];
         if crc32(member) != crc {
             return Err(bad("gzip CRC32 mismatch"));
         }
+        // ISIZE is the length modulo 2^32 (RFC 1952 section 2.3.1).
         if member.len() as u32 != isize {
             return Err(bad("gzip ISIZE mismatch"));
         }
@@ -161,11 +139,10 @@ pub fn gunzip(data: &[u8], cap: usize) -> Result<Vec<u8>, GzipError> {
 
 /// gzip-compress `data` as one member (used by tests and demos that need a valid body).
 pub fn gzip(data: &[u8]) -> Vec<u8> {
-    let mut out = vec![0x1f, 0x8b, 8, 0, 0, 0, 0, 0, 0, 255];
-    out.extend_from_slice(&miniz_oxide::deflate::compress_to_vec(data, 6));
-    out.extend_from_slice(&crc32(data).to_le_bytes());
-    out.extend_from_slice(&(data.len() as u32).to_le_bytes());
-    out
+    let mut enc = flate2::write::GzEncoder::new(Vec::new(), Compression::new(6));
+    // Writing into a Vec cannot fail.
+    enc.write_all(data).expect("gzip into memory");
+    enc.finish().expect("gzip into memory")
 }
 
 #[cfg(test)]
@@ -194,6 +171,56 @@ mod tests {
         extra.extend_from_slice(b"name.csv\0");
         g.splice(10..10, extra);
         assert_eq!(gunzip(&g, 10).unwrap(), b"x");
+    }
+
+    /// A member as another encoder writes it: level 9, every optional header field `flate2` can set.
+    fn flate2_member(data: &[u8]) -> Vec<u8> {
+        let mut enc = flate2::GzBuilder::new()
+            .filename("events.csv")
+            .comment("from a test")
+            .extra(vec![b'K', b'E', 2, 0, 7, 7])
+            .mtime(1_700_000_000)
+            .write(Vec::new(), Compression::best());
+        enc.write_all(data).unwrap();
+        enc.finish().unwrap()
+    }
+
+    #[test]
+    fn other_encoders_headers_and_levels_are_accepted() {
+        let a = flate2_member(b"a,1\n");
+        assert_eq!(a[3], FNAME | FCOMMENT | FEXTRA);
+        let mut two = a.clone();
+        two.extend_from_slice(&flate2_member(&b"b,2\n".repeat(1000)));
+        let mut want = b"a,1\n".to_vec();
+        want.extend_from_slice(&b"b,2\n".repeat(1000));
+        assert_eq!(gunzip(&two, 1 << 20).unwrap(), want);
+    }
+
+    #[test]
+    fn header_crc_is_checked_and_reserved_flags_refused() {
+        let g = gzip(b"x");
+        let mut with_hcrc = g[..10].to_vec();
+        with_hcrc[3] = FTEXT_FHCRC;
+        let hcrc = (crc32(&with_hcrc) & 0xffff) as u16;
+        with_hcrc.extend_from_slice(&hcrc.to_le_bytes());
+        with_hcrc.extend_from_slice(&g[10..]);
+        assert_eq!(gunzip(&with_hcrc, 10).unwrap(), b"x");
+        with_hcrc[10] ^= 1;
+        assert!(matches!(gunzip(&with_hcrc, 10), Err(GzipError::Bad(m)) if m.contains("CRC16")));
+        let mut reserved = g.clone();
+        reserved[3] = 0x20;
+        assert!(matches!(gunzip(&reserved, 10), Err(GzipError::Bad(m)) if m.contains("reserved")));
+        let mut method = g;
+        method[2] = 7;
+        assert!(matches!(gunzip(&method, 10), Err(GzipError::Bad(m)) if m.contains("method")));
+    }
+
+    #[test]
+    fn corrupt_deflate_data_is_refused() {
+        let mut g = gzip(b"x");
+        // Block type 3 is reserved in RFC 1951.
+        g[10] = 0x07;
+        assert!(matches!(gunzip(&g, 10), Err(GzipError::Bad(m)) if m.contains("corrupt")));
     }
 
     #[test]

@@ -1,6 +1,10 @@
 //! Just enough HTTP/1.1 for one request after another on a connection: request line, headers,
 //! `Content-Length` or chunked bodies, `Expect: 100-continue`, and size limits checked before
 //! anything is read, so a client can neither hang nor bloat the server.
+//!
+//! Heads and chunk sizes are parsed by `httparse` and percent-escapes decoded by `percent-encoding`, not
+//! by code of the library under test; this module only bounds what is read (lines, header counts, body
+//! sizes) and frames bodies.
 
 use std::io::{self, BufRead, Write};
 
@@ -82,34 +86,24 @@ impl From<io::Error> for ReadError {
     }
 }
 
-/// Percent-decode (and, for query strings, turn `+` into a space). Invalid escapes stay as they are;
-/// invalid UTF-8 is replaced.
+/// Percent-decode (and, for query strings, turn `+` into a space) with `percent-encoding`. Invalid
+/// escapes stay as they are; invalid UTF-8 is replaced.
 pub fn percent_decode(s: &str, plus_is_space: bool) -> String {
-    let b = s.as_bytes();
-    let mut out = Vec::with_capacity(b.len());
-    let mut i = 0;
-    while i < b.len() {
-        let hex = |c: u8| (c as char).to_digit(16);
-        match b[i] {
-            b'%' if i + 2 < b.len() => match (hex(b[i + 1]), hex(b[i + 2])) {
-                (Some(h), Some(l)) => {
-                    out.push((h * 16 + l) as u8);
-                    i += 3;
-                    continue;
-                }
-                _ => out.push(b'%'),
-            },
-            b'+' if plus_is_space => out.push(b' '),
-            c => out.push(c),
-        }
-        i += 1;
-    }
-    String::from_utf8_lossy(&out).into_owned()
+    let spaced;
+    let s = if plus_is_space && s.contains('+') {
+        spaced = s.replace('+', " ");
+        spaced.as_str()
+    } else {
+        s
+    };
+    percent_encoding::percent_decode_str(s)
+        .decode_utf8_lossy()
+        .into_owned()
 }
 
-/// Read one line ending in LF (CRLF accepted), without the line ending, at most `MAX_LINE` bytes.
+/// Read one line ending in LF, line ending included, at most `MAX_LINE` bytes.
 /// Returns `None` on EOF before any byte.
-pub(crate) fn read_line<R: BufRead>(r: &mut R) -> Result<Option<String>, ReadError> {
+fn read_raw_line<R: BufRead>(r: &mut R) -> Result<Option<Vec<u8>>, ReadError> {
     let mut line = Vec::new();
     loop {
         let buf = match r.fill_buf() {
@@ -127,30 +121,29 @@ pub(crate) fn read_line<R: BufRead>(r: &mut R) -> Result<Option<String>, ReadErr
             Some(n) => (n + 1, true),
             None => (buf.len(), false),
         };
-        line.extend_from_slice(&buf[..take]);
-        r.consume(take);
-        if line.len() > MAX_LINE {
+        if line.len() + take > MAX_LINE + 2 {
             return Err(ReadError::HeadersTooLarge);
         }
+        line.extend_from_slice(&buf[..take]);
+        r.consume(take);
         if done {
-            line.pop();
-            if line.last() == Some(&b'\r') {
-                line.pop();
-            }
-            return String::from_utf8(line)
-                .map(Some)
-                .map_err(|_| ReadError::Malformed("request line or header is not UTF-8".into()));
+            return Ok(Some(line));
         }
     }
 }
 
-/// Read request line and headers. `Ok(None)` when the peer closed between requests.
-pub fn read_head<R: BufRead>(r: &mut R) -> Result<Option<Request>, ReadError> {
-    // Tolerate stray empty lines between requests (RFC 9112 section 2.2).
-    let line = loop {
-        match read_line(r) {
+fn is_blank(line: &[u8]) -> bool {
+    matches!(line, b"\n" | b"\r\n")
+}
+
+/// The bytes of a head: the start line and the header lines up to and including the empty line, at
+/// most `MAX_LINE` per line and `MAX_HEADERS` header lines. Empty lines before the start line are
+/// skipped (RFC 9112 section 2.2). `Ok(None)` when the peer closed before sending anything.
+fn read_head_bytes<R: BufRead>(r: &mut R) -> Result<Option<Vec<u8>>, ReadError> {
+    let first = loop {
+        match read_raw_line(r) {
             Ok(None) => return Ok(None),
-            Ok(Some(l)) if l.is_empty() => continue,
+            Ok(Some(l)) if is_blank(&l) => continue,
             Ok(Some(l)) => break l,
             Err(ReadError::Io(e))
                 if matches!(
@@ -163,42 +156,125 @@ pub fn read_head<R: BufRead>(r: &mut R) -> Result<Option<Request>, ReadError> {
             Err(e) => return Err(e),
         }
     };
-    let mut parts = line.split(' ');
-    let (method, target, version) = match (parts.next(), parts.next(), parts.next(), parts.next()) {
-        (Some(m), Some(t), Some(v), None)
-            if !m.is_empty() && t.starts_with('/') && v.starts_with("HTTP/1.") =>
-        {
-            (m, t, v)
-        }
-        _ => return Err(ReadError::Malformed(format!("bad request line {line:?}"))),
-    };
-    let (path, query) = target.split_once('?').unwrap_or((target, ""));
-    let mut headers = Vec::new();
+    let mut head = first;
+    let mut lines = 0;
     loop {
-        let l = read_line(r)?
+        let l = read_raw_line(r)?
             .ok_or_else(|| ReadError::Malformed("connection closed in headers".into()))?;
-        if l.is_empty() {
-            break;
+        head.extend_from_slice(&l);
+        if is_blank(&l) {
+            return Ok(Some(head));
         }
-        if headers.len() >= MAX_HEADERS {
+        lines += 1;
+        if lines > MAX_HEADERS {
             return Err(ReadError::HeadersTooLarge);
         }
-        let (k, v) = l
-            .split_once(':')
-            .ok_or_else(|| ReadError::Malformed(format!("bad header line {l:?}")))?;
-        if k.is_empty() || k.contains(char::is_whitespace) {
-            return Err(ReadError::Malformed(format!("bad header name {k:?}")));
+    }
+}
+
+/// The start line of a head, for messages.
+fn start_line(head: &[u8]) -> String {
+    let end = head.iter().position(|&b| b == b'\n').unwrap_or(head.len());
+    String::from_utf8_lossy(&head[..end]).trim_end().to_string()
+}
+
+fn parse_error(e: httparse::Error, head: &[u8]) -> ReadError {
+    match e {
+        httparse::Error::TooManyHeaders => ReadError::HeadersTooLarge,
+        e => ReadError::Malformed(format!("{e} in {:?}", start_line(head))),
+    }
+}
+
+/// Header fields in order, names as sent.
+pub type Headers = Vec<(String, String)>;
+
+/// Header names and values as text; values must be UTF-8 (the service's are ASCII).
+fn headers_of(parsed: &[httparse::Header<'_>]) -> Result<Headers, ReadError> {
+    parsed
+        .iter()
+        .map(|h| {
+            let v = std::str::from_utf8(h.value)
+                .map_err(|_| ReadError::Malformed(format!("header {:?} is not UTF-8", h.name)))?;
+            Ok((h.name.to_string(), v.trim().to_string()))
+        })
+        .collect()
+}
+
+fn version_of(minor: Option<u8>) -> String {
+    format!("HTTP/1.{}", minor.unwrap_or(1))
+}
+
+/// Read a request line and headers, parsed by `httparse`, with any request target (origin form,
+/// `host:port` or an absolute URI) left whole in `path`. `Ok(None)` when the peer closed between
+/// requests.
+pub(crate) fn read_request_head<R: BufRead>(r: &mut R) -> Result<Option<Request>, ReadError> {
+    let Some(head) = read_head_bytes(r)? else {
+        return Ok(None);
+    };
+    let mut slots = [httparse::EMPTY_HEADER; MAX_HEADERS];
+    let mut req = httparse::Request::new(&mut slots);
+    match req.parse(&head) {
+        Ok(httparse::Status::Complete(n)) if n == head.len() => {}
+        Ok(_) => {
+            return Err(ReadError::Malformed(format!(
+                "incomplete head {:?}",
+                start_line(&head)
+            )))
         }
-        headers.push((k.to_string(), v.trim().to_string()));
+        Err(e) => return Err(parse_error(e, &head)),
     }
     Ok(Some(Request {
-        method: method.to_string(),
-        path: path.to_string(),
-        query: query.to_string(),
-        version: version.to_string(),
-        headers,
+        method: req.method.unwrap_or_default().to_string(),
+        path: req.path.unwrap_or_default().to_string(),
+        query: String::new(),
+        version: version_of(req.version),
+        headers: headers_of(req.headers)?,
         body: Vec::new(),
     }))
+}
+
+/// Read request line and headers of an origin-form request (`/path?query`). `Ok(None)` when the peer
+/// closed between requests.
+pub fn read_head<R: BufRead>(r: &mut R) -> Result<Option<Request>, ReadError> {
+    let Some(mut req) = read_request_head(r)? else {
+        return Ok(None);
+    };
+    if !req.path.starts_with('/') {
+        return Err(ReadError::Malformed(format!(
+            "request target {:?} is not a path",
+            req.path
+        )));
+    }
+    if let Some((path, query)) = req.path.split_once('?') {
+        (req.path, req.query) = (path.to_string(), query.to_string());
+    }
+    Ok(Some(req))
+}
+
+/// A response's status line and headers, parsed by `httparse`. Informational (1xx) heads are returned
+/// like any other.
+pub(crate) fn read_response_head<R: BufRead>(
+    r: &mut R,
+) -> Result<Option<(u16, Headers)>, ReadError> {
+    let Some(head) = read_head_bytes(r)? else {
+        return Ok(None);
+    };
+    let mut slots = [httparse::EMPTY_HEADER; MAX_HEADERS];
+    let mut resp = httparse::Response::new(&mut slots);
+    match resp.parse(&head) {
+        Ok(httparse::Status::Complete(n)) if n == head.len() => {}
+        Ok(_) => {
+            return Err(ReadError::Malformed(format!(
+                "incomplete head {:?}",
+                start_line(&head)
+            )))
+        }
+        Err(e) => return Err(parse_error(e, &head)),
+    }
+    Ok(Some((
+        resp.code.unwrap_or_default(),
+        headers_of(resp.headers)?,
+    )))
 }
 
 /// How the body of a request is framed.
@@ -252,7 +328,32 @@ fn read_exact_into<R: BufRead>(r: &mut R, out: &mut Vec<u8>, n: usize) -> Result
     })
 }
 
-/// Read the body as framed, never more than `max_wire` bytes.
+/// The trailer section after the last chunk, up to the empty line: header fields (checked by
+/// `httparse`, then dropped), at most `MAX_HEADERS`.
+fn read_trailers<R: BufRead>(r: &mut R) -> Result<(), ReadError> {
+    let mut section = Vec::new();
+    let mut fields = 0;
+    loop {
+        let t = read_raw_line(r)?
+            .ok_or_else(|| ReadError::Malformed("connection closed in trailers".into()))?;
+        section.extend_from_slice(&t);
+        if is_blank(&t) {
+            break;
+        }
+        fields += 1;
+        if fields > MAX_HEADERS {
+            return Err(ReadError::HeadersTooLarge);
+        }
+    }
+    let mut slots = [httparse::EMPTY_HEADER; MAX_HEADERS];
+    match httparse::parse_headers(&section, &mut slots) {
+        Ok(httparse::Status::Complete((n, _))) if n == section.len() => Ok(()),
+        Ok(_) => Err(ReadError::Malformed("incomplete trailer section".into())),
+        Err(e) => Err(ReadError::Malformed(format!("bad trailer section: {e}"))),
+    }
+}
+
+/// Read the body as framed, never more than `max_wire` bytes. Chunk sizes are parsed by `httparse`.
 pub fn read_body<R: BufRead>(
     r: &mut R,
     framing: Framing,
@@ -263,34 +364,29 @@ pub fn read_body<R: BufRead>(
         Framing::None => {}
         Framing::Length(n) => read_exact_into(r, &mut body, n)?,
         Framing::Chunked => loop {
-            let line = read_line(r)?
+            let line = read_raw_line(r)?
                 .ok_or_else(|| ReadError::Malformed("connection closed in chunked body".into()))?;
-            let size_text = line.split(';').next().unwrap_or("").trim();
-            let size = usize::from_str_radix(size_text, 16)
-                .map_err(|_| ReadError::Malformed(format!("bad chunk size {size_text:?}")))?;
+            let bad_size =
+                || ReadError::Malformed(format!("bad chunk size line {:?}", start_line(&line)));
+            // httparse reads an empty size as 0; a size needs at least one digit.
+            if !line.first().is_some_and(u8::is_ascii_hexdigit) {
+                return Err(bad_size());
+            }
+            let size = match httparse::parse_chunk_size(&line) {
+                Ok(httparse::Status::Complete((n, size))) if n == line.len() => size,
+                _ => return Err(bad_size()),
+            };
             if size == 0 {
-                // Trailer section, up to the empty line.
-                let mut trailers = 0;
-                loop {
-                    let t = read_line(r)?.ok_or_else(|| {
-                        ReadError::Malformed("connection closed in trailers".into())
-                    })?;
-                    if t.is_empty() {
-                        break;
-                    }
-                    trailers += 1;
-                    if trailers > MAX_HEADERS {
-                        return Err(ReadError::HeadersTooLarge);
-                    }
-                }
+                read_trailers(r)?;
                 break;
             }
+            let size = usize::try_from(size).unwrap_or(usize::MAX);
             if body.len().saturating_add(size) > max_wire {
                 return Err(ReadError::TooLarge { declared: None });
             }
             read_exact_into(r, &mut body, size)?;
-            let end = read_line(r)?;
-            if end.as_deref() != Some("") {
+            let end = read_raw_line(r)?;
+            if !end.as_deref().is_some_and(is_blank) {
                 return Err(ReadError::Malformed("chunk not followed by CRLF".into()));
             }
         },
@@ -439,6 +535,100 @@ POST /b HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n2\r\nhi\r\n3;ext=1\r\n th\
         assert!(matches!(
             read_head(&mut BufReader::new(long.as_bytes())),
             Err(ReadError::HeadersTooLarge)
+        ));
+    }
+
+    fn head(raw: &[u8]) -> Result<Option<Request>, ReadError> {
+        read_head(&mut BufReader::new(raw))
+    }
+
+    #[test]
+    fn heads_are_parsed_strictly() {
+        let r = head(b"\r\nGET /p%20q?a=b+c HTTP/1.0\nHost:  x \nX-Y: 1\n\n")
+            .unwrap()
+            .unwrap();
+        assert_eq!(
+            (r.method.as_str(), r.path.as_str(), r.version.as_str()),
+            ("GET", "/p%20q", "HTTP/1.0")
+        );
+        assert_eq!(r.query_param("a").as_deref(), Some("b c"));
+        assert_eq!(r.header("host"), Some("x"));
+        assert!(r.wants_close());
+        for bad in [
+            &b"GET /a HTTP/2.0\r\n\r\n"[..],
+            b"GET /a\r\n\r\n",
+            b"GET  /a HTTP/1.1\r\n\r\n",
+            b"GET a HTTP/1.1\r\n\r\n",
+            b"GET /a HTTP/1.1\r\nBad Name: x\r\n\r\n",
+            b"GET /a HTTP/1.1\r\nNoColon\r\n\r\n",
+            b"GET /a HTTP/1.1\r\nA: 1\r\n folded\r\n\r\n",
+            b"GET /a HTTP/1.1\r\nA: \xff\r\n\r\n",
+            b"GET /a HTTP/1.1\r\nA: 1\r\n",
+        ] {
+            assert!(
+                matches!(head(bad), Err(ReadError::Malformed(_))),
+                "{:?}",
+                String::from_utf8_lossy(bad)
+            );
+        }
+        let many = format!(
+            "GET / HTTP/1.1\r\n{}\r\n",
+            "A: 1\r\n".repeat(MAX_HEADERS + 1)
+        );
+        assert!(matches!(
+            head(many.as_bytes()),
+            Err(ReadError::HeadersTooLarge)
+        ));
+        let fits = format!("GET / HTTP/1.1\r\n{}\r\n", "A: 1\r\n".repeat(MAX_HEADERS));
+        assert_eq!(
+            head(fits.as_bytes()).unwrap().unwrap().headers.len(),
+            MAX_HEADERS
+        );
+        assert!(head(b"").unwrap().is_none());
+    }
+
+    #[test]
+    fn bad_chunked_framing_is_refused() {
+        let body = |raw: &[u8]| read_body(&mut BufReader::new(raw), Framing::Chunked, 100);
+        assert_eq!(
+            body(b"A\r\n0123456789\r\n0\r\n\r\n").unwrap(),
+            b"0123456789"
+        );
+        for bad in [
+            &b"\r\nhi\r\n0\r\n\r\n"[..],
+            b"2\nhi\r\n0\r\n\r\n",
+            b"g\r\nhi\r\n0\r\n\r\n",
+            b"2\r\nhiX\r\n0\r\n\r\n",
+            b"2\r\nhi\r\n0\r\nbad trailer\r\n\r\n",
+            b"2\r\nhi\r\n0\r\n",
+            b"2\r\nh",
+        ] {
+            assert!(
+                matches!(body(bad), Err(ReadError::Malformed(_))),
+                "{:?}",
+                String::from_utf8_lossy(bad)
+            );
+        }
+        assert!(matches!(
+            body(b"ffffffffffffffff\r\n"),
+            Err(ReadError::TooLarge { declared: None })
+        ));
+    }
+
+    #[test]
+    fn response_heads() {
+        let raw = b"HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 201\r\nETag: \"x\"\r\n\r\n";
+        let mut r = BufReader::new(&raw[..]);
+        assert_eq!(read_response_head(&mut r).unwrap().unwrap().0, 100);
+        let (status, headers) = read_response_head(&mut r).unwrap().unwrap();
+        assert_eq!(
+            (status, headers),
+            (201, vec![("ETag".into(), "\"x\"".into())])
+        );
+        let mut bad = BufReader::new(&b"HTTP/1.1 2x0 OK\r\n\r\n"[..]);
+        assert!(matches!(
+            read_response_head(&mut bad),
+            Err(ReadError::Malformed(_))
         ));
     }
 }

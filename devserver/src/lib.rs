@@ -17,6 +17,8 @@
 //! One thread per connection (at most [`MAX_CONNECTIONS`]), every socket read bounded by a timeout,
 //! every body bounded by [`MAX_WIRE_BYTES`] and `max_raw_bytes`.
 
+#![forbid(unsafe_code)]
+
 pub mod auth;
 pub mod azurite;
 pub mod b64;

@@ -1,5 +1,7 @@
 //! `kusto-devserver`: the test endpoint as a process, for demos and C/shell tests.
 
+#![forbid(unsafe_code)]
+
 use std::io::Write;
 use std::net::SocketAddr;
 use std::process::ExitCode;

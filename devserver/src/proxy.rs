@@ -211,64 +211,16 @@ fn accept_loop(shared: Arc<Shared>, listener: TcpListener) {
     }
 }
 
-/// Read a request line and headers whose target may be `host:port` or an absolute URI.
-/// `Ok(None)` when the client closed between requests.
+/// Read a request line and headers whose target may be `host:port` or an absolute URI (parsed by
+/// `httparse`, within the limits of [`http`]). `Ok(None)` when the client closed between requests.
 fn read_head<R: BufRead>(r: &mut R) -> Result<Option<Request>, String> {
-    let mut lines = Vec::new();
-    loop {
-        let mut line = Vec::new();
-        let n = r
-            .by_ref()
-            .take(http::MAX_LINE as u64 + 1)
-            .read_until(b'\n', &mut line)
-            .map_err(|e| e.to_string())?;
-        if n == 0 {
-            return if lines.is_empty() {
-                Ok(None)
-            } else {
-                Err("connection closed in headers".into())
-            };
-        }
-        if line.last() != Some(&b'\n') {
-            return Err("header line too long".into());
-        }
-        let text = String::from_utf8(line).map_err(|_| "header is not UTF-8".to_string())?;
-        let text = text.trim_end_matches(['\r', '\n']).to_string();
-        if text.is_empty() {
-            if lines.is_empty() {
-                continue;
-            }
-            break;
-        }
-        if lines.len() > http::MAX_HEADERS {
-            return Err("too many headers".into());
-        }
-        lines.push(text);
+    match http::read_request_head(r) {
+        Ok(req) => Ok(req),
+        Err(http::ReadError::Closed) => Ok(None),
+        Err(http::ReadError::HeadersTooLarge) => Err("header section too large".into()),
+        Err(http::ReadError::Malformed(m)) => Err(m),
+        Err(e) => Err(format!("{e:?}")),
     }
-    let mut parts = lines[0].split(' ');
-    let (Some(method), Some(target), Some(version), None) =
-        (parts.next(), parts.next(), parts.next(), parts.next())
-    else {
-        return Err(format!("bad request line {:?}", lines[0]));
-    };
-    if !version.starts_with("HTTP/1.") {
-        return Err(format!("bad request line {:?}", lines[0]));
-    }
-    let mut headers = Vec::new();
-    for l in &lines[1..] {
-        let (k, v) = l
-            .split_once(':')
-            .ok_or_else(|| format!("bad header line {l:?}"))?;
-        headers.push((k.trim().to_string(), v.trim().to_string()));
-    }
-    Ok(Some(Request {
-        method: method.to_string(),
-        path: target.to_string(),
-        query: String::new(),
-        version: version.to_string(),
-        headers,
-        body: Vec::new(),
-    }))
 }
 
 /// `host:port` (`[v6]:port` too) -> (host, port).

@@ -61,17 +61,16 @@ pub fn sas_time(unix: i64) -> String {
     format!("{}Z", crate::server::utc_seconds(unix))
 }
 
-/// Percent-encode a query value: everything but `A-Za-z0-9-._~`.
+/// What a query value keeps unescaped: `A-Za-z0-9-._~` (RFC 3986 unreserved).
+const QUERY_VALUE: &percent_encoding::AsciiSet = &percent_encoding::NON_ALPHANUMERIC
+    .remove(b'-')
+    .remove(b'.')
+    .remove(b'_')
+    .remove(b'~');
+
+/// Percent-encode a query value: everything but `A-Za-z0-9-._~` (by `percent-encoding`).
 pub fn query_encode(s: &str) -> String {
-    let mut out = String::with_capacity(s.len());
-    for b in s.bytes() {
-        if b.is_ascii_alphanumeric() || b"-._~".contains(&b) {
-            out.push(b as char);
-        } else {
-            out.push_str(&format!("%{b:02X}"));
-        }
-    }
-    out
+    percent_encoding::utf8_percent_encode(s, QUERY_VALUE).to_string()
 }
 
 impl Sas {
@@ -178,27 +177,15 @@ pub enum SasCheck {
     Expired,
 }
 
-/// Parse `YYYY-MM-DDThh:mm:ssZ` (fractions tolerated) to Unix seconds.
+/// Parse `YYYY-MM-DDThh:mm:ssZ` (fractions tolerated: RFC 3339 in UTC, by the `time` crate) to Unix
+/// seconds.
 pub fn parse_sas_time(s: &str) -> Option<i64> {
-    let s = s.strip_suffix('Z')?;
-    let (date, time) = s.split_once('T')?;
-    let mut d = date.split('-').map(|x| x.parse::<i64>().ok());
-    let (y, m, day) = (d.next()??, d.next()??, d.next()??);
-    let time = time.split('.').next()?;
-    let mut t = time.split(':').map(|x| x.parse::<i64>().ok());
-    let (hh, mm, ss) = (t.next()??, t.next()??, t.next().flatten().unwrap_or(0));
-    if !(1..=12).contains(&m) || !(1..=31).contains(&day) {
+    if !s.ends_with('Z') {
         return None;
     }
-    // Days from civil (Howard Hinnant's algorithm).
-    let y = if m <= 2 { y - 1 } else { y };
-    let era = y.div_euclid(400);
-    let yoe = y - era * 400;
-    let mp = (m + 9) % 12;
-    let doy = (153 * mp + 2) / 5 + day - 1;
-    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
-    let days = era * 146_097 + doe - 719_468;
-    Some(days * 86_400 + hh * 3600 + mm * 60 + ss)
+    time::OffsetDateTime::parse(s, &time::format_description::well_known::Rfc3339)
+        .ok()
+        .map(|t| t.unix_timestamp())
 }
 
 /// Check the SAS in `query` (still percent-encoded) against `resource`, signed with this account's key.
@@ -285,6 +272,15 @@ mod tests {
             Some(1_709_251_199)
         );
         assert!(parse_sas_time("2026-13-01T00:00:00Z").is_none());
+        assert!(
+            parse_sas_time("2026-02-29T00:00:00Z").is_none(),
+            "not a leap year"
+        );
+        assert!(parse_sas_time("2026-12-01T00:00:00+01:00").is_none());
+        assert!(parse_sas_time("2026-12-01T00:00:00").is_none());
+        assert_eq!(sas_time(-1), "1969-12-31T23:59:59Z");
+        assert_eq!(sas_time(i64::MAX), "9999-12-31T23:59:59Z");
+        assert_eq!(query_encode("a b/c+d~e_f.g-h%"), "a%20b%2Fc%2Bd~e_f.g-h%25");
     }
 
     /// The strings to sign, spelled out field by field from kusto-queued.md, and signatures computed

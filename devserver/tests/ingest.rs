@@ -166,6 +166,70 @@ fn bad_gzip_is_refused_as_permanent_bad_data() {
     assert!(s.requests().iter().all(|l| !l.ingested && !l.gzip_ok));
 }
 
+/// One gzip member written by flate2 (not by the library under test) at level 9, with a file name
+/// and, when `all_fields`, a comment, an extra field and a modification time in the header.
+fn flate2_member(raw: &[u8], all_fields: bool) -> Vec<u8> {
+    use std::io::Write;
+    let mut b = flate2::GzBuilder::new().filename("chunk.csv");
+    if all_fields {
+        b = b
+            .comment("spooled")
+            .extra(vec![b'K', b'E', 1, 0, 9])
+            .mtime(1_700_000_000);
+    }
+    let mut enc = b.write(Vec::new(), flate2::Compression::best());
+    enc.write_all(raw).unwrap();
+    enc.finish().unwrap()
+}
+
+/// The protocol doc: members one after another are one valid gzip stream (RFC 1952), and the header's
+/// optional fields are the encoder's business. The limit is on the raw data of the whole body.
+#[test]
+fn gzip_from_another_encoder_multi_member_with_file_names_is_accepted() {
+    let s = start(ServerConfig {
+        max_raw_bytes: 64 * 1024,
+        ..ServerConfig::default()
+    });
+    let mut c = connect(s.addr());
+    let post = |c: &mut common::Conn, crid: &str, body: &[u8]| {
+        let mut h = sdk_headers(crid);
+        h.push(("Content-Encoding".into(), "gzip".into()));
+        c.request("POST", "/v1/rest/ingest/db/T?streamFormat=csv", &h, body)
+            .unwrap()
+    };
+    let mut body = flate2_member(b"a,1\nb,2\n", false);
+    assert_eq!(body[3], 0x08, "FNAME set");
+    body.extend_from_slice(&flate2_member(b"c,3\n", true));
+    let r = post(&mut c, "KEC.executeStreamingIngest;f9", &body);
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(r.text(), SUCCESS_3);
+    assert_eq!(
+        s.records("db", "T"),
+        vec![b"a,1".to_vec(), b"b,2".to_vec(), b"c,3".to_vec()]
+    );
+    let l = s.requests().pop().unwrap();
+    assert!(l.gzip_ok && l.ingested);
+    assert_eq!((l.records, l.raw_bytes), (3, 12));
+
+    // Each member is under the limit, together they are over it: refused as too large, permanently.
+    let half = b"x,1\n".repeat(9 * 1024);
+    let mut over = flate2_member(&half, true);
+    over.extend_from_slice(&flate2_member(&half, false));
+    let r = post(&mut c, "KEC.executeStreamingIngest;big", &over);
+    assert_eq!(r.status, 413);
+    let e = error_of(&r);
+    assert_eq!(e["code"], "Stream_InputStreamTooLarge");
+    assert_eq!(e["@permanent"], true);
+
+    // What follows the last member must be another member: anything else is a bad archive.
+    let mut trailing = flate2_member(b"d,4\n", true);
+    trailing.extend_from_slice(&[0, 0, 0, 0]);
+    let r = post(&mut c, "KEC.executeStreamingIngest;tail", &trailing);
+    assert_eq!(r.status, 400);
+    assert_eq!(error_of(&r)["code"], "BadRequest_InvalidArchive");
+    assert_eq!(s.records("db", "T").len(), 3);
+}
+
 #[test]
 fn oversize_bodies_are_refused_without_reading_forever() {
     let s = start(ServerConfig {

@@ -4,6 +4,8 @@
 //!
 //!   cargo run --release -p kusto-devserver --bin kedge-demo
 
+#![forbid(unsafe_code)]
+
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
