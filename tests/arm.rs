@@ -30,9 +30,14 @@ pub const KEDGE_SEND_ARMV7_BUDGET_BYTES: u64 = 1536 * 1024; // 1.5 MiB
 
 const INSTALL_HINT: &str = "`bash tests/run-all.sh` installs every tool the tests need";
 
-/// A gateway target: the Rust triple and the Debian cross toolchain and emulator for it.
+/// A gateway target: the Rust triple and the Debian cross toolchain and emulator for it, and the library's
+/// cargo features for this build of it.
 struct Cross {
+    /// Names this build (target and feature set): its build directory and messages.
+    name: &'static str,
     triple: &'static str,
+    /// Feature arguments for cargo: none for the default build.
+    cargo_features: &'static [&'static str],
     /// GNU triple: prefix of the cross tools and name of the sysroot under /usr.
     gnu: &'static str,
     /// The user-mode emulator that runs its programs here (None: the build machine's own target).
@@ -45,7 +50,9 @@ struct Cross {
 }
 
 const ARMV7: Cross = Cross {
+    name: "armv7",
     triple: "armv7-unknown-linux-gnueabihf",
+    cargo_features: &[],
     gnu: "arm-linux-gnueabihf",
     qemu: Some("qemu-arm-static"),
     gcc_packages: "gcc-arm-linux-gnueabihf libc6-dev-armhf-cross",
@@ -53,8 +60,26 @@ const ARMV7: Cross = Cross {
     elf_machine: 40, // EM_ARM
 };
 
+/// armv7 with the minimal feature set: streaming and the token sources that need no code of their own (static
+/// token, token callback); Entra ID and managed identity compiled out.
+const ARMV7_MINIMAL: Cross = Cross {
+    name: "armv7-minimal",
+    cargo_features: &["--no-default-features"],
+    ..ARMV7
+};
+
+/// ARMv7 with NEON whose standard library is Thumb-2 too (rustup ships it built for Thumb): same cross gcc,
+/// sysroot and emulator as armv7.
+const THUMBV7NEON: Cross = Cross {
+    name: "thumbv7neon",
+    triple: "thumbv7neon-unknown-linux-gnueabihf",
+    ..ARMV7
+};
+
 const AARCH64: Cross = Cross {
+    name: "aarch64",
     triple: "aarch64-unknown-linux-gnu",
+    cargo_features: &[],
     gnu: "aarch64-linux-gnu",
     qemu: Some("qemu-aarch64-static"),
     gcc_packages: "gcc-aarch64-linux-gnu libc6-dev-arm64-cross",
@@ -64,7 +89,9 @@ const AARCH64: Cross = Cross {
 
 /// The build machine, built like the gateway targets (LTO applies): for the size table.
 const X86_64: Cross = Cross {
+    name: "x86_64",
     triple: "x86_64-unknown-linux-gnu",
+    cargo_features: &[],
     gnu: "x86_64-linux-gnu",
     qemu: None,
     gcc_packages: "gcc binutils",
@@ -186,8 +213,13 @@ fn make_programs(vars: &[String], goals: &[&str]) -> Result<(), String> {
 
 fn build_cross(c: &Cross) -> Result<Built, String> {
     let target = target_dir();
+    // Builds of one target with different features write the same archive: each copies its own out before
+    // the next build starts.
+    static ARCHIVE: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    let _archive = ARCHIVE.lock().unwrap_or_else(|e| e.into_inner());
     let cargo = Command::new(env!("CARGO"))
         .args(["rustc", "--release", "--lib", "--target", c.triple])
+        .args(c.cargo_features)
         .args(["--", "--print", "native-static-libs"])
         .current_dir(MANIFEST_DIR)
         .env("CARGO_TARGET_DIR", &target)
@@ -203,8 +235,9 @@ fn build_cross(c: &Cross) -> Result<Built, String> {
             String::new()
         };
         return Err(format!(
-            "cargo rustc --release --lib --target {} failed:\n{log}{hint}",
-            c.triple
+            "cargo rustc --release --lib --target {} {} failed:\n{log}{hint}",
+            c.triple,
+            c.cargo_features.join(" ")
         ));
     }
     let native_libs = log
@@ -219,8 +252,16 @@ fn build_cross(c: &Cross) -> Result<Built, String> {
                 c.triple
             )
         })?;
-    let lib_dir = target.join(c.triple).join("release");
-    let programs = target.join(format!("c-build-{}", c.triple));
+    let programs = target.join(format!("c-build-{}", c.name));
+    let lib_dir = programs.join("lib");
+    fs::create_dir_all(&lib_dir).map_err(|e| format!("{}: {e}", lib_dir.display()))?;
+    let archive = target
+        .join(c.triple)
+        .join("release")
+        .join("libkusto_edge.a");
+    fs::copy(&archive, lib_dir.join("libkusto_edge.a"))
+        .map_err(|e| format!("copy {}: {e}", archive.display()))?;
+    drop(_archive);
     make_programs(
         &[
             format!("CC={}", c.tool("gcc")),
@@ -239,14 +280,12 @@ fn build_cross(c: &Cross) -> Result<Built, String> {
 }
 
 fn built(c: &Cross) -> &'static Built {
-    static ARMV7_BUILT: OnceLock<Result<Built, String>> = OnceLock::new();
-    static AARCH64_BUILT: OnceLock<Result<Built, String>> = OnceLock::new();
-    static X86_64_BUILT: OnceLock<Result<Built, String>> = OnceLock::new();
-    let cell = match c.triple {
-        t if t == ARMV7.triple => &ARMV7_BUILT,
-        t if t == AARCH64.triple => &AARCH64_BUILT,
-        _ => &X86_64_BUILT,
-    };
+    static BUILDS: [OnceLock<Result<Built, String>>; 5] = [const { OnceLock::new() }; 5];
+    let i = [&ARMV7, &ARMV7_MINIMAL, &THUMBV7NEON, &AARCH64, &X86_64]
+        .iter()
+        .position(|b| b.name == c.name)
+        .expect("a build listed here");
+    let cell = &BUILDS[i];
     match cell.get_or_init(|| {
         if let Err(missing) = c.requirements() {
             return Err(format!("{missing} ({INSTALL_HINT})"));
@@ -255,7 +294,7 @@ fn built(c: &Cross) -> &'static Built {
         let b = build_cross(c);
         eprintln!(
             "{}: library and C programs built in {:?}",
-            c.triple,
+            c.name,
             started.elapsed()
         );
         b
@@ -297,7 +336,7 @@ fn elf_machine(program: &Path) -> u16 {
 fn api_robustness_passes(c: &Cross) {
     let b = built(c);
     let _g = serial();
-    let scratch = Scratch::new(&format!("robustness-{}", c.triple));
+    let scratch = Scratch::new(&format!("robustness-{}", c.name));
     let out = run(
         emulated(c, &b.programs.join("api_robustness")),
         None,
@@ -331,7 +370,7 @@ fn api_robustness_passes(c: &Cross) {
 
 fn sensor_delivers_every_record(c: &Cross, program: &Path) {
     let _g = serial();
-    let scratch = Scratch::new(&format!("sensor-{}", c.triple));
+    let scratch = Scratch::new(&format!("sensor-{}", c.name));
     let server = tls_server(None);
     let ca = write_ca(&server, &scratch);
     let mut cmd = emulated(c, program);
@@ -368,7 +407,7 @@ const E2E_RECORDS: u64 = 20_000;
 fn kedge_send_streams_every_record_exactly_once(c: &Cross) {
     let b = built(c);
     let _g = serial();
-    let scratch = Scratch::new(&format!("e2e-{}", c.triple));
+    let scratch = Scratch::new(&format!("e2e-{}", c.name));
     let server = tls_server(None);
     let ca = write_ca(&server, &scratch);
     let input = scratch.path("records.jsonl");
@@ -474,7 +513,65 @@ macro_rules! on_target {
 }
 
 on_target!(armv7, ARMV7);
+on_target!(thumbv7neon, THUMBV7NEON);
 on_target!(aarch64, AARCH64);
+
+/// The minimal firmware build (`--no-default-features`: streaming, static token and token callback) builds, links
+/// the same C programs (they call the same API), streams end to end, and refuses a compiled-out token source at
+/// run time with the cargo feature it needs, rather than failing to link or quietly sending without a token.
+#[test]
+fn minimal_armv7_build_streams_and_names_the_feature_of_a_compiled_out_provider() {
+    if !ARMV7_MINIMAL.available() {
+        return;
+    }
+    kedge_send_streams_every_record_exactly_once(&ARMV7_MINIMAL);
+    let b = built(&ARMV7_MINIMAL);
+    let _g = serial();
+    let scratch = Scratch::new("minimal-providers");
+    let input = scratch.path("records.jsonl");
+    write_records(&input, 10);
+    let secret = scratch.path("secret");
+    fs::write(&secret, "s3cr3t\n").unwrap();
+    let common = [
+        "--url",
+        "https://127.0.0.1:9",
+        "--database",
+        "db",
+        "--table",
+        "Telemetry",
+    ];
+    for (flags, feature) in [
+        (vec!["--managed-identity"], "managed-identity"),
+        (
+            vec![
+                "--tenant",
+                "contoso.com",
+                "--client-id",
+                "app",
+                "--client-secret-file",
+                secret.to_str().unwrap(),
+            ],
+            "entra",
+        ),
+    ] {
+        let mut cmd = emulated(&ARMV7_MINIMAL, &b.programs.join("kedge-send"));
+        cmd.args(common).args(&flags).arg(&input);
+        let out = run(cmd, None, &scratch, Duration::from_secs(60));
+        assert_ne!(
+            out.status.code(),
+            Some(0),
+            "kedge-send {flags:?} on the minimal build: {}",
+            out.describe()
+        );
+        assert!(
+            out.stderr.contains(&format!("cargo feature `{feature}`"))
+                && out.stderr.contains("invalid configuration value"),
+            "kedge-send {flags:?} on the minimal build does not name the feature: {}",
+            out.describe()
+        );
+        assert!(!out.stderr.contains("s3cr3t"), "{}", out.describe());
+    }
+}
 
 /// The `NATIVE_LIBS ?=` default of examples-c/Makefile.
 fn makefile_native_libs() -> String {
@@ -789,6 +886,7 @@ fn kedge_send_for_armv7_stripped_fits_the_size_budget() {
     if !tools::available_or_skip(
         ARMV7
             .requirements()
+            .and_then(|()| THUMBV7NEON.requirements())
             .and_then(|()| AARCH64.requirements())
             .and_then(|()| X86_64.requirements()),
     ) {
@@ -797,7 +895,8 @@ fn kedge_send_for_armv7_stripped_fits_the_size_budget() {
     let scratch = Scratch::new("size");
     let mut rows = Vec::new();
     let mut armv7_size = 0;
-    for c in [&ARMV7, &AARCH64, &X86_64] {
+    let mut minimal_size = 0;
+    for c in [&ARMV7, &ARMV7_MINIMAL, &THUMBV7NEON, &AARCH64, &X86_64] {
         let b = built(c);
         let program = b.programs.join("kedge-send");
         let total = stripped_size(&c.tool("strip"), &program, &scratch);
@@ -807,13 +906,17 @@ fn kedge_send_for_armv7_stripped_fits_the_size_budget() {
             .unwrap()
             .len();
         rows.push(format!(
-            "{:<30} kedge-send {total:>8} B = {:>9}; minus an empty C program: {:>9}; libkusto_edge.a {:>9}",
+            "{:<14} {:<36} kedge-send {total:>8} B = {:>9}; minus an empty C program: {:>9}; libkusto_edge.a {:>9}",
+            c.name,
             c.triple,
             kib(total),
             kib(total.saturating_sub(without_library)),
             kib(archive)
         ));
-        if c.triple == ARMV7.triple {
+        if c.name == ARMV7_MINIMAL.name {
+            minimal_size = total;
+        }
+        if c.name == ARMV7.name {
             armv7_size = total;
             let breakdown = size_by_origin(&c.tool("nm"), &program);
             let named: u64 = breakdown.iter().map(|(_, s)| s).sum();
@@ -845,6 +948,11 @@ fn kedge_send_for_armv7_stripped_fits_the_size_budget() {
         kib(armv7_size),
         KEDGE_SEND_ARMV7_BUDGET_BYTES,
         kib(KEDGE_SEND_ARMV7_BUDGET_BYTES)
+    );
+    assert!(
+        minimal_size < armv7_size,
+        "the minimal armv7 kedge-send ({minimal_size} bytes) is not smaller than the default one ({armv7_size}): \
+         the features leave nothing out"
     );
 }
 

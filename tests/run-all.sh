@@ -52,7 +52,7 @@ if ! cmp -s tests/sdk/requirements.txt "$sdk_venv/kedge-requirements.txt"; then
   "$sdk_venv/bin/python" -m pip install --quiet --disable-pip-version-check -r tests/sdk/requirements.txt
   cp tests/sdk/requirements.txt "$sdk_venv/kedge-requirements.txt"
 fi
-targets=(armv7-unknown-linux-gnueabihf aarch64-unknown-linux-gnu)
+targets=(armv7-unknown-linux-gnueabihf thumbv7neon-unknown-linux-gnueabihf aarch64-unknown-linux-gnu)
 installed=$(rustup target list --installed)
 for t in "${targets[@]}"; do
   grep -qx "$t" <<<"$installed" || rustup target add "$t"

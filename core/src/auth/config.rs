@@ -10,16 +10,19 @@ use std::time::Duration;
 use crate::clock::SharedClock;
 use crate::error::{Error, ErrorKind};
 
+#[cfg(feature = "managed-identity")]
 use super::arc::{self, ARC_KEY_DIR};
 use super::cache::{RetryPolicy, TokenCache};
 use super::connstr::{parse_connection_string, ConnectionString, CredentialSpec};
 use super::http;
+#[cfg(feature = "entra")]
 use super::jwt::CertificateCredential;
 use super::metadata::{normalize_resource, CloudConfig};
-use super::providers::{
-    ArcIdentity, Assertion, CallbackSource, ClientCredentials, ManagedIdentity, StaticToken,
-    TokenCallback, TokenSource, IMDS_DEFAULT_ENDPOINT,
-};
+#[cfg(feature = "managed-identity")]
+use super::providers::{ArcIdentity, ManagedIdentity, IMDS_DEFAULT_ENDPOINT};
+#[cfg(feature = "entra")]
+use super::providers::{Assertion, ClientCredentials};
+use super::providers::{CallbackSource, StaticToken, TokenCallback, TokenSource};
 use crate::secret::SecretString;
 
 /// `auth.method`.
@@ -53,6 +56,51 @@ impl Method {
             "workload_identity" => Method::WorkloadIdentity,
             _ => return None,
         })
+    }
+
+    /// Its `auth.method` value.
+    fn name(self) -> &'static str {
+        match self {
+            Method::Token => "token",
+            Method::Callback => "callback",
+            Method::ClientSecret => "client_secret",
+            Method::Certificate => "certificate",
+            Method::ManagedIdentity => "managed_identity",
+            Method::Arc => "arc",
+            Method::WorkloadIdentity => "workload_identity",
+        }
+    }
+
+    /// The method when this build has it, else [`Method::compiled_out`]: Entra ID needs the cargo feature
+    /// `entra`, IMDS and Arc `managed-identity`.
+    fn compiled_in(self) -> Result<Method, Error> {
+        let there = match self {
+            Method::Token | Method::Callback => true,
+            Method::ClientSecret | Method::Certificate | Method::WorkloadIdentity => {
+                cfg!(feature = "entra")
+            }
+            Method::ManagedIdentity | Method::Arc => cfg!(feature = "managed-identity"),
+        };
+        if there {
+            Ok(self)
+        } else {
+            Err(self.compiled_out())
+        }
+    }
+
+    /// The error for a method this build was compiled without: never a silent fallback to another one.
+    fn compiled_out(self) -> Error {
+        let feature = match self {
+            Method::ManagedIdentity | Method::Arc => "managed-identity",
+            _ => "entra",
+        };
+        invalid(
+            "auth.method",
+            format_args!(
+                "{} is not in this build of kusto-edge: it needs the cargo feature `{feature}` (on by default, left out with --no-default-features)",
+                self.name()
+            ),
+        )
     }
 }
 
@@ -247,7 +295,7 @@ impl AuthConfig {
             "auth.method" => {
                 self.method = Some(Method::parse(value.trim()).ok_or_else(|| {
                     invalid(key, format_args!("'{value}' is not one of token, callback, client_secret, certificate, managed_identity, arc, workload_identity"))
-                })?)
+                })?.compiled_in()?)
             }
             "auth.token" => {
                 if value.is_empty() || !value.bytes().all(|b| (0x21..0x7f).contains(&b)) {
@@ -390,8 +438,14 @@ impl AuthConfig {
             }) => (tenant.clone(), Some(client_id.clone())),
             _ => (None, None),
         };
+        #[cfg_attr(not(feature = "entra"), allow(unused_variables))]
         let tenant = self.tenant.clone().or(cs_tenant);
+        #[cfg_attr(
+            not(any(feature = "entra", feature = "managed-identity")),
+            allow(unused_variables)
+        )]
         let client_id = self.client_id.clone().or(cs_client);
+        #[cfg(feature = "entra")]
         let env = |k: &str| std::env::var(k).ok().filter(|v| !v.trim().is_empty());
 
         let source: Box<dyn TokenSource> = match method {
@@ -412,6 +466,7 @@ impl AuthConfig {
                 })?;
                 Box::new(CallbackSource::new(cb))
             }
+            #[cfg(feature = "entra")]
             Method::ClientSecret => {
                 let secret = self.client_secret.clone().or_else(|| match cs_cred {
                     Some(CredentialSpec::ClientSecret { secret, .. }) => Some(secret.clone()),
@@ -424,6 +479,7 @@ impl AuthConfig {
                 };
                 Box::new(ClientCredentials::new(t, c, Assertion::Secret(s), None))
             }
+            #[cfg(feature = "entra")]
             Method::Certificate => {
                 let (Some(t), Some(c)) = (&tenant, &client_id) else {
                     return Err(incomplete(
@@ -438,6 +494,7 @@ impl AuthConfig {
                     None,
                 ))
             }
+            #[cfg(feature = "entra")]
             Method::WorkloadIdentity => {
                 let tenant = tenant.or_else(|| env("AZURE_TENANT_ID"));
                 let client_id = client_id.or_else(|| env("AZURE_CLIENT_ID"));
@@ -463,10 +520,12 @@ impl AuthConfig {
                     authority,
                 ))
             }
+            #[cfg(feature = "managed-identity")]
             Method::ManagedIdentity if self.imds_endpoint.is_none() && arc::arc_detected() => {
                 // As azure-identity does: on an Arc-enabled server, "managed identity" is the Arc agent.
                 self.arc_source(client_id.as_deref())?
             }
+            #[cfg(feature = "managed-identity")]
             Method::ManagedIdentity => {
                 let endpoint = self
                     .imds_endpoint
@@ -474,7 +533,11 @@ impl AuthConfig {
                     .unwrap_or(IMDS_DEFAULT_ENDPOINT);
                 Box::new(ManagedIdentity::new(endpoint, client_id.as_deref())?)
             }
+            #[cfg(feature = "managed-identity")]
             Method::Arc => self.arc_source(client_id.as_deref())?,
+            // Implied by the other keys or the connection string, so not refused at `set`.
+            #[cfg(not(all(feature = "entra", feature = "managed-identity")))]
+            other => return Err(other.compiled_out()),
         };
         let retry = RetryPolicy {
             max_total: retry_max_total,
@@ -488,6 +551,7 @@ impl AuthConfig {
         )))
     }
 
+    #[cfg(feature = "managed-identity")]
     fn arc_source(&self, client_id: Option<&str>) -> Result<Box<dyn TokenSource>, Error> {
         if client_id.is_some() {
             return Err(invalid(
@@ -506,6 +570,7 @@ impl AuthConfig {
         Ok(Box::new(ArcIdentity::new(&endpoint, dir)?))
     }
 
+    #[cfg(feature = "entra")]
     fn load_certificate(
         &self,
         cs_cred: Option<&CredentialSpec>,
@@ -568,6 +633,7 @@ mod tests {
     use std::sync::Arc;
 
     /// The test endpoint's fixtures, beside this crate in the workspace.
+    #[cfg(feature = "entra")]
     fn fixtures() -> PathBuf {
         Path::new(env!("CARGO_MANIFEST_DIR")).join("../devserver/fixtures")
     }
@@ -593,6 +659,7 @@ mod tests {
     }
 
     #[test]
+    #[cfg(feature = "entra")]
     fn incomplete_methods_say_what_is_missing() {
         let mut c = AuthConfig::default();
         set(&mut c, "auth.method", "client_secret");
@@ -630,6 +697,7 @@ mod tests {
     }
 
     #[test]
+    #[cfg(feature = "entra")]
     fn secrets_never_show_in_debug_or_errors() {
         let mut c = AuthConfig::default();
         set(&mut c, "auth.token", "tok-s3cr3t");
@@ -651,6 +719,7 @@ mod tests {
     }
 
     #[test]
+    #[cfg(feature = "entra")]
     fn client_secret_from_file_and_connection_string() {
         let dir = std::env::temp_dir().join(format!("kedge-authcfg-{}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
@@ -691,6 +760,7 @@ mod tests {
     }
 
     #[test]
+    #[cfg(feature = "entra")]
     fn certificate_files_load_in_both_key_formats_and_check_the_thumbprint() {
         let fx = fixtures();
         for key in ["client-key-pkcs8.pem", "client-key-pkcs1.pem"] {
@@ -769,6 +839,7 @@ mod tests {
     }
 
     #[test]
+    #[cfg(feature = "managed-identity")]
     fn managed_identity_and_arc_settings() {
         let mut c = AuthConfig::default();
         set(&mut c, "auth.method", "managed_identity");
@@ -810,6 +881,55 @@ mod tests {
         assert!(AuthConfig::default()
             .set("auth.arc_key_dir", "relative")
             .is_err());
+    }
+
+    #[test]
+    fn methods_left_out_of_the_build_fail_naming_their_cargo_feature() {
+        for (m, feature, compiled_in) in [
+            ("client_secret", "entra", cfg!(feature = "entra")),
+            ("certificate", "entra", cfg!(feature = "entra")),
+            ("workload_identity", "entra", cfg!(feature = "entra")),
+            (
+                "managed_identity",
+                "managed-identity",
+                cfg!(feature = "managed-identity"),
+            ),
+            (
+                "arc",
+                "managed-identity",
+                cfg!(feature = "managed-identity"),
+            ),
+            ("token", "", true),
+            ("callback", "", true),
+        ] {
+            match AuthConfig::default().set("auth.method", m) {
+                Ok(taken) => assert!(taken && compiled_in, "{m} taken without its feature"),
+                Err(e) => {
+                    assert!(!compiled_in, "{m}: {}", e.message);
+                    assert_eq!(e.kind, ErrorKind::ConfigInvalidValue, "{m}");
+                    assert!(
+                        e.message.contains(&format!("cargo feature `{feature}`")),
+                        "{m}: {}",
+                        e.message
+                    );
+                }
+            }
+        }
+        // A method implied by a connection string is refused when the cache is built, not replaced by another.
+        let mut c = AuthConfig::default();
+        set(
+            &mut c,
+            "connection_string",
+            "https://c.kusto.windows.net;AppClientId=a;AppKey=k;TenantId=t",
+        );
+        let built = c.build(None, Duration::from_secs(1), crate::clock::system());
+        if cfg!(feature = "entra") {
+            assert_eq!(built.unwrap().unwrap().source_name(), "client secret");
+        } else {
+            let e = built.unwrap_err();
+            assert_eq!(e.kind, ErrorKind::ConfigInvalidValue);
+            assert!(e.message.contains("cargo feature `entra`"), "{}", e.message);
+        }
     }
 
     #[test]

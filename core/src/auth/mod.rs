@@ -16,32 +16,54 @@
 //! | `arc` | [`ArcIdentity`] | `GET` the Arc agent, answer its challenge from the `.key` file |
 //!
 //! See `shared/kusto-protocol.md`, section "Authentication", for the wire format these follow.
+//!
+//! `token` and `callback` are always compiled in. The Entra ID flows (`client_secret`, `certificate`,
+//! `workload_identity`) need the cargo feature `entra`, `managed_identity` and `arc` the feature
+//! `managed-identity`; both are on by default. With one left out, a config asking for its methods fails with
+//! `ConfigInvalidValue` naming the feature (see [`AuthConfig::build`]).
 
+#[cfg(feature = "managed-identity")]
 mod arc;
 mod cache;
 mod config;
 mod connstr;
+// Shared helpers: what of them is used depends on the token sources compiled in.
+#[cfg_attr(
+    not(all(feature = "entra", feature = "managed-identity")),
+    allow(dead_code)
+)]
 pub(crate) mod encoding;
+// Shared helpers: what of them is used depends on the token sources compiled in.
+#[cfg_attr(
+    not(all(feature = "entra", feature = "managed-identity")),
+    allow(dead_code)
+)]
 mod http;
 pub(crate) mod json;
+#[cfg(feature = "entra")]
 mod jwt;
 mod metadata;
 mod providers;
 
 pub use crate::secret::SecretString;
+#[cfg(feature = "managed-identity")]
 pub use arc::{
     arc_detected, check_arc_key_path, ARC_DEFAULT_ENDPOINT, ARC_KEY_DIR, ARC_KEY_MAX_BYTES,
 };
 pub use cache::{RefreshPlan, RetryPolicy, TokenCache};
 pub use config::{AuthConfig, Method, AUTH_KEYS};
 pub use connstr::{parse_connection_string, ConnectionString, CredentialSpec};
+#[cfg(feature = "entra")]
 pub use jwt::CertificateCredential;
 pub use metadata::{Cloud, CloudConfig, DEFAULT_AUTHORITY_HOST, DEFAULT_RESOURCE};
 pub use providers::{
-    parse_token_response, AccessToken, ArcIdentity, Assertion, CallbackSource, ClientCredentials,
-    FetchError, Lifetime, ManagedIdentity, StaticToken, TokenCallback, TokenSource,
-    IMDS_DEFAULT_ENDPOINT,
+    parse_token_response, AccessToken, CallbackSource, FetchError, Lifetime, StaticToken,
+    TokenCallback, TokenSource,
 };
+#[cfg(feature = "managed-identity")]
+pub use providers::{ArcIdentity, ManagedIdentity, IMDS_DEFAULT_ENDPOINT};
+#[cfg(feature = "entra")]
+pub use providers::{Assertion, ClientCredentials};
 
 /// What a token source gets for one fetch: the HTTP agent, the cloud it authenticates against and the clock.
 pub struct FetchContext<'a> {

@@ -1,28 +1,43 @@
 //! Token sources: where a fresh access token comes from. Each one makes at most one attempt per `fetch` (the cache
 //! retries), says in its errors what to fix, and never puts a secret, an assertion or a token into a message.
 
+//!
+//! The static token and the callback are always here; the Entra ID client credentials need the cargo feature
+//! `entra`, IMDS and Azure Arc the feature `managed-identity`.
+
 use std::fmt;
+#[cfg(any(feature = "entra", feature = "managed-identity"))]
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
 use crate::error::{Error, ErrorKind};
 
+#[cfg(feature = "managed-identity")]
 use super::arc;
-use super::encoding::{percent_encode, percent_encode_into};
+#[cfg(feature = "managed-identity")]
+use super::encoding::percent_encode;
+#[cfg(feature = "entra")]
+use super::encoding::percent_encode_into;
+#[cfg(any(feature = "entra", feature = "managed-identity"))]
 use super::http::{self, Reply};
 use super::json::{self, Scalar};
+#[cfg(feature = "entra")]
 use super::jwt::CertificateCredential;
 use super::FetchContext;
 use crate::secret::SecretString;
 
 /// Default IMDS token endpoint on Azure VMs.
+#[cfg(feature = "managed-identity")]
 pub const IMDS_DEFAULT_ENDPOINT: &str = "http://169.254.169.254/metadata/identity/oauth2/token";
 /// IMDS API version the SDKs use (`expires_in` / `expires_on` come back as strings).
+#[cfg(feature = "managed-identity")]
 const IMDS_API_VERSION: &str = "2018-02-01";
 /// Azure Arc's API version.
+#[cfg(feature = "managed-identity")]
 const ARC_API_VERSION: &str = "2020-06-01";
 /// Largest federated token file read.
+#[cfg(feature = "entra")]
 const FEDERATED_TOKEN_MAX_BYTES: u64 = 64 * 1024;
 
 /// How long a token lives, as the source knows it.
@@ -278,6 +293,7 @@ fn clean(s: &str, max: usize) -> String {
     out.split_whitespace().collect::<Vec<_>>().join(" ")
 }
 
+#[cfg(any(feature = "entra", feature = "managed-identity"))]
 /// `error` and `error_description` of an OAuth error body, cleaned, with every secret we sent cut out in case
 /// the server echoes it.
 fn error_detail(body: &[u8], secrets: &[&str]) -> String {
@@ -302,6 +318,7 @@ fn error_detail(body: &[u8], secrets: &[&str]) -> String {
     }
 }
 
+#[cfg(any(feature = "entra", feature = "managed-identity"))]
 /// What a failed answer means. `transient` lists statuses that are passing on this endpoint besides 408, 429
 /// and 5xx; everything else is a refusal that only a config change (or a clock fix) can cure.
 fn failure(
@@ -340,6 +357,7 @@ fn failure(
     FetchError { error, retry_after }
 }
 
+#[cfg(any(feature = "entra", feature = "managed-identity"))]
 fn read_success(
     reply: &Reply,
     who: &str,
@@ -363,6 +381,7 @@ fn read_success(
 // Entra ID client credentials
 
 /// How a client proves who it is to Entra ID.
+#[cfg(feature = "entra")]
 pub enum Assertion {
     /// A client secret (`client_secret=`).
     Secret(SecretString),
@@ -372,6 +391,7 @@ pub enum Assertion {
     FederatedTokenFile(PathBuf),
 }
 
+#[cfg(feature = "entra")]
 impl fmt::Debug for Assertion {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
@@ -383,6 +403,7 @@ impl fmt::Debug for Assertion {
 }
 
 /// Entra ID client credentials flow: `POST {authority}/{tenant}/oauth2/v2.0/token`.
+#[cfg(feature = "entra")]
 #[derive(Debug)]
 pub struct ClientCredentials {
     tenant: String,
@@ -392,6 +413,7 @@ pub struct ClientCredentials {
     authority_override: Option<String>,
 }
 
+#[cfg(feature = "entra")]
 impl ClientCredentials {
     /// A client of `tenant` (GUID or domain) with id `client_id`.
     pub fn new(
@@ -470,8 +492,10 @@ impl ClientCredentials {
     }
 }
 
+#[cfg(feature = "entra")]
 const JWT_BEARER: &str = "urn:ietf:params:oauth:client-assertion-type:jwt-bearer";
 
+#[cfg(feature = "entra")]
 fn read_federated_token(path: &std::path::Path) -> Result<SecretString, Error> {
     use std::io::Read;
     let refused = |why: String| {
@@ -499,6 +523,7 @@ fn read_federated_token(path: &std::path::Path) -> Result<SecretString, Error> {
     Ok(SecretString::new(t))
 }
 
+#[cfg(feature = "entra")]
 impl TokenSource for ClientCredentials {
     fn fetch(&self, ctx: &FetchContext<'_>) -> Result<AccessToken, FetchError> {
         let authority = self
@@ -540,6 +565,7 @@ impl TokenSource for ClientCredentials {
 // Managed identity
 
 /// Appends `key=value` to a URL's query, percent-encoding the value.
+#[cfg(feature = "managed-identity")]
 fn query(url: &mut String, key: &str, value: &str) {
     url.push(if url.contains('?') { '&' } else { '?' });
     url.push_str(key);
@@ -548,12 +574,14 @@ fn query(url: &mut String, key: &str, value: &str) {
 }
 
 /// Managed identity on an Azure VM, through IMDS.
+#[cfg(feature = "managed-identity")]
 #[derive(Debug)]
 pub struct ManagedIdentity {
     endpoint: String,
     client_id: Option<String>,
 }
 
+#[cfg(feature = "managed-identity")]
 impl ManagedIdentity {
     /// IMDS at `endpoint` (normally [`IMDS_DEFAULT_ENDPOINT`]); `client_id` picks a user-assigned identity.
     pub fn new(endpoint: &str, client_id: Option<&str>) -> Result<Self, Error> {
@@ -576,6 +604,7 @@ impl ManagedIdentity {
     }
 }
 
+#[cfg(feature = "managed-identity")]
 impl TokenSource for ManagedIdentity {
     fn fetch(&self, ctx: &FetchContext<'_>) -> Result<AccessToken, FetchError> {
         let reply = http::get(
@@ -601,12 +630,14 @@ impl TokenSource for ManagedIdentity {
 }
 
 /// Managed identity on an Azure Arc-enabled server, through the local Arc agent and its key-file challenge.
+#[cfg(feature = "managed-identity")]
 #[derive(Debug)]
 pub struct ArcIdentity {
     endpoint: String,
     key_dir: PathBuf,
 }
 
+#[cfg(feature = "managed-identity")]
 impl ArcIdentity {
     /// The Arc agent at `endpoint`; challenge files are accepted only inside `key_dir`.
     pub fn new(endpoint: &str, key_dir: PathBuf) -> Result<Self, Error> {
@@ -626,6 +657,7 @@ impl ArcIdentity {
     }
 }
 
+#[cfg(feature = "managed-identity")]
 impl TokenSource for ArcIdentity {
     fn fetch(&self, ctx: &FetchContext<'_>) -> Result<AccessToken, FetchError> {
         let url = self.url(&ctx.cloud.resource);
@@ -797,6 +829,7 @@ mod tests {
         assert_eq!(t.refresh_in, None);
     }
 
+    #[cfg(any(feature = "entra", feature = "managed-identity"))]
     fn reply(status: u16, body: &str) -> Reply {
         Reply {
             status,
@@ -808,6 +841,7 @@ mod tests {
     }
 
     #[test]
+    #[cfg(any(feature = "entra", feature = "managed-identity"))]
     fn refusals_are_auth_refused_and_outages_transient() {
         let body = r#"{"error":"invalid_client","error_description":"AADSTS7000215: Invalid client secret provided: s3cr3t-value.\r\nTrace ID: 1"}"#;
         let f = failure(
@@ -850,6 +884,7 @@ mod tests {
     }
 
     #[test]
+    #[cfg(feature = "entra")]
     fn client_secret_form_is_exactly_the_documented_one() {
         let cc = ClientCredentials::new(
             "contoso.onmicrosoft.com",
@@ -873,6 +908,7 @@ mod tests {
     }
 
     #[test]
+    #[cfg(feature = "managed-identity")]
     fn managed_identity_urls() {
         let mi = ManagedIdentity::new(
             IMDS_DEFAULT_ENDPOINT,
@@ -897,6 +933,7 @@ mod tests {
     }
 
     #[test]
+    #[cfg(feature = "entra")]
     fn federated_token_is_reread_every_time() {
         let dir = std::env::temp_dir().join(format!("kedge-wi-{}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
@@ -919,7 +956,7 @@ mod tests {
 }
 
 /// The sources against a scripted loopback server: what goes on the wire, byte for byte where the protocol says.
-#[cfg(test)]
+#[cfg(all(test, feature = "entra", feature = "managed-identity"))]
 mod wire_tests {
     use super::*;
     use crate::auth::metadata::Cloud;
