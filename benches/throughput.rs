@@ -159,6 +159,10 @@ fn bench_pipeline() {
         best_csv = best_csv.min(pipeline_cpu(&records, data.len(), "csv").0);
     }
     let (alone, alone_wire) = gzip_cpu(3, &data);
+    let (check, bytewise) = (
+        json_check_cpu(&records, false),
+        json_check_cpu(&records, true),
+    );
     println!(
         "pipeline, {} records ({} MB) through append + poll on one thread (batch.sealed=0, level 3, plain http): \
          {best:.2} ms CPU per MB (best of 3), the compressor alone on the same bytes in 1 MiB pieces {alone:.2}: \
@@ -170,6 +174,33 @@ fn bench_pipeline() {
         alone_wire as f64 * 100.0 / data.len() as f64,
         best_csv / alone
     );
+    println!(
+        "  the JSON syntax check alone on those records: {check:.2} ms per MB, a byte at a time {bytewise:.2} ms \
+         ({:.2}x); {:.1} % of the pipeline's CPU",
+        bytewise / check,
+        check * 100.0 / best
+    );
+}
+
+/// CPU per MB (best of 3) of the JSON syntax check `append` runs on each record, word-at-a-time or (`bytewise`) the
+/// byte-at-a-time reference.
+fn json_check_cpu(records: &[&[u8]], bytewise: bool) -> f64 {
+    use kusto_edge_core::json_check::{check, check_bytewise};
+    let raw: usize = records.iter().map(|r| r.len() + 1).sum();
+    let mut best = Duration::MAX;
+    for _ in 0..3 {
+        let t = thread_cpu();
+        for r in records {
+            let ok = if bytewise {
+                check_bytewise(std::hint::black_box(r), false)
+            } else {
+                check(std::hint::black_box(r), false)
+            };
+            assert!(ok.is_ok());
+        }
+        best = best.min(thread_cpu() - t);
+    }
+    best.as_secs_f64() * 1e3 / (raw as f64 / 1e6)
 }
 
 fn end_to_end(tls: bool, records: &[&[u8]]) -> (Duration, u64) {

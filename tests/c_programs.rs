@@ -27,27 +27,9 @@ struct Built {
 }
 
 fn build_everything() -> Result<Built, String> {
-    let target = target_dir();
-    let lib_dir = build_host_lib()?;
-    let programs = target.join("c-build");
-    // The Makefile's own CFLAGS (-std=c99 ... -Werror -pedantic) are what this checks: none from the environment.
-    let make = Command::new("make")
-        .arg("-C")
-        .arg(Path::new(MANIFEST_DIR).join("examples-c"))
-        .arg(format!("LIBDIR={}", lib_dir.display()))
-        .arg(format!("BUILD={}", programs.display()))
-        .env_remove("CFLAGS")
-        .env_remove("LDFLAGS")
-        .output()
-        .map_err(|e| format!("cannot run make: {e}"))?;
-    if !make.status.success() {
-        return Err(format!(
-            "make failed (warnings are errors):\n{}\n{}",
-            String::from_utf8_lossy(&make.stdout),
-            String::from_utf8_lossy(&make.stderr)
-        ));
-    }
-    Ok(Built { programs })
+    Ok(Built {
+        programs: build_c_programs()?,
+    })
 }
 
 fn built() -> &'static Built {

@@ -17,6 +17,11 @@ pub const COMPRESSOR_STATE_BYTES: usize = 352 * 1024;
 const HEADER: [u8; 10] = [0x1f, 0x8b, 8, 0, 0, 0, 0, 0, 0, 0xff];
 const TRAILER_LEN: usize = 8;
 
+/// Inputs shorter than this are stored, not deflated: resetting the compressor zeroes about 300 KiB of tables,
+/// which for one ~100-byte record (one request per record with `batch.max_age_ms=0`) costs more than deflating
+/// it, and saves some 10-20 bytes on a request whose HTTP head alone is hundreds.
+pub const STORE_BELOW: usize = 128;
+
 /// Room for the gzip member of `raw_len` input bytes. Deflate can expand input that does not compress (random
 /// bytes, already compressed data); when it would not fit here, [`Gzip::compress`] stores the input instead, in
 /// blocks of at most 64 KiB with 5 bytes of header each, which always fits. So a chunk on the wire or in the spool
@@ -52,6 +57,9 @@ impl Gzip {
     /// Compresses `input` as one gzip member into `out` (cleared first, never grown past its capacity).
     /// Returns the length written. Fails, without panicking, if `out` is smaller than [`compressed_bound`].
     pub fn compress(&mut self, input: &[u8], out: &mut Vec<u8>) -> Result<usize, Error> {
+        if input.len() < STORE_BELOW {
+            return store_small(input, out);
+        }
         let mut result = self.compress_into(input, out);
         if result.is_err() {
             // Input that deflate expands: store it instead, which fits any buffer of compressed_bound size.
@@ -120,6 +128,31 @@ impl Gzip {
         out.extend_from_slice(&(input.len() as u32).to_le_bytes());
         Ok(pos + TRAILER_LEN)
     }
+}
+
+/// A gzip member of one stored deflate block (RFC 1951 3.2.4: BFINAL=1, BTYPE=00, then LEN and its complement),
+/// without touching the compressor. `input` is under [`STORE_BELOW`] bytes, so it fits any `compressed_bound`.
+fn store_small(input: &[u8], out: &mut Vec<u8>) -> Result<usize, Error> {
+    debug_assert!(input.len() < STORE_BELOW);
+    let len = HEADER.len() + 5 + input.len() + TRAILER_LEN;
+    out.clear();
+    if out.capacity() < len {
+        return Err(Error::new(
+            ErrorKind::Internal,
+            "gzip output buffer too small for this chunk",
+        ));
+    }
+    let n = input.len() as u16;
+    let mut crc = Crc32::new();
+    crc.update(input);
+    out.extend_from_slice(&HEADER);
+    out.push(1);
+    out.extend_from_slice(&n.to_le_bytes());
+    out.extend_from_slice(&(!n).to_le_bytes());
+    out.extend_from_slice(input);
+    out.extend_from_slice(&crc.finish().to_le_bytes());
+    out.extend_from_slice(&(input.len() as u32).to_le_bytes());
+    Ok(len)
 }
 
 /// `out.resize(len, 0)` as copies of a zeroed block: at opt-level "z" `resize` fills one byte per step, which was
@@ -221,6 +254,37 @@ mod tests {
             assert_eq!(out.as_ptr(), ptr, "output buffer was reallocated");
             assert_eq!(decompress(&out, usize::MAX).unwrap(), data);
         }
+    }
+
+    #[test]
+    fn small_inputs_are_stored_without_the_compressor_and_round_trip_at_every_length() {
+        let mut g = Gzip::new(3);
+        let record = "{\"seq\":1,\"device\":\"gw-1\",\"site\":\"plant-7\",\"temp\":21.3,\"status\":\"ok\"}\n";
+        let text = record.repeat(3);
+        let text = text.as_bytes();
+        assert!(text.len() > STORE_BELOW);
+        for len in 0..=STORE_BELOW + 1 {
+            let input = &text[..len];
+            let mut out = Vec::with_capacity(compressed_bound(len));
+            let n = g.compress(input, &mut out).unwrap();
+            assert_eq!(n, out.len());
+            assert_eq!(decompress(&out, 1 << 20).unwrap(), input, "length {len}");
+            if len < STORE_BELOW {
+                // Header, the block's 5 bytes, the input itself, the trailer.
+                assert_eq!(n, 10 + 5 + len + 8, "length {len} is stored");
+                assert_eq!(&out[15..15 + len], input);
+            } else {
+                assert!(n < 10 + 5 + len + 8, "length {len} is deflated");
+            }
+            // The compressor is unharmed for the next, longer input.
+            let mut big = Vec::with_capacity(compressed_bound(text.len()));
+            g.compress(text, &mut big).unwrap();
+            assert_eq!(decompress(&big, 1 << 20).unwrap(), text);
+        }
+        // A buffer too small for the stored member is an error, not a panic.
+        let mut tiny = Vec::with_capacity(20);
+        assert!(g.compress(b"0123456789", &mut tiny).is_err());
+        assert!(tiny.is_empty());
     }
 
     #[test]

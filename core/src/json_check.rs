@@ -24,6 +24,7 @@ struct Stack {
 }
 
 impl Stack {
+    #[inline(always)]
     fn push(&mut self, object: bool, at: usize) -> Result<(), SyntaxError> {
         if self.depth == MAX_DEPTH {
             return Err(SyntaxError {
@@ -41,24 +42,58 @@ impl Stack {
         Ok(())
     }
 
+    #[inline(always)]
     fn top_is_object(&self) -> Option<bool> {
         let d = self.depth.checked_sub(1)?;
         Some(self.bits[d / 64] & (1 << (d % 64)) != 0)
     }
 
+    #[inline(always)]
     fn pop(&mut self) {
         self.depth -= 1;
     }
 }
 
+const ONES: u64 = 0x0101_0101_0101_0101;
+const HIGHS: u64 = 0x8080_8080_8080_8080;
+
+/// The offset of the first byte at or after `i` that ends a string's plain run (a quote, a backslash or a control
+/// byte below 0x20), or `s.len()`: 8 bytes a step. `(x - k) & !x & 0x80..80` flags the bytes of `x` below `k`
+/// (and `w ^ 0x22..22` has a zero byte where `w` has a quote); a borrow can only flag bytes above a truly flagged
+/// one, whatever the high bytes (UTF-8 included), so the lowest flag of the three is exact.
+#[inline(always)]
+fn plain_run_end(s: &[u8], mut i: usize) -> usize {
+    while let Some(w) = s.get(i..).and_then(<[u8]>::first_chunk::<8>) {
+        let w = u64::from_le_bytes(*w);
+        let quote = w ^ (ONES * u64::from(b'"'));
+        let backslash = w ^ (ONES * u64::from(b'\\'));
+        let found = (quote.wrapping_sub(ONES) & !quote)
+            | (backslash.wrapping_sub(ONES) & !backslash)
+            | (w.wrapping_sub(ONES * 0x20) & !w);
+        let found = found & HIGHS;
+        if found != 0 {
+            return i + (found.trailing_zeros() / 8) as usize;
+        }
+        i += 8;
+    }
+    while let Some(&b) = s.get(i) {
+        if b == b'"' || b == b'\\' || b < 0x20 {
+            break;
+        }
+        i += 1;
+    }
+    i
+}
+
 /// The scanner's small steps are `#[inline(always)]`: at opt-level "z" each was a call per byte, and the check took
-/// a third of kedge-send's CPU (README "Performance").
-struct Scanner<'a> {
+/// a third of kedge-send's CPU (README "Benchmarks"). `WORDS` skips string bodies 8 bytes a step; without it (only
+/// for the tests and the fuzz target, as the reference the fast path must agree with) a byte at a time.
+struct Scanner<'a, const WORDS: bool> {
     s: &'a [u8],
     i: usize,
 }
 
-impl Scanner<'_> {
+impl<const WORDS: bool> Scanner<'_, WORDS> {
     fn err(&self, what: &'static str) -> SyntaxError {
         SyntaxError { at: self.i, what }
     }
@@ -86,9 +121,13 @@ impl Scanner<'_> {
     }
 
     /// A string, the opening quote at the cursor.
+    #[inline(always)]
     fn string(&mut self) -> Result<(), SyntaxError> {
         self.expect(b'"', "expected a string")?;
         loop {
+            if WORDS {
+                self.i = plain_run_end(self.s, self.i);
+            }
             match self.peek() {
                 None => return Err(self.err("unterminated string")),
                 Some(b'"') => {
@@ -169,6 +208,7 @@ impl Scanner<'_> {
     }
 
     /// An object key and its colon, the cursor at the key.
+    #[inline(always)]
     fn key(&mut self) -> Result<(), SyntaxError> {
         if self.peek() != Some(b'"') {
             return Err(self.err("expected a quoted object key"));
@@ -256,7 +296,18 @@ impl Scanner<'_> {
 /// Checks that `text` is JSON: exactly one value (`many == false`, the `json` format: one object per line) or
 /// one or more values separated by whitespace (`many == true`, `multijson`).
 pub fn check(text: &[u8], many: bool) -> Result<(), SyntaxError> {
-    let mut sc = Scanner { s: text, i: 0 };
+    check_with::<true>(text, many)
+}
+
+/// [`check`] a byte at a time: the reference the word-at-a-time string skipping is tested against (unit tests, the
+/// `json_check` fuzz target). Same result, same offset, same message, for any bytes.
+#[cfg(any(test, feature = "testing"))]
+pub fn check_bytewise(text: &[u8], many: bool) -> Result<(), SyntaxError> {
+    check_with::<false>(text, many)
+}
+
+fn check_with<const WORDS: bool>(text: &[u8], many: bool) -> Result<(), SyntaxError> {
+    let mut sc = Scanner::<WORDS> { s: text, i: 0 };
     let mut values = 0usize;
     loop {
         sc.skip_ws();
@@ -322,6 +373,102 @@ mod tests {
             assert_eq!(e.at, at, "{}: {}", String::from_utf8_lossy(bad), e.what);
         }
         assert!(check(b"{} {", true).is_err());
+    }
+
+    /// Both checks, which must agree exactly (offset and message); returns the result.
+    fn both(text: &[u8], many: bool) -> Result<(), SyntaxError> {
+        let fast = check(text, many);
+        assert_eq!(
+            fast,
+            check_bytewise(text, many),
+            "{:?}",
+            String::from_utf8_lossy(text)
+        );
+        fast
+    }
+
+    #[test]
+    fn the_word_skip_stops_at_quotes_escapes_and_control_bytes_at_every_position_of_a_word() {
+        // (what sits inside the string, whether the record is JSON, where the error is from the string's start)
+        let cases: [(&[u8], Option<usize>); 14] = [
+            (b"", None),
+            (b"\\\"", None),
+            (b"\\\\", None),
+            (b"\\n", None),
+            (b"\\u00e9", None),
+            (b"\\u00g9", Some(4)),
+            (b"\\x", Some(1)),
+            (b"\x01", Some(0)),
+            (b"\x1f", Some(0)),
+            (b"\t", Some(0)),
+            (b" ~\x7f", None),
+            ("\u{e9}".as_bytes(), None),
+            ("\u{20ac}".as_bytes(), None),
+            ("\u{1f600}".as_bytes(), None),
+        ];
+        for lead in 0..17 {
+            for (inner, bad) in cases {
+                for tail in 0..17 {
+                    // A key of `lead` plain bytes moves the string across word boundaries; `tail` plain bytes
+                    // after the special one move the string's end.
+                    let mut r = b"{\"".to_vec();
+                    r.extend(std::iter::repeat_n(b'k', lead));
+                    r.extend_from_slice(b"\":\"");
+                    let start = r.len();
+                    r.extend(std::iter::repeat_n(b'v', lead % 5));
+                    r.extend_from_slice(inner);
+                    r.extend(std::iter::repeat_n(b'w', tail));
+                    r.extend_from_slice(b"\"}");
+                    let got = both(&r, false);
+                    match bad {
+                        None => assert_eq!(got, Ok(()), "{}", String::from_utf8_lossy(&r)),
+                        Some(at) => assert_eq!(got.unwrap_err().at, start + lead % 5 + at),
+                    }
+                    // Cut anywhere: never accepted, and both agree on where.
+                    for cut in 0..r.len() {
+                        assert!(both(&r[..cut], false).is_err());
+                    }
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn word_and_byte_checks_agree_on_mutated_records() {
+        let seeds: [&[u8]; 4] = [
+            br#"{"seq":12,"device":"gw-1","ts":"2026-11-22T01:02:03Z","temp":21.5,"ok":true,"n":null}"#,
+            br#"[{"a":"x\u00e9\n\"q\"","b":[1e5,-0.25E-3,0]},"long string with spaces and / slashes"]"#,
+            "{\"ünï\":\"cödé €😀 and more text past a word\"}".as_bytes(),
+            b"{\"a\":1}\n{\"b\":\"two\"}\n[3]",
+        ];
+        // Replacements that matter to strings and numbers; a fixed xorshift picks where.
+        let bytes = [
+            b'"', b'\\', b'u', b'0', 0x01, 0x1f, b' ', b'\n', b'}', b']', b',', b':', 0xc3, 0xa9,
+        ];
+        let mut x = 0x9e37_79b9_7f4a_7c15u64;
+        let mut next = move || {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x
+        };
+        for seed in seeds {
+            for _ in 0..3000 {
+                let mut r = seed.to_vec();
+                for _ in 0..1 + next() % 3 {
+                    let at = (next() % r.len() as u64) as usize;
+                    match next() % 3 {
+                        0 => r[at] = bytes[(next() % bytes.len() as u64) as usize],
+                        1 => r.insert(at, bytes[(next() % bytes.len() as u64) as usize]),
+                        _ => {
+                            r.remove(at);
+                        }
+                    }
+                }
+                let _ = both(&r, false);
+                let _ = both(&r, true);
+            }
+        }
     }
 
     #[test]

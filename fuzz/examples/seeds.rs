@@ -136,5 +136,11 @@ fn main() {
     odd.extend_from_slice(b"{\"y\"}");
     write("ffi_append", "lengths", &odd);
 
+    // json_check: mode byte (bit 0: multijson), then the record.
+    write("json_check", "telemetry", b"\x00{\"seq\":12,\"device\":\"gw-1\",\"ts\":\"2026-11-22T01:02:03Z\",\"temp\":21.5}");
+    write("json_check", "escapes", "\x00[\"a\\u00e9\\n\\\"b\\\\\",\"ünï cödé €\",-0.5e+3,true,null,{}]".as_bytes());
+    write("json_check", "multijson", b"\x01{\"a\":1}\n{\"b\":[1,2]}\n\"s\"");
+    write("json_check", "control", b"\x00{\"long key past one word\":\"tab\there\"}");
+
     chunks();
 }

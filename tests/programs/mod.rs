@@ -62,6 +62,30 @@ pub fn build_host_lib() -> Result<PathBuf, String> {
     Ok(lib_dir)
 }
 
+/// Builds the host library and the C programs of `examples-c` with its Makefile (its own CFLAGS: `-std=c99 ...
+/// -Werror -pedantic`, none from the environment) and returns the directory holding them (`target/c-build`).
+pub fn build_c_programs() -> Result<PathBuf, String> {
+    let lib_dir = build_host_lib()?;
+    let programs = target_dir().join("c-build");
+    let make = Command::new("make")
+        .arg("-C")
+        .arg(Path::new(MANIFEST_DIR).join("examples-c"))
+        .arg(format!("LIBDIR={}", lib_dir.display()))
+        .arg(format!("BUILD={}", programs.display()))
+        .env_remove("CFLAGS")
+        .env_remove("LDFLAGS")
+        .output()
+        .map_err(|e| format!("cannot run make: {e}"))?;
+    if !make.status.success() {
+        return Err(format!(
+            "make failed (warnings are errors):\n{}\n{}",
+            String::from_utf8_lossy(&make.stdout),
+            String::from_utf8_lossy(&make.stderr)
+        ));
+    }
+    Ok(programs)
+}
+
 /// Tests that run programs take turns, so one program's CPU use does not distort another's timings.
 pub fn serial() -> MutexGuard<'static, ()> {
     static SERIAL: Mutex<()> = Mutex::new(());

@@ -8,10 +8,13 @@
 //! the caller's buffer, and an error is a fixed-size value.
 
 use std::io::Read;
-use std::sync::Arc;
-use std::time::Duration;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use ureq::tls::{RootCerts, TlsConfig, TlsProvider};
+use ureq::unversioned::resolver::{DefaultResolver, ResolvedSocketAddrs, Resolver};
+use ureq::unversioned::transport::{DefaultConnector, NextTimeout};
 
 use crate::error::Error;
 
@@ -320,10 +323,123 @@ impl Route {
     }
 }
 
+/// How long a looked-up address is used before the name is looked up again: long enough that a client sending
+/// every few milliseconds does not ask the system resolver for every request, short enough that a cluster that
+/// moves is followed within half a minute.
+pub const RESOLVE_TTL: Duration = Duration::from_secs(30);
+/// Host names whose addresses are kept: the cluster, the token endpoint, and in queued mode the DM and storage.
+const RESOLVE_ENTRIES: usize = 4;
+/// Addresses kept per host name (of the up to 16 a lookup gives): the connector tries them in order.
+const RESOLVE_ADDRS: usize = 4;
+
+/// ureq asks its resolver for every request, even one that then goes out on a kept-alive connection; for a
+/// name like `localhost` that is nsswitch.conf, resolv.conf and /etc/hosts read again each time (README
+/// "Benchmarks"). This one keeps the answers for [`RESOLVE_TTL`], a few hosts of a few addresses each (under
+/// 1 KiB), and looks a name up synchronously: bounded by the system resolver's own `timeout:`/`attempts:`
+/// (resolv.conf), never by a thread per lookup, which is what ureq's own resolver starts when a request has an
+/// overall deadline.
+#[derive(Debug)]
+struct CachingResolver {
+    ttl: Duration,
+    entries: Mutex<heapless::Vec<Resolved, RESOLVE_ENTRIES>>,
+    #[cfg(test)]
+    lookups: std::sync::atomic::AtomicU32,
+}
+
+#[derive(Debug)]
+struct Resolved {
+    host: String,
+    port: u16,
+    family: ureq::config::IpFamily,
+    addrs: heapless::Vec<SocketAddr, RESOLVE_ADDRS>,
+    at: Instant,
+}
+
+impl CachingResolver {
+    fn new(ttl: Duration) -> Self {
+        CachingResolver {
+            ttl,
+            entries: Mutex::new(heapless::Vec::new()),
+            #[cfg(test)]
+            lookups: std::sync::atomic::AtomicU32::new(0),
+        }
+    }
+
+    fn entries(&self) -> std::sync::MutexGuard<'_, heapless::Vec<Resolved, RESOLVE_ENTRIES>> {
+        // The list is valid whatever a panicking holder did: each entry is replaced whole.
+        self.entries.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+impl Resolver for CachingResolver {
+    fn resolve(
+        &self,
+        uri: &ureq::http::Uri,
+        config: &ureq::config::Config,
+        _timeout: NextTimeout,
+    ) -> Result<ResolvedSocketAddrs, ureq::Error> {
+        let key = uri.authority().and_then(|a| {
+            let port = a.port_u16().or(match uri.scheme_str() {
+                Some("https") => Some(443),
+                Some("http") => Some(80),
+                _ => None,
+            })?;
+            Some((a.host(), port))
+        });
+        // Anything unusual (no host, an unknown scheme) goes to ureq's resolver for its own error.
+        let Some((host, port)) = key else {
+            return DefaultResolver::default().resolve(uri, config, NextTimeout::default());
+        };
+        let family = config.ip_family();
+        let now = Instant::now();
+        let mut out = self.empty();
+        {
+            let entries = self.entries();
+            if let Some(e) = entries.iter().find(|e| {
+                e.host == host
+                    && e.port == port
+                    && e.family == family
+                    && now.duration_since(e.at) < self.ttl
+            }) {
+                e.addrs.iter().for_each(|a| out.push(*a));
+                return Ok(out);
+            }
+        }
+        #[cfg(test)]
+        self.lookups
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        // No deadline given: a synchronous lookup on this thread.
+        let found = DefaultResolver::default().resolve(uri, config, NextTimeout::default())?;
+        let mut addrs = heapless::Vec::new();
+        for a in found.iter().take(RESOLVE_ADDRS) {
+            let _ = addrs.push(*a);
+        }
+        let mut entries = self.entries();
+        entries.retain(|e| !(e.host == host && e.port == port && e.family == family));
+        if entries.is_full() {
+            // The oldest answer goes.
+            if let Some(oldest) = (0..entries.len()).min_by_key(|&i| entries[i].at) {
+                entries.swap_remove(oldest);
+            }
+        }
+        // What every later request gets, so the first one too.
+        addrs.iter().for_each(|a| out.push(*a));
+        let _ = entries.push(Resolved {
+            host: host.to_owned(),
+            port,
+            family,
+            addrs,
+            at: now,
+        });
+        Ok(out)
+    }
+}
+
 impl Transport {
     /// Builds the agent: trust store, timeouts, no redirects, the proxy from `proxy.url` or `HTTPS_PROXY`/`NO_PROXY`.
     /// DNS is left to the system resolver's own bounds (`timeout:`/`attempts:` in resolv.conf): a resolve timeout
-    /// in ureq would start a thread per lookup, and this library starts no threads.
+    /// in ureq would start a thread per lookup, and this library starts no threads. Looked-up addresses are kept
+    /// for [`RESOLVE_TTL`] ([`CachingResolver`]).
     pub fn new(
         cfg: &TransportConfig<'_>,
         cluster: &crate::wire::ClusterUrl,
@@ -340,7 +456,7 @@ impl Transport {
             .unversioned_rustls_crypto_provider(Arc::new(rustls::crypto::ring::default_provider()))
             .root_certs(RootCerts::new_with_certs(&roots))
             .build();
-        let agent = ureq::Agent::config_builder()
+        let config = ureq::Agent::config_builder()
             .tls_config(tls)
             .http_status_as_error(false)
             .https_only(false)
@@ -362,8 +478,12 @@ impl Transport {
             .max_idle_connections(2)
             .max_idle_connections_per_host(1)
             .max_idle_age(Duration::from_secs(50))
-            .build()
-            .new_agent();
+            .build();
+        let agent = ureq::Agent::with_parts(
+            config,
+            DefaultConnector::default(),
+            CachingResolver::new(RESOLVE_TTL),
+        );
         let route = Route::new(cluster, agent.config().proxy());
         Ok(Transport {
             agent,
@@ -855,6 +975,56 @@ mod tests {
             d.contains("https://a.blob.core.windows.net/c/b") && d.contains("Authorization"),
             "{d}"
         );
+    }
+
+    #[test]
+    fn a_looked_up_name_is_kept_for_the_ttl_per_host_and_port_and_few_are_kept() {
+        let config = ureq::Agent::config_builder().build();
+        let lookups = |r: &CachingResolver| r.lookups.load(std::sync::atomic::Ordering::Relaxed);
+        let resolve = |r: &CachingResolver, url: &str| {
+            let uri: ureq::http::Uri = url.parse().unwrap();
+            r.resolve(&uri, &config, NextTimeout::default())
+                .unwrap()
+                .iter()
+                .copied()
+                .collect::<Vec<_>>()
+        };
+        let r = CachingResolver::new(RESOLVE_TTL);
+        let first = resolve(&r, "http://localhost:8080/v1/rest/ingest/db/t");
+        assert!(
+            !first.is_empty()
+                && first
+                    .iter()
+                    .all(|a| a.port() == 8080 && a.ip().is_loopback())
+        );
+        assert_eq!(resolve(&r, "http://localhost:8080/other"), first);
+        assert_eq!(lookups(&r), 1, "the second request used the kept answer");
+        // Another port or scheme is another entry; a literal address too.
+        let https = resolve(&r, "https://localhost/");
+        assert!(https.iter().all(|a| a.port() == 443));
+        resolve(&r, "http://127.0.0.1:9/");
+        assert_eq!(lookups(&r), 3);
+        // At most RESOLVE_ENTRIES names are kept: the oldest goes first.
+        for port in 1..=RESOLVE_ENTRIES as u16 {
+            resolve(&r, &format!("http://localhost:{port}/"));
+        }
+        assert_eq!(r.entries().len(), RESOLVE_ENTRIES);
+        resolve(&r, "http://localhost:8080/");
+        assert_eq!(lookups(&r), 4 + RESOLVE_ENTRIES as u32, "8080 was evicted");
+        // Past the TTL a name is looked up again.
+        let expired = CachingResolver::new(Duration::ZERO);
+        resolve(&expired, "http://localhost:8080/");
+        resolve(&expired, "http://localhost:8080/");
+        assert_eq!(lookups(&expired), 2);
+        // A name that does not resolve is an error, and nothing is kept for it.
+        let uri: ureq::http::Uri = "http://no-such-host.invalid/".parse().unwrap();
+        assert!(expired
+            .resolve(&uri, &config, NextTimeout::default())
+            .is_err());
+        assert!(expired
+            .entries()
+            .iter()
+            .all(|e| e.host != "no-such-host.invalid"));
     }
 
     #[test]
