@@ -362,7 +362,7 @@ fn api_robustness_passes(c: &Cross) {
     assert!(n > 100, "only {n} checks ran: {}", out.describe());
     eprintln!(
         "{}: api_robustness, {n} checks, {:?} under {}",
-        c.triple,
+        c.name,
         out.took,
         c.emulator()
     );
@@ -396,7 +396,7 @@ fn sensor_delivers_every_record(c: &Cross, program: &Path) {
     );
     eprintln!(
         "{}: sensor, 300 records in {:?} under {}",
-        c.triple,
+        c.name,
         out.took,
         c.emulator()
     );
@@ -462,7 +462,7 @@ fn kedge_send_streams_every_record_exactly_once(c: &Cross) {
     );
     eprintln!(
         "{}: kedge-send, {E2E_RECORDS} records in {} requests, {:?} under {}: {}",
-        c.triple,
+        c.name,
         requests.len(),
         out.took,
         c.emulator(),
