@@ -69,6 +69,8 @@ grep -qF "$cargo_fuzz_version" <<<"$(cargo fuzz --version 2>/dev/null || true)" 
 step "cargo fmt --check" cargo fmt --all -- --check
 step "cargo clippy" cargo clippy --workspace --all-targets --locked -- -D warnings
 step "cargo test --workspace" cargo test --workspace --locked
+# The core's unit tests without the optional token sources (the minimal firmware build's feature set).
+step "cargo test --lib (core, no default features)" cargo test --locked --lib -p kusto-edge-core --no-default-features
 # The library's unit tests on 32-bit ARM, under qemu (the runner in .cargo/config.toml).
 step "cargo test --lib (armv7, qemu)" cargo test --locked --lib --target armv7-unknown-linux-gnueabihf \
   -p kusto-edge-core -p kusto-edge
