@@ -189,11 +189,12 @@ fn incomplete(msg: impl Into<String>) -> Error {
 }
 
 fn parse_bool(key: &str, v: &str) -> Result<bool, Error> {
-    match v.to_ascii_lowercase().as_str() {
-        "true" | "1" | "yes" | "on" => Ok(true),
-        "false" | "0" | "no" | "off" => Ok(false),
-        _ => Err(invalid(key, format_args!("'{v}' is not true or false"))),
-    }
+    crate::config::parse_bool_word(v).ok_or_else(|| {
+        invalid(
+            key,
+            format_args!("'{v}' is not true or false (yes/no, 1/0)"),
+        )
+    })
 }
 
 /// Tenant and client ids go into a URL path and a form: GUIDs or domain names only.

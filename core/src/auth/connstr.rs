@@ -251,13 +251,11 @@ fn split(s: &str) -> Result<Vec<(String, String)>, Error> {
 }
 
 fn parse_bool(key: &str, v: &str) -> Result<bool, Error> {
-    match v.to_ascii_lowercase().as_str() {
-        "true" | "yes" | "1" => Ok(true),
-        "false" | "no" | "0" => Ok(false),
-        _ => Err(invalid(format!(
+    crate::config::parse_bool_word(v).ok_or_else(|| {
+        invalid(format!(
             "connection string: '{key}' must be true or false, not '{v}'"
-        ))),
-    }
+        ))
+    })
 }
 
 /// An identifier that goes into a URL path or form: tenant and client ids are GUIDs or domain names.

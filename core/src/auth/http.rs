@@ -14,7 +14,9 @@ use crate::error::{Error, ErrorKind};
 pub use crate::transport::split_url;
 use crate::transport::TransportError;
 
+pub use crate::secret::SecretBytes;
 use crate::secret::SecretString;
+use zeroize::Zeroize;
 
 /// Most of a response body read; an answer from a token endpoint is a few KiB.
 pub const MAX_BODY_BYTES: usize = 64 * 1024;
@@ -36,20 +38,6 @@ pub struct Reply {
     pub body: SecretBytes,
     /// True when the body was longer than [`MAX_BODY_BYTES`] and cut.
     pub truncated: bool,
-}
-
-/// Bytes zeroed when dropped.
-#[derive(Default)]
-pub struct SecretBytes(pub Vec<u8>);
-
-impl Drop for SecretBytes {
-    fn drop(&mut self) {
-        let cap = self.0.capacity();
-        self.0.resize(cap, 0);
-        for b in self.0.iter_mut() {
-            *std::hint::black_box(b) = 0;
-        }
-    }
 }
 
 /// Where a URL points, as far as the transport rules care.
@@ -185,9 +173,7 @@ fn read_reply(mut resp: ureq::http::Response<ureq::Body>) -> Reply {
             }
         }
     }
-    for b in buf.iter_mut() {
-        *std::hint::black_box(b) = 0;
-    }
+    buf.zeroize();
     Reply {
         status,
         www_authenticate,

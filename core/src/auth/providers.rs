@@ -9,12 +9,12 @@ use std::time::Duration;
 use crate::error::{Error, ErrorKind};
 
 use super::arc;
-use super::encoding::{percent_encode, percent_encode_into};
 use super::http::{self, Reply};
 use super::json::{self, Scalar};
 use super::jwt::CertificateCredential;
 use super::FetchContext;
 use crate::secret::SecretString;
+use crate::wire::percent_encode;
 
 /// Default IMDS token endpoint on Azure VMs.
 pub const IMDS_DEFAULT_ENDPOINT: &str = "http://169.254.169.254/metadata/identity/oauth2/token";
@@ -430,7 +430,7 @@ impl ClientCredentials {
             }
             s.push_str(k);
             s.push('=');
-            percent_encode_into(v, &mut s);
+            percent_encode(&mut s, v);
             form.push_str(SecretString::new(s).expose());
         };
         field(&mut form, "grant_type", "client_credentials");
@@ -544,7 +544,7 @@ fn query(url: &mut String, key: &str, value: &str) {
     url.push(if url.contains('?') { '&' } else { '?' });
     url.push_str(key);
     url.push('=');
-    url.push_str(&percent_encode(value));
+    percent_encode(url, value);
 }
 
 /// Managed identity on an Azure VM, through IMDS.
