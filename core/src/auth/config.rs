@@ -200,12 +200,7 @@ fn parse_bool(key: &str, v: &str) -> Result<bool, Error> {
 /// Tenant and client ids go into a URL path and a form: GUIDs or domain names only.
 fn id(key: &str, v: &str) -> Result<String, Error> {
     let v = v.trim();
-    if v.is_empty()
-        || v.len() > 256
-        || !v
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_'))
-    {
+    if !super::connstr::is_id_text(v) {
         return Err(invalid(
             key,
             format_args!("'{v}' is not a GUID or domain name"),
@@ -251,8 +246,11 @@ impl AuthConfig {
                 })?)
             }
             "auth.token" => {
-                if value.is_empty() || !value.bytes().all(|b| (0x21..0x7f).contains(&b)) {
-                    return Err(invalid(key, "a token is printable ASCII without spaces"));
+                if !super::providers::is_token_text(value) {
+                    return Err(invalid(
+                        key,
+                        "a token is printable ASCII without spaces, at most 32 KiB",
+                    ));
                 }
                 self.token = Some(SecretString::new(value));
             }

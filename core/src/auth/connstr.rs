@@ -258,14 +258,18 @@ fn parse_bool(key: &str, v: &str) -> Result<bool, Error> {
     })
 }
 
+/// The one check of a tenant or client id (config keys and connection strings alike): it goes into a URL path
+/// and a form, so a GUID or a domain name, 1..256 letters, digits, `-`, `.` and `_`.
+pub(super) fn is_id_text(v: &str) -> bool {
+    !v.is_empty()
+        && v.len() <= 256
+        && v.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_'))
+}
+
 /// An identifier that goes into a URL path or form: tenant and client ids are GUIDs or domain names.
 fn check_id(key: &str, v: &str) -> Result<String, Error> {
-    if v.is_empty()
-        || v.len() > 256
-        || !v
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_'))
-    {
+    if !is_id_text(v) {
         return Err(invalid(format!(
             "connection string: '{key}' must be a GUID or a domain name, not '{v}'"
         )));

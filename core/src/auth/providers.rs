@@ -89,8 +89,10 @@ fn unix_secs(ctx: &FetchContext<'_>) -> u64 {
     crate::clock::unix_ms(ctx.clock.wall()) / 1000
 }
 
-/// A token is sent as an HTTP header value: printable ASCII without spaces, and not absurdly long.
-fn check_token_text(t: &str) -> bool {
+/// The one check of a token's text, wherever a token comes from (config, connection string, callback, token
+/// endpoint, federated token file): it is sent as an HTTP header value or a form field, so printable ASCII
+/// without spaces, and not absurdly long (32 KiB).
+pub(crate) fn is_token_text(t: &str) -> bool {
     !t.is_empty() && t.len() <= 32 * 1024 && t.bytes().all(|b| (0x21..0x7f).contains(&b))
 }
 
@@ -105,7 +107,7 @@ pub struct StaticToken {
 impl StaticToken {
     /// Wraps the token; it must be header-safe (printable ASCII, no spaces).
     pub fn new(token: SecretString) -> Result<Self, Error> {
-        if !check_token_text(token.expose()) {
+        if !is_token_text(token.expose()) {
             return Err(Error::new(
                 ErrorKind::ConfigInvalidValue,
                 "auth.token: a token is printable ASCII without spaces",
@@ -173,7 +175,7 @@ impl TokenSource for CallbackSource {
             )
         })?;
         let token = SecretString::new(token);
-        if !check_token_text(token.expose()) {
+        if !is_token_text(token.expose()) {
             return Err(Error::new(
                 ErrorKind::AuthRefused,
                 "the token callback returned an empty token or one with spaces or non-ASCII characters",
@@ -238,7 +240,7 @@ pub fn parse_token_response(
     })
     .map_err(|_| bad("not a JSON object"))?;
     let token = token.ok_or_else(|| bad("no access_token"))?;
-    if !check_token_text(token.expose()) {
+    if !is_token_text(token.expose()) {
         return Err(bad("access_token is not a header-safe string"));
     }
     if !token_type_ok {
@@ -493,7 +495,7 @@ fn read_federated_token(path: &std::path::Path) -> Result<SecretString, Error> {
         return Err(refused("is larger than 64 KiB".into()));
     }
     let t = s.expose().trim();
-    if t.is_empty() || !t.bytes().all(|b| (0x21..0x7f).contains(&b)) {
+    if !is_token_text(t) {
         return Err(refused("is empty or not a token".into()));
     }
     Ok(SecretString::new(t))
