@@ -514,3 +514,61 @@ fn no_secret_appears_in_logs_errors_reports_or_spool_files() {
     }
     let _ = std::fs::remove_dir_all(&spool);
 }
+
+/// `x.localhost` is a DNS name, whatever this machine's resolver makes of it (glibc hands `*.localhost` to DNS
+/// unless nss-myhostname answers first): a token never goes there over plain http. Every way a token could be
+/// sent, as cluster or as a credential endpoint, is refused as insecure transport before anything is sent, and a
+/// loopback listener on the port the URLs name sees no connection at all. The refusal is the transport rule's
+/// (`InsecureTransport`), not a failed name lookup, so the test holds whether the name resolves or not.
+#[test]
+fn a_token_is_never_sent_over_plain_http_to_a_name_under_localhost() {
+    let spy = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    spy.set_nonblocking(true).unwrap();
+    let port = spy.local_addr().unwrap().port();
+    let plain = format!("http://x.localhost:{port}");
+    let token = "tok-never-in-clear-5521";
+
+    // The cluster: refused at client creation, with and without plain http to other hosts allowed.
+    for remote in ["false", "true"] {
+        let mut c = Config::default();
+        c.set("url", &plain).unwrap();
+        c.set("auth.token", token).unwrap();
+        c.set("http.allow_plain", "true").unwrap();
+        c.set("http.allow_plain_remote", remote).unwrap();
+        c.set("proxy.url", "none").unwrap();
+        let e = Client::new(&c, None, None).err().expect("refused");
+        assert_eq!(e.kind, ErrorKind::InsecureTransport, "{remote}: {e}");
+        assert!(!e.to_string().contains(token), "{e}");
+    }
+    // The same cluster named in a connection string with a token.
+    let mut c = Config::default();
+    c.set("http.allow_plain", "true").unwrap();
+    c.set("proxy.url", "none").unwrap();
+    c.set(
+        "connection_string",
+        &format!("Data Source={plain};Fed=True;User Token={token}"),
+    )
+    .unwrap();
+    let e = Client::new(&c, None, None).err().expect("refused");
+    assert_eq!(e.kind, ErrorKind::InsecureTransport, "{e}");
+
+    // The credential endpoints: refused when they are set.
+    let mut c = Config::default();
+    c.set("http.allow_plain", "true").unwrap();
+    c.set("http.allow_plain_remote", "true").unwrap();
+    for key in [
+        "auth.authority_host",
+        "auth.imds_endpoint",
+        "auth.arc_endpoint",
+    ] {
+        let e = c.set(key, &format!("{plain}/token")).unwrap_err();
+        assert_eq!(e.kind, ErrorKind::InsecureTransport, "{key}: {e}");
+    }
+
+    // Nothing connected: a connection would wait in the listen queue whether or not anyone accepted it.
+    match spy.accept() {
+        Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
+        Ok((_, from)) => panic!("something connected to the loopback listener from {from}"),
+        Err(e) => panic!("accept: {e}"),
+    }
+}

@@ -50,22 +50,13 @@ pub enum LogLevel {
     Debug = 4,
 }
 
-#[inline(never)]
-fn zero_byte(b: &mut u8) {
-    *b = 0;
-    // Keeps the compiler from removing the writes as dead stores before the memory is freed.
-    std::hint::black_box(b);
-}
-
 /// A 32-byte key, zeroed when dropped and never shown by `Debug`.
 #[derive(Clone)]
 pub struct SecretKey(pub [u8; 32]);
 
 impl Drop for SecretKey {
     fn drop(&mut self) {
-        for b in self.0.iter_mut() {
-            zero_byte(b);
-        }
+        zeroize::Zeroize::zeroize(&mut self.0);
     }
 }
 
@@ -525,12 +516,23 @@ fn check_key_file_private(path: &str) -> Result<(), Error> {
     Ok(())
 }
 
-fn parse_bool(key: &str, v: &str) -> Result<bool, Error> {
-    match v.to_ascii_lowercase().as_str() {
-        "true" | "1" | "yes" | "on" => Ok(true),
-        "false" | "0" | "no" | "off" => Ok(false),
-        _ => Err(invalid(key, v, "expected true or false")),
+/// The one reading of a yes/no value, for every config key and connection-string keyword: `true`/`false`,
+/// `yes`/`no` or `1`/`0`, in any case, surrounding spaces ignored; `None` for anything else (`on`, `t`, ``), which
+/// the caller refuses by name. The words are the connection strings' documented ones (`Fed=True`).
+pub(crate) fn parse_bool_word(v: &str) -> Option<bool> {
+    let v = v.trim();
+    let is = |w: &str| v.eq_ignore_ascii_case(w);
+    if is("true") || is("yes") || v == "1" {
+        Some(true)
+    } else if is("false") || is("no") || v == "0" {
+        Some(false)
+    } else {
+        None
     }
+}
+
+fn parse_bool(key: &str, v: &str) -> Result<bool, Error> {
+    parse_bool_word(v).ok_or_else(|| invalid(key, v, "expected true or false (yes/no, 1/0)"))
 }
 
 fn parse_u64(key: &str, v: &str, min: u64, max: u64) -> Result<u64, Error> {
@@ -867,6 +869,41 @@ impl Config {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn one_set_of_yes_no_words_for_every_key() {
+        for (v, want) in [
+            ("true", true),
+            ("True", true),
+            (" YES ", true),
+            ("1", true),
+            ("false", false),
+            ("FALSE", false),
+            ("no", false),
+            ("0", false),
+        ] {
+            assert_eq!(parse_bool_word(v), Some(want), "{v:?}");
+        }
+        for v in ["on", "off", "t", "f", "", "2", "truee", "y"] {
+            assert_eq!(parse_bool_word(v), None, "{v:?}");
+        }
+        let mut c = Config::default();
+        let e = c.set("http.allow_plain", "on").unwrap_err();
+        assert_eq!(e.kind, ErrorKind::ConfigInvalidValue);
+        assert!(e.message.contains("http.allow_plain"), "{}", e.message);
+        c.set("http.allow_plain", "Yes").unwrap();
+        c.set("auth.metadata", "0").unwrap();
+        assert!(c.set("auth.send_x5c", "off").is_err());
+        let cs = crate::auth::parse_connection_string(
+            "Data Source=https://c.kusto.windows.net;Fed=True;User Token=t",
+        )
+        .unwrap();
+        assert!(cs.credential != crate::auth::CredentialSpec::None);
+        assert!(crate::auth::parse_connection_string(
+            "Data Source=https://c.kusto.windows.net;Fed=on"
+        )
+        .is_err());
+    }
 
     #[test]
     fn queued_mode_needs_a_dm_it_can_find() {

@@ -1,10 +1,12 @@
-//! A string that holds a secret (token, client secret, assertion, proxy password): zeroed when dropped and never
+//! A string (and bytes) that hold a secret (token, client secret, assertion, proxy password): zeroed when dropped and never
 //! shown by `Debug` or `Display`.
 //!
 //! A leaf module (it depends on nothing in the crate), so that authentication and the transport's proxy settings
 //! share it without depending on each other.
 
 use std::fmt;
+
+use zeroize::Zeroize;
 
 /// A secret string, zeroed when dropped.
 #[derive(Clone, Default, PartialEq, Eq)]
@@ -43,15 +45,19 @@ impl SecretString {
 
 impl Drop for SecretString {
     fn drop(&mut self) {
-        let mut bytes = std::mem::take(&mut self.0).into_bytes();
-        // Zero the whole capacity that held the secret, not just its length.
-        let cap = bytes.capacity();
-        bytes.resize(cap, 0);
-        for b in bytes.iter_mut() {
-            // black_box keeps the compiler from removing the stores as dead before the free.
-            *std::hint::black_box(b) = 0;
-        }
-        std::hint::black_box(&bytes);
+        // Zeroes the whole capacity, not just the length, with writes the compiler may not remove.
+        self.0.zeroize();
+    }
+}
+
+/// Bytes that may hold a secret (a token endpoint's answer, a read buffer): zeroed when dropped, capacity
+/// included.
+#[derive(Default)]
+pub struct SecretBytes(pub Vec<u8>);
+
+impl Drop for SecretBytes {
+    fn drop(&mut self) {
+        self.0.zeroize();
     }
 }
 

@@ -325,14 +325,21 @@ impl Format {
     }
 }
 
-/// Percent-encodes a path segment or query value: everything but RFC 3986 unreserved characters.
+/// Everything but the RFC 3986 unreserved characters (`A-Z a-z 0-9 - . _ ~`): what every path segment, query
+/// value and form field of the library is encoded with, so a `+`, `&`, `=` or `/` in a value (or a secret) can
+/// never change the URL or the form.
+const NOT_UNRESERVED: &percent_encoding::AsciiSet = &percent_encoding::NON_ALPHANUMERIC
+    .remove(b'-')
+    .remove(b'.')
+    .remove(b'_')
+    .remove(b'~');
+
+/// Appends `s` percent-encoded (upper-case `%XX` of its UTF-8 bytes, see [`NOT_UNRESERVED`]): a path segment,
+/// a query value or an `application/x-www-form-urlencoded` field. Never reallocates when `out` has room for
+/// `3 * s.len()` more bytes, which is how form bodies holding a secret stay in one zeroed buffer.
 pub fn percent_encode(out: &mut String, s: &str) {
-    for &b in s.as_bytes() {
-        if b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_' | b'~') {
-            out.push(b as char);
-        } else {
-            let _ = write!(out, "%{b:02X}");
-        }
+    for piece in percent_encoding::utf8_percent_encode(s, NOT_UNRESERVED) {
+        out.push_str(piece);
     }
 }
 
@@ -536,6 +543,21 @@ mod tests {
     }
 
     use super::*;
+
+    #[test]
+    fn percent_encoding_escapes_everything_that_could_change_a_url_or_form() {
+        let enc = |v: &str| {
+            let mut s = String::new();
+            percent_encode(&mut s, v);
+            s
+        };
+        assert_eq!(
+            enc("https://kusto.kusto.windows.net/.default"),
+            "https%3A%2F%2Fkusto.kusto.windows.net%2F.default"
+        );
+        assert_eq!(enc("a+b&c=d e~_-."), "a%2Bb%26c%3Dd%20e~_-.");
+        assert_eq!(enc("ü%"), "%C3%BC%25");
+    }
 
     #[test]
     fn ingest_url_percent_encodes_names() {

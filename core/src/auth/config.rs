@@ -237,22 +237,18 @@ fn incomplete(msg: impl Into<String>) -> Error {
 }
 
 fn parse_bool(key: &str, v: &str) -> Result<bool, Error> {
-    match v.to_ascii_lowercase().as_str() {
-        "true" | "1" | "yes" | "on" => Ok(true),
-        "false" | "0" | "no" | "off" => Ok(false),
-        _ => Err(invalid(key, format_args!("'{v}' is not true or false"))),
-    }
+    crate::config::parse_bool_word(v).ok_or_else(|| {
+        invalid(
+            key,
+            format_args!("'{v}' is not true or false (yes/no, 1/0)"),
+        )
+    })
 }
 
 /// Tenant and client ids go into a URL path and a form: GUIDs or domain names only.
 fn id(key: &str, v: &str) -> Result<String, Error> {
     let v = v.trim();
-    if v.is_empty()
-        || v.len() > 256
-        || !v
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_'))
-    {
+    if !super::connstr::is_id_text(v) {
         return Err(invalid(
             key,
             format_args!("'{v}' is not a GUID or domain name"),
@@ -298,8 +294,11 @@ impl AuthConfig {
                 })?.compiled_in()?)
             }
             "auth.token" => {
-                if value.is_empty() || !value.bytes().all(|b| (0x21..0x7f).contains(&b)) {
-                    return Err(invalid(key, "a token is printable ASCII without spaces"));
+                if !super::providers::is_token_text(value) {
+                    return Err(invalid(
+                        key,
+                        "a token is printable ASCII without spaces, at most 32 KiB",
+                    ));
                 }
                 self.token = Some(SecretString::new(value));
             }

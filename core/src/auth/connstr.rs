@@ -251,23 +251,25 @@ fn split(s: &str) -> Result<Vec<(String, String)>, Error> {
 }
 
 fn parse_bool(key: &str, v: &str) -> Result<bool, Error> {
-    match v.to_ascii_lowercase().as_str() {
-        "true" | "yes" | "1" => Ok(true),
-        "false" | "no" | "0" => Ok(false),
-        _ => Err(invalid(format!(
+    crate::config::parse_bool_word(v).ok_or_else(|| {
+        invalid(format!(
             "connection string: '{key}' must be true or false, not '{v}'"
-        ))),
-    }
+        ))
+    })
+}
+
+/// The one check of a tenant or client id (config keys and connection strings alike): it goes into a URL path
+/// and a form, so a GUID or a domain name, 1..256 letters, digits, `-`, `.` and `_`.
+pub(super) fn is_id_text(v: &str) -> bool {
+    !v.is_empty()
+        && v.len() <= 256
+        && v.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_'))
 }
 
 /// An identifier that goes into a URL path or form: tenant and client ids are GUIDs or domain names.
 fn check_id(key: &str, v: &str) -> Result<String, Error> {
-    if v.is_empty()
-        || v.len() > 256
-        || !v
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_'))
-    {
+    if !is_id_text(v) {
         return Err(invalid(format!(
             "connection string: '{key}' must be a GUID or a domain name, not '{v}'"
         )));

@@ -6,7 +6,6 @@
 //! IMDS address 169.254.169.254, which are plain http by design and never leave the machine. Those two are also
 //! never sent through a proxy: a proxy could not reach them, and must not see their tokens.
 
-use std::io::Read;
 use std::net::{IpAddr, Ipv4Addr};
 
 use crate::error::{Error, ErrorKind};
@@ -14,6 +13,7 @@ use crate::error::{Error, ErrorKind};
 pub use crate::transport::split_url;
 use crate::transport::TransportError;
 
+pub use crate::secret::SecretBytes;
 use crate::secret::SecretString;
 
 /// Most of a response body read; an answer from a token endpoint is a few KiB.
@@ -36,20 +36,6 @@ pub struct Reply {
     pub body: SecretBytes,
     /// True when the body was longer than [`MAX_BODY_BYTES`] and cut.
     pub truncated: bool,
-}
-
-/// Bytes zeroed when dropped.
-#[derive(Default)]
-pub struct SecretBytes(pub Vec<u8>);
-
-impl Drop for SecretBytes {
-    fn drop(&mut self) {
-        let cap = self.0.capacity();
-        self.0.resize(cap, 0);
-        for b in self.0.iter_mut() {
-            *std::hint::black_box(b) = 0;
-        }
-    }
 }
 
 /// Where a URL points, as far as the transport rules care.
@@ -156,44 +142,17 @@ fn read_reply(mut resp: ureq::http::Response<ureq::Body>) -> Reply {
     let status = resp.status().as_u16();
     let www_authenticate = header(&resp, "www-authenticate");
     let retry_after = header(&resp, "retry-after");
-    let mut body = SecretBytes(Vec::with_capacity(4096));
-    let mut truncated = false;
-    let mut reader = resp.body_mut().as_reader();
-    let mut buf = [0u8; 4096];
-    loop {
-        match reader.read(&mut buf) {
-            Ok(0) => break,
-            Ok(n) => {
-                let room = MAX_BODY_BYTES - body.0.len();
-                if n > room {
-                    body.0.extend_from_slice(&buf[..room]);
-                    truncated = true;
-                    break;
-                }
-                // Reserve ahead in whole steps so the vector never reallocates with a token inside.
-                if body.0.capacity() - body.0.len() < n {
-                    let mut bigger = SecretBytes(Vec::with_capacity(MAX_BODY_BYTES));
-                    bigger.0.extend_from_slice(&body.0);
-                    body = bigger;
-                }
-                body.0.extend_from_slice(&buf[..n]);
-            }
-            // A body cut short is parsed for what it has; the status still counts.
-            Err(_) => {
-                truncated = true;
-                break;
-            }
-        }
-    }
-    for b in buf.iter_mut() {
-        *std::hint::black_box(b) = 0;
-    }
+    // Sized once, at the bound: the answer (a token) is never copied by a reallocation that would leave an
+    // unzeroed copy behind, and a body cut short is parsed for what it has.
+    let mut body = SecretBytes(vec![0; MAX_BODY_BYTES]);
+    let read = crate::transport::body::read_into(&mut resp.body_mut().as_reader(), &mut body.0);
+    body.0.truncate(read.len);
     Reply {
         status,
         www_authenticate,
         retry_after,
         body,
-        truncated,
+        truncated: read.cut,
     }
 }
 

@@ -16,8 +16,10 @@ use rustls_pki_types::{CertificateDer, PrivateKeyDer};
 
 use crate::error::{Error, ErrorKind};
 
-use super::encoding::{base64_std, base64url, hex, json_string_into, uuid_v4};
+use super::encoding::{hex, json_string_into};
 use crate::secret::SecretString;
+use base64::engine::general_purpose::{STANDARD, URL_SAFE_NO_PAD};
+use base64::Engine as _;
 
 /// How long an assertion is valid: the 10 minutes every SDK uses.
 pub const ASSERTION_LIFETIME_SECS: u64 = 600;
@@ -83,7 +85,7 @@ impl CertificateCredential {
         sha.copy_from_slice(sha1.as_ref());
         Ok(CertificateCredential {
             key: Arc::new(key),
-            x5t: base64url(&sha),
+            x5t: URL_SAFE_NO_PAD.encode(sha),
             sha1: sha,
             cert_der: cert.as_ref().to_vec(),
             send_x5c,
@@ -111,7 +113,7 @@ impl CertificateCredential {
         json_string_into(&self.x5t, &mut h);
         if self.send_x5c {
             h.push_str(r#","x5c":["#);
-            json_string_into(&base64_std(&self.cert_der), &mut h);
+            json_string_into(&STANDARD.encode(&self.cert_der), &mut h);
             h.push(']');
         }
         h.push('}');
@@ -127,8 +129,7 @@ impl CertificateCredential {
             ));
         }
         let rng = SystemRandom::new();
-        let jti = uuid_v4(&rng)
-            .map_err(|_| Error::new(ErrorKind::Internal, "no randomness for the assertion id"))?;
+        let jti = crate::wire::uuid_text(&crate::wire::new_uuid(&rng)?);
         let mut claims = String::with_capacity(256);
         claims.push_str(r#"{"aud":"#);
         json_string_into(aud, &mut claims);
@@ -142,15 +143,15 @@ impl CertificateCredential {
             r#","nbf":{now},"iat":{now},"exp":{}}}"#,
             now + ASSERTION_LIFETIME_SECS
         ));
-        let mut jwt = base64url(self.header_json().as_bytes());
+        let mut jwt = URL_SAFE_NO_PAD.encode(self.header_json());
         jwt.push('.');
-        jwt.push_str(&base64url(claims.as_bytes()));
+        URL_SAFE_NO_PAD.encode_string(&claims, &mut jwt);
         let mut sig = vec![0u8; self.key.public().modulus_len()];
         self.key
             .sign(&RSA_PKCS1_SHA256, &rng, jwt.as_bytes(), &mut sig)
             .map_err(|_| Error::new(ErrorKind::Internal, "signing the client assertion failed"))?;
         jwt.push('.');
-        jwt.push_str(&base64url(&sig));
+        URL_SAFE_NO_PAD.encode_string(&sig, &mut jwt);
         Ok(SecretString::new(jwt))
     }
 }
@@ -256,25 +257,9 @@ mod tests {
     const NOW: u64 = 1_767_225_600; // 2026-01-01
 
     fn b64url_decode(s: &str) -> Vec<u8> {
-        let val = |c: u8| match c {
-            b'A'..=b'Z' => c - b'A',
-            b'a'..=b'z' => c - b'a' + 26,
-            b'0'..=b'9' => c - b'0' + 52,
-            b'-' => 62,
-            b'_' => 63,
-            _ => panic!("not base64url: {c}"),
-        };
-        let mut out = Vec::new();
-        let (mut acc, mut bits) = (0u32, 0);
-        for &c in s.as_bytes() {
-            acc = acc << 6 | val(c) as u32;
-            bits += 6;
-            if bits >= 8 {
-                bits -= 8;
-                out.push((acc >> bits) as u8);
-            }
-        }
-        out
+        URL_SAFE_NO_PAD
+            .decode(s)
+            .expect("base64url without padding")
     }
 
     fn cred(key: &str) -> CertificateCredential {
@@ -298,7 +283,7 @@ mod tests {
         let der = CertificateDer::from_pem_slice(CERT.as_bytes()).unwrap();
         let sha = digest::digest(&digest::SHA1_FOR_LEGACY_USE_ONLY, der.as_ref());
         assert_eq!(sha.as_ref(), &expected[..]);
-        assert_eq!(c.x5t(), base64url(&expected));
+        assert_eq!(c.x5t(), URL_SAFE_NO_PAD.encode(expected));
         assert_eq!(c.thumbprint_hex(), OPENSSL_SHA1.replace(':', ""));
         assert!(!c.x5t().contains('=') && !c.x5t().contains('+') && !c.x5t().contains('/'));
     }
@@ -373,7 +358,10 @@ mod tests {
         let jwt = c.assertion("aud", "c", NOW).unwrap();
         let header =
             String::from_utf8(b64url_decode(jwt.expose().split('.').next().unwrap())).unwrap();
-        assert!(header.ends_with(&format!(r#","x5c":["{}"]}}"#, base64_std(c.cert_der()))));
+        assert!(header.ends_with(&format!(
+            r#","x5c":["{}"]}}"#,
+            STANDARD.encode(c.cert_der())
+        )));
     }
 
     #[test]
@@ -421,7 +409,7 @@ mod tests {
         let at = n.as_ptr() as usize - der.as_ptr() as usize + n.len() / 2;
         let mut other = der.clone();
         other[at] ^= 0x55;
-        let b64 = base64_std(&other);
+        let b64 = STANDARD.encode(&other);
         let lines: Vec<&str> = b64
             .as_bytes()
             .chunks(64)

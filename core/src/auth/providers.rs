@@ -15,10 +15,6 @@ use crate::error::{Error, ErrorKind};
 
 #[cfg(feature = "managed-identity")]
 use super::arc;
-#[cfg(feature = "managed-identity")]
-use super::encoding::percent_encode;
-#[cfg(feature = "entra")]
-use super::encoding::percent_encode_into;
 #[cfg(any(feature = "entra", feature = "managed-identity"))]
 use super::http::{self, Reply};
 use super::json::{self, Scalar};
@@ -26,6 +22,8 @@ use super::json::{self, Scalar};
 use super::jwt::CertificateCredential;
 use super::FetchContext;
 use crate::secret::SecretString;
+#[cfg(any(feature = "entra", feature = "managed-identity"))]
+use crate::wire::percent_encode;
 
 /// Default IMDS token endpoint on Azure VMs.
 #[cfg(feature = "managed-identity")]
@@ -104,8 +102,10 @@ fn unix_secs(ctx: &FetchContext<'_>) -> u64 {
     crate::clock::unix_ms(ctx.clock.wall()) / 1000
 }
 
-/// A token is sent as an HTTP header value: printable ASCII without spaces, and not absurdly long.
-fn check_token_text(t: &str) -> bool {
+/// The one check of a token's text, wherever a token comes from (config, connection string, callback, token
+/// endpoint, federated token file): it is sent as an HTTP header value or a form field, so printable ASCII
+/// without spaces, and not absurdly long (32 KiB).
+pub(crate) fn is_token_text(t: &str) -> bool {
     !t.is_empty() && t.len() <= 32 * 1024 && t.bytes().all(|b| (0x21..0x7f).contains(&b))
 }
 
@@ -120,7 +120,7 @@ pub struct StaticToken {
 impl StaticToken {
     /// Wraps the token; it must be header-safe (printable ASCII, no spaces).
     pub fn new(token: SecretString) -> Result<Self, Error> {
-        if !check_token_text(token.expose()) {
+        if !is_token_text(token.expose()) {
             return Err(Error::new(
                 ErrorKind::ConfigInvalidValue,
                 "auth.token: a token is printable ASCII without spaces",
@@ -188,7 +188,7 @@ impl TokenSource for CallbackSource {
             )
         })?;
         let token = SecretString::new(token);
-        if !check_token_text(token.expose()) {
+        if !is_token_text(token.expose()) {
             return Err(Error::new(
                 ErrorKind::AuthRefused,
                 "the token callback returned an empty token or one with spaces or non-ASCII characters",
@@ -253,7 +253,7 @@ pub fn parse_token_response(
     })
     .map_err(|_| bad("not a JSON object"))?;
     let token = token.ok_or_else(|| bad("no access_token"))?;
-    if !check_token_text(token.expose()) {
+    if !is_token_text(token.expose()) {
         return Err(bad("access_token is not a header-safe string"));
     }
     if !token_type_ok {
@@ -452,7 +452,7 @@ impl ClientCredentials {
             }
             s.push_str(k);
             s.push('=');
-            percent_encode_into(v, &mut s);
+            percent_encode(&mut s, v);
             form.push_str(SecretString::new(s).expose());
         };
         field(&mut form, "grant_type", "client_credentials");
@@ -517,7 +517,7 @@ fn read_federated_token(path: &std::path::Path) -> Result<SecretString, Error> {
         return Err(refused("is larger than 64 KiB".into()));
     }
     let t = s.expose().trim();
-    if t.is_empty() || !t.bytes().all(|b| (0x21..0x7f).contains(&b)) {
+    if !is_token_text(t) {
         return Err(refused("is empty or not a token".into()));
     }
     Ok(SecretString::new(t))
@@ -570,7 +570,7 @@ fn query(url: &mut String, key: &str, value: &str) {
     url.push(if url.contains('?') { '&' } else { '?' });
     url.push_str(key);
     url.push('=');
-    url.push_str(&percent_encode(value));
+    percent_encode(url, value);
 }
 
 /// Managed identity on an Azure VM, through IMDS.

@@ -7,7 +7,6 @@
 //! Memory per request is fixed: the response headers are kept in a fixed-size [`KeptHeaders`], the body goes into
 //! the caller's buffer, and an error is a fixed-size value.
 
-use std::io::Read;
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -18,6 +17,7 @@ use ureq::unversioned::transport::{DefaultConnector, NextTimeout};
 
 use crate::error::Error;
 
+pub(crate) mod body;
 mod error;
 mod proxy;
 #[cfg(test)]
@@ -541,16 +541,7 @@ impl Transport {
                 (Some(_), false) => headers.incomplete = true,
             }
         }
-        let mut reader = resp.body_mut().as_reader();
-        let mut n = 0;
-        while n < body_out.len() {
-            match reader.read(&mut body_out[n..]) {
-                Ok(0) => break,
-                Ok(k) => n += k,
-                // The status is what counts; a body cut short only loses detail.
-                Err(_) => break,
-            }
-        }
+        let n = body::read_into(&mut resp.body_mut().as_reader(), body_out).len;
         Ok(Response {
             status,
             retry_after,

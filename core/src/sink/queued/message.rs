@@ -5,7 +5,10 @@
 use std::fmt::Write as _;
 use std::time::{SystemTime, UNIX_EPOCH};
 
-use crate::auth::encoding::{base64_std_into, json_string_into};
+use base64::engine::general_purpose::STANDARD;
+use base64::Engine as _;
+
+use crate::auth::encoding::json_string_into;
 
 /// The JSON must stay under this: its base64 may be at most 65,536 characters (65,537 gets 413).
 pub const MAX_JSON_BYTES: usize = 48 * 1024;
@@ -127,7 +130,7 @@ pub fn write_status_row(
 pub fn write_queue_body(json: &str, out: &mut String) {
     out.clear();
     out.push_str("<QueueMessage><MessageText>");
-    base64_std_into(json.as_bytes(), out);
+    STANDARD.encode_string(json, out);
     out.push_str("</MessageText></QueueMessage>");
 }
 
@@ -247,7 +250,7 @@ mod tests {
             .and_then(|s| s.strip_suffix("</MessageText></QueueMessage>"))
             .unwrap();
         assert!(!inner.contains('&') && !inner.contains('<'));
-        assert_eq!(inner, crate::auth::encoding::base64_std(json.as_bytes()));
+        assert_eq!(inner, STANDARD.encode(&json));
         // Known vector: base64("{\"Id\":") = eyJJZCI6
         assert!(inner.starts_with("eyJJZCI6"), "{inner}");
     }

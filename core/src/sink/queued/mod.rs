@@ -31,6 +31,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use ring::rand::SystemRandom;
+use zeroize::Zeroize;
 
 use crate::auth::TokenCache;
 use crate::config::{Config, QueuedReport, ReportMethod};
@@ -116,14 +117,6 @@ pub struct QueuedSink {
     state: Mutex<State>,
     /// `state.tracker.len()`, readable without the lock (which a send holds through its requests).
     awaiting: AtomicUsize,
-}
-
-/// Zeroes a buffer that held a secret, keeping its capacity (zero bytes are valid UTF-8).
-fn wipe(s: &mut String) {
-    let mut b = std::mem::take(s).into_bytes();
-    b.fill(0);
-    b.clear();
-    *s = String::from_utf8(b).unwrap_or_default();
 }
 
 fn failed(f: Failure, requests: u32) -> Sent {
@@ -913,13 +906,13 @@ impl QueuedSink {
             let ok = message::write_json(&m, &mut json);
             let mut xml = std::mem::take(&mut st.xml);
             message::write_queue_body(&json, &mut xml);
-            wipe(&mut json);
+            json.zeroize();
             st.json = json;
             st.xml = xml;
             ok
         };
         if !ok {
-            wipe(&mut st.xml);
+            st.xml.zeroize();
             let mut f = Failure::network(&format!(
                 "the queue message for chunk {id} would exceed {} bytes of JSON",
                 message::MAX_JSON_BYTES
@@ -949,7 +942,7 @@ impl QueuedSink {
             requests,
         );
         let mut xml = xml;
-        wipe(&mut xml);
+        xml.zeroize();
         st.xml = xml;
         r.map(|_| table.map_or(0, |i| i.min(u8::MAX as usize) as u8))
     }

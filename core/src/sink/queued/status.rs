@@ -12,9 +12,18 @@
 
 use std::time::{Duration, Instant};
 
-use crate::auth::encoding::base64_std_decode;
+use base64::alphabet;
+use base64::engine::{DecodePaddingMode, GeneralPurpose, GeneralPurposeConfig};
+use base64::Engine as _;
+
 use crate::auth::json::{walk, Scalar};
 use crate::spool::DestKey;
+
+/// Standard base64 with the padding optional, no whitespace: how notification texts are read.
+const BASE64_PAD_OPTIONAL: GeneralPurpose = GeneralPurpose::new(
+    &alphabet::STANDARD,
+    GeneralPurposeConfig::new().with_decode_padding_mode(DecodePaddingMode::Indifferent),
+);
 
 /// Chunks tracked at most.
 pub const MAX_INFLIGHT: usize = 256;
@@ -184,9 +193,8 @@ pub struct Notification {
 /// Decodes a notification's `MessageText` (base64 of JSON; parsed leniently: unknown fields are skipped). `None`
 /// when it is not base64 of a JSON object with an `IngestionSourceId`.
 pub fn parse_notification(text: &str, scratch: &mut Vec<u8>) -> Option<Notification> {
-    if !base64_std_decode(text.trim(), scratch) {
-        return None;
-    }
+    scratch.clear();
+    BASE64_PAD_OPTIONAL.decode_vec(text.trim(), scratch).ok()?;
     let mut n = Notification::default();
     walk(scratch, |path, v| {
         let Scalar::Str(s) = v else { return };
@@ -247,7 +255,10 @@ pub fn row_done(status: &str) -> Option<bool> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::auth::encoding::base64_std;
+
+    fn base64_std(b: &[u8]) -> String {
+        base64::engine::general_purpose::STANDARD.encode(b)
+    }
 
     #[test]
     fn the_message_list_is_read_with_or_without_pop_receipts() {
@@ -286,6 +297,8 @@ mod tests {
         assert_eq!(n.error_code, "BadRequest_TableNotFound");
         assert_eq!(n.failure_status, "Permanent");
         assert_eq!(n.details, "Table 'T' not found");
+        let unpadded = base64_std(json.as_bytes()).trim_end_matches('=').to_owned();
+        assert_eq!(parse_notification(&unpadded, &mut scratch).unwrap(), n);
         assert!(parse_notification("not base64!", &mut scratch).is_none());
         assert!(parse_notification(&base64_std(b"[1]"), &mut scratch).is_none());
         assert!(parse_notification(&base64_std(b"{\"Other\":1}"), &mut scratch).is_none());

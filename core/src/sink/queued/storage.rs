@@ -150,7 +150,10 @@ fn append_path(base: &SecretString, segment: &str) -> SecretString {
 /// The id of block `i` of a merged blob: base64 of a fixed-length name (a blob's block ids must all have the same
 /// length), to be percent-encoded in the query.
 pub fn block_id(i: usize) -> String {
-    crate::auth::encoding::base64_std(format!("kedge-block-{i:06}").as_bytes())
+    base64::Engine::encode(
+        &base64::engine::general_purpose::STANDARD,
+        format!("kedge-block-{i:06}"),
+    )
 }
 
 /// `{table path}(PartitionKey='{id}',RowKey='{id}')?{sas}`: the status row of a chunk (its id is a uuid: no
