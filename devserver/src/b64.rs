@@ -1,9 +1,9 @@
 //! Base64, standard (Basic auth, `x5c`, SAS keys, queue messages) and URL-safe without padding (JWT
-//! segments): thin names over the `base64` crate's engines, which refuse non-canonical text (wrong
-//! padding, non-zero leftover bits).
+//! segments): thin names over the `data-encoding` crate's encodings, which refuse non-canonical text (wrong
+//! padding, non-zero leftover bits). Not the `base64` crate: the library encodes with that one, and an oracle
+//! that shares its encoder would pass a bug both have.
 
-use base64::engine::general_purpose::{STANDARD, URL_SAFE_NO_PAD};
-use base64::Engine;
+use data_encoding::{BASE64 as STANDARD, BASE64URL_NOPAD as URL_SAFE_NO_PAD};
 
 /// Standard alphabet with `=` padding.
 pub fn encode(data: &[u8]) -> String {
@@ -12,7 +12,7 @@ pub fn encode(data: &[u8]) -> String {
 
 /// Standard alphabet, padding required.
 pub fn decode(text: &str) -> Option<Vec<u8>> {
-    STANDARD.decode(text).ok()
+    STANDARD.decode(text.as_bytes()).ok()
 }
 
 /// URL-safe alphabet, no padding (RFC 7515 `base64url`).
@@ -22,7 +22,7 @@ pub fn url_encode(data: &[u8]) -> String {
 
 /// URL-safe alphabet; padding is refused, as JOSE requires.
 pub fn url_decode(text: &str) -> Option<Vec<u8>> {
-    URL_SAFE_NO_PAD.decode(text).ok()
+    URL_SAFE_NO_PAD.decode(text.as_bytes()).ok()
 }
 
 #[cfg(test)]
