@@ -274,6 +274,16 @@ pub struct SpoolConfig {
     pub quarantine_max_chunks: u32,
 }
 
+/// The key's copy in the config is wiped when the config goes (after `open`, which keeps only ring's key
+/// schedule, and in every clone).
+impl Drop for SpoolConfig {
+    fn drop(&mut self) {
+        if let Some(k) = self.key.as_mut() {
+            zeroize::Zeroize::zeroize(k);
+        }
+    }
+}
+
 impl fmt::Debug for SpoolConfig {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("SpoolConfig")
