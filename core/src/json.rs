@@ -1,6 +1,7 @@
 //! The one bounded JSON reader: a cursor over a byte slice that walks objects and arrays without building them
-//! in memory (Kusto's v1 data sets and errors, the DM's resource tables), and the one string unescaper. Depth
-//! and input are bounded; any malformation answers `None`, never a panic.
+//! in memory (Kusto's v1 data sets and errors, the DM's resource tables, token responses through
+//! [`crate::auth`]'s path walker), and the one string unescaper. Depth and input are bounded; any malformation
+//! answers `None`, never a panic.
 
 /// Nesting accepted by [`Parser::new`]; [`Parser::bounded`] sets another limit.
 const MAX_DEPTH: u32 = 32;
@@ -86,6 +87,14 @@ impl<'a> Parser<'a> {
             .ok()?
             .parse()
             .ok()
+    }
+    /// A literal (`true`, `false`, `null`) or a number, as written: the bytes up to the next delimiter, checked
+    /// only for the characters they may hold.
+    pub fn scalar(&mut self) -> Option<&'a [u8]> {
+        self.ws();
+        let start = self.i;
+        self.skip_scalar()?;
+        Some(&self.b[start..self.i])
     }
     fn skip_scalar(&mut self) -> Option<()> {
         let start = self.i;
