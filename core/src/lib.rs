@@ -16,6 +16,7 @@ pub mod config;
 pub mod crc32;
 pub mod error;
 pub mod gzip;
+mod json;
 pub mod json_check;
 mod network;
 pub mod response;

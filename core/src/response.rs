@@ -174,7 +174,7 @@ fn parse_error_body(body: &[u8], scratch: &mut [u8]) -> Option<ParsedError> {
 /// writes `{"error":{"code":...` first, so a long Kusto error is still recognised as one. `@permanent` comes last
 /// and is lost with the cut, so no verdict is claimed.
 fn sniff_error_code(body: &[u8]) -> Option<ParsedError> {
-    let mut p = json::Parser::new(body);
+    let mut p = crate::json::Parser::new(body);
     p.eat(b'{')?;
     (p.string()? == b"error").then_some(())?;
     p.eat(b':')?;
@@ -381,7 +381,7 @@ fn days_from_civil(y: i64, m: u64, d: u64) -> Option<u64> {
 /// Finds `ConsumedRecordsCount` in a v1 data set: `Some(None)` for a valid data set without it, `None` when the
 /// body is not a data set at all.
 pub fn parse_consumed(body: &[u8]) -> Option<Option<u64>> {
-    let mut p = json::Parser::new(body);
+    let mut p = crate::json::Parser::new(body);
     let mut column = None;
     let mut first_row: Option<usize> = None;
     let mut saw_tables = false;
@@ -429,7 +429,7 @@ pub fn parse_consumed(body: &[u8]) -> Option<Option<u64>> {
     let (Some(col), Some(rows_at)) = (column, first_row) else {
         return Some(None);
     };
-    let mut p = json::Parser::at(body, rows_at);
+    let mut p = crate::json::Parser::at(body, rows_at);
     let mut value = None;
     let mut row_index = 0;
     p.array(|p| {
@@ -450,152 +450,6 @@ pub fn parse_consumed(body: &[u8]) -> Option<Option<u64>> {
         })
     })?;
     Some(value)
-}
-
-/// A minimal JSON reader over a byte slice: enough to walk a data set without building it in memory. Depth and
-/// input are bounded; any malformation answers `None`.
-pub(crate) mod json {
-    pub struct Parser<'a> {
-        b: &'a [u8],
-        i: usize,
-        depth: u32,
-    }
-
-    const MAX_DEPTH: u32 = 32;
-
-    impl<'a> Parser<'a> {
-        pub fn new(b: &'a [u8]) -> Self {
-            Parser { b, i: 0, depth: 0 }
-        }
-        pub fn at(b: &'a [u8], i: usize) -> Self {
-            Parser { b, i, depth: 0 }
-        }
-        pub fn pos(&mut self) -> usize {
-            self.ws();
-            self.i
-        }
-        pub fn at_end(&mut self) -> bool {
-            self.ws();
-            self.i == self.b.len()
-        }
-        fn ws(&mut self) {
-            while self.i < self.b.len() && matches!(self.b[self.i], b' ' | b'\t' | b'\r' | b'\n') {
-                self.i += 1;
-            }
-        }
-        fn peek(&mut self) -> Option<u8> {
-            self.ws();
-            self.b.get(self.i).copied()
-        }
-        /// The next byte after whitespace, not consumed.
-        pub fn peek_byte(&mut self) -> Option<u8> {
-            self.peek()
-        }
-        /// Consumes `c` (after whitespace), or answers `None`.
-        pub fn eat(&mut self, c: u8) -> Option<()> {
-            (self.peek()? == c).then(|| self.i += 1)
-        }
-        /// A string's raw bytes (escapes left as they are: keys we look for have none).
-        pub fn string(&mut self) -> Option<&'a [u8]> {
-            self.eat(b'"')?;
-            let start = self.i;
-            while self.i < self.b.len() {
-                match self.b[self.i] {
-                    b'"' => {
-                        self.i += 1;
-                        return Some(&self.b[start..self.i - 1]);
-                    }
-                    b'\\' => self.i += 2,
-                    c if c < 0x20 => return None,
-                    _ => self.i += 1,
-                }
-            }
-            None
-        }
-        /// A non-negative integer (or a numeric string, as some services send counts).
-        pub fn number(&mut self) -> Option<u64> {
-            if self.peek()? == b'"' {
-                return std::str::from_utf8(self.string()?).ok()?.parse().ok();
-            }
-            let start = self.i;
-            self.skip_scalar()?;
-            std::str::from_utf8(&self.b[start..self.i])
-                .ok()?
-                .parse()
-                .ok()
-        }
-        fn skip_scalar(&mut self) -> Option<()> {
-            let start = self.i;
-            while self.i < self.b.len()
-                && !matches!(
-                    self.b[self.i],
-                    b',' | b']' | b'}' | b' ' | b'\t' | b'\r' | b'\n'
-                )
-            {
-                self.i += 1;
-            }
-            let tok = &self.b[start..self.i];
-            let ok = tok == b"true"
-                || tok == b"false"
-                || tok == b"null"
-                || (!tok.is_empty()
-                    && tok.iter().all(|c| {
-                        c.is_ascii_digit() || matches!(c, b'-' | b'+' | b'.' | b'e' | b'E')
-                    }));
-            ok.then_some(())
-        }
-        pub fn skip_value(&mut self) -> Option<()> {
-            match self.peek()? {
-                b'"' => self.string().map(|_| ()),
-                b'{' => self.object(|p, _| p.skip_value()),
-                b'[' => self.array(|p| p.skip_value()),
-                _ => self.skip_scalar(),
-            }
-        }
-        pub fn object(
-            &mut self,
-            mut f: impl FnMut(&mut Self, &'a [u8]) -> Option<()>,
-        ) -> Option<()> {
-            self.eat(b'{')?;
-            self.depth += 1;
-            if self.depth > MAX_DEPTH {
-                return None;
-            }
-            if self.eat(b'}').is_none() {
-                loop {
-                    let key = self.string()?;
-                    self.eat(b':')?;
-                    f(self, key)?;
-                    if self.eat(b',').is_some() {
-                        continue;
-                    }
-                    self.eat(b'}')?;
-                    break;
-                }
-            }
-            self.depth -= 1;
-            Some(())
-        }
-        pub fn array(&mut self, mut f: impl FnMut(&mut Self) -> Option<()>) -> Option<()> {
-            self.eat(b'[')?;
-            self.depth += 1;
-            if self.depth > MAX_DEPTH {
-                return None;
-            }
-            if self.eat(b']').is_none() {
-                loop {
-                    f(self)?;
-                    if self.eat(b',').is_some() {
-                        continue;
-                    }
-                    self.eat(b']')?;
-                    break;
-                }
-            }
-            self.depth -= 1;
-            Some(())
-        }
-    }
 }
 
 #[cfg(test)]

@@ -1,6 +1,9 @@
-//! A small, bounded JSON reader for the answers of token endpoints and the cloud metadata: it walks one document
-//! and hands every scalar to a callback with its dotted path (`AzureAD.LoginEndpoint`). No recursion beyond
-//! [`MAX_DEPTH`], no allocation beyond the strings it decodes, and any malformed input is an `Err`, never a panic.
+//! The answers of token endpoints and the cloud metadata, read with the crate's one JSON reader
+//! ([`crate::json`]): one document is walked and every scalar handed to a callback with its dotted path
+//! (`AzureAD.LoginEndpoint`). No recursion beyond [`MAX_DEPTH`], no allocation beyond the strings it decodes, and
+//! any malformed input is an `Err`, never a panic.
+
+use crate::json::{unescape, Parser};
 
 /// Deepest nesting accepted; the documents we read are two levels deep.
 pub const MAX_DEPTH: usize = 16;
@@ -40,233 +43,61 @@ impl Scalar<'_> {
 pub struct Malformed;
 
 /// Walks `doc`, which must be one JSON object, calling `f(path, value)` for every scalar inside objects.
-/// Array elements are skipped (nothing we read is in an array).
+/// Array elements are checked but skipped (nothing we read is in an array). Strings are unescaped and checked
+/// (UTF-8, escapes, surrogate pairs), numbers must parse, nesting stops at [`MAX_DEPTH`].
 pub fn walk<'a>(doc: &'a [u8], mut f: impl FnMut(&str, Scalar<'a>)) -> Result<(), Malformed> {
-    let mut p = Reader { b: doc, i: 0 };
-    p.ws();
-    if p.peek() != Some(b'{') {
+    let mut p = Parser::bounded(doc, MAX_DEPTH as u32);
+    if p.peek_byte() != Some(b'{') {
         return Err(Malformed);
     }
     let mut path = String::new();
-    p.object(&mut path, 0, &mut f)?;
-    p.ws();
-    if p.i != p.b.len() {
+    value(&mut p, &mut path, &mut f).ok_or(Malformed)?;
+    if !p.at_end() {
         return Err(Malformed);
     }
     Ok(())
 }
 
-struct Reader<'a> {
-    b: &'a [u8],
-    i: usize,
-}
-
-impl<'a> Reader<'a> {
-    fn ws(&mut self) {
-        while matches!(self.peek(), Some(b' ' | b'\t' | b'\n' | b'\r')) {
-            self.i += 1;
-        }
-    }
-
-    fn peek(&self) -> Option<u8> {
-        self.b.get(self.i).copied()
-    }
-
-    fn eat(&mut self, c: u8) -> Result<(), Malformed> {
-        self.ws();
-        if self.peek() == Some(c) {
-            self.i += 1;
-            Ok(())
-        } else {
-            Err(Malformed)
-        }
-    }
-
-    fn object(
-        &mut self,
-        path: &mut String,
-        depth: usize,
-        f: &mut dyn FnMut(&str, Scalar<'a>),
-    ) -> Result<(), Malformed> {
-        if depth >= MAX_DEPTH {
-            return Err(Malformed);
-        }
-        self.eat(b'{')?;
-        self.ws();
-        if self.peek() == Some(b'}') {
-            self.i += 1;
-            return Ok(());
-        }
-        loop {
-            self.ws();
-            let key = self.string()?;
-            self.eat(b':')?;
+fn value<'a>(
+    p: &mut Parser<'a>,
+    path: &mut String,
+    f: &mut dyn FnMut(&str, Scalar<'a>),
+) -> Option<()> {
+    match p.peek_byte()? {
+        b'{' => p.object(|p, key| {
+            let key = unescape(key)?;
             let base = path.len();
             if !path.is_empty() {
                 path.push('.');
             }
             path.push_str(&key);
-            self.value(path, depth + 1, f)?;
+            value(p, path, f)?;
             path.truncate(base);
-            self.ws();
-            match self.peek() {
-                Some(b',') => self.i += 1,
-                Some(b'}') => {
-                    self.i += 1;
-                    return Ok(());
+            Some(())
+        }),
+        b'[' => p.array(|p| value(p, path, &mut |_, _| {})),
+        b'"' => {
+            let s = p.text()?;
+            f(path, Scalar::Str(s));
+            Some(())
+        }
+        _ => {
+            let v = match p.scalar()? {
+                b"true" => Scalar::Bool(true),
+                b"false" => Scalar::Bool(false),
+                b"null" => Scalar::Null,
+                tok => {
+                    if !matches!(tok.first(), Some(b'-' | b'0'..=b'9')) {
+                        return None;
+                    }
+                    let n = std::str::from_utf8(tok).ok()?;
+                    n.parse::<f64>().ok()?;
+                    Scalar::Num(n)
                 }
-                _ => return Err(Malformed),
-            }
+            };
+            f(path, v);
+            Some(())
         }
-    }
-
-    /// Arrays are checked for validity; their elements are not reported.
-    fn array(&mut self, path: &mut String, depth: usize) -> Result<(), Malformed> {
-        if depth >= MAX_DEPTH {
-            return Err(Malformed);
-        }
-        self.eat(b'[')?;
-        self.ws();
-        if self.peek() == Some(b']') {
-            self.i += 1;
-            return Ok(());
-        }
-        let mut ignore = |_: &str, _: Scalar<'a>| {};
-        loop {
-            self.value(path, depth + 1, &mut ignore)?;
-            self.ws();
-            match self.peek() {
-                Some(b',') => self.i += 1,
-                Some(b']') => {
-                    self.i += 1;
-                    return Ok(());
-                }
-                _ => return Err(Malformed),
-            }
-        }
-    }
-
-    fn value(
-        &mut self,
-        path: &mut String,
-        depth: usize,
-        f: &mut dyn FnMut(&str, Scalar<'a>),
-    ) -> Result<(), Malformed> {
-        self.ws();
-        match self.peek().ok_or(Malformed)? {
-            b'{' => self.object(path, depth, f),
-            b'[' => self.array(path, depth),
-            b'"' => {
-                let s = self.string()?;
-                f(path, Scalar::Str(s));
-                Ok(())
-            }
-            b't' => self.literal(b"true").map(|_| f(path, Scalar::Bool(true))),
-            b'f' => self.literal(b"false").map(|_| f(path, Scalar::Bool(false))),
-            b'n' => self.literal(b"null").map(|_| f(path, Scalar::Null)),
-            b'-' | b'0'..=b'9' => {
-                let start = self.i;
-                while matches!(
-                    self.peek(),
-                    Some(b'-' | b'+' | b'.' | b'e' | b'E' | b'0'..=b'9')
-                ) {
-                    self.i += 1;
-                }
-                let n = std::str::from_utf8(&self.b[start..self.i]).map_err(|_| Malformed)?;
-                n.parse::<f64>().map_err(|_| Malformed)?;
-                f(path, Scalar::Num(n));
-                Ok(())
-            }
-            _ => Err(Malformed),
-        }
-    }
-
-    fn literal(&mut self, word: &[u8]) -> Result<(), Malformed> {
-        if self.b[self.i..].starts_with(word) {
-            self.i += word.len();
-            Ok(())
-        } else {
-            Err(Malformed)
-        }
-    }
-
-    fn hex4(&mut self) -> Result<u32, Malformed> {
-        let h = self.b.get(self.i..self.i + 4).ok_or(Malformed)?;
-        let s = std::str::from_utf8(h).map_err(|_| Malformed)?;
-        let v = u32::from_str_radix(s, 16).map_err(|_| Malformed)?;
-        self.i += 4;
-        Ok(v)
-    }
-
-    fn string(&mut self) -> Result<String, Malformed> {
-        if self.peek() != Some(b'"') {
-            return Err(Malformed);
-        }
-        self.i += 1;
-        let start = self.i;
-        // Sized once from the raw length, which the unescaped text never exceeds: a token is never copied by a
-        // reallocation that would leave an unzeroed copy behind.
-        let end = self.b[start..]
-            .iter()
-            .enumerate()
-            .scan(false, |escaped, (k, &c)| {
-                let r = (k, c, *escaped);
-                *escaped = !*escaped && c == b'\\';
-                Some(r)
-            })
-            .find(|&(_, c, escaped)| c == b'"' && !escaped)
-            .map(|(k, _, _)| start + k)
-            .ok_or(Malformed)?;
-        let mut out = String::with_capacity(end - start);
-        while self.i < end {
-            let c = self.b[self.i];
-            if c < 0x20 {
-                return Err(Malformed);
-            }
-            if c != b'\\' {
-                // Copy a run of plain bytes at once; UTF-8 is checked on the run.
-                let run_end = self.b[self.i..end]
-                    .iter()
-                    .position(|&c| c == b'\\' || c < 0x20)
-                    .map_or(end, |k| self.i + k);
-                out.push_str(std::str::from_utf8(&self.b[self.i..run_end]).map_err(|_| Malformed)?);
-                self.i = run_end;
-                continue;
-            }
-            self.i += 1;
-            let e = self.peek().ok_or(Malformed)?;
-            self.i += 1;
-            match e {
-                b'"' => out.push('"'),
-                b'\\' => out.push('\\'),
-                b'/' => out.push('/'),
-                b'b' => out.push('\u{8}'),
-                b'f' => out.push('\u{c}'),
-                b'n' => out.push('\n'),
-                b'r' => out.push('\r'),
-                b't' => out.push('\t'),
-                b'u' => {
-                    let hi = self.hex4()?;
-                    let cp = if (0xd800..0xdc00).contains(&hi) {
-                        if self.b.get(self.i..self.i + 2) != Some(b"\\u") {
-                            return Err(Malformed);
-                        }
-                        self.i += 2;
-                        let lo = self.hex4()?;
-                        if !(0xdc00..0xe000).contains(&lo) {
-                            return Err(Malformed);
-                        }
-                        0x10000 + ((hi - 0xd800) << 10) + (lo - 0xdc00)
-                    } else {
-                        hi
-                    };
-                    out.push(char::from_u32(cp).ok_or(Malformed)?);
-                }
-                _ => return Err(Malformed),
-            }
-        }
-        self.i = end + 1;
-        Ok(out)
     }
 }
 
@@ -315,6 +146,13 @@ mod tests {
             "{\"a\":\"\u{1}\"}",
             "{\"a\":\"unterminated}",
             "<html>",
+            "{\"a\":-}",
+            "{\"a\":.5}",
+            "{\"a\":1e}",
+            "{\"a\":truex}",
+            "{\"a\":\"\\u+041\"}",
+            "{\"a\\u0\":1}",
+            "{\"a\":[1,]}",
         ] {
             assert_eq!(collect(bad), Err(Malformed), "{bad:?}");
         }

@@ -5,7 +5,7 @@
 
 use std::time::{Duration, Instant};
 
-use crate::response::json::Parser;
+use crate::json::Parser;
 use crate::secret::SecretString;
 
 /// What one resource row is for. Other types (the DM adds some now and then) are ignored.
@@ -143,7 +143,7 @@ pub fn v1_rows(
                 i += 1;
                 p.object(|p, k| {
                     if k == b"ColumnName" {
-                        let name = unescape(p.string()?)?;
+                        let name = p.text()?;
                         if let Some(w) = wanted.iter().position(|w| *w == name) {
                             cols[w] = Some(here);
                         }
@@ -175,7 +175,7 @@ pub fn v1_rows(
             i += 1;
             match cols[..wanted.len()].iter().position(|&c| c == Some(here)) {
                 Some(w) if p.peek_byte() == Some(b'"') => {
-                    cells[w] = Some(unescape(p.string()?)?);
+                    cells[w] = Some(p.text()?);
                     Some(())
                 }
                 _ => p.skip_value(),
@@ -208,55 +208,6 @@ fn first_table<'a>(
         })
     })?;
     (seen && p.at_end()).then_some(())
-}
-
-/// A JSON string's raw bytes, unescaped (`\"`, `\\`, `\/`, `\uXXXX` with surrogate pairs: .NET writes `&` of a
-/// SAS as `\u0026`).
-pub fn unescape(raw: &[u8]) -> Option<String> {
-    let s = std::str::from_utf8(raw).ok()?;
-    if !s.contains('\\') {
-        return Some(s.to_owned());
-    }
-    let mut out = String::with_capacity(s.len());
-    let mut it = s.chars();
-    while let Some(c) = it.next() {
-        if c != '\\' {
-            out.push(c);
-            continue;
-        }
-        let e = it.next()?;
-        out.push(match e {
-            '"' => '"',
-            '\\' => '\\',
-            '/' => '/',
-            'b' => '\u{8}',
-            'f' => '\u{c}',
-            'n' => '\n',
-            'r' => '\r',
-            't' => '\t',
-            'u' => {
-                let hex = |it: &mut std::str::Chars<'_>| -> Option<u32> {
-                    let h: String = it.by_ref().take(4).collect();
-                    (h.len() == 4).then(|| u32::from_str_radix(&h, 16).ok())?
-                };
-                let hi = hex(&mut it)?;
-                if (0xd800..0xdc00).contains(&hi) {
-                    if it.next()? != '\\' || it.next()? != 'u' {
-                        return None;
-                    }
-                    let lo = hex(&mut it)?;
-                    if !(0xdc00..0xe000).contains(&lo) {
-                        return None;
-                    }
-                    char::from_u32(0x10000 + ((hi - 0xd800) << 10) + (lo - 0xdc00))?
-                } else {
-                    char::from_u32(hi)?
-                }
-            }
-            _ => return None,
-        });
-    }
-    Some(out)
 }
 
 /// How often resources and the identity token are fetched again (every SDK: one hour).
@@ -420,14 +371,6 @@ mod tests {
             Some("devstoreaccount1")
         );
         assert_eq!(a("ftp://x/y"), None);
-    }
-
-    #[test]
-    fn unescaping_handles_pairs_and_refuses_junk() {
-        assert_eq!(unescape(br"a\u0026b\ud83d\ude00").unwrap(), "a&b\u{1f600}");
-        assert!(unescape(br"\x").is_none());
-        assert!(unescape(br"\u12").is_none());
-        assert!(unescape(br"\ud83d").is_none());
     }
 
     #[test]
