@@ -378,16 +378,7 @@ fn run_for_peak_rss(mut cmd: Command, scratch: &Scratch) -> (Option<i32>, i64) {
     cmd.stdout(Stdio::null())
         .stderr(File::create(scratch.path("rss-stderr.txt")).unwrap())
         .stdin(Stdio::null());
-    let child = cmd.spawn().expect("spawn");
-    let pid = child.id() as libc::pid_t;
-    let mut status = 0;
-    // SAFETY: a zeroed rusage is a valid out-parameter; pid is our own child, reaped exactly once here.
-    let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
-    // SAFETY: as above: valid out-parameters for our own child's pid.
-    let r = unsafe { libc::wait4(pid, &mut status, 0, &mut usage) };
-    assert_eq!(r, pid, "wait4");
-    std::mem::forget(child);
-    let code = libc::WIFEXITED(status).then(|| libc::WEXITSTATUS(status));
+    let (code, usage) = wait_with_usage(cmd.spawn().expect("spawn"));
     (code, usage.ru_maxrss)
 }
 

@@ -40,17 +40,9 @@ fn run_for_cpu(mut cmd: Command, scratch: &Scratch, name: &str) -> (Option<i32>,
     cmd.stdin(Stdio::null())
         .stdout(File::create(&out_path).unwrap())
         .stderr(File::create(&err_path).unwrap());
-    let child = cmd.spawn().unwrap_or_else(|e| panic!("{cmd:?}: {e}"));
-    let pid = child.id() as libc::pid_t;
-    let mut status = 0;
-    // SAFETY: a zeroed rusage is a valid out-parameter; pid is our own child, reaped exactly once here.
-    let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
-    let r = unsafe { libc::wait4(pid, &mut status, 0, &mut usage) };
-    assert_eq!(r, pid, "wait4");
-    std::mem::forget(child);
+    let (code, usage) = wait_with_usage(cmd.spawn().unwrap_or_else(|e| panic!("{cmd:?}: {e}")));
     let tv = |t: libc::timeval| Duration::new(t.tv_sec as u64, t.tv_usec as u32 * 1000);
     let cpu = tv(usage.ru_utime) + tv(usage.ru_stime);
-    let code = libc::WIFEXITED(status).then(|| libc::WEXITSTATUS(status));
     let stdout = fs::read_to_string(&out_path).unwrap_or_default();
     if code != Some(0) {
         panic!(

@@ -86,6 +86,26 @@ pub fn build_c_programs() -> Result<PathBuf, String> {
     Ok(programs)
 }
 
+/// Waits for `child` to end and returns its exit code (None when a signal ended it) and the kernel's account of
+/// its resources (`wait4`: CPU times, peak resident set). Beware `ru_maxrss`: Linux records the old address
+/// space's peak at `exec`, and a child's old address space is this (test) process's, so the figure is at least
+/// this process's own peak when the child was spawned, not the program's alone.
+pub fn wait_with_usage(child: std::process::Child) -> (Option<i32>, libc::rusage) {
+    let pid = child.id() as libc::pid_t;
+    let mut status = 0;
+    // SAFETY: a zeroed rusage is a valid out-parameter (plain integers).
+    let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
+    // SAFETY: valid out-parameters; pid is our own child, reaped exactly once here (forgotten below, so std does
+    // not wait for it again).
+    let r = unsafe { libc::wait4(pid, &mut status, 0, &mut usage) };
+    assert_eq!(r, pid, "wait4");
+    std::mem::forget(child);
+    (
+        libc::WIFEXITED(status).then(|| libc::WEXITSTATUS(status)),
+        usage,
+    )
+}
+
 /// Tests that run programs take turns, so one program's CPU use does not distort another's timings.
 pub fn serial() -> MutexGuard<'static, ()> {
     static SERIAL: Mutex<()> = Mutex::new(());
