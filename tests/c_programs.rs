@@ -372,14 +372,36 @@ fn kedge_send_rides_out_throttling_outages_and_resets_and_honours_retry_after() 
     }
 }
 
-/// Runs `cmd` to its end and returns its exit code and peak resident set (KiB), from the kernel's own account
-/// (`wait4`'s `ru_maxrss`).
-fn run_for_peak_rss(mut cmd: Command, scratch: &Scratch) -> (Option<i32>, i64) {
-    cmd.stdout(Stdio::null())
-        .stderr(File::create(scratch.path("rss-stderr.txt")).unwrap())
-        .stdin(Stdio::null());
-    let (code, usage) = wait_with_usage(cmd.spawn().expect("spawn"));
-    (code, usage.ru_maxrss)
+/// Feeds `input` to kedge-send (`cmd`) through a pipe, waits until the endpoint holds its `records` records, and
+/// returns kedge-send's peak resident set (KiB) read from its own `/proc/<pid>/status` (`VmHWM`: the peak of its
+/// address space since `exec`) while the pipe is still open, then its exit code once the pipe is closed.
+/// Not `wait4`'s `ru_maxrss`: Linux folds the spawning process's peak into it at `exec`, so from a test process
+/// that holds an endpoint it measures the test, not kedge-send.
+fn run_for_peak_rss(
+    cmd: Command,
+    scratch: &Scratch,
+    server: &Server,
+    table: &str,
+    input: &Path,
+    records: usize,
+) -> (Option<i32>, i64) {
+    let mut child = spawn_on_pipe(cmd, scratch);
+    let mut pipe = child.stdin.take().unwrap();
+    std::io::copy(&mut File::open(input).unwrap(), &mut pipe).expect("feed kedge-send");
+    assert!(
+        wait_for_records(server, table, records, Duration::from_secs(300)),
+        "kedge-send did not deliver {records} records"
+    );
+    let status = fs::read_to_string(format!("/proc/{}/status", child.id())).unwrap();
+    let peak_kib = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .expect("VmHWM in /proc/<pid>/status");
+    drop(pipe);
+    let (code, stderr) = wait_bounded(child, scratch, Duration::from_secs(60));
+    assert_eq!(code, Some(0), "{stderr}");
+    (code, peak_kib)
 }
 
 #[test]
@@ -393,8 +415,9 @@ fn kedge_send_peak_rss_for_57_mb_is_within_1_15_times_its_rss_for_1_mb() {
         write_records(&input, records);
         let mb = fs::metadata(&input).unwrap().len() as f64 / 1e6;
         let mut cmd = kedge_send(&server.url(), None, name);
-        cmd.args(["--allow-http", "--quiet"]).arg(&input);
-        let (code, peak_kib) = run_for_peak_rss(cmd, &scratch);
+        cmd.args(["--allow-http", "--quiet"]);
+        let (code, peak_kib) =
+            run_for_peak_rss(cmd, &scratch, &server, name, &input, records as usize);
         assert_eq!(code, Some(0), "kedge-send {name}");
         println!("kedge-send {mb:.1} MB: peak RSS {peak_kib} KiB");
         peaks.push((mb, peak_kib));
