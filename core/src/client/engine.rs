@@ -592,7 +592,8 @@ impl Engine {
             let records = b.records();
             match eff.ram {
                 RamOp::Free => {
-                    sh.stats.records_buffered.fetch_sub(records, Relaxed);
+                    sh.records_settled
+                        .fetch_add(records, std::sync::atomic::Ordering::Release);
                     b.give_back(Return::Free);
                 }
                 RamOp::Keep => b.give_back(Return::Keep),

@@ -40,7 +40,8 @@ pub mod report;
 pub(crate) mod send;
 pub mod stats;
 
-use std::sync::atomic::Ordering::Relaxed;
+use std::sync::atomic::AtomicU64;
+use std::sync::atomic::Ordering::{Acquire, Relaxed};
 use std::sync::{Mutex, MutexGuard};
 use std::time::Duration;
 
@@ -82,6 +83,9 @@ pub(crate) struct Shared {
     pub sink: Box<dyn Sink>,
     pub rng: SystemRandom,
     pub stats: Stats,
+    /// Records the sender is done with (acknowledged, refused, spooled or dropped): `records_buffered` is what
+    /// the lanes took minus this ([`Client::stats`]). Added with Release after the batch was taken.
+    pub records_settled: AtomicU64,
     log: Option<LogFn>,
     delivery: Option<DeliveryFn>,
 }
@@ -222,6 +226,7 @@ impl Client {
             sink,
             rng: SystemRandom::new(),
             stats: Stats::default(),
+            records_settled: AtomicU64::new(0),
             log: opts.log,
             delivery: opts.delivery,
         };
@@ -267,7 +272,21 @@ impl Client {
 
     /// The counters, without waiting for a send in progress.
     pub fn stats(&self) -> StatsSnapshot {
-        self.sh.stats.snapshot()
+        // Settled first, then what the lanes took: a record is taken before it is settled, so this way round
+        // `records_buffered` can be a moment high (a record settled between the two reads), never low: a
+        // caller waiting for 0 never sees it early.
+        let settled = self.sh.records_settled.load(Acquire);
+        let mut s = self.sh.stats.snapshot();
+        let (mut records, mut bytes) = (0, 0);
+        for lane in self.lanes.iter() {
+            let (r, b) = lane.appended();
+            records += r;
+            bytes += b;
+        }
+        s.records_appended = records;
+        s.bytes_appended = bytes;
+        s.records_buffered = records.saturating_sub(settled);
+        s
     }
 
     /// The configuration the client was built from.
@@ -352,13 +371,8 @@ impl Client {
             .lanes
             .get(destination)
             .ok_or_else(|| invalid_destination(destination))?;
-        let st = &self.sh.stats;
-        match lane.append(record, self.sh.clock.now(), &st.records_buffered) {
-            Ok(_) => {
-                st.records_appended.fetch_add(1, Relaxed);
-                st.bytes_appended.fetch_add(record.len() as u64, Relaxed);
-                Ok(())
-            }
+        match lane.append(record, || self.sh.clock.now()) {
+            Ok(_) => Ok(()),
             Err(e) => {
                 if e.kind == ErrorKind::QueueFull {
                     self.sh.stats.appends_queue_full.fetch_add(1, Relaxed);
@@ -536,7 +550,7 @@ impl Drop for Client {
             drop(engine);
             drop(held);
         }
-        let buffered = self.sh.stats.records_buffered.load(Relaxed);
+        let buffered = self.stats().records_buffered;
         if buffered > 0 {
             self.sh.log(
                 LogLevel::Warn,

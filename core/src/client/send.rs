@@ -156,9 +156,8 @@ impl Engine {
         }
         let held = if place == Place::SpoolNew {
             // Durable already: the lane's buffer is free whatever the answer.
-            sh.stats
-                .records_buffered
-                .fetch_sub(batch.records(), std::sync::atomic::Ordering::Relaxed);
+            sh.records_settled
+                .fetch_add(batch.records(), std::sync::atomic::Ordering::Release);
             batch.give_back(Return::Free);
             None
         } else {
@@ -296,9 +295,8 @@ impl Engine {
         let before = batch.records();
         let left = total.saturating_sub(settled);
         let Some((current, failure)) = kept else {
-            sh.stats
-                .records_buffered
-                .fetch_sub(before, std::sync::atomic::Ordering::Relaxed);
+            sh.records_settled
+                .fetch_add(before, std::sync::atomic::Ordering::Release);
             batch.give_back(Return::Free);
             return;
         };
@@ -311,9 +309,9 @@ impl Engine {
         batch.retain_ranges(&ranges, left);
         // The rest carries the id still waiting for its final report, if any (else it gets a new one).
         batch.chunk_id = orphan;
-        sh.stats.records_buffered.fetch_sub(
+        sh.records_settled.fetch_add(
             before.saturating_sub(left),
-            std::sync::atomic::Ordering::Relaxed,
+            std::sync::atomic::Ordering::Release,
         );
         // The rest is a chunk of its own (a new id): sealed again and kept, or spooled.
         let chunk = match self.seal(sh, &mut batch, true) {

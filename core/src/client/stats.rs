@@ -20,7 +20,8 @@ macro_rules! counters {
 
 counters! {
     Stats / StatsSnapshot {
-        /// Records taken by `append`.
+        /// Records taken by `append`. This one, `bytes_appended` and `records_buffered` are counted by the
+        /// lanes, under the lock `append` takes anyway, and filled in by `Client::stats`: their atomics here stay 0.
         records_appended,
         /// Raw bytes taken by `append`.
         bytes_appended,
