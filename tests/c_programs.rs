@@ -1686,19 +1686,24 @@ fn kedge_send_refuses_a_directory_input_a_file_as_spool_an_empty_token_and_two_c
     );
 }
 
+/// 20,000 records with line 12,345 cut in the middle, as a log rotated under a writer leaves it.
+fn records_with_a_truncated_line(scratch: &Scratch) -> PathBuf {
+    let input = scratch.path("records.jsonl");
+    write_records(&input, 20_000);
+    let mut text = fs::read_to_string(&input).unwrap();
+    let start: usize = text.split_inclusive('\n').take(12_344).map(str::len).sum();
+    let end = start + text[start..].find('\n').unwrap();
+    text.replace_range(start + (end - start) / 2..end, "");
+    fs::write(&input, text).unwrap();
+    input
+}
+
 #[test]
 fn kedge_send_one_truncated_json_line_among_20000_costs_exactly_that_line() {
     let _g = serial();
     let scratch = Scratch::new("truncated");
     let server = Server::start(ServerConfig::default()).expect("devserver");
-    let input = scratch.path("records.jsonl");
-    write_records(&input, 20_000);
-    let mut text = fs::read_to_string(&input).unwrap();
-    // Cut line 12,345 in the middle, as a log rotated under a writer leaves it.
-    let start: usize = text.split_inclusive('\n').take(12_344).map(str::len).sum();
-    let end = start + text[start..].find('\n').unwrap();
-    text.replace_range(start + (end - start) / 2..end, "");
-    fs::write(&input, text).unwrap();
+    let input = records_with_a_truncated_line(&scratch);
     let mut cmd = kedge_send(&server.url(), None, "Trunc");
     cmd.args(["--allow-http", "--format", "json"]).arg(&input);
     let out = run(cmd, None, &scratch, Duration::from_secs(120));
@@ -1713,6 +1718,44 @@ fn kedge_send_one_truncated_json_line_among_20000_costs_exactly_that_line() {
     assert_eq!(seen.len(), 19_999);
     assert!(!seen.contains_key(&12_344));
     assert!(seen.values().all(|&c| c == 1));
+}
+
+/// With `json.check=false` the truncated line is taken by append, the service refuses its chunk, and the sender
+/// sends that chunk in halves until the refused record stands alone: it still costs that line only.
+#[test]
+fn kedge_send_without_the_json_check_still_loses_only_the_truncated_line_the_service_refuses() {
+    let _g = serial();
+    let scratch = Scratch::new("truncated-unchecked");
+    let server = Server::start(ServerConfig::default()).expect("devserver");
+    let input = records_with_a_truncated_line(&scratch);
+    let mut cmd = kedge_send(&server.url(), None, "Unchecked");
+    cmd.args(["--allow-http", "--format", "json", "-X", "json.check=false"])
+        .arg(&input);
+    let out = run(cmd, None, &scratch, Duration::from_secs(120));
+    assert_eq!(out.code(), Some(65), "{}", out.describe());
+    assert!(
+        !out.stderr.contains("invalid input lines"),
+        "append took the line: {}",
+        out.describe()
+    );
+    let seen = seqs_arrived(&server, "Unchecked");
+    assert_eq!(seen.len(), 19_999, "{}", out.describe());
+    assert!(!seen.contains_key(&12_344));
+    assert!(seen.values().all(|&c| c == 1));
+    let refused: Vec<_> = server
+        .requests()
+        .into_iter()
+        .filter(|r| r.table == "Unchecked" && !r.ingested)
+        .collect();
+    assert!(
+        refused.iter().all(|r| r.status == 400),
+        "only refusals: {refused:?}"
+    );
+    assert!(
+        (2..=40).contains(&refused.len()),
+        "the halves down to one record: {} refused requests",
+        refused.len()
+    );
 }
 
 #[test]

@@ -249,8 +249,17 @@ fn scan_text(record: &[u8], newline: bool) -> TextScan {
     }
 }
 
-/// Checks a record before it is buffered, so that nothing the service can never take sits in a batch.
-pub fn validate_record(format: Format, record: &[u8], capacity: usize) -> Result<(), Error> {
+/// Checks a record before it is buffered, so that nothing the service can never take sits in a batch: its size,
+/// UTF-8 for text formats, one line for `json`, and JSON syntax for `multijson` and (with `json_check`, the
+/// `json.check` key) `json`. Without the syntax check a malformed `json` record still costs only itself: the
+/// service refuses its chunk and the sender isolates it by sending the chunk in halves. `multijson` is always
+/// checked: its records' boundaries in a batch, which those halves are cut at, depend on their syntax.
+pub fn validate_record(
+    format: Format,
+    record: &[u8],
+    capacity: usize,
+    json_check: bool,
+) -> Result<(), Error> {
     if record.is_empty() {
         return Err(Error::new(
             ErrorKind::InvalidRecord,
@@ -292,7 +301,7 @@ pub fn validate_record(format: Format, record: &[u8], capacity: usize) -> Result
             ));
         }
     }
-    if matches!(format, Format::Json | Format::MultiJson) {
+    if format == Format::MultiJson || (format == Format::Json && json_check) {
         // One truncated line must cost that line, not the chunk it would have joined.
         if let Err(e) = json_check::check(record, format == Format::MultiJson) {
             return Err(Error::new(
@@ -414,34 +423,61 @@ mod tests {
     #[test]
     fn validation_names_the_problem() {
         assert_eq!(
-            validate_record(Format::Json, b"", 10).unwrap_err().kind,
+            validate_record(Format::Json, b"", 10, true)
+                .unwrap_err()
+                .kind,
             ErrorKind::InvalidRecord
         );
         assert_eq!(
-            validate_record(Format::Json, b"0123456789", 10)
+            validate_record(Format::Json, b"0123456789", 10, true)
                 .unwrap_err()
                 .kind,
             ErrorKind::RecordTooLarge
         );
         assert_eq!(
-            validate_record(Format::Csv, b"\xff\xfe", 10)
+            validate_record(Format::Csv, b"\xff\xfe", 10, true)
                 .unwrap_err()
                 .kind,
             ErrorKind::InvalidRecord
         );
-        assert!(validate_record(Format::Avro, b"\xff\xfe", 10).is_ok());
+        assert!(validate_record(Format::Avro, b"\xff\xfe", 10, true).is_ok());
         assert_eq!(
-            validate_record(Format::Json, b"{\n}", 10).unwrap_err().kind,
+            validate_record(Format::Json, b"{\n}", 10, true)
+                .unwrap_err()
+                .kind,
             ErrorKind::InvalidRecord
         );
-        assert!(validate_record(Format::MultiJson, b"{\n}", 10).is_ok());
-        assert!(validate_record(Format::Json, b"{}\r\n", 10).is_ok());
-        let e = validate_record(Format::Json, b"{\"t\":21.", 64).unwrap_err();
+        assert!(validate_record(Format::MultiJson, b"{\n}", 10, true).is_ok());
+        assert!(validate_record(Format::Json, b"{}\r\n", 10, true).is_ok());
+        let e = validate_record(Format::Json, b"{\"t\":21.", 64, true).unwrap_err();
         assert_eq!(e.kind, ErrorKind::InvalidRecord);
         assert!(e.message.contains("not valid JSON"), "{}", e.message);
-        assert!(validate_record(Format::MultiJson, b"{\"a\":\n1}\n{}", 64).is_ok());
-        assert!(validate_record(Format::MultiJson, b"{\"a\":\n", 64).is_err());
+        assert!(validate_record(Format::MultiJson, b"{\"a\":\n1}\n{}", 64, true).is_ok());
+        assert!(validate_record(Format::MultiJson, b"{\"a\":\n", 64, true).is_err());
         // Other text formats are not JSON-checked.
-        assert!(validate_record(Format::Csv, b"{\"t\":21.", 64).is_ok());
+        assert!(validate_record(Format::Csv, b"{\"t\":21.", 64, true).is_ok());
+    }
+
+    #[test]
+    fn without_json_check_a_json_record_is_still_checked_for_utf8_and_one_line_and_multijson_for_syntax(
+    ) {
+        assert!(validate_record(Format::Json, b"{\"t\":21.", 64, false).is_ok());
+        for bad in [&b"{\"t\":\n21}"[..], b"{\"t\":\"\xff\"}", b""] {
+            assert_eq!(
+                validate_record(Format::Json, bad, 64, false)
+                    .unwrap_err()
+                    .kind,
+                ErrorKind::InvalidRecord,
+                "{}",
+                String::from_utf8_lossy(bad)
+            );
+        }
+        assert_eq!(
+            validate_record(Format::Json, b"{\"t\":12345678}", 8, false)
+                .unwrap_err()
+                .kind,
+            ErrorKind::RecordTooLarge
+        );
+        assert!(validate_record(Format::MultiJson, b"{\"a\":\n", 64, false).is_err());
     }
 }

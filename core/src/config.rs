@@ -122,6 +122,9 @@ pub struct Config {
     pub batch_sealed: usize,
     /// gzip level of request bodies: 1 (fastest) to 9 (smallest).
     pub gzip_level: u8,
+    /// Whether `append` checks the JSON syntax of `json` records (`multijson` records are always checked: their
+    /// boundaries in a batch depend on it).
+    pub json_check: bool,
     /// Destinations one client may have.
     pub max_destinations: usize,
     /// Attempts of one send (the first included) before the batch is handed back.
@@ -249,6 +252,7 @@ impl Default for Config {
             batch_max_age: Duration::from_secs(5),
             batch_sealed: 1,
             gzip_level: 3,
+            json_check: true,
             max_destinations: 8,
             retry_max_attempts: 4,
             retry_base: Duration::from_millis(250),
@@ -360,6 +364,11 @@ pub const KEYS: &[KeyDoc] = &[
         key: "gzip.level",
         default: "3",
         help: "gzip level of request bodies, 1 (fastest) .. 9 (smallest)",
+    },
+    KeyDoc {
+        key: "json.check",
+        default: "true",
+        help: "append checks the JSON syntax of each json record; false: only its UTF-8 and line, a record the service refuses is found by sending its chunk in halves (multijson is always checked)",
     },
     KeyDoc {
         key: "destinations.max",
@@ -614,6 +623,7 @@ impl Config {
             "batch.max_age_ms" => self.batch_max_age = parse_ms(key, value, 0, DAY_MS)?,
             "batch.sealed" => self.batch_sealed = parse_u64(key, value, 0, 16)? as usize,
             "gzip.level" => self.gzip_level = parse_u64(key, value, 1, 9)? as u8,
+            "json.check" => self.json_check = parse_bool(key, value)?,
             "destinations.max" => {
                 self.max_destinations = parse_u64(key, value, 1, MAX_DESTINATIONS as u64)? as usize
             }
@@ -1117,5 +1127,15 @@ mod tests {
             assert!(c.set("gzip.level", bad).is_err(), "{bad}");
         }
         assert_eq!(c.gzip_level, 9);
+    }
+
+    #[test]
+    fn json_check_is_on_by_default_and_a_bool() {
+        let mut c = Config::default();
+        assert!(c.json_check);
+        c.set("json.check", "false").unwrap();
+        assert!(!c.json_check);
+        assert!(c.set("json.check", "maybe").is_err());
+        assert!(!c.json_check, "a refused value changes nothing");
     }
 }

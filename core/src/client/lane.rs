@@ -52,6 +52,8 @@ pub struct Lane {
     pub format: Format,
     capacity: usize,
     sealed_max: usize,
+    /// Whether `json` records are syntax-checked (`json.check`).
+    json_check: bool,
     state: Mutex<State>,
 }
 
@@ -73,6 +75,7 @@ impl Lane {
             format,
             capacity,
             sealed_max,
+            json_check: true,
             state: Mutex::new(State {
                 filling: Batch::with_capacity(capacity),
                 sealed: VecDeque::with_capacity(sealed_max + 1),
@@ -86,6 +89,13 @@ impl Lane {
         }
     }
 
+    /// Whether `append` checks the syntax of `json` records (`json.check`; on by default). `multijson` records are
+    /// checked either way.
+    pub fn json_check(mut self, on: bool) -> Lane {
+        self.json_check = on;
+        self
+    }
+
     fn lock(&self) -> MutexGuard<'_, State> {
         // A panic while the lock was held leaves every batch whole (records are pushed in one step): go on.
         self.state.lock().unwrap_or_else(|p| p.into_inner())
@@ -94,7 +104,7 @@ impl Lane {
     /// Takes one record: into the filling batch, or, when it does not fit, into a fresh batch after sealing the
     /// full one. `QueueFull` when all `batch.sealed` slots are taken (the record is not taken).
     pub fn append(&self, record: &[u8], now: impl FnOnce() -> Instant) -> Result<Appended, Error> {
-        validate_record(self.format, record, self.capacity)?;
+        validate_record(self.format, record, self.capacity, self.json_check)?;
         let mut st = self.lock();
         let mut sealed = false;
         if !st.filling.fits(self.format, record) {

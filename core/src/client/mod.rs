@@ -337,7 +337,10 @@ impl Client {
                 )),
                 None => Ok(()),
             },
-            |id| Lane::new(id, key.clone(), format, cfg.batch_bytes, cfg.batch_sealed),
+            |id| {
+                Lane::new(id, key.clone(), format, cfg.batch_bytes, cfg.batch_sealed)
+                    .json_check(cfg.json_check)
+            },
         )?;
         self.sh
             .stats
