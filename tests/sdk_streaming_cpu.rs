@@ -34,7 +34,7 @@ const TOKEN: &str = "sdk-streaming-cpu-static-token";
 const RECORDS: u64 = 570_000;
 /// Each side runs this many times, interleaved (one of each per round), and the least CPU of each is compared: on a
 /// shared machine a neighbour's burst slows whichever run it lands on, and the minimum is the run it missed.
-const ROUNDS: usize = 3;
+const ROUNDS: usize = 5;
 
 /// Runs `cmd` to its end; its exit code, CPU (user + sys) and stdout. stderr goes to a file of `scratch`.
 fn run_for_cpu(mut cmd: Command, scratch: &Scratch, name: &str) -> (Option<i32>, Duration, String) {
@@ -124,7 +124,10 @@ fn pin_to_one_cpu() {
     // SAFETY: sched_getcpu has no arguments; the set is a zeroed plain bit array written through the libc macros;
     // pid 0 is this thread.
     unsafe {
-        let cpu = libc::sched_getcpu().max(0) as usize;
+        // sched_getcpu does not fail on Linux; if it did, the thread is left as it is.
+        let Ok(cpu) = usize::try_from(libc::sched_getcpu()) else {
+            return;
+        };
         let mut set: libc::cpu_set_t = std::mem::zeroed();
         libc::CPU_SET(cpu, &mut set);
         assert_eq!(
@@ -216,10 +219,11 @@ fn kedge_send_cpu_on_the_57_mb_file_is_within_1_3_times_the_compressor_alone_on_
         );
     }
     if assert_bounds() {
-        let best = ratios.iter().copied().fold(f64::MAX, f64::min);
+        // The bound is kedge-send's as it runs by default; the other variants show the check's share.
         assert!(
-            best <= 1.3,
-            "kedge-send CPU {best:.2}x the compressor's at best"
+            ratios[0] <= 1.3,
+            "kedge-send CPU {:.2}x the compressor's",
+            ratios[0]
         );
     }
 }

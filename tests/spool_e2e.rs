@@ -447,6 +447,45 @@ fn a_spool_key_file_that_others_can_read_is_refused() {
     let _ = std::fs::remove_file(&key);
 }
 
+/// json.check=false relies on the streaming sender splitting a refused chunk from RAM; a spooled chunk refused on
+/// replay (or a queued blob the DM fails) is not split, so the client refuses that combination at creation, and
+/// takes it without a spool. The spool directory is not even created.
+#[test]
+fn json_check_off_is_refused_with_a_spool_or_queued_mode_and_taken_for_streaming_from_ram() {
+    let server = Server::start(ServerConfig::default()).unwrap();
+    let dir = temp_dir("json-check-off");
+    let e = Client::new(
+        &config(&server, &dir, &[("json.check", "false")]),
+        None,
+        None,
+    )
+    .err()
+    .expect("refused with a spool");
+    assert_eq!(e.kind, ErrorKind::ConfigInvalidValue);
+    assert!(e.message.contains("json.check=false"), "{}", e.message);
+    assert!(!dir.exists(), "refused before the spool was opened");
+    let mut c = Config::default();
+    c.set("url", &server.url()).unwrap();
+    c.set("http.allow_plain", "true").unwrap();
+    c.set("json.check", "false").unwrap();
+    c.set("ingest.mode", "queued").unwrap();
+    c.set("ingest.dm_url", &server.url()).unwrap();
+    let e = Client::new(&c, None, None)
+        .err()
+        .expect("refused in queued mode");
+    assert_eq!(e.kind, ErrorKind::ConfigInvalidValue, "{}", e.message);
+    c.set("ingest.mode", "streaming").unwrap();
+    let client = Client::new(&c, None, None).unwrap();
+    let d = client.add_destination("db", "t", "json", None).unwrap();
+    client.append(d, br#"{"seq":1,"cut":"#).unwrap();
+    let e = client.append(d, b"   ").unwrap_err();
+    assert_eq!(
+        e.kind,
+        ErrorKind::InvalidRecord,
+        "a blank record is still refused"
+    );
+}
+
 /// The payload is gzip, so look for the marker in the inflated bytes of every possible gzip member.
 fn contains_plaintext(bytes: &[u8]) -> bool {
     (0..bytes.len().saturating_sub(2)).any(|i| {

@@ -251,9 +251,11 @@ fn scan_text(record: &[u8], newline: bool) -> TextScan {
 
 /// Checks a record before it is buffered, so that nothing the service can never take sits in a batch: its size,
 /// UTF-8 for text formats, one line for `json`, and JSON syntax for `multijson` and (with `json_check`, the
-/// `json.check` key) `json`. Without the syntax check a malformed `json` record still costs only itself: the
-/// service refuses its chunk and the sender isolates it by sending the chunk in halves. `multijson` is always
-/// checked: its records' boundaries in a batch, which those halves are cut at, depend on their syntax.
+/// `json.check` key) `json`. Without the syntax check a `json` record must still not be blank (the service would
+/// take it as no row), and a malformed one still costs only itself: the service refuses its chunk and the
+/// streaming sender isolates it by sending the chunk in halves (which is why `Client::new` refuses
+/// `json.check=false` with a spool or another mode). `multijson` is always checked: its records' boundaries in a
+/// batch, which those halves are cut at, depend on their syntax.
 pub fn validate_record(
     format: Format,
     record: &[u8],
@@ -300,6 +302,17 @@ pub fn validate_record(
                 format!("json record has a line break at byte {at}: the json format is one object per line (use multijson for multi-line objects)"),
             ));
         }
+    }
+    if format == Format::Json
+        && !json_check
+        && record
+            .iter()
+            .all(|b| matches!(b, b' ' | b'\t' | b'\n' | b'\r'))
+    {
+        return Err(Error::new(
+            ErrorKind::InvalidRecord,
+            "json record is blank: no JSON value in the record; the record was not taken",
+        ));
     }
     if format == Format::MultiJson || (format == Format::Json && json_check) {
         // One truncated line must cost that line, not the chunk it would have joined.
@@ -459,10 +472,16 @@ mod tests {
     }
 
     #[test]
-    fn without_json_check_a_json_record_is_still_checked_for_utf8_and_one_line_and_multijson_for_syntax(
+    fn without_json_check_a_json_record_is_still_checked_for_utf8_one_line_and_not_blank_and_multijson_for_syntax(
     ) {
         assert!(validate_record(Format::Json, b"{\"t\":21.", 64, false).is_ok());
-        for bad in [&b"{\"t\":\n21}"[..], b"{\"t\":\"\xff\"}", b""] {
+        for bad in [
+            &b"{\"t\":\n21}"[..],
+            b"{\"t\":\"\xff\"}",
+            b"",
+            b" ",
+            b" \t\r\n",
+        ] {
             assert_eq!(
                 validate_record(Format::Json, bad, 64, false)
                     .unwrap_err()

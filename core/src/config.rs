@@ -123,7 +123,8 @@ pub struct Config {
     /// gzip level of request bodies: 1 (fastest) to 9 (smallest).
     pub gzip_level: u8,
     /// Whether `append` checks the JSON syntax of `json` records (`multijson` records are always checked: their
-    /// boundaries in a batch depend on it).
+    /// boundaries in a batch depend on it). `false` is refused by `Client::new` with a spool or a mode other than
+    /// streaming: only the streaming sender splits a refused chunk, from RAM.
     pub json_check: bool,
     /// Destinations one client may have.
     pub max_destinations: usize,
@@ -368,7 +369,7 @@ pub const KEYS: &[KeyDoc] = &[
     KeyDoc {
         key: "json.check",
         default: "true",
-        help: "append checks the JSON syntax of each json record; false: only its UTF-8 and line, a record the service refuses is found by sending its chunk in halves (multijson is always checked)",
+        help: "append checks the JSON syntax of each json record; false (streaming without a spool only): only its size, UTF-8, single line and that it is not blank, and a record the service refuses is found by sending its chunk in halves (multijson is always checked)",
     },
     KeyDoc {
         key: "destinations.max",

@@ -185,6 +185,17 @@ impl Client {
     /// Creates a client with everything given.
     pub fn with_options(cfg: &Config, opts: ClientOptions) -> Result<Client, Error> {
         let cluster = cfg.validate()?;
+        if !cfg.json_check
+            && ((opts.storage.is_some() || cfg.spool_dir.is_some())
+                || cfg.ingest_mode != IngestMode::Streaming)
+        {
+            // A refused chunk is sent in halves only from RAM by the streaming sink: a spooled chunk refused on
+            // replay, or a queued blob the DM fails, would take every good record in it along with the bad one.
+            return Err(Error::new(
+                ErrorKind::ConfigInvalidValue,
+                "json.check=false needs ingest.mode=streaming and no spool: a chunk refused on replay from the spool or by the DM is not split, so one bad record would cost its whole chunk",
+            ));
+        }
         let storage: Option<SpoolStorage> = match (opts.storage, &cfg.spool_dir) {
             (Some(s), _) => Some(s),
             (None, Some(dir)) => Some(Box::new(FsStorage::new(dir).map_err(|e| {
