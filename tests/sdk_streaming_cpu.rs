@@ -32,8 +32,9 @@ mod venv;
 const TOKEN: &str = "sdk-streaming-cpu-static-token";
 /// kedge-send's 57 MB test file (as `c_programs.rs`'s peak RSS test).
 const RECORDS: u64 = 570_000;
-/// Each side runs this many times, interleaved (one of each per round), and the least CPU of each is compared: on a
-/// shared machine a neighbour's burst slows whichever run it lands on, and the minimum is the run it missed.
+/// Each side runs this many times, interleaved (one of each per round). The SDK comparison takes the least CPU
+/// of each: on a shared machine a neighbour's burst slows whichever run it lands on, and the minimum is the run it
+/// missed. The compressor comparison brackets each kedge-send run with compressor runs (see there).
 const ROUNDS: usize = 5;
 
 /// Runs `cmd` to its end; its exit code, CPU (user + sys) and stdout. stderr goes to a file of `scratch`.
@@ -170,60 +171,70 @@ fn kedge_send_cpu_on_the_57_mb_file_is_within_1_3_times_the_compressor_alone_on_
             &["--format", "json", "-X", "json.check=false"],
         ),
     ];
+    let run_variant = |v: usize, round: usize| -> (Duration, usize, Vec<usize>) {
+        let (name, args) = variants[v];
+        server.reset();
+        let mut cmd = kedge_send(&programs, &server, None, "Cpu", &input);
+        cmd.args(args);
+        let (_, cpu, _) = run_for_cpu(cmd, &scratch, &format!("kedge-send-{v}-{round}"));
+        let (wire, pieces) = ingested(&server, "Cpu");
+        assert_eq!(
+            pieces.iter().sum::<usize>(),
+            data.len(),
+            "{name}: the ingested requests hold the file once"
+        );
+        assert_each_seq_once(&server.records("db", "Cpu"), RECORDS);
+        (cpu, wire, pieces)
+    };
+    // A first run, not counted: the pieces the compressor is to be timed on (every variant cuts the same ones,
+    // checked below), and the file in the page cache.
+    let (_, wire, pieces) = run_variant(0, usize::MAX);
+    // This machine's speed moves by up to 2x between seconds (other tenants): each run is set against the
+    // compressor timed right before and right after it, and the median of those ratios is the figure.
+    let mut ratios = vec![Vec::new(); variants.len()];
     let mut edge = vec![Vec::new(); variants.len()];
-    let mut alone = Vec::new();
-    let (mut wire, mut requests) = (0, 0);
+    let mut alone = vec![compressor_alone(&data, &pieces, 3)];
     for round in 0..ROUNDS {
-        let mut pieces = Vec::new();
-        for (v, (name, args)) in variants.iter().enumerate() {
-            server.reset();
-            let mut cmd = kedge_send(&programs, &server, None, "Cpu", &input);
-            cmd.args(*args);
-            let (_, cpu, _) = run_for_cpu(cmd, &scratch, &format!("kedge-send-{v}-{round}"));
-            let got;
-            (wire, got) = ingested(&server, "Cpu");
+        for v in 0..variants.len() {
+            let (cpu, _, got) = run_variant(v, round);
             assert_eq!(
-                got.iter().sum::<usize>(),
-                data.len(),
-                "{name}: the ingested requests hold the file once"
+                got, pieces,
+                "{}: the same pieces as the first run",
+                variants[v].0
             );
-            assert_each_seq_once(&server.records("db", "Cpu"), RECORDS);
-            assert!(
-                pieces.is_empty() || pieces == got,
-                "{name}: the same pieces as the others"
-            );
-            pieces = got;
+            let before = *alone.last().unwrap();
+            let after = compressor_alone(&data, &pieces, 3);
+            alone.push(after);
             edge[v].push(cpu);
+            ratios[v].push(cpu.as_secs_f64() * 2.0 / (before + after).as_secs_f64());
         }
-        requests = pieces.len();
-        alone.push(compressor_alone(&data, &pieces, 3));
     }
-    let a = alone.iter().min().unwrap().as_secs_f64();
     println!(
-        "kedge-send, {:.1} MB in {requests} requests (wire {:.2} % of raw), {ROUNDS} rounds interleaved on one CPU, \
-         least of each: the compressor alone (level 3) on the same pieces {:.0} ms ({})",
+        "kedge-send, {:.1} MB in {} requests (wire {:.2} % of raw), {ROUNDS} runs of each on one CPU, each against \
+         the compressor alone (level 3, the same pieces) timed right before and after it ({}):",
         data.len() as f64 / 1e6,
+        pieces.len(),
         wire as f64 * 100.0 / data.len() as f64,
-        a * 1e3,
         spread(&alone),
     );
-    let mut ratios = Vec::new();
-    for ((name, _), runs) in variants.iter().zip(&edge) {
-        let e = runs.iter().min().unwrap().as_secs_f64();
-        ratios.push(e / a);
+    let mut medians = Vec::new();
+    for ((name, _), (runs, r)) in variants.iter().zip(edge.iter().zip(&mut ratios)) {
+        r.sort_by(f64::total_cmp);
+        let median = r[r.len() / 2];
+        medians.push(median);
         println!(
-            "  kedge-send {name}: process CPU {:.0} ms ({}): {:.2}x the compressor (bound 1.3x)",
-            e * 1e3,
+            "  kedge-send {name}: process CPU {}: median {median:.2}x the compressor ({:.2}..{:.2}x; bound 1.3x)",
             spread(runs),
-            e / a
+            r[0],
+            r[r.len() - 1]
         );
     }
     if assert_bounds() {
         // The bound is kedge-send's as it runs by default; the other variants show the check's share.
         assert!(
-            ratios[0] <= 1.3,
+            medians[0] <= 1.3,
             "kedge-send CPU {:.2}x the compressor's",
-            ratios[0]
+            medians[0]
         );
     }
 }
