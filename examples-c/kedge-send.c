@@ -187,6 +187,7 @@ struct run {
     /* Where the batch in RAM began: if it is lost, the input resumes there. */
     const char *batch_file;
     unsigned long batch_line;
+    int lines_off; /* kedge_append_lines refused the format: every record goes through kedge_append */
 };
 
 /*
@@ -1221,6 +1222,44 @@ static enum send_status checkpoint(struct run *run)
     return SEND_OK;
 }
 
+/*
+ * Hands the whole lines already read to kedge_append_lines, which takes them with one lane lock per group and no
+ * copy but into the batch. What it does not take is left in the reader for read_line and send_record, which
+ * then do the rest one record at a time as before: a line cut by the end of the read, a record refused (they
+ * report and count it), a full lane (they poll and wait), and the first record after a send or a spool (they
+ * note where the batch in RAM began). Stops at the next --durable-every checkpoint; a stop signal leaves the
+ * rest to read_line too.
+ */
+static enum send_status send_buffered(struct run *run, struct reader *rd)
+{
+    kedge_lines_taken taken;
+    kedge_result r;
+    uint64_t max = UINT64_MAX;
+    if (run->lines_off || sender_ran || stop_signal || rd->chunk_pos == rd->chunk_len) {
+        return SEND_OK;
+    }
+    if (run->durable_every > 0) {
+        max = (uint64_t)run->durable_every - (uint64_t)(run->taken % (unsigned long long)run->durable_every);
+    }
+    r = kedge_append_lines(run->client, run->dest, (const uint8_t *)rd->chunk + rd->chunk_pos,
+                           rd->chunk_len - rd->chunk_pos, max, &taken);
+    tick();
+    rd->chunk_pos += taken.consumed;
+    rd->line_no += (unsigned long)taken.lines;
+    run->taken += taken.records;
+    if (taken.records > 0) {
+        run->failing = 0;
+    }
+    if (r != KEDGE_OK && r != KEDGE_QUEUE_FULL && r != KEDGE_INVALID_RECORD && r != KEDGE_RECORD_TOO_LARGE) {
+        run->lines_off = 1; /* e.g. a format of whole documents: kedge_append says what is wrong, if anything */
+    }
+    if (taken.records > 0 && run->durable_every > 0 &&
+        run->taken % (unsigned long long)run->durable_every == 0) {
+        return checkpoint(run);
+    }
+    return SEND_OK;
+}
+
 /* Streams one input. Returns SEND_OK at its end, or why it stopped; *io_error is set on a read error. */
 static enum send_status send_input(struct run *run, struct reader *rd, char *line, size_t cap,
                                    unsigned long long *invalid, int *io_error)
@@ -1228,8 +1267,12 @@ static enum send_status send_input(struct run *run, struct reader *rd, char *lin
     for (;;) {
         size_t len = 0;
         int overlong = 0;
-        enum send_status s;
-        int got = read_line(rd, line, cap, &len, &overlong);
+        enum send_status s = send_buffered(run, rd);
+        int got;
+        if (s != SEND_OK) {
+            return s;
+        }
+        got = read_line(rd, line, cap, &len, &overlong);
         if (got < 0) {
             fprintf(stderr, "%s: %s: read error: %s\n", PROG, rd->name, strerror(errno));
             *io_error = 1;

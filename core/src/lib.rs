@@ -27,6 +27,6 @@ pub mod spool;
 mod transport;
 mod wire;
 
-pub use client::{Client, ClientOptions, DeliveryReport, Outcome, StatsSnapshot};
+pub use client::{Client, ClientOptions, DeliveryReport, LinesTaken, Outcome, StatsSnapshot};
 pub use config::{Config, LogLevel};
 pub use error::{Error, ErrorKind};

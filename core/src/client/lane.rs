@@ -11,7 +11,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
 use std::time::{Duration, Instant};
 
-use crate::batch::{validate_record, Batch};
+use crate::batch::{find_line, validate_line, validate_record, Batch};
 use crate::error::{Error, ErrorKind};
 use crate::spool::DestKey;
 use crate::wire::Format;
@@ -55,6 +55,35 @@ pub struct Lane {
     /// Whether `json` records are syntax-checked (`json.check`).
     json_check: bool,
     state: Mutex<State>,
+}
+
+/// Records [`Lane::append_lines`] checks before it takes the lane's lock once for all of them.
+pub const LINES_PER_LOCK: usize = 64;
+
+/// What one [`Lane::append_lines`] took: whole lines only.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct LinesTaken {
+    /// Bytes of the buffer taken (records and skipped empty lines, with their newlines): the rest begins with
+    /// the record not taken, or an incomplete line.
+    pub consumed: usize,
+    /// Records taken.
+    pub records: u64,
+    /// Lines taken, skipped empty lines and lines inside quoted CSV fields included.
+    pub lines: u64,
+}
+
+/// A checked record of [`Lane::append_lines`] waiting for the lock.
+#[derive(Clone, Copy, Default)]
+struct Line {
+    start: usize,
+    /// The end of what goes into the batch: past the newline, or before a `\r` (the batch adds the newline).
+    framed_end: usize,
+    /// Its length without `\r` and newline.
+    len: usize,
+    /// Empty lines skipped before it.
+    skipped: u64,
+    /// Its lines.
+    lines: u64,
 }
 
 /// What one `append` did.
@@ -103,15 +132,118 @@ impl Lane {
 
     /// Takes one record: into the filling batch, or, when it does not fit, into a fresh batch after sealing the
     /// full one. `QueueFull` when all `batch.sealed` slots are taken (the record is not taken).
-    pub fn append(&self, record: &[u8], now: impl FnOnce() -> Instant) -> Result<Appended, Error> {
+    pub fn append(&self, record: &[u8], now: impl Fn() -> Instant) -> Result<Appended, Error> {
         validate_record(self.format, record, self.capacity, self.json_check)?;
         let mut st = self.lock();
+        self.push_locked(&mut st, record, record.len(), &mut &now)
+    }
+
+    /// Takes the newline-ended records of `buf` (see [`LinesTaken`]), at most `max_records` of them: each line
+    /// a record (for CSV-like formats a newline inside a quoted field belongs to its record), a `\r` before
+    /// the newline dropped, empty lines skipped. Stops before an incomplete last line, after `max_records`, or
+    /// at the first record not taken, whose error comes back (`QueueFull`: append it again after a poll;
+    /// `InvalidRecord`, `RecordTooLarge`: it never will be taken as it is). The lock is taken once per
+    /// [`LINES_PER_LOCK`] records, after they were checked: never while a record is checked.
+    pub fn append_lines(
+        &self,
+        buf: &[u8],
+        max_records: u64,
+        now: impl Fn() -> Instant,
+    ) -> (LinesTaken, Result<(), Error>) {
+        let mut t = LinesTaken::default();
+        if self.format.one_record_per_request() {
+            return (
+                t,
+                Err(Error::new(
+                    ErrorKind::InvalidArgument,
+                    format!(
+                        "{} records are whole documents, not lines: append them one at a time",
+                        self.format.wire_name()
+                    ),
+                )),
+            );
+        }
+        // Checked records waiting for the lock.
+        let mut group = [Line::default(); LINES_PER_LOCK];
+        let mut at = 0usize; // the end of the last line looked at
+        loop {
+            let mut n = 0;
+            let mut stop = None;
+            let mut skipped = 0u64; // empty lines since the last record
+            while n < LINES_PER_LOCK && t.records + (n as u64) < max_records {
+                let Some(end) = find_line(self.format, &buf[at..]) else {
+                    break;
+                };
+                let nl = at + end.newline;
+                let mut line = &buf[at..nl];
+                let cr = line.last() == Some(&b'\r');
+                if cr {
+                    line = &line[..line.len() - 1];
+                }
+                if line.is_empty() {
+                    at = nl + 1;
+                    skipped += 1;
+                    continue;
+                }
+                if let Err(e) =
+                    validate_line(self.format, line, self.capacity, self.json_check, end.ascii)
+                {
+                    stop = Some(e);
+                    break;
+                }
+                group[n] = Line {
+                    start: at,
+                    // Without a \r the record goes into the batch with its own newline: one copy.
+                    framed_end: if cr { nl - 1 } else { nl + 1 },
+                    len: line.len(),
+                    skipped,
+                    lines: 1 + end.inner_lines,
+                };
+                skipped = 0;
+                n += 1;
+                at = nl + 1;
+            }
+            if n > 0 {
+                let mut st = self.lock();
+                for l in &group[..n] {
+                    t.lines += l.skipped;
+                    if let Err(e) =
+                        self.push_locked(&mut st, &buf[l.start..l.framed_end], l.len, &mut &now)
+                    {
+                        t.consumed = l.start;
+                        return (t, Err(e));
+                    }
+                    t.records += 1;
+                    t.lines += l.lines;
+                }
+            }
+            // What follows the group's last record: empty lines, then the end, the stop, or the next group.
+            t.lines += skipped;
+            t.consumed = at;
+            if let Some(e) = stop {
+                return (t, Err(e));
+            }
+            if n < LINES_PER_LOCK || t.records >= max_records {
+                return (t, Ok(()));
+            }
+        }
+    }
+
+    /// Puts a checked record (`len` bytes of it counted, its newline aside) into the filling batch, sealing the
+    /// full one first when it does not fit. `QueueFull` when no buffer is free.
+    fn push_locked(
+        &self,
+        st: &mut State,
+        record: &[u8],
+        len: usize,
+        now: &mut impl FnMut() -> Instant,
+    ) -> Result<Appended, Error> {
         let mut sealed = false;
         if !st.filling.fits(self.format, record) {
             // A buffer for the record: the filling one is full (seal it) or with the sender (a placeholder).
             let placeholder = st.filling.capacity() == 0;
             match (placeholder || !st.filling.is_empty())
-                .then(|| self.acquire(&mut st))
+                .then(|| self.acquire(st))
                 .flatten()
             {
                 Some(fresh) => {
@@ -137,12 +269,12 @@ impl Lane {
             }
         }
         // The clock is read for a batch's first record only: a clock_gettime per record was 4 % of kedge-send's CPU.
-        let at = st.filling.first_at().unwrap_or_else(now);
+        let at = st.filling.first_at().unwrap_or_else(&mut *now);
         st.filling.push(self.format, record, at);
         // Counted with the lock held: the sender, which counts a record settled only after taking its batch
         // under this lock, can never count it before it is counted here.
         st.appended_records += 1;
-        st.appended_bytes += record.len() as u64;
+        st.appended_bytes += len as u64;
         Ok(Appended { sealed })
     }
 
@@ -552,5 +684,151 @@ mod panic_tests {
         // The lane is not wedged: its slot is free again.
         l.append(b"b1", || t).unwrap();
         assert!(l.take(t, Duration::ZERO, true).is_some());
+    }
+
+    fn lane_of(format: Format, cap: usize, sealed: usize) -> Lane {
+        let key = DestKey {
+            database: "db".into(),
+            table: "t".into(),
+            format: format.wire_name().into(),
+            mapping: None,
+        };
+        Lane::new(0, key, format, cap, sealed)
+    }
+
+    /// Every batch's bytes, oldest first, and the records in them.
+    fn drain(l: &Lane, t: Instant) -> (Vec<u8>, u64) {
+        let (mut bytes, mut records) = (Vec::new(), 0);
+        while let Some(b) = l.take(t, Duration::ZERO, true) {
+            bytes.extend_from_slice(b.bytes());
+            records += b.records();
+            b.give_back(Return::Free);
+        }
+        (bytes, records)
+    }
+
+    #[test]
+    fn append_lines_takes_what_append_takes_line_by_line() {
+        let t = Instant::now();
+        let mut buf = Vec::new();
+        for i in 0..300u32 {
+            match i % 7 {
+                0 => buf.extend_from_slice(b"\n"),
+                1 => buf.extend_from_slice(format!("{{\"i\":{i},\"s\":\"é\"}}\r\n").as_bytes()),
+                2 => buf.extend_from_slice(b"\r\n"),
+                _ => buf.extend_from_slice(format!("{{\"i\":{i},\"v\":[1,2,{{}}]}}\n").as_bytes()),
+            }
+        }
+        buf.extend_from_slice(b"{\"partial\":"); // no newline: not taken
+        let bulk = lane_of(Format::Json, 4096, 64);
+        let (taken, r) = bulk.append_lines(&buf, u64::MAX, || t);
+        r.unwrap();
+        let one = lane_of(Format::Json, 4096, 64);
+        let mut records = 0;
+        for line in buf.split(|&b| b == b'\n').take(300) {
+            let line = line.strip_suffix(b"\r").unwrap_or(line);
+            if !line.is_empty() {
+                one.append(line, || t).unwrap();
+                records += 1;
+            }
+        }
+        assert_eq!(
+            taken,
+            LinesTaken {
+                consumed: buf.len() - b"{\"partial\":".len(),
+                records,
+                lines: 300
+            }
+        );
+        assert_eq!(bulk.appended(), one.appended());
+        assert!(bulk.buffers() > 1, "batches were sealed on the way");
+        assert_eq!(drain(&bulk, t), drain(&one, t));
+    }
+
+    #[test]
+    fn append_lines_stops_before_a_bad_record_and_after_max_records() {
+        let t = Instant::now();
+        let buf = b"{\"a\":1}\n\n{\"b\":2}\n{\"c\":\n{\"d\":4}\n";
+        let l = lane_of(Format::Json, 4096, 4);
+        let (taken, r) = l.append_lines(buf, u64::MAX, || t);
+        assert_eq!(r.unwrap_err().kind, ErrorKind::InvalidRecord);
+        let bad = buf.windows(6).position(|w| w == b"{\"c\":\n").unwrap();
+        assert_eq!(
+            taken,
+            LinesTaken {
+                consumed: bad,
+                records: 2,
+                lines: 3
+            }
+        );
+        // Past the bad line, the rest goes on; max_records stops after one, empty lines and all.
+        let rest = &buf[bad + 6..];
+        let (taken, r) = l.append_lines(rest, 1, || t);
+        r.unwrap();
+        assert_eq!(
+            (taken.consumed, taken.records, taken.lines),
+            (rest.len(), 1, 1)
+        );
+        assert_eq!(
+            l.append_lines(b"", 1, || t),
+            (LinesTaken::default(), Ok(()))
+        );
+        assert_eq!(drain(&l, t).0, b"{\"a\":1}\n{\"b\":2}\n{\"d\":4}\n");
+        // A line too long for a batch, and a line that is not UTF-8, are refused where they begin.
+        let l = lane_of(Format::Csv, 8, 4);
+        let (taken, r) = l.append_lines(b"a\n123456789\nb\n", u64::MAX, || t);
+        assert_eq!(r.unwrap_err().kind, ErrorKind::RecordTooLarge);
+        assert_eq!((taken.consumed, taken.records), (2, 1));
+        let (taken, r) = l.append_lines(b"x,\xc3\xa9\nx,\xff\n", u64::MAX, || t);
+        assert_eq!(r.unwrap_err().kind, ErrorKind::InvalidRecord);
+        assert_eq!((taken.consumed, taken.records), (5, 1));
+        // Records past a group of LINES_PER_LOCK are taken the same way, and max_records holds across groups.
+        let l = lane_of(Format::Csv, 1 << 16, 0);
+        let many = "r,1\n".repeat(3 * LINES_PER_LOCK);
+        let (taken, r) = l.append_lines(many.as_bytes(), 2 * LINES_PER_LOCK as u64 + 5, || t);
+        r.unwrap();
+        assert_eq!(taken.records, 2 * LINES_PER_LOCK as u64 + 5);
+        assert_eq!(taken.consumed, 4 * taken.records as usize);
+    }
+
+    #[test]
+    fn append_lines_stops_at_a_full_lane_and_resumes_where_it_stopped() {
+        let t = Instant::now();
+        // "abc\n" is 4 bytes: two per batch, one batch sealed at most: 4 records fit.
+        let l = lane_of(Format::Csv, 8, 1);
+        let buf = b"abc\nabd\r\nabe\nabf\n\nabg\nabh\n";
+        let (taken, r) = l.append_lines(buf, u64::MAX, || t);
+        assert_eq!(r.unwrap_err().kind, ErrorKind::QueueFull);
+        let at = buf.windows(3).position(|w| w == b"abg").unwrap();
+        assert_eq!((taken.consumed, taken.records, taken.lines), (at, 4, 5));
+        assert_eq!(l.appended(), (4, 12));
+        let b = l.take(t, Duration::ZERO, false).unwrap();
+        assert_eq!(b.bytes(), b"abc\nabd\n");
+        b.give_back(Return::Free);
+        let (taken, r) = l.append_lines(&buf[at..], u64::MAX, || t);
+        r.unwrap();
+        assert_eq!(taken.records, 2);
+        assert_eq!(drain(&l, t), (b"abe\nabf\nabg\nabh\n".to_vec(), 4));
+    }
+
+    #[test]
+    fn append_lines_keeps_a_quoted_csv_newline_in_its_record_and_refuses_documents() {
+        let t = Instant::now();
+        let l = lane_of(Format::Csv, 256, 1);
+        let buf = b"a,\"one\ntwo\"\"\nthree\"\nb,2\nc,\"open\n";
+        let (taken, r) = l.append_lines(buf, u64::MAX, || t);
+        r.unwrap();
+        assert_eq!((taken.records, taken.lines), (2, 4));
+        assert_eq!(
+            &buf[taken.consumed..],
+            b"c,\"open\n",
+            "the open quote waits for more"
+        );
+        assert_eq!(drain(&l, t).0, &buf[..taken.consumed]);
+        let l = lane_of(Format::Avro, 256, 1);
+        assert_eq!(
+            l.append_lines(b"x\n", u64::MAX, || t).1.unwrap_err().kind,
+            ErrorKind::InvalidArgument
+        );
     }
 }

@@ -59,6 +59,7 @@ use crate::spool::{DestKey, FsStorage};
 use crate::transport::Transport;
 use crate::wire::{self, Format};
 
+pub use lane::LinesTaken;
 pub use report::{DeliveryFn, DeliveryReport, LogFn, Outcome, SpoolStorage};
 pub use stats::{Stats, StatsSnapshot};
 
@@ -394,6 +395,31 @@ impl Client {
                 Err(e)
             }
         }
+    }
+
+    /// Takes the newline-ended records of `buf`, at most `max_records` of them, with one lane lock per group
+    /// of records instead of one per record: what `append` does for each line, in one call. Each line is a
+    /// record (for CSV-like formats a newline inside a quoted field belongs to its record; a `multijson` object
+    /// cannot span lines here), a `\r` before the newline is dropped and empty lines are skipped. It stops
+    /// before an incomplete last line (call again with it and more bytes, or `append` it at the end of the
+    /// input), after `max_records` records, or at the first record not taken, whose error it returns with
+    /// [`LinesTaken::consumed`] at that record's first byte: `QueueFull` (poll, then offer it again),
+    /// `InvalidRecord` or `RecordTooLarge` (it never will be taken as it is). `InvalidArgument` for a format
+    /// whose records are whole documents.
+    pub fn append_lines(
+        &self,
+        destination: u32,
+        buf: &[u8],
+        max_records: u64,
+    ) -> (LinesTaken, Result<(), Error>) {
+        let Some(lane) = self.lanes.get(destination) else {
+            return (LinesTaken::default(), Err(invalid_destination(destination)));
+        };
+        let (taken, r) = lane.append_lines(buf, max_records, || self.sh.clock.now());
+        if r.as_ref().is_err_and(|e| e.kind == ErrorKind::QueueFull) {
+            self.sh.stats.appends_queue_full.fetch_add(1, Relaxed);
+        }
+        (taken, r)
     }
 
     /// Periodic work for a main loop: sends sealed chunks and batches older than `batch.max_age_ms`, spools the
