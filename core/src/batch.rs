@@ -278,8 +278,7 @@ pub fn find_line(format: Format, buf: &[u8]) -> Option<LineEnd> {
         high |= h;
         if csv {
             // A doubled quote ("") toggles twice, so it needs no special case.
-            let quotes = buf[from..from + at].iter().filter(|&&b| b == b'"').count();
-            in_quotes ^= quotes % 2 == 1;
+            in_quotes ^= odd_quotes(&buf[from..from + at]);
             if in_quotes {
                 inner_lines += 1;
                 from += at + 1;
@@ -292,6 +291,29 @@ pub fn find_line(format: Format, buf: &[u8]) -> Option<LineEnd> {
             inner_lines,
         });
     }
+}
+
+/// Whether `s` holds an odd number of `"`, 8 bytes a step: `((x & 0x7f..7f) + 0x7f..7f) | x` has its high bit
+/// clear exactly in the zero bytes of `x = w ^ 0x22..22` (no carry crosses a byte), so those flags are exact, and
+/// their parity is their xor (a popcount is a dozen instructions on baseline x86_64 and armv7).
+#[inline(always)]
+fn odd_quotes(s: &[u8]) -> bool {
+    const LOWS: u64 = !HIGHS;
+    let mut words = s.chunks_exact(8);
+    let mut flags = 0u64;
+    for w in &mut words {
+        let x = u64::from_le_bytes([w[0], w[1], w[2], w[3], w[4], w[5], w[6], w[7]])
+            ^ (ONES * u64::from(b'"'));
+        flags ^= !(((x & LOWS) + LOWS) | x) & HIGHS;
+    }
+    let mut odd = false;
+    for &b in words.remainder() {
+        odd ^= b == b'"';
+    }
+    flags ^= flags >> 32;
+    flags ^= flags >> 16;
+    flags ^= flags >> 8;
+    odd ^ (flags & 0x80 != 0)
 }
 
 /// The offset of the first `\n` in `buf`, and the or of the high bits of the bytes before it.
@@ -469,6 +491,20 @@ mod tests {
                         inner_lines: 0,
                     });
                     assert_eq!(find_line(Format::Json, &b), want, "{b:?}");
+                }
+            }
+        }
+        for len in 0..30 {
+            for q in 0..len {
+                for other in [0u8, b'!', b'#', 0xa2, 0xff] {
+                    let mut b: Vec<u8> = (0..len)
+                        .map(|i| if i % 3 == 0 { other } else { b'x' })
+                        .collect();
+                    for i in (q..len).step_by(q + 1) {
+                        b[i] = b'"';
+                    }
+                    let want = b.iter().filter(|&&c| c == b'"').count() % 2 == 1;
+                    assert_eq!(odd_quotes(&b), want, "{b:?}");
                 }
             }
         }
