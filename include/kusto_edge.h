@@ -160,12 +160,12 @@ typedef uint32_t kedge_spool_area;
 #endif // __cplusplus
 
 // A client. Create with `kedge_client_new`, free with `kedge_client_free`. All functions taking a client may be
-// called from several threads at once. `kedge_append`, `kedge_client_add_destination`, `kedge_client_stats`
-// and `kedge_client_last_error` never wait for the network, the flash or another thread's send. `kedge_poll`,
+// called from several threads at once. `kedge_append`, `kedge_append_lines`, `kedge_client_add_destination`,
+// `kedge_client_stats` and `kedge_client_last_error` never wait for the network, the flash or another thread's send. `kedge_poll`,
 // `kedge_flush`, `kedge_flush_timeout` and `kedge_flush_to_spool` do the sending, one thread at a time:
 // `kedge_poll` returns at once when another thread is sending, the flushes wait for it within their bound.
-// Callbacks run on the thread that sends, inside those calls; from a callback, `kedge_append` and
-// `kedge_client_add_destination` work and the sending calls return `KEDGE_REENTRANT_CALL`.
+// Callbacks run on the thread that sends, inside those calls; from a callback, `kedge_append`,
+// `kedge_append_lines` and `kedge_client_add_destination` work and the sending calls return `KEDGE_REENTRANT_CALL`.
 typedef struct kedge_client kedge_client;
 
 // A configuration under construction. Create with `kedge_config_new`, fill with `kedge_config_set*`, pass to
