@@ -100,6 +100,15 @@ fn appends_to_another_destination_never_wait_for_a_flush_stuck_on_a_silent_serve
         client.append(other, rec.as_bytes()).unwrap();
         slowest = slowest.max(t.elapsed());
     }
+    // The same records again as one buffer of lines: one call, and no wait either.
+    let lines: String = (0..1000)
+        .map(|i| format!("{i},reading,{}\n", i * 7))
+        .collect();
+    let t = Instant::now();
+    let (taken, r) = client.append_lines(other, lines.as_bytes(), u64::MAX);
+    let lines_took = t.elapsed();
+    r.unwrap();
+    assert_eq!((taken.records, taken.consumed), (1000, lines.len()));
     // And the rest of the non-sending API answers at once too.
     let t = Instant::now();
     let (next, r) = client.poll_next();
@@ -108,11 +117,15 @@ fn appends_to_another_destination_never_wait_for_a_flush_stuck_on_a_silent_serve
     let added = client.add_destination("db", "third", "csv", None);
     let still_stuck = !flusher.is_finished();
     let (flush_took, flushed) = flusher.join().unwrap();
-    println!("slowest of 1000 appends during a stuck flush: {slowest:?}; poll {poll_took:?}");
+    println!("slowest of 1000 appends during a stuck flush: {slowest:?}; 1000 as lines in one call {lines_took:?}; poll {poll_took:?}");
     assert!(still_stuck, "the flush was still waiting while we appended");
     assert!(
         slowest < Duration::from_millis(5),
         "slowest append {slowest:?}"
+    );
+    assert!(
+        lines_took < Duration::from_millis(50),
+        "append_lines of 1000 records {lines_took:?}"
     );
     assert!(
         r.is_ok() && next > 0,
@@ -120,7 +133,7 @@ fn appends_to_another_destination_never_wait_for_a_flush_stuck_on_a_silent_serve
     );
     assert!(poll_took < Duration::from_millis(50), "{poll_took:?}");
     assert!(added.is_ok());
-    assert_eq!(client.stats().records_appended, 1001);
+    assert_eq!(client.stats().records_appended, 2001);
     assert!(flushed.is_err());
     assert!(flush_took < Duration::from_secs(10), "{flush_took:?}");
 }
