@@ -92,24 +92,6 @@ fn plain_run_end(s: &[u8], mut i: usize) -> usize {
     i
 }
 
-/// The offset of the first byte at or after `i` that is not an ASCII digit, 8 bytes a step while whole words
-/// are digits; the bytewise loop after it finds the end within the last word. A byte is flagged below `'0'` by
-/// `(w - 0x30..30) & !w` and above `'9'` by `(w + 0x46..46) | w` (its high bit set); carries and borrows only
-/// flag bytes above a truly flagged one, so a word with no flag is 8 digits.
-#[inline(always)]
-fn digit_run_end(s: &[u8], mut i: usize) -> usize {
-    while let Some(w) = s.get(i..).and_then(<[u8]>::first_chunk::<8>) {
-        let w = u64::from_le_bytes(*w);
-        let other =
-            ((w.wrapping_sub(ONES * 0x30) & !w) | (w.wrapping_add(ONES * 0x46) | w)) & HIGHS;
-        if other != 0 {
-            return i + (other.trailing_zeros() / 8) as usize;
-        }
-        i += 8;
-    }
-    i
-}
-
 /// The scanner's small steps are `#[inline(always)]`: at opt-level "z" each was a call per byte, and the check took
 /// a third of kedge-send's CPU (README "Benchmarks"). `WORDS` skips string bodies 8 bytes a step; without it (only
 /// for the tests and the fuzz target, as the reference the fast path must agree with) a byte at a time.
@@ -192,9 +174,6 @@ impl<const WORDS: bool> Scanner<'_, WORDS> {
     #[inline(always)]
     fn digits(&mut self) -> usize {
         let start = self.i;
-        if WORDS {
-            self.i = digit_run_end(self.s, self.i);
-        }
         while self.peek().is_some_and(|b| b.is_ascii_digit()) {
             self.i += 1;
         }
@@ -467,7 +446,7 @@ mod tests {
     }
 
     #[test]
-    fn the_digit_skip_stops_at_the_first_other_byte_whatever_it_is_at_every_position_of_a_word() {
+    fn numbers_end_at_the_first_other_byte_whatever_it_is_at_every_position_of_a_word() {
         for lead in 0..9 {
             for digits in 0..20 {
                 for stop in 0..=255u8 {
