@@ -1244,7 +1244,7 @@ static enum send_status send_buffered(struct run *run, struct reader *rd)
     r = kedge_append_lines(run->client, run->dest, (const uint8_t *)rd->chunk + rd->chunk_pos,
                            rd->chunk_len - rd->chunk_pos, max, &taken);
     tick();
-    rd->chunk_pos += taken.consumed;
+    rd->chunk_pos += taken.consumed_len;
     rd->line_no += (unsigned long)taken.lines;
     run->taken += taken.records;
     if (taken.records > 0) {

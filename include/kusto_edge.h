@@ -223,7 +223,7 @@ typedef void (*kedge_delivery_callback)(void *userdata, const struct kedge_deliv
 typedef struct kedge_lines_taken {
   // Bytes of the buffer taken, whole lines only: the rest begins with the record not taken or an
   // incomplete line.
-  size_t consumed;
+  size_t consumed_len;
   // Records taken.
   uint64_t records;
   // Lines taken: records, skipped empty lines and lines inside quoted CSV fields (for line numbers).
@@ -504,7 +504,7 @@ kedge_result kedge_append(struct kedge_client *client,
                           const uint8_t *record,
                           size_t record_len);
 
-// Takes the newline-ended records of `buf[0..len)`, at most `max_records` of them: `kedge_append` for each
+// Takes the newline-ended records of `buf[0..buf_len)`, at most `max_records` of them: `kedge_append` for each
 // line, in one call and with one lock of the destination's lane per group of records, so a reader can hand
 // over what it read without splitting and copying the lines itself. Each line is one record (for csv, psv,
 // scsv and sohsv a newline inside a quoted field belongs to its record; a multijson object cannot span lines
@@ -513,17 +513,17 @@ kedge_result kedge_append(struct kedge_client *client,
 //
 // Stops with `KEDGE_OK` before an incomplete last line (hand it over again with more bytes, or with
 // `kedge_append` at the end of the input) or after `max_records` records. Stops at the first record not taken
-// with its result, `out->consumed` at its first byte: `KEDGE_QUEUE_FULL` (call `kedge_poll` and offer it again),
+// with its result, `out->consumed_len` at its first byte: `KEDGE_QUEUE_FULL` (call `kedge_poll` and offer it again),
 // `KEDGE_INVALID_RECORD` or `KEDGE_RECORD_TOO_LARGE` (it never will be taken as it is: skip the line).
 // `KEDGE_INVALID_ARGUMENT` for a format whose records are whole documents (avro, parquet, orc, singlejson, raw),
-// or a `len` larger than any buffer. `KEDGE_NULL_PARAMETER`, `KEDGE_INVALID_DESTINATION` as for `kedge_append`.
+// or a `buf_len` larger than any buffer. `KEDGE_NULL_PARAMETER`, `KEDGE_INVALID_DESTINATION` as for `kedge_append`.
 //
 // # Safety
-// `client` a live client; `buf` valid for `len` bytes; `out` valid for a write.
+// `client` a live client; `buf` valid for `buf_len` bytes; `out` valid for a write.
 kedge_result kedge_append_lines(struct kedge_client *client,
                                 uint32_t destination,
                                 const uint8_t *buf,
-                                size_t len,
+                                size_t buf_len,
                                 uint64_t max_records,
                                 struct kedge_lines_taken *out);
 

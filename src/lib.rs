@@ -945,14 +945,14 @@ pub unsafe extern "C" fn kedge_append(
 pub struct kedge_lines_taken {
     /// Bytes of the buffer taken, whole lines only: the rest begins with the record not taken or an
     /// incomplete line.
-    pub consumed: usize,
+    pub consumed_len: usize,
     /// Records taken.
     pub records: u64,
     /// Lines taken: records, skipped empty lines and lines inside quoted CSV fields (for line numbers).
     pub lines: u64,
 }
 
-/// Takes the newline-ended records of `buf[0..len)`, at most `max_records` of them: `kedge_append` for each
+/// Takes the newline-ended records of `buf[0..buf_len)`, at most `max_records` of them: `kedge_append` for each
 /// line, in one call and with one lock of the destination's lane per group of records, so a reader can hand
 /// over what it read without splitting and copying the lines itself. Each line is one record (for csv, psv,
 /// scsv and sohsv a newline inside a quoted field belongs to its record; a multijson object cannot span lines
@@ -961,24 +961,24 @@ pub struct kedge_lines_taken {
 ///
 /// Stops with `KEDGE_OK` before an incomplete last line (hand it over again with more bytes, or with
 /// `kedge_append` at the end of the input) or after `max_records` records. Stops at the first record not taken
-/// with its result, `out->consumed` at its first byte: `KEDGE_QUEUE_FULL` (call `kedge_poll` and offer it again),
+/// with its result, `out->consumed_len` at its first byte: `KEDGE_QUEUE_FULL` (call `kedge_poll` and offer it again),
 /// `KEDGE_INVALID_RECORD` or `KEDGE_RECORD_TOO_LARGE` (it never will be taken as it is: skip the line).
 /// `KEDGE_INVALID_ARGUMENT` for a format whose records are whole documents (avro, parquet, orc, singlejson, raw),
-/// or a `len` larger than any buffer. `KEDGE_NULL_PARAMETER`, `KEDGE_INVALID_DESTINATION` as for `kedge_append`.
+/// or a `buf_len` larger than any buffer. `KEDGE_NULL_PARAMETER`, `KEDGE_INVALID_DESTINATION` as for `kedge_append`.
 ///
 /// # Safety
-/// `client` a live client; `buf` valid for `len` bytes; `out` valid for a write.
+/// `client` a live client; `buf` valid for `buf_len` bytes; `out` valid for a write.
 #[no_mangle]
 pub unsafe extern "C" fn kedge_append_lines(
     client: *mut kedge_client,
     destination: u32,
     buf: *const u8,
-    len: usize,
+    buf_len: usize,
     max_records: u64,
     out: *mut kedge_lines_taken,
 ) -> kedge_result {
     // SAFETY: `client` is NULL or a live client, as with_client requires; `out` is NULL or writable and `buf`
-    // NULL or valid for `len` bytes of reads (this function's `# Safety`), each used only after its NULL check.
+    // NULL or valid for `buf_len` bytes of reads (this function's `# Safety`), each used only after its NULL check.
     unsafe {
         with_client(client, |c| {
             if out.is_null() {
@@ -989,16 +989,16 @@ pub unsafe extern "C" fn kedge_append_lines(
                 return Err(Error::new(ErrorKind::NullParameter, "buf is NULL"));
             }
             // A `(size_t)-1` from a failed read() must be refused, not turned into a slice.
-            if len > isize::MAX as usize {
+            if buf_len > isize::MAX as usize {
                 return Err(Error::new(
                     ErrorKind::InvalidArgument,
-                    format!("len {len} is larger than any buffer"),
+                    format!("buf_len {buf_len} is larger than any buffer"),
                 ));
             }
-            let bytes = std::slice::from_raw_parts(buf, len);
+            let bytes = std::slice::from_raw_parts(buf, buf_len);
             let (taken, r) = c.append_lines(destination, bytes, max_records);
             out.write(kedge_lines_taken {
-                consumed: taken.consumed,
+                consumed_len: taken.consumed,
                 records: taken.records,
                 lines: taken.lines,
             });

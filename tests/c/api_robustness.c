@@ -606,7 +606,7 @@ static void check_client_calls(void)
         expect(kedge_append_lines(NULL, 0, LIT("{}\n"), 10, &lt), KEDGE_NULL_PARAMETER, "append_lines(client NULL)");
         expect(kedge_append_lines(client, 0, LIT("{}\n"), 10, NULL), KEDGE_NULL_PARAMETER, "append_lines(out NULL)");
         expect(kedge_append_lines(client, 0, NULL, 3, 10, &lt), KEDGE_NULL_PARAMETER, "append_lines(buf NULL)");
-        check(lt.consumed == 0 && lt.records == 0 && lt.lines == 0, "append_lines zeroes *out on failure");
+        check(lt.consumed_len == 0 && lt.records == 0 && lt.lines == 0, "append_lines zeroes *out on failure");
         expect(kedge_append_lines(client, 7, LIT("{}\n"), 10, &lt), KEDGE_INVALID_DESTINATION,
                "append_lines(destination 7)");
         expect(kedge_append_lines(client, 0, (const uint8_t *)"{}\n", SIZE_MAX, 10, &lt), KEDGE_INVALID_ARGUMENT,
@@ -614,17 +614,17 @@ static void check_client_calls(void)
         expect(kedge_append_lines(client, 2, LIT("x\n"), 10, &lt), KEDGE_INVALID_ARGUMENT,
                "append_lines(avro: documents, not lines)");
         expect(kedge_append_lines(client, 0, LIT("{}\n"), 0, &lt), KEDGE_OK, "append_lines(max_records 0)");
-        check(lt.consumed == 0 && lt.records == 0, "append_lines(max_records 0) takes nothing");
+        check(lt.consumed_len == 0 && lt.records == 0, "append_lines(max_records 0) takes nothing");
         expect(kedge_append_lines(client, 0, LIT(lines), UINT64_MAX, &lt), KEDGE_INVALID_RECORD,
                "append_lines stops at a bad line");
-        check(lt.records == 2 && lt.lines == 3 && lt.consumed == strlen("{\"b\":2}\r\n\n{\"c\":3}\n"),
+        check(lt.records == 2 && lt.lines == 3 && lt.consumed_len == strlen("{\"b\":2}\r\n\n{\"c\":3}\n"),
               "append_lines: two records and an empty line before the bad one, which is not taken");
         ok_appends += lt.records;
         {
-            size_t at = lt.consumed + strlen("{\"d\":\n");
+            size_t at = lt.consumed_len + strlen("{\"d\":\n");
             expect(kedge_append_lines(client, 0, (const uint8_t *)lines + at, strlen(lines) - at, UINT64_MAX, &lt),
                    KEDGE_OK, "append_lines after the bad line");
-            check(lt.records == 1 && lt.lines == 1 && lt.consumed == strlen("{\"e\":5}\n"),
+            check(lt.records == 1 && lt.lines == 1 && lt.consumed_len == strlen("{\"e\":5}\n"),
                   "append_lines leaves the incomplete last line");
             ok_appends += lt.records;
         }
