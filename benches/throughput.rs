@@ -117,9 +117,9 @@ fn bench_gzip() {
     );
 }
 
-/// Whole-client CPU per MB: records appended and sent by this one thread (batch.sealed=0, as kedge-send does), to
-/// the in-process endpoint over plain http, whose threads' CPU is not counted; and the wire bytes.
-fn pipeline_cpu(records: &[&[u8]], raw: usize, format: &str) -> (f64, u64) {
+/// The pipeline benches' client: one destination of `format` on an in-process endpoint over plain http,
+/// batch.sealed=0 as kedge-send has it. The endpoint lives as long as the first element.
+fn pipeline_client(format: &str) -> (Server, Client, u32) {
     let server = Server::start(ServerConfig::default()).unwrap();
     let mut cfg = Config::default();
     cfg.set("url", &server.url()).unwrap();
@@ -127,6 +127,13 @@ fn pipeline_cpu(records: &[&[u8]], raw: usize, format: &str) -> (f64, u64) {
     cfg.set("batch.sealed", "0").unwrap();
     let client = Client::new(&cfg, None, None).unwrap();
     let d = client.add_destination("db", "bench", format, None).unwrap();
+    (server, client, d)
+}
+
+/// Whole-client CPU per MB: records appended and sent by this one thread (batch.sealed=0, as kedge-send does), to
+/// the in-process endpoint over plain http, whose threads' CPU is not counted; and the wire bytes.
+fn pipeline_cpu(records: &[&[u8]], raw: usize, format: &str) -> (f64, u64) {
+    let (_server, client, d) = pipeline_client(format);
     let t = thread_cpu();
     for r in records {
         while let Err(e) = client.append(d, r) {
@@ -145,13 +152,7 @@ fn pipeline_cpu(records: &[&[u8]], raw: usize, format: &str) -> (f64, u64) {
 /// [`pipeline_cpu`] through `append_lines`: the buffer handed over in 64 KiB reads as kedge-send does, one
 /// call per read instead of one per record.
 fn pipeline_lines_cpu(data: &[u8], format: &str) -> f64 {
-    let server = Server::start(ServerConfig::default()).unwrap();
-    let mut cfg = Config::default();
-    cfg.set("url", &server.url()).unwrap();
-    cfg.set("http.allow_plain", "true").unwrap();
-    cfg.set("batch.sealed", "0").unwrap();
-    let client = Client::new(&cfg, None, None).unwrap();
-    let d = client.add_destination("db", "bench", format, None).unwrap();
+    let (_server, client, d) = pipeline_client(format);
     let t = thread_cpu();
     let (mut at, mut records) = (0, 0);
     while at < data.len() {

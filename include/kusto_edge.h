@@ -232,7 +232,7 @@ typedef struct kedge_lines_taken {
 
 // Counters of a client. Read with `kedge_client_stats` at any time, even while another thread sends.
 typedef struct kedge_stats {
-  // Records taken by `kedge_append`.
+  // Records taken by `kedge_append` and `kedge_append_lines`.
   uint64_t records_appended;
   // Raw bytes taken by `kedge_append`.
   uint64_t bytes_appended;
@@ -515,7 +515,8 @@ kedge_result kedge_append(struct kedge_client *client,
 // `kedge_append` at the end of the input) or after `max_records` records. Stops at the first record not taken
 // with its result, `out->consumed_len` at its first byte: `KEDGE_QUEUE_FULL` (call `kedge_poll` and offer it again),
 // `KEDGE_INVALID_RECORD` or `KEDGE_RECORD_TOO_LARGE` (it never will be taken as it is: skip the line).
-// `KEDGE_INVALID_ARGUMENT` for a format whose records are whole documents (avro, parquet, orc, singlejson, raw),
+// `KEDGE_INVALID_ARGUMENT` for a format whose records are whole documents (avro, apacheavro, parquet, orc, sstream,
+// singlejson, raw),
 // or a `buf_len` larger than any buffer. `KEDGE_NULL_PARAMETER`, `KEDGE_INVALID_DESTINATION` as for `kedge_append`.
 //
 // # Safety
