@@ -1933,6 +1933,54 @@ fn kedge_send_prints_its_stats_as_json_lines_every_stats_interval() {
     assert!(lines.iter().all(|l| l.contains("\"spool_io_errors\":")));
 }
 
+/// A full lane is one event in the stats, not two: when `kedge_append_lines` says the lane is full, kedge-send polls
+/// before it offers the next record one at a time, instead of appending only to be refused again.
+#[test]
+fn kedge_send_counts_each_full_lane_once() {
+    let _g = serial();
+    let scratch = Scratch::new("queue-full-once");
+    let server = Server::start(ServerConfig::default()).expect("devserver");
+    let input = scratch.path("records.jsonl");
+    write_records(&input, 20_000);
+    // No sealed chunk may wait: every full batch is a full lane, then a request.
+    let mut cmd = kedge_send(&server.url(), None, "Full");
+    cmd.args([
+        "--allow-http",
+        "--quiet",
+        "--batch-bytes",
+        "65536",
+        "-X",
+        "batch.sealed=0",
+        "--stats-interval",
+        "3600",
+    ])
+    .arg(&input);
+    let out = run(cmd, None, &scratch, Duration::from_secs(120));
+    assert_eq!(out.code(), Some(0), "{}", out.describe());
+    let last = out
+        .stderr
+        .lines()
+        .rfind(|l| l.starts_with("{\"records_appended\":"))
+        .unwrap_or_else(|| panic!("no stats line: {}", out.describe()));
+    let field = |name: &str| -> u64 {
+        let at = last.find(&format!("\"{name}\":")).expect(name) + name.len() + 3;
+        last[at..]
+            .split([',', '}'])
+            .next()
+            .unwrap()
+            .parse()
+            .unwrap()
+    };
+    let (requests, full) = (field("requests"), field("appends_queue_full"));
+    assert_eq!(field("records_acknowledged"), 20_000, "{last}");
+    assert!(requests > 20, "{last}");
+    // Every request but the last (sent by the final flush) followed one full lane.
+    assert!(
+        full >= 1 && full < requests,
+        "{full} full-lane refusals for {requests} requests: {last}"
+    );
+}
+
 #[test]
 fn kedge_send_with_the_wrong_spool_key_keeps_the_chunks_says_so_and_exits_75() {
     use std::os::unix::fs::PermissionsExt;
