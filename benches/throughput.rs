@@ -162,7 +162,7 @@ fn pipeline_lines_cpu(data: &[u8], format: &str) -> f64 {
         at += taken.consumed;
         records += taken.records;
         match r {
-            Ok(()) if taken.consumed == 0 => break, // no whole line left: the count below says if one was lost
+            Ok(()) if taken.consumed == 0 => break, // no whole line left: checked below
             Ok(()) => {}
             Err(e) => {
                 assert_eq!(e.kind, kusto_edge_core::ErrorKind::QueueFull, "{e}");
@@ -172,6 +172,12 @@ fn pipeline_lines_cpu(data: &[u8], format: &str) -> f64 {
     }
     client.flush().unwrap();
     let cpu = thread_cpu() - t;
+    // The generator's lines are short and newline-ended, none empty: every byte is taken, one record a line.
+    assert_eq!(
+        at,
+        data.len(),
+        "a line longer than a read, or no newline at the end"
+    );
     assert_eq!(
         records as usize,
         data.split(|&b| b == b'\n')

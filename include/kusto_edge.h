@@ -221,8 +221,9 @@ typedef void (*kedge_delivery_callback)(void *userdata, const struct kedge_deliv
 
 // What `kedge_append_lines` took.
 typedef struct kedge_lines_taken {
-  // Bytes of the buffer taken, whole lines only: the rest begins with the record not taken or an
-  // incomplete line.
+  // Bytes of the buffer taken, whole lines only. The rest begins with the record not taken (after an error),
+  // with an incomplete line, or, after `max_records` records, with whatever followed the last one taken
+  // (empty lines included).
   size_t consumed_len;
   // Records taken.
   uint64_t records;

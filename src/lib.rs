@@ -943,8 +943,9 @@ pub unsafe extern "C" fn kedge_append(
 #[repr(C)]
 #[derive(Clone, Copy, Default)]
 pub struct kedge_lines_taken {
-    /// Bytes of the buffer taken, whole lines only: the rest begins with the record not taken or an
-    /// incomplete line.
+    /// Bytes of the buffer taken, whole lines only. The rest begins with the record not taken (after an error),
+    /// with an incomplete line, or, after `max_records` records, with whatever followed the last one taken
+    /// (empty lines included).
     pub consumed_len: usize,
     /// Records taken.
     pub records: u64,

@@ -63,8 +63,9 @@ pub const LINES_PER_LOCK: usize = 64;
 /// What one [`Lane::append_lines`] took: whole lines only.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct LinesTaken {
-    /// Bytes of the buffer taken (records and skipped empty lines, with their newlines): the rest begins with
-    /// the record not taken, or an incomplete line.
+    /// Bytes of the buffer taken (records and skipped empty lines, with their newlines). The rest begins with
+    /// the record not taken (after an error), with an incomplete line, or, after `max_records` records, with
+    /// whatever followed the last one taken (empty lines included: they are looked at on the next call).
     pub consumed: usize,
     /// Records taken.
     pub records: u64,
@@ -789,6 +790,15 @@ mod panic_tests {
         r.unwrap();
         assert_eq!(taken.records, 2 * LINES_PER_LOCK as u64 + 5);
         assert_eq!(taken.consumed, 4 * taken.records as usize);
+        // After max_records the empty lines that follow are left for the next call, which counts them.
+        let l = lane_of(Format::Csv, 1 << 16, 0);
+        let buf = b"a,1\n\n\r\nb,2\n";
+        let (taken, r) = l.append_lines(buf, 1, || t);
+        r.unwrap();
+        assert_eq!((taken.consumed, taken.records, taken.lines), (4, 1, 1));
+        let (taken, r) = l.append_lines(&buf[4..], 1, || t);
+        r.unwrap();
+        assert_eq!((taken.consumed, taken.records, taken.lines), (7, 1, 3));
     }
 
     #[test]
