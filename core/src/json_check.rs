@@ -509,6 +509,144 @@ mod tests {
         }
     }
 
+    /// A random JSON value, `depth` levels at most, with the odd whitespace, escape and number form.
+    fn random_value(next: &mut impl FnMut() -> u64, depth: u32, out: &mut Vec<u8>) {
+        let ws = |next: &mut dyn FnMut() -> u64, out: &mut Vec<u8>| {
+            if next() % 4 == 0 {
+                out.extend_from_slice([&b" "[..], b"\t", b"\r\n ", b"  "][(next() % 4) as usize]);
+            }
+        };
+        let string = |next: &mut dyn FnMut() -> u64, out: &mut Vec<u8>| {
+            out.push(b'"');
+            for _ in 0..next() % 12 {
+                let parts: [&[u8]; 10] = [
+                    b"a",
+                    b"Z",
+                    b" ",
+                    b"\\n",
+                    b"\\\"",
+                    b"\\u00e9",
+                    b"\\/",
+                    "é".as_bytes(),
+                    "😀".as_bytes(),
+                    b"0",
+                ];
+                out.extend_from_slice(parts[(next() % 10) as usize]);
+            }
+            out.push(b'"');
+        };
+        ws(next, out);
+        match next() % if depth == 0 { 4 } else { 6 } {
+            0 => string(next, out),
+            1 => {
+                let nums: [&[u8]; 9] = [
+                    b"0",
+                    b"-0",
+                    b"12",
+                    b"-3.25",
+                    b"1e9",
+                    b"2E-7",
+                    b"0.5e+3",
+                    b"123456789012345678901",
+                    b"7",
+                ];
+                out.extend_from_slice(nums[(next() % 9) as usize]);
+            }
+            2 => out.extend_from_slice([&b"true"[..], b"false"][(next() % 2) as usize]),
+            3 => out.extend_from_slice(b"null"),
+            4 => {
+                out.push(b'[');
+                for k in 0..next() % 4 {
+                    if k > 0 {
+                        out.push(b',');
+                    }
+                    random_value(next, depth - 1, out);
+                }
+                ws(next, out);
+                out.push(b']');
+            }
+            _ => {
+                out.push(b'{');
+                for k in 0..next() % 4 {
+                    if k > 0 {
+                        out.push(b',');
+                    }
+                    ws(next, out);
+                    string(next, out);
+                    ws(next, out);
+                    out.push(b':');
+                    random_value(next, depth - 1, out);
+                }
+                ws(next, out);
+                out.push(b'}');
+            }
+        }
+        ws(next, out);
+    }
+
+    /// The check against an independent parser (serde_json, which follows RFC 8259 too): random documents, then
+    /// the same with bytes replaced, inserted or removed, must be accepted by both or refused by both. The
+    /// reference `check_bytewise` shares the scanner's code, so only this test would catch a mistake common to
+    /// both.
+    #[test]
+    fn agrees_with_an_independent_parser_on_random_and_mutated_records() {
+        let mut x = 0x2545_f491_4f6c_dd1du64;
+        let mut next = move || {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x
+        };
+        let bytes = [
+            b'"', b'\\', b'u', b'0', b'e', b'-', b'.', b'+', 0x01, b' ', b'\n', b'{', b'}', b'[',
+            b']', b',', b':', b't', b'n', b'x', 0xc3, 0xa9,
+        ];
+        let (mut valid, mut refused) = (0, 0);
+        for _ in 0..60_000 {
+            let mut r = Vec::new();
+            random_value(&mut next, 4, &mut r);
+            for round in 0..2 {
+                if round == 1 {
+                    for _ in 0..1 + next() % 2 {
+                        if r.is_empty() {
+                            break;
+                        }
+                        let at = (next() % r.len() as u64) as usize;
+                        let b = bytes[(next() % bytes.len() as u64) as usize];
+                        match next() % 3 {
+                            0 => r[at] = b,
+                            1 => r.insert(at, b),
+                            _ => {
+                                r.remove(at);
+                            }
+                        }
+                    }
+                }
+                // `append` checks UTF-8 before the syntax; serde_json would refuse it for that alone.
+                if std::str::from_utf8(&r).is_err() {
+                    continue;
+                }
+                let ours = check(&r, false);
+                let theirs = serde_json::from_slice::<serde::de::IgnoredAny>(&r);
+                assert_eq!(
+                    ours.is_ok(),
+                    theirs.is_ok(),
+                    "{:?}: ours {ours:?}, serde_json {theirs:?}",
+                    String::from_utf8_lossy(&r)
+                );
+                if ours.is_ok() {
+                    valid += 1;
+                } else {
+                    refused += 1;
+                }
+            }
+        }
+        assert!(
+            valid > 60_000 && refused > 20_000,
+            "{valid} valid, {refused} refused"
+        );
+    }
+
     #[test]
     fn nesting_is_bounded_without_recursion() {
         let mut deep = vec![b'['; MAX_DEPTH];

@@ -7,7 +7,9 @@
 use std::fs;
 use std::path::Path;
 
-use kusto_edge_core::spool::{Area, ChunkHeader, DestKey, FullPolicy, MemStorage, Spool, SpoolConfig};
+use kusto_edge_core::spool::{
+    Area, ChunkHeader, DestKey, FullPolicy, MemStorage, Spool, SpoolConfig,
+};
 
 const KEY: [u8; 32] = *b"kusto-edge fuzz spool key 32 B!!";
 
@@ -31,9 +33,13 @@ fn classify(name: &str, status: u16, retry_after: Option<&str>, body: &str) {
 }
 
 fn chunks() {
-    for (i, (key, mapping, gzip)) in [(None, None, true), (Some(KEY), Some("map"), false), (Some(KEY), None, true)]
-        .into_iter()
-        .enumerate()
+    for (i, (key, mapping, gzip)) in [
+        (None, None, true),
+        (Some(KEY), Some("map"), false),
+        (Some(KEY), None, true),
+    ]
+    .into_iter()
+    .enumerate()
     {
         let storage = MemStorage::new();
         let cfg = SpoolConfig {
@@ -61,7 +67,9 @@ fn chunks() {
             gzip,
             sink: kusto_edge_core::spool::SinkId::Streaming,
         };
-        spool.push(&header, b"{\"a\":1}\n{\"a\":2,\"b\":\"x\"}\n").unwrap();
+        spool
+            .push(&header, b"{\"a\":1}\n{\"a\":2,\"b\":\"x\"}\n")
+            .unwrap();
         let name = storage.names(Area::Pending).into_iter().next().unwrap();
         let file = storage.contents(Area::Pending, &name).unwrap();
         let mode = if key.is_some() { 0x02 } else { 0x00 };
@@ -76,7 +84,12 @@ fn chunks() {
 fn main() {
     let data_set = r#"{"Tables":[{"TableName":"Table_0","Columns":[{"ColumnName":"ConsumedRecordsCount","DataType":"Int64","ColumnType":"long"},{"ColumnName":"Other","DataType":"String"}],"Rows":[[2,"x"]]}]}"#;
     classify("ok", 200, None, data_set);
-    classify("ok-empty", 200, None, r#"{"Tables":[{"Columns":[],"Rows":[]}]}"#);
+    classify(
+        "ok-empty",
+        200,
+        None,
+        r#"{"Tables":[{"Columns":[],"Rows":[]}]}"#,
+    );
     classify(
         "throttled",
         429,
@@ -101,8 +114,16 @@ fn main() {
     }
 
     for (name, flag, body) in [
-        ("entra", 0u8, r#"{"token_type":"Bearer","expires_in":3599,"ext_expires_in":3599,"access_token":"eyJ0eXAi.eyJhdWQi.sig"}"#),
-        ("imds", 1, r#"{"access_token":"eyJ0eXAi","refresh_token":"","expires_in":"86399","expires_on":"1900000000","not_before":"1","resource":"https://kusto.kusto.windows.net","token_type":"Bearer","refresh_in":43199}"#),
+        (
+            "entra",
+            0u8,
+            r#"{"token_type":"Bearer","expires_in":3599,"ext_expires_in":3599,"access_token":"eyJ0eXAi.eyJhdWQi.sig"}"#,
+        ),
+        (
+            "imds",
+            1,
+            r#"{"access_token":"eyJ0eXAi","refresh_token":"","expires_in":"86399","expires_on":"1900000000","not_before":"1","resource":"https://kusto.kusto.windows.net","token_type":"Bearer","refresh_in":43199}"#,
+        ),
     ] {
         let mut v = vec![flag];
         v.extend_from_slice(body.as_bytes());
@@ -113,7 +134,11 @@ fn main() {
     write("config_set", "url", b"\x00https://c.westeurope.kusto.windows.net\xff\x08262144\xffxproxy.url\xfehttp://u:p@proxy:3128");
     write("config_set", "connstr", b"\xf0connection_string\xfeData Source=https://c.kusto.windows.net;Fed=true;AppClientId=a;AppKey=k");
 
-    write("gzip_roundtrip", "text", b"\x06{\"a\":1}\n{\"a\":2}\n{\"a\":3}\n{\"a\":3}\n");
+    write(
+        "gzip_roundtrip",
+        "text",
+        b"\x06{\"a\":1}\n{\"a\":2}\n{\"a\":3}\n{\"a\":3}\n",
+    );
     write("gzip_roundtrip", "stored", b"\x00\x01\x02\x03\xff\xfe");
 
     // ffi_append: format byte (index into the target's FORMATS), batch.bytes byte, batch.sealed byte, then
@@ -126,10 +151,24 @@ fn main() {
         }
         v
     };
-    let json: &[&[u8]] = &[b"{\"device\":\"gw-1\",\"temp\":21.5}", b"{\"seq\":1}\n", b"[1,2", b"", b"{\"a\":\"\xff\"}"];
+    let json: &[&[u8]] = &[
+        b"{\"device\":\"gw-1\",\"temp\":21.5}",
+        b"{\"seq\":1}\n",
+        b"[1,2",
+        b"",
+        b"{\"a\":\"\xff\"}",
+    ];
     write("ffi_append", "json", &records(0, 4, json));
-    write("ffi_append", "multijson", &records(1, 0, &[b"{\n  \"a\": 1\n}", b"{\"b\":[true,null]}"]));
-    write("ffi_append", "csv", &records(3, 0, &[b"gw-1,21.5,2026-01-01T00:00:00Z", b"a,\"b,c\"\n"]));
+    write(
+        "ffi_append",
+        "multijson",
+        &records(1, 0, &[b"{\n  \"a\": 1\n}", b"{\"b\":[true,null]}"]),
+    );
+    write(
+        "ffi_append",
+        "csv",
+        &records(3, 0, &[b"gw-1,21.5,2026-01-01T00:00:00Z", b"a,\"b,c\"\n"]),
+    );
     let mut odd = records(0, 0, &[b"{\"x\":1}"]);
     odd.extend_from_slice(&0x7FFFu16.to_le_bytes()); // claims usize::MAX bytes
     odd.extend_from_slice(&0x8005u16.to_le_bytes()); // a destination that does not exist
@@ -137,10 +176,26 @@ fn main() {
     write("ffi_append", "lengths", &odd);
 
     // json_check: mode byte (bit 0: multijson), then the record.
-    write("json_check", "telemetry", b"\x00{\"seq\":12,\"device\":\"gw-1\",\"ts\":\"2026-11-22T01:02:03Z\",\"temp\":21.5}");
-    write("json_check", "escapes", "\x00[\"a\\u00e9\\n\\\"b\\\\\",\"ünï cödé €\",-0.5e+3,true,null,{}]".as_bytes());
-    write("json_check", "multijson", b"\x01{\"a\":1}\n{\"b\":[1,2]}\n\"s\"");
-    write("json_check", "control", b"\x00{\"long key past one word\":\"tab\there\"}");
+    write(
+        "json_check",
+        "telemetry",
+        b"\x00{\"seq\":12,\"device\":\"gw-1\",\"ts\":\"2026-11-22T01:02:03Z\",\"temp\":21.5}",
+    );
+    write(
+        "json_check",
+        "escapes",
+        "\x00[\"a\\u00e9\\n\\\"b\\\\\",\"ünï cödé €\",-0.5e+3,true,null,{}]".as_bytes(),
+    );
+    write(
+        "json_check",
+        "multijson",
+        b"\x01{\"a\":1}\n{\"b\":[1,2]}\n\"s\"",
+    );
+    write(
+        "json_check",
+        "control",
+        b"\x00{\"long key past one word\":\"tab\there\"}",
+    );
 
     chunks();
 }

@@ -22,7 +22,10 @@ fuzz_target!(|data: &[u8]| {
         255 => (None, &data[3..]),
         n => {
             let n = (n as usize).min(data.len() - 3);
-            (Some(String::from_utf8_lossy(&data[3..3 + n]).into_owned()), &data[3 + n..])
+            (
+                Some(String::from_utf8_lossy(&data[3..3 + n]).into_owned()),
+                &data[3 + n..],
+            )
         }
     };
 
@@ -30,7 +33,9 @@ fuzz_target!(|data: &[u8]| {
     let reply = classify(status, retry_after.as_deref(), body, now, &mut scratch);
 
     let consumed = parse_consumed(body);
-    let delay = retry_after.as_deref().and_then(|v| parse_retry_after(v, now));
+    let delay = retry_after
+        .as_deref()
+        .and_then(|v| parse_retry_after(v, now));
     match (&reply, status) {
         (Reply::Acknowledged { consumed: c }, 200) => assert_eq!(Some(*c), consumed),
         (Reply::Acknowledged { .. }, _) => panic!("status {status} acknowledged"),

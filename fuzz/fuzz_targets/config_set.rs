@@ -40,7 +40,10 @@ fuzz_target!(|data: &[u8]| {
                     Some(at) => (&rest[..at], &rest[at + 1..]),
                     None => (rest, &[][..]),
                 };
-                (String::from_utf8_lossy(k).into_owned(), String::from_utf8_lossy(v).into_owned())
+                (
+                    String::from_utf8_lossy(k).into_owned(),
+                    String::from_utf8_lossy(v).into_owned(),
+                )
             }
         };
         if READS_FILES.contains(&key.as_str()) {

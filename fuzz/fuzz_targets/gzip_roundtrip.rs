@@ -32,6 +32,7 @@ fuzz_target!(|data: &[u8]| {
     assert_eq!(n, out.len());
     assert!(n <= cap, "{n} bytes written into a buffer of {cap}");
     assert_eq!(out.capacity(), cap, "the output buffer grew");
-    let back = decompress(&out, input.len()).unwrap_or_else(|e| panic!("level {level}: {}", e.message));
+    let back =
+        decompress(&out, input.len()).unwrap_or_else(|e| panic!("level {level}: {}", e.message));
     assert!(back == input, "level {level}: round trip differs");
 });

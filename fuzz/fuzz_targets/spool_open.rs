@@ -12,7 +12,9 @@
 use std::sync::Mutex;
 
 use kusto_edge_core::crc32::crc32;
-use kusto_edge_core::spool::{Area, FullPolicy, MemStorage, Spool, SpoolConfig, SpoolError, Storage};
+use kusto_edge_core::spool::{
+    Area, FullPolicy, MemStorage, Spool, SpoolConfig, SpoolError, Storage,
+};
 use libfuzzer_sys::fuzz_target;
 
 /// The key of the sealed variant; `fuzz/seeds/spool_open` holds chunks sealed under it.
@@ -32,7 +34,11 @@ fuzz_target!(|data: &[u8]| {
     let cfg = SpoolConfig {
         max_bytes: 1 << 20,
         max_chunks: 4,
-        policy: if mode & 0x04 != 0 { FullPolicy::RejectNew } else { FullPolicy::DropOldest },
+        policy: if mode & 0x04 != 0 {
+            FullPolicy::RejectNew
+        } else {
+            FullPolicy::DropOldest
+        },
         key: (mode & 0x02 != 0).then_some(KEY),
         trim_on_open: mode & 0x08 != 0,
         max_payload_len_queued: kusto_edge_core::spool::MAX_PAYLOAD_LEN,
@@ -41,12 +47,19 @@ fuzz_target!(|data: &[u8]| {
     };
 
     let mut storage = MemStorage::new();
-    storage.write_file(Area::Pending, "0000000000000001.chunk", &[&file]).unwrap();
+    storage
+        .write_file(Area::Pending, "0000000000000001.chunk", &[&file])
+        .unwrap();
     storage.sync_area(Area::Pending).unwrap();
 
-    let (mut spool, report) = Spool::open(storage.clone(), cfg.clone()).expect("open on a healthy device");
+    let (mut spool, report) =
+        Spool::open(storage.clone(), cfg.clone()).expect("open on a healthy device");
     assert_eq!(report.chunks as usize, spool.len());
-    assert_eq!(report.chunks + report.corrupt + report.dropped.chunks, 1, "{report:?}");
+    assert_eq!(
+        report.chunks + report.corrupt + report.dropped.chunks,
+        1,
+        "{report:?}"
+    );
 
     let mut buf = BUF.lock().unwrap_or_else(|e| e.into_inner());
     if buf.is_empty() {
@@ -69,7 +82,10 @@ fuzz_target!(|data: &[u8]| {
 
     let (again, report) = Spool::open(storage, cfg).expect("second open");
     assert_eq!(again.len(), kept, "{report:?}");
-    assert_eq!(report.corrupt, 0, "a chunk that read back whole is corrupt on the next open");
+    assert_eq!(
+        report.corrupt, 0,
+        "a chunk that read back whole is corrupt on the next open"
+    );
 });
 
 /// Makes the lengths and checksums consistent with the bytes, when the file is long enough to have them.
