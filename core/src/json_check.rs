@@ -512,7 +512,7 @@ mod tests {
     /// A random JSON value, `depth` levels at most, with the odd whitespace, escape and number form.
     fn random_value(next: &mut impl FnMut() -> u64, depth: u32, out: &mut Vec<u8>) {
         let ws = |next: &mut dyn FnMut() -> u64, out: &mut Vec<u8>| {
-            if next() % 4 == 0 {
+            if next().is_multiple_of(4) {
                 out.extend_from_slice([&b" "[..], b"\t", b"\r\n ", b"  "][(next() % 4) as usize]);
             }
         };
