@@ -519,7 +519,7 @@ mod tests {
         let string = |next: &mut dyn FnMut() -> u64, out: &mut Vec<u8>| {
             out.push(b'"');
             for _ in 0..next() % 12 {
-                let parts: [&[u8]; 10] = [
+                let parts: [&[u8]; 16] = [
                     b"a",
                     b"Z",
                     b" ",
@@ -530,8 +530,14 @@ mod tests {
                     "é".as_bytes(),
                     "😀".as_bytes(),
                     b"0",
+                    b"\\b\\f\\r\\t",
+                    b"\\u00E9",
+                    b"\\uD83D\\uDE00",
+                    b"\\uDE00",
+                    b"\\\\",
+                    b"\x7f",
                 ];
-                out.extend_from_slice(parts[(next() % 10) as usize]);
+                out.extend_from_slice(parts[(next() % 16) as usize]);
             }
             out.push(b'"');
         };
@@ -599,7 +605,8 @@ mod tests {
         };
         let bytes = [
             b'"', b'\\', b'u', b'0', b'e', b'-', b'.', b'+', 0x01, b' ', b'\n', b'{', b'}', b'[',
-            b']', b',', b':', b't', b'n', b'x', 0xc3, 0xa9,
+            b']', b',', b':', b't', b'n', b'x', 0xc3, 0xa9, b'd', b'f', b'E', b'\t', b'\r', 0x0c,
+            0x0b,
         ];
         let (mut valid, mut refused) = (0, 0);
         for _ in 0..60_000 {
